@@ -1,0 +1,29 @@
+# Two entry points: `make report` and `make test`. Both create .venv when it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PRESET ?= cpu
+
+.PHONY: report test venv lint clean-venv
+
+# The stamp is rebuilt whenever the package's dependencies change.
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@
+
+venv: $(VENV)/.installed
+
+report: venv
+	$(BIN)/vqalab report --preset $(PRESET)
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check vqalab tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,241 @@
+"""Run configuration: typed defaults in one place, a strict YAML loader and ``--set`` overrides.
+
+Config flows one way: defaults (the classes below) → params file → ``--set key=value``.
+Everything is validated before any compute starts; errors name the file, the key, the value and
+what was expected. The ``model`` and ``data`` sections are checked against the signature of the
+registered builder they name.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from vqalab.registry import ConfigError, did_you_mean
+
+
+class YamlLoader(yaml.SafeLoader):
+    """SafeLoader that reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: params file not found")
+    try:
+        return yaml.load(path.read_text(), Loader=YamlLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+
+
+def parse_value(text: str) -> Any:
+    """Parse the right-hand side of ``--set key=value`` with the same rules as the params file."""
+    return yaml.load(text, Loader=YamlLoader)
+
+
+def _range(text: str) -> dict:
+    return {"range": text}
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class OptimConfig(Section):
+    name: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimizer")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate", json_schema_extra=_range("1e-5 … 1e-2"))
+    betas: tuple[float, float] = Field(
+        (0.9, 0.999), description="Adam β1, β2 (momentum of the gradient and its square)",
+        json_schema_extra=_range("β1 0.8 … 0.95, β2 0.95 … 0.999"),
+    )
+    eps: float = Field(1e-8, gt=0, description="Adam ε added to the denominator", json_schema_extra=_range("1e-9 … 1e-6"))
+    weight_decay: float = Field(0.0, ge=0, description="L2 (adam/sgd) or decoupled (adamw) weight decay", json_schema_extra=_range("0 … 0.1"))
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only)", json_schema_extra=_range("0.8 … 0.99"))
+
+
+class ScheduleConfig(Section):
+    name: Literal["constant", "step", "cosine"] = Field("constant", description="learning-rate schedule after warm-up")
+    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warm-up from 0 to lr", json_schema_extra=_range("0 … 5% of all steps"))
+    step_size: int = Field(50, ge=1, description="step: epochs between LR drops (StepLR step)", json_schema_extra=_range("10 … 100"))
+    gamma: float = Field(0.1, gt=0, le=1, description="step: LR multiplier at each drop", json_schema_extra=_range("0.1 … 0.5"))
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine: final LR as a fraction of lr", json_schema_extra=_range("0 … 0.1"))
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1, description="passes over the training split", json_schema_extra=_range("5 … 100"))
+    max_steps: Optional[int] = Field(None, ge=1, description="stop after this many optimizer steps (None: no limit)")
+    batch_size: int = Field(128, ge=1, description="samples per optimizer micro-batch", json_schema_extra=_range("32 … 600"))
+    grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step", json_schema_extra=_range("1 … 8"))
+    clip_norm: Optional[float] = Field(None, gt=0, description="clip the global gradient norm to this (None: off)", json_schema_extra=_range("0.25 … 5"))
+    loss: Literal["ce", "bce"] = Field("ce", description="ce: cross-entropy on the target class; bce: on soft scores (VQA v2)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing", json_schema_extra=_range("0 … 0.2"))
+    amp: Literal["off", "bf16", "fp16"] = Field("off", description="mixed precision on CUDA (fp16 uses a GradScaler); ignored on the CPU")
+    device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes", json_schema_extra=_range("0 … CPU cores"))
+    early_stop_patience: Optional[int] = Field(None, ge=1, description="stop after this many epochs without improvement (None: off)")
+    early_stop_metric: Literal["val_acc", "val_loss"] = Field("val_acc", description="metric watched for the best epoch and early stopping")
+    checkpoint_every: int = Field(1, ge=1, description="write a checkpoint every N epochs (and always at the last)")
+    progress: bool = Field(True, description="show tqdm progress bars")
+
+
+class RunConfig(Section):
+    experiment: str = Field("default", min_length=1, description="runs/<experiment>/ groups related runs")
+    name: str = Field("run", min_length=1, description="short run name, the suffix of the run folder")
+    seed: int = Field(0, ge=0, description="seed for Python, NumPy and torch; always recorded")
+    runs_root: str = Field("runs", description="folder holding all runs (relative to the project root)")
+    model: dict[str, Any] = Field(default_factory=lambda: {"name": "vqa_mean_mlp"}, description="registry name and keyword arguments of the model")
+    data: dict[str, Any] = Field(default_factory=lambda: {"name": "easy_vqa"}, description="registry name and keyword arguments of the data set")
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+
+SECTIONS = {"optim": OptimConfig, "schedule": ScheduleConfig, "train": TrainConfig}
+
+
+def _valid_keys(model_cls: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name in model_cls.model_fields:
+        keys.append(prefix + name)
+        if name in SECTIONS and model_cls is RunConfig:
+            keys += _valid_keys(SECTIONS[name], prefix=f"{name}.")
+    return keys
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}': {did_you_mean(key, _valid_keys(RunConfig))}")
+        else:
+            lines.append(f"{source}: {key} = {e.get('input')!r}: {e['msg']}")
+    return "\n".join(lines)
+
+
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is not a section")
+        node = child
+    node[last] = value
+
+
+def parse_overrides(overrides: list[str] | None) -> dict:
+    tree: dict = {}
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, text = item.split("=", 1)
+        set_dotted(tree, key.strip(), parse_value(text))
+    return tree
+
+
+def merge(base: dict, update: dict) -> dict:
+    """Recursive dict merge; ``update`` wins. ``model``/``data`` switch builder when ``name`` changes."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            if key in ("model", "data") and "name" in value and value["name"] != out[key].get("name"):
+                out[key] = dict(value)
+            else:
+                out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_config(values: dict | None = None, source: str = "<params>") -> RunConfig:
+    """Validate a (partial) config tree against the defaults and the model/data builders."""
+    values = values or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(values).__name__}")
+    defaults = RunConfig().to_dict()
+    tree = merge(defaults, values)
+    try:
+        cfg = RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+    check_builders(cfg, source)
+    return cfg
+
+
+def check_builders(cfg: RunConfig, source: str) -> None:
+    # Imported here: the registries import torch models, config should stay light to import.
+    from vqalab.data import DATASETS, PROVIDED_BY_DATA
+    from vqalab.models import MODELS
+
+    for section, registry in (("model", MODELS), ("data", DATASETS)):
+        spec = dict(getattr(cfg, section))
+        if "name" not in spec:
+            raise ConfigError(f"{source}: {section}.name missing: one of {', '.join(registry.names())}")
+        name = spec.pop("name")
+        try:
+            registry.get(name)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {section}.name: {err}") from None
+        provided = PROVIDED_BY_DATA if section == "model" else ()
+        checked = registry.check_kwargs(name, spec, where=f"{source}: {section}", provided=provided)
+        getattr(cfg, section).update(checked)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """defaults → params file → ``--set`` overrides, validated."""
+    values: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        values = read_yaml(path) or {}
+        source = str(path)
+        if not isinstance(values, dict):
+            raise ConfigError(f"{source}: expected a mapping of keys to values at the top level")
+    if overrides:
+        values = merge(values, parse_overrides(overrides))
+        source += " + --set"
+    return build_config(values, source=source)
+
+
+def parameter_table() -> list[dict]:
+    """Every params key with default, type, meaning and range: rendered in reports and docs."""
+    rows = []
+
+    def walk(model_cls: type[BaseModel], prefix: str) -> None:
+        for name, field in model_cls.model_fields.items():
+            if prefix == "" and name in SECTIONS:
+                walk(SECTIONS[name], f"{name}.")
+                continue
+            default = field.get_default(call_default_factory=True)
+            extra = field.json_schema_extra or {}
+            rows.append({
+                "key": prefix + name,
+                "default": default,
+                "type": getattr(field.annotation, "__name__", str(field.annotation)).replace("typing.", ""),
+                "meaning": field.description or "",
+                "range": extra.get("range", "") if isinstance(extra, dict) else "",
+            })
+
+    walk(RunConfig, "")
+    return rows

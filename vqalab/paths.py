@@ -1,0 +1,36 @@
+"""Where relative paths point: the project root, so notebooks run the same from anywhere.
+
+JupyterLab starts a kernel in ``notebooks/``; papermill from the repo root. Both must find
+``params/``, ``runs/`` and ``reports/``. Relative paths are therefore resolved against the project
+root: ``$VQALAB_ROOT`` when set, else the nearest ancestor of the working directory holding a
+``params/`` folder or a ``pyproject.toml``, else the working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT_MARKERS = ("params", "pyproject.toml")
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    env = os.environ.get("VQALAB_ROOT")
+    if env:
+        return Path(env).resolve()
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if any((folder / marker).exists() for marker in ROOT_MARKERS):
+            return folder
+    return here
+
+
+def resolve(path: str | Path) -> Path:
+    """An absolute path for ``path``; relative paths are taken from the project root."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else project_root() / path
+
+
+def cache_dir() -> Path:
+    """Derived data (decoded images, feature caches); safe to delete."""
+    return Path(os.environ.get("VQALAB_CACHE", resolve(".cache")))

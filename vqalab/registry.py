@@ -1,0 +1,84 @@
+"""A name → builder registry with keyword checking, shared by models and data sets.
+
+Builders are plain functions with keyword-only arguments (timm's ``@register_model``). Their
+signatures are the documentation and the schema: ``check_kwargs`` validates a params-file section
+against them before any compute starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import Any, Callable
+
+from pydantic import TypeAdapter, ValidationError
+
+
+class ConfigError(ValueError):
+    """Bad user input: the message names the file, key and value and what was expected."""
+
+
+def nearest(name: str, choices) -> str | None:
+    match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
+    return match[0] if match else None
+
+
+def did_you_mean(name: str, choices) -> str:
+    hint = nearest(name, choices)
+    return f"did you mean '{hint}'?" if hint else f"valid: {', '.join(sorted(choices))}"
+
+
+class Registry:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._builders: dict[str, Callable[..., Any]] = {}
+
+    def register(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        if fn.__name__ in self._builders:
+            raise ValueError(f"{self.kind} '{fn.__name__}' registered twice")
+        self._builders[fn.__name__] = fn
+        return fn
+
+    def names(self) -> list[str]:
+        return sorted(self._builders)
+
+    def get(self, name: str) -> Callable[..., Any]:
+        if name not in self._builders:
+            raise ConfigError(f"unknown {self.kind} '{name}': {did_you_mean(name, self._builders)}")
+        return self._builders[name]
+
+    def parameters(self, name: str) -> dict[str, inspect.Parameter]:
+        return dict(inspect.signature(self.get(name), eval_str=True).parameters)
+
+    def check_kwargs(self, name: str, kwargs: dict, where: str, provided: tuple[str, ...] = ()) -> dict:
+        """Validate ``kwargs`` against the builder's signature; return them coerced to its types.
+
+        ``provided`` names arguments filled in by the program (e.g. ``vocab_size`` from the data)
+        which the user may not set. ``where`` prefixes messages (``params/x.yaml: model``).
+        """
+        params = self.parameters(name)
+        checked = {}
+        for key, value in kwargs.items():
+            if key in provided:
+                raise ConfigError(f"{where}.{key}: set from the data, remove it from the params")
+            if key not in params:
+                raise ConfigError(
+                    f"{where}: unknown key '{key}' for {self.kind} '{name}': "
+                    f"{did_you_mean(key, [p for p in params if p not in provided])}"
+                )
+            annotation = params[key].annotation
+            if annotation is inspect.Parameter.empty:
+                checked[key] = value
+                continue
+            try:
+                checked[key] = TypeAdapter(annotation).validate_python(value)
+            except ValidationError as err:
+                expected = annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
+                reason = err.errors()[0]["msg"]
+                raise ConfigError(
+                    f"{where}.{key} = {value!r}: expected {expected} ({reason})"
+                ) from None
+        return checked
+
+    def describe(self, name: str) -> str:
+        return inspect.getdoc(self.get(name)) or ""
