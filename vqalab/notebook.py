@@ -10,8 +10,13 @@ FINDINGS_MIME = "application/vnd.vqalab.findings+json"
 
 
 def _clean(value):
+    """A JSON-safe headline value: NumPy scalars become Python numbers, NaN and inf become None."""
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if value is not None and not isinstance(value, (bool, int, float, str)):
+        raise TypeError(f"findings: headline values must be numbers or strings, got {type(value).__name__}: {value!r}")
     return value
 
 
@@ -24,10 +29,14 @@ def findings(headline: dict[str, float | int | str], text: list[str]) -> None:
     """
     from IPython.display import display
 
-    payload = {"headline": {k: _clean(v) for k, v in headline.items()}, "text": list(text)}
-    esc = html.escape  # names typed by users must show as text, never as markup
-    lines = ["### Findings", ""] + [f"- {esc(t)}" for t in text] + [""]
+    clean = {str(k): _clean(v) for k, v in headline.items()}
+    # "order" keeps the figures in the order given: notebook files store JSON with sorted keys.
+    payload = {"headline": clean, "order": list(clean), "text": [str(t) for t in text]}
+
+    def cell(value) -> str:  # names typed by users must show as text, never as markup
+        return html.escape(f"{value:.4g}" if isinstance(value, float) else str(value)).replace("|", "\\|")
+
+    lines = ["### Findings", ""] + [f"- {html.escape(t)}" for t in payload["text"]] + [""]
     lines += ["| figure | value |", "| --- | --- |"]
-    lines += [f"| {esc(k)} | {v:.4g} |" if isinstance(v, float) else f"| {esc(k)} | {esc(str(v))} |"
-              for k, v in headline.items()]
+    lines += [f"| {cell(k)} | {cell(v)} |" for k, v in clean.items()]
     display({FINDINGS_MIME: json.loads(json.dumps(payload)), "text/markdown": "\n".join(lines)}, raw=True)

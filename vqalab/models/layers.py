@@ -2,9 +2,283 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
 def mlp(in_dim: int, hidden_dim: int, out_dim: int, dropout: float = 0.0, act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     """Linear → activation → dropout → linear: the classifier head of every VQA model."""
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), act(), nn.Dropout(dropout), nn.Linear(hidden_dim, out_dim))
+
+
+# --- Transformer blocks (ViT and CaiT class attention) ---------------------------------------------
+
+LAYER_NORM_EPS = 1e-6  # timm's ViT LayerNorm
+VIT_INIT_STD = 0.02  # timm's ViT: truncated-normal std of linear weights and embeddings
+
+
+def init_vit_weights(module: nn.Module) -> None:
+    """timm's ViT initialisation, for ``module.apply``: truncated-normal linear weights, zero biases."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=VIT_INIT_STD)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: during training, drop a residual branch for whole samples with probability
+    ``rate`` and scale the kept ones by 1 / (1 - rate). rate: drop probability (0: identity)."""
+
+    def __init__(self, rate: float = 0.0):
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)  # (B, 1, …)
+        return x * mask / keep
+
+
+class FeedForward(nn.Module):
+    """Transformer MLP: linear → GELU → linear. dim: token size. hidden_dim: inner size (4 × dim)."""
+
+    def __init__(self, *, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over all tokens: (B, T, dim) → (B, T, dim).
+
+    dim: token size. num_heads: heads (must divide dim). attn_drop: dropout on attention weights.
+    One fused ``qkv`` projection (rows: queries, keys, values) and an output ``proj``.
+    """
+
+    def __init__(self, *, dim: int, num_heads: int, attn_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"num_heads {num_heads} does not divide dim {dim}")
+        self.num_heads = num_heads
+        self.attn_drop = attn_drop
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        return x.view(b, t, self.num_heads, d // self.num_heads).transpose(1, 2)  # (B, heads, T, d_head)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Scaled dot-product attention of (B, Tq, dim) queries over (B, T, dim) keys/values → (B, Tq, dim)."""
+        b, tq, d = q.shape
+        out = F.scaled_dot_product_attention(
+            self.split_heads(q), self.split_heads(k), self.split_heads(v),
+            dropout_p=self.attn_drop if self.training else 0.0)  # (B, heads, Tq, d_head)
+        return self.proj(out.transpose(1, 2).reshape(b, tq, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).chunk(3, dim=-1)  # each (B, T, dim)
+        return self.attend(q, k, v)
+
+
+class ClassAttention(SelfAttention):
+    """CaiT class attention: the query comes from the class token ``x[:, 0]`` only, keys and values
+    from all tokens: (B, T, dim) → (B, 1, dim). Same parameters as ``SelfAttention``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d = x.shape[-1]
+        w_q, w_kv = self.qkv.weight.split([d, 2 * d])  # the query rows, then keys and values
+        b_q, b_kv = self.qkv.bias.split([d, 2 * d])
+        q = F.linear(x[:, :1], w_q, b_q)  # (B, 1, dim)
+        k, v = F.linear(x, w_kv, b_kv).chunk(2, dim=-1)  # each (B, T, dim)
+        return self.attend(q, k, v)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm ViT block over all tokens: x + attn(norm1(x)), then x + mlp(norm2(x)).
+
+    dim: token size. num_heads: attention heads. mlp_ratio: MLP hidden size / dim.
+    attn_drop: dropout on attention weights. drop_path: stochastic-depth rate of both branches.
+    """
+
+    attention_class = SelfAttention
+
+    def __init__(self, *, dim: int, num_heads: int, mlp_ratio: float = 4.0, attn_drop: float = 0.0,
+                 drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.attn = self.attention_class(dim=dim, num_heads=num_heads, attn_drop=attn_drop)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.mlp = FeedForward(dim=dim, hidden_dim=int(dim * mlp_ratio))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))  # (B, T, dim)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class ClassAttentionBlock(TransformerBlock):
+    """CaiT class-attention block (without LayerScale): updates the class token ``x[:, 0]`` only,
+    attending over all tokens; the MLP runs on the class token; the other tokens pass through
+    unchanged. Same parameters and arguments as ``TransformerBlock``."""
+
+    attention_class = ClassAttention
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cls = x[:, :1] + self.drop_path(self.attn(self.norm1(x)))  # (B, 1, dim)
+        cls = cls + self.drop_path(self.mlp(self.norm2(cls)))
+        return torch.cat([cls, x[:, 1:]], dim=1)  # (B, T, dim)
+
+
+# --- VQA attention and fusion blocks -------------------------------------------------------------
+
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "swish": nn.SiLU}
+
+
+def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax along ``dim`` giving zero weight where ``mask`` (bool, broadcastable) is False."""
+    return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=dim)
+
+
+class SpatialGate(nn.Module):
+    """Sigmoid spatial attention (the lab's model 3): a 1×1 convolution scores each position of the
+    image map, its sigmoid weights the position, positions are averaged: (B, D, h, w) → (B, D).
+
+    dim: channels D of the image map.
+    """
+
+    def __init__(self, *, dim: int):
+        super().__init__()
+        self.score = nn.Conv2d(dim, 1, kernel_size=1)
+
+    def forward(self, image_map: torch.Tensor) -> torch.Tensor:
+        gate = torch.sigmoid(self.score(image_map))  # (B, 1, h, w), each position independently in (0, 1)
+        return (image_map * gate).mean(dim=(2, 3))
+
+
+class AttentionPool(nn.Module):
+    """Softmax attention pooling over a sequence (the lab's model 3 variant over LSTM states): a
+    linear layer scores each state, a softmax over the real tokens weights them:
+    (B, T, D) states, (B, T) mask → (B, D).
+
+    dim: state size D.
+    """
+
+    def __init__(self, *, dim: int):
+        super().__init__()
+        self.score = nn.Linear(dim, 1)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        weights = masked_softmax(self.score(states).squeeze(-1), mask, dim=1)  # (B, T)
+        return (weights.unsqueeze(-1) * states).sum(dim=1)
+
+
+class StackedAttentionHop(nn.Module):
+    """One attention layer of SAN (Yang et al. 2016), for regions v_I (B, N, d) and query u (B, d):
+
+        h_A = tanh(W_I v_I ⊕ (W_Q u + b_A)),  p_I = softmax(W_P h_A + b_P),  u' = Σ_i p_I,i v_I,i + u
+
+    where ⊕ adds the question term to every region. Returns u' (B, d) and p_I (B, N).
+    dim: size d of regions and query. att_dim: size k of h_A. dropout: on h_A before W_P.
+    """
+
+    def __init__(self, *, dim: int, att_dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.image_proj = nn.Linear(dim, att_dim, bias=False)  # W_I
+        self.query_proj = nn.Linear(dim, att_dim)  # W_Q; its bias is b_A
+        self.score = nn.Linear(att_dim, 1)  # W_P, b_P
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, regions: torch.Tensor, query: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = torch.tanh(self.image_proj(regions) + self.query_proj(query).unsqueeze(1))  # (B, N, k)
+        p = torch.softmax(self.score(self.dropout(h)).squeeze(-1), dim=1)  # (B, N)
+        attended = (p.unsqueeze(-1) * regions).sum(dim=1)  # ṽ_I: (B, d)
+        return attended + query, p
+
+
+class TuckerFusion(nn.Module):
+    """MUTAN fusion (Ben-younes et al. 2017): a Tucker decomposition whose core has rank R,
+
+        x_v = σ(W_v v),  x_q = σ(W_q q),  z = σ(Σ_r (W_hq^r x_q) ⊙ (W_hv^r x_v))
+
+    v (…, dim_v) and q (…, dim_q) with leading dimensions that broadcast → (…, dim_mm).
+    dim_v, dim_q: input sizes. dim_hv, dim_hq: sizes of x_v, x_q. dim_mm: output size.
+    rank: R. dropout_in: dropout on v and q. dropout_hidden: dropout on x_v and x_q.
+    activation: σ (tanh in MUTAN). activate_output: apply σ to z as well.
+    """
+
+    def __init__(self, *, dim_v: int, dim_q: int, dim_hv: int, dim_hq: int, dim_mm: int, rank: int,
+                 dropout_in: float = 0.0, dropout_hidden: float = 0.0, activation: str = "tanh",
+                 activate_output: bool = True):
+        super().__init__()
+        self.rank, self.dim_mm = rank, dim_mm
+        self.linear_v = nn.Linear(dim_v, dim_hv)
+        self.linear_q = nn.Linear(dim_q, dim_hq)
+        self.rank_v = nn.Linear(dim_hv, rank * dim_mm)  # the R matrices W_hv^r, stacked
+        self.rank_q = nn.Linear(dim_hq, rank * dim_mm)  # the R matrices W_hq^r, stacked
+        self.act = ACTIVATIONS[activation]()
+        self.dropout_in = nn.Dropout(dropout_in)
+        self.dropout_hidden = nn.Dropout(dropout_hidden)
+        self.activate_output = activate_output
+
+    def forward(self, v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        x_v = self.dropout_hidden(self.act(self.linear_v(self.dropout_in(v))))  # (…, dim_hv)
+        x_q = self.dropout_hidden(self.act(self.linear_q(self.dropout_in(q))))  # (…, dim_hq)
+        z_v = self.rank_v(x_v).unflatten(-1, (self.rank, self.dim_mm))  # (…, R, dim_mm)
+        z_q = self.rank_q(x_q).unflatten(-1, (self.rank, self.dim_mm))
+        z = (z_v * z_q).sum(dim=-2)  # (…, dim_mm): the R rank-one terms summed
+        return self.act(z) if self.activate_output else z
+
+
+def projection(in_dim: int, out_dim: int, activation: str, dropout: float) -> nn.Sequential:
+    """Linear → activation → dropout, BAN's ``FCNet``."""
+    return nn.Sequential(nn.Linear(in_dim, out_dim), ACTIVATIONS[activation](), nn.Dropout(dropout))
+
+
+class BilinearAttentionMap(nn.Module):
+    """BAN bilinear attention maps (Kim et al. 2018), one per glimpse g:
+
+        A_g = softmax over all (region, token) pairs of  (p_g ∘ σ(U v_n))ᵀ σ(W q_t) + b_g
+
+    regions v (B, N, dim_v), token states q (B, T, dim_q), mask (B, T) → (B, G, N, T); padded
+    tokens get zero weight. dim_v, dim_q: input sizes. hidden_dim: joint size. glimpses: G.
+    activation: σ. dropout: on the projections.
+    """
+
+    def __init__(self, *, dim_v: int, dim_q: int, hidden_dim: int, glimpses: int, activation: str = "relu",
+                 dropout: float = 0.0):
+        super().__init__()
+        self.v_proj = projection(dim_v, hidden_dim, activation, dropout)
+        self.q_proj = projection(dim_q, hidden_dim, activation, dropout)
+        self.glimpse_vectors = nn.Parameter(torch.randn(glimpses, hidden_dim) / hidden_dim ** 0.5)  # p_g
+        self.glimpse_bias = nn.Parameter(torch.zeros(glimpses))  # b_g
+
+    def forward(self, v: torch.Tensor, q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        logits = torch.einsum("gk,bnk,btk->bgnt", self.glimpse_vectors, self.v_proj(v), self.q_proj(q))
+        logits = logits + self.glimpse_bias[None, :, None, None]  # (B, G, N, T)
+        logits = logits.masked_fill(~mask[:, None, None, :], float("-inf"))
+        b, g, n, t = logits.shape
+        return torch.softmax(logits.reshape(b, g, n * t), dim=-1).view(b, g, n, t)
+
+
+class BilinearPooling(nn.Module):
+    """BAN bilinear attention pooling for one glimpse: f = Σ_{n,t} A[n, t] · (σ(U' v_n) ⊙ σ(W' q_t)).
+
+    v (B, N, dim_v), q (B, T, dim_q), attention map A (B, N, T) → (B, hidden_dim).
+    dim_v, dim_q: input sizes. hidden_dim: output size. activation: σ. dropout: on the projections.
+    """
+
+    def __init__(self, *, dim_v: int, dim_q: int, hidden_dim: int, activation: str = "relu", dropout: float = 0.0):
+        super().__init__()
+        self.v_proj = projection(dim_v, hidden_dim, activation, dropout)
+        self.q_proj = projection(dim_q, hidden_dim, activation, dropout)
+
+    def forward(self, v: torch.Tensor, q: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bnk,bnt,btk->bk", self.v_proj(v), att, self.q_proj(q))

@@ -1,0 +1,315 @@
+import json
+import math
+import weakref
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from vqalab import bench
+from vqalab.cli import main
+from vqalab.config import build_config
+from vqalab.data import build_data
+from vqalab.data.samplers import epoch_batches
+from vqalab.models import create_model
+from vqalab.registry import ConfigError
+
+TINY = {
+    "model": {"name": "vqa_mean_mlp", "cnn_channels": [4, 8, 8], "embed_dim": 8, "hidden_dim": 16},
+    "data": {"name": "easy_vqa", "max_train_samples": 64, "max_val_samples": 16},
+    "train": {"batch_size": 8, "device": "cpu"},
+}
+
+# Seed 002's batch-size table (images/s): the lab picked 256 by eye.
+SEED_002 = {1: 125, 2: 248, 4: 509, 8: 959, 16: 1279, 32: 1359, 64: 1449, 128: 1543, 256: 1591, 512: 1602}
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return build_config(TINY)
+
+
+@pytest.fixture(scope="module")
+def data(cfg):
+    return build_data(cfg.data, seed=cfg.seed)
+
+
+def table(throughputs: dict, status: dict | None = None) -> pd.DataFrame:
+    status = status or {}
+    return pd.DataFrame([{"batch_size": b, "status": status.get(b, "ok"),
+                          "samples_per_s": math.nan if status.get(b) == "oom" else v}
+                         for b, v in throughputs.items()])
+
+
+# --- FLOP counter against hand counts --------------------------------------------------------
+
+
+def test_flops_of_a_linear_layer_match_the_hand_count():
+    layer = nn.Linear(3, 4)
+    x = torch.randn(5, 3)
+    # forward: 5×3×4 = 60 multiply-adds = 120 FLOPs (the bias add is element-wise: not counted)
+    assert bench.count_flops(lambda: layer(x)) == 120
+    # backward without an input gradient: only dW = dYᵀ X, another 60 multiply-adds
+    assert bench.count_flops(lambda: layer(x).sum().backward()) == 240
+    # with an input gradient: dX = dY W as well
+    x.requires_grad_(True)
+    assert bench.count_flops(lambda: layer(x).sum().backward()) == 360
+
+
+def test_flops_of_a_convolution_match_the_hand_count():
+    conv = nn.Conv2d(3, 8, kernel_size=3, padding=1, bias=False)
+    x = torch.randn(2, 3, 10, 10)
+    macs = 2 * 8 * 10 * 10 * (3 * 3 * 3)  # batch × C_out × H_out × W_out × (C_in × k × k)
+    assert bench.count_flops(lambda: conv(x)) == 2 * macs
+
+
+def test_model_flops_per_sample_and_gmacs():
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 5)
+
+        def forward(self, image, extra):
+            return self.fc(torch.cat([image, extra], dim=1))
+
+    cfg = build_config({})
+    batch = {"image": torch.randn(4, 4), "extra": torch.randn(4, 2), "target": torch.tensor([0, 1, 2, 3])}
+    flops = bench.model_flops(TwoInputs(), batch, ("image", "extra"), cfg)
+    assert flops == {"forward_flops": 2 * 4 * 6 * 5, "train_flops": 2 * (2 * 4 * 6 * 5)}
+    summary = bench.flops_summary(flops, batch_size=4)
+    assert summary["forward_gflops_per_sample"] == pytest.approx(2 * 6 * 5 / 1e9)
+    assert summary["forward_gmacs_per_sample"] == pytest.approx(6 * 5 / 1e9)
+    assert summary["train_gmacs_per_sample"] == pytest.approx(2 * 6 * 5 / 1e9)
+
+
+@pytest.mark.parametrize("arch, weights", [("resnet18", "ResNet18_Weights"), ("resnet50", "ResNet50_Weights")])
+def test_resnet_flops_match_torchvision_published_ops(arch, weights):
+    # torchvision's meta "_ops" is called GFLOPS but counts multiply-adds (GMACs).
+    published = getattr(torchvision.models, weights).IMAGENET1K_V1.meta["_ops"]
+    with torch.device("meta"):  # shapes only: no compute, no weights
+        model = getattr(torchvision.models, arch)()
+        x = torch.empty(1, 3, 224, 224)
+    gmacs = bench.count_flops(lambda: model(x)) / 2e9
+    assert gmacs == pytest.approx(published, rel=0.01)
+
+
+# --- inputs, clocks, memory ------------------------------------------------------------------
+
+
+def test_fixed_batch_is_the_training_loops_first_batch(cfg, data):
+    first = epoch_batches(len(data.train), 8, cfg.seed, 1, data.train_groups)[0]
+    batch = bench.fixed_batch(data, 8, cfg.seed)
+    expected = data.collate([data.train[i] for i in first])
+    assert torch.equal(batch["target"], expected["target"])
+    assert torch.equal(batch["image"], expected["image"])
+    big = bench.fixed_batch(data, len(data.train) + 3, cfg.seed)  # wraps around the split
+    assert len(big["target"]) == len(data.train) + 3
+    assert torch.equal(big["target"][-3:], big["target"][:3])
+
+
+def test_time_calls_synchronises_before_every_clock_read(monkeypatch):
+    events = []
+    monkeypatch.setattr(bench, "synchronize", lambda device: events.append("sync"))
+    ticks = iter(range(100))
+
+    def clock():
+        events.append("clock")
+        return float(next(ticks)) ** 2  # call k lasts (2k+1)² − (2k)² = 4k + 1 ticks
+
+    times = bench.time_calls(lambda: events.append("call"), torch.device("cuda"), warmup=2, repeats=3, clock=clock)
+    assert events == ["call", "call"] + ["sync", "clock", "call", "sync", "clock"] * 3
+    assert times == [1.0, 5.0, 9.0]
+
+
+def test_synchronize_waits_for_cuda_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    bench.synchronize(torch.device("cpu"))
+    assert calls == []
+    bench.synchronize(torch.device("cuda", 0))
+    assert calls == [torch.device("cuda", 0)]
+
+
+def test_amp_is_off_on_the_cpu_and_checked():
+    assert bench.effective_amp("bf16", torch.device("cpu")) == "off"
+    assert bench.effective_amp("fp16", torch.device("cuda")) == "fp16"
+    with pytest.raises(ConfigError, match="amp = 'fp8'"):
+        bench.effective_amp("fp8", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("err, expected", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+    (RuntimeError("CUDA error: out of memory"), True),
+    (RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 bytes"), True),
+    (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
+    (ValueError("out of memory"), False),
+])
+def test_is_out_of_memory(err, expected):
+    assert bench.is_out_of_memory(err) is expected
+
+
+def test_model_and_data_mismatch_is_a_clear_error():
+    cfg = build_config({"model": {"name": "ir50_vit"}, "data": {"name": "easy_vqa"}})
+    with pytest.raises(ConfigError, match="model 'ir50_vit' does not take vocab_size, num_answers from data 'easy_vqa'"):
+        bench.check_model_fits_data(cfg, SimpleNamespace(model_kwargs={"vocab_size": 9, "num_answers": 3}))
+
+
+# --- the sweep -------------------------------------------------------------------------------
+
+OOM_FROM = 8  # the simulated allocator fails from this batch size on
+
+
+def failing_allocator(monkeypatch, make_error):
+    """Models whose forward fails like the allocator does once the batch reaches OOM_FROM."""
+    built = []
+
+    def create(name, **kwargs):
+        model = create_model(name, **kwargs)
+
+        def allocate(module, args, kwargs):
+            if kwargs["image"].shape[0] >= OOM_FROM:
+                raise make_error()
+
+        model.register_forward_pre_hook(allocate, with_kwargs=True)
+        built.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(bench, "create_model", create)
+    return built
+
+
+@pytest.mark.parametrize("make_error", [lambda: torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+                                        lambda: RuntimeError("CUDA error: out of memory")])
+def test_sweep_records_oom_and_stops_going_up(monkeypatch, cfg, data, make_error):
+    built = failing_allocator(monkeypatch, make_error)
+    rows = bench.throughput_sweep(cfg, batch_sizes=[16, 1, 4, 8, 32], warmup_steps=1, timed_steps=2,
+                                  amp="bf16", data=data)
+    assert rows["batch_size"].tolist() == [1, 4, 8]  # sorted; 16 and 32 never tried
+    assert rows["status"].tolist() == ["ok", "ok", "oom"]
+    assert len(built) == 3
+    oom = rows.iloc[-1]
+    assert math.isnan(oom["samples_per_s"]) and "out of memory" in oom["error"]
+    ok = rows[rows["status"] == "ok"]
+    assert (ok["samples_per_s"] > 0).all() and (ok["peak_memory_mb"] > 0).all()
+    assert ok["samples_per_s"].tolist() == pytest.approx((ok["batch_size"] / ok["step_time_mean_s"]).tolist())
+    assert set(ok["memory_kind"]) == {"cpu_peak_rss"}  # reset per batch size on Linux
+    # options are recorded in every row, AMP as actually used (none on the CPU)
+    assert set(rows["amp"]) == {"off"} and set(rows["channels_last"]) == {False} and set(rows["compile"]) == {False}
+    assert set(rows["cpu_threads"]) == {torch.get_num_threads()}
+    # the model that ran out of memory was released
+    assert built[-1]() is None
+    assert bench.recommend_batch_size(rows)["sentence"].endswith("Batch size 8 ran out of memory.")
+
+
+def test_sweep_does_not_hide_other_errors(monkeypatch, cfg, data):
+    failing_allocator(monkeypatch, lambda: RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        bench.throughput_sweep(cfg, batch_sizes=[8], warmup_steps=0, timed_steps=1, data=data)
+
+
+def test_sweep_rejects_bad_arguments_before_compute(cfg):
+    with pytest.raises(ConfigError, match=r"batch_sizes = \[0, 2\]: expected a list of positive integers"):
+        bench.throughput_sweep(cfg, batch_sizes=[0, 2])
+    with pytest.raises(ConfigError, match="batch_sizes = '\\[1,2\\]'"):
+        bench.throughput_sweep(cfg, batch_sizes="[1,2]")
+    with pytest.raises(ConfigError, match="timed_steps = 0"):
+        bench.throughput_sweep(cfg, batch_sizes=[2], timed_steps=0)
+
+
+def test_training_step_updates_the_weights(cfg, data):
+    model = bench.build_model(cfg, data, torch.device("cpu"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    batch = bench.fixed_batch(data, 4, cfg.seed)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = bench.training_step(model, optimizer, scaler, batch, data.input_keys, cfg, torch.device("cpu"), "off")
+    assert torch.isfinite(loss)
+    assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()) if p.requires_grad)
+
+
+# --- the recommendation rule -----------------------------------------------------------------
+
+
+def test_recommendation_is_the_smallest_batch_within_95_percent_of_the_best():
+    choice = bench.recommend_batch_size(table(SEED_002))
+    # 1543 / 1602 = 96.3 % ≥ 95 %, while 1449 / 1602 = 90.4 % is not
+    assert choice["batch_size"] == 128 and choice["best_batch_size"] == 512
+    assert choice["fraction_of_best"] == pytest.approx(1543 / 1602)
+    assert choice["sentence"] == ("Use batch size 128: 1543 samples/s is 96% of the best (1602 samples/s at "
+                                  "batch size 512), and it is the smallest batch size within 95% of it.")
+    assert bench.recommend_batch_size(table(SEED_002), fraction=0.99)["batch_size"] == 256
+
+
+def test_recommendation_boundary_and_failures():
+    assert bench.recommend_batch_size(table({1: 95.0, 2: 100.0}))["batch_size"] == 1  # exactly 95 % counts
+    assert bench.recommend_batch_size(table({1: 94.9, 2: 100.0}))["batch_size"] == 2
+    only_best = bench.recommend_batch_size(table({1: 10.0, 2: 50.0, 4: 40.0}))
+    assert only_best["batch_size"] == 2 and only_best["sentence"].startswith("Use batch size 2: it gives the best")
+    oom_rows = table({1: 10.0, 2: 20.0, 4: math.nan}, status={4: "oom"})
+    assert bench.recommend_batch_size(oom_rows)["batch_size"] == 2
+    none = bench.recommend_batch_size(table({1: math.nan}, status={1: "oom"}))
+    assert none["batch_size"] is None and "none is recommended" in none["sentence"]
+    with pytest.raises(ConfigError, match="fraction = 1.5"):
+        bench.recommend_batch_size(table({1: 1.0}), fraction=1.5)
+
+
+# --- reports and the command line ------------------------------------------------------------
+
+
+def test_bench_flops_cli_prints_json(capsys):
+    argv = ["bench", "flops", "--model", "vqa_mean_mlp", "--set", "model.cnn_channels=[4,8,8]",
+            "--set", "data.max_train_samples=32", "--batch-size", "2"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    data = build_data({"name": "easy_vqa", "max_train_samples": 32})
+    model = create_model("vqa_mean_mlp", cnn_channels=(4, 8, 8), **data.model_kwargs)
+    assert report["params_total"] == sum(p.numel() for p in model.parameters())
+    assert report["batch_size"] == 2 and report["inputs"]["image"] == [2, 3, 64, 64]
+    assert report["forward_gmacs_per_sample"] == pytest.approx(report["forward_flops"] / 2 / 2e9)
+    # training (forward + backward) costs between 2 and 3 forward passes
+    assert 2 * report["forward_flops"] < report["train_flops"] <= 3 * report["forward_flops"]
+
+
+def test_bench_throughput_cli_json(capsys):
+    argv = ["bench", "throughput", "--model", "vqa_mean_mlp", "--set", "model.cnn_channels=[4,8,8]",
+            "--set", "data.max_train_samples=32", "--set", "train.device=cpu", "--batch-sizes", "4", "2",
+            "--warmup", "0", "--steps", "2", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["batch_size"] for r in out["rows"]] == [2, 4]
+    assert all(r["status"] == "ok" and r["timed_steps"] == 2 for r in out["rows"])
+    best = max(out["rows"], key=lambda r: r["samples_per_s"])
+    assert out["recommendation"]["best_batch_size"] == best["batch_size"]
+
+
+def test_bench_cli_rejects_a_model_without_matching_data(capsys):
+    assert main(["bench", "flops", "--model", "ir50_vit", "--set", "data.max_train_samples=8"]) == 2
+    assert "does not take vocab_size" in capsys.readouterr().err
+
+
+def test_efficiency_table_has_one_row_per_model(cfg):
+    wider = build_config({**TINY, "name": "wider", "model": {**TINY["model"], "hidden_dim": 64}})
+    rows = bench.efficiency_table({"tiny": cfg, "wider": wider}, batch_size=4, warmup_steps=0, timed_steps=1)
+    assert rows["name"].tolist() == ["tiny", "wider"]
+    assert (rows["status"] == "ok").all() and (rows["latency_ms"] > 0).all()
+    # the wider head adds (in + out) × 48 weights and 48 biases; its FLOPs grow by its multiply-adds
+    extra_params = rows["params_total"].iloc[1] - rows["params_total"].iloc[0]
+    in_dim, out_dim = 8 + 8, 13  # image vector ⊕ embedding; easy-VQA's 13 answers
+    assert extra_params == (in_dim + out_dim + 1) * 48
+    extra_macs = (rows["forward_gmacs_per_sample"].iloc[1] - rows["forward_gmacs_per_sample"].iloc[0]) * 1e9
+    assert extra_macs == pytest.approx((in_dim + out_dim) * 48)
+
+
+def test_flops_per_sample_at_batch_one_for_an_image_model():
+    # A tiny FER model whose last feature map is 1×1: BatchNorm in training mode could not take
+    # a batch of one; counting in eval mode can. Without shared images, cost per sample is flat.
+    cfg = build_config({"model": {"name": "ir50_vit", "depth": 1, "img_size": 16, "backbone_depth": 18,
+                                  "width": 0.125},
+                        "data": {"name": "synthetic_faces", "num_train": 8, "num_val": 4, "image_size": 16}})
+    one, two = bench.flops_report(cfg, batch_size=1), bench.flops_report(cfg, batch_size=2)
+    assert one["inputs"] == {"image": [1, 3, 16, 16]}
+    assert one["forward_flops"] > 0 and two["forward_flops"] == 2 * one["forward_flops"]
+    assert two["train_flops"] == 2 * one["train_flops"]

@@ -1,0 +1,348 @@
+"""The weekly report: tiny study notebooks written into tmp_path, executed and rendered for real."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from vqalab import report
+from vqalab.config import parameter_table
+from vqalab.registry import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+WEEK = "2026-W10"
+HOSTILE = '<script>alert("x")</script>'  # a user-typed experiment name
+PLOT_RGB = (255, 0, 255)  # the tiny study's bar colour, looked for in screenshots
+
+
+def _notebook(path: Path, title: str, parameters: str, *cells: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(parameters)
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}"), params]
+    nb.cells += [nbformat.v4.new_code_cell(source) for source in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def make_project(root: Path) -> Path:
+    """A project with two studies: ``plot`` (a magenta bar, findings, a table) and ``broken``."""
+    (root / "notebooks").mkdir(parents=True)
+    (root / "params").mkdir()
+    _notebook(
+        root / "notebooks" / "plot.ipynb", "Plot study",
+        'label = "a"  # experiment name\nscore = 0.5  # the headline figure\n'
+        'runs_root = "runs"  # where runs go',
+        "import matplotlib.pyplot as plt\nfrom pathlib import Path\n"
+        "Path(runs_root).mkdir(parents=True, exist_ok=True)\n"
+        "(Path(runs_root) / 'marker.txt').write_text(label)\n"
+        "fig, ax = plt.subplots(figsize=(4, 3))\n"
+        "ax.bar([0], [1], width=2.0, color='#ff00ff')\nplt.show()",
+        "import pandas as pd\nprint('label:', label)\n"
+        "display(pd.DataFrame({'name': [label], 'score': [score]}).style.format(precision=3))",
+        "from vqalab.notebook import findings\n"
+        "findings(headline={'score': score, 'label': label}, text=[f'experiment {label} scored {score}'])",
+    )
+    _notebook(
+        root / "notebooks" / "broken.ipynb", "Broken study",
+        "fail = True  # raise on purpose",
+        "print('before the error')",
+        "if fail:\n    raise ValueError('planned failure')",
+    )
+    _notebook(root / "notebooks" / "scratch.ipynb", "Scratch", "x = 1  # no params file: not a study")
+    (root / "params" / "plot.yaml").write_text(
+        "presets:\n"
+        f"  quick: {{label: '{HOSTILE}', score: 0.5}}\n"
+        "  cpu: {score: 0.75}\n"
+        "  gpu: {score: 1.0}\n")
+    (root / "params" / "broken.yaml").write_text(
+        "presets:\n  quick: {fail: true}\n  cpu: {fail: true}\n  gpu: {}\n")
+    return root
+
+
+def run(root: Path, **kw) -> int:
+    kw.setdefault("preset", "quick")
+    kw.setdefault("week", WEEK)
+    return report.run_report(root=root, **kw)
+
+
+class Tags(HTMLParser):
+    """Every start tag with its attributes."""
+
+    def __init__(self):
+        super().__init__()
+        self.tags: list[tuple[str, dict]] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+
+def tags_of(path: Path) -> list[tuple[str, dict]]:
+    parser = Tags()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser.tags
+
+
+_SHARED_REPORT: dict = {}
+
+
+def shared_report(tmp_path_factory) -> dict:
+    """One report of both studies per test session, read by this file and the browser tests.
+
+    Tests that change a report copy the project first.
+    """
+    if not _SHARED_REPORT:
+        root = make_project(tmp_path_factory.mktemp("report") / "project")
+        runs_root = root / "elsewhere_runs"
+        code = run(root, runs_root=runs_root)
+        _SHARED_REPORT.update(root=root, code=code, dir=root / "reports" / WEEK, runs_root=runs_root)
+    return _SHARED_REPORT
+
+
+@pytest.fixture
+def week(tmp_path_factory):
+    return shared_report(tmp_path_factory)
+
+
+def test_failure_is_marked_and_the_others_succeed(week):
+    assert week["code"] == 1
+    summary = json.loads((week["dir"] / "summary.json").read_text())
+    studies = summary["studies"]
+    assert set(studies) == {"plot", "broken"}  # scratch has no params file
+    assert studies["plot"]["status"] == "ok" and studies["plot"]["error"] is None
+    assert studies["broken"]["status"] == "failed"
+    assert "ValueError: planned failure" in studies["broken"]["error"]
+    for name in ("plot", "broken"):
+        assert (week["dir"] / f"{name}.ipynb").is_file()
+        assert (week["dir"] / f"{name}.html").is_file()
+    index = (week["dir"] / "index.html").read_text()
+    assert 'class="status status-failed">failed<' in index and 'class="status status-ok">ok<' in index
+    assert "1 failed" in index
+    # the failed page shows what ran before the error, the failing cell and the error
+    broken = (week["dir"] / "broken.html").read_text()
+    assert "before the error" in broken and "planned failure" in broken
+    assert "raise" in broken  # the failing cell's code stays visible
+    plot = (week["dir"] / "plot.html").read_text()
+    assert "ax.bar" not in plot  # other code is hidden
+
+
+def test_headline_findings_are_read_from_the_executed_notebook(week):
+    summary = json.loads((week["dir"] / "summary.json").read_text())
+    plot = summary["studies"]["plot"]
+    assert plot["headline"] == {"score": 0.5, "label": HOSTILE}
+    assert list(plot["headline"]) == ["score", "label"]  # order as given to findings()
+    assert plot["text"] == [f"experiment {HOSTILE} scored 0.5"]
+    assert plot["parameters"]["score"] == 0.5 and plot["preset"] == "quick"
+    env = summary["environment"]
+    assert env["preset"] == "quick" and env["torch"] and env["device"] in ("cpu", "cuda")
+    assert env["cpu"]
+    index = (week["dir"] / "index.html").read_text()
+    for text in ("Environment", "torch", env["torch"], "git commit", 'href="plot.html"', 'href="broken.html"'):
+        assert text in index
+
+
+def test_runs_root_is_passed_when_the_notebook_declares_one(week):
+    # the preset does not set runs_root, the notebook declares it: run_report's runs_root is used
+    assert (week["runs_root"] / "marker.txt").read_text() == HOSTILE
+    assert not (week["root"] / "runs").exists()
+
+
+def test_no_html_needs_the_network(week):
+    pages = sorted(week["dir"].glob("*.html"))
+    assert {p.name for p in pages} == {"index.html", "report.html", "plot.html", "broken.html"}
+    for page in pages:
+        text = page.read_text()
+        for tag, attrs in tags_of(page):
+            assert tag != "script", f"{page.name}: a <script> element"
+            for key in ("src", "href"):
+                value = (attrs.get(key) or "").strip().lower()
+                if tag == "a":
+                    continue
+                assert not value.startswith(("http:", "https:", "//")), f"{page.name}: <{tag} {key}={value}>"
+            if tag == "link":
+                pytest.fail(f"{page.name}: <link {attrs}> (styles must be inline)")
+        assert "@import" not in text, page.name
+        assert "url(http" not in text.replace(" ", "") and "url(//" not in text.replace(" ", ""), page.name
+        for cdn in ("cdnjs", "jsdelivr", "unpkg", "googleapis"):
+            assert cdn not in text.lower(), f"{page.name} mentions {cdn}"
+
+
+def test_plots_are_embedded_png_data(week):
+    for page in ("plot.html", "report.html"):
+        images = [attrs for tag, attrs in tags_of(week["dir"] / page) if tag == "img"]
+        assert len(images) == 1, page
+        src = images[0]["src"]
+        assert src.startswith("data:image/png;base64,")
+        data = base64.b64decode(src.split(",", 1)[1])
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        assert images[0]["alt"]
+
+
+def test_user_input_is_escaped(week):
+    for page in sorted(week["dir"].glob("*.html")):
+        text = page.read_text()
+        assert HOSTILE not in text, page.name
+    index = (week["dir"] / "index.html").read_text()
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in index  # shown as text, as data
+    # the pandas table in the notebook output does not escape its cells: the report does
+    plot = (week["dir"] / "plot.html").read_text()
+    assert plot.count("&lt;script&gt;alert(") >= 3  # printed, table cell, findings
+
+
+def test_report_html_holds_every_study_and_the_parameter_appendix(week):
+    page = week["dir"] / "report.html"
+    text = page.read_text()
+    ids = {attrs.get("id") for _, attrs in tags_of(page)}
+    links = {attrs.get("href") for tag, attrs in tags_of(page) if tag == "a"}
+    for anchor in ("study-plot", "study-broken", "parameters", "environment"):
+        assert anchor in ids and f"#{anchor}" in links
+    assert "before the error" in text and "planned failure" in text  # the failed study's body
+    assert "ax.bar" not in text  # code hidden
+    for row in parameter_table():
+        assert f"<code>{row['key']}</code>" in text
+    assert "since-last-week" not in ids  # no earlier week
+
+
+def test_rerun_in_the_same_week_keeps_earlier_outputs(week, tmp_path):
+    root = tmp_path / "project"
+    shutil.copytree(week["root"], root)
+    week_dir = root / "reports" / WEEK
+    before = {p.name: p.read_bytes() for p in week_dir.iterdir()}
+
+    with pytest.raises(ConfigError, match=r"already holds plot\.ipynb, plot\.html.*--force"):
+        run(root, only=["plot"], runs_root=tmp_path / "runs")
+    assert {p.name: p.read_bytes() for p in week_dir.iterdir()} == before  # nothing changed
+
+    assert run(root, only=["plot"], force=True, runs_root=tmp_path / "runs") == 0
+    archived = list((week_dir / "previous").iterdir())
+    assert len(archived) == 1
+    kept = {p.name: p.read_bytes() for p in archived[0].iterdir()}
+    assert set(kept) == {"plot.ipynb", "plot.html", "index.html", "report.html", "summary.json"}
+    for name, data in kept.items():
+        assert data == before[name]
+    assert (week_dir / "plot.html").read_bytes() != before["plot.html"]  # a new render
+    assert f'href="previous/{archived[0].name}/"' in (week_dir / "index.html").read_text()
+    # broken was not re-run: its files stay and it is still listed with its earlier status
+    assert (week_dir / "broken.html").read_bytes() == before["broken.html"]
+    summary = json.loads((week_dir / "summary.json").read_text())
+    assert summary["studies"]["broken"]["status"] == "failed"
+    assert summary["studies"]["plot"]["started"] != json.loads(before["summary.json"])["studies"]["plot"]["started"]
+
+
+def test_since_last_week_shows_how_headline_figures_moved(week, tmp_path):
+    root = tmp_path / "project"
+    shutil.copytree(week["root"], root)
+    assert run(root, preset="cpu", only=["plot"], week="2026-W11", runs_root=tmp_path / "runs") == 0
+    week_dir = root / "reports" / "2026-W11"
+    summary = json.loads((week_dir / "summary.json").read_text())
+    assert set(summary["studies"]) == {"plot"} and summary["studies"]["plot"]["headline"]["score"] == 0.75
+    since = report.since_last_week(root / "reports", "2026-W11", summary["studies"])
+    assert since["week"] == WEEK
+    rows = {(r["study"], r["figure"]): r for r in since["rows"]}
+    assert rows[("plot", "score")]["before"] == 0.5 and rows[("plot", "score")]["now"] == 0.75
+    assert rows[("plot", "score")]["change"] == "+0.25"
+    assert rows[("plot", "label")]["change"] == "changed"  # 'a' (cpu preset default) vs the hostile name
+    for page in ("index.html", "report.html"):
+        text = (week_dir / page).read_text()
+        assert 'id="since-last-week"' in text and "Since last week (2026-W10)" in text
+        assert "<td>score</td><td>0.5</td><td>0.75</td><td>+0.25</td>" in text
+
+
+def _params_error(tmp_path, yaml_text: str, **kw) -> str:
+    root = make_project(tmp_path / "project")
+    (root / "params" / "plot.yaml").write_text(yaml_text)
+    with pytest.raises(ConfigError) as err:
+        run(root, only=["plot"], **kw)
+    assert not (root / "reports").exists()  # refused before any notebook ran
+    return str(err.value)
+
+
+def test_unknown_preset_parameter_names_file_key_and_nearest(tmp_path):
+    message = _params_error(tmp_path, "presets:\n  quick: {scroe: 0.5}\n")
+    assert "plot.yaml" in message and "presets.quick" in message
+    assert "'scroe'" in message and "did you mean 'score'?" in message
+
+
+def test_missing_preset_is_an_error(tmp_path):
+    message = _params_error(tmp_path, "presets:\n  quick: {score: 0.5}\n", preset="gpu")
+    assert "plot.yaml" in message and "no preset 'gpu'" in message and "quick" in message
+
+
+def test_wrong_value_type_is_an_error(tmp_path):
+    message = _params_error(tmp_path, "presets:\n  quick: {score: high}\n")
+    assert "presets.quick.score = 'high'" in message and "expected float" in message
+
+
+def test_params_file_needs_presets(tmp_path):
+    message = _params_error(tmp_path, "quick: {score: 0.5}\n")
+    assert "plot.yaml" in message and "presets" in message
+
+
+def test_unknown_study_and_bad_week(tmp_path):
+    root = make_project(tmp_path / "project")
+    with pytest.raises(ConfigError, match="--only plto: no such study: did you mean 'plot'"):
+        run(root, only=["plto"])
+    with pytest.raises(ConfigError, match=r"scratch\.yaml not found"):
+        run(root, only=["scratch"])
+    with pytest.raises(ConfigError, match="2027 has no ISO week 53"):
+        run(root, week="2027-W53")
+    with pytest.raises(ConfigError, match="expected an ISO week"):
+        run(root, week="2026-48")
+    assert not (root / "reports").exists()
+
+
+def test_iso_week_uses_the_iso_year():
+    assert report.iso_week(dt.date(2026, 11, 26)) == "2026-W48"
+    assert report.iso_week(dt.date(2027, 1, 1)) == "2026-W53"  # a Friday: still 2026's last week
+    assert report.iso_week(dt.date(2024, 12, 30)) == "2025-W01"
+
+
+def test_neutralize_html_shows_scripts_as_text_and_drops_handlers():
+    fragment = ('<p onclick="steal()">hi</p><script>alert(1)</script>'
+                '<img src="https://example.org/x.png"><a href="javascript:alert(1)">x</a>'
+                '<a href="https://example.org/">ok</a><style>@import url(https://x/y.css);</style>'
+                '<img src="data:image/png;base64,AAAA">')
+    out = report.neutralize_html(fragment)
+    parser = Tags()
+    parser.feed(out)
+    tags = parser.tags
+    assert [t for t, _ in tags] == ["p", "img", "a", "a", "img"]
+    assert "onclick" not in tags[0][1]
+    assert "src" not in tags[1][1] and "href" not in tags[2][1]
+    assert tags[3][1]["href"] == "https://example.org/"  # links stay links
+    assert tags[4][1]["src"] == "data:image/png;base64,AAAA"
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in out and "&lt;style&gt;@import" in out
+
+
+def test_parameters_doc_is_in_step_with_the_code():
+    doc = REPO / "docs" / "PARAMETERS.md"
+    assert doc.read_text(encoding="utf-8") == report.parameters_markdown(), (
+        "docs/PARAMETERS.md is out of date: .venv/bin/python -m vqalab.report --parameters-doc docs/PARAMETERS.md")
+    rows = [line for line in doc.read_text().splitlines() if line.startswith("| `")]
+    assert len(rows) == len(parameter_table())
+    assert "| `optim.betas` | `[0.9, 0.999]` |" in doc.read_text()
+
+
+def test_a_notebook_that_cannot_start_is_reported_as_failed(tmp_path, monkeypatch):
+    import papermill
+
+    def kernel_died(*args, **kwargs):
+        raise RuntimeError("Kernel died before replying to <kernel_info>")
+
+    monkeypatch.setattr(papermill, "execute_notebook", kernel_died)
+    root = make_project(tmp_path / "project")
+    assert run(root, only=["plot"]) == 1
+    week_dir = root / "reports" / WEEK
+    summary = json.loads((week_dir / "summary.json").read_text())
+    assert summary["studies"]["plot"]["status"] == "failed"
+    assert summary["studies"]["plot"]["error"] == "RuntimeError: Kernel died before replying to <kernel_info>"
+    page = (week_dir / "plot.html").read_text()
+    assert "Kernel died before replying to &lt;kernel_info&gt;" in page
+    assert 'class="status status-failed"' in (week_dir / "index.html").read_text()

@@ -1,0 +1,167 @@
+"""Sweeps: one run per grid point × seed, reuse of finished points, divergence recorded and passed
+over, seeds that differ and repeat exactly. Tiny easy-VQA runs on the CPU."""
+
+import json
+import math
+
+import matplotlib
+import pandas as pd
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+from vqalab import runs, train
+from vqalab import sweep as sweep_module
+from vqalab.registry import ConfigError
+from vqalab.sweep import expand_grid, format_stat, load_curves, plot_vs, seed_stats, sweep
+
+DATA_SPEC = {"name": "easy_vqa", "max_train_samples": 64, "max_val_samples": 32}
+NAN_LR = 5e-3  # the monkeypatched loss turns NaN at this learning rate
+
+
+def base(runs_root):
+    return {
+        "experiment": "sweep", "name": "pt", "runs_root": str(runs_root),
+        "model": {"name": "vqa_mean_mlp", "cnn_channels": [4, 8], "embed_dim": 8, "hidden_dim": 16,
+                  "dropout": 0.2},
+        "data": DATA_SPEC,
+        "train": {"epochs": 2, "batch_size": 16, "num_threads": 1, "progress": False},
+    }
+
+
+@pytest.fixture
+def nan_at_high_lr(monkeypatch):
+    original = train.compute_loss
+
+    def loss(logits, batch, cfg):
+        value = original(logits, batch, cfg)
+        return value * math.nan if cfg.optim.lr == NAN_LR else value
+
+    monkeypatch.setattr(train, "compute_loss", loss)
+
+
+@pytest.fixture
+def count_data_loads(monkeypatch):
+    calls = []
+    real = sweep_module.build_data
+
+    def counting(spec, seed=0):
+        calls.append(dict(spec))
+        return real(spec, seed=seed)
+
+    monkeypatch.setattr(sweep_module, "build_data", counting)
+    return calls
+
+
+def weights(run_dir):
+    return runs.load_checkpoint(train.latest_checkpoint(run_dir))["model_state"]
+
+
+def test_diverged_point_is_recorded_and_the_sweep_goes_on(tmp_path, nan_at_high_lr, count_data_loads):
+    df = sweep(base(tmp_path), {"optim.lr": [NAN_LR, 1e-3]}, seeds=[0])
+    assert list(df["optim.lr"]) == [NAN_LR, 1e-3]
+    assert list(df["status"]) == ["diverged", "completed"]  # the point after the diverged one ran
+    bad, good = df.iloc[0], df.iloc[1]
+    assert bad["diverged_step"] == 0 and bad["diverged_lr"] == pytest.approx(NAN_LR)
+    assert math.isnan(bad["best_val_acc"])  # diverged in epoch 1: no finished epoch
+    assert good["epochs"] == 2 and 0 <= good["best_val_acc"] <= 1 and math.isnan(good["diverged_step"])
+    assert json.loads((tmp_path / "sweep" / bad["run_dir"].split("/")[-1] / "summary.json").read_text())["status"] == "diverged"
+    assert len(count_data_loads) == 1  # one data spec, loaded once for both points
+    assert df.attrs["grid_keys"] == ["optim.lr"]
+
+    # tables and plots show the diverged point as diverged, not as a gap
+    stats = seed_stats(df, ["optim.lr"]).set_index("optim.lr")
+    assert stats.loc[NAN_LR, "n_diverged"] == 1 and stats.loc[NAN_LR, "n"] == 0
+    assert format_stat(stats.loc[NAN_LR]) == "diverged (1/1)"
+    assert format_stat(stats.loc[1e-3]) == f"{good['best_val_acc']:.3f}"
+    ax = plot_vs(df, x="optim.lr", logx=True)
+    crosses = [c for c in ax.collections if "diverged" in str(c.get_label())]
+    assert len(crosses) == 1 and crosses[0].get_offsets()[0][0] == pytest.approx(NAN_LR)
+
+
+def test_finished_points_are_reused_not_retrained(tmp_path, nan_at_high_lr, count_data_loads, monkeypatch):
+    first = sweep(base(tmp_path), {"optim.lr": [NAN_LR, 1e-3]}, seeds=[0])
+    assert not first["reused"].any()
+    folders = sorted((tmp_path / "sweep").iterdir())
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished point was trained again")
+
+    monkeypatch.setattr(sweep_module, "fit", no_training)
+    renamed = {**base(tmp_path), "name": "another-name"}  # the run name is not part of the identity
+    again = sweep(renamed, {"optim.lr": [NAN_LR, 1e-3]}, seeds=[0])
+    assert again["reused"].all()
+    assert list(again["run_dir"]) == list(first["run_dir"])
+    assert list(again["status"]) == ["diverged", "completed"]  # a diverged point is finished too
+    assert again["best_val_acc"].equals(first["best_val_acc"])
+    assert sorted((tmp_path / "sweep").iterdir()) == folders
+    assert len(count_data_loads) == 1  # nothing to train: no data loaded the second time
+
+    # a new point is trained, the old ones still reused
+    monkeypatch.setattr(sweep_module, "fit", train.fit)
+    grown = sweep(base(tmp_path), {"optim.lr": [NAN_LR, 1e-3, 2e-3]}, seeds=[0])
+    assert list(grown["reused"]) == [True, True, False]
+    assert len(list((tmp_path / "sweep").iterdir())) == 3
+
+
+def test_two_seeds_differ_and_one_seed_repeats_exactly(tmp_path):
+    df = sweep(base(tmp_path), {"optim.lr": [1e-3]}, seeds=[0, 1])
+    seed0, seed1 = (weights(d) for d in df["run_dir"])
+    assert not all(torch.equal(seed0[k], seed1[k]) for k in seed0)
+
+    repeat = sweep(base(tmp_path), {"optim.lr": [1e-3]}, seeds=[0], reuse=False)
+    assert repeat["run_dir"][0] != df["run_dir"][0]  # trained again into a new folder ...
+    again = weights(repeat["run_dir"][0])
+    assert all(torch.equal(again[k], seed0[k]) for k in seed0)  # ... to the same weights
+    assert repeat["best_val_acc"][0] == df["best_val_acc"][0]
+    assert repeat["config_hash"][0] == df["config_hash"][0] != df["config_hash"][1]
+
+    curves = load_curves(df)
+    assert len(curves) == 4 and set(curves["seed"]) == {0, 1}
+    assert list(curves.columns[:3]) == ["epoch", "step", "train_loss"] and "optim.lr" in curves
+
+
+def test_bad_grids_fail_before_any_training(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key 'optim.lrr'.*did you mean 'optim.lr'"):
+        sweep(base(tmp_path), {"optim.lr": [1e-3], "optim.lrr": [1e-3]})
+    with pytest.raises(ConfigError, match=r"model: unknown key 'dept'"):
+        sweep(base(tmp_path), {"model.dept": [2]})
+    with pytest.raises(ConfigError, match="pass seeds="):
+        sweep(base(tmp_path), {"seed": [0, 1]})
+    with pytest.raises(ConfigError, match="non-empty list"):
+        sweep(base(tmp_path), {"optim.lr": []})
+    with pytest.raises(ConfigError, match="seeds"):
+        sweep(base(tmp_path), {"optim.lr": [1e-3]}, seeds=[])
+    # the second point is invalid (lr must be > 0): nothing ran, not even the valid first point
+    with pytest.raises(ConfigError, match="optim.lr = -1"):
+        sweep(base(tmp_path), {"optim.lr": [1e-3, -1.0]})
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_grid_expansion_order_names_and_tuple_values():
+    points = expand_grid({"name": "g"}, {"optim.lr": [1e-4, 1e-3], "optim.betas": [[0.9, 0.99]]}, seeds=[0, 5])
+    assert [(p.values["optim.lr"], p.seed) for p in points] == [(1e-4, 0), (1e-4, 5), (1e-3, 0), (1e-3, 5)]
+    assert points[0].cfg.name == "g-lr=0.0001_betas=0.9-0.99_s0"
+    assert points[0].cfg.optim.betas == (0.9, 0.99) and points[0].values["optim.betas"] == (0.9, 0.99)
+    assert len({p.hash for p in points}) == 4
+
+
+def test_switching_model_name_keeps_the_other_model_keys():
+    from vqalab.models import list_models
+
+    if not {"ir50_vit", "ir50_cls"} <= set(list_models()):
+        pytest.skip("FER models not registered")
+    points = expand_grid({"model": {"name": "ir50_vit", "depth": 2, "img_size": 32}},
+                         {"model.name": ["ir50_vit", "ir50_cls"]})
+    assert [p.cfg.model for p in points] == [{"name": n, "depth": 2, "img_size": 32} for n in ("ir50_vit", "ir50_cls")]
+
+
+def test_seed_stats_mean_std_against_pandas():
+    df = pd.DataFrame({"k": [1, 1, 1, 2, 2], "status": ["completed", "completed", "diverged", "completed", "completed"],
+                       "best_val_acc": [0.5, 0.7, math.nan, 0.2, 0.2]})
+    stats = seed_stats(df, ["k"]).set_index("k")
+    assert stats.loc[1, "mean"] == pytest.approx(0.6) and stats.loc[1, "std"] == pytest.approx(0.1414213, rel=1e-5)
+    assert stats.loc[1, "n"] == 2 and stats.loc[1, "n_diverged"] == 1 and stats.loc[1, "runs"] == 3
+    assert format_stat(stats.loc[1]) == "0.600 ± 0.141 (1/3 diverged)"
+    assert format_stat(stats.loc[2]) == "0.200 ± 0.000"

@@ -1,0 +1,154 @@
+"""easy-VQA (the ``easy-vqa`` package): 64×64 shape images, 38,575 train / 9,673 test questions,
+13 answers. The package has no validation split, so the test split is the validation split."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from vqalab.data import DataSplits, register_dataset
+from vqalab.data.text import Vocabulary, pad_questions
+from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from vqalab.paths import cache_dir
+
+# The subset taken by max_*_samples is the same for every run seed, so runs stay comparable.
+SUBSET_SEED = 1234
+
+
+def load_split(split: str) -> tuple[list[str], list[str], list[int], dict[int, str]]:
+    import easy_vqa
+
+    if split == "train":
+        texts, answers, image_ids = easy_vqa.get_train_questions()
+        paths = easy_vqa.get_train_image_paths()
+    else:
+        texts, answers, image_ids = easy_vqa.get_test_questions()
+        paths = easy_vqa.get_test_image_paths()
+    return texts, answers, image_ids, paths
+
+
+def decode_images(paths: dict[int, str], split: str) -> tuple[np.ndarray, dict[int, int]]:
+    """All images of a split as one (N, 3, 64, 64) uint8 array, cached on disk after the first call."""
+    ids = sorted(paths)
+    key = hashlib.sha1("|".join(f"{i}:{paths[i]}" for i in ids).encode()).hexdigest()[:12]
+    cached = cache_dir() / "easy_vqa" / f"{split}-{key}.npy"
+    if cached.is_file():
+        array = np.load(cached)
+    else:
+        array = np.stack([np.asarray(Image.open(paths[i]).convert("RGB")).transpose(2, 0, 1) for i in ids])
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".tmp{id(array)}.npy")
+        np.save(tmp, array)
+        tmp.replace(cached)  # atomic: a concurrent reader never sees half a file
+    return array, {image_id: row for row, image_id in enumerate(ids)}
+
+
+class QuestionImageDataset(Dataset):
+    """Items: image (3, H, W) normalised float, question token ids, image_id, target answer index."""
+
+    def __init__(self, images: np.ndarray, row_of_image: dict[int, int], questions: list[list[int]],
+                 image_ids: list[int], targets: list[int]):
+        self.images = torch.from_numpy(images)
+        self.row_of_image = row_of_image
+        self.questions = questions
+        self.image_ids = image_ids
+        self.targets = targets
+        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def __getitem__(self, index: int) -> dict:
+        image_id = self.image_ids[index]
+        image = self.images[self.row_of_image[image_id]].float().div_(255)
+        return {
+            "image": (image - self.mean) / self.std,
+            "question": self.questions[index],
+            "image_id": image_id,
+            "target": self.targets[index],
+        }
+
+
+def collate_vqa(items: list[dict]) -> dict:
+    question, question_len = pad_questions([it["question"] for it in items])
+    batch = {
+        "image": torch.stack([it["image"] for it in items]),
+        "question": question,
+        "question_len": question_len,
+        "image_id": torch.tensor([it["image_id"] for it in items], dtype=torch.long),
+        "target": torch.tensor([it["target"] for it in items], dtype=torch.long),
+    }
+    if "soft_target" in items[0]:
+        batch["soft_target"] = torch.stack([it["soft_target"] for it in items])
+    return batch
+
+
+def _subset(n: int, limit: Optional[int]) -> list[int]:
+    if limit is None or limit >= n:
+        return list(range(n))
+    gen = torch.Generator().manual_seed(SUBSET_SEED)
+    return sorted(torch.randperm(n, generator=gen)[:limit].tolist())
+
+
+@register_dataset
+def easy_vqa(
+    *,
+    max_train_samples: Optional[int] = None,
+    max_val_samples: Optional[int] = None,
+    group_by_image: bool = True,
+) -> DataSplits:
+    """easy-VQA from the installed package.
+
+    max_train_samples / max_val_samples: use a fixed random subset of questions (None: all).
+    group_by_image: batch the questions of one image together so the encoder runs once per image.
+    """
+    answers = load_split_answers()
+    train_text, train_ans, train_img, train_paths = load_split("train")
+    val_text, val_ans, val_img, val_paths = load_split("test")
+    train_keep = _subset(len(train_text), max_train_samples)
+    val_keep = _subset(len(val_text), max_val_samples)
+    vocab = Vocabulary.build(train_text[i] for i in train_keep)
+    answer_index = {a: i for i, a in enumerate(answers)}
+
+    def make(texts, ans, imgs, paths, keep, split):
+        images, rows = decode_images(paths, split)
+        return QuestionImageDataset(
+            images, rows,
+            [vocab.encode(texts[i]) for i in keep],
+            [imgs[i] for i in keep],
+            [answer_index[ans[i]] for i in keep],
+        )
+
+    train = make(train_text, train_ans, train_img, train_paths, train_keep, "train")
+    val = make(val_text, val_ans, val_img, val_paths, val_keep, "test")
+    return DataSplits(
+        train=train,
+        val=val,
+        collate=collate_vqa,
+        input_keys=("image", "question", "question_len", "image_id"),
+        model_kwargs={"vocab_size": len(vocab), "num_answers": len(answers)},
+        class_names=answers,
+        train_groups=train.image_ids if group_by_image else None,
+        vocab=vocab.tokens,
+        info={"dataset": "easy_vqa", "train_questions": len(train), "val_questions": len(val),
+              "val_split": "test", "image_size": int(train.images.shape[-1])},
+    )
+
+
+def load_split_answers() -> list[str]:
+    import easy_vqa
+
+    return easy_vqa.get_answers()
+
+
+def package_data_dir() -> Path:
+    import easy_vqa
+
+    return Path(easy_vqa.__file__).parent / "data"

@@ -1,0 +1,208 @@
+"""RAF-DB basic (Real-world Affective Faces, seven basic expressions) from local files.
+
+Two layouts are read:
+
+- official: ``EmoLabel/list_patition_label.txt`` (sic) with lines ``train_00001.jpg 5`` / ``test_0001.jpg 1``
+  (labels 1-7 = Surprise, Fear, Disgust, Happiness, Sadness, Anger, Neutral) and images at
+  ``Image/aligned/train_00001_aligned.jpg`` (or ``Image/original/train_00001.jpg``);
+- ImageFolder: ``train/<class>/*.jpg`` and ``test/<class>/*.jpg`` (or ``val/``), where ``<class>``
+  is the label number 1-7 or the expression's name (``happy``, ``Happiness``, …).
+
+RAF-DB has no validation split; the test split is the validation split, as in the literature.
+Classes are always reported in ``EXPRESSIONS`` order (label k → class index k - 1). Decoded images
+are cached under ``vqalab.paths.cache_dir()``, keyed by the file list, sizes, dates and image size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from vqalab.data import DataSplits, register_dataset
+from vqalab.data.faces import EXPRESSIONS, NUM_EXPRESSIONS, expression_splits
+from vqalab.paths import cache_dir, resolve
+from vqalab.registry import ConfigError
+
+log = logging.getLogger(__name__)
+
+LABEL_FILE = Path("EmoLabel") / "list_patition_label.txt"  # the official spelling
+ALIGNED_DIR = Path("Image") / "aligned"
+ORIGINAL_DIR = Path("Image") / "original"
+SPLIT_PREFIXES = {"train": "train_", "test": "test_"}
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+VAL_FOLDERS = ("test", "val")  # ImageFolder: the first one present is the validation split
+SUBSET_SEED = 1234  # max_*_samples subsets are the same for every run seed
+DECODE_VERSION = 1  # bump when decoding changes: old cache files are then ignored
+# ImageFolder class folder names (lower case) → class index in EXPRESSIONS order.
+CLASS_FOLDER_ALIASES = {
+    **{str(k + 1): k for k in range(NUM_EXPRESSIONS)},
+    **{name.lower(): k for k, name in enumerate(EXPRESSIONS)},
+    "surprised": 0, "fearful": 1, "disgusted": 2, "happy": 3, "sad": 4, "angry": 5,
+}
+
+
+def label_help() -> str:
+    return ", ".join(f"{k + 1} = {name}" for k, name in enumerate(EXPRESSIONS))
+
+
+def read_label_file(root: Path, aligned: bool = True) -> dict[str, list[tuple[Path, int]]]:
+    """Parse the official label file: {"train": [(image path, class index)], "test": [...]}.
+
+    Raises ``ConfigError`` naming the file and line for a missing file, a malformed line, a
+    label outside 1-7 or an unknown split prefix, and listing images that are listed but missing.
+    """
+    label_file = root / LABEL_FILE
+    if not label_file.is_file():
+        raise ConfigError(f"RAF-DB label file not found: {label_file} (expected the official layout "
+                          f"{LABEL_FILE} + {ALIGNED_DIR}/, or train/<class>/ and test/<class>/ folders)")
+    image_dir = root / (ALIGNED_DIR if aligned else ORIGINAL_DIR)
+    splits: dict[str, list[tuple[Path, int]]] = {split: [] for split in SPLIT_PREFIXES}
+    missing: list[str] = []
+    for line_no, line in enumerate(label_file.read_text().splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{label_file}:{line_no}"
+        if len(fields) != 2:
+            raise ConfigError(f"{where}: expected '<image name> <label 1-7>', got {line.strip()!r}")
+        name, label_text = fields
+        try:
+            label = int(label_text)
+        except ValueError:
+            raise ConfigError(f"{where}: label {label_text!r} of {name} is not a number: expected 1-7 "
+                              f"({label_help()})") from None
+        if not 1 <= label <= NUM_EXPRESSIONS:
+            raise ConfigError(f"{where}: label {label} of {name} is outside 1-{NUM_EXPRESSIONS} ({label_help()})")
+        split = next((s for s, prefix in SPLIT_PREFIXES.items() if name.startswith(prefix)), None)
+        if split is None:
+            raise ConfigError(f"{where}: image name {name!r} starts with neither "
+                              f"{' nor '.join(repr(p) for p in SPLIT_PREFIXES.values())}")
+        stem = Path(name).stem
+        path = image_dir / (f"{stem}_aligned{Path(name).suffix}" if aligned else name)
+        if not path.is_file():
+            missing.append(f"{name} (line {line_no}) → {path}")
+        splits[split].append((path, label - 1))
+    if missing:
+        raise ConfigError(f"{label_file}: {len(missing)} listed image(s) not found, e.g. {'; '.join(missing[:3])}")
+    for split, items in splits.items():
+        if not items:
+            raise ConfigError(f"{label_file}: the {split} split is empty (no image name starts with "
+                              f"{SPLIT_PREFIXES[split]!r})")
+    return splits
+
+
+def read_image_folders(root: Path) -> dict[str, list[tuple[Path, int]]]:
+    """ImageFolder layout: {"train": [(image path, class index)], "test": [...]} from class folders."""
+    val_dir = next((root / name for name in VAL_FOLDERS if (root / name).is_dir()), None)
+    if not (root / "train").is_dir() or val_dir is None:
+        raise ConfigError(f"{root}: expected train/<class>/ and test/<class>/ (or val/<class>/) folders")
+    splits = {}
+    for split, folder in (("train", root / "train"), ("test", val_dir)):
+        items = []
+        for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+            index = CLASS_FOLDER_ALIASES.get(class_dir.name.lower())
+            if index is None:
+                raise ConfigError(f"{class_dir}: unknown class folder {class_dir.name!r}: expected 1-7 or one of "
+                                  f"{', '.join(EXPRESSIONS)} ({', '.join(a for a in CLASS_FOLDER_ALIASES if not a.isdigit())})")
+            items += [(p, index) for p in sorted(class_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        if not items:
+            raise ConfigError(f"{folder}: the {split} split is empty (no {'/'.join(IMAGE_SUFFIXES)} files "
+                              f"in its class folders)")
+        splits[split] = items
+    return splits
+
+
+def detect_layout(root: Path) -> Literal["official", "imagefolder"]:
+    if (root / LABEL_FILE).is_file():
+        return "official"
+    if (root / "train").is_dir():
+        return "imagefolder"
+    if not root.is_dir():
+        raise ConfigError(f"RAF-DB root not found: {root} (set data.root)")
+    raise ConfigError(f"{root}: not a RAF-DB folder: label file {LABEL_FILE} not found and no train/<class>/ "
+                      f"folders (expected the official layout or the ImageFolder layout)")
+
+
+def decode_images(paths: list[Path], size: int, use_cache: bool = True) -> np.ndarray:
+    """uint8 (N, 3, size, size), resized with a bicubic filter; cached on disk after the first call."""
+    stats = [f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths]
+    key = hashlib.sha1("|".join([str(size), str(DECODE_VERSION), *stats]).encode()).hexdigest()[:16]
+    cached = cache_dir() / "rafdb" / f"{size}px-{len(paths)}-{key}.npy"
+    if use_cache and cached.is_file():
+        return np.load(cached)
+    array = np.empty((len(paths), 3, size, size), dtype=np.uint8)
+    for i, path in enumerate(paths):
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                if img.size != (size, size):
+                    img = img.resize((size, size), Image.Resampling.BICUBIC)
+                array[i] = np.asarray(img).transpose(2, 0, 1)
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read the image: {err}") from None
+    if use_cache:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.stem}.{id(array)}.tmp.npy")
+        np.save(tmp, array)
+        tmp.replace(cached)  # atomic: a concurrent reader never sees half a file
+    return array
+
+
+def _subset(items: list, limit: Optional[int]) -> list:
+    if limit is None or limit >= len(items):
+        return items
+    gen = torch.Generator().manual_seed(SUBSET_SEED)
+    return [items[i] for i in sorted(torch.randperm(len(items), generator=gen)[:limit].tolist())]
+
+
+@register_dataset
+def rafdb(
+    *,
+    root: str = "data/RAF-DB/basic",
+    layout: Literal["auto", "official", "imagefolder"] = "auto",
+    aligned: bool = True,
+    image_size: int = 112,
+    max_train_samples: Optional[int] = None,
+    max_val_samples: Optional[int] = None,
+    augment: bool = True,
+    normalization: Literal["face", "imagenet"] = "face",
+    use_cache: bool = True,
+) -> DataSplits:
+    """RAF-DB basic from a local folder; the test split is the validation split.
+
+    root: the RAF-DB ``basic`` folder (relative paths: from the project root).
+    layout: "official" (EmoLabel/list_patition_label.txt + Image/aligned/), "imagefolder"
+    (train/<class>/, test/<class>/) or "auto" (whichever is there). aligned: official layout only,
+    read Image/aligned/*_aligned.jpg (100×100) rather than Image/original/.
+    image_size: images are resized to this (match model.img_size; 112 for IR-50).
+    max_train_samples / max_val_samples: a fixed random subset (None: all).
+    augment: random flip + resized crop on the train split. normalization: "face" or "imagenet".
+    use_cache: keep decoded arrays under the cache folder.
+    """
+    if not 16 <= image_size <= 512:
+        raise ConfigError(f"data 'rafdb': image_size = {image_size}: expected 16 … 512")
+    for key, value in (("max_train_samples", max_train_samples), ("max_val_samples", max_val_samples)):
+        if value is not None and value < 1:
+            raise ConfigError(f"data 'rafdb': {key} = {value}: expected ≥ 1 or null")
+    folder = resolve(root)
+    if layout == "auto":
+        layout = detect_layout(folder)
+    splits = read_label_file(folder, aligned) if layout == "official" else read_image_folders(folder)
+    train_items = _subset(splits["train"], max_train_samples)
+    val_items = _subset(splits["test"], max_val_samples)
+    log.info("RAF-DB %s layout at %s: %d train, %d test images", layout, folder, len(train_items), len(val_items))
+    return expression_splits(
+        train_images=decode_images([p for p, _ in train_items], image_size, use_cache),
+        train_targets=[t for _, t in train_items],
+        val_images=decode_images([p for p, _ in val_items], image_size, use_cache),
+        val_targets=[t for _, t in val_items],
+        augment=augment, normalization=normalization,
+        info={"dataset": "rafdb", "root": str(folder), "layout": layout, "aligned": aligned,
+              "val_split": "test"},
+    )

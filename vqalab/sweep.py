@@ -1,0 +1,345 @@
+"""Sweeps: an outer loop over single runs (timm's ``bulk_runner``), one ``fit`` per grid point.
+
+``sweep(base, grid={"optim.lr": [...], "model.depth": [...]}, seeds=[0, 1])`` trains every
+combination of the grid values (dotted params keys, as in ``--set``) for every seed and returns one
+pandas DataFrame row per run. A point whose resolved config already finished (same config hash,
+status ``completed`` or ``diverged``, found under ``runs_root/experiment``) is reused, not
+retrained, so re-running a report is cheap. A diverged run is a row with status ``diverged`` (step
+and LR recorded) and the sweep goes on; the helpers below show it as diverged, never as a missing
+point.
+
+Reuse trusts the config hash: after a change to the model or loop code that alters results, pass
+``reuse=False`` (or a new experiment name) to train again.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from vqalab import runs
+from vqalab.config import RunConfig, build_config, set_dotted
+from vqalab.data import DataSplits, build_data
+from vqalab.paths import resolve
+from vqalab.registry import ConfigError
+from vqalab.train import FINISHED_STATUSES, config_hash, fit, read_metrics
+
+log = logging.getLogger(__name__)
+
+# Figures copied from each run's summary.json into its row (missing ones are NaN / None).
+SUMMARY_COLUMNS = ("best_val_acc", "best_epoch", "final_val_acc", "best_val_loss", "epochs", "steps",
+                   "diverged_step", "diverged_epoch", "diverged_lr", "wall_time_s", "params")
+DIVERGED_COLOR = "tab:red"
+
+
+@dataclass
+class SweepPoint:
+    """One run of a sweep: its grid values, seed, resolved config and config hash."""
+
+    values: dict[str, Any]
+    seed: int
+    cfg: RunConfig
+    hash: str
+
+
+def format_value(value: Any) -> str:
+    """Short text of a grid value for run names and labels (``1e-05``, ``4``, ``0.9-0.99``)."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "-".join(format_value(v) for v in value)
+    return str(value)
+
+
+def _hashable(value: Any) -> Any:
+    """Grid values become DataFrame cells that groupby can use: lists → tuples."""
+    return tuple(_hashable(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def expand_grid(base: RunConfig | dict, grid: dict[str, Sequence], seeds: Sequence[int] = (0,)) -> list[SweepPoint]:
+    """Every grid combination × seed as a validated config; all errors raise before any training.
+
+    base: the config every point starts from (a RunConfig or a partial params tree).
+    grid: dotted params key → list of values, e.g. ``{"optim.lr": [1e-4, 1e-3], "model.depth": [2, 4]}``.
+        Keys vary in the given order, the last fastest. Setting ``model.name`` keeps the other model
+        keys (two models with the same keywords are compared at the same settings).
+    seeds: one run per seed at every point.
+    """
+    base_tree = base.to_dict() if isinstance(base, RunConfig) else copy.deepcopy(dict(base or {}))
+    if not isinstance(grid, dict):
+        raise ConfigError(f"sweep grid: expected a mapping of dotted keys to lists, got {type(grid).__name__}")
+    for key, values in grid.items():
+        if key == "seed":
+            raise ConfigError("sweep grid: 'seed' is not a grid key: pass seeds=[...]")
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
+            raise ConfigError(f"sweep grid: {key} = {values!r}: expected a non-empty list of values")
+    seeds = list(seeds)
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ConfigError(f"sweep seeds = {seeds!r}: expected a non-empty list of integers ≥ 0")
+    base_name = base_tree.get("name", "run")
+    points = []
+    for combo in itertools.product(*grid.values()):
+        values = dict(zip(grid, combo))
+        for seed in seeds:
+            label = "_".join(f"{k.split('.')[-1]}={format_value(v)}" for k, v in values.items())
+            tree = copy.deepcopy(base_tree)
+            for key, value in values.items():
+                set_dotted(tree, key, copy.deepcopy(value))
+            tree["seed"] = seed
+            tree["name"] = runs.safe_name(f"{base_name}-{label}_s{seed}" if label else f"{base_name}_s{seed}")
+            cfg = build_config(tree, source=f"sweep point {label or '(base)'} seed {seed}")
+            points.append(SweepPoint(values={k: _hashable(v) for k, v in values.items()}, seed=seed,
+                                     cfg=cfg, hash=config_hash(cfg)))
+    return points
+
+
+def finished_runs(runs_root: str | Path, experiment: str) -> dict[str, Path]:
+    """Config hash → folder of the latest finished (completed or diverged) run of an experiment."""
+    folder = resolve(runs_root) / runs.safe_name(experiment)
+    found: dict[str, Path] = {}
+    for summary_file in sorted(folder.glob("*/summary.json")):  # folder names sort by start time
+        try:
+            summary = json.loads(summary_file.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if summary.get("status") in FINISHED_STATUSES and summary.get("config_hash"):
+            found[summary["config_hash"]] = summary_file.parent
+    return found
+
+
+def _row(point: SweepPoint, summary: dict, run_dir: Path | None, reused: bool) -> dict:
+    row = {**point.values, "seed": point.seed, "status": summary.get("status", "failed")}
+    for key in SUMMARY_COLUMNS:
+        value = summary.get(key)
+        row[key] = math.nan if value is None else value
+    row.update(reused=reused, run_dir=str(run_dir) if run_dir else None, config_hash=point.hash,
+               error=summary.get("error"))
+    return row
+
+
+def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[int] = (0,),
+          data: DataSplits | None = None, reuse: bool = True) -> pd.DataFrame:
+    """Train (or reuse) one run per grid point and seed; one DataFrame row per run.
+
+    base, grid, seeds: as in ``expand_grid``.
+    data: loaded splits used by every point (they must match ``data`` of the configs); None: each
+        distinct ``data`` spec is loaded once, and only if some point needs training.
+    reuse: take a finished run with the same config hash instead of training it again.
+
+    Columns: the grid keys, ``seed``, ``status`` (completed / diverged / failed), the summary
+    figures (``best_val_acc``, ``best_epoch``, ``diverged_step``, ``diverged_lr``, …), ``reused``,
+    ``run_dir``, ``config_hash``, ``error``. A run that raises (other than a config error) is a
+    ``failed`` row and the sweep goes on. ``df.attrs["grid_keys"]`` lists the grid keys.
+    """
+    points = expand_grid(base, grid, seeds)
+    indexes: dict[tuple[str, str], dict[str, Path]] = {}
+    loaded: dict[str, DataSplits] = {}
+    rows = []
+    for n, point in enumerate(points, 1):
+        cfg = point.cfg
+        index = indexes.setdefault((cfg.runs_root, cfg.experiment),
+                                   finished_runs(cfg.runs_root, cfg.experiment) if reuse else {})
+        if reuse and point.hash in index:
+            run_dir = index[point.hash]
+            log.info("sweep point %d/%d %s: reusing %s", n, len(points), cfg.name, run_dir)
+            rows.append(_row(point, json.loads((run_dir / "summary.json").read_text()), run_dir, reused=True))
+            continue
+        log.info("sweep point %d/%d %s: training", n, len(points), cfg.name)
+        try:
+            point_data = data
+            if point_data is None:
+                key = json.dumps(cfg.data, sort_keys=True, default=str)
+                if key not in loaded:
+                    loaded[key] = build_data(cfg.data, seed=cfg.seed)
+                point_data = loaded[key]
+            result = fit(cfg, data=point_data)
+        except ConfigError:
+            raise
+        except Exception as err:  # one broken point must not lose the others
+            log.exception("sweep point %s failed", cfg.name)
+            rows.append(_row(point, {"status": "failed", "error": f"{type(err).__name__}: {err}"}, None, False))
+            continue
+        if result.summary["status"] in FINISHED_STATUSES:
+            index[point.hash] = result.run_dir
+        rows.append(_row(point, result.summary, result.run_dir, reused=False))
+    df = pd.DataFrame(rows)
+    df.attrs["grid_keys"] = list(grid)
+    return df
+
+
+def load_curves(df: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.DataFrame:
+    """Every run's ``metrics.csv`` stacked: one row per run and epoch, with its grid values and seed.
+
+    keys: grid columns to carry over (default ``df.attrs["grid_keys"]``).
+    """
+    keys = list(keys if keys is not None else df.attrs.get("grid_keys", []))
+    frames = []
+    for _, run in df.iterrows():
+        if not run["run_dir"] or not (Path(run["run_dir"]) / "metrics.csv").is_file():
+            continue
+        curve = pd.DataFrame(read_metrics(Path(run["run_dir"]) / "metrics.csv"))
+        for key in [*keys, "seed", "status"]:
+            curve[key] = [run[key]] * len(curve)
+        frames.append(curve)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def seed_stats(df: pd.DataFrame, by: Sequence[str], metric: str = "best_val_acc") -> pd.DataFrame:
+    """Mean, std and count of ``metric`` over the seeds of each group, diverged runs counted apart.
+
+    The mean and std are over the runs that completed; ``n_diverged`` / ``n_failed`` say how many
+    did not, so a group whose every run diverged shows as diverged, not as a missing value.
+    """
+    by = list(by)
+    out = []
+    for values, group in df.groupby(by, sort=True, dropna=False):
+        values = values if isinstance(values, tuple) else (values,)
+        done = group.loc[group["status"] == "completed", metric].astype(float)
+        out.append({**dict(zip(by, values)), "mean": done.mean(), "std": done.std(ddof=1) if len(done) > 1 else math.nan,
+                    "n": len(done), "n_diverged": int((group["status"] == "diverged").sum()),
+                    "n_failed": int((group["status"] == "failed").sum()), "runs": len(group)})
+    return pd.DataFrame(out)
+
+
+def format_stat(row: pd.Series | dict, digits: int = 3) -> str:
+    """``0.812 ± 0.013`` for a ``seed_stats`` row; ``diverged (3/3)`` when no run completed."""
+    n, runs_, n_diverged = int(row["n"]), int(row["runs"]), int(row["n_diverged"])
+    what = "diverged" if n_diverged else "failed"
+    if n == 0:
+        return f"{what} ({runs_}/{runs_})"
+    text = f"{row['mean']:.{digits}f}"
+    if n > 1:
+        text += f" ± {row['std']:.{digits}f}"
+    if n < runs_:
+        text += f" ({runs_ - n}/{runs_} {what})"
+    return text
+
+
+def plot_vs(df: pd.DataFrame, x: str, y: str = "best_val_acc", hue: str | None = None, ax=None,
+            logx: bool = False):
+    """Seed runs as dots, the completed-run mean as a line per ``hue``, diverged runs as red ×.
+
+    Diverged (and failed) runs are drawn at the bottom edge of the axes at their ``x``, so the
+    plot shows where training blew up instead of silently leaving a gap.
+    """
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 4))
+    done = df[df["status"] == "completed"]
+    palette = dict(zip(sorted(df[hue].unique(), key=str), sns.color_palette(n_colors=df[hue].nunique()))) \
+        if hue else None
+    groups = df.groupby(hue, sort=True) if hue else [(None, df)]
+    for value, _ in groups:
+        part = done[done[hue] == value] if hue else done
+        color = palette[value] if hue else None
+        label = f"{hue.split('.')[-1]}={format_value(value)}" if hue else y
+        if len(part):
+            mean = part.groupby(x)[y].mean().sort_index()
+            ax.plot(mean.index, mean.values, "-o", color=color, label=label)
+            ax.scatter(part[x], part[y], s=12, alpha=0.5, color=color)
+    bad = df[df["status"] != "completed"]
+    if len(bad):
+        bottom = ax.get_ylim()[0] if len(done) else 0.0
+        ax.scatter(bad[x], [bottom] * len(bad), marker="x", s=60, color=DIVERGED_COLOR, zorder=5,
+                   clip_on=False, label=f"diverged / failed ({len(bad)})")
+    if logx:
+        ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.legend(fontsize="small")
+    return ax
+
+
+def plot_heatmap(df: pd.DataFrame, index: str, columns: str, metric: str = "best_val_acc", ax=None):
+    """Mean ``metric`` over seeds per (index, columns) cell; cells where no run completed read 'diverged'."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    stats = seed_stats(df, [index, columns], metric)
+    values = stats.pivot(index=index, columns=columns, values="mean")
+    labels = stats.assign(text=[format_stat(r, 3).replace(" ± ", "\n± ") for _, r in stats.iterrows()]) \
+        .pivot(index=index, columns=columns, values="text")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.6 * len(values.columns) + 2, 0.9 * len(values.index) + 1.5))
+    sns.heatmap(values, annot=labels.loc[values.index, values.columns], fmt="", cmap="viridis", ax=ax,
+                cbar_kws={"label": f"mean {metric}"}, annot_kws={"fontsize": 8})
+    ax.set_facecolor("0.92")  # cells seaborn leaves empty (no completed run) ...
+    for i, row_key in enumerate(values.index):
+        for j, col_key in enumerate(values.columns):
+            if pd.isna(values.loc[row_key, col_key]):  # ... say why they are empty
+                ax.text(j + 0.5, i + 0.5, labels.loc[row_key, col_key], ha="center", va="center",
+                        color=DIVERGED_COLOR, fontsize=8)
+    ax.set_xticklabels([format_value(c) for c in values.columns])
+    return ax
+
+
+# Two-sided 95% critical values of Student's t by degrees of freedom (any statistics table): with
+# two or three seeds per point the normal 1.96 would call far too many differences real.
+T_CRITICAL_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+                 9: 2.262, 10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042, 60: 2.000}
+Z_95 = 1.960  # beyond the table
+
+
+def t_critical(dof: float) -> float:
+    """Two-sided 95% critical value of t with ``dof`` degrees of freedom (table rows rounded down)."""
+    if dof < 1:
+        return math.nan
+    rows = [d for d in T_CRITICAL_95 if d <= dof]
+    return Z_95 if dof > max(T_CRITICAL_95) else T_CRITICAL_95[max(rows)]
+
+
+def pooled_seed_std(stats: pd.DataFrame) -> tuple[float, int]:
+    """Seed-to-seed standard deviation pooled over the groups of a ``seed_stats`` table, and its
+    degrees of freedom (NaN, 0 when no group has two completed seeds)."""
+    usable = stats[stats["n"] > 1]
+    dof = int((usable["n"] - 1).sum())
+    if dof == 0:
+        return math.nan, 0
+    return float(math.sqrt(((usable["n"] - 1) * usable["std"] ** 2).sum() / dof)), dof
+
+
+def spread_vs_noise(stats: pd.DataFrame) -> dict:
+    """Do the group means of a ``seed_stats`` table differ by more than seed noise explains?
+
+    spread: best minus worst mean. noise_std: pooled seed std (``dof`` degrees of freedom).
+    se_diff: standard error of the difference of two group means, noise_std × √(2/n) with n the
+    typical number of seeds per group. threshold: t(95%, dof) × se_diff.
+    exceeds: spread > threshold (None when the noise cannot be estimated: fewer than 2 seeds).
+    """
+    done = stats[stats["n"] > 0]
+    spread = float(done["mean"].max() - done["mean"].min()) if len(done) else math.nan
+    noise, dof = pooled_seed_std(stats)
+    n = float(done["n"].median()) if len(done) else math.nan
+    se_diff = noise * math.sqrt(2 / n) if dof and n > 0 else math.nan
+    threshold = t_critical(dof) * se_diff if dof else math.nan
+    exceeds = bool(spread > threshold) if math.isfinite(threshold) else None
+    return {"spread": spread, "noise_std": noise, "dof": dof, "se_diff": se_diff, "threshold": threshold,
+            "exceeds": exceeds}
+
+
+def gap_vs_noise(a: Sequence[float], b: Sequence[float]) -> dict:
+    """Mean of ``b`` minus mean of ``a``: a two-sample t-test at 95% (pooled variance).
+
+    se: √(s²/n_a + s²/n_b) with s the pooled std; threshold: t(95%, n_a + n_b − 2) × se.
+    exceeds: |gap| > threshold (None with fewer than 2 values on either side).
+    """
+    a, b = pd.Series(a, dtype=float).dropna(), pd.Series(b, dtype=float).dropna()
+    gap = float(b.mean() - a.mean()) if len(a) and len(b) else math.nan
+    if len(a) < 2 or len(b) < 2:
+        return {"gap": gap, "se": math.nan, "threshold": math.nan, "exceeds": None}
+    dof = len(a) + len(b) - 2
+    pooled = ((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / dof
+    se = math.sqrt(pooled * (1 / len(a) + 1 / len(b)))
+    threshold = t_critical(dof) * se
+    return {"gap": gap, "se": se, "threshold": threshold, "exceeds": bool(abs(gap) > threshold)}
