@@ -11,7 +11,7 @@ from vqalab.models.fer import IRBackbone, load_backbone_weights
 from vqalab.models.layers import ClassAttentionBlock, DropPath, TransformerBlock
 from vqalab.registry import ConfigError
 
-FER_MODELS = [name for name in MODELS.names() if name.startswith(("ir50_", "fer_"))]
+FER_MODELS = [n for n in MODELS.names() if {"num_classes", "img_size"} <= set(MODELS.parameters(n))]
 TRANSFORMER_MODELS = ["ir50_vit", "ir50_cls"]
 
 # Written from the face.evoLVe / InsightFace description, not from the model code.
@@ -95,9 +95,9 @@ def test_ir50_backbone_map_and_token_shapes():
 
 
 SMALL_MEMBERS = [
-    dict(backbone_depth=18, width=0.125, img_size=32, depth=2),
-    dict(backbone_depth=34, width=0.125, img_size=48, depth=1, se=True, attn_drop=0.1, drop_path=0.2),
-    dict(backbone_depth=50, width=0.0625, img_size=32, depth=2, num_heads=2, drop_path=0.1),
+    {"backbone_depth": 18, "width": 0.125, "img_size": 32, "depth": 2},
+    {"backbone_depth": 34, "width": 0.125, "img_size": 48, "depth": 1, "se": True, "attn_drop": 0.1, "drop_path": 0.2},
+    {"backbone_depth": 50, "width": 0.0625, "img_size": 32, "depth": 2, "num_heads": 2, "drop_path": 0.1},
 ]
 
 
@@ -188,11 +188,11 @@ def test_wrong_input_size_names_img_size():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    (dict(backbone_depth=20), "backbone_depth = 20: expected one of"),
-    (dict(img_size=100), "img_size = 100: expected a multiple of 16"),
-    (dict(num_heads=3), "num_heads = 3 does not divide the token dim 512"),
-    (dict(attn_drop=1.0), "attn_drop = 1.0"),
-    (dict(width=0.0), "width = 0.0"),
+    ({"backbone_depth": 20}, "backbone_depth = 20: expected one of"),
+    ({"img_size": 100}, "img_size = 100: expected a multiple of 16"),
+    ({"num_heads": 3}, "num_heads = 3 does not divide the token dim 512"),
+    ({"attn_drop": 1.0}, "attn_drop = 1.0"),
+    ({"width": 0.0}, "width = 0.0"),
 ])
 def test_bad_model_options_fail_with_clear_messages(kwargs, message):
     with pytest.raises(ConfigError, match=message):

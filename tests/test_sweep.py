@@ -14,7 +14,17 @@ matplotlib.use("Agg")
 from vqalab import runs, train
 from vqalab import sweep as sweep_module
 from vqalab.registry import ConfigError
-from vqalab.sweep import expand_grid, format_stat, load_curves, plot_vs, seed_stats, sweep
+from vqalab.sweep import (
+    expand_grid,
+    format_stat,
+    gap_vs_noise,
+    load_curves,
+    plot_vs,
+    seed_stats,
+    spread_vs_noise,
+    sweep,
+    t_critical,
+)
 
 DATA_SPEC = {"name": "easy_vqa", "max_train_samples": 64, "max_val_samples": 32}
 NAN_LR = 5e-3  # the monkeypatched loss turns NaN at this learning rate
@@ -165,3 +175,45 @@ def test_seed_stats_mean_std_against_pandas():
     assert stats.loc[1, "n"] == 2 and stats.loc[1, "n_diverged"] == 1 and stats.loc[1, "runs"] == 3
     assert format_stat(stats.loc[1]) == "0.600 ± 0.141 (1/3 diverged)"
     assert format_stat(stats.loc[2]) == "0.200 ± 0.000"
+
+
+def test_gap_vs_noise_is_a_pooled_t_test():
+    # a = [0.5, 0.7], b = [0.2, 0.2]: gap -0.4; pooled variance (0.02 + 0) / 2 = 0.01; se = 0.1;
+    # t(95%, 2 dof) = 4.303, so the threshold is 0.430 and the gap is NOT beyond noise
+    # (the normal 1.96 would have called it real).
+    out = gap_vs_noise([0.5, 0.7], [0.2, 0.2])
+    assert out["gap"] == pytest.approx(-0.4) and out["se"] == pytest.approx(0.1)
+    assert out["threshold"] == pytest.approx(0.4303) and out["exceeds"] is False
+    # five seeds each: dof 8, t = 2.306
+    a, b = [0.50, 0.52, 0.48, 0.51, 0.49], [0.60, 0.62, 0.58, 0.61, 0.59]
+    out = gap_vs_noise(a, b)
+    assert out["se"] == pytest.approx(math.sqrt(2 * pd.Series(a).var() / 5))
+    assert out["exceeds"] is True and out["threshold"] == pytest.approx(2.306 * out["se"])
+    assert gap_vs_noise([0.5], [0.6, 0.7])["exceeds"] is None  # one seed: noise unknown
+
+
+def test_spread_vs_noise_and_t_table():
+    assert t_critical(1) == 12.706 and t_critical(11) == 2.228 and t_critical(1000) == 1.96
+    assert math.isnan(t_critical(0))
+    df = pd.DataFrame({"k": [1, 1, 2, 2, 3, 3], "status": ["completed"] * 6,
+                       "best_val_acc": [0.40, 0.42, 0.50, 0.52, 0.41, 0.43]})
+    out = spread_vs_noise(seed_stats(df, ["k"]))
+    # every group has std √0.0002; 3 dof → t 3.182; se of a difference √0.0002 · √(2/2)
+    assert out["spread"] == pytest.approx(0.10) and out["dof"] == 3
+    assert out["noise_std"] == pytest.approx(math.sqrt(0.0002))
+    assert out["threshold"] == pytest.approx(3.182 * math.sqrt(0.0002)) and out["exceeds"] is True
+    single = spread_vs_noise(seed_stats(df[df.index % 2 == 0], ["k"]))
+    assert single["exceeds"] is None and single["dof"] == 0
+
+
+def test_config_hash_ignores_names_and_spelled_out_defaults():
+    from vqalab.config import build_config
+
+    plain = build_config({"name": "a", "model": {"name": "vqa_mean_mlp"}})
+    spelled = build_config({"name": "b", "runs_root": "elsewhere",
+                            "model": {"name": "vqa_mean_mlp", "dropout": 0.0, "cnn_channels": [32, 64, 128]},
+                            "train": {"progress": False}})
+    changed = build_config({"model": {"name": "vqa_mean_mlp", "dropout": 0.1}})
+    assert train.config_hash(plain) == train.config_hash(spelled) == train.config_hash(plain.to_dict())
+    assert train.config_hash(changed) != train.config_hash(plain)
+    assert train.config_hash(build_config({"seed": 1})) != train.config_hash(build_config({"seed": 2}))

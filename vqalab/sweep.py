@@ -255,6 +255,10 @@ def plot_vs(df: pd.DataFrame, x: str, y: str = "best_val_acc", hue: str | None =
                    clip_on=False, label=f"diverged / failed ({len(bad)})")
     if logx:
         ax.set_xscale("log")
+    values = sorted(df[x].unique(), key=str) if df[x].dtype == object else sorted(df[x].unique())
+    if df[x].dtype != object:  # ticks at the grid values, labelled as in run names (1e-05, 0.0003)
+        ax.minorticks_off()
+        ax.set_xticks(values, [format_value(float(v)) if isinstance(v, float) else str(v) for v in values])
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.legend(fontsize="small")

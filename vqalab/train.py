@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import inspect
 import io
 import json
 import logging
@@ -37,9 +38,9 @@ from torch.utils.data import DataLoader
 
 from vqalab import runs
 from vqalab.config import RunConfig, read_yaml
-from vqalab.data import DataSplits, build_data
+from vqalab.data import DATASETS, DataSplits, build_data
 from vqalab.data.samplers import epoch_batches, eval_batches
-from vqalab.models import create_model
+from vqalab.models import MODELS, create_model
 from vqalab.paths import resolve
 from vqalab.registry import ConfigError
 from vqalab.schedules import lr_factor
@@ -118,12 +119,27 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def with_builder_defaults(section: dict, registry) -> dict:
+    """A ``model`` / ``data`` section with every keyword its builder defaults filled in, so that
+    ``{"name": "ir50_vit"}`` and ``{"name": "ir50_vit", "attn_drop": 0.0}`` are the same run."""
+    try:
+        params = registry.parameters(section.get("name"))
+    except ConfigError:
+        return dict(section)  # a builder no longer registered: compare the section as written
+    defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    return json.loads(json.dumps({**defaults, **section}, default=str))  # tuples → lists, as to_dict
+
+
 def config_hash(cfg: RunConfig | dict) -> str:
-    """Identity of what a run trains: equal for two configs that differ only in HASH_FREE_KEYS.
+    """Identity of what a run trains: equal for two configs that differ only in HASH_FREE_KEYS or
+    in spelling out a model / data builder's default.
 
     ``cfg``: a RunConfig or its ``to_dict()`` form (e.g. a run's ``params.yaml``).
     """
-    tree = cfg.to_dict() if isinstance(cfg, RunConfig) else cfg
+    tree = dict(cfg.to_dict() if isinstance(cfg, RunConfig) else cfg)
+    for section, registry in (("model", MODELS), ("data", DATASETS)):
+        if isinstance(tree.get(section), dict):
+            tree[section] = with_builder_defaults(tree[section], registry)
     flat = {k: v for k, v in flatten(tree).items() if k not in HASH_FREE_KEYS}
     text = json.dumps(flat, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -19,7 +19,7 @@ import json
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 EXPRESSIONS = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")
 NUM_EXPRESSIONS = len(EXPRESSIONS)
 
-GENERATOR_VERSION = 1  # bump when drawing changes: old cache files are then ignored
+GENERATOR_VERSION = 2  # bump when drawing changes: old cache files are then ignored
 SPLIT_STREAM = {"train": 0, "val": 1}  # second word of each sample's seed
 SUPERSAMPLE = 3  # draw at 3× and downsample with a box filter: anti-aliased edges
 ELLIPSE_POINTS = 32  # polygon vertices per drawn ellipse

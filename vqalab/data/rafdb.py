@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import torch
@@ -154,7 +154,7 @@ def decode_images(paths: list[Path], size: int, use_cache: bool = True) -> np.nd
     return array
 
 
-def _subset(items: list, limit: Optional[int]) -> list:
+def _subset(items: list, limit: int | None) -> list:
     if limit is None or limit >= len(items):
         return items
     gen = torch.Generator().manual_seed(SUBSET_SEED)
@@ -168,8 +168,8 @@ def rafdb(
     layout: Literal["auto", "official", "imagefolder"] = "auto",
     aligned: bool = True,
     image_size: int = 112,
-    max_train_samples: Optional[int] = None,
-    max_val_samples: Optional[int] = None,
+    max_train_samples: int | None = None,
+    max_val_samples: int | None = None,
     augment: bool = True,
     normalization: Literal["face", "imagenet"] = "face",
     use_cache: bool = True,

@@ -8,7 +8,7 @@ crop) when asked. Randomness comes from torch's global generator, which the trai
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 from torchvision.transforms.v2 import functional as TF
@@ -55,7 +55,7 @@ class ImageTransform:
     """
 
     def __init__(self, *, normalization: Literal["face", "imagenet"] = "face", flip: bool = False,
-                 crop_scale: Optional[tuple[float, float]] = None):
+                 crop_scale: tuple[float, float] | None = None):
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization {normalization!r}: expected one of {', '.join(NORMALIZATIONS)}")
         if crop_scale is not None and not 0 < crop_scale[0] <= crop_scale[1] <= 1:

@@ -20,14 +20,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 from torch import nn
 
 from vqalab.models import register_model
-from vqalab.models.layers import (LAYER_NORM_EPS, VIT_INIT_STD, ClassAttentionBlock, TransformerBlock,
-                                 init_vit_weights)
+from vqalab.models.layers import (
+    LAYER_NORM_EPS,
+    VIT_INIT_STD,
+    ClassAttentionBlock,
+    TransformerBlock,
+    init_vit_weights,
+)
 from vqalab.paths import resolve
 from vqalab.registry import ConfigError
 
@@ -205,8 +210,8 @@ def load_backbone_weights(backbone: IRBackbone, path: str) -> None:
 
 def _create_fer_transformer(*, block: Literal["vit", "cls"], name: str, depth: int, num_classes: int,
                             img_size: int, backbone_depth: int, width: float, se: bool,
-                            num_heads: Optional[int], mlp_ratio: float, attn_drop: float, drop_path: float,
-                            backbone_weights: Optional[str]) -> FERTransformer:
+                            num_heads: int | None, mlp_ratio: float, attn_drop: float, drop_path: float,
+                            backbone_weights: str | None) -> FERTransformer:
     if backbone_depth not in IR_UNITS:
         raise ConfigError(f"model '{name}': backbone_depth = {backbone_depth}: expected one of {sorted(IR_UNITS)}")
     if img_size < IR_DOWNSAMPLE or img_size % IR_DOWNSAMPLE:
@@ -242,11 +247,11 @@ def ir50_vit(
     backbone_depth: int = 50,
     width: float = 1.0,
     se: bool = False,
-    num_heads: Optional[int] = None,
+    num_heads: int | None = None,
     mlp_ratio: float = 4.0,
     attn_drop: float = 0.0,
     drop_path: float = 0.0,
-    backbone_weights: Optional[str] = None,
+    backbone_weights: str | None = None,
 ) -> FERTransformer:
     """Seed 002's "Baseline": IR backbone + ``depth`` pre-norm ViT blocks over all tokens.
 
@@ -274,11 +279,11 @@ def ir50_cls(
     backbone_depth: int = 50,
     width: float = 1.0,
     se: bool = False,
-    num_heads: Optional[int] = None,
+    num_heads: int | None = None,
     mlp_ratio: float = 4.0,
     attn_drop: float = 0.0,
     drop_path: float = 0.0,
-    backbone_weights: Optional[str] = None,
+    backbone_weights: str | None = None,
 ) -> FERTransformer:
     """Seed 002's "CLSFER": IR backbone + ``depth`` CaiT class-attention blocks.
 
