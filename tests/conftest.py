@@ -6,6 +6,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# A model and data small enough for a training step in milliseconds (measurement tests).
+TINY = {
+    "model": {"name": "vqa_mean_mlp", "cnn_channels": [4, 8, 8], "embed_dim": 8, "hidden_dim": 16},
+    "data": {"name": "easy_vqa", "max_train_samples": 64, "max_val_samples": 16},
+    "train": {"batch_size": 8, "device": "cpu"},
+}
+
 # Two cores: more threads than cores only adds contention.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -13,3 +20,17 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 @pytest.fixture
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    from vqalab.config import build_config
+
+    return build_config(TINY)
+
+
+@pytest.fixture(scope="module")
+def data(cfg):
+    from vqalab.data import build_data
+
+    return build_data(cfg.data, seed=cfg.seed)

@@ -9,6 +9,7 @@ import torch
 import torchvision
 from torch import nn
 
+from conftest import TINY
 from vqalab import bench
 from vqalab.cli import main
 from vqalab.config import build_config
@@ -17,24 +18,9 @@ from vqalab.data.samplers import epoch_batches
 from vqalab.models import create_model
 from vqalab.registry import ConfigError
 
-TINY = {
-    "model": {"name": "vqa_mean_mlp", "cnn_channels": [4, 8, 8], "embed_dim": 8, "hidden_dim": 16},
-    "data": {"name": "easy_vqa", "max_train_samples": 64, "max_val_samples": 16},
-    "train": {"batch_size": 8, "device": "cpu"},
-}
 
 # Seed 002's batch-size table (images/s): the lab picked 256 by eye.
 SEED_002 = {1: 125, 2: 248, 4: 509, 8: 959, 16: 1279, 32: 1359, 64: 1449, 128: 1543, 256: 1591, 512: 1602}
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return build_config(TINY)
-
-
-@pytest.fixture(scope="module")
-def data(cfg):
-    return build_data(cfg.data, seed=cfg.seed)
 
 
 def table(throughputs: dict, status: dict | None = None) -> pd.DataFrame:

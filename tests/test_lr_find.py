@@ -8,27 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import TINY
 from vqalab import bench, lr_find
 from vqalab.cli import main
 from vqalab.config import build_config
-from vqalab.data import build_data
 from vqalab.registry import ConfigError
 
-TINY = {
-    "model": {"name": "vqa_mean_mlp", "cnn_channels": [4, 8, 8], "embed_dim": 8, "hidden_dim": 16},
-    "data": {"name": "easy_vqa", "max_train_samples": 64, "max_val_samples": 16},
-    "train": {"batch_size": 8, "device": "cpu"},
-}
-
-
-@pytest.fixture(scope="module")
-def cfg():
-    return build_config(TINY)
-
-
-@pytest.fixture(scope="module")
-def data(cfg):
-    return build_data(cfg.data, seed=cfg.seed)
 
 
 def test_lr_schedule_is_exponential_from_min_to_max():

@@ -31,7 +31,8 @@ from vqalab.config import RunConfig, build_config, set_dotted
 from vqalab.data import DataSplits, build_data
 from vqalab.paths import resolve
 from vqalab.registry import ConfigError
-from vqalab.train import FINISHED_STATUSES, config_hash, fit, read_metrics
+from vqalab.results import read_metrics
+from vqalab.train import FINISHED_STATUSES, config_hash, fit
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def load_curves(df: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.DataF
     for _, run in df.iterrows():
         if not run["run_dir"] or not (Path(run["run_dir"]) / "metrics.csv").is_file():
             continue
-        curve = pd.DataFrame(read_metrics(Path(run["run_dir"]) / "metrics.csv"))
+        curve = read_metrics(run["run_dir"])
         for key in [*keys, "seed", "status"]:
             curve[key] = [run[key]] * len(curve)
         frames.append(curve)

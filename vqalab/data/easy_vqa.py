@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -146,9 +145,3 @@ def load_split_answers() -> list[str]:
     import easy_vqa
 
     return easy_vqa.get_answers()
-
-
-def package_data_dir() -> Path:
-    import easy_vqa
-
-    return Path(easy_vqa.__file__).parent / "data"
