@@ -217,7 +217,8 @@ class TuckerFusion(nn.Module):
 
     dim_v, dim_q: input sizes (dim_v per glimpse). dim_hv, dim_hq: sizes of x_v, x_q (G divides
     dim_hv). dim_mm: output size. rank: R. dropout_in: dropout on v and q. dropout_hidden: dropout
-    on x_v and x_q. activation: σ (tanh in MUTAN). v_glimpses: G.
+    on x_v and x_q (one mask for all r; vqa.pytorch draws one per r, at rate 0 in its options).
+    activation: σ (tanh in MUTAN). v_glimpses: G.
     """
 
     def __init__(self, *, dim_v: int, dim_q: int, dim_hv: int, dim_hq: int, dim_mm: int, rank: int,
