@@ -455,3 +455,102 @@ def test_san_dropout_sites_and_the_labs_mlp_classifier():
                             question_dim=8, hidden_dim=16)
     assert [type(m).__name__ for m in mlp_head.head] == ["Linear", "ReLU", "Dropout", "Linear"]
     assert math.prod(mlp_head.head[0].weight.shape) == 8 * 16
+
+
+# --- BAN's counting module (Zhang et al. 2018; ban-vqa counting.py) -------------------------------------
+
+def test_ban_counter_parameter_count_per_layer_group():
+    # ban-vqa: one Counter(objects=10) with 16 PiecewiseLin(16) (8 of them used; we build those 8),
+    # and per glimpse c_prj = FCNet([objects + 1, num_hid], 'ReLU', 0).
+    objects, pieces, used_functions = 10, 16, 8
+    with torch.device("meta"):
+        model = create_model("vqa_ban", vocab_size=VOCAB, num_answers=3129, image_dim=2048, embed_dim=8,
+                             question_dim=1280, hidden_dim=1280, glimpses=8, weight_norm=True, use_counter=True)
+    counts = group_counts(model, {**BAN_GROUPS, "counter": "counter.", "count_update": "count_update."})
+    assert counts == {**ban_reference_groups(v_dim=2048, num_hid=1280, gamma=8, num_answers=3129, weight_norm=True),
+                      "counter": used_functions * (pieces + 1),
+                      "count_update": 8 * linear_params([(objects + 1, 1280)], weight_norm=True)}
+
+
+def boxes_for(batch: dict, seed: int = 0) -> torch.Tensor:
+    """(B, h·w, 4) random boxes (x1, y1, x2, y2) in [0, 1], one per region of the batch's image grid."""
+    gen = torch.Generator().manual_seed(seed)
+    b, _, h, w = batch["image"].shape
+    corners = torch.rand(b, h * w, 2, 2, generator=gen, dtype=torch.float64)
+    return torch.cat([corners.min(dim=2).values, corners.max(dim=2).values], dim=-1)
+
+
+def test_ban_with_counter_forward_backward_and_the_boxes_it_needs():
+    model = small_ban(use_counter=True).double()
+    batch = make_inputs(dim_v=10, grid=4)  # 16 regions: the counter keeps the 10 most attended
+    batch["boxes"] = boxes_for(batch)
+    logits = model(**batch)
+    assert logits.shape == (4, ANSWERS) and torch.isfinite(logits).all()
+    logits.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    assert model.counter.f[7].weight.grad.abs().sum() > 0  # the confidence reaches the loss
+    with torch.no_grad():  # the boxes change the answer
+        assert not torch.allclose(model.eval()(**batch), model(**{**batch, "boxes": boxes_for(batch, seed=1)}))
+    with pytest.raises(ValueError, match=r"vqa_ban with use_counter needs region boxes: the batch has no 'boxes' "
+                                         r"\(4, 16, 4\)"):
+        model(**{k: v for k, v in batch.items() if k != "boxes"})
+    with pytest.raises(ValueError, match=r"boxes: expected shape \(4, 16, 4\) .* got \(4, 9, 4\)"):
+        model(**{**batch, "boxes": batch["boxes"][:, :9]})
+
+
+def test_piecewise_linear_is_the_identity_at_init_and_monotone_from_0_to_1():
+    from vqalab.models.layers import PiecewiseLinear
+
+    f = PiecewiseLinear(pieces=16).double()
+    x = torch.linspace(0, 1, 101, dtype=torch.float64)
+    assert_close(f(x), x)
+    with torch.no_grad():
+        f.weight[1:].uniform_(-2, 2)  # weight[0] is 0 and stays so: |w| has zero gradient at 0
+    y = f(x)
+    assert y[0] == 0 and abs(y[-1].item() - 1) < 1e-12 and (y.diff() >= 0).all()
+    y.sum().backward()
+    assert f.weight.grad[0] == 0
+
+
+LOGIT_ON, LOGIT_OFF = 40.0, -40.0  # sigmoid → 1 and 0 in float64
+
+
+def counter_case(boxes: list[list[float]], attended: int, objects: int = 6) -> torch.Tensor:
+    """A fresh counter (every f the identity) on one image: the first ``attended`` boxes attended."""
+    from vqalab.models.layers import CountingModule
+
+    logits = torch.tensor([[LOGIT_ON] * attended + [LOGIT_OFF] * (len(boxes) - attended)], dtype=torch.float64)
+    return CountingModule(objects=objects).double()(torch.tensor([boxes], dtype=torch.float64), logits)[0]
+
+
+def far_boxes(n: int, start: int = 10) -> list[list[float]]:
+    """n unit boxes apart from each other and from everything left of x = start."""
+    return [[start + 2.0 * i, 0.0, start + 2.0 * i + 1, 1.0] for i in range(n)]
+
+
+@pytest.mark.parametrize("attended", [0, 1, 3, 5])
+def test_counter_counts_separate_attended_boxes(attended):
+    # Non-overlapping boxes with 0/1 attention: the module counts exactly (paper, section 4), confidence 1.
+    out = counter_case(far_boxes(8), attended)
+    assert_close(out, F.one_hot(torch.tensor(attended), 7).double(), atol=1e-9, rtol=0)
+
+
+def test_counter_counts_identical_boxes_once():
+    # Duplicates of one object (IoU 1) count once, however many are attended.
+    out = counter_case([[0.0, 0.0, 1.0, 1.0]] * 4 + far_boxes(4), attended=4)
+    assert_close(out, F.one_hot(torch.tensor(1), 7).double(), atol=1e-9, rtol=0)
+
+
+def test_counter_partial_overlap_gives_a_count_between_one_and_two():
+    # Two attended boxes with IoU 1/3 (D = 2/3), 6 unattended ones far away; kept: 6 of the 8.
+    out = counter_case([[0.0, 0.0, 2.0, 1.0], [1.0, 0.0, 3.0, 1.0]] + far_boxes(6), attended=2)
+    d = 2 / 3
+    # Rows 1 and 2 agree except at i = 1, 2, where their dedup scores differ by d: sim = (1 - d)².
+    row = 1 + (1 - d) ** 2
+    count = math.sqrt(2 * d / row ** 2 + 2 / row)  # off-diagonal scores + diagonal correction
+    dist_conf = (34 * 0.5 + 2 * abs(d - 0.5)) / 36  # |D - ½| over the 6 × 6 kept pairs
+    confidence = 0.5 + dist_conf  # att_conf = ½ (attention 0 or 1); f8 the identity
+    expected = torch.zeros(7, dtype=torch.float64)
+    expected[1], expected[2] = (2 - count) * confidence, (count - 1) * confidence
+    assert 1.6 < count < 1.8
+    assert_close(out, expected, atol=1e-9, rtol=0)

@@ -266,8 +266,8 @@ class BilinearAttentionMap(nn.Module):
 
         A_g = softmax over all (region, token) pairs of  (p_g ∘ drop(σ(U v_n)))ᵀ σ(W q_t) + b_g
 
-    regions v (B, N, dim_v), token states q (B, T, dim_q), token mask (B, T) → (B, G, N, T).
-    Padded tokens and all-zero regions (padding of region features, as ban-vqa masks them) get
+    regions v (B, N, dim_v), token states q (B, T, dim_q), token mask (B, T) → the maps A and
+    their logits, each (B, G, N, T) (the counting module reads the logits). Padded tokens and all-zero regions (padding of region features, as ban-vqa masks them) get
     zero weight. U, W are ``projection``s (dropout on their inputs); the joint size is
     ``joint_dim`` (ban-vqa: k·num_hid with k = 3).
 
@@ -287,7 +287,7 @@ class BilinearAttentionMap(nn.Module):
         if weight_norm:
             nn.utils.parametrizations.weight_norm(self, "glimpse_vectors", dim=None)
 
-    def forward(self, v: torch.Tensor, q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, v: torch.Tensor, q: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         v_ = self.dropout(self.v_proj(v))  # (B, N, joint)
         logits = torch.einsum("gk,bnk,btk->bgnt", self.glimpse_vectors, v_, self.q_proj(q))
         logits = logits + self.glimpse_bias[None, :, None, None]  # (B, G, N, T)
@@ -296,7 +296,7 @@ class BilinearAttentionMap(nn.Module):
         pairs = regions[:, None, :, None] & mask[:, None, None, :]  # (B, 1, N, T)
         logits = logits.masked_fill(~pairs, float("-inf"))
         b, g, n, t = logits.shape
-        return torch.softmax(logits.reshape(b, g, n * t), dim=-1).view(b, g, n, t)
+        return torch.softmax(logits.reshape(b, g, n * t), dim=-1).view(b, g, n, t), logits
 
 
 class BilinearPooling(nn.Module):
@@ -317,3 +317,93 @@ class BilinearPooling(nn.Module):
 
     def forward(self, v: torch.Tensor, q: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
         return torch.einsum("bnk,bnt,btk->bk", self.v_proj(v), att, self.q_proj(q))
+
+
+# --- Counting module (Zhang et al. 2018), as ban-vqa uses it ------------------------------------------
+
+class PiecewiseLinear(nn.Module):
+    """Monotone piecewise-linear map of [0, 1] onto [0, 1] with ``pieces`` equal-width segments
+    (Zhang et al. 2018, the f_1 … f_8 of the counting module). The segment slopes are the
+    normalised absolute weights, so f(1) = 1 and f is non-decreasing; the first weight is 0
+    and stays 0 (|w| has zero gradient there), so f(0) = 0; the initial weights make f the identity. pieces: number of segments (16 in the paper).
+    """
+
+    def __init__(self, *, pieces: int = 16):
+        super().__init__()
+        self.pieces = pieces
+        weight = torch.ones(pieces + 1)
+        weight[0] = 0.0  # the cumulative sum starts at f(0) = 0
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.abs()
+        w = w / w.sum()  # (pieces + 1,): segment heights summing to f(1) = 1
+        csum = w.cumsum(dim=0)  # f at the segment starts
+        y = self.pieces * x
+        index = y.detach().floor().long().clamp(0, self.pieces)  # the segment x falls into
+        return csum[index] + (y - y.floor()) * w[(index + 1).clamp(max=self.pieces)]
+
+
+class CountingModule(nn.Module):
+    """Counting component of Zhang et al. 2018 ("Learning to Count Objects in Natural Images for
+    VQA"), as ban-vqa's ``Counter``: from region boxes and attention logits, a soft one-hot count
+    over 0 … ``objects``, scaled by a confidence.
+
+    The ``objects`` most attended regions are kept (all if fewer); a = sigmoid(logit);
+    A = a aᵀ, D = 1 − IoU; intra-object dedup f1(A) ⊙ f2(D), inter-object dedup through the
+    similarity of rows (f3 of outer differences); count c = sqrt(Σ score + Σ f1(a²) / row sims);
+    output = interpolated one-hot of c × f8(mean |f6(a) − ½| + mean |f7(D) − ½|).
+
+    boxes (B, K, 4) as (x1, y1, x2, y2), attention logits (B, K) → (B, objects + 1).
+    objects: largest count (ban-vqa: 10). pieces: segments of each piecewise-linear f.
+    ban-vqa allocates 16 functions of which 8 are used; the 8 used are built here.
+    """
+
+    def __init__(self, *, objects: int = 10, pieces: int = 16):
+        super().__init__()
+        self.objects = objects
+        self.f = nn.ModuleList(PiecewiseLinear(pieces=pieces) for _ in range(8))
+
+    def forward(self, boxes: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        keep = min(self.objects, attention.shape[1])
+        attention, index = attention.topk(keep, dim=1)  # (B, k): only the most relevant proposals
+        boxes = boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, 4))  # (B, k, 4)
+        a = torch.sigmoid(attention)
+        relevancy = a.unsqueeze(2) * a.unsqueeze(1)  # (B, k, k): a_i a_j
+        distance = 1 - box_iou(boxes)  # (B, k, k)
+
+        score = self.f[0](relevancy) * self.f[1](distance)  # intra-object dedup
+        dedup_score = self.f[3](relevancy) * self.f[4](distance)  # inter-object dedup
+        # Rows j, l describe the same object when their dedup scores and attentions agree.
+        score_diff = (dedup_score.unsqueeze(3) - dedup_score.unsqueeze(2)).abs()  # (B, i, j, l)
+        att_diff = (a.unsqueeze(2) - a.unsqueeze(1)).abs()  # (B, j, l)
+        similarity = self.f[2](1 - score_diff).prod(dim=1) * self.f[2](1 - att_diff)  # (B, j, l)
+        row_sims = similarity.sum(dim=2)  # (B, k)
+        score = score / (row_sims.unsqueeze(2) * row_sims.unsqueeze(1))
+        correction = self.f[0](a * a) / row_sims  # the diagonal, deduplicated
+        count = (score.sum(dim=(1, 2)) + correction.sum(dim=1)).add(1e-20).sqrt()  # (B,)
+
+        att_conf = (self.f[5](a) - 0.5).abs().mean(dim=1)
+        dist_conf = (self.f[6](distance) - 0.5).abs().mean(dim=(1, 2))
+        confidence = self.f[7](att_conf + dist_conf)  # (B,)
+        return self.one_hot(count) * confidence.unsqueeze(1)
+
+    def one_hot(self, count: torch.Tensor) -> torch.Tensor:
+        """(B,) counts in [0, objects] → (B, objects + 1), linear between the two nearest
+        integers: with objects 3, 2.75 → [0, 0, 0.25, 0.75]."""
+        count = count.clamp(0, self.objects)
+        low = count.detach().floor().long()
+        frac = (count - low).unsqueeze(1)
+        bins = torch.arange(self.objects + 1, device=count.device)
+        at_low = (bins == low.unsqueeze(1)).to(count.dtype)
+        at_high = (bins == (low + 1).clamp(max=self.objects).unsqueeze(1)).to(count.dtype)
+        return (1 - frac) * at_low + frac * at_high
+
+
+def box_iou(boxes: torch.Tensor) -> torch.Tensor:
+    """Pairwise intersection over union of (B, K, 4) boxes (x1, y1, x2, y2) → (B, K, K)."""
+    top_left = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2])
+    bottom_right = torch.minimum(boxes[:, :, None, 2:], boxes[:, None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=-1)  # (B, K, K)
+    area = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0).prod(dim=-1)  # (B, K)
+    return inter / (area[:, :, None] + area[:, None, :] - inter + 1e-12)

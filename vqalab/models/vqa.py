@@ -41,6 +41,7 @@ from vqalab.models.layers import (
     AttentionPool,
     BilinearAttentionMap,
     BilinearPooling,
+    CountingModule,
     SpatialGate,
     StackedAttentionHop,
     TuckerFusion,
@@ -117,12 +118,14 @@ class VQAModel(nn.Module):
         first.scatter_(0, inverse, torch.arange(len(image_id), device=image_id.device))
         return self.image_encoder(image[first])[inverse]  # (U, D, h, w) gathered back to (B, D, h, w)
 
-    def forward_features(self, image, question, question_len, image_id=None) -> torch.Tensor:
+    def forward_features(self, image, question, question_len, image_id=None, boxes=None) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, image: torch.Tensor, question: torch.Tensor, question_len: torch.Tensor,
-                image_id: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.forward_features(image, question, question_len, image_id))
+                image_id: torch.Tensor | None = None, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """Answer logits. boxes: (B, N, 4) region boxes (x1, y1, x2, y2), one per image region, for
+        the models that read them (``vqa_ban`` with ``use_counter``); the others ignore them."""
+        return self.head(self.forward_features(image, question, question_len, image_id, boxes))
 
 
 class ConcatMLP(VQAModel):
@@ -136,7 +139,7 @@ class ConcatMLP(VQAModel):
         in_dim = self.image_encoder.out_dim + self.question_encoder.out_dim
         self.head = mlp(in_dim, hidden_dim, num_answers, dropout)
 
-    def forward_features(self, image, question, question_len, image_id=None):
+    def forward_features(self, image, question, question_len, image_id=None, boxes=None):
         v = self.encode_image(image, image_id).mean(dim=(2, 3))  # (B, D)
         q = self.question_encoder(question, question_len).vector  # (B, Q)
         return torch.cat([v, q], dim=1)
@@ -156,7 +159,7 @@ class SpatialAttentionMLP(VQAModel):
         self.question_pool = AttentionPool(dim=self.question_encoder.out_dim) if question_pool == "attention" else None
         self.head = mlp(self.image_encoder.out_dim + self.question_encoder.out_dim, hidden_dim, num_answers, dropout)
 
-    def forward_features(self, image, question, question_len, image_id=None):
+    def forward_features(self, image, question, question_len, image_id=None, boxes=None):
         v = self.spatial_attention(self.encode_image(image, image_id))  # (B, D)
         words = self.question_encoder(question, question_len)
         q = words.vector if self.question_pool is None else self.question_pool(words.states, words.mask)  # (B, Q)
@@ -183,7 +186,7 @@ class StackedAttentionNet(VQAModel):
         else:
             self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(d, num_answers))
 
-    def forward_features(self, image, question, question_len, image_id=None):
+    def forward_features(self, image, question, question_len, image_id=None, boxes=None):
         regions = self.image_proj(image_regions(self.encode_image(image, image_id)))  # (B, N, d)
         u = self.question_encoder(question, question_len).vector  # (B, d)
         for hop in self.hops:
@@ -216,7 +219,7 @@ class AttentionMUTAN(VQAModel):
                                    v_glimpses=glimpses, **dropouts)
         self.head = nn.Sequential(nn.Dropout(dropout_in), nn.Linear(dim_mm, num_answers))
 
-    def forward_features(self, image, question, question_len, image_id=None):
+    def forward_features(self, image, question, question_len, image_id=None, boxes=None):
         regions = image_regions(self.encode_image(image, image_id))  # (B, N, D)
         q = self.question_encoder(question, question_len).vector  # (B, Q)
         joint = self.attention_fusion(regions, q.unsqueeze(1))  # (B, N, att_dim_mm)
@@ -227,6 +230,7 @@ class AttentionMUTAN(VQAModel):
 
 BAN_ATTENTION_K = 3  # ban-vqa's BiAttention: BCNet(k=3), joint width 3·num_hid
 BAN_MAX_GLIMPSES = 32  # ban-vqa's BCNet uses its low-rank h_mat form up to 32 glimpses
+BAN_COUNTER_OBJECTS = 10  # ban-vqa's build_ban: the counter keeps the 10 most attended boxes
 
 
 class BilinearAttentionNet(VQAModel):
@@ -236,13 +240,17 @@ class BilinearAttentionNet(VQAModel):
     the sum of the final token states. Padded tokens are masked out of the attention and the sum
     (ban-vqa runs its GRU over padding and sums every position).
 
+    With ``use_counter``, one counting module (Zhang et al. 2018) reads each glimpse's attention
+    logits (max over tokens) and the region boxes, and its count vector, projected (σ, no
+    dropout), is added to every token state after that glimpse's update.
+
     Dropout (one rate) sits where ban-vqa's ``FCNet`` puts it: on the input of every projection
     and of each question update, on the attention's image side, and in the classifier.
     Arguments: as ``vqa_ban``.
     """
 
     def __init__(self, *, num_answers: int, glimpses: int, hidden_dim: int, activation: str, dropout: float,
-                 weight_norm: bool, **encoders):
+                 weight_norm: bool, use_counter: bool, **encoders):
         super().__init__(**encoders)
         dim_v, dim_q = self.image_encoder.out_dim, self.question_encoder.out_dim
         self.attention = BilinearAttentionMap(dim_v=dim_v, dim_q=dim_q, joint_dim=BAN_ATTENTION_K * hidden_dim,
@@ -254,17 +262,38 @@ class BilinearAttentionNet(VQAModel):
             for _ in range(glimpses))
         self.question_update = nn.ModuleList(
             projection(hidden_dim, dim_q, None, dropout, weight_norm) for _ in range(glimpses))
+        if use_counter:
+            self.counter = CountingModule(objects=BAN_COUNTER_OBJECTS)
+            self.count_update = nn.ModuleList(  # ban-vqa's c_prj: FCNet([objects + 1, num_hid], act, dropout 0)
+                projection(BAN_COUNTER_OBJECTS + 1, dim_q, activation, 0.0, weight_norm) for _ in range(glimpses))
+        else:
+            self.counter = None
         self.head = nn.Sequential(linear(dim_q, 2 * hidden_dim, weight_norm), ACTIVATIONS[activation](),
                                   nn.Dropout(dropout), linear(2 * hidden_dim, num_answers, weight_norm))
 
-    def forward_features(self, image, question, question_len, image_id=None):
+    def forward_features(self, image, question, question_len, image_id=None, boxes=None):
         regions = image_regions(self.encode_image(image, image_id))  # (B, N, D)
+        if self.counter is not None:
+            check_boxes(boxes, regions)
         words = self.question_encoder(question, question_len)
         q = words.states  # (B, T, Q)
-        att = self.attention(regions, q, words.mask)  # (B, G, N, T)
+        att, logits = self.attention(regions, q, words.mask)  # each (B, G, N, T)
         for g, (pool, update) in enumerate(zip(self.pooling, self.question_update)):
             q = q + update(pool(regions, q, att[:, g])).unsqueeze(1)  # residual on every token: (B, T, Q)
+            if self.counter is not None:
+                count = self.counter(boxes, logits[:, g].max(dim=2).values)  # (B, objects + 1)
+                q = q + self.count_update[g](count).unsqueeze(1)
         return (q * words.mask.unsqueeze(-1)).sum(dim=1)  # (B, Q), padding excluded
+
+
+def check_boxes(boxes: torch.Tensor | None, regions: torch.Tensor) -> None:
+    """The counter needs one (x1, y1, x2, y2) box per region: (B, N, 4) for regions (B, N, D)."""
+    expected = (regions.shape[0], regions.shape[1], 4)
+    if boxes is None:
+        raise ValueError(f"vqa_ban with use_counter needs region boxes: the batch has no 'boxes' {expected} "
+                         f"(the data must yield region features with their boxes)")
+    if tuple(boxes.shape) != expected:
+        raise ValueError(f"boxes: expected shape {expected} (batch, regions, x1 y1 x2 y2), got {tuple(boxes.shape)}")
 
 
 # --- Registered builders -------------------------------------------------------------------------
@@ -524,6 +553,7 @@ def vqa_ban(
     activation: ActivationName = "relu",
     dropout: float = 0.0,
     weight_norm: bool = False,
+    use_counter: bool = False,
 ) -> VQAModel:
     """Bilinear attention network (BAN, Kim et al. 2018) as ban-vqa's ``BanModel``: ``glimpses``
     bilinear attention maps between image regions and question tokens (joint width 3·hidden_dim),
@@ -537,9 +567,11 @@ def vqa_ban(
     dropout: one rate at every ban-vqa dropout site (projection inputs, attention image side,
     classifier). weight_norm: weight-normalise every linear map and the attention's glimpse
     matrix as ban-vqa does (one scale per matrix); off: plain weights of the same shapes.
+    use_counter: add ban-vqa's counting module (Zhang et al. 2018); the batch must then hold
+    ``boxes`` (B, N, 4), one box per image region.
     """
     if not 1 <= glimpses <= BAN_MAX_GLIMPSES:
         raise ConfigError(f"model.glimpses = {glimpses}: expected 1 to {BAN_MAX_GLIMPSES} bilinear attention maps")
     return BilinearAttentionNet(num_answers=num_answers, glimpses=glimpses, hidden_dim=hidden_dim,
                                 activation=activation, dropout=dropout, weight_norm=weight_norm,
-                                **encoder_kwargs(locals()))
+                                use_counter=use_counter, **encoder_kwargs(locals()))
