@@ -290,6 +290,10 @@ def ban_reference_weights(model) -> dict:
     for g, (pool, update) in enumerate(zip(model.pooling, model.question_update)):
         w[f"b_net.{g}.v_net"], w[f"b_net.{g}.q_net"] = fc(pool.v_proj), fc(pool.q_proj)
         w[f"q_prj.{g}"] = fc(update)
+    if model.counter is not None:
+        w["counter"] = [f.weight.detach().clone() for f in model.counter.f]
+        for g, update in enumerate(model.count_update):
+            w[f"c_prj.{g}"] = fc(update)
     return w
 
 
@@ -305,8 +309,9 @@ def ban_fc(entry, x, act):
     return act(y) if act is not None else y
 
 
-def ban_reference(w, v, q_emb, *, gamma, act):
-    """ban-vqa ``BanModel.forward`` without the counter, eval mode, after ``q_emb.forward_all``."""
+def ban_reference(w, v, q_emb, *, gamma, act, boxes=None):
+    """ban-vqa ``BanModel.forward`` in eval mode, after ``q_emb.forward_all``; with ``boxes`` (B, V, 4)
+    the counter runs (``w['counter']`` holds its functions' weights), without them it is left out."""
     # BiAttention.forward_all → BCNet.forward (h_out ≤ 32: low-rank bilinear pooling)
     v_ = ban_fc(w["v_att.v_net"], v, act)  # the attention dropout after v_net is an identity in eval mode
     q_ = ban_fc(w["v_att.q_net"], q_emb, act)
@@ -322,6 +327,11 @@ def ban_reference(w, v, q_emb, *, gamma, act):
         b_emb = torch.einsum("bvk,bvq,bqk->bk", ban_fc(w[f"b_net.{g}.v_net"], v, act), att[:, g],
                              ban_fc(w[f"b_net.{g}.q_net"], q_emb, act))
         q_emb = ban_fc(w[f"q_prj.{g}"], b_emb.unsqueeze(1), None) + q_emb
+        if boxes is not None:
+            atten = logits[:, g].max(2).values  # (B, V)
+            embed = torch.stack([counter_reference(w["counter"], boxes[i], atten[i], objects=10)
+                                 for i in range(b)])
+            q_emb = q_emb + ban_fc(w[f"c_prj.{g}"], embed, act).unsqueeze(1)
     # SimpleClassifier: weight-normed linear → ReLU (here: the model's σ) → dropout → weight-normed linear
     hidden = ban_fc(w["classifier.0"], q_emb.sum(1), act)
     return ban_fc(w["classifier.3"], hidden, None)
@@ -554,3 +564,63 @@ def test_counter_partial_overlap_gives_a_count_between_one_and_two():
     expected[1], expected[2] = (2 - count) * confidence, (count - 1) * confidence
     assert 1.6 < count < 1.8
     assert_close(out, expected, atol=1e-9, rtol=0)
+
+
+def piecewise_reference(weight: torch.Tensor, x: float) -> torch.Tensor:
+    """ban-vqa ``PiecewiseLin`` at one point: normalised |weights|, their sum up to the segment of x,
+    plus the fraction of the next one."""
+    w = weight.abs() / weight.abs().sum()
+    n = len(w) - 1
+    i = int(n * x)
+    return w[: min(i, n) + 1].sum() + (n * x - i) * w[min(i + 1, n)]
+
+
+def counter_reference(fw, boxes, logits, *, objects):
+    """ban-vqa ``Counter.forward`` for one image, element by element: boxes (K, 4), logits (K,)."""
+    f = [lambda x, wt=wt: piecewise_reference(wt, float(x)) for wt in fw]
+    keep = sorted(logits.topk(min(objects, len(logits))).indices.tolist())
+    a = [torch.sigmoid(logits[i]) for i in keep]
+    k = len(keep)
+
+    def iou(p, q):
+        bp, bq = boxes[keep[p]], boxes[keep[q]]
+        iw = max(0.0, float(min(bp[2], bq[2]) - max(bp[0], bq[0])))
+        ih = max(0.0, float(min(bp[3], bq[3]) - max(bp[1], bq[1])))
+        area = lambda bx: max(0.0, float(bx[2] - bx[0])) * max(0.0, float(bx[3] - bx[1]))  # noqa: E731
+        return iw * ih / (area(bp) + area(bq) - iw * ih + 1e-12)
+
+    rel = [[a[i] * a[j] for j in range(k)] for i in range(k)]
+    dist = [[1 - iou(i, j) for j in range(k)] for i in range(k)]
+    dedup = [[f[3](rel[i][j]) * f[4](dist[i][j]) for j in range(k)] for i in range(k)]
+    sim = [[math.prod(float(f[2](1 - abs(dedup[i][j] - dedup[i][l]))) for i in range(k)) * f[2](1 - abs(a[j] - a[l]))
+            for l in range(k)] for j in range(k)]
+    row = [sum(sim[j]) for j in range(k)]
+    total = sum(f[0](rel[i][j]) * f[1](dist[i][j]) / (row[i] * row[j]) for i in range(k) for j in range(k))
+    total = total + sum(f[0](a[i] * a[i]) / row[i] for i in range(k))
+    count = min(max(math.sqrt(float(total) + 1e-20), 0.0), objects)
+    one_hot = torch.zeros(objects + 1, dtype=torch.float64)
+    low = int(count)
+    one_hot[low] += 1 - (count - low)
+    one_hot[min(low + 1, objects)] += count - low
+    att_conf = sum(abs(f[5](x) - 0.5) for x in a) / k
+    dist_conf = sum(abs(f[6](dist[i][j]) - 0.5) for i in range(k) for j in range(k)) / k ** 2
+    return one_hot * f[7](att_conf + dist_conf)
+
+
+def test_ban_with_counter_logits_equal_a_float64_ban_vqa_forward():
+    model = small_ban(use_counter=True, weight_norm=True).double()
+    with torch.no_grad():  # learned-looking functions: random positive slopes, first weight 0
+        gen = torch.Generator().manual_seed(3)
+        for f in model.counter.f:
+            f.weight[1:] = torch.rand(16, generator=gen, dtype=torch.float64) + 0.1
+    model.eval()
+    batch = make_inputs(dim_v=10, grid=4, batch=3)
+    batch["boxes"] = boxes_for(batch)
+    batch["boxes"][0, :4] = batch["boxes"][0, 4]  # some duplicate boxes
+    with torch.no_grad():
+        logits = model(**batch)
+        q_emb = model.question_encoder(batch["question"], batch["question_len"]).states
+        v = batch["image"].flatten(2).transpose(1, 2)
+        expected = ban_reference(ban_reference_weights(model), v, q_emb, gamma=3, act=torch.relu,
+                                 boxes=batch["boxes"])
+    assert_close(logits, expected, rtol=1e-9, atol=1e-11)
