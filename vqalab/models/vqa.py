@@ -210,13 +210,13 @@ class AttentionMUTAN(VQAModel):
                  dropout_hidden: float, activation: str, **encoders):
         super().__init__(**encoders)
         dim_v, dim_q = self.image_encoder.out_dim, self.question_encoder.out_dim
-        dropouts = {"dropout_in": dropout_in, "dropout_hidden": dropout_hidden, "activation": activation}
+        shared = {"dropout_in": dropout_in, "dropout_hidden": dropout_hidden, "activation": activation}
         self.attention_fusion = TuckerFusion(dim_v=dim_v, dim_q=dim_q, dim_hv=att_dim_hv, dim_hq=att_dim_hq,
-                                             dim_mm=att_dim_mm, rank=att_rank, **dropouts)
+                                             dim_mm=att_dim_mm, rank=att_rank, **shared)
         self.attention_dropout = nn.Dropout(dropout_in)
         self.glimpse_scores = nn.Linear(att_dim_mm, glimpses)
         self.fusion = TuckerFusion(dim_v=dim_v, dim_q=dim_q, dim_hv=dim_hv, dim_hq=dim_hq, dim_mm=dim_mm, rank=rank,
-                                   v_glimpses=glimpses, **dropouts)
+                                   v_glimpses=glimpses, **shared)
         self.head = nn.Sequential(nn.Dropout(dropout_in), nn.Linear(dim_mm, num_answers))
 
     def forward_features(self, image, question, question_len, image_id=None, boxes=None):
