@@ -163,9 +163,9 @@ def test_stacked_attention_hop_follows_the_san_formula():
 
 def test_tucker_fusion_is_a_sum_of_rank_one_products():
     torch.manual_seed(0)
-    fusion = TuckerFusion(dim_v=5, dim_q=4, dim_hv=3, dim_hq=2, dim_mm=6, rank=3, activate_output=False)
+    fusion = TuckerFusion(dim_v=5, dim_q=4, dim_hv=3, dim_hq=2, dim_mm=6, rank=3)
     v, q = torch.randn(2, 5), torch.randn(2, 4)
-    x_v, x_q = torch.tanh(fusion.linear_v(v)), torch.tanh(fusion.linear_q(q))
+    x_v, x_q = torch.tanh(fusion.linear_v[0](v)), torch.tanh(fusion.linear_q(q))
     expected = torch.zeros(2, 6)
     for r in range(3):
         rows = slice(r * 6, (r + 1) * 6)  # W_hv^r and W_hq^r

@@ -204,81 +204,206 @@ class StackedAttentionHop(nn.Module):
 
 
 class TuckerFusion(nn.Module):
-    """MUTAN fusion (Ben-younes et al. 2017): a Tucker decomposition whose core has rank R,
+    """MUTAN fusion (Ben-younes et al. 2017; vqa.pytorch ``MutanFusion``): a Tucker decomposition
+    whose core has rank R,
 
-        x_v = σ(W_v v),  x_q = σ(W_q q),  z = σ(Σ_r (W_hq^r x_q) ⊙ (W_hv^r x_v))
+        x_v = σ(W_v drop(v)),  x_q = σ(W_q drop(q)),  z = Σ_r (W_hq^r drop_h(x_q)) ⊙ (W_hv^r drop_h(x_v))
 
-    v (…, dim_v) and q (…, dim_q) with leading dimensions that broadcast → (…, dim_mm).
-    dim_v, dim_q: input sizes. dim_hv, dim_hq: sizes of x_v, x_q. dim_mm: output size.
-    rank: R. dropout_in: dropout on v and q. dropout_hidden: dropout on x_v and x_q.
-    activation: σ (tanh in MUTAN). activate_output: apply σ to z as well.
+    v (…, v_glimpses·dim_v) and q (…, dim_q) with leading dimensions that broadcast → (…, dim_mm).
+    z has no activation (the MUTAN options set none). With ``v_glimpses`` G > 1, v holds G
+    attended image vectors side by side and W_v is block-diagonal: each glimpse has its own
+    Linear(dim_v → dim_hv / G) and tanh, and the G outputs are concatenated (vqa.pytorch
+    ``list_linear_v_fusion``).
+
+    dim_v, dim_q: input sizes (dim_v per glimpse). dim_hv, dim_hq: sizes of x_v, x_q (G divides
+    dim_hv). dim_mm: output size. rank: R. dropout_in: dropout on v and q. dropout_hidden: dropout
+    on x_v and x_q (one mask for all r; vqa.pytorch draws one per r, at rate 0 in its options).
+    activation: σ (tanh in MUTAN). v_glimpses: G.
     """
 
     def __init__(self, *, dim_v: int, dim_q: int, dim_hv: int, dim_hq: int, dim_mm: int, rank: int,
                  dropout_in: float = 0.0, dropout_hidden: float = 0.0, activation: str = "tanh",
-                 activate_output: bool = True):
+                 v_glimpses: int = 1):
         super().__init__()
-        self.rank, self.dim_mm = rank, dim_mm
-        self.linear_v = nn.Linear(dim_v, dim_hv)
+        if dim_hv % v_glimpses:
+            raise ValueError(f"dim_hv {dim_hv} is not divisible by the {v_glimpses} glimpses")
+        self.rank, self.dim_mm, self.v_glimpses = rank, dim_mm, v_glimpses
+        self.linear_v = nn.ModuleList(nn.Linear(dim_v, dim_hv // v_glimpses) for _ in range(v_glimpses))
         self.linear_q = nn.Linear(dim_q, dim_hq)
         self.rank_v = nn.Linear(dim_hv, rank * dim_mm)  # the R matrices W_hv^r, stacked
         self.rank_q = nn.Linear(dim_hq, rank * dim_mm)  # the R matrices W_hq^r, stacked
         self.act = ACTIVATIONS[activation]()
         self.dropout_in = nn.Dropout(dropout_in)
         self.dropout_hidden = nn.Dropout(dropout_hidden)
-        self.activate_output = activate_output
 
     def forward(self, v: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        x_v = self.dropout_hidden(self.act(self.linear_v(self.dropout_in(v))))  # (…, dim_hv)
-        x_q = self.dropout_hidden(self.act(self.linear_q(self.dropout_in(q))))  # (…, dim_hq)
-        z_v = self.rank_v(x_v).unflatten(-1, (self.rank, self.dim_mm))  # (…, R, dim_mm)
-        z_q = self.rank_q(x_q).unflatten(-1, (self.rank, self.dim_mm))
-        z = (z_v * z_q).sum(dim=-2)  # (…, dim_mm): the R rank-one terms summed
-        return self.act(z) if self.activate_output else z
+        glimpses = self.dropout_in(v).chunk(self.v_glimpses, dim=-1)  # G × (…, dim_v)
+        x_v = torch.cat([self.act(linear(g)) for linear, g in zip(self.linear_v, glimpses)], dim=-1)  # (…, dim_hv)
+        x_q = self.act(self.linear_q(self.dropout_in(q)))  # (…, dim_hq)
+        z_v = self.rank_v(self.dropout_hidden(x_v)).unflatten(-1, (self.rank, self.dim_mm))  # (…, R, dim_mm)
+        z_q = self.rank_q(self.dropout_hidden(x_q)).unflatten(-1, (self.rank, self.dim_mm))
+        return (z_v * z_q).sum(dim=-2)  # (…, dim_mm): the R rank-one terms summed
 
 
-def projection(in_dim: int, out_dim: int, activation: str, dropout: float) -> nn.Sequential:
-    """Linear → activation → dropout, BAN's ``FCNet``."""
-    return nn.Sequential(nn.Linear(in_dim, out_dim), ACTIVATIONS[activation](), nn.Dropout(dropout))
+def linear(in_dim: int, out_dim: int, weight_norm: bool = False) -> nn.Linear:
+    """nn.Linear, optionally weight-normalised as in ban-vqa (one scale g for the whole matrix,
+    ``dim=None``); the effective ``.weight`` keeps its (out_dim, in_dim) shape."""
+    layer = nn.Linear(in_dim, out_dim)
+    return nn.utils.parametrizations.weight_norm(layer, dim=None) if weight_norm else layer
+
+
+def projection(in_dim: int, out_dim: int, activation: str | None, dropout: float,
+               weight_norm: bool = False) -> nn.Sequential:
+    """Dropout → linear → activation (None: no activation): ban-vqa's one-layer ``FCNet``."""
+    layers = [nn.Dropout(dropout), linear(in_dim, out_dim, weight_norm)]
+    if activation is not None:
+        layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
 
 
 class BilinearAttentionMap(nn.Module):
-    """BAN bilinear attention maps (Kim et al. 2018), one per glimpse g:
+    """BAN bilinear attention maps (Kim et al. 2018; ban-vqa ``BiAttention``), one per glimpse g:
 
-        A_g = softmax over all (region, token) pairs of  (p_g ∘ σ(U v_n))ᵀ σ(W q_t) + b_g
+        A_g = softmax over all (region, token) pairs of  (p_g ∘ drop(σ(U v_n)))ᵀ σ(W q_t) + b_g
 
-    regions v (B, N, dim_v), token states q (B, T, dim_q), mask (B, T) → (B, G, N, T); padded
-    tokens get zero weight. dim_v, dim_q: input sizes. hidden_dim: joint size. glimpses: G.
-    activation: σ. dropout: on the projections.
+    regions v (B, N, dim_v), token states q (B, T, dim_q), token mask (B, T) → the maps A and
+    their logits, each (B, G, N, T) (the counting module reads the logits). Padded tokens and all-zero regions (padding of region features, as ban-vqa masks them) get
+    zero weight. U, W are ``projection``s (dropout on their inputs); the joint size is
+    ``joint_dim`` (ban-vqa: k·num_hid with k = 3).
+
+    dim_v, dim_q: input sizes. joint_dim: size of σ(U v), σ(W q) and p_g. glimpses: G.
+    activation: σ. dropout: on the projection inputs and on the image side σ(U v).
+    weight_norm: weight-normalise U, W and the matrix of all p_g (one scale each).
     """
 
-    def __init__(self, *, dim_v: int, dim_q: int, hidden_dim: int, glimpses: int, activation: str = "relu",
-                 dropout: float = 0.0):
+    def __init__(self, *, dim_v: int, dim_q: int, joint_dim: int, glimpses: int, activation: str = "relu",
+                 dropout: float = 0.0, weight_norm: bool = False):
         super().__init__()
-        self.v_proj = projection(dim_v, hidden_dim, activation, dropout)
-        self.q_proj = projection(dim_q, hidden_dim, activation, dropout)
-        self.glimpse_vectors = nn.Parameter(torch.randn(glimpses, hidden_dim) / hidden_dim ** 0.5)  # p_g
-        self.glimpse_bias = nn.Parameter(torch.zeros(glimpses))  # b_g
+        self.v_proj = projection(dim_v, joint_dim, activation, dropout, weight_norm)
+        self.q_proj = projection(dim_q, joint_dim, activation, dropout, weight_norm)
+        self.dropout = nn.Dropout(dropout)
+        self.glimpse_vectors = nn.Parameter(torch.randn(glimpses, joint_dim))  # p_g, N(0, 1) as ban-vqa's h_mat
+        self.glimpse_bias = nn.Parameter(torch.randn(glimpses))  # b_g, N(0, 1) as ban-vqa's h_bias
+        if weight_norm:
+            nn.utils.parametrizations.weight_norm(self, "glimpse_vectors", dim=None)
 
-    def forward(self, v: torch.Tensor, q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        logits = torch.einsum("gk,bnk,btk->bgnt", self.glimpse_vectors, self.v_proj(v), self.q_proj(q))
+    def forward(self, v: torch.Tensor, q: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        v_ = self.dropout(self.v_proj(v))  # (B, N, joint)
+        logits = torch.einsum("gk,bnk,btk->bgnt", self.glimpse_vectors, v_, self.q_proj(q))
         logits = logits + self.glimpse_bias[None, :, None, None]  # (B, G, N, T)
-        logits = logits.masked_fill(~mask[:, None, None, :], float("-inf"))
+        regions = v.abs().sum(dim=-1) > 0  # (B, N)
+        regions = regions | ~regions.any(dim=1, keepdim=True)  # an all-zero image keeps every region
+        pairs = regions[:, None, :, None] & mask[:, None, None, :]  # (B, 1, N, T)
+        logits = logits.masked_fill(~pairs, float("-inf"))
         b, g, n, t = logits.shape
-        return torch.softmax(logits.reshape(b, g, n * t), dim=-1).view(b, g, n, t)
+        return torch.softmax(logits.reshape(b, g, n * t), dim=-1).view(b, g, n, t), logits
 
 
 class BilinearPooling(nn.Module):
-    """BAN bilinear attention pooling for one glimpse: f = Σ_{n,t} A[n, t] · (σ(U' v_n) ⊙ σ(W' q_t)).
+    """BAN bilinear attention pooling for one glimpse (ban-vqa ``BCNet.forward_with_weights``, k = 1):
+
+        f = Σ_{n,t} A[n, t] · (σ(U' v_n) ⊙ σ(W' q_t))
 
     v (B, N, dim_v), q (B, T, dim_q), attention map A (B, N, T) → (B, hidden_dim).
-    dim_v, dim_q: input sizes. hidden_dim: output size. activation: σ. dropout: on the projections.
+    dim_v, dim_q: input sizes. hidden_dim: output size. activation: σ. dropout: on the
+    projection inputs. weight_norm: weight-normalise U', W'.
     """
 
-    def __init__(self, *, dim_v: int, dim_q: int, hidden_dim: int, activation: str = "relu", dropout: float = 0.0):
+    def __init__(self, *, dim_v: int, dim_q: int, hidden_dim: int, activation: str = "relu", dropout: float = 0.0,
+                 weight_norm: bool = False):
         super().__init__()
-        self.v_proj = projection(dim_v, hidden_dim, activation, dropout)
-        self.q_proj = projection(dim_q, hidden_dim, activation, dropout)
+        self.v_proj = projection(dim_v, hidden_dim, activation, dropout, weight_norm)
+        self.q_proj = projection(dim_q, hidden_dim, activation, dropout, weight_norm)
 
     def forward(self, v: torch.Tensor, q: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
         return torch.einsum("bnk,bnt,btk->bk", self.v_proj(v), att, self.q_proj(q))
+
+
+# --- Counting module (Zhang et al. 2018), as ban-vqa uses it ------------------------------------------
+
+class PiecewiseLinear(nn.Module):
+    """Monotone piecewise-linear map of [0, 1] onto [0, 1] with ``pieces`` equal-width segments
+    (Zhang et al. 2018, the f_1 … f_8 of the counting module). The segment slopes are the
+    normalised absolute weights, so f(1) = 1 and f is non-decreasing; the first weight is 0
+    and stays 0 (|w| has zero gradient there), so f(0) = 0; the initial weights make f the identity. pieces: number of segments (16 in the paper).
+    """
+
+    def __init__(self, *, pieces: int = 16):
+        super().__init__()
+        self.pieces = pieces
+        weight = torch.ones(pieces + 1)
+        weight[0] = 0.0  # the cumulative sum starts at f(0) = 0
+        self.weight = nn.Parameter(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.abs()
+        w = w / w.sum()  # (pieces + 1,): segment heights summing to f(1) = 1
+        csum = w.cumsum(dim=0)  # f at the segment starts
+        y = self.pieces * x
+        index = y.detach().floor().long().clamp(0, self.pieces)  # the segment x falls into
+        return csum[index] + (y - y.floor()) * w[(index + 1).clamp(max=self.pieces)]
+
+
+class CountingModule(nn.Module):
+    """Counting component of Zhang et al. 2018 ("Learning to Count Objects in Natural Images for
+    VQA"), as ban-vqa's ``Counter``: from region boxes and attention logits, a soft one-hot count
+    over 0 … ``objects``, scaled by a confidence.
+
+    The ``objects`` most attended regions are kept (all if fewer); a = sigmoid(logit);
+    A = a aᵀ, D = 1 − IoU; intra-object dedup f1(A) ⊙ f2(D), inter-object dedup through the
+    similarity of rows (f3 of outer differences); count c = sqrt(Σ score + Σ f1(a²) / row sims);
+    output = interpolated one-hot of c × f8(mean |f6(a) − ½| + mean |f7(D) − ½|).
+
+    boxes (B, K, 4) as (x1, y1, x2, y2), attention logits (B, K) → (B, objects + 1).
+    objects: largest count (ban-vqa: 10). pieces: segments of each piecewise-linear f.
+    ban-vqa allocates 16 functions of which 8 are used; the 8 used are built here.
+    """
+
+    def __init__(self, *, objects: int = 10, pieces: int = 16):
+        super().__init__()
+        self.objects = objects
+        self.f = nn.ModuleList(PiecewiseLinear(pieces=pieces) for _ in range(8))
+
+    def forward(self, boxes: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+        keep = min(self.objects, attention.shape[1])
+        attention, index = attention.topk(keep, dim=1)  # (B, k): only the most relevant proposals
+        boxes = boxes.gather(1, index.unsqueeze(-1).expand(-1, -1, 4))  # (B, k, 4)
+        a = torch.sigmoid(attention)
+        relevancy = a.unsqueeze(2) * a.unsqueeze(1)  # (B, k, k): a_i a_j
+        distance = 1 - box_iou(boxes)  # (B, k, k)
+
+        score = self.f[0](relevancy) * self.f[1](distance)  # intra-object dedup
+        dedup_score = self.f[3](relevancy) * self.f[4](distance)  # inter-object dedup
+        # Rows j, l describe the same object when their dedup scores and attentions agree.
+        score_diff = (dedup_score.unsqueeze(3) - dedup_score.unsqueeze(2)).abs()  # (B, i, j, l)
+        att_diff = (a.unsqueeze(2) - a.unsqueeze(1)).abs()  # (B, j, l)
+        similarity = self.f[2](1 - score_diff).prod(dim=1) * self.f[2](1 - att_diff)  # (B, j, l)
+        row_sims = similarity.sum(dim=2)  # (B, k)
+        score = score / (row_sims.unsqueeze(2) * row_sims.unsqueeze(1))
+        correction = self.f[0](a * a) / row_sims  # the diagonal, deduplicated
+        count = (score.sum(dim=(1, 2)) + correction.sum(dim=1)).add(1e-20).sqrt()  # (B,)
+
+        att_conf = (self.f[5](a) - 0.5).abs().mean(dim=1)
+        dist_conf = (self.f[6](distance) - 0.5).abs().mean(dim=(1, 2))
+        confidence = self.f[7](att_conf + dist_conf)  # (B,)
+        return self.one_hot(count) * confidence.unsqueeze(1)
+
+    def one_hot(self, count: torch.Tensor) -> torch.Tensor:
+        """(B,) counts in [0, objects] → (B, objects + 1), linear between the two nearest
+        integers: with objects 3, 2.75 → [0, 0, 0.25, 0.75]."""
+        count = count.clamp(0, self.objects)
+        low = count.detach().floor().long()
+        frac = (count - low).unsqueeze(1)
+        bins = torch.arange(self.objects + 1, device=count.device)
+        at_low = (bins == low.unsqueeze(1)).to(count.dtype)
+        at_high = (bins == (low + 1).clamp(max=self.objects).unsqueeze(1)).to(count.dtype)
+        return (1 - frac) * at_low + frac * at_high
+
+
+def box_iou(boxes: torch.Tensor) -> torch.Tensor:
+    """Pairwise intersection over union of (B, K, 4) boxes (x1, y1, x2, y2) → (B, K, K)."""
+    top_left = torch.maximum(boxes[:, :, None, :2], boxes[:, None, :, :2])
+    bottom_right = torch.minimum(boxes[:, :, None, 2:], boxes[:, None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=-1)  # (B, K, K)
+    area = (boxes[..., 2:] - boxes[..., :2]).clamp(min=0).prod(dim=-1)  # (B, K)
+    return inter / (area[:, :, None] + area[:, None, :] - inter + 1e-12)

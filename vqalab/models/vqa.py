@@ -4,7 +4,7 @@ Every model splits ``forward_features`` (encode image, encode question, fuse) fr
 feature caching and benchmarks reuse the parts. Questions that share an image within a batch
 (``image_id``) pay for the image encoder once.
 
-The family, from the lab's weekly reports (seed 003) and tuning logs (seeds 000, 001):
+The family, from the lab's weekly report (lab note 003) and tuning logs (lab notes 000, 001):
 
 | name | model |
 | --- | --- |
@@ -12,9 +12,9 @@ The family, from the lab's weekly reports (seed 003) and tuning logs (seeds 000,
 | ``vqa_lstm_mlp`` | model 2: image vector ⊕ LSTM last state → MLP |
 | ``vqa_spatial_att`` | model 3: sigmoid spatial attention over the image map ⊕ LSTM last state → MLP |
 | ``vqa_spatial_att_qpool`` | model 3 variant: … ⊕ softmax attention pooling over the LSTM states |
-| ``vqa_san`` | model 4: stacked attention network (Yang et al. 2016), 1 or 2 hops |
-| ``vqa_att_mutan`` | attention MUTAN (Ben-younes et al. 2017): Tucker fusion for glimpses and answer |
-| ``vqa_ban`` | bilinear attention network (Kim et al. 2018) with ``glimpses`` |
+| ``vqa_san`` | model 4: stacked attention network (Yang et al. 2016), 1 or 2 hops; the lab's MLP classifier as an option |
+| ``vqa_att_mutan`` | attention MUTAN (Ben-younes et al. 2017) as vqa.pytorch's ``MutanAtt``: Tucker fusion for glimpses and answer |
+| ``vqa_ban`` | bilinear attention network (Kim et al. 2018) as ban-vqa's ``BanModel``, with ``glimpses`` |
 
 All are built from the blocks in ``encoders.py`` (image and question encoders) and ``layers.py``
 (attention and fusion). When the data yields precomputed image features (the ``frozen_features``
@@ -41,10 +41,13 @@ from vqalab.models.layers import (
     AttentionPool,
     BilinearAttentionMap,
     BilinearPooling,
+    CountingModule,
     SpatialGate,
     StackedAttentionHop,
     TuckerFusion,
+    linear,
     mlp,
+    projection,
 )
 from vqalab.registry import ConfigError
 
@@ -115,12 +118,14 @@ class VQAModel(nn.Module):
         first.scatter_(0, inverse, torch.arange(len(image_id), device=image_id.device))
         return self.image_encoder(image[first])[inverse]  # (U, D, h, w) gathered back to (B, D, h, w)
 
-    def forward_features(self, image, question, question_len, image_id=None) -> torch.Tensor:
+    def forward_features(self, image, question, question_len, image_id=None, boxes=None) -> torch.Tensor:
         raise NotImplementedError
 
     def forward(self, image: torch.Tensor, question: torch.Tensor, question_len: torch.Tensor,
-                image_id: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.forward_features(image, question, question_len, image_id))
+                image_id: torch.Tensor | None = None, boxes: torch.Tensor | None = None) -> torch.Tensor:
+        """Answer logits. boxes: (B, N, 4) region boxes (x1, y1, x2, y2), one per image region, for
+        the models that read them (``vqa_ban`` with ``use_counter``); the others ignore them."""
+        return self.head(self.forward_features(image, question, question_len, image_id, boxes))
 
 
 class ConcatMLP(VQAModel):
@@ -134,7 +139,7 @@ class ConcatMLP(VQAModel):
         in_dim = self.image_encoder.out_dim + self.question_encoder.out_dim
         self.head = mlp(in_dim, hidden_dim, num_answers, dropout)
 
-    def forward_features(self, image, question, question_len, image_id=None):
+    def forward_features(self, image, question, question_len, image_id=None, boxes=None):
         v = self.encode_image(image, image_id).mean(dim=(2, 3))  # (B, D)
         q = self.question_encoder(question, question_len).vector  # (B, Q)
         return torch.cat([v, q], dim=1)
@@ -154,7 +159,7 @@ class SpatialAttentionMLP(VQAModel):
         self.question_pool = AttentionPool(dim=self.question_encoder.out_dim) if question_pool == "attention" else None
         self.head = mlp(self.image_encoder.out_dim + self.question_encoder.out_dim, hidden_dim, num_answers, dropout)
 
-    def forward_features(self, image, question, question_len, image_id=None):
+    def forward_features(self, image, question, question_len, image_id=None, boxes=None):
         v = self.spatial_attention(self.encode_image(image, image_id))  # (B, D)
         words = self.question_encoder(question, question_len)
         q = words.vector if self.question_pool is None else self.question_pool(words.states, words.mask)  # (B, Q)
@@ -166,7 +171,8 @@ class StackedAttentionNet(VQAModel):
     refine the query u (u_0 = question vector); the answer is classified from the last u.
 
     num_answers: classes. hops: attention layers (SAN uses 2). att_dim: size k of h_A.
-    hidden_dim: classifier hidden size. dropout: on h_A and before the last layer.
+    hidden_dim: 0 for SAN's linear classifier softmax(W_u u + b_u); > 0 for the lab's MLP
+    classifier with this hidden size. dropout: on h_A and before the classifier's last layer.
     """
 
     def __init__(self, *, num_answers: int, hops: int, att_dim: int, hidden_dim: int, dropout: float, **encoders):
@@ -175,9 +181,12 @@ class StackedAttentionNet(VQAModel):
         # v_I = tanh(W f_I + b): SAN's image regions live in the question space, so u = ṽ_I + v_Q is defined.
         self.image_proj = nn.Sequential(nn.Linear(self.image_encoder.out_dim, d), nn.Tanh())
         self.hops = nn.ModuleList(StackedAttentionHop(dim=d, att_dim=att_dim, dropout=dropout) for _ in range(hops))
-        self.head = mlp(d, hidden_dim, num_answers, dropout)
+        if hidden_dim:
+            self.head = mlp(d, hidden_dim, num_answers, dropout)
+        else:
+            self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(d, num_answers))
 
-    def forward_features(self, image, question, question_len, image_id=None):
+    def forward_features(self, image, question, question_len, image_id=None, boxes=None):
         regions = self.image_proj(image_regions(self.encode_image(image, image_id)))  # (B, N, d)
         u = self.question_encoder(question, question_len).vector  # (B, d)
         for hop in self.hops:
@@ -186,65 +195,105 @@ class StackedAttentionNet(VQAModel):
 
 
 class AttentionMUTAN(VQAModel):
-    """Attention MUTAN: a Tucker fusion of each region with the question scores ``glimpses``
-    attention maps over the regions; the attended image vectors, concatenated, are fused with the
-    question by a second Tucker fusion; a linear layer gives the answer.
+    """Attention MUTAN as vqa.pytorch's ``MutanAtt``: a Tucker fusion of each region with the
+    question (its own sizes and rank) scores ``glimpses`` attention maps over the regions; each
+    attended image vector gets its own projection (block-diagonal W_v), and their concatenation is
+    fused with the question by a second Tucker fusion; a linear layer gives the answer.
 
-    num_answers: classes. glimpses: attention maps. dim_hv, dim_hq, dim_mm: Tucker sizes (both
-    fusions). rank: R of the answer fusion. att_rank: R of the attention fusion. dropout_in,
-    dropout_hidden: as ``TuckerFusion`` (dropout_in also before the classifier). activation: σ.
+    Dropout ``dropout_in`` acts on every fusion input, on the attention fusion's output before the
+    glimpse scores (vqa.pytorch ``dropout_mm``) and before the classifier; ``dropout_hidden`` on
+    the projected inputs of both fusions. Arguments: as ``vqa_att_mutan``.
     """
 
     def __init__(self, *, num_answers: int, glimpses: int, dim_hv: int, dim_hq: int, dim_mm: int, rank: int,
-                 att_rank: int, dropout_in: float, dropout_hidden: float, activation: str, **encoders):
+                 att_dim_hv: int, att_dim_hq: int, att_dim_mm: int, att_rank: int, dropout_in: float,
+                 dropout_hidden: float, activation: str, **encoders):
         super().__init__(**encoders)
         dim_v, dim_q = self.image_encoder.out_dim, self.question_encoder.out_dim
-        sizes = {"dim_hv": dim_hv, "dim_hq": dim_hq, "dim_mm": dim_mm, "dropout_in": dropout_in,
-                 "dropout_hidden": dropout_hidden, "activation": activation}
-        self.attention_fusion = TuckerFusion(dim_v=dim_v, dim_q=dim_q, rank=att_rank, **sizes)
-        self.glimpse_scores = nn.Linear(dim_mm, glimpses)
-        self.fusion = TuckerFusion(dim_v=glimpses * dim_v, dim_q=dim_q, rank=rank, **sizes)
+        shared = {"dropout_in": dropout_in, "dropout_hidden": dropout_hidden, "activation": activation}
+        self.attention_fusion = TuckerFusion(dim_v=dim_v, dim_q=dim_q, dim_hv=att_dim_hv, dim_hq=att_dim_hq,
+                                             dim_mm=att_dim_mm, rank=att_rank, **shared)
+        self.attention_dropout = nn.Dropout(dropout_in)
+        self.glimpse_scores = nn.Linear(att_dim_mm, glimpses)
+        self.fusion = TuckerFusion(dim_v=dim_v, dim_q=dim_q, dim_hv=dim_hv, dim_hq=dim_hq, dim_mm=dim_mm, rank=rank,
+                                   v_glimpses=glimpses, **shared)
         self.head = nn.Sequential(nn.Dropout(dropout_in), nn.Linear(dim_mm, num_answers))
 
-    def forward_features(self, image, question, question_len, image_id=None):
+    def forward_features(self, image, question, question_len, image_id=None, boxes=None):
         regions = image_regions(self.encode_image(image, image_id))  # (B, N, D)
         q = self.question_encoder(question, question_len).vector  # (B, Q)
-        joint = self.attention_fusion(regions, q.unsqueeze(1))  # (B, N, dim_mm)
-        p = torch.softmax(self.glimpse_scores(joint), dim=1)  # (B, N, G): one distribution per glimpse
-        attended = torch.einsum("bng,bnd->bgd", p, regions).flatten(1)  # (B, G·D)
+        joint = self.attention_fusion(regions, q.unsqueeze(1))  # (B, N, att_dim_mm)
+        p = torch.softmax(self.glimpse_scores(self.attention_dropout(joint)), dim=1)  # (B, N, G): one map per glimpse
+        attended = torch.einsum("bng,bnd->bgd", p, regions).flatten(1)  # (B, G·D), glimpses side by side
         return self.fusion(attended, q)  # (B, dim_mm)
 
 
-class BilinearAttentionNet(VQAModel):
-    """BAN: bilinear attention maps between regions and question tokens (one per glimpse); each
-    glimpse's bilinear pooling updates the token states residually; the answer is classified
-    from the sum of the final token states.
+BAN_ATTENTION_K = 3  # ban-vqa's BiAttention: BCNet(k=3), joint width 3·num_hid
+BAN_MAX_GLIMPSES = 32  # ban-vqa's BCNet uses its low-rank h_mat form up to 32 glimpses
+BAN_COUNTER_OBJECTS = 10  # ban-vqa's build_ban: the counter keeps the 10 most attended boxes
 
-    num_answers: classes. glimpses: attention maps. hidden_dim: joint (bilinear) size and
-    classifier hidden size. activation: σ of the projections and classifier. dropout: on the
-    projections and in the classifier.
+
+class BilinearAttentionNet(VQAModel):
+    """BAN as ban-vqa's ``BanModel``: bilinear attention maps between regions and question tokens
+    (one per glimpse, joint width 3·hidden_dim); each glimpse's bilinear pooling, projected by a
+    linear layer, updates every token state residually; the classifier (hidden 2·hidden_dim) reads
+    the sum of the final token states. Padded tokens are masked out of the attention and the sum
+    (ban-vqa runs its GRU over padding and sums every position).
+
+    With ``use_counter``, one counting module (Zhang et al. 2018) reads each glimpse's attention
+    logits (max over tokens) and the region boxes, and its count vector, projected (σ, no
+    dropout), is added to every token state after that glimpse's update.
+
+    Dropout (one rate) sits where ban-vqa's ``FCNet`` puts it: on the input of every projection
+    and of each question update, on the attention's image side, and in the classifier.
+    Arguments: as ``vqa_ban``.
     """
 
     def __init__(self, *, num_answers: int, glimpses: int, hidden_dim: int, activation: str, dropout: float,
-                 **encoders):
+                 weight_norm: bool, use_counter: bool, **encoders):
         super().__init__(**encoders)
         dim_v, dim_q = self.image_encoder.out_dim, self.question_encoder.out_dim
-        self.attention = BilinearAttentionMap(dim_v=dim_v, dim_q=dim_q, hidden_dim=hidden_dim, glimpses=glimpses,
-                                              activation=activation, dropout=dropout)
+        self.attention = BilinearAttentionMap(dim_v=dim_v, dim_q=dim_q, joint_dim=BAN_ATTENTION_K * hidden_dim,
+                                              glimpses=glimpses, activation=activation, dropout=dropout,
+                                              weight_norm=weight_norm)
         self.pooling = nn.ModuleList(
-            BilinearPooling(dim_v=dim_v, dim_q=dim_q, hidden_dim=hidden_dim, activation=activation, dropout=dropout)
+            BilinearPooling(dim_v=dim_v, dim_q=dim_q, hidden_dim=hidden_dim, activation=activation, dropout=dropout,
+                            weight_norm=weight_norm)
             for _ in range(glimpses))
-        self.question_update = nn.ModuleList(nn.Linear(hidden_dim, dim_q) for _ in range(glimpses))
-        self.head = mlp(dim_q, hidden_dim, num_answers, dropout, act=ACTIVATIONS[activation])
+        self.question_update = nn.ModuleList(
+            projection(hidden_dim, dim_q, None, dropout, weight_norm) for _ in range(glimpses))
+        if use_counter:
+            self.counter = CountingModule(objects=BAN_COUNTER_OBJECTS)
+            self.count_update = nn.ModuleList(  # ban-vqa's c_prj: FCNet([objects + 1, num_hid], act, dropout 0)
+                projection(BAN_COUNTER_OBJECTS + 1, dim_q, activation, 0.0, weight_norm) for _ in range(glimpses))
+        else:
+            self.counter = None
+        self.head = nn.Sequential(linear(dim_q, 2 * hidden_dim, weight_norm), ACTIVATIONS[activation](),
+                                  nn.Dropout(dropout), linear(2 * hidden_dim, num_answers, weight_norm))
 
-    def forward_features(self, image, question, question_len, image_id=None):
+    def forward_features(self, image, question, question_len, image_id=None, boxes=None):
         regions = image_regions(self.encode_image(image, image_id))  # (B, N, D)
+        if self.counter is not None:
+            check_boxes(boxes, regions)
         words = self.question_encoder(question, question_len)
         q = words.states  # (B, T, Q)
-        att = self.attention(regions, q, words.mask)  # (B, G, N, T)
+        att, logits = self.attention(regions, q, words.mask)  # each (B, G, N, T)
         for g, (pool, update) in enumerate(zip(self.pooling, self.question_update)):
             q = q + update(pool(regions, q, att[:, g])).unsqueeze(1)  # residual on every token: (B, T, Q)
+            if self.counter is not None:
+                count = self.counter(boxes, logits[:, g].max(dim=2).values)  # (B, objects + 1)
+                q = q + self.count_update[g](count).unsqueeze(1)
         return (q * words.mask.unsqueeze(-1)).sum(dim=1)  # (B, Q), padding excluded
+
+
+def check_boxes(boxes: torch.Tensor | None, regions: torch.Tensor) -> None:
+    """The counter needs one (x1, y1, x2, y2) box per region: (B, N, 4) for regions (B, N, D)."""
+    expected = (regions.shape[0], regions.shape[1], 4)
+    if boxes is None:
+        raise ValueError(f"vqa_ban with use_counter needs region boxes: the batch has no 'boxes' {expected} "
+                         f"(the data must yield region features with their boxes)")
+    if tuple(boxes.shape) != expected:
+        raise ValueError(f"boxes: expected shape {expected} (batch, regions, x1 y1 x2 y2), got {tuple(boxes.shape)}")
 
 
 # --- Registered builders -------------------------------------------------------------------------
@@ -407,18 +456,24 @@ def vqa_san(
     freeze_embedding: bool = False,
     hops: int = 2,
     att_dim: int = 64,
-    hidden_dim: int = 128,
+    hidden_dim: int = 0,
     dropout: float = 0.0,
 ) -> VQAModel:
     """Model 4: stacked attention network (SAN, Yang et al. 2016).
 
-    h_A = tanh(W_I v_I ⊕ (W_Q u + b_A)), p_I = softmax(W_P h_A + b_P), u ← Σ p_I v_I + u, from
-    u = v_Q, repeated ``hops`` times. The lab's model 4 is hops=1 with question_encoder=mean.
+    v_I = tanh(W f_I + b), h_A = tanh(W_I v_I ⊕ (W_Q u + b_A)), p_I = softmax(W_P h_A + b_P),
+    u ← Σ p_I v_I + u, from u = v_Q, repeated ``hops`` times; answer softmax(W_u u + b_u).
+    Deliberate variants, off by default: ``hidden_dim`` > 0 puts an MLP classifier (the lab's
+    model 4: hidden 1024) in place of W_u; ``dropout`` (the paper's equations have none).
+    The lab's model 4 is also hops=1 with question_encoder=mean, without tanh and v_I projection.
     hops: attention layers (1 or 2; SAN uses 2). att_dim: size k of h_A (the lab used 128).
-    hidden_dim: classifier hidden size. dropout: on h_A and before the last layer.
+    hidden_dim: 0 = SAN's linear classifier; > 0 = MLP classifier with this hidden size.
+    dropout: on h_A and before the classifier's last layer.
     """
     if hops < 1:
         raise ConfigError(f"model.hops = {hops}: expected at least 1 attention layer")
+    if hidden_dim < 0:
+        raise ConfigError(f"model.hidden_dim = {hidden_dim}: expected 0 (linear classifier) or a hidden size > 0")
     return StackedAttentionNet(num_answers=num_answers, hops=hops, att_dim=att_dim, hidden_dim=hidden_dim,
                                dropout=dropout, **encoder_kwargs(locals()))
 
@@ -444,23 +499,36 @@ def vqa_att_mutan(
     dim_hq: int = 64,
     dim_mm: int = 64,
     rank: int = 3,
+    att_dim_hv: int = 32,
+    att_dim_hq: int = 32,
+    att_dim_mm: int = 64,
     att_rank: int = 2,
     dropout_in: float = 0.0,
     dropout_hidden: float = 0.0,
     activation: ActivationName = "tanh",
 ) -> VQAModel:
-    """Attention MUTAN (Ben-younes et al. 2017): Tucker fusion z = Σ_r (W_hq^r σ(W_q q)) ⊙ (W_hv^r σ(W_v v))
-    scores ``glimpses`` attention maps over the image regions and fuses the attended image with the
-    question. Small defaults for the CPU; ``params/train/vqa_att_mutan.yaml`` holds the lab's values
-    (dim_v 2048 = ResNet-152, dim_q 2400, dim_hv 620, dim_hq 310, dim_mm 510, R 10, att_R 5).
+    """Attention MUTAN (Ben-younes et al. 2017) as vqa.pytorch's ``MutanAtt``. Tucker fusion
+    z = Σ_r (W_hq^r σ(W_q q)) ⊙ (W_hv^r σ(W_v v)) of each region with the question scores
+    ``glimpses`` attention maps (attention sizes att_*); the attended image vectors, each through
+    its own Linear(dim_v → dim_hv / glimpses) and σ, are fused with the question by a second Tucker
+    fusion (sizes dim_*); a linear layer gives the answer. Small defaults for the CPU;
+    ``params/train/vqa_att_mutan.yaml`` holds the lab's values (lab note 000: dim_v 2048 =
+    ResNet-152, dim_q 2400, dim_hv 620, dim_hq 310, dim_mm 510, R 10, att_R 5) and
+    vqa.pytorch's ``mutan_att_trainval`` attention sizes (310, 310, 510).
 
-    glimpses: attention maps. dim_hv, dim_hq: sizes of the projected image and question.
-    dim_mm: fused size. rank: R of the answer fusion. att_rank: R of the attention fusion (att_R).
-    dropout_in: dropout on the fusion inputs and before the classifier (the lab: 0.5).
-    dropout_hidden: dropout on the projected inputs (the lab: 0). activation: σ (tanh in MUTAN).
+    glimpses: attention maps (must divide dim_hv). dim_hv, dim_hq: sizes of the projected image
+    (all glimpses together) and question in the answer fusion. dim_mm: its fused size. rank: its
+    R. att_dim_hv, att_dim_hq, att_dim_mm: the attention fusion's sizes. att_rank: its R (att_R).
+    dropout_in: dropout on the fusion inputs, on the attention fusion's output and before the
+    classifier (the lab and vqa.pytorch: 0.5). dropout_hidden: dropout on the projected inputs
+    (the lab: 0). activation: σ of the projections (tanh in MUTAN); the Tucker outputs have none.
     """
+    if glimpses < 1 or dim_hv % glimpses:
+        raise ConfigError(f"model.glimpses = {glimpses}, model.dim_hv = {dim_hv}: expected glimpses ≥ 1 dividing "
+                          f"dim_hv (each glimpse is projected to dim_hv / glimpses)")
     return AttentionMUTAN(num_answers=num_answers, glimpses=glimpses, dim_hv=dim_hv, dim_hq=dim_hq, dim_mm=dim_mm,
-                          rank=rank, att_rank=att_rank, dropout_in=dropout_in, dropout_hidden=dropout_hidden,
+                          rank=rank, att_dim_hv=att_dim_hv, att_dim_hq=att_dim_hq, att_dim_mm=att_dim_mm,
+                          att_rank=att_rank, dropout_in=dropout_in, dropout_hidden=dropout_hidden,
                           activation=activation, **encoder_kwargs(locals()))
 
 
@@ -484,14 +552,26 @@ def vqa_ban(
     hidden_dim: int = 64,
     activation: ActivationName = "relu",
     dropout: float = 0.0,
+    weight_norm: bool = False,
+    use_counter: bool = False,
 ) -> VQAModel:
-    """Bilinear attention network (BAN, Kim et al. 2018) with ``glimpses`` bilinear attention maps
-    between image regions and question tokens and residual updates of the token states.
-    Seed 001's values: glimpses (gamma) 2, num_hid 1024, activation swish, dropout 0.45.
+    """Bilinear attention network (BAN, Kim et al. 2018) as ban-vqa's ``BanModel``: ``glimpses``
+    bilinear attention maps between image regions and question tokens (joint width 3·hidden_dim),
+    residual updates of the token states, classifier with hidden size 2·hidden_dim.
+    ban-vqa's defaults: num_hid 1280, gamma 8, ReLU, dropout 0.2 (inputs) / 0.5 (attention image
+    side, classifier), weight normalisation. Lab note 001's values: glimpses (gamma) 2, num_hid
+    1024, activation swish, dropout 0.45.
 
-    glimpses: attention maps (1-4). hidden_dim: joint size and classifier hidden size (num_hid).
-    activation: σ of the projections and classifier (relu or swish). dropout: on the projections
-    and in the classifier.
+    glimpses: attention maps (1-32, gamma). hidden_dim: num_hid (pooling width, question-update
+    input). activation: σ of the projections and the classifier (ban-vqa: relu; the lab: swish).
+    dropout: one rate at every ban-vqa dropout site (projection inputs, attention image side,
+    classifier). weight_norm: weight-normalise every linear map and the attention's glimpse
+    matrix as ban-vqa does (one scale per matrix); off: plain weights of the same shapes.
+    use_counter: add ban-vqa's counting module (Zhang et al. 2018); the batch must then hold
+    ``boxes`` (B, N, 4), one box per image region.
     """
+    if not 1 <= glimpses <= BAN_MAX_GLIMPSES:
+        raise ConfigError(f"model.glimpses = {glimpses}: expected 1 to {BAN_MAX_GLIMPSES} bilinear attention maps")
     return BilinearAttentionNet(num_answers=num_answers, glimpses=glimpses, hidden_dim=hidden_dim,
-                                activation=activation, dropout=dropout, **encoder_kwargs(locals()))
+                                activation=activation, dropout=dropout, weight_norm=weight_norm,
+                                use_counter=use_counter, **encoder_kwargs(locals()))
