@@ -61,7 +61,8 @@ def test_cvt_io_parameter_count_from_the_formula(latents, layers, attention, sha
                          share_weights=share)
     d = 32
     blocks = 1 if share else layers
-    assert count(model) == cvt_params(dim=d, backbone_channels=16, bev_size=8) + latents * d + blocks * vit_block_params(d)
+    latent_array = latents * d + blocks * vit_block_params(d) + 2 * d  # embeddings, blocks, final LayerNorm
+    assert count(model) == cvt_params(dim=d, backbone_channels=16, bev_size=8) + latent_array
 
 
 def test_per_latent_and_pooled_have_the_same_parameters_and_differ_in_attention_flops_as_the_formula_says():
@@ -70,7 +71,7 @@ def test_per_latent_and_pooled_have_the_same_parameters_and_differ_in_attention_
     flops = {}
     for attention in ("per_latent", "pooled"):
         model = create_model("cvt_io", **SMALL, num_latents=n, latent_layers=layers, latent_attention=attention).eval()
-        flops[attention] = count_flops(lambda: model(**x))
+        flops[attention] = count_flops(lambda m=model: m(**x))
         flops[attention + "_params"] = count(model)
     assert flops["per_latent_params"] == flops["pooled_params"]
     # per layer: per-latent QKᵀ and AV over N·T cells, 2·(NT)²·d each; pooled: QKᵀ over T cells
@@ -105,7 +106,7 @@ def test_the_output_depends_on_the_camera_extrinsics():
     model = create_model("cvt", **SMALL).eval()
     x = inputs(batch=1)
     turned = dict(x)
-    k, e = camera_matrices(image_size=16, yaws=np.linspace(0, 2 * math.pi, 3, endpoint=False) + 0.5)
+    _, e = camera_matrices(image_size=16, yaws=np.linspace(0, 2 * math.pi, 3, endpoint=False) + 0.5)
     turned["extrinsics"] = torch.tensor(e, dtype=torch.float32)[None]
     with torch.no_grad():
         assert not torch.allclose(model(**x), model(**turned))

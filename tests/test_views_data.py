@@ -28,7 +28,7 @@ def test_batch_shapes_and_model_interface(data):
     assert batch["mask"].shape == (4, 1, 8, 8)
     assert set(batch["mask"].unique().tolist()) <= {0.0, 1.0}
     assert data.input_keys == ("images", "intrinsics", "extrinsics")
-    assert data.model_kwargs == {"map_size": 8, "map_extent": 8.0}
+    assert data.model_kwargs == {"map_size": 8, "map_extent": 6.0}
     assert data.task == "segmentation"
     assert (len(data.train), len(data.val)) == (6, 3)
 

@@ -185,7 +185,7 @@ def synthetic_views(
     num_cameras: int = 4,
     image_size: int = 32,
     map_size: int = 16,
-    map_extent: float = 8.0,
+    map_extent: float = 6.0,
     max_boxes: int = 6,
     yaw_jitter_deg: float = 10.0,
     noise_std: float = 0.02,

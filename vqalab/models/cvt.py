@@ -24,7 +24,7 @@ map-view grid is copied into N latent maps (plus a learned embedding per latent)
   latent, attention cost ∝ (H·W)² + N·(H·W)². Same parameters as per-latent.
 - ``share_weights``: one block applied L times (the lab note's default) or L blocks.
 
-The N maps are averaged before the decoder. The named variants of lab note 004 (v1_1, v2_1 … v2_9,
+The N maps are averaged and layer-normed before the decoder. The named variants of lab note 004 (v1_1, v2_1 … v2_9,
 each with its learning rate) are params files ``params/train/cvt_io_v*.yaml`` (and ``cvt.yaml``).
 
 Attention is written with explicit matrix products (einsum) where queries are per camera or
@@ -42,7 +42,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqalab.models import register_model
-from vqalab.models.layers import LAYER_NORM_EPS, VIT_INIT_STD, FeedForward, SelfAttention, TransformerBlock
+from vqalab.models.layers import (
+    LAYER_NORM_EPS,
+    VIT_INIT_STD,
+    FeedForward,
+    SelfAttention,
+    TransformerBlock,
+)
 
 BACKBONE_STRIDE = 4  # two stride-2 convolutions
 LATENT_MLP_RATIO = 4.0  # the latent blocks are standard ViT blocks
@@ -115,7 +121,8 @@ class LatentArray(nn.Module):
 
     dim: token size. num_heads: attention heads. num_latents: N. layers: L. attention: "per_latent"
     (self-attention over all N·T cells) or "pooled" (one attention map from the latent-averaged
-    grid). share_weights: one block applied L times, else L blocks. (B, T, dim) → (B, T, dim).
+    grid). share_weights: one block applied L times, else L blocks. (B, T, dim) → (B, T, dim): the
+    N maps averaged, then layer-normed (as after a ViT's last block).
     """
 
     def __init__(self, *, dim: int, num_heads: int, num_latents: int, layers: int,
@@ -130,6 +137,7 @@ class LatentArray(nn.Module):
         nn.init.trunc_normal_(self.latent_embed, std=VIT_INIT_STD)
         self.blocks = nn.ModuleList(TransformerBlock(dim=dim, num_heads=num_heads, mlp_ratio=LATENT_MLP_RATIO)
                                     for _ in range(1 if share_weights else layers))
+        self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)  # pre-norm blocks leave the residual stream unnormalised
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
@@ -141,7 +149,7 @@ class LatentArray(nn.Module):
                 z = block(z.reshape(b, n * t, d)).view(b, n, t, d)
             else:
                 z = pooled_latent_block(block, z)
-        return z.mean(dim=1)
+        return self.norm(z.mean(dim=1))
 
 
 class CrossViewTransformer(nn.Module):
@@ -221,7 +229,7 @@ class CrossViewTransformer(nn.Module):
 
 
 @register_model
-def cvt(*, map_size: int = 16, map_extent: float = 8.0, dim: int = 32, num_heads: int = 4, bev_size: int = 8,
+def cvt(*, map_size: int = 16, map_extent: float = 6.0, dim: int = 32, num_heads: int = 4, bev_size: int = 8,
         backbone_channels: int = 16, mlp_ratio: float = 2.0) -> CrossViewTransformer:
     """Cross-view transformer (Zhou & Krähenbühl 2022), lab note 004's baseline "cvt".
 
@@ -235,7 +243,7 @@ def cvt(*, map_size: int = 16, map_extent: float = 8.0, dim: int = 32, num_heads
 
 
 @register_model
-def cvt_io(*, map_size: int = 16, map_extent: float = 8.0, dim: int = 32, num_heads: int = 4, bev_size: int = 8,
+def cvt_io(*, map_size: int = 16, map_extent: float = 6.0, dim: int = 32, num_heads: int = 4, bev_size: int = 8,
            backbone_channels: int = 16, mlp_ratio: float = 2.0, num_latents: int = 10, latent_layers: int = 6,
            latent_attention: Literal["per_latent", "pooled"] = "pooled",
            share_weights: bool = True) -> CrossViewTransformer:
