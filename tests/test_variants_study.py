@@ -81,6 +81,10 @@ def test_best_iou_per_ms_leaves_diverged_variants_out():
     assert text[0].startswith("Best IoU@0.50 per millisecond: a (0.300 IoU at 3.00 ms, batch 1 on cpu")
     assert text[1] == "Highest IoU@0.50: b (0.360) at 6.00 ms."
     assert text[2].startswith("c at lr 3 diverged at step 16")
+    by_threshold = pd.DataFrame({"iou@0.30": [0.41, 0.37, 0.5], "iou@0.50": [0.30, 0.36, 0.2]}, index=["a", "b", "c"])
+    text = study.findings_text(table, by_threshold)
+    assert len(text) == 4  # b (0.37 vs 0.36) and the diverged c are not flagged
+    assert text[3].startswith("IoU@0.50 understates a: 0.410 at threshold 0.30 against 0.300")
 
 
 def test_trained_variants_table_matches_the_runs_and_the_models(tmp_path):

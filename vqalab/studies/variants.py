@@ -186,8 +186,11 @@ def best_per_ms(table: pd.DataFrame) -> dict | None:
     return ok.loc[ok["iou_per_ms"].idxmax()].to_dict()
 
 
-def findings_text(table: pd.DataFrame) -> list[str]:
-    """Sentences from the table: the best IoU per ms, the best IoU, and the diverged variants."""
+def findings_text(table: pd.DataFrame, by_threshold: pd.DataFrame | None = None,
+                  understated_by: float = 0.05) -> list[str]:
+    """Sentences from the table: the best IoU per ms, the best IoU, the diverged variants and, given
+    ``iou_by_threshold``, the completed variants whose IoU at another threshold beats IoU@0.50 by
+    more than ``understated_by`` (probabilities not yet confident enough to cross 0.5)."""
     text = []
     best = best_per_ms(table)
     device, batch = table["device"].iloc[0], int(table["latency_batch_size"].iloc[0])
@@ -204,4 +207,11 @@ def findings_text(table: pd.DataFrame) -> list[str]:
     for _, row in diverged.iterrows():
         text.append(f"{row['variant']} at lr {row['lr']:.3g} diverged at step {int(row['diverged_at_step'])}; "
                     f"its IoU is from before that and it is left out of the comparison.")
+    if by_threshold is not None:
+        for _, row in table[table["status"] == "completed"].iterrows():
+            ious = by_threshold.loc[row["variant"]].dropna()
+            if len(ious) and ious.max() > ious.get("iou@0.50", math.nan) + understated_by:
+                text.append(f"IoU@0.50 understates {row['variant']}: {ious.max():.3f} at {ious.idxmax().replace('iou@', 'threshold ')} "
+                            f"against {ious['iou@0.50']:.3f}; its probabilities have not yet learned to cross 0.5, "
+                            "so train longer before ranking it.")
     return text
