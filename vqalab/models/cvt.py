@@ -48,6 +48,7 @@ from vqalab.models.layers import (
     FeedForward,
     SelfAttention,
     TransformerBlock,
+    init_vit_weights,
 )
 
 BACKBONE_STRIDE = 4  # two stride-2 convolutions
@@ -137,6 +138,7 @@ class LatentArray(nn.Module):
         nn.init.trunc_normal_(self.latent_embed, std=VIT_INIT_STD)
         self.blocks = nn.ModuleList(TransformerBlock(dim=dim, num_heads=num_heads, mlp_ratio=LATENT_MLP_RATIO)
                                     for _ in range(1 if share_weights else layers))
+        self.blocks.apply(init_vit_weights)  # small residual updates at first: training starts close to cvt
         self.norm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)  # pre-norm blocks leave the residual stream unnormalised
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
