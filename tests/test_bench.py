@@ -299,3 +299,15 @@ def test_flops_per_sample_at_batch_one_for_an_image_model():
     assert one["inputs"] == {"image": [1, 3, 16, 16]}
     assert one["forward_flops"] > 0 and two["forward_flops"] == 2 * one["forward_flops"]
     assert two["train_flops"] == 2 * one["train_flops"]
+
+
+def test_attention_on_the_cpu_is_counted_like_explicit_matrix_products():
+    # torch counts 0 for the CPU kernel of scaled_dot_product_attention; bench registers a formula.
+    import torch.nn.functional as F
+
+    from vqalab.bench import count_flops
+
+    q, k, v = torch.randn(2, 4, 16, 8), torch.randn(2, 4, 32, 8), torch.randn(2, 4, 32, 8)
+    explicit = count_flops(lambda: torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v)
+    assert explicit == 2 * 2 * (2 * 4 * 16 * 32 * 8)  # QKᵀ and AV, each 2 FLOPs per multiply-add
+    assert count_flops(lambda: F.scaled_dot_product_attention(q, k, v)) == explicit

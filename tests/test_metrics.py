@@ -87,3 +87,34 @@ def test_summary_overall_and_per_type():
     assert summary["per_question_type"]["is the"] == pytest.approx(0.95)
     with pytest.raises(ValueError, match="3 predictions for 4 questions"):
         vqa_summary(predictions[:3], answers)
+
+
+# --- IoU (map-view segmentation) -------------------------------------------------------------------
+
+def test_iou_at_050_against_a_hand_count():
+    import torch
+
+    from vqalab.metrics import iou, iou_counts
+
+    probs = torch.tensor([[0.9, 0.6, 0.2],
+                          [0.5, 0.4, 0.1]])
+    mask = torch.tensor([[1.0, 0.0, 1.0],
+                         [1.0, 0.0, 0.0]])
+    # ≥ 0.5 predicts (0,0), (0,1), (1,0); the mask holds (0,0), (0,2), (1,0).
+    # Intersection {(0,0), (1,0)} = 2; union {(0,0), (0,1), (0,2), (1,0)} = 4.
+    assert iou_counts(probs, mask) == (2, 4)
+    assert iou(probs, mask) == 0.5
+
+
+def test_iou_sweep_moves_with_the_threshold_as_counted_by_hand():
+    import math
+
+    import torch
+
+    from vqalab.metrics import iou, iou_sweep
+
+    probs = torch.tensor([0.35, 0.45, 0.55, 0.65, 0.75])
+    mask = torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0])
+    # 0.3: all 5 predicted, 3 true → 3/5; 0.5: {0.55, 0.65, 0.75} → 2 / 4; 0.7: {0.75} → 0 / 4.
+    assert iou_sweep(probs, mask, (0.3, 0.5, 0.7)) == {0.3: 0.6, 0.5: 0.5, 0.7: 0.0}
+    assert math.isnan(iou(torch.zeros(4), torch.zeros(4)))  # nothing predicted, nothing to find

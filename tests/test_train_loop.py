@@ -366,3 +366,43 @@ def test_mixup_trains_image_classifiers_reproducibly(tmp_path, monkeypatch):
     assert all(torch.equal(w_mixed[k], w_again[k]) for k in w_mixed)
     assert not torch.equal(w_mixed["head.weight"], w_plain["head.weight"])
     assert mixed.summary["status"] == "completed" and mixed.summary["data"]["dataset"] == "synthetic_faces"
+
+
+# --- Segmentation (map-view masks) -----------------------------------------------------------------
+
+def segmentation_config(runs_root, **train_overrides):
+    return build_config({
+        "experiment": "seg", "name": "tiny_cvt", "runs_root": str(runs_root),
+        "model": {"name": "cvt", "dim": 16, "num_heads": 2, "bev_size": 4, "backbone_channels": 8},
+        "data": {"name": "synthetic_views", "num_train": 16, "num_val": 8, "num_cameras": 2, "image_size": 16,
+                 "map_size": 8},
+        "optim": {"lr": 3e-3},
+        "train": {"epochs": 2, "batch_size": 8, "loss": "bce", "num_threads": 1, "progress": False,
+                  **train_overrides},
+    })
+
+
+def test_segmentation_run_scores_iou_over_the_validation_split(tmp_path):
+    from vqalab.metrics import iou_counts
+    from vqalab.runs import model_from_checkpoint
+
+    cfg = segmentation_config(tmp_path)
+    result = fit(cfg)
+    assert result.summary["status"] == "completed" and result.summary["task"] == "segmentation"
+    assert not (result.run_dir / "confusion_matrix.csv").exists()
+    rows = read_metrics(result.run_dir / "metrics.csv")
+    model, _ = model_from_checkpoint(result.run_dir / "checkpoints" / "epoch_002.pt")
+    data = build_data(cfg.data)
+    batch = data.collate([data.val[i] for i in range(len(data.val))])
+    with torch.no_grad():
+        logits = model.eval()(batch["images"], batch["intrinsics"], batch["extrinsics"])
+    inter, union = iou_counts(torch.sigmoid(logits), batch["mask"])
+    assert rows[-1]["val_acc"] == pytest.approx(inter / union)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch["mask"]).item()
+    assert rows[-1]["val_loss"] == pytest.approx(bce, rel=1e-5)
+
+
+def test_segmentation_with_cross_entropy_is_refused_before_training(tmp_path):
+    with pytest.raises(ConfigError, match="train.loss = 'ce': data 'synthetic_views' is a segmentation data set"):
+        fit(segmentation_config(tmp_path, loss="ce"))
+    assert not list(tmp_path.rglob("params.yaml"))

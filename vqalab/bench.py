@@ -19,7 +19,9 @@ where Linux allows it (``/proc/self/clear_refs``), else the peak since the proce
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode``: matrix multiplies,
 convolutions and attention kernels, 2 FLOPs per multiply-add; element-wise work (normalisation,
-activations, the optimizer update) is not counted. GMACs = GFLOPs / 2.
+activations, the optimizer update) is not counted. GMACs = GFLOPs / 2. torch has no formula for
+the CPU kernel of ``scaled_dot_product_attention`` (it would count 0); this module registers
+torch's own attention formulas for it, so attention counts the same on the CPU as on a GPU.
 """
 
 from __future__ import annotations
@@ -37,7 +39,12 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import (
+    FlopCounterMode,
+    register_flop_formula,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 from vqalab.config import RunConfig
 from vqalab.data import DataSplits, build_data
@@ -66,6 +73,17 @@ CLEAR_REFS = Path("/proc/self/clear_refs")
 PROC_STATUS = Path("/proc/self/status")
 RESET_PEAK_RSS = "5"  # written to clear_refs: reset the peak resident set size (Linux ≥ 4.0)
 FIRST_EPOCH = 1  # the training loop numbers epochs from 1; its first batch is the one measured
+
+
+# The CPU attention kernels, counted like the CUDA ones (QKᵀ and AV: 4·B·heads·Tq·Tk·d_head forward).
+@register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
+def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+@register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)
+def _cpu_sdpa_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,13 +12,19 @@ One detail of the official code (its current version) is followed on purpose: wh
 answers are the same string, no normalisation is applied, neither to them nor to the prediction
 (only line breaks and tabs become spaces and the ends are stripped). So for ten answers "yes",
 "yes" scores 1.0 but "Yes" or "yes." score 0.
+
+Map-view segmentation (lab note 004) is scored by IoU: predicted probabilities cut at a threshold
+(0.50 in the lab note) against the occupancy mask, counted over the whole split (``iou_counts``).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from collections.abc import Sequence
+
+import torch
 
 # Full credit needs this many matching human answers.
 MATCHES_FOR_FULL_CREDIT = 3
@@ -144,3 +150,32 @@ def vqa_summary(predictions: Sequence[str], answers: Sequence[Sequence[str]],
             groups[kind].append(score)
         summary[key] = {kind: sum(s) / len(s) for kind, s in sorted(groups.items())}
     return summary
+
+
+# --- Map-view segmentation: intersection over union -----------------------------------------------
+
+IOU_THRESHOLD = 0.5  # lab note 004 reports IoU@0.50
+IOU_SWEEP_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def iou_counts(probs: torch.Tensor, mask: torch.Tensor, threshold: float = IOU_THRESHOLD) -> tuple[int, int]:
+    """(intersection, union) pixel counts of ``probs ≥ threshold`` against the binary ``mask``.
+
+    Counts, not a ratio, so that a data set's IoU is Σ intersection / Σ union over all its
+    batches (how map-view segmentation is scored), not a mean of per-batch ratios.
+    """
+    pred = probs >= threshold
+    truth = mask > 0.5
+    return int((pred & truth).sum()), int((pred | truth).sum())
+
+
+def iou(probs: torch.Tensor, mask: torch.Tensor, threshold: float = IOU_THRESHOLD) -> float:
+    """IoU of ``probs ≥ threshold`` against ``mask``; NaN when both are empty (nothing to score)."""
+    inter, union = iou_counts(probs, mask, threshold)
+    return inter / union if union else math.nan
+
+
+def iou_sweep(probs: torch.Tensor, mask: torch.Tensor,
+              thresholds: Sequence[float] = IOU_SWEEP_THRESHOLDS) -> dict[float, float]:
+    """IoU at each threshold: how sensitive the score is to where the probabilities are cut."""
+    return {float(t): iou(probs, mask, t) for t in thresholds}

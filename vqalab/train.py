@@ -1,8 +1,13 @@
 """The one training loop. Trains a single run described by a ``RunConfig`` into a run folder.
 
 Run folder contents: ``params.yaml`` (resolved config), ``metrics.csv`` (one row per epoch),
-``summary.json`` (status, best epoch, environment), ``confusion_matrix.csv`` (best epoch),
-``checkpoints/epoch_NNN.pt``.
+``summary.json`` (status, best epoch, environment), ``confusion_matrix.csv`` (best epoch,
+classification only), ``checkpoints/epoch_NNN.pt``.
+
+The data set's ``task`` picks the objective: classification trains with ``train.loss`` and scores
+accuracy; segmentation (map-view masks) trains with binary cross-entropy per mask cell
+(``train.loss`` must be ``bce``) and scores IoU@0.50 over the whole validation split. Either score
+is the ``val_acc`` column, so early stopping, best epoch and sweeps work alike for both.
 
 A run ends ``completed``, ``diverged`` (a non-finite loss or gradient stopped it; step, epoch and LR
 are recorded) or ``failed`` (an exception; re-raised). A run interrupted, even killed, continues
@@ -40,6 +45,7 @@ from vqalab import runs
 from vqalab.config import RunConfig, read_yaml
 from vqalab.data import DATASETS, DataSplits, build_data
 from vqalab.data.samplers import epoch_batches, eval_batches
+from vqalab.metrics import IOU_THRESHOLD, iou_counts
 from vqalab.models import MODELS, create_model
 from vqalab.paths import resolve
 from vqalab.registry import ConfigError
@@ -156,10 +162,25 @@ def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optim
 
 
 def compute_loss(logits: torch.Tensor, batch: dict, cfg: RunConfig) -> torch.Tensor:
+    if "mask" in batch:  # segmentation: mean over mask cells (check_task requires loss bce)
+        return F.binary_cross_entropy_with_logits(logits.float(), batch["mask"])
     if cfg.train.loss == "bce":
         # Soft VQA scores; scaled by the number of answers as in the bottom-up-attention recipe.
         return F.binary_cross_entropy_with_logits(logits.float(), batch["soft_target"]) * logits.shape[1]
     return F.cross_entropy(logits.float(), batch["target"], label_smoothing=cfg.train.label_smoothing)
+
+
+def check_task(cfg: RunConfig, data: DataSplits) -> None:
+    """Segmentation trains with binary cross-entropy on the mask; the class-label options do not apply."""
+    if data.task != "segmentation":
+        return
+    wrong = [(key, value, expected) for key, value, expected in (
+        ("train.loss", cfg.train.loss, "bce"), ("train.label_smoothing", cfg.train.label_smoothing, 0.0))
+        if value != expected]
+    if wrong:
+        key, value, expected = wrong[0]
+        raise ConfigError(f"{key} = {value!r}: data '{cfg.data.get('name')}' is a segmentation data set "
+                          f"(binary cross-entropy on its masks): set {key} to {expected!r}")
 
 
 def check_mixup(cfg: RunConfig, data: DataSplits) -> None:
@@ -203,20 +224,28 @@ def make_loader(dataset, batches, data: DataSplits, cfg: RunConfig, device: torc
 
 
 @torch.no_grad()
-def evaluate(model, data: DataSplits, cfg: RunConfig, device: torch.device) -> tuple[float, float, torch.Tensor]:
-    """Mean validation loss, accuracy and the predicted class of every validation sample."""
+def evaluate(model, data: DataSplits, cfg: RunConfig, device: torch.device) -> tuple[float, float, torch.Tensor | None]:
+    """Mean validation loss, the score (accuracy, or IoU@0.50 for segmentation) and the predicted
+    class of every validation sample (None for segmentation)."""
     model.eval()
     loss_sum, score_sum, count, preds = 0.0, 0.0, 0, []
+    intersection, union = 0, 0
     loader = make_loader(data.val, eval_batches(len(data.val), cfg.train.batch_size), data, cfg, device)
     for batch in loader:
         batch = to_device(batch, device)
         with autocast_context(device, cfg.train.amp):
             logits = model(**{k: batch[k] for k in data.input_keys})
-        n = len(batch["target"])
+        n = logits.shape[0]
         loss_sum += compute_loss(logits, batch, cfg).item() * n
-        score_sum += batch_accuracy_sum(logits, batch)
         count += n
-        preds.append(logits.argmax(dim=1).cpu())
+        if data.task == "segmentation":
+            inter, uni = iou_counts(torch.sigmoid(logits.float()), batch["mask"], IOU_THRESHOLD)
+            intersection, union = intersection + inter, union + uni
+        else:
+            score_sum += batch_accuracy_sum(logits, batch)
+            preds.append(logits.argmax(dim=1).cpu())
+    if data.task == "segmentation":  # over the whole split; no object and none predicted: perfect
+        return loss_sum / count, intersection / union if union else 1.0, None
     return loss_sum / count, score_sum / count, torch.cat(preds)
 
 
@@ -325,6 +354,7 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
     seed_everything(cfg.seed)  # in case a data builder draws from the global generators
     if data is None:
         data = build_data(cfg.data, seed=cfg.seed)
+    check_task(cfg, data)
     check_mixup(cfg, data)
     # Seeded again so the model is initialised alike whether or not the data was passed in.
     seed_everything(cfg.seed)
@@ -359,7 +389,7 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
             "status": "running", "experiment": cfg.experiment, "name": cfg.name, "run_dir": str(run_dir),
             "config_hash": config_hash(cfg), "model": model_name, "seed": cfg.seed, "params": n_params,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "data": data.info, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+            "data": data.info, "task": data.task, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **environment(device),
         }
     else:
@@ -405,7 +435,7 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
                 raise Diverged(step, optimizer.param_groups[0]["lr"], "validation loss", epoch)
             row.update(val_loss=val_loss, val_acc=val_acc, peak_memory_mb=peak_memory_mb(device))
             history.append(row)
-            if summarise(history, cfg.train.early_stop_metric)["best_epoch"] == epoch:
+            if val_pred is not None and summarise(history, cfg.train.early_stop_metric)["best_epoch"] == epoch:
                 best_confusion = confusion_matrix(torch.as_tensor(data.val.targets), val_pred, len(data.class_names))
                 write_confusion(run_dir, data.class_names, best_confusion)
             append_metrics(metrics_file, row)
@@ -474,7 +504,7 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
         if not torch.isfinite(loss):
             raise Diverged(step, lr, "loss", epoch)
         scaler.scale(loss / (group_end - group_start)).backward()
-        n = len(batch["target"])
+        n = logits.shape[0]
         loss_sum += loss.item() * n
         samples += n
         if i + 1 < group_end:

@@ -3,13 +3,15 @@
 A builder is a function with keyword-only arguments (the ``data:`` section of a params file),
 registered with ``@register_dataset``. It returns train and validation datasets whose items are
 dicts of tensors, the collate function that batches them, the inputs the model takes, and the
-keyword arguments the data fixes for the model (vocabulary size, number of answers or classes).
+keyword arguments the data fixes for the model (vocabulary size, number of answers or classes,
+map size), and the task: classification (a class per item) or segmentation (a map-view mask per
+item, ``views.py``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 from torch.utils.data import Dataset
 
@@ -19,12 +21,15 @@ DATASETS = Registry("data set")
 register_dataset = DATASETS.register
 
 # Model keyword arguments that come from the data, never from the params file.
-PROVIDED_BY_DATA = ("vocab_size", "num_answers", "num_classes", "image_dim")  # image_dim: precomputed features
+PROVIDED_BY_DATA = ("vocab_size", "num_answers", "num_classes", "image_dim",  # image_dim: precomputed features
+                    "map_size", "map_extent")  # map-view segmentation: output grid and the metres it covers
 
 
 @dataclass
 class DataSplits:
-    """Every dataset has ``.targets``: the class index of each item, in item order."""
+    """A classification dataset has ``.targets``: the class index of each item, in item order.
+    Segmentation items carry a ``mask`` instead: the loop then trains with binary cross-entropy on it
+    and validates with IoU@0.50 (``task``)."""
 
     train: Dataset
     val: Dataset
@@ -35,6 +40,7 @@ class DataSplits:
     train_groups: Optional[list[int]] = None  # group id per train sample for grouped batches
     vocab: Optional[list[str]] = None  # question tokens, index order
     info: dict = field(default_factory=dict)  # sizes and provenance, recorded in summary.json
+    task: Literal["classification", "segmentation"] = "classification"
 
 
 def build_data(spec: dict, seed: int = 0) -> DataSplits:
@@ -44,4 +50,4 @@ def build_data(spec: dict, seed: int = 0) -> DataSplits:
 
 
 # Builders register themselves on import.
-from vqalab.data import easy_vqa, faces, feature_cache, rafdb, vqa_v2  # noqa: E402,F401
+from vqalab.data import easy_vqa, faces, feature_cache, rafdb, views, vqa_v2  # noqa: E402,F401

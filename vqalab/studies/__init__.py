@@ -1,0 +1,1 @@
+"""Study logic behind the notebooks: the functions a study notebook calls, unit-tested."""
