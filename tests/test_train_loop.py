@@ -266,6 +266,36 @@ def test_non_finite_gradient_is_caught(tmp_path, data, monkeypatch):
     assert "non-finite gradient" in result.summary["error"]
 
 
+def two_weight_model():
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[3.0, 4.0]]))
+    return model, torch.optim.SGD(model.parameters(), lr=1.0)
+
+
+def test_optimizer_step_unscales_then_clips_then_steps():
+    model, optimizer = two_weight_model()
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0)  # stands for the CUDA fp16 scaler
+    scaler.scale(model(torch.tensor([[3.0, 4.0]])).sum()).backward()  # gradient (3, 4) × 8
+    grad_norm = train.optimizer_step(model, optimizer, scaler, clip_norm=1.0)
+    assert grad_norm.item() == pytest.approx(5.0)  # measured on the unscaled gradient
+    # clipped to norm 1 before the step: (3, 4) / 5
+    torch.testing.assert_close(model.weight.detach(), torch.tensor([[3.0 - 0.6, 4.0 - 0.8]]))
+    model, optimizer = two_weight_model()
+    model(torch.tensor([[3.0, 4.0]])).sum().backward()
+    assert train.optimizer_step(model, optimizer, train.make_grad_scaler(torch.device("cpu"), "off"),
+                                clip_norm=None).item() == pytest.approx(5.0)
+    torch.testing.assert_close(model.weight.detach(), torch.tensor([[0.0, 0.0]]))  # None: not clipped
+
+
+def test_optimizer_step_skips_a_non_finite_gradient():
+    model, optimizer = two_weight_model()
+    model(torch.tensor([[math.inf, 1.0]])).sum().backward()
+    grad_norm = train.optimizer_step(model, optimizer, train.make_grad_scaler(torch.device("cpu"), "off"), 1.0)
+    assert not torch.isfinite(grad_norm)
+    torch.testing.assert_close(model.weight.detach(), torch.tensor([[3.0, 4.0]]))  # untouched
+
+
 def test_huge_sgd_learning_rate_really_diverges(tmp_path, data):
     cfg = tiny_config(tmp_path)
     cfg.optim.name, cfg.optim.lr, cfg.train.clip_norm = "sgd", 1e12, None
@@ -317,6 +347,46 @@ def test_early_stopping_waits_patience_epochs_after_the_best(tmp_path, data, mon
     result = fit(cfg, data=data)
     assert result.summary["best_epoch"] == 2 and result.summary["epochs"] == 4  # epochs 3, 4 no better
     assert train.latest_checkpoint(result.run_dir).name == "epoch_004.pt"
+
+
+def test_early_stopping_on_val_loss_watches_the_lowest_loss(tmp_path, data, monkeypatch):
+    # val_acc keeps rising; val_loss is lowest at epoch 2: the run stops 2 epochs later anyway
+    results = iter([(0.9, 0.1), (0.5, 0.2), (0.7, 0.3), (0.6, 0.4), (0.8, 0.5), (0.4, 0.6)])
+    monkeypatch.setattr(train, "evaluate",
+                        lambda model, d, c, device: (*next(results), torch.zeros(len(d.val), dtype=torch.long)))
+    cfg = tiny_config(tmp_path, epochs=6, early_stop_patience=2, early_stop_metric="val_loss")
+    result = fit(cfg, data=data)
+    assert result.summary["best_epoch"] == 2 and result.summary["epochs"] == 4
+    assert result.summary["best_val_loss"] == 0.5 and result.summary["best_val_acc"] == 0.4
+    assert train.latest_checkpoint(result.run_dir).name == "epoch_004.pt"
+    assert not train.should_stop_early([{"epoch": 1, "val_loss": 1.0, "val_acc": 0.0},
+                                        {"epoch": 2, "val_loss": 0.9, "val_acc": 0.0}], cfg)
+
+
+def test_a_run_resumes_on_another_device(tmp_path, data, reference, monkeypatch):
+    """train.device may change between a run and its resumption: the checkpoint is mapped to the
+    CPU and its states copied to the new device (here from 'auto' to 'cpu', the same CPU
+    without CUDA)."""
+    cfg = tiny_config(tmp_path / "runs")  # device "auto", as the reference
+    real_epoch = train.train_one_epoch
+
+    def interrupted_in_epoch_3(*args, **kwargs):
+        if args[7] == 3:  # train_one_epoch(model, opt, sched, scaler, data, cfg, device, epoch, step)
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", interrupted_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, data=data)
+    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
+    (run_dir,) = list((tmp_path / "runs" / "loop").iterdir())
+    mapped_to = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: mapped_to.append(kw["map_location"]) or real_load(*a, **kw))
+    resumed = fit(tiny_config(tmp_path / "runs", device="cpu"), data=data, resume=run_dir)
+    assert mapped_to == ["cpu"]  # whatever device saved the tensors
+    summary = assert_same_run(resumed.run_dir, reference.run_dir)
+    assert summary["device"] == "cpu" and [r["from_epoch"] for r in summary["resumed"]] == [2]
 
 
 def test_mixup_blends_images_and_is_a_function_of_the_seed():

@@ -198,6 +198,88 @@ def mix_batch(batch: dict, rng: np.random.Generator, alpha: float) -> tuple[dict
     return {**batch, "image": lam * image + (1 - lam) * image[perm]}, lam, perm
 
 
+def check_model_fits_data(cfg: RunConfig, data: DataSplits) -> None:
+    """The data fixes some model keywords (vocab_size, num_classes…); the model must accept them."""
+    name = cfg.model["name"]
+    accepted = MODELS.parameters(name)
+    foreign = [k for k in data.model_kwargs if k not in accepted]
+    if foreign:
+        raise ConfigError(
+            f"model '{name}' does not take {', '.join(foreign)} from data '{cfg.data.get('name')}': "
+            f"choose a data set for this model (params file data.name, or --set data.name=...)")
+
+
+def model_spec(cfg: RunConfig, data: DataSplits) -> tuple[str, dict]:
+    """The model's registered name and keywords: the config's ``model`` section and those the data fixes."""
+    check_model_fits_data(cfg, data)
+    spec = dict(cfg.model)
+    name = spec.pop("name")
+    return name, {**spec, **data.model_kwargs}
+
+
+def build_model(cfg: RunConfig, data: DataSplits, device: torch.device, *, channels_last: bool = False,
+                compile_model: bool = False) -> torch.nn.Module:
+    """The configured model, with the keywords the data fixes, on ``device``.
+
+    channels_last: store 4-D weights as NHWC (faster convolutions on recent GPUs).
+    compile_model: wrap in ``torch.compile`` (the first, warm-up calls compile).
+    """
+    name, kwargs = model_spec(cfg, data)
+    model = create_model(name, **kwargs).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile_model:
+        model = torch.compile(model)
+    return model
+
+
+def make_grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 on CUDA; elsewhere a disabled scaler, which passes everything through."""
+    return torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp == "fp16")
+
+
+def micro_batch_loss(model: torch.nn.Module, batch: dict, *, input_keys, cfg: RunConfig, device: torch.device,
+                     amp: str, mix: tuple[float, torch.Tensor] | None = None) -> torch.Tensor:
+    """Forward pass under autocast and the loss of one micro-batch.
+
+    mix: ``(lam, perm)`` of a mixup batch (``mix_batch``): the loss mixes the targets alike.
+    """
+    with autocast_context(device, amp):
+        logits = model(**{k: batch[k] for k in input_keys})
+    loss = compute_loss(logits, batch, cfg)
+    if mix is not None:
+        lam, perm = mix
+        loss = lam * loss + (1 - lam) * compute_loss(logits, {**batch, "target": batch["target"][perm]}, cfg)
+    return loss
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   clip_norm: float | None) -> torch.Tensor:
+    """Unscale the gradients, clip their global norm at ``clip_norm`` (None: measure it only), step
+    and update the loss scale; returns the norm before clipping.
+
+    A non-finite norm skips the step: with fp16 the scaler does so itself (and lowers the scale);
+    without it the caller decides what a non-finite gradient means (the training loop: diverged).
+    """
+    scaler.unscale_(optimizer)  # clipping must see the true gradients
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm if clip_norm else math.inf)
+    if scaler.is_enabled() or torch.isfinite(grad_norm):
+        scaler.step(optimizer)
+        scaler.update()
+    return grad_norm
+
+
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                  batch: dict, *, input_keys, cfg: RunConfig, device: torch.device,
+                  amp: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on one micro-batch, as the training loop takes it (without accumulation
+    and mixup): forward, loss, backward, then ``optimizer_step``. Returns the loss and the norm."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = micro_batch_loss(model, batch, input_keys=input_keys, cfg=cfg, device=device, amp=amp)
+    scaler.scale(loss).backward()
+    return loss.detach(), optimizer_step(model, optimizer, scaler, cfg.train.clip_norm)
+
+
 def batch_accuracy_sum(logits: torch.Tensor, batch: dict) -> float:
     """Sum over the batch of the score of the predicted answer: VQA soft score when given, else 0/1."""
     pred = logits.argmax(dim=1)
@@ -345,12 +427,10 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
 
-    model_spec = dict(cfg.model)
-    model_name = model_spec.pop("name")
-    model_kwargs = {**model_spec, **data.model_kwargs}
-    model = create_model(model_name, **model_kwargs).to(device)
+    model_name, model_kwargs = model_spec(cfg, data)  # recorded in every checkpoint
+    model = build_model(cfg, data, device)
     optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.train.amp == "fp16")
+    scaler = make_grad_scaler(device, cfg.train.amp)
 
     micro_batches = len(epoch_batches(len(data.train), cfg.train.batch_size, cfg.seed, 0, data.train_groups))
     # A last, shorter accumulation group still makes an optimizer step.
@@ -378,6 +458,8 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
     else:
         run_dir, summary = point.run_dir, point.summary
         if point.checkpoint is not None:
+            # loaded onto the CPU: the states below are copied to the model's device, wherever
+            # the run was before (the RNG states must stay CPU tensors)
             ckpt = runs.load_checkpoint(point.checkpoint)
             model.load_state_dict(ckpt["model_state"])
             optimizer.load_state_dict(ckpt["optimizer_state"])
@@ -473,13 +555,12 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
         group_start = (i // accum) * accum
         group_end = min(group_start + accum, len(batches))  # micro-batches [start, end) make one step
         batch = to_device(batch, device)
+        mix = None
         if mix_rng is not None:
             batch, lam, perm = mix_batch(batch, mix_rng, alpha)
-        with autocast_context(device, cfg.train.amp):
-            logits = model(**{k: batch[k] for k in data.input_keys})
-        loss = compute_loss(logits, batch, cfg)
-        if mix_rng is not None:
-            loss = lam * loss + (1 - lam) * compute_loss(logits, {**batch, "target": batch["target"][perm]}, cfg)
+            mix = (lam, perm)
+        loss = micro_batch_loss(model, batch, input_keys=data.input_keys, cfg=cfg, device=device,
+                                amp=cfg.train.amp, mix=mix)
         lr = optimizer.param_groups[0]["lr"]
         if not torch.isfinite(loss):
             raise Diverged(step, lr, "loss", epoch)
@@ -489,13 +570,9 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
         samples += n
         if i + 1 < group_end:
             continue
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            model.parameters(), cfg.train.clip_norm if cfg.train.clip_norm else float("inf"))
+        grad_norm = optimizer_step(model, optimizer, scaler, cfg.train.clip_norm)
         if not torch.isfinite(grad_norm) and not scaler.is_enabled():
-            raise Diverged(step, lr, "gradient", epoch)  # with fp16 the scaler skips the step instead
-        scaler.step(optimizer)
-        scaler.update()
+            raise Diverged(step, lr, "gradient", epoch)  # with fp16 the scaler skipped the step instead
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
