@@ -17,8 +17,9 @@ from vqalab.cli import main as cli_main
 from vqalab.config import build_config
 from vqalab.data import build_data
 from vqalab.registry import ConfigError
+from vqalab.runs import read_metrics_rows
 from vqalab.schedules import lr_factor
-from vqalab.train import fit, read_metrics
+from vqalab.train import fit
 
 DATA_SPEC = {"name": "easy_vqa", "max_train_samples": 96, "max_val_samples": 64}
 # Metrics that must repeat exactly; times and memory do not.
@@ -52,7 +53,7 @@ def reference(data, tmp_path_factory):
 
 
 def final_state(run_dir):
-    ckpt = runs.load_checkpoint(train.latest_checkpoint(run_dir))  # weights_only=True
+    ckpt = runs.load_checkpoint(runs.latest_checkpoint(run_dir))  # weights_only=True
     return ckpt
 
 
@@ -79,7 +80,7 @@ def assert_same_run(run_dir, reference_dir):
     assert_same_tensors(got["model_state"], want["model_state"])
     assert_same_tensors(got["optimizer_state"], want["optimizer_state"])
     assert_same_tensors(got["scheduler_state"], want["scheduler_state"])
-    rows, ref_rows = read_metrics(run_dir / "metrics.csv"), read_metrics(reference_dir / "metrics.csv")
+    rows, ref_rows = read_metrics_rows(run_dir / "metrics.csv"), read_metrics_rows(reference_dir / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]  # nothing duplicated, nothing missing
     assert [[r[c] for c in EXACT_COLUMNS] for r in rows] == [[r[c] for c in EXACT_COLUMNS] for r in ref_rows]
     assert (run_dir / "confusion_matrix.csv").read_text() == (reference_dir / "confusion_matrix.csv").read_text()
@@ -97,7 +98,7 @@ def test_reference_run_writes_a_complete_run_folder(reference):
     # 96 samples / 16 = 6 micro-batches; accumulation 4 → steps of 4 and 2 micro-batches
     assert reference.summary["steps_per_epoch"] == 2 and reference.summary["steps"] == 8
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch_002.pt", "epoch_004.pt"]
-    rows = read_metrics(run_dir / "metrics.csv")
+    rows = read_metrics_rows(run_dir / "metrics.csv")
     assert [r["step"] for r in rows] == [2, 4, 6, 8]
     # the LR logged after epoch e is the schedule's value at the next step
     cfg = tiny_config(run_dir.parent)
@@ -105,7 +106,7 @@ def test_reference_run_writes_a_complete_run_folder(reference):
         [cfg.optim.lr * lr_factor(s, cfg.schedule, 2, 8) for s in (2, 4, 6, 8)])
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved["best_val_acc"] == max(r["val_acc"] for r in rows)
-    assert saved["config_hash"] == train.config_hash(cfg)
+    assert saved["config_hash"] == runs.config_hash(cfg)
 
 
 CHILD = textwrap.dedent("""
@@ -145,8 +146,8 @@ def test_run_killed_with_sigkill_resumes_to_identical_weights_and_metrics(tmp_pa
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     (killed,) = list((tmp_path / "runs" / "loop").iterdir())
     assert json.loads((killed / "summary.json").read_text())["status"] == "running"
-    assert [r["epoch"] for r in read_metrics(killed / "metrics.csv")] == [1, 2, 3]
-    assert train.latest_checkpoint(killed).name == "epoch_002.pt"
+    assert [r["epoch"] for r in read_metrics_rows(killed / "metrics.csv")] == [1, 2, 3]
+    assert runs.latest_checkpoint(killed).name == "epoch_002.pt"
 
     result = fit(cfg, data=data, resume=killed)
 
@@ -197,7 +198,7 @@ def test_failed_checkpoint_save_keeps_the_previous_one_and_the_cli_resumes(tmp_p
     assert previous["epoch"] == 2 and previous["step"] == 4
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and "disk full" in summary["error"]
-    assert [r["epoch"] for r in read_metrics(run_dir / "metrics.csv")] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in read_metrics_rows(run_dir / "metrics.csv")] == [1, 2, 3, 4]
 
     assert cli_main(["train", "--resume", str(run_dir), "--no-progress"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(run_dir)
@@ -254,7 +255,7 @@ def test_forced_nan_loss_stops_the_run_as_diverged_with_step_and_lr(tmp_path, da
     assert s["diverged_step"] == 9 and s["diverged_epoch"] == 2  # steps 0-8 done, step 9 is the 4th of epoch 2
     assert s["diverged_lr"] == pytest.approx(cfg.optim.lr * lr_factor(9, cfg.schedule, 6, 24))
     assert "non-finite loss at step 9" in s["error"]
-    assert [r["epoch"] for r in read_metrics(result.run_dir / "metrics.csv")] == [1]
+    assert [r["epoch"] for r in read_metrics_rows(result.run_dir / "metrics.csv")] == [1]
     assert s["best_val_acc"] is not None and s["epochs"] == 1  # what finished before still counts
 
 
@@ -336,7 +337,7 @@ def test_max_steps_stops_mid_epoch_and_checkpoints_the_last_epoch(tmp_path, data
     assert threads_seen == [1, 1] and torch.get_num_threads() == before  # set for the run, then restored
     assert result.summary["status"] == "completed"
     assert result.summary["steps"] == 3 and result.summary["epochs"] == 2
-    assert train.latest_checkpoint(result.run_dir).name == "epoch_002.pt"
+    assert runs.latest_checkpoint(result.run_dir).name == "epoch_002.pt"
 
 
 def test_early_stopping_waits_patience_epochs_after_the_best(tmp_path, data, monkeypatch):
@@ -346,7 +347,7 @@ def test_early_stopping_waits_patience_epochs_after_the_best(tmp_path, data, mon
     cfg = tiny_config(tmp_path, epochs=6, early_stop_patience=2)
     result = fit(cfg, data=data)
     assert result.summary["best_epoch"] == 2 and result.summary["epochs"] == 4  # epochs 3, 4 no better
-    assert train.latest_checkpoint(result.run_dir).name == "epoch_004.pt"
+    assert runs.latest_checkpoint(result.run_dir).name == "epoch_004.pt"
 
 
 def test_early_stopping_on_val_loss_watches_the_lowest_loss(tmp_path, data, monkeypatch):
@@ -358,7 +359,7 @@ def test_early_stopping_on_val_loss_watches_the_lowest_loss(tmp_path, data, monk
     result = fit(cfg, data=data)
     assert result.summary["best_epoch"] == 2 and result.summary["epochs"] == 4
     assert result.summary["best_val_loss"] == 0.5 and result.summary["best_val_acc"] == 0.4
-    assert train.latest_checkpoint(result.run_dir).name == "epoch_004.pt"
+    assert runs.latest_checkpoint(result.run_dir).name == "epoch_004.pt"
     assert not train.should_stop_early([{"epoch": 1, "val_loss": 1.0, "val_acc": 0.0},
                                         {"epoch": 2, "val_loss": 0.9, "val_acc": 0.0}], cfg)
 

@@ -15,21 +15,14 @@ Sweeps are an outer loop over ``fit`` (``vqalab.sweep``); the loop knows nothing
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import inspect
-import io
 import json
 import logging
 import math
-import os
-import platform
 import random
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -38,25 +31,30 @@ from torch.utils.data import DataLoader
 
 from vqalab import runs
 from vqalab.config import RunConfig, read_yaml
-from vqalab.data import DATASETS, DataSplits, build_data
+from vqalab.data import DataSplits, build_data
 from vqalab.data.samplers import epoch_batches, eval_batches
 from vqalab.models import MODELS, create_model
 from vqalab.paths import resolve
 from vqalab.registry import ConfigError
+from vqalab.runs import (
+    FINISHED_STATUSES,
+    METRICS_FILE,
+    append_metrics,
+    config_hash,
+    confusion_matrix,
+    environment,
+    flatten,
+    latest_checkpoint,
+    per_class_accuracy,
+    read_metrics_rows,
+    write_confusion,
+    write_metrics,
+)
 from vqalab.schedules import lr_factor
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_acc", "lr", "epoch_time_s",
-                  "step_time_s", "samples_per_s", "peak_memory_mb"]
-INT_COLUMNS = ("epoch", "step")
-
-# A run in one of these states is over: resuming it or re-running its sweep point changes nothing.
-FINISHED_STATUSES = ("completed", "diverged")
-
-# Keys that do not change what is trained: left out of the config hash (sweep reuse) ...
-HASH_FREE_KEYS = ("name", "runs_root", "train.progress")
-# ... and allowed to differ between a run and its resumption (e.g. continue on another GPU).
+# Keys allowed to differ between a run and its resumption (e.g. continue on another GPU).
 RESUME_FREE_KEYS = ("train.progress", "train.device")
 
 # Mixup draws from its own random stream, a pure function of (seed, epoch, this tag).
@@ -119,43 +117,6 @@ def peak_memory_mb(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 1e-3}}`` → ``{"optim.lr": 1e-3}`` (dotted keys, as in ``--set``)."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
-def with_builder_defaults(section: dict, registry) -> dict:
-    """A ``model`` / ``data`` section with every keyword its builder defaults filled in, so that
-    ``{"name": "ir50_vit"}`` and ``{"name": "ir50_vit", "attn_drop": 0.0}`` are the same run."""
-    try:
-        params = registry.parameters(section.get("name"))
-    except ConfigError:
-        return dict(section)  # a builder no longer registered: compare the section as written
-    defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
-    return json.loads(json.dumps({**defaults, **section}, default=str))  # tuples → lists, as to_dict
-
-
-def config_hash(cfg: RunConfig | dict) -> str:
-    """Identity of what a run trains: equal for two configs that differ only in HASH_FREE_KEYS or
-    in spelling out a model / data builder's default.
-
-    ``cfg``: a RunConfig or its ``to_dict()`` form (e.g. a run's ``params.yaml``).
-    """
-    tree = dict(cfg.to_dict() if isinstance(cfg, RunConfig) else cfg)
-    for section, registry in (("model", MODELS), ("data", DATASETS)):
-        if isinstance(tree.get(section), dict):
-            tree[section] = with_builder_defaults(tree[section], registry)
-    flat = {k: v for k, v in flatten(tree).items() if k not in HASH_FREE_KEYS}
-    text = json.dumps(flat, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -336,47 +297,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def environment(device: torch.device) -> dict:
-    env = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-           "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-           "git_commit": runs.git_commit()}
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
-    return env
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint of the highest epoch in ``run_dir`` (None if there is none).
-
-    Saves go to a hidden temporary file renamed at the end, so every ``epoch_*.pt`` is complete.
-    """
-    found = sorted((resolve(run_dir) / runs.CHECKPOINT_DIR).glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-    return found[-1] if found else None
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Rows of a run's ``metrics.csv`` with numbers parsed (floats round-trip exactly through repr)."""
-    with open(path, newline="") as f:
-        return [{k: (int(v) if k in INT_COLUMNS else float(v) if v != "" else math.nan) for k, v in row.items()}
-                for row in csv.DictReader(f)]
-
-
-def write_metrics(path: Path, history: list[dict]) -> None:
-    """Write the whole ``metrics.csv`` at once (atomically): used when a resumed run drops rows."""
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer)
-    writer.writerow(METRIC_COLUMNS)
-    for row in history:
-        writer.writerow([row[c] for c in METRIC_COLUMNS])
-    runs.atomic_write_bytes(path, lambda f: f.write(buffer.getvalue().encode()))
-
-
-def append_metrics(path: Path, row: dict) -> None:
-    with open(path, "a", newline="") as f:
-        csv.writer(f).writerow([row[c] for c in METRIC_COLUMNS])
-
-
 @dataclass
 class ResumePoint:
     run_dir: Path
@@ -467,7 +387,7 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
             scaler.load_state_dict(ckpt["scaler_state"])
             step, start_epoch = ckpt["step"], ckpt["epoch"] + 1
             best_confusion = ckpt.get("best_confusion")
-            history = [r for r in read_metrics(run_dir / "metrics.csv") if r["epoch"] < start_epoch]
+            history = [r for r in read_metrics_rows(run_dir / METRICS_FILE) if r["epoch"] < start_epoch]
             set_rng_state(ckpt["rng_state"])  # last: building the model above drew from the generators
         for stale in (run_dir / runs.CHECKPOINT_DIR).glob(".epoch_*.tmp"):
             stale.unlink()  # a save cut short by the interruption
@@ -475,12 +395,12 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
         summary.setdefault("resumed", []).append(
             {"from_epoch": start_epoch - 1, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         log.info("resuming run %s after epoch %d (step %d)", run_dir, start_epoch - 1, step)
-    metrics_file = run_dir / "metrics.csv"
+    metrics_file = run_dir / METRICS_FILE
     write_metrics(metrics_file, history)  # header only, or the rows up to the checkpoint
     if best_confusion is not None:
         write_confusion(run_dir, data.class_names, best_confusion)
     else:
-        (run_dir / "confusion_matrix.csv").unlink(missing_ok=True)  # from a dropped epoch
+        (run_dir / runs.CONFUSION_FILE).unlink(missing_ok=True)  # from a dropped epoch
     runs.write_json(run_dir / "summary.json", summary)
     log.info("run %s: %s on %s, %d params", run_dir, model_name, device, n_params)
 
@@ -589,28 +509,6 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
            "step_time_s": float(np.mean(step_times)) if step_times else math.nan,
            "samples_per_s": samples / epoch_time}
     return row, step
-
-
-def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(K, K) counts: rows true class, columns predicted class."""
-    k = num_classes
-    return torch.bincount(targets * k + preds, minlength=k * k).reshape(k, k)
-
-
-def write_confusion(run_dir: Path, class_names: list[str], matrix: torch.Tensor) -> None:
-    """``confusion_matrix.csv`` of the best epoch so far (rows: true class, columns: predicted)."""
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer)
-    writer.writerow(["true\\predicted", *class_names])
-    for name, counts in zip(class_names, matrix.tolist()):
-        writer.writerow([name, *counts])
-    runs.atomic_write_bytes(run_dir / "confusion_matrix.csv", lambda f: f.write(buffer.getvalue().encode()))
-
-
-def per_class_accuracy(matrix: torch.Tensor, class_names: list[str]) -> dict[str, float]:
-    """Recall per true class from a confusion matrix (classes never seen: NaN)."""
-    return {name: (row[i] / total if (total := sum(row)) else math.nan)
-            for i, (name, row) in enumerate(zip(class_names, matrix.tolist()))}
 
 
 def should_stop_early(history: list[dict], cfg: RunConfig) -> bool:
