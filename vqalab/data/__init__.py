@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import torch
 from torch.utils.data import Dataset
 
 from vqalab.registry import Registry
@@ -35,6 +36,17 @@ class DataSplits:
     train_groups: Optional[list[int]] = None  # group id per train sample for grouped batches
     vocab: Optional[list[str]] = None  # question tokens, index order
     info: dict = field(default_factory=dict)  # sizes and provenance, recorded in summary.json
+
+
+SUBSET_SEED = 1234  # max_*_samples subsets are the same for every run seed
+
+
+def fixed_subset(n: int, limit: int | None) -> list[int]:
+    """Sorted indices of a fixed random subset of ``limit`` of ``n`` items (all of them: None or ≥ n)."""
+    if limit is None or limit >= n:
+        return list(range(n))
+    gen = torch.Generator().manual_seed(SUBSET_SEED)
+    return sorted(torch.randperm(n, generator=gen)[:limit].tolist())
 
 
 def build_data(spec: dict, seed: int = 0) -> DataSplits:

@@ -40,13 +40,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vqalab.data import DataSplits, register_dataset
-from vqalab.data.easy_vqa import _subset, collate_vqa
-from vqalab.data.text import Vocabulary
+from vqalab.data import DataSplits, fixed_subset, register_dataset
+from vqalab.data.easy_vqa import collate_vqa
 from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vqalab.metrics import clean_whitespace, normalize_answer, vqa_accuracy
 from vqalab.paths import resolve
 from vqalab.registry import ConfigError
+from vqalab.text import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +258,7 @@ def vqa_v2(
         "val": (val_questions, val_annotations, val_images, val_features, max_val_samples),
     }.items():
         records = load_split(base / q_file, base / a_file)
-        records = [records[i] for i in _subset(len(records), limit)]
+        records = [records[i] for i in fixed_subset(len(records), limit)]
         folder = base / (features if use_features else images)
         files = index_files(folder, FEATURE_FILE if use_features else IMAGE_FILE,
                             "feature" if use_features else "image")
