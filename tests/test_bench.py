@@ -19,8 +19,8 @@ from vqalab.models import create_model
 from vqalab.registry import ConfigError
 
 
-# Seed 002's batch-size table (images/s): the lab picked 256 by eye.
-SEED_002 = {1: 125, 2: 248, 4: 509, 8: 959, 16: 1279, 32: 1359, 64: 1449, 128: 1543, 256: 1591, 512: 1602}
+# Lab note 002's batch-size table (images/s): the lab picked 256 by eye.
+LAB_NOTE_002 = {1: 125, 2: 248, 4: 509, 8: 959, 16: 1279, 32: 1359, 64: 1449, 128: 1543, 256: 1591, 512: 1602}
 
 
 def table(throughputs: dict, status: dict | None = None) -> pd.DataFrame:
@@ -231,13 +231,13 @@ def test_training_step_updates_the_weights(cfg, data):
 
 
 def test_recommendation_is_the_smallest_batch_within_95_percent_of_the_best():
-    choice = bench.recommend_batch_size(table(SEED_002))
+    choice = bench.recommend_batch_size(table(LAB_NOTE_002))
     # 1543 / 1602 = 96.3 % ≥ 95 %, while 1449 / 1602 = 90.4 % is not
     assert choice["batch_size"] == 128 and choice["best_batch_size"] == 512
     assert choice["fraction_of_best"] == pytest.approx(1543 / 1602)
     assert choice["sentence"] == ("Use batch size 128: 1543 samples/s is 96% of the best (1602 samples/s at "
                                   "batch size 512), and it is the smallest batch size within 95% of it.")
-    assert bench.recommend_batch_size(table(SEED_002), fraction=0.99)["batch_size"] == 256
+    assert bench.recommend_batch_size(table(LAB_NOTE_002), fraction=0.99)["batch_size"] == 256
 
 
 def test_recommendation_boundary_and_failures():

@@ -230,7 +230,7 @@ def throughput_sweep(cfg: RunConfig, *, batch_sizes: Sequence[int] = DEFAULT_BAT
         raise ConfigError(f"warmup_steps = {warmup_steps}, timed_steps = {timed_steps}: expected ≥ 0 and ≥ 1")
     device = select_device(cfg.train.device)
     amp = effective_amp(cfg.train.amp if amp is None else amp, device)
-    data = data or build_data(cfg.data, seed=cfg.seed)
+    data = data or build_data(cfg.data)
     check_model_fits_data(cfg, data)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as in training: fixed shapes, fastest kernels
@@ -366,7 +366,7 @@ def flops_report(cfg: RunConfig, *, batch_size: int = 1, data: DataSplits | None
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size = {batch_size}: expected ≥ 1")
-    data = data or build_data(cfg.data, seed=cfg.seed)
+    data = data or build_data(cfg.data)
     seed_everything(cfg.seed)
     device = select_device(cfg.train.device)  # counts do not depend on it; only the time taken does
     model = build_model(cfg, data, device)
@@ -403,9 +403,9 @@ def efficiency_table(configs: Mapping[str, RunConfig] | Sequence[RunConfig], *, 
     data_cache: dict[str, DataSplits] = {}
     rows = []
     for label, cfg in configs.items():
-        key = repr(sorted(cfg.data.items())) + f"|{cfg.seed}"
+        key = repr(sorted(cfg.data.items()))
         if key not in data_cache:
-            data_cache[key] = build_data(cfg.data, seed=cfg.seed)
+            data_cache[key] = build_data(cfg.data)
         data = data_cache[key]
         with torch_threads(cfg.train.num_threads):  # as many CPU threads as a run of this config
             flops = flops_report(cfg, batch_size=flops_batch_size, data=data)

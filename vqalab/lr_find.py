@@ -168,7 +168,7 @@ def lr_range_test(cfg: RunConfig, *, min_lr: float = DEFAULT_MIN_LR, max_lr: flo
     # A given model stays where it is; a built one goes to the configured device.
     device = select_device(cfg.train.device) if model is None else next(model.parameters()).device
     with torch_threads(cfg.train.num_threads):  # as many CPU threads as a run of this config
-        data = data or build_data(cfg.data, seed=cfg.seed)
+        data = data or build_data(cfg.data)
         if model is None:
             seed_everything(cfg.seed)
             model = build_model(cfg, data, device)

@@ -180,13 +180,15 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 
 def with_builder_defaults(section: dict, registry) -> dict:
     """A ``model`` / ``data`` section with every keyword its builder defaults filled in, so that
-    ``{"name": "ir50_vit"}`` and ``{"name": "ir50_vit", "attn_drop": 0.0}`` are the same run."""
+    ``{"name": "ir_vit"}``, ``{"name": "ir50_vit"}`` (its former name) and ``{"name": "ir_vit",
+    "attn_drop": 0.0}`` are the same run."""
     try:
         params = registry.parameters(section.get("name"))
     except ConfigError:
         return dict(section)  # a builder no longer registered: compare the section as written
     defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
-    return json.loads(json.dumps({**defaults, **section}, default=str))  # tuples → lists, as to_dict
+    named = {**section, "name": registry.canonical(section["name"])}  # a former name is the same builder
+    return json.loads(json.dumps({**defaults, **named}, default=str))  # tuples → lists, as to_dict
 
 
 def config_hash(cfg: RunConfig | dict) -> str:

@@ -161,7 +161,7 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
             if point_data is None:
                 key = json.dumps(cfg.data, sort_keys=True, default=str)
                 if key not in loaded:
-                    loaded[key] = build_data(cfg.data, seed=cfg.seed)
+                    loaded[key] = build_data(cfg.data)
                 point_data = loaded[key]
             result = fit(cfg, data=point_data)
         except ConfigError:

@@ -339,7 +339,7 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
 
     seed_everything(cfg.seed)  # in case a data builder draws from the global generators
     if data is None:
-        data = build_data(cfg.data, seed=cfg.seed)
+        data = build_data(cfg.data)
     check_mixup(cfg, data)
     # Seeded again so the model is initialised alike whether or not the data was passed in.
     seed_everything(cfg.seed)
@@ -520,7 +520,7 @@ def should_stop_early(history: list[dict], cfg: RunConfig) -> bool:
 
 
 def summarise(history: list[dict], metric: str = "val_acc") -> dict:
-    """Seed 000's record: best and average loss, first loss, best epoch, times per epoch and step."""
+    """Lab note 000's record: best and average loss, first loss, best epoch, times per epoch and step."""
     if not history:
         return {"epochs": 0, "best_epoch": None, "best_val_acc": None}
     key = (lambda r: r["val_acc"]) if metric == "val_acc" else (lambda r: -r["val_loss"])

@@ -49,7 +49,9 @@ def fixed_subset(n: int, limit: int | None) -> list[int]:
     return sorted(torch.randperm(n, generator=gen)[:limit].tolist())
 
 
-def build_data(spec: dict, seed: int = 0) -> DataSplits:
+def build_data(spec: dict) -> DataSplits:
+    """The splits of a ``data`` section (``{"name": ..., **builder keywords}``). The run's seed
+    plays no part: subsets are fixed and a builder that draws data takes its own ``seed``."""
     spec = dict(spec)
     name = spec.pop("name")
     return DATASETS.get(name)(**spec)

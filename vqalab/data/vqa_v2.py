@@ -239,7 +239,7 @@ def vqa_v2(
     image_size: images are resized to image_size × image_size (ignored with features).
     answer_top_k: keep the K most frequent normalised training answers (None: no limit).
     answer_min_count: keep answers given at least this many times in the training split.
-    max_question_len: truncate questions to this many tokens (None: keep all; seed 001 used 12).
+    max_question_len: truncate questions to this many tokens (None: keep all; lab note 001 used 12).
     max_train_samples / max_val_samples: use a fixed random subset of questions (None: all).
     group_by_image: batch the questions of one image together so the encoder runs once per image.
     """
