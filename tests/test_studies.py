@@ -252,6 +252,12 @@ def test_grid_lrs_are_log_spaced_with_two_digits():
     assert lr_search.grid_lrs(1e-5, 1e-3, 4) == [1e-5, 4.6e-5, 0.00022, 0.001]
 
 
+def test_range_tests_are_skipped_with_zero_steps():
+    base = fer_base_config(study="lr_search", dataset="synthetic_faces", **FER)
+    results, table = lr_search.range_tests(base, depths=[2, 4], data=None, min_lr=1e-6, max_lr=1.0, num_steps=0)
+    assert results == {} and list(table.columns) == lr_search.RANGE_COLUMNS and table.empty
+
+
 def test_suggest_lr_averages_depths_and_skips_any_divergence():
     stats = seed_stats(grid({(2, 1e-3): [0.5], (4, 1e-3): [0.7], (2, 1e-2): [0.9], (4, 1e-2): [0.2, None],
                              (2, 1e-4): [0.55], (4, 1e-4): [0.55]}), ["model.depth", "optim.lr"])
