@@ -14,7 +14,8 @@ from vqalab import cli
 from vqalab.config import build_config, load_config
 from vqalab.data import build_data
 from vqalab.data import faces as faces_module
-from vqalab.data.faces import EXPRESSIONS, NEUTRAL, expression_at
+from vqalab.data.expressions import EXPRESSIONS
+from vqalab.data.faces import NEUTRAL, expression_at
 from vqalab.data.transforms import CROP_SCALE, ImageTransform, random_resized_crop_box
 from vqalab.paths import project_root
 from vqalab.registry import ConfigError

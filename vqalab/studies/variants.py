@@ -21,15 +21,15 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 
-from vqalab.bench import build_model, fixed_batch, flops_report, measure_latency, to_device
+from vqalab.bench import fixed_batch, flops_report, measure_latency
 from vqalab.config import build_config, merge, read_yaml
 from vqalab.data import DataSplits, build_data
 from vqalab.metrics import IOU_SWEEP_THRESHOLDS, iou_counts
 from vqalab.paths import resolve
 from vqalab.registry import ConfigError
-from vqalab.runs import model_from_checkpoint
+from vqalab.runs import latest_checkpoint, model_from_checkpoint
 from vqalab.sweep import DIVERGED_COLOR, load_curves, sweep
-from vqalab.train import latest_checkpoint, select_device
+from vqalab.train import build_model, select_device, to_device
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def variant_configs(names: Sequence[str], overrides: dict, *,
 def study_data(configs: dict[str, dict]) -> DataSplits:
     """The data set every variant trains and is measured on (built once)."""
     cfg = build_config(next(iter(configs.values())))
-    return build_data(cfg.data, seed=cfg.seed)
+    return build_data(cfg.data)
 
 
 def train_variants(configs: dict[str, dict], data: DataSplits, *, seed: int = 0) -> pd.DataFrame:

@@ -1,0 +1,28 @@
+"""Writing a week's files, and keeping earlier ones: nothing already written is overwritten."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from pathlib import Path
+
+from vqalab.runs import atomic_write_bytes, new_folder
+
+PREVIOUS_DIR = "previous"  # earlier outputs of the same week, kept on --force
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write through a temporary file and rename; readable by others (reports are shared)."""
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+
+
+def archive_outputs(week_dir: Path, files: list[Path]) -> Path:
+    """Move ``files`` to ``week_dir/previous/<timestamp>/``: a re-run never loses earlier outputs."""
+    target = new_folder(week_dir / PREVIOUS_DIR, dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    for path in files:
+        shutil.move(str(path), str(target / path.name))
+    return target
