@@ -51,7 +51,7 @@ def test_a_small_alias_tree_is_echoed_cut_short(tmp_path):
     row = "&row [" + ", ".join(["lol"] * 9) + "]"
     path = write(tmp_path, f"train:\n  epochs: [{row}, " + ", ".join(["*row"] * 8) + "]\n")
     message = refused(r"train\.epochs = \[\['lol', ", path)
-    assert "..." in message and len(message) < 300
+    assert "..." in message and len(message) < len(str(path)) + 300
 
 
 def test_duplicate_keys_name_the_file_key_and_both_lines(tmp_path):
