@@ -5,16 +5,20 @@ Run folder contents: ``params.yaml`` (resolved config), ``metrics.csv`` (one row
 ``checkpoints/epoch_NNN.pt``.
 
 A run ends ``completed``, ``diverged`` (a non-finite loss or gradient stopped it; step, epoch and LR
-are recorded) or ``failed`` (an exception; re-raised). A run interrupted, even killed, continues
-with ``fit(cfg, resume=run_dir)`` from its last checkpoint in the same folder and ends with the same
-weights and metrics as an uninterrupted run on the CPU: checkpoints hold the model, optimizer,
-scheduler, scaler and RNG states, and the batch order is a pure function of (seed, epoch).
+are recorded), ``interrupted`` (Ctrl-C or SIGTERM, as sent by ``timeout`` and job schedulers;
+``RunInterrupted`` is raised) or ``failed`` (an exception; re-raised). A run interrupted, even
+killed, continues with ``fit(cfg, resume=run_dir)`` from its last checkpoint in the same folder and
+ends with the same weights and metrics as an uninterrupted run on the CPU: checkpoints hold the
+model, optimizer, scheduler, scaler and RNG states and the metrics history, and the batch order is
+a pure function of (seed, epoch). A run folder is locked while it trains: a second ``fit`` on it
+(e.g. two resumes at once) is refused.
 
 Sweeps are an outer loop over ``fit`` (``vqalab.sweep``); the loop knows nothing of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import inspect
@@ -25,6 +29,8 @@ import math
 import os
 import platform
 import random
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -42,7 +48,7 @@ from vqalab.data import DATASETS, DataSplits, build_data
 from vqalab.data.samplers import epoch_batches, eval_batches
 from vqalab.models import MODELS, create_model
 from vqalab.paths import resolve
-from vqalab.registry import ConfigError
+from vqalab.registry import ConfigError, short_repr
 from vqalab.schedules import lr_factor
 
 log = logging.getLogger(__name__)
@@ -50,6 +56,8 @@ log = logging.getLogger(__name__)
 METRIC_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_acc", "lr", "epoch_time_s",
                   "step_time_s", "samples_per_s", "peak_memory_mb"]
 INT_COLUMNS = ("epoch", "step")
+# Written from the training state, so repeated exactly by a resumed run (times and memory are not).
+EXACT_METRIC_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_acc", "lr")
 
 # A run in one of these states is over: resuming it or re-running its sweep point changes nothing.
 FINISHED_STATUSES = ("completed", "diverged")
@@ -77,6 +85,39 @@ class Diverged(RuntimeError):
         self.step, self.lr, self.what, self.epoch = step, lr, what, epoch
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received: handled like Ctrl-C (the run ends ``interrupted``, resumable)."""
+
+    signal_name = "SIGTERM"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM; its summary says ``interrupted`` and it can be resumed."""
+
+    def __init__(self, run_dir: Path, signal_name: str):
+        self.run_dir, self.signal_name = run_dir, signal_name
+        self.resume_command = f"vqalab train --resume {run_dir}"
+        super().__init__(f"run {run_dir} interrupted by {signal_name}; resume it with: {self.resume_command}")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Within the block SIGTERM raises ``Terminated`` (so ``finally`` blocks run and the summary is
+    written) instead of ending the process silently. Only the main thread can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -84,11 +125,19 @@ def seed_everything(seed: int) -> None:
 
 
 def select_device(name: str) -> torch.device:
+    """``train.device`` as a torch device; refused (before any data is loaded) when not present here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device = {name!r} but CUDA is not available here")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device = {name!r}: CUDA is not available on this machine "
+                              "(no GPU or no CUDA build of torch): use train.device=cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device = {name!r}: this machine has {torch.cuda.device_count()} "
+                              f"GPU(s), numbered 0-{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device = {name!r}: Apple MPS is not available on this machine: use cpu or auto")
     return device
 
 
@@ -251,13 +300,69 @@ def environment(device: torch.device) -> dict:
     return env
 
 
+def checkpoints(run_dir: str | Path) -> list[Path]:
+    """The run's ``epoch_*.pt`` files, lowest epoch first."""
+    return sorted((resolve(run_dir) / runs.CHECKPOINT_DIR).glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint of the highest epoch in ``run_dir`` (None if there is none).
 
-    Saves go to a hidden temporary file renamed at the end, so every ``epoch_*.pt`` is complete.
+    Saves go to a hidden temporary file renamed at the end, so every ``epoch_*.pt`` is complete
+    (unless damaged afterwards: ``load_resume_checkpoint`` says so).
     """
-    found = sorted((resolve(run_dir) / runs.CHECKPOINT_DIR).glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    found = checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def load_resume_checkpoint(path: Path) -> dict:
+    """The checkpoint to resume from; a damaged one is refused naming it and the previous intact one."""
+    try:
+        return runs.load_checkpoint(path)
+    except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors … for a cut file
+        reason = f"{type(err).__name__}: {str(err).strip()[:200]}"
+    earlier = [p for p in checkpoints(path.parent.parent) if p != path]
+    for candidate in reversed(earlier):
+        try:
+            runs.load_checkpoint(candidate)
+        except Exception:
+            continue
+        raise ConfigError(f"{path}: the checkpoint cannot be read ({reason}); the previous "
+                          f"intact checkpoint is {candidate}: move {path.name} out of {path.parent} and "
+                          "resume again to continue from it")
+    raise ConfigError(f"{path}: the checkpoint cannot be read ({reason}) and there is no "
+                      "earlier intact checkpoint: start the run again")
+
+
+def check_history(metrics_file: Path, rows: list[dict], ckpt_path: Path, ckpt: dict) -> list[dict]:
+    """The metrics rows up to the checkpoint's epoch, refused unless they match the checkpoint's own
+    record (its history, or the last row for checkpoints written before the history was kept)."""
+    epoch = ckpt["epoch"]
+    kept = [r for r in rows if r["epoch"] <= epoch]
+    expected = ckpt.get("history") or [ckpt["metrics"]]
+    got = {r["epoch"]: r for r in kept}
+    problems = []
+    if "history" in ckpt and [r["epoch"] for r in kept] != list(range(1, epoch + 1)):
+        problems.append(f"it has epochs {[r['epoch'] for r in kept]} up to epoch {epoch}, "
+                        f"the checkpoint has 1-{epoch}")
+    for want in expected:
+        row = got.get(want["epoch"])
+        if row is None:
+            if not problems:
+                problems.append(f"epoch {want['epoch']} is missing")
+            continue
+        for column in EXACT_METRIC_COLUMNS:
+            if not same_number(row[column], want[column]):
+                problems.append(f"epoch {want['epoch']} {column} is {row[column]!r}, the checkpoint "
+                                f"recorded {want[column]!r}")
+    if problems:
+        raise ConfigError(f"resume: {metrics_file} disagrees with checkpoint {ckpt_path}: "
+                          f"{'; '.join(problems[:3])}: restore metrics.csv, or start the run again")
+    return ckpt.get("history") or kept
+
+
+def same_number(a: float, b: float) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -278,8 +383,9 @@ def write_metrics(path: Path, history: list[dict]) -> None:
 
 
 def append_metrics(path: Path, row: dict) -> None:
-    with open(path, "a", newline="") as f:
-        csv.writer(f).writerow([row[c] for c in METRIC_COLUMNS])
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerow([row[c] for c in METRIC_COLUMNS])
+    runs.append_text(path, buffer.getvalue())
 
 
 @dataclass
@@ -297,7 +403,7 @@ def prepare_resume(cfg: RunConfig, resume: str | Path) -> ResumePoint:
         raise ConfigError(f"resume {run_dir}: not a run folder (no params.yaml)")
     saved = flatten(read_yaml(params_file))
     wanted = flatten(cfg.to_dict())
-    differ = [f"{k}: run has {saved.get(k)!r}, config has {wanted.get(k)!r}"
+    differ = [f"{k}: run has {short_repr(saved.get(k))}, config has {short_repr(wanted.get(k))}"
               for k in sorted(set(saved) | set(wanted))
               if k not in RESUME_FREE_KEYS and json.dumps(saved.get(k)) != json.dumps(wanted.get(k))]
     if differ:
@@ -316,19 +422,38 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
         there from its last checkpoint; ``metrics.csv`` rows after that epoch are dropped and trained
         again, so nothing is duplicated. A run that already finished (completed or diverged) is
         returned unchanged. None: train from scratch into a new run folder.
-    """
-    point = prepare_resume(cfg, resume) if resume is not None else None
-    if point is not None and point.summary.get("status") in FINISHED_STATUSES:
-        log.info("run %s already %s: nothing to resume", point.run_dir, point.summary["status"])
-        return RunResult(run_dir=point.run_dir, summary=point.summary)
 
+    The run folder is locked while training: another ``fit`` on it raises ``runs.FolderBusy``.
+    Ctrl-C or SIGTERM end the run ``interrupted`` and raise ``RunInterrupted`` (a KeyboardInterrupt)
+    carrying the resume command. A full disk raises ``runs.DiskFullError`` naming the file.
+    """
+    # Checked before any data is loaded: the device exists and the output can be written.
+    device = select_device(cfg.train.device)
+    with contextlib.ExitStack() as held, sigterm_as_interrupt():
+        point = None
+        if resume is not None:
+            run_dir = resolve(resume)
+            if not (run_dir / "params.yaml").is_file():
+                raise ConfigError(f"resume {run_dir}: not a run folder (no params.yaml)")
+            held.enter_context(runs.folder_lock(run_dir, "run folder"))  # before reading its state
+            point = prepare_resume(cfg, run_dir)
+            if point.summary.get("status") in FINISHED_STATUSES:
+                log.info("run %s already %s: nothing to resume", point.run_dir, point.summary["status"])
+                return RunResult(run_dir=point.run_dir, summary=point.summary)
+        else:
+            runs.check_writable_folder(cfg.runs_root, "runs_root")
+        return _train(cfg, data, device, point, held)
+
+
+def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point: ResumePoint | None,
+           held: contextlib.ExitStack) -> RunResult:
+    """The body of ``fit``; a new run folder's lock joins ``held`` (released when ``fit`` returns)."""
     seed_everything(cfg.seed)  # in case a data builder draws from the global generators
     if data is None:
         data = build_data(cfg.data, seed=cfg.seed)
     check_mixup(cfg, data)
     # Seeded again so the model is initialised alike whether or not the data was passed in.
     seed_everything(cfg.seed)
-    device = select_device(cfg.train.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
 
@@ -354,6 +479,7 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
     step, start_epoch = 0, 1
     if point is None:
         run_dir = runs.new_run_dir(cfg.runs_root, cfg.experiment, cfg.name)
+        held.enter_context(runs.folder_lock(run_dir, "run folder"))
         runs.write_yaml(run_dir / "params.yaml", cfg.to_dict())
         summary = {
             "status": "running", "experiment": cfg.experiment, "name": cfg.name, "run_dir": str(run_dir),
@@ -365,14 +491,18 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
     else:
         run_dir, summary = point.run_dir, point.summary
         if point.checkpoint is not None:
-            ckpt = runs.load_checkpoint(point.checkpoint)
+            ckpt = load_resume_checkpoint(point.checkpoint)
+            metrics_file = run_dir / "metrics.csv"
+            if not metrics_file.is_file():
+                raise ConfigError(f"resume: {metrics_file} is missing (checkpoint {point.checkpoint} "
+                                  f"is at epoch {ckpt['epoch']}): restore it, or start the run again")
+            history = check_history(metrics_file, read_metrics(metrics_file), point.checkpoint, ckpt)
             model.load_state_dict(ckpt["model_state"])
             optimizer.load_state_dict(ckpt["optimizer_state"])
             scheduler.load_state_dict(ckpt["scheduler_state"])
             scaler.load_state_dict(ckpt["scaler_state"])
             step, start_epoch = ckpt["step"], ckpt["epoch"] + 1
             best_confusion = ckpt.get("best_confusion")
-            history = [r for r in read_metrics(run_dir / "metrics.csv") if r["epoch"] < start_epoch]
             set_rng_state(ckpt["rng_state"])  # last: building the model above drew from the generators
         for stale in (run_dir / runs.CHECKPOINT_DIR).glob(".epoch_*.tmp"):
             stale.unlink()  # a save cut short by the interruption
@@ -417,7 +547,7 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
                     "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
                     "rng_state": rng_state(), "epoch": epoch, "step": step, "config": cfg.to_dict(),
                     "class_names": data.class_names, "vocab": data.vocab, "metrics": row,
-                    "best_confusion": best_confusion,
+                    "history": history, "best_confusion": best_confusion,
                 })
             log.info("epoch %d: train_loss %.4f val_loss %.4f val_acc %.4f", epoch, row["train_loss"], val_loss, val_acc)
         summary["status"] = "completed"
@@ -427,6 +557,12 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
         summary.update(status="diverged", diverged_step=err.step, diverged_epoch=err.epoch,
                        diverged_lr=err.lr, error=str(err))
         log.warning("run %s diverged: %s", run_dir, err)
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM through sigterm_as_interrupt
+        signal_name = getattr(err, "signal_name", "SIGINT")
+        summary.update(status="interrupted", error=None, interrupted_by=signal_name,
+                       resume_command=f"vqalab train --resume {run_dir}")
+        log.warning("run %s interrupted by %s", run_dir, signal_name)
+        raise RunInterrupted(run_dir, signal_name) from None
     except BaseException as err:
         summary.update(status="failed", error=f"{type(err).__name__}: {err}")
         raise
