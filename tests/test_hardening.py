@@ -125,3 +125,225 @@ def test_huge_value_in_an_error_is_cut_short(tmp_path):
     path = write(tmp_path, "name: " + "x" * 100 + "\nexperiment: [" + ", ".join(["1"] * 5000) + "]\n")
     message = refused(r"experiment = \[1, 1, ", path)
     assert len(message) < 400
+
+
+# --- training: device, runs_root, locks, resume checks, signals, disk full, umask ----------------
+
+DATA_SPEC = {"name": "easy_vqa", "max_train_samples": 32, "max_val_samples": 16}
+
+
+def tiny_config(runs_root, **train_overrides):
+    return build_config({
+        "experiment": "hard", "name": "tiny", "seed": 1, "runs_root": str(runs_root),
+        "model": {"name": "vqa_mean_mlp", "cnn_channels": [4, 8], "embed_dim": 8, "hidden_dim": 16},
+        "data": DATA_SPEC,
+        "train": {"epochs": 3, "batch_size": 16, "num_threads": 1, "progress": False, **train_overrides},
+    })
+
+
+@pytest.fixture(scope="module")
+def data():
+    from vqalab.data import build_data
+
+    return build_data(DATA_SPEC)
+
+
+@pytest.fixture
+def no_data_loading(monkeypatch):
+    """Fail loudly if a check happens only after the data started loading."""
+    def build_data(*args, **kwargs):
+        raise AssertionError("the data was loaded before the check")
+
+    monkeypatch.setattr(train, "build_data", build_data)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_without_a_gpu_is_refused_before_the_data_loads(tmp_path, no_data_loading):
+    with pytest.raises(ConfigError, match=r"train\.device = 'cuda': CUDA is not available on this machine"):
+        train.fit(tiny_config(tmp_path, device="cuda"))
+
+
+def test_runs_root_that_is_a_file_or_read_only_is_refused_before_the_data_loads(tmp_path, no_data_loading,
+                                                                              monkeypatch):
+    a_file = tmp_path / "runs.txt"
+    a_file.write_text("not a folder")
+    with pytest.raises(ConfigError, match=rf"runs_root = '{a_file}/sub': {a_file} is a file, not a folder"):
+        train.fit(tiny_config(a_file / "sub"))
+    read_only = tmp_path / "ro"
+    read_only.mkdir(mode=0o555)
+    if os.access(read_only, os.W_OK):  # root writes anywhere: answer as the file system would for a user
+        monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(ConfigError, match=rf"runs_root = '{read_only}': {read_only} is not writable"):
+        train.fit(tiny_config(read_only))
+
+
+def test_run_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        runs.write_json(tmp_path / "a.json", {"x": 1})
+        os.umask(0o077)
+        runs.write_json(tmp_path / "b.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644  # readable by the lab group
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.fixture(scope="module")
+def finished(data, tmp_path_factory):
+    """A 3-epoch run whose summary is then set back to 'running' by each test's copy."""
+    return train.fit(tiny_config(tmp_path_factory.mktemp("finished")), data=data)
+
+
+def unfinished_copy(finished, tmp_path):
+    """A copy of the finished run that looks killed after its last checkpoint (resumable)."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished.run_dir, run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    runs.write_json(run_dir / "summary.json", {**summary, "status": "running"})
+    return run_dir
+
+
+def test_a_run_folder_in_use_is_refused_naming_the_holder(finished, tmp_path, data):
+    run_dir = unfinished_copy(finished, tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from vqalab.runs import folder_lock
+        with folder_lock(Path({str(run_dir)!r}), "run folder"):
+            print("locked", flush=True)
+            time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(runs.FolderBusy, match=rf"run folder {run_dir} is in use by another process "
+                                                  rf"\(PID {holder.pid} since "):
+            train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+    finally:
+        holder.kill()
+        holder.wait()
+    # the lock goes with its holder, even a killed one
+    assert train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir).summary["status"] == "completed"
+
+
+def test_metrics_csv_cut_to_its_header_is_refused_on_resume(finished, tmp_path, data):
+    run_dir = unfinished_copy(finished, tmp_path)
+    metrics = run_dir / "metrics.csv"
+    metrics.write_text(metrics.read_text().splitlines()[0] + "\n")
+    with pytest.raises(ConfigError, match=rf"resume: {metrics} disagrees with checkpoint "
+                                          rf"{run_dir}/checkpoints/epoch_003\.pt: it has epochs \[\] up to epoch 3"):
+        train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+
+
+def test_an_edited_metrics_value_is_refused_on_resume(finished, tmp_path, data):
+    run_dir = unfinished_copy(finished, tmp_path)
+    rows = train.read_metrics(run_dir / "metrics.csv")
+    real = rows[1]["val_acc"]
+    rows[1]["val_acc"] = 0.99
+    train.write_metrics(run_dir / "metrics.csv", rows)
+    with pytest.raises(ConfigError, match=rf"epoch 2 val_acc is 0\.99, the checkpoint recorded {real!r}"):
+        train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+
+
+def test_a_truncated_last_checkpoint_names_it_and_the_previous_intact_one(finished, tmp_path, data):
+    run_dir = unfinished_copy(finished, tmp_path)
+    last = run_dir / "checkpoints" / "epoch_003.pt"
+    last.write_bytes(last.read_bytes()[:5000])
+    with pytest.raises(ConfigError, match=rf"{last}: the checkpoint cannot be read \(.*\); the previous intact "
+                                          rf"checkpoint is {run_dir}/checkpoints/epoch_002\.pt: move epoch_003\.pt"):
+        train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+    (run_dir / "checkpoints" / "epoch_002.pt").write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match=r"the previous intact checkpoint is .*/epoch_001\.pt"):
+        train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+    (run_dir / "checkpoints" / "epoch_001.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"and there is no earlier intact checkpoint: start the run again"):
+        train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+    # following the advice resumes from the intact checkpoint
+    (run_dir / "checkpoints" / "epoch_001.pt").write_bytes((finished.run_dir / "checkpoints" / "epoch_001.pt").read_bytes())
+    for name in ("epoch_002.pt", "epoch_003.pt"):
+        (run_dir / "checkpoints" / name).rename(tmp_path / name)
+    result = train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+    assert result.summary["status"] == "completed" and result.summary["resumed"][-1]["from_epoch"] == 1
+
+
+SIGNAL_CHILD = textwrap.dedent("""
+    import os, signal, sys
+    import vqalab.train as train
+    from vqalab import cli
+
+    original = train.train_one_epoch
+
+    def epoch_then_signal(*args, **kwargs):
+        if args[7] == 2:  # train_one_epoch(model, opt, sched, scaler, data, cfg, device, epoch, step)
+            print("epoch 2 started", flush=True)
+            os.kill(os.getpid(), getattr(signal, sys.argv[2]))
+        return original(*args, **kwargs)
+
+    train.train_one_epoch = epoch_then_signal
+    sys.exit(cli.main(["train", sys.argv[1], "--no-progress"]))
+""")
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_sigterm_and_ctrl_c_end_the_run_interrupted_with_the_resume_command(tmp_path, data, signal_name):
+    cfg = tiny_config(tmp_path / "runs", checkpoint_every=1)
+    params = tmp_path / "params.yaml"
+    runs.write_yaml(params, cfg.to_dict())
+    (tmp_path / "child.py").write_text(SIGNAL_CHILD)
+    proc = subprocess.run([sys.executable, str(tmp_path / "child.py"), str(params), signal_name],
+                          capture_output=True, text=True, timeout=300)
+    (run_dir,) = list((tmp_path / "runs" / "hard").iterdir())
+    assert proc.returncode == 128 + getattr(signal, signal_name), proc.stderr[-2000:]
+    assert f"interrupted by {signal_name}" in proc.stderr
+    assert f"resumable: vqalab train --resume {run_dir}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["interrupted_by"] == signal_name
+    assert summary["resume_command"] == f"vqalab train --resume {run_dir}" and summary["error"] is None
+    assert [r["epoch"] for r in train.read_metrics(run_dir / "metrics.csv")] == [1]
+    result = train.fit(cfg, data=data, resume=run_dir)  # and it resumes
+    assert result.summary["status"] == "completed" and result.summary["epochs"] == 3
+
+
+def test_disk_full_while_writing_a_file_says_so_and_where(tmp_path, monkeypatch):
+    def full(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = tmp_path / "summary.json"
+    with pytest.raises(runs.DiskFullError, match=rf"^no space left on device while writing {target}$"):
+        runs.atomic_write_bytes(target, full)
+    assert list(tmp_path.iterdir()) == []  # no temporary left behind
+
+
+def test_disk_full_inside_torch_save_is_named_and_recorded(tmp_path, data, monkeypatch, capsys):
+    real_save = torch.save
+
+    def short_write(obj, f, *args, **kwargs):  # what torch's zip writer reports on a full disk
+        f.write(b"PK\x03\x04")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 367872 vs 367760")
+
+    monkeypatch.setattr(torch, "save", short_write)
+    monkeypatch.setattr(runs, "free_bytes", lambda folder: 4096)
+    params = tmp_path / "params.yaml"
+    runs.write_yaml(params, tiny_config(tmp_path / "runs").to_dict())
+    monkeypatch.setattr(train, "build_data", lambda spec, seed=0: data)
+    assert cli_main(["train", str(params), "--no-progress"]) == 1
+    (run_dir,) = list((tmp_path / "runs" / "hard").iterdir())
+    ckpt = run_dir / "checkpoints" / "epoch_001.pt"
+    assert capsys.readouterr().err.strip() == f"error: no space left on device while writing {ckpt}"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["error"] == f"DiskFullError: no space left on device while writing {ckpt}"
+    monkeypatch.setattr(torch, "save", real_save)
+
+
+def test_a_torch_write_error_with_free_space_is_not_called_disk_full(tmp_path, monkeypatch):
+    def short_write(obj, f, *args, **kwargs):
+        raise RuntimeError("unexpected pos 10 vs 2")
+
+    monkeypatch.setattr(torch, "save", short_write)
+    monkeypatch.setattr(runs, "free_bytes", lambda folder: 10 * 2**30)
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        runs.save_checkpoint(tmp_path / "c.pt", {"x": 1})
