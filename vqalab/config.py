@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from vqalab.registry import ConfigError, did_you_mean, short_repr
 
-
 # Anchors and aliases share one object per anchor, but echoing or walking the expanded tree can
 # blow up ("billion laughs"): a params file expanding to more nodes than this is refused.
 MAX_EXPANDED_NODES = 10_000

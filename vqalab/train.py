@@ -27,11 +27,13 @@ import json
 import logging
 import math
 import os
+import pickle
 import platform
 import random
 import signal
 import threading
 import time
+import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,18 +317,22 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+# What torch.load raises for a cut or overwritten checkpoint file.
+UNREADABLE_CHECKPOINT = (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
 def load_resume_checkpoint(path: Path) -> dict:
     """The checkpoint to resume from; a damaged one is refused naming it and the previous intact one."""
     try:
         return runs.load_checkpoint(path)
-    except Exception as err:  # torch raises RuntimeError, EOFError, pickle errors … for a cut file
+    except UNREADABLE_CHECKPOINT as err:
         reason = f"{type(err).__name__}: {str(err).strip()[:200]}"
     earlier = [p for p in checkpoints(path.parent.parent) if p != path]
     for candidate in reversed(earlier):
         try:
             runs.load_checkpoint(candidate)
-        except Exception:
-            continue
+        except UNREADABLE_CHECKPOINT:
+            continue  # damaged too: try the one before
         raise ConfigError(f"{path}: the checkpoint cannot be read ({reason}); the previous "
                           f"intact checkpoint is {candidate}: move {path.name} out of {path.parent} and "
                           "resume again to continue from it")
