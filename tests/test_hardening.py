@@ -347,3 +347,70 @@ def test_a_torch_write_error_with_free_space_is_not_called_disk_full(tmp_path, m
     monkeypatch.setattr(runs, "free_bytes", lambda folder: 10 * 2**30)
     with pytest.raises(RuntimeError, match="unexpected pos"):
         runs.save_checkpoint(tmp_path / "c.pt", {"x": 1})
+
+
+# --- data files -------------------------------------------------------------------------------
+
+@pytest.fixture
+def vqa_root(tmp_path):
+    from test_vqa_v2 import write_vqa_v2_fixture  # tests/ is on sys.path (pytest rootdir-relative import)
+
+    return write_vqa_v2_fixture(tmp_path / "vqa_v2")
+
+
+def load_vqa_v2(root, **kwargs):
+    from vqalab.data import build_data
+
+    return build_data({"name": "vqa_v2", "root": str(root), "image_size": 32, **kwargs})
+
+
+@pytest.mark.parametrize("file_key, entries_key, index, drop, match", [
+    ("v2_mscoco_train2014_annotations.json", "annotations", 4, "answers",
+     r"annotations entry 4 \(question_id 25001\) has no 'answers'"),
+    ("v2_OpenEnded_mscoco_val2014_questions.json", "questions", 2, "question_id",
+     r"questions entry 2 has no 'question_id'"),
+])
+def test_vqa_v2_entries_missing_a_key_name_the_file_and_entry(vqa_root, file_key, entries_key, index, drop, match):
+    path = vqa_root / file_key
+    content = json.loads(path.read_text())
+    del content[entries_key][index][drop]
+    path.write_text(json.dumps(content))
+    with pytest.raises(ConfigError, match=rf"vqa_v2: {path}: {match}"):
+        load_vqa_v2(vqa_root)
+
+
+def test_vqa_v2_truncated_image_is_named(vqa_root):
+    image = vqa_root / "train2014" / "COCO_train2014_000000000025.jpg"
+    image.write_bytes(image.read_bytes()[:200])
+    data = load_vqa_v2(vqa_root)
+    index = data.train.image_ids.index(25)
+    with pytest.raises(ConfigError, match=rf"vqa_v2: {image}: cannot read the image \(image_id 25\)"):
+        data.train[index]
+
+
+def rafdb_root(tmp_path):
+    from test_fer_data import write_rafdb
+
+    return write_rafdb(tmp_path / "basic", train_labels=(1, 2, 3), test_labels=(4, 5))
+
+
+@pytest.mark.parametrize("second_label, labels", [(5, "label 2 and label 5"), (2, "label 2 both times")])
+def test_rafdb_image_listed_twice_is_refused_naming_both_lines(tmp_path, second_label, labels):
+    from vqalab.data import build_data
+
+    root = rafdb_root(tmp_path)
+    label_file = root / "EmoLabel" / "list_patition_label.txt"
+    label_file.write_text(label_file.read_text() + f"train_00002.jpg {second_label}\n")
+    with pytest.raises(ConfigError, match=rf"{label_file}: image train_00002\.jpg is listed twice, at lines "
+                                          rf"2 and 6 \({labels}\): keep one line"):
+        build_data({"name": "rafdb", "root": str(root), "image_size": 32})
+
+
+def test_rafdb_non_utf8_label_file_is_named(tmp_path):
+    from vqalab.data import build_data
+
+    root = rafdb_root(tmp_path)
+    label_file = root / "EmoLabel" / "list_patition_label.txt"
+    label_file.write_bytes(label_file.read_bytes() + b"train_\xff\xfe.jpg 1\n")
+    with pytest.raises(ConfigError, match=rf"{label_file}: not UTF-8 text \(byte 0xff at offset \d+\)"):
+        build_data({"name": "rafdb", "root": str(root), "image_size": 32})
