@@ -414,3 +414,74 @@ def test_rafdb_non_utf8_label_file_is_named(tmp_path):
     label_file.write_bytes(label_file.read_bytes() + b"train_\xff\xfe.jpg 1\n")
     with pytest.raises(ConfigError, match=rf"{label_file}: not UTF-8 text \(byte 0xff at offset \d+\)"):
         build_data({"name": "rafdb", "root": str(root), "image_size": 32})
+
+
+# --- report -----------------------------------------------------------------------------------
+
+# Run names a hostile user could type; each tries to change the page title when the page opens.
+XSS_PAYLOADS = [
+    "<svg><style><img src=x onerror=\"document.title='pwned-1'\"></style></svg>",
+    "<svg><animate attributeName=href values=\"javascript:document.title='pwned-2'\"/>"
+    "<a id=p2><circle r=400></circle></a></svg>",
+    "<svg><use href=\"data:image/svg+xml,<svg id='x' xmlns='http://www.w3.org/2000/svg'>"
+    "<image href='1' onerror=\"document.title='pwned-3'\"/></svg>#x\"/></svg>",
+    "<img src=x onerror=\"document.title='pwned-4'\">",
+    "<svg><style><a title=\"</style><img src=x onerror=document.title='pwned-5'>\"></a></style></svg>",
+    "<math><mtext><table><mglyph><style><img src=x onerror=\"document.title='pwned-6'\">"
+    "</style></mglyph></table></mtext></math>",
+    "<noscript><p title=\"</noscript><img src=x onerror=document.title='pwned-7'>\"></noscript>",
+    "<a href=\"javascript:document.title='pwned-8'\">click</a>",
+    "<a href=\"data:text/html,<script>document.title='pwned-9'</script>\">click</a>",
+    "<iframe srcdoc=\"<script>parent.document.title='pwned-10'</script>\"></iframe>",
+    "<p style=\"background:url(https://example.org/track.png)\">tracked</p>",
+]
+
+
+@pytest.mark.parametrize("payload", XSS_PAYLOADS)
+def test_sanitiser_leaves_no_script_handler_or_fetch(payload):
+    from html.parser import HTMLParser
+
+    from vqalab.report.html import sanitize_html
+
+    cleaned = sanitize_html(f"<table><tr><td>{payload}</td></tr></table>")
+    found = []
+
+    class Collect(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            found.append((tag, dict(attrs)))
+
+    # whatever the browser builds from the cleaned HTML, read back by a second parser
+    Collect().feed(cleaned)
+    for tag, attrs in found:
+        assert tag in {"table", "tbody", "tr", "td", "img", "a", "p", "style"}, cleaned
+        assert not any(name.startswith("on") for name in attrs), cleaned
+        assert set(attrs) <= {"href", "rel", "src", "title", "style"}, cleaned
+        assert "javascript:" not in attrs.get("href", "") and "data:" not in attrs.get("href", ""), cleaned
+        assert "src" not in attrs and "url(" not in attrs.get("style", ""), cleaned
+
+
+def test_a_second_report_of_the_same_week_is_refused_while_one_runs(tmp_path):
+    from test_report import WEEK, make_project
+
+    from vqalab.report import run_report
+
+    root = make_project(tmp_path / "project")
+    week_dir = root / "reports" / WEEK
+    week_dir.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from vqalab.runs import folder_lock
+        with folder_lock(Path({str(week_dir)!r}), "report week"):
+            print("locked", flush=True)
+            time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(runs.FolderBusy, match=rf"report week {week_dir} is in use by another process "
+                                                  rf"\(PID {holder.pid} since "):
+            run_report(root=root, preset="quick", week=WEEK, only=["broken"])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(p.name for p in week_dir.iterdir()) == [".lock"]  # nothing ran, nothing written
