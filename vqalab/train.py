@@ -512,6 +512,8 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
             set_rng_state(ckpt["rng_state"])  # last: building the model above drew from the generators
         for stale in (run_dir / runs.CHECKPOINT_DIR).glob(".epoch_*.tmp"):
             stale.unlink()  # a save cut short by the interruption
+        for stale_key in ("interrupted_by", "resume_command"):
+            summary.pop(stale_key, None)  # from the interruption being resumed
         summary.update(status="running", error=None, **environment(device))
         summary.setdefault("resumed", []).append(
             {"from_epoch": start_epoch - 1, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
