@@ -467,12 +467,11 @@ def test_a_second_report_of_the_same_week_is_refused_while_one_runs(tmp_path):
 
     root = make_project(tmp_path / "project")
     week_dir = root / "reports" / WEEK
-    week_dir.mkdir(parents=True)
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from vqalab.runs import folder_lock
-        with folder_lock(Path({str(week_dir)!r}), "report week"):
+        from vqalab.report.build import week_lock
+        with week_lock(Path({str(root / "reports")!r}), {WEEK!r}):
             print("locked", flush=True)
             time.sleep(60)
     """)], stdout=subprocess.PIPE, text=True)
@@ -484,4 +483,4 @@ def test_a_second_report_of_the_same_week_is_refused_while_one_runs(tmp_path):
     finally:
         holder.kill()
         holder.wait()
-    assert sorted(p.name for p in week_dir.iterdir()) == [".lock"]  # nothing ran, nothing written
+    assert not week_dir.exists()  # nothing ran, nothing written

@@ -53,13 +53,14 @@ class FolderBusy(ConfigError):
 
 
 @contextmanager
-def folder_lock(folder: Path, what: str) -> Iterator[None]:
+def folder_lock(folder: Path, what: str, lock_file: Path | None = None) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (``what``: "run folder", "report week") or refuse.
 
-    ``flock`` on ``folder/.lock``: the operating system drops it when the holder ends, even when
-    killed, so a stale lock never blocks anyone. The file records the holder's PID for the message.
+    ``flock`` on ``lock_file`` (default ``folder/.lock``): the operating system drops it when the
+    holder ends, even when killed, so a stale lock never blocks anyone. The file records the
+    holder's PID for the message.
     """
-    path = folder / LOCK_FILE
+    path = lock_file or folder / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:

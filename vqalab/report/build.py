@@ -54,12 +54,17 @@ def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str 
     check_kernel()
 
     week_dir = reports_dir / week
-    week_dir.mkdir(parents=True, exist_ok=True)
-    # One report of a week at a time: a second (even with other --only studies) is refused, so
-    # no page or summary is overwritten by a run that started from an older state.
-    with folder_lock(week_dir, "report week"):
+    with week_lock(reports_dir, week):
         return _run_locked(plan=plan, week=week, week_dir=week_dir, reports_dir=reports_dir, root=root,
                            preset=preset, force=force)
+
+
+def week_lock(reports_dir: Path, week: str):
+    """One report of a week at a time: a second (even with other --only studies) is refused, so no
+    page or summary is overwritten by a run that started from an older state. The lock file sits
+    beside the week's folder (``reports/.<week>.lock``): a refused run leaves the folder untouched."""
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    return folder_lock(reports_dir / week, "report week", lock_file=reports_dir / f".{week}.lock")
 
 
 def _run_locked(*, plan: list[dict], week: str, week_dir: Path, reports_dir: Path, root: Path,
@@ -76,6 +81,7 @@ def _run_locked(*, plan: list[dict], week: str, week_dir: Path, reports_dir: Pat
         derived = [week_dir / f for f in (INDEX_FILE, REPORT_FILE, SUMMARY_FILE) if (week_dir / f).exists()]
         kept = archive_outputs(week_dir, earlier + derived)
         log.info("earlier outputs of this week moved to %s", kept)
+    week_dir.mkdir(parents=True, exist_ok=True)
 
     env = environment(preset, root)
     # Merged, never replaced: studies of this week not re-run stay listed (the week lock makes the
