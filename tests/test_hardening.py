@@ -353,7 +353,8 @@ def test_a_torch_write_error_with_free_space_is_not_called_disk_full(tmp_path, m
 
 @pytest.fixture
 def vqa_root(tmp_path):
-    from test_vqa_v2 import write_vqa_v2_fixture  # tests/ is on sys.path (pytest rootdir-relative import)
+    # tests/ is on sys.path (pytest's rootdir-relative import), as test_report_browser uses
+    from test_vqa_v2 import write_vqa_v2_fixture
 
     return write_vqa_v2_fixture(tmp_path / "vqa_v2")
 
@@ -421,14 +422,14 @@ def test_rafdb_non_utf8_label_file_is_named(tmp_path):
 # Run names a hostile user could type; each tries to change the page title when the page opens.
 XSS_PAYLOADS = [
     "<svg><style><img src=x onerror=\"document.title='pwned-1'\"></style></svg>",
-    "<svg><animate attributeName=href values=\"javascript:document.title='pwned-2'\"/>"
-    "<a id=p2><circle r=400></circle></a></svg>",
-    "<svg><use href=\"data:image/svg+xml,<svg id='x' xmlns='http://www.w3.org/2000/svg'>"
-    "<image href='1' onerror=\"document.title='pwned-3'\"/></svg>#x\"/></svg>",
+    ("<svg><animate attributeName=href values=\"javascript:document.title='pwned-2'\"/>"
+     "<a id=p2><circle r=400></circle></a></svg>"),
+    ("<svg><use href=\"data:image/svg+xml,<svg id='x' xmlns='http://www.w3.org/2000/svg'>"
+     "<image href='1' onerror=\"document.title='pwned-3'\"/></svg>#x\"/></svg>"),
     "<img src=x onerror=\"document.title='pwned-4'\">",
     "<svg><style><a title=\"</style><img src=x onerror=document.title='pwned-5'>\"></a></style></svg>",
-    "<math><mtext><table><mglyph><style><img src=x onerror=\"document.title='pwned-6'\">"
-    "</style></mglyph></table></mtext></math>",
+    ("<math><mtext><table><mglyph><style><img src=x onerror=\"document.title='pwned-6'\">"
+     "</style></mglyph></table></mtext></math>"),
     "<noscript><p title=\"</noscript><img src=x onerror=document.title='pwned-7'>\"></noscript>",
     "<a href=\"javascript:document.title='pwned-8'\">click</a>",
     "<a href=\"data:text/html,<script>document.title='pwned-9'</script>\">click</a>",
