@@ -10,7 +10,7 @@ import torchvision
 from torch import nn
 
 from conftest import TINY
-from vqalab import bench
+from vqalab import bench, train
 from vqalab.cli import main
 from vqalab.config import build_config
 from vqalab.data import build_data
@@ -140,7 +140,7 @@ def test_is_out_of_memory(err, expected):
 def test_model_and_data_mismatch_is_a_clear_error():
     cfg = build_config({"model": {"name": "ir50_vit"}, "data": {"name": "easy_vqa"}})
     with pytest.raises(ConfigError, match="model 'ir50_vit' does not take vocab_size, num_answers from data 'easy_vqa'"):
-        bench.check_model_fits_data(cfg, SimpleNamespace(model_kwargs={"vocab_size": 9, "num_answers": 3}))
+        train.check_model_fits_data(cfg, SimpleNamespace(model_kwargs={"vocab_size": 9, "num_answers": 3}))
 
 
 # --- the sweep -------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ def failing_allocator(monkeypatch, make_error):
         built.append(weakref.ref(model))
         return model
 
-    monkeypatch.setattr(bench, "create_model", create)
+    monkeypatch.setattr(train, "create_model", create)
     return built
 
 
@@ -196,6 +196,15 @@ def test_sweep_does_not_hide_other_errors(monkeypatch, cfg, data):
         bench.throughput_sweep(cfg, batch_sizes=[8], warmup_steps=0, timed_steps=1, data=data)
 
 
+def test_sweep_runs_with_the_configured_threads_and_restores_them(cfg, data):
+    before = torch.get_num_threads()
+    threads = 1 if before > 1 else 2
+    one = build_config({**TINY, "train": {**TINY["train"], "num_threads": threads}})
+    rows = bench.throughput_sweep(one, batch_sizes=[2], warmup_steps=0, timed_steps=1, data=data)
+    assert rows["cpu_threads"].tolist() == [threads]
+    assert torch.get_num_threads() == before
+
+
 def test_sweep_rejects_bad_arguments_before_compute(cfg):
     with pytest.raises(ConfigError, match=r"batch_sizes = \[0, 2\]: expected a list of positive integers"):
         bench.throughput_sweep(cfg, batch_sizes=[0, 2])
@@ -206,13 +215,15 @@ def test_sweep_rejects_bad_arguments_before_compute(cfg):
 
 
 def test_training_step_updates_the_weights(cfg, data):
-    model = bench.build_model(cfg, data, torch.device("cpu"))
+    model = train.build_model(cfg, data, torch.device("cpu"))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    scaler = train.make_grad_scaler(torch.device("cpu"), "fp16")
+    assert not scaler.is_enabled()  # loss scaling is for CUDA fp16 only
     batch = bench.fixed_batch(data, 4, cfg.seed)
     before = [p.detach().clone() for p in model.parameters()]
-    loss = bench.training_step(model, optimizer, scaler, batch, data.input_keys, cfg, torch.device("cpu"), "off")
-    assert torch.isfinite(loss)
+    loss, grad_norm = train.training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, cfg=cfg,
+                                          device=torch.device("cpu"), amp="off")
+    assert torch.isfinite(loss) and torch.isfinite(grad_norm) and grad_norm > 0
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()) if p.requires_grad)
 
 

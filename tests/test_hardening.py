@@ -239,10 +239,10 @@ def test_metrics_csv_cut_to_its_header_is_refused_on_resume(finished, tmp_path, 
 
 def test_an_edited_metrics_value_is_refused_on_resume(finished, tmp_path, data):
     run_dir = unfinished_copy(finished, tmp_path)
-    rows = train.read_metrics(run_dir / "metrics.csv")
+    rows = runs.read_metrics_rows(run_dir / "metrics.csv")
     real = rows[1]["val_acc"]
     rows[1]["val_acc"] = 0.99
-    train.write_metrics(run_dir / "metrics.csv", rows)
+    runs.write_metrics(run_dir / "metrics.csv", rows)
     with pytest.raises(ConfigError, match=rf"epoch 2 val_acc is 0\.99, the checkpoint recorded {real!r}"):
         train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
 
@@ -302,7 +302,7 @@ def test_sigterm_and_ctrl_c_end_the_run_interrupted_with_the_resume_command(tmp_
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["interrupted_by"] == signal_name
     assert summary["resume_command"] == f"vqalab train --resume {run_dir}" and summary["error"] is None
-    assert [r["epoch"] for r in train.read_metrics(run_dir / "metrics.csv")] == [1]
+    assert [r["epoch"] for r in runs.read_metrics_rows(run_dir / "metrics.csv")] == [1]
     result = train.fit(cfg, data=data, resume=run_dir)  # and it resumes
     assert result.summary["status"] == "completed" and result.summary["epochs"] == 3
 

@@ -16,6 +16,7 @@ from vqalab.config import parameter_table, parameters_markdown
 from vqalab.registry import ConfigError
 from vqalab.report import run_report
 from vqalab.report.html import sanitize_html
+from vqalab.report.presets import load_preset
 from vqalab.report.since import since_last_week
 from vqalab.report.weeks import iso_week
 
@@ -41,8 +42,8 @@ def make_project(root: Path) -> Path:
     (root / "params").mkdir()
     _notebook(
         root / "notebooks" / "plot.ipynb", "Plot study",
-        'label = "a"  # experiment name\nscore = 0.5  # the headline figure\n'
-        'runs_root = "runs"  # where runs go',
+        'label: str = "a"  # experiment name\nscore: float = 0.5  # the headline figure\n'
+        'runs_root: str = "runs"  # where runs go',
         "import matplotlib.pyplot as plt\nfrom pathlib import Path\n"
         "Path(runs_root).mkdir(parents=True, exist_ok=True)\n"
         "(Path(runs_root) / 'marker.txt').write_text(label)\n"
@@ -55,11 +56,11 @@ def make_project(root: Path) -> Path:
     )
     _notebook(
         root / "notebooks" / "broken.ipynb", "Broken study",
-        "fail = True  # raise on purpose",
+        "fail: bool = True  # raise on purpose",
         "print('before the error')",
         "if fail:\n    raise ValueError('planned failure')",
     )
-    _notebook(root / "notebooks" / "scratch.ipynb", "Scratch", "x = 1  # no params file: not a study")
+    _notebook(root / "notebooks" / "scratch.ipynb", "Scratch", "x: int = 1  # no params file: not a study")
     (root / "params" / "plot.yaml").write_text(
         "presets:\n"
         f"  quick: {{label: '{HOSTILE}', score: 0.5}}\n"
@@ -283,6 +284,33 @@ def test_missing_preset_is_an_error(tmp_path):
 def test_wrong_value_type_is_an_error(tmp_path):
     message = _params_error(tmp_path, "presets:\n  quick: {score: high}\n")
     assert "presets.quick.score = 'high'" in message and "expected float" in message
+
+
+def test_preset_values_are_checked_against_the_annotations(tmp_path):
+    params_file = tmp_path / "study.yaml"
+    declared = {"score": {"type": float, "default": "0.5"}, "n": {"type": int, "default": "1"},
+                "xs": {"type": list, "default": "[1.0]"}}
+    params_file.write_text("presets:\n  quick: {score: 1, n: 2, xs: [3.0], }\n")
+    assert load_preset(params_file, "quick", declared) == {"score": 1, "n": 2, "xs": [3.0]}  # int stands for float
+    for value, expected in (("true", "int"), ("1.5", "int"), ("x", "int")):
+        params_file.write_text(f"presets:\n  quick: {{n: {value}}}\n")
+        with pytest.raises(ConfigError, match=f"presets.quick.n = .*: expected {expected}"):
+            load_preset(params_file, "quick", declared)
+    params_file.write_text("presets:\n  quick: {xs: 1.0}\n")
+    with pytest.raises(ConfigError, match="expected list"):
+        load_preset(params_file, "quick", declared)
+
+
+def test_a_parameter_without_type_annotation_is_an_error(tmp_path):
+    root = make_project(tmp_path / "project")
+    notebook = root / "notebooks" / "plot.ipynb"
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells[1].source = nb.cells[1].source.replace("score: float = 0.5", "score = 0.5")
+    nbformat.write(nb, notebook)
+    with pytest.raises(ConfigError, match=r"plot\.ipynb: parameter 'score' is annotated 'None': expected one of "
+                                          r"bool, int, float, str, list, dict"):
+        run(root, only=["plot"])
+    assert not (root / "reports").exists()
 
 
 def test_params_file_needs_presets(tmp_path):

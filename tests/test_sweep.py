@@ -65,7 +65,7 @@ def count_data_loads(monkeypatch):
 
 
 def weights(run_dir):
-    return runs.load_checkpoint(train.latest_checkpoint(run_dir))["model_state"]
+    return runs.load_checkpoint(runs.latest_checkpoint(run_dir))["model_state"]
 
 
 def test_diverged_point_is_recorded_and_the_sweep_goes_on(tmp_path, nan_at_high_lr, count_data_loads):
@@ -214,6 +214,6 @@ def test_config_hash_ignores_names_and_spelled_out_defaults():
                             "model": {"name": "vqa_mean_mlp", "dropout": 0.0, "cnn_channels": [32, 64, 128]},
                             "train": {"progress": False}})
     changed = build_config({"model": {"name": "vqa_mean_mlp", "dropout": 0.1}})
-    assert train.config_hash(plain) == train.config_hash(spelled) == train.config_hash(plain.to_dict())
-    assert train.config_hash(changed) != train.config_hash(plain)
-    assert train.config_hash(build_config({"seed": 1})) != train.config_hash(build_config({"seed": 2}))
+    assert runs.config_hash(plain) == runs.config_hash(spelled) == runs.config_hash(plain.to_dict())
+    assert runs.config_hash(changed) != runs.config_hash(plain)
+    assert runs.config_hash(build_config({"seed": 1})) != runs.config_hash(build_config({"seed": 2}))

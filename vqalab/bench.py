@@ -42,16 +42,20 @@ from torch.utils.flop_counter import FlopCounterMode
 from vqalab.config import RunConfig
 from vqalab.data import DataSplits, build_data
 from vqalab.data.samplers import epoch_batches
-from vqalab.models import MODELS, create_model
 from vqalab.registry import ConfigError
 from vqalab.train import (
     autocast_context,
+    build_model,
     build_optimizer,
+    check_model_fits_data,
     compute_loss,
+    make_grad_scaler,
     peak_memory_mb,
     seed_everything,
     select_device,
     to_device,
+    torch_threads,
+    training_step,
 )
 
 log = logging.getLogger(__name__)
@@ -79,34 +83,6 @@ def fixed_batch(data: DataSplits, batch_size: int, seed: int) -> dict:
     if batch_size > n:
         log.warning("batch size %d exceeds the %d training items: items repeat in the batch", batch_size, n)
     return data.collate([data.train[order[i % n]] for i in range(batch_size)])
-
-
-def check_model_fits_data(cfg: RunConfig, data: DataSplits) -> None:
-    """The data fixes some model keywords (vocab_size, num_classes…); the model must accept them."""
-    name = cfg.model["name"]
-    accepted = MODELS.parameters(name)
-    foreign = [k for k in data.model_kwargs if k not in accepted]
-    if foreign:
-        raise ConfigError(
-            f"model '{name}' does not take {', '.join(foreign)} from data '{cfg.data.get('name')}': "
-            f"choose a data set for this model (params file data.name, or --set data.name=...)")
-
-
-def build_model(cfg: RunConfig, data: DataSplits, device: torch.device, *, channels_last: bool = False,
-                compile_model: bool = False) -> nn.Module:
-    """The configured model, with the keywords the data fixes, on ``device``.
-
-    channels_last: store 4-D weights as NHWC (faster convolutions on recent GPUs).
-    compile_model: wrap in ``torch.compile`` (the first, warm-up calls compile).
-    """
-    spec = dict(cfg.model)
-    name = spec.pop("name")
-    model = create_model(name, **spec, **data.model_kwargs).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if compile_model:
-        model = torch.compile(model)
-    return model
 
 
 def batch_on_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
@@ -197,27 +173,6 @@ def is_out_of_memory(err: BaseException) -> bool:
 # The training step and the sweep
 
 
-def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                  batch: dict, input_keys: Sequence[str], cfg: RunConfig, device: torch.device,
-                  amp: str) -> torch.Tensor:
-    """One optimizer step as ``train.train_one_epoch`` takes it, returning the loss.
-
-    Like the training loop it always computes the gradient norm (clipping at ``train.clip_norm``
-    when set). Unlike it: one micro-batch per step, no mixup, and no host reads of the loss or
-    the norm (the clock reads synchronise anyway).
-    """
-    optimizer.zero_grad(set_to_none=True)
-    with autocast_context(device, amp):
-        logits = model(**{k: batch[k] for k in input_keys})
-    loss = compute_loss(logits, batch, cfg)
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)
-    nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm or math.inf)
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.detach()
-
-
 def measure_training(cfg: RunConfig, batch_size: int, *, data: DataSplits, device: torch.device,
                      amp: str = "off", channels_last: bool = False, compile_model: bool = False,
                      warmup_steps: int = 3, timed_steps: int = 10) -> dict:
@@ -230,11 +185,15 @@ def measure_training(cfg: RunConfig, batch_size: int, *, data: DataSplits, devic
     model = build_model(cfg, data, device, channels_last=channels_last, compile_model=compile_model)
     model.train()
     optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp == "fp16")
+    scaler = make_grad_scaler(device, amp)
     batch = batch_on_device(fixed_batch(data, batch_size, cfg.seed), device, channels_last)
     was_reset = reset_peak_memory(device)
-    times = time_calls(lambda: training_step(model, optimizer, scaler, batch, data.input_keys, cfg, device, amp),
-                       device, warmup=warmup_steps, repeats=timed_steps)
+
+    def step():  # the training loop's step; one micro-batch, no mixup
+        return training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, cfg=cfg, device=device,
+                             amp=amp)
+
+    times = time_calls(step, device, warmup=warmup_steps, repeats=timed_steps)
     peak, memory_kind = read_peak_memory(device, was_reset)
     return {
         "batch_size": batch_size, "status": "ok",
@@ -275,35 +234,36 @@ def throughput_sweep(cfg: RunConfig, *, batch_sizes: Sequence[int] = DEFAULT_BAT
     check_model_fits_data(cfg, data)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as in training: fixed shapes, fastest kernels
-    options = {"model": cfg.model["name"], "device": str(device), "amp": amp,
-               "channels_last": channels_last, "compile": compile_model,
-               "warmup_steps": warmup_steps, "timed_steps": timed_steps,
-               "cpu_threads": torch.get_num_threads()}  # on a shared CPU, fewer threads can be faster
-    rows = []
-    for batch_size in sizes:
-        failure = ""
-        try:
-            row = measure_training(cfg, batch_size, data=data, device=device, amp=amp,
-                                   channels_last=channels_last, compile_model=compile_model,
-                                   warmup_steps=warmup_steps, timed_steps=timed_steps)
-        except Exception as err:
-            if not is_out_of_memory(err):
-                raise
-            failure = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            traceback.clear_frames(err.__traceback__)  # the failed step's locals: model, activations
-            err.__traceback__ = None  # in case something still holds the exception
-        if not failure:
-            rows.append({**options, **row})
-            log.info("batch %d: %.1f samples/s", batch_size, row["samples_per_s"])
-            continue
-        # Outside the except block: the traceback, which pins the step's tensors, is gone.
-        release_memory(device)
-        log.warning("batch %d: out of memory; larger batch sizes skipped (%s)", batch_size, failure)
-        rows.append({**options, "batch_size": batch_size, "status": "oom", "samples_per_s": math.nan,
-                     "step_time_median_s": math.nan, "step_time_p95_s": math.nan,
-                     "step_time_mean_s": math.nan, "peak_memory_mb": math.nan,
-                     "memory_kind": "", "error": failure})
-        break
+    with torch_threads(cfg.train.num_threads):  # as many CPU threads as a run of this config
+        options = {"model": cfg.model["name"], "device": str(device), "amp": amp,
+                   "channels_last": channels_last, "compile": compile_model,
+                   "warmup_steps": warmup_steps, "timed_steps": timed_steps,
+                   "cpu_threads": torch.get_num_threads()}  # on a shared CPU, fewer threads can be faster
+        rows = []
+        for batch_size in sizes:
+            failure = ""
+            try:
+                row = measure_training(cfg, batch_size, data=data, device=device, amp=amp,
+                                       channels_last=channels_last, compile_model=compile_model,
+                                       warmup_steps=warmup_steps, timed_steps=timed_steps)
+            except Exception as err:
+                if not is_out_of_memory(err):
+                    raise
+                failure = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                traceback.clear_frames(err.__traceback__)  # the failed step's locals: model, activations
+                err.__traceback__ = None  # in case something still holds the exception
+            if not failure:
+                rows.append({**options, **row})
+                log.info("batch %d: %.1f samples/s", batch_size, row["samples_per_s"])
+                continue
+            # Outside the except block: the traceback, which pins the step's tensors, is gone.
+            release_memory(device)
+            log.warning("batch %d: out of memory; larger batch sizes skipped (%s)", batch_size, failure)
+            rows.append({**options, "batch_size": batch_size, "status": "oom", "samples_per_s": math.nan,
+                         "step_time_median_s": math.nan, "step_time_p95_s": math.nan,
+                         "step_time_mean_s": math.nan, "peak_memory_mb": math.nan,
+                         "memory_kind": "", "error": failure})
+            break
     return pd.DataFrame(rows)
 
 
@@ -407,7 +367,6 @@ def flops_report(cfg: RunConfig, *, batch_size: int = 1, data: DataSplits | None
     if batch_size < 1:
         raise ConfigError(f"batch_size = {batch_size}: expected ≥ 1")
     data = data or build_data(cfg.data, seed=cfg.seed)
-    check_model_fits_data(cfg, data)
     seed_everything(cfg.seed)
     device = select_device(cfg.train.device)  # counts do not depend on it; only the time taken does
     model = build_model(cfg, data, device)
@@ -448,18 +407,19 @@ def efficiency_table(configs: Mapping[str, RunConfig] | Sequence[RunConfig], *, 
         if key not in data_cache:
             data_cache[key] = build_data(cfg.data, seed=cfg.seed)
         data = data_cache[key]
-        flops = flops_report(cfg, batch_size=flops_batch_size, data=data)
-        device = select_device(cfg.train.device)
-        used_amp = effective_amp(cfg.train.amp if amp is None else amp, device)
-        seed_everything(cfg.seed)
-        model = build_model(cfg, data, device, channels_last=channels_last, compile_model=compile_model)
-        latency_inputs = batch_on_device(fixed_batch(data, latency_batch_size, cfg.seed), device, channels_last)
-        latency = measure_latency(model, {k: latency_inputs[k] for k in data.input_keys}, device,
-                                  warmup=warmup_steps, repeats=timed_steps, amp=used_amp)
-        del model, latency_inputs
-        sweep = throughput_sweep(cfg, batch_sizes=[batch_size], warmup_steps=warmup_steps,
-                                 timed_steps=timed_steps, amp=used_amp, channels_last=channels_last,
-                                 compile_model=compile_model, data=data).iloc[0]
+        with torch_threads(cfg.train.num_threads):  # as many CPU threads as a run of this config
+            flops = flops_report(cfg, batch_size=flops_batch_size, data=data)
+            device = select_device(cfg.train.device)
+            used_amp = effective_amp(cfg.train.amp if amp is None else amp, device)
+            seed_everything(cfg.seed)
+            model = build_model(cfg, data, device, channels_last=channels_last, compile_model=compile_model)
+            latency_inputs = batch_on_device(fixed_batch(data, latency_batch_size, cfg.seed), device, channels_last)
+            latency = measure_latency(model, {k: latency_inputs[k] for k in data.input_keys}, device,
+                                      warmup=warmup_steps, repeats=timed_steps, amp=used_amp)
+            del model, latency_inputs
+            sweep = throughput_sweep(cfg, batch_sizes=[batch_size], warmup_steps=warmup_steps,
+                                     timed_steps=timed_steps, amp=used_amp, channels_last=channels_last,
+                                     compile_model=compile_model, data=data).iloc[0]
         rows.append({
             "name": label, "model": cfg.model["name"],
             "params_total": flops["params_total"], "params_trainable": flops["params_trainable"],

@@ -19,25 +19,18 @@ Sweeps are an outer loop over ``fit`` (``vqalab.sweep``); the loop knows nothing
 from __future__ import annotations
 
 import contextlib
-import csv
-import hashlib
-import inspect
-import io
 import json
 import logging
 import math
-import os
 import pickle
-import platform
 import random
 import signal
 import threading
 import time
 import zipfile
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -46,27 +39,31 @@ from torch.utils.data import DataLoader
 
 from vqalab import runs
 from vqalab.config import RunConfig, read_yaml
-from vqalab.data import DATASETS, DataSplits, build_data
+from vqalab.data import DataSplits, build_data
 from vqalab.data.samplers import epoch_batches, eval_batches
 from vqalab.models import MODELS, create_model
 from vqalab.paths import resolve
 from vqalab.registry import ConfigError, short_repr
+from vqalab.runs import (
+    EXACT_METRIC_COLUMNS,
+    FINISHED_STATUSES,
+    METRICS_FILE,
+    append_metrics,
+    config_hash,
+    confusion_matrix,
+    environment,
+    flatten,
+    latest_checkpoint,
+    per_class_accuracy,
+    read_metrics_rows,
+    write_confusion,
+    write_metrics,
+)
 from vqalab.schedules import lr_factor
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_acc", "lr", "epoch_time_s",
-                  "step_time_s", "samples_per_s", "peak_memory_mb"]
-INT_COLUMNS = ("epoch", "step")
-# Written from the training state, so repeated exactly by a resumed run (times and memory are not).
-EXACT_METRIC_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_acc", "lr")
-
-# A run in one of these states is over: resuming it or re-running its sweep point changes nothing.
-FINISHED_STATUSES = ("completed", "diverged")
-
-# Keys that do not change what is trained: left out of the config hash (sweep reuse) ...
-HASH_FREE_KEYS = ("name", "runs_root", "train.progress")
-# ... and allowed to differ between a run and its resumption (e.g. continue on another GPU).
+# Keys allowed to differ between a run and its resumption (e.g. continue on another GPU).
 RESUME_FREE_KEYS = ("train.progress", "train.device")
 
 # Mixup draws from its own random stream, a pure function of (seed, epoch, this tag).
@@ -102,7 +99,7 @@ class RunInterrupted(KeyboardInterrupt):
         super().__init__(f"run {run_dir} interrupted by {signal_name}; resume it with: {self.resume_command}")
 
 
-@contextlib.contextmanager
+@contextmanager
 def sigterm_as_interrupt():
     """Within the block SIGTERM raises ``Terminated`` (so ``finally`` blocks run and the summary is
     written) instead of ending the process silently. Only the main thread can set handlers."""
@@ -143,6 +140,19 @@ def select_device(name: str) -> torch.device:
     return device
 
 
+@contextmanager
+def torch_threads(num_threads: int | None):
+    """Run the block with ``num_threads`` torch CPU threads (None: torch's current setting), then
+    restore the caller's setting: the thread count is process-wide."""
+    before = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def autocast_context(device: torch.device, amp: str):
     """bf16/fp16 autocast on CUDA; full precision on the CPU (where AMP is not the point)."""
     if device.type != "cuda" or amp == "off":
@@ -157,43 +167,6 @@ def peak_memory_mb(device: torch.device) -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 1e-3}}`` → ``{"optim.lr": 1e-3}`` (dotted keys, as in ``--set``)."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
-def with_builder_defaults(section: dict, registry) -> dict:
-    """A ``model`` / ``data`` section with every keyword its builder defaults filled in, so that
-    ``{"name": "ir50_vit"}`` and ``{"name": "ir50_vit", "attn_drop": 0.0}`` are the same run."""
-    try:
-        params = registry.parameters(section.get("name"))
-    except ConfigError:
-        return dict(section)  # a builder no longer registered: compare the section as written
-    defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
-    return json.loads(json.dumps({**defaults, **section}, default=str))  # tuples → lists, as to_dict
-
-
-def config_hash(cfg: RunConfig | dict) -> str:
-    """Identity of what a run trains: equal for two configs that differ only in HASH_FREE_KEYS or
-    in spelling out a model / data builder's default.
-
-    ``cfg``: a RunConfig or its ``to_dict()`` form (e.g. a run's ``params.yaml``).
-    """
-    tree = dict(cfg.to_dict() if isinstance(cfg, RunConfig) else cfg)
-    for section, registry in (("model", MODELS), ("data", DATASETS)):
-        if isinstance(tree.get(section), dict):
-            tree[section] = with_builder_defaults(tree[section], registry)
-    flat = {k: v for k, v in flatten(tree).items() if k not in HASH_FREE_KEYS}
-    text = json.dumps(flat, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
@@ -234,6 +207,88 @@ def mix_batch(batch: dict, rng: np.random.Generator, alpha: float) -> tuple[dict
     image = batch["image"]  # (B, 3, H, W)
     perm = torch.from_numpy(rng.permutation(image.shape[0])).to(image.device)
     return {**batch, "image": lam * image + (1 - lam) * image[perm]}, lam, perm
+
+
+def check_model_fits_data(cfg: RunConfig, data: DataSplits) -> None:
+    """The data fixes some model keywords (vocab_size, num_classes…); the model must accept them."""
+    name = cfg.model["name"]
+    accepted = MODELS.parameters(name)
+    foreign = [k for k in data.model_kwargs if k not in accepted]
+    if foreign:
+        raise ConfigError(
+            f"model '{name}' does not take {', '.join(foreign)} from data '{cfg.data.get('name')}': "
+            f"choose a data set for this model (params file data.name, or --set data.name=...)")
+
+
+def model_spec(cfg: RunConfig, data: DataSplits) -> tuple[str, dict]:
+    """The model's registered name and keywords: the config's ``model`` section and those the data fixes."""
+    check_model_fits_data(cfg, data)
+    spec = dict(cfg.model)
+    name = spec.pop("name")
+    return name, {**spec, **data.model_kwargs}
+
+
+def build_model(cfg: RunConfig, data: DataSplits, device: torch.device, *, channels_last: bool = False,
+                compile_model: bool = False) -> torch.nn.Module:
+    """The configured model, with the keywords the data fixes, on ``device``.
+
+    channels_last: store 4-D weights as NHWC (faster convolutions on recent GPUs).
+    compile_model: wrap in ``torch.compile`` (the first, warm-up calls compile).
+    """
+    name, kwargs = model_spec(cfg, data)
+    model = create_model(name, **kwargs).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile_model:
+        model = torch.compile(model)
+    return model
+
+
+def make_grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 on CUDA; elsewhere a disabled scaler, which passes everything through."""
+    return torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp == "fp16")
+
+
+def micro_batch_loss(model: torch.nn.Module, batch: dict, *, input_keys, cfg: RunConfig, device: torch.device,
+                     amp: str, mix: tuple[float, torch.Tensor] | None = None) -> torch.Tensor:
+    """Forward pass under autocast and the loss of one micro-batch.
+
+    mix: ``(lam, perm)`` of a mixup batch (``mix_batch``): the loss mixes the targets alike.
+    """
+    with autocast_context(device, amp):
+        logits = model(**{k: batch[k] for k in input_keys})
+    loss = compute_loss(logits, batch, cfg)
+    if mix is not None:
+        lam, perm = mix
+        loss = lam * loss + (1 - lam) * compute_loss(logits, {**batch, "target": batch["target"][perm]}, cfg)
+    return loss
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   clip_norm: float | None) -> torch.Tensor:
+    """Unscale the gradients, clip their global norm at ``clip_norm`` (None: measure it only), step
+    and update the loss scale; returns the norm before clipping.
+
+    A non-finite norm skips the step: with fp16 the scaler does so itself (and lowers the scale);
+    without it the caller decides what a non-finite gradient means (the training loop: diverged).
+    """
+    scaler.unscale_(optimizer)  # clipping must see the true gradients
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm if clip_norm else math.inf)
+    if scaler.is_enabled() or torch.isfinite(grad_norm):
+        scaler.step(optimizer)
+        scaler.update()
+    return grad_norm
+
+
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                  batch: dict, *, input_keys, cfg: RunConfig, device: torch.device,
+                  amp: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on one micro-batch, as the training loop takes it (without accumulation
+    and mixup): forward, loss, backward, then ``optimizer_step``. Returns the loss and the norm."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = micro_batch_loss(model, batch, input_keys=input_keys, cfg=cfg, device=device, amp=amp)
+    scaler.scale(loss).backward()
+    return loss.detach(), optimizer_step(model, optimizer, scaler, cfg.train.clip_norm)
 
 
 def batch_accuracy_sum(logits: torch.Tensor, batch: dict) -> float:
@@ -292,31 +347,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def environment(device: torch.device) -> dict:
-    env = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-           "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-           "git_commit": runs.git_commit()}
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
-    return env
-
-
-def checkpoints(run_dir: str | Path) -> list[Path]:
-    """The run's ``epoch_*.pt`` files, lowest epoch first."""
-    return sorted((resolve(run_dir) / runs.CHECKPOINT_DIR).glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint of the highest epoch in ``run_dir`` (None if there is none).
-
-    Saves go to a hidden temporary file renamed at the end, so every ``epoch_*.pt`` is complete
-    (unless damaged afterwards: ``load_resume_checkpoint`` says so).
-    """
-    found = checkpoints(run_dir)
-    return found[-1] if found else None
-
-
 # What torch.load raises for a cut or overwritten checkpoint file.
 UNREADABLE_CHECKPOINT = (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile)
 
@@ -327,7 +357,7 @@ def load_resume_checkpoint(path: Path) -> dict:
         return runs.load_checkpoint(path)
     except UNREADABLE_CHECKPOINT as err:
         reason = f"{type(err).__name__}: {str(err).strip()[:200]}"
-    earlier = [p for p in checkpoints(path.parent.parent) if p != path]
+    earlier = [p for p in runs.checkpoints(path.parent.parent) if p != path]
     for candidate in reversed(earlier):
         try:
             runs.load_checkpoint(candidate)
@@ -369,29 +399,6 @@ def check_history(metrics_file: Path, rows: list[dict], ckpt_path: Path, ckpt: d
 
 def same_number(a: float, b: float) -> bool:
     return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Rows of a run's ``metrics.csv`` with numbers parsed (floats round-trip exactly through repr)."""
-    with open(path, newline="") as f:
-        return [{k: (int(v) if k in INT_COLUMNS else float(v) if v != "" else math.nan) for k, v in row.items()}
-                for row in csv.DictReader(f)]
-
-
-def write_metrics(path: Path, history: list[dict]) -> None:
-    """Write the whole ``metrics.csv`` at once (atomically): used when a resumed run drops rows."""
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer)
-    writer.writerow(METRIC_COLUMNS)
-    for row in history:
-        writer.writerow([row[c] for c in METRIC_COLUMNS])
-    runs.atomic_write_bytes(path, lambda f: f.write(buffer.getvalue().encode()))
-
-
-def append_metrics(path: Path, row: dict) -> None:
-    buffer = io.StringIO(newline="")
-    csv.writer(buffer).writerow([row[c] for c in METRIC_COLUMNS])
-    runs.append_text(path, buffer.getvalue())
 
 
 @dataclass
@@ -463,12 +470,10 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
 
-    model_spec = dict(cfg.model)
-    model_name = model_spec.pop("name")
-    model_kwargs = {**model_spec, **data.model_kwargs}
-    model = create_model(model_name, **model_kwargs).to(device)
+    model_name, model_kwargs = model_spec(cfg, data)  # recorded in every checkpoint
+    model = build_model(cfg, data, device)
     optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.train.amp == "fp16")
+    scaler = make_grad_scaler(device, cfg.train.amp)
 
     micro_batches = len(epoch_batches(len(data.train), cfg.train.batch_size, cfg.seed, 0, data.train_groups))
     # A last, shorter accumulation group still makes an optimizer step.
@@ -497,12 +502,14 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
     else:
         run_dir, summary = point.run_dir, point.summary
         if point.checkpoint is not None:
+            # loaded onto the CPU: the states below are copied to the model's device, wherever
+            # the run was before (the RNG states must stay CPU tensors)
             ckpt = load_resume_checkpoint(point.checkpoint)
-            metrics_file = run_dir / "metrics.csv"
+            metrics_file = run_dir / METRICS_FILE
             if not metrics_file.is_file():
                 raise ConfigError(f"resume: {metrics_file} is missing (checkpoint {point.checkpoint} "
                                   f"is at epoch {ckpt['epoch']}): restore it, or start the run again")
-            history = check_history(metrics_file, read_metrics(metrics_file), point.checkpoint, ckpt)
+            history = check_history(metrics_file, read_metrics_rows(metrics_file), point.checkpoint, ckpt)
             model.load_state_dict(ckpt["model_state"])
             optimizer.load_state_dict(ckpt["optimizer_state"])
             scheduler.load_state_dict(ckpt["scheduler_state"])
@@ -518,67 +525,64 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
         summary.setdefault("resumed", []).append(
             {"from_epoch": start_epoch - 1, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         log.info("resuming run %s after epoch %d (step %d)", run_dir, start_epoch - 1, step)
-    metrics_file = run_dir / "metrics.csv"
+    metrics_file = run_dir / METRICS_FILE
     write_metrics(metrics_file, history)  # header only, or the rows up to the checkpoint
     if best_confusion is not None:
         write_confusion(run_dir, data.class_names, best_confusion)
     else:
-        (run_dir / "confusion_matrix.csv").unlink(missing_ok=True)  # from a dropped epoch
+        (run_dir / runs.CONFUSION_FILE).unlink(missing_ok=True)  # from a dropped epoch
     runs.write_json(run_dir / "summary.json", summary)
     log.info("run %s: %s on %s, %d params", run_dir, model_name, device, n_params)
 
     max_steps = cfg.train.max_steps
-    threads_before = torch.get_num_threads()
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
     t_run = time.perf_counter()
-    try:
-        done = bool(history) and (should_stop_early(history, cfg) or bool(max_steps and step >= max_steps))
-        for epoch in range(start_epoch, cfg.train.epochs + 1):
-            if done:
-                break
-            row, step = train_one_epoch(model, optimizer, scheduler, scaler, data, cfg, device, epoch, step)
-            val_loss, val_acc, val_pred = evaluate(model, data, cfg, device)
-            if not math.isfinite(val_loss):
-                raise Diverged(step, optimizer.param_groups[0]["lr"], "validation loss", epoch)
-            row.update(val_loss=val_loss, val_acc=val_acc, peak_memory_mb=peak_memory_mb(device))
-            history.append(row)
-            if summarise(history, cfg.train.early_stop_metric)["best_epoch"] == epoch:
-                best_confusion = confusion_matrix(torch.as_tensor(data.val.targets), val_pred, len(data.class_names))
-                write_confusion(run_dir, data.class_names, best_confusion)
-            append_metrics(metrics_file, row)
-            done = should_stop_early(history, cfg) or bool(max_steps and step >= max_steps)
-            if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs or done:
-                runs.save_checkpoint(runs.checkpoint_path(run_dir, epoch), {
-                    "model_name": model_name, "model_kwargs": model_kwargs,
-                    "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-                    "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
-                    "rng_state": rng_state(), "epoch": epoch, "step": step, "config": cfg.to_dict(),
-                    "class_names": data.class_names, "vocab": data.vocab, "metrics": row,
-                    "history": history, "best_confusion": best_confusion,
-                })
-            log.info("epoch %d: train_loss %.4f val_loss %.4f val_acc %.4f", epoch, row["train_loss"], val_loss, val_acc)
-        summary["status"] = "completed"
-        if best_confusion is not None:
-            summary["per_class_acc"] = per_class_accuracy(best_confusion, data.class_names)
-    except Diverged as err:
-        summary.update(status="diverged", diverged_step=err.step, diverged_epoch=err.epoch,
-                       diverged_lr=err.lr, error=str(err))
-        log.warning("run %s diverged: %s", run_dir, err)
-    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM through sigterm_as_interrupt
-        signal_name = getattr(err, "signal_name", "SIGINT")
-        summary.update(status="interrupted", error=None, interrupted_by=signal_name,
-                       resume_command=f"vqalab train --resume {run_dir}")
-        log.warning("run %s interrupted by %s", run_dir, signal_name)
-        raise RunInterrupted(run_dir, signal_name) from None
-    except BaseException as err:
-        summary.update(status="failed", error=f"{type(err).__name__}: {err}")
-        raise
-    finally:
-        torch.set_num_threads(threads_before)  # process-wide: leave it as the caller had it
-        summary.update(summarise(history, cfg.train.early_stop_metric), wall_time_s=time.perf_counter() - t_run,
-                       finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        runs.write_json(run_dir / "summary.json", summary)
+    with torch_threads(cfg.train.num_threads):
+        try:
+            done = bool(history) and (should_stop_early(history, cfg) or bool(max_steps and step >= max_steps))
+            for epoch in range(start_epoch, cfg.train.epochs + 1):
+                if done:
+                    break
+                row, step = train_one_epoch(model, optimizer, scheduler, scaler, data, cfg, device, epoch, step)
+                val_loss, val_acc, val_pred = evaluate(model, data, cfg, device)
+                if not math.isfinite(val_loss):
+                    raise Diverged(step, optimizer.param_groups[0]["lr"], "validation loss", epoch)
+                row.update(val_loss=val_loss, val_acc=val_acc, peak_memory_mb=peak_memory_mb(device))
+                history.append(row)
+                if summarise(history, cfg.train.early_stop_metric)["best_epoch"] == epoch:
+                    best_confusion = confusion_matrix(torch.as_tensor(data.val.targets), val_pred, len(data.class_names))
+                    write_confusion(run_dir, data.class_names, best_confusion)
+                append_metrics(metrics_file, row)
+                done = should_stop_early(history, cfg) or bool(max_steps and step >= max_steps)
+                if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs or done:
+                    runs.save_checkpoint(runs.checkpoint_path(run_dir, epoch), {
+                        "model_name": model_name, "model_kwargs": model_kwargs,
+                        "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                        "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
+                        "rng_state": rng_state(), "epoch": epoch, "step": step, "config": cfg.to_dict(),
+                        "class_names": data.class_names, "vocab": data.vocab, "metrics": row,
+                        "history": history, "best_confusion": best_confusion,
+                    })
+                log.info("epoch %d: train_loss %.4f val_loss %.4f val_acc %.4f", epoch, row["train_loss"], val_loss, val_acc)
+            summary["status"] = "completed"
+            if best_confusion is not None:
+                summary["per_class_acc"] = per_class_accuracy(best_confusion, data.class_names)
+        except Diverged as err:
+            summary.update(status="diverged", diverged_step=err.step, diverged_epoch=err.epoch,
+                           diverged_lr=err.lr, error=str(err))
+            log.warning("run %s diverged: %s", run_dir, err)
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM through sigterm_as_interrupt
+            signal_name = getattr(err, "signal_name", "SIGINT")
+            summary.update(status="interrupted", error=None, interrupted_by=signal_name,
+                           resume_command=f"vqalab train --resume {run_dir}")
+            log.warning("run %s interrupted by %s", run_dir, signal_name)
+            raise RunInterrupted(run_dir, signal_name) from None
+        except BaseException as err:
+            summary.update(status="failed", error=f"{type(err).__name__}: {err}")
+            raise
+        finally:
+            summary.update(summarise(history, cfg.train.early_stop_metric), wall_time_s=time.perf_counter() - t_run,
+                           finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            runs.write_json(run_dir / "summary.json", summary)
     return RunResult(run_dir=run_dir, summary=summary)
 
 
@@ -607,13 +611,12 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
         group_start = (i // accum) * accum
         group_end = min(group_start + accum, len(batches))  # micro-batches [start, end) make one step
         batch = to_device(batch, device)
+        mix = None
         if mix_rng is not None:
             batch, lam, perm = mix_batch(batch, mix_rng, alpha)
-        with autocast_context(device, cfg.train.amp):
-            logits = model(**{k: batch[k] for k in data.input_keys})
-        loss = compute_loss(logits, batch, cfg)
-        if mix_rng is not None:
-            loss = lam * loss + (1 - lam) * compute_loss(logits, {**batch, "target": batch["target"][perm]}, cfg)
+            mix = (lam, perm)
+        loss = micro_batch_loss(model, batch, input_keys=data.input_keys, cfg=cfg, device=device,
+                                amp=cfg.train.amp, mix=mix)
         lr = optimizer.param_groups[0]["lr"]
         if not torch.isfinite(loss):
             raise Diverged(step, lr, "loss", epoch)
@@ -623,13 +626,9 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
         samples += n
         if i + 1 < group_end:
             continue
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            model.parameters(), cfg.train.clip_norm if cfg.train.clip_norm else float("inf"))
+        grad_norm = optimizer_step(model, optimizer, scaler, cfg.train.clip_norm)
         if not torch.isfinite(grad_norm) and not scaler.is_enabled():
-            raise Diverged(step, lr, "gradient", epoch)  # with fp16 the scaler skips the step instead
-        scaler.step(optimizer)
-        scaler.update()
+            raise Diverged(step, lr, "gradient", epoch)  # with fp16 the scaler skipped the step instead
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -646,28 +645,6 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
            "step_time_s": float(np.mean(step_times)) if step_times else math.nan,
            "samples_per_s": samples / epoch_time}
     return row, step
-
-
-def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(K, K) counts: rows true class, columns predicted class."""
-    k = num_classes
-    return torch.bincount(targets * k + preds, minlength=k * k).reshape(k, k)
-
-
-def write_confusion(run_dir: Path, class_names: list[str], matrix: torch.Tensor) -> None:
-    """``confusion_matrix.csv`` of the best epoch so far (rows: true class, columns: predicted)."""
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer)
-    writer.writerow(["true\\predicted", *class_names])
-    for name, counts in zip(class_names, matrix.tolist()):
-        writer.writerow([name, *counts])
-    runs.atomic_write_bytes(run_dir / "confusion_matrix.csv", lambda f: f.write(buffer.getvalue().encode()))
-
-
-def per_class_accuracy(matrix: torch.Tensor, class_names: list[str]) -> dict[str, float]:
-    """Recall per true class from a confusion matrix (classes never seen: NaN)."""
-    return {name: (row[i] / total if (total := sum(row)) else math.nan)
-            for i, (name, row) in enumerate(zip(class_names, matrix.tolist()))}
 
 
 def should_stop_early(history: list[dict], cfg: RunConfig) -> bool:

@@ -10,7 +10,6 @@ from pathlib import Path
 from vqalab.paths import project_root
 from vqalab.registry import ConfigError
 from vqalab.report.archive import PREVIOUS_DIR, archive_outputs, write_text
-from vqalab.report.environment import environment
 from vqalab.report.execute import (
     STATUS_FAILED,
     STATUS_OK,
@@ -23,7 +22,7 @@ from vqalab.report.pages import INDEX_FILE, REPORT_FILE, error_page, render_stud
 from vqalab.report.presets import plan_studies
 from vqalab.report.since import SUMMARY_FILE, read_summary, since_last_week
 from vqalab.report.weeks import check_week, iso_week
-from vqalab.runs import folder_lock
+from vqalab.runs import environment, folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +82,7 @@ def _run_locked(*, plan: list[dict], week: str, week_dir: Path, reports_dir: Pat
         log.info("earlier outputs of this week moved to %s", kept)
     week_dir.mkdir(parents=True, exist_ok=True)
 
-    env = environment(preset, root)
+    env = {**environment(root=root), "preset": preset}
     # Merged, never replaced: studies of this week not re-run stay listed (the week lock makes the
     # summary read above the latest one).
     studies = dict(old_summary.get("studies", {}))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import logging
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,9 @@ log = logging.getLogger(__name__)
 PARAMS_FILE_KEYS = ("presets",)
 RUNS_ROOT_PARAM = "runs_root"
 
-# Python type a notebook default must share with a preset value (int is accepted where float is).
-_TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}
+# Annotations a notebook parameter may carry; a preset value must have that type (an int may
+# stand for a float).
+PARAMETER_TYPES = {"bool": bool, "int": int, "float": float, "str": str, "list": list, "dict": dict}
 
 
 def discover_studies(notebooks_dir: Path, params_dir: Path) -> dict[str, tuple[Path, Path]]:
@@ -31,37 +31,33 @@ def discover_studies(notebooks_dir: Path, params_dir: Path) -> dict[str, tuple[P
     return studies
 
 
-def _literal(source: str) -> Any:
-    """The value of a notebook default written as a Python literal (``...`` when it is not one)."""
-    try:
-        return ast.literal_eval(source)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return ...
+def annotated_type(name: str, parameter: dict, notebook: Path) -> type:
+    """The Python type a notebook parameter is annotated with (``lr: float = 1e-3  # help``);
+    ``list[float]`` counts as list. ConfigError names the notebook when there is none to check."""
+    annotation = str(parameter.get("inferred_type_name") or "None")
+    expected = PARAMETER_TYPES.get(annotation.split("[", 1)[0].strip())
+    if expected is None:
+        raise ConfigError(f"{notebook}: parameter '{name}' is annotated {annotation!r}: expected one of "
+                          f"{', '.join(PARAMETER_TYPES)} (write `{name}: float = {parameter.get('default')}  # help`)")
+    return expected
 
 
-def _type_mismatch(value: Any, default: Any) -> str | None:
-    """What was expected when ``value`` cannot stand for a notebook default, else None."""
-    if default is ... or default is None or value is None:
-        return None  # no literal default to compare with, or an optional value
-    expected = type(default)
-    if expected is tuple:
-        expected = list  # YAML has no tuples
-    if expected not in _TYPE_NAMES:
-        return None
+def _type_mismatch(value: Any, expected: type) -> bool:
+    """Whether ``value`` cannot stand for a parameter of type ``expected`` (None always can)."""
+    if value is None:
+        return False
     if expected is bool or isinstance(value, bool):
-        ok = isinstance(value, bool) and expected is bool
-    elif expected is float:
-        ok = isinstance(value, (int, float))
-    else:
-        ok = isinstance(value, expected)
-    return None if ok else _TYPE_NAMES[expected]
+        return not (isinstance(value, bool) and expected is bool)
+    if expected is float:
+        return not isinstance(value, (int, float))
+    return not isinstance(value, expected)
 
 
 def load_preset(params_file: Path, preset: str, notebook_params: dict[str, dict]) -> dict[str, Any]:
     """Validate ``presets.<preset>`` of ``params_file`` against the notebook's parameters.
 
     ``notebook_params``: ``papermill.inspect_notebook(...)`` of the notebook (name → default,
-    help). Returns the preset's parameter values. Errors name the file, the key and what was
+    help) with each parameter's ``annotated_type`` under ``type``. Returns the preset's parameter values. Errors name the file, the key and what was
     expected.
     """
     tree = read_yaml(params_file)
@@ -85,11 +81,10 @@ def load_preset(params_file: Path, preset: str, notebook_params: dict[str, dict]
             valid = list(notebook_params) or ["(the notebook has no parameters cell)"]
             raise ConfigError(f"{params_file}: presets.{preset}: unknown parameter '{key}': "
                               f"{did_you_mean(str(key), valid)}")
-        default_source = notebook_params[key].get("default", "")
-        expected = _type_mismatch(value, _literal(default_source))
-        if expected:
-            raise ConfigError(f"{params_file}: presets.{preset}.{key} = {value!r}: expected {expected} "
-                              f"(the notebook's default is {default_source})")
+        expected = notebook_params[key]["type"]
+        if _type_mismatch(value, expected):
+            raise ConfigError(f"{params_file}: presets.{preset}.{key} = {value!r}: expected {expected.__name__} "
+                              f"(the notebook's default is {notebook_params[key].get('default', '')})")
     return dict(values)
 
 
@@ -134,6 +129,8 @@ def plan_studies(*, preset: str, only: list[str] | None, notebooks_dir: Path, pa
             notebook_params = papermill.inspect_notebook(str(notebook))
         finally:
             papermill_log.setLevel(level)
+        for key, parameter in notebook_params.items():
+            parameter["type"] = annotated_type(key, parameter, notebook)
         parameters = load_preset(params_file, preset, notebook_params)
         if runs_root is not None and RUNS_ROOT_PARAM in notebook_params and RUNS_ROOT_PARAM not in parameters:
             parameters[RUNS_ROOT_PARAM] = str(runs_root)
