@@ -127,7 +127,7 @@ def hostile_project(root: Path) -> Path:
 
     (root / "notebooks").mkdir(parents=True)
     (root / "params").mkdir()
-    _notebook(root / "notebooks" / "names.ipynb", "Run names", "n = 1  # rows shown",
+    _notebook(root / "notebooks" / "names.ipynb", "Run names", "n: int = 1  # rows shown",
               "import pandas as pd\nfrom IPython.display import HTML, display\n"
               f"names = {XSS_PAYLOADS!r}\n"
               "display(pd.DataFrame({'run': names, 'val_acc': [0.5] * len(names)}).style.format(precision=3))\n"
