@@ -485,3 +485,24 @@ def test_a_second_report_of_the_same_week_is_refused_while_one_runs(tmp_path):
         holder.kill()
         holder.wait()
     assert not week_dir.exists()  # nothing ran, nothing written
+
+
+def test_a_sweep_checks_runs_root_before_loading_data_and_stops_on_a_full_disk(tmp_path, data, monkeypatch):
+    from vqalab import sweep as sweep_module
+
+    a_file = tmp_path / "runs.txt"
+    a_file.write_text("not a folder")
+    monkeypatch.setattr(sweep_module, "build_data", lambda *a, **k: pytest.fail("data loaded first"))
+    with pytest.raises(ConfigError, match=rf"runs_root = '{a_file}': {a_file} is a file, not a folder"):
+        sweep_module.sweep(tiny_config(a_file).to_dict(), {"optim.lr": [1e-3, 1e-2]})
+
+    calls = []
+
+    def full_disk(cfg, data=None):
+        calls.append(cfg)
+        raise runs.DiskFullError(tmp_path / "runs" / "x" / "metrics.csv")
+
+    monkeypatch.setattr(sweep_module, "fit", full_disk)
+    with pytest.raises(runs.DiskFullError, match="no space left on device while writing"):
+        sweep_module.sweep(tiny_config(tmp_path / "runs").to_dict(), {"optim.lr": [1e-3, 1e-2]}, data=data)
+    assert len(calls) == 1  # not once per point
