@@ -32,7 +32,13 @@ from vqalab.data import DataSplits, build_data
 from vqalab.paths import resolve
 from vqalab.registry import ConfigError
 from vqalab.results import metrics_table
-from vqalab.runs import FINISHED_STATUSES, METRICS_FILE, DiskFullError, check_writable_folder, config_hash
+from vqalab.runs import (
+    FINISHED_STATUSES,
+    METRICS_FILE,
+    DiskFullError,
+    check_writable_folder,
+    config_hash,
+)
 from vqalab.train import fit
 
 log = logging.getLogger(__name__)
