@@ -15,7 +15,7 @@ import pytest
 from vqalab.config import parameter_table, parameters_markdown
 from vqalab.registry import ConfigError
 from vqalab.report import run_report
-from vqalab.report.html import neutralize_html
+from vqalab.report.html import sanitize_html
 from vqalab.report.presets import load_preset
 from vqalab.report.since import since_last_week
 from vqalab.report.weeks import iso_week
@@ -195,9 +195,11 @@ def test_user_input_is_escaped(week):
         assert HOSTILE not in text, page.name
     index = (week["dir"] / "index.html").read_text()
     assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in index  # shown as text, as data
-    # the pandas table in the notebook output does not escape its cells: the report does
+    # the pandas table in the notebook output does not escape its cells: the report's sanitiser
+    # drops the script from the cell; printed and published text shows it escaped
     plot = (week["dir"] / "plot.html").read_text()
-    assert plot.count("&lt;script&gt;alert(") >= 3  # printed, table cell, findings
+    assert plot.count("&lt;script&gt;alert(") >= 2  # printed, findings
+    assert "<script" not in plot
 
 
 def test_report_html_holds_every_study_and_the_parameter_appendix(week):
@@ -326,6 +328,8 @@ def test_unknown_study_and_bad_week(tmp_path):
         run(root, week="2027-W53")
     with pytest.raises(ConfigError, match="expected an ISO week"):
         run(root, week="2026-48")
+    with pytest.raises(ConfigError, match=r"--week '2026-W41\\n': expected an ISO week"):
+        run(root, week="2026-W41\n")  # a newline in a folder name
     assert not (root / "reports").exists()
 
 
@@ -335,21 +339,29 @@ def test_iso_week_uses_the_iso_year():
     assert iso_week(dt.date(2024, 12, 30)) == "2025-W01"
 
 
-def test_neutralize_html_shows_scripts_as_text_and_drops_handlers():
+def test_sanitize_html_keeps_tables_images_and_styles_and_drops_scripts_and_fetches():
     fragment = ('<p onclick="steal()">hi</p><script>alert(1)</script>'
                 '<img src="https://example.org/x.png"><a href="javascript:alert(1)">x</a>'
                 '<a href="https://example.org/">ok</a><style>@import url(https://x/y.css);</style>'
-                '<img src="data:image/png;base64,AAAA">')
-    out = neutralize_html(fragment)
+                '<img src="data:image/png;base64,AAAA" alt="plot">'
+                '<style type="text/css">#T_1_row0_col0 { background-color: #ff0000; }</style>'
+                '<table id="T_1" class="dataframe" border="1"><tr style="text-align: right;">'
+                '<td id="T_1_row0_col0" class="data row0 col0">0.5</td></tr></table>')
+    out = sanitize_html(fragment)
     parser = Tags()
     parser.feed(out)
     tags = parser.tags
-    assert [t for t, _ in tags] == ["p", "img", "a", "a", "img"]
-    assert "onclick" not in tags[0][1]
+    assert [t for t, _ in tags] == ["p", "img", "a", "a", "style", "img", "style", "table", "tbody", "tr", "td"]
+    assert "onclick" not in tags[0][1] and "alert" not in out  # the script is gone with its content
     assert "src" not in tags[1][1] and "href" not in tags[2][1]
     assert tags[3][1]["href"] == "https://example.org/"  # links stay links
-    assert tags[4][1]["src"] == "data:image/png;base64,AAAA"
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in out and "&lt;style&gt;@import" in out
+    assert "@import" not in out
+    assert tags[5][1] == {"src": "data:image/png;base64,AAAA", "alt": "plot"}
+    # a pandas Styler table keeps its CSS, ids, classes and inline styles
+    assert "#T_1_row0_col0 { background-color: #ff0000; }" in out
+    assert tags[7][1] == {"id": "T_1", "class": "dataframe", "border": "1"}
+    assert tags[9][1] == {"style": "text-align: right;"}
+    assert tags[10][1] == {"id": "T_1_row0_col0", "class": "data row0 col0"}
 
 
 def test_parameters_doc_is_in_step_with_the_code():

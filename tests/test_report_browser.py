@@ -116,3 +116,53 @@ def test_index_screenshot_is_not_blank(week_dir, tmp_path):
     white = sum(c for c, rgb in shot.getcolors(maxcolors=1 << 24) if rgb == (255, 255, 255))
     assert white < shot.width * shot.height * 0.97
     assert plot_pixels(shot) == 0  # the index has no plots: the colour test is specific
+
+
+# --- hostile run names: no script effect when the pages open -------------------------------------
+
+def hostile_project(root: Path) -> Path:
+    """A study showing hostile run names as vqa_models shows run names: in a pandas Styler table."""
+    from test_hardening import XSS_PAYLOADS
+    from test_report import _notebook
+
+    (root / "notebooks").mkdir(parents=True)
+    (root / "params").mkdir()
+    _notebook(root / "notebooks" / "names.ipynb", "Run names", "n: int = 1  # rows shown",
+              "import pandas as pd\nfrom IPython.display import HTML, display\n"
+              f"names = {XSS_PAYLOADS!r}\n"
+              "display(pd.DataFrame({'run': names, 'val_acc': [0.5] * len(names)}).style.format(precision=3))\n"
+              "display(HTML(''.join(names)))")
+    (root / "params" / "names.yaml").write_text("presets:\n  quick: {n: 1}\n  cpu: {n: 1}\n  gpu: {n: 1}\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def hostile_week(tmp_path_factory):
+    from test_report import WEEK
+
+    from vqalab.report import run_report
+
+    root = hostile_project(tmp_path_factory.mktemp("hostile") / "project")
+    assert run_report(root=root, preset="quick", week=WEEK) == 0
+    return root / "reports" / WEEK
+
+
+@pytest.mark.parametrize("page", ["names.html", "report.html"])
+def test_hostile_run_names_have_no_script_effect_in_the_browser(hostile_week, tmp_path, page):
+    result = chromium((hostile_week / page).as_uri(), tmp_path / "profile", "--dump-dom")
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = result.stdout
+    # every payload sets document.title to "pwned-N" when its script runs
+    title = re.search(r"<title>(.*?)</title>", dom, flags=re.DOTALL).group(1)
+    assert "pwned" not in title and "2026-W10" in title
+    parser = Tags()
+    parser.feed(dom)
+    assert "Run names" in dom and "0.500" in dom  # the table is there, with its figures
+    for tag, attrs in parser.tags:
+        assert tag not in {"script", "svg", "math", "animate", "use", "iframe", "noscript"}, (tag, attrs)
+        assert not any(name.startswith("on") for name in attrs), (tag, attrs)
+        for name in ("href", "src"):
+            value = (attrs.get(name) or "").replace(" ", "").lower()
+            assert not value.startswith("javascript:"), (tag, attrs)
+            assert not value.startswith("data:") or value.startswith("data:image/png;base64,"), (tag, attrs)
+    assert console_messages(result.stderr) == []

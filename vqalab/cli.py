@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import signal
 import sys
 
 from vqalab.registry import ConfigError
@@ -158,6 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        print(f"error: {err}", file=sys.stderr)  # runs.DiskFullError names the file
+        return 1
+    except KeyboardInterrupt as err:  # Ctrl-C; SIGTERM arrives as train.Terminated / RunInterrupted
+        name = getattr(err, "signal_name", "SIGINT")
+        print(f"interrupted by {name}", file=sys.stderr)
+        if getattr(err, "resume_command", None):  # train.RunInterrupted: a run folder was started
+            print(f"{err.run_dir} is resumable: {err.resume_command}", file=sys.stderr)
+        return 128 + signal.Signals[name]
 
 
 if __name__ == "__main__":

@@ -9,22 +9,42 @@ registered builder they name.
 from __future__ import annotations
 
 import html
+import math
 import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vqalab.data import DATASETS, PROVIDED_BY_DATA
 from vqalab.models import MODELS
-from vqalab.registry import ConfigError, did_you_mean
+from vqalab.registry import ConfigError, did_you_mean, short_repr
+
+# Anchors and aliases share one object per anchor, but echoing or walking the expanded tree can
+# blow up ("billion laughs"): a params file expanding to more nodes than this is refused.
+MAX_EXPANDED_NODES = 10_000
 
 
 class YamlLoader(yaml.SafeLoader):
-    """SafeLoader that reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+    """SafeLoader that reads ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``) and refuses duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *anchor` merges are meant to be overridden
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else id(key_node)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {short_repr(key)} at lines {seen[key]} and {line} "
+                        "(the second would silently replace the first: keep one)", key_node.start_mark)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 YamlLoader.add_implicit_resolver(
@@ -41,33 +61,92 @@ YamlLoader.add_implicit_resolver(
 )
 
 
+def expanded_size(node: yaml.Node, limit: int) -> int:
+    """Nodes in the tree once every alias is expanded, counted without expanding (stops past ``limit``)."""
+    sizes: dict[int, int] = {}
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        sizes[id(n)] = limit + 1  # a recursive alias counts as too large
+        if isinstance(n, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in n.value)
+        elif isinstance(n, yaml.SequenceNode):
+            total = 1 + sum(size(v) for v in n.value)
+        else:
+            total = 1
+        sizes[id(n)] = min(total, limit + 1)
+        return sizes[id(n)]
+
+    return size(node)
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML with ``YamlLoader``, refusing documents whose aliases expand past MAX_EXPANDED_NODES."""
+    loader = YamlLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if expanded_size(node, MAX_EXPANDED_NODES) > MAX_EXPANDED_NODES:
+            raise yaml.YAMLError(f"anchors and aliases expand to more than {MAX_EXPANDED_NODES} values "
+                                 "(a params file needs far fewer: write the values out)")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
     try:
-        return yaml.load(path.read_text(), Loader=YamlLoader)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}): "
+                          "save the file as UTF-8") from None
+    try:
+        return load_yaml_text(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
 
 
-def parse_value(text: str) -> Any:
+def parse_value(text: str, key: str = "") -> Any:
     """Parse the right-hand side of ``--set key=value`` with the same rules as the params file."""
-    return yaml.load(text, Loader=YamlLoader)
+    try:
+        return load_yaml_text(text)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or str(err)
+        raise ConfigError(f"--set {key}: value {short_repr(text)} is not valid YAML ({problem}); "
+                          "quote lists and strings, e.g. --set 'model.cnn_channels=[16, 32]'") from None
 
 
 def _range(text: str) -> dict:
     return {"range": text}
 
 
+# Integers beyond this do not fit torch's int64 (and nothing sensible is that large).
+MAX_INT = 2**63 - 1
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+UnitInterval = Annotated[float, Field(ge=0, lt=1)]
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan: `lr: .inf` or `1e400` (which YAML reads as inf) is refused like any bad value.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded_ints(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+            raise ValueError(f"too large: expected at most {MAX_INT}")
+        return value
 
 
 class OptimConfig(Section):
     name: Literal["adam", "adamw", "sgd"] = Field("adam", description="optimizer")
     lr: float = Field(1e-3, gt=0, description="peak learning rate", json_schema_extra=_range("1e-5 … 1e-2"))
-    betas: tuple[float, float] = Field(
+    betas: tuple[UnitInterval, UnitInterval] = Field(
         (0.9, 0.999), description="Adam β1, β2 (momentum of the gradient and its square)",
         json_schema_extra=_range("β1 0.8 … 0.95, β2 0.95 … 0.999"),
     )
@@ -85,7 +164,7 @@ class ScheduleConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(10, ge=1, description="passes over the training split", json_schema_extra=_range("5 … 100"))
+    epochs: int = Field(10, ge=1, le=1_000_000, description="passes over the training split", json_schema_extra=_range("5 … 100"))
     max_steps: Optional[int] = Field(None, ge=1, description="stop after this many optimizer steps (None: no limit)")
     batch_size: int = Field(128, ge=1, description="samples per optimizer micro-batch", json_schema_extra=_range("32 … 600"))
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step", json_schema_extra=_range("1 … 8"))
@@ -94,7 +173,7 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing", json_schema_extra=_range("0 … 0.2"))
     mixup_alpha: float = Field(0.0, ge=0, description="mixup Beta(α, α) of images and labels, image classification only (0: off)", json_schema_extra=_range("0.1 … 0.4"))
     amp: Literal["off", "bf16", "fp16"] = Field("off", description="mixed precision on CUDA (fp16 uses a GradScaler); ignored on the CPU")
-    device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
+    device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda, cuda:N, mps")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes", json_schema_extra=_range("0 … CPU cores"))
     num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads during the run (None: torch's default); 1 is often fastest for small models on a shared CPU", json_schema_extra=_range("1 … CPU cores"))
     early_stop_patience: Optional[int] = Field(None, ge=1, description="stop after this many epochs without improvement (None: off)")
@@ -102,11 +181,18 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(1, ge=1, description="write a checkpoint every N epochs (and always at the last)")
     progress: bool = Field(True, description="show tqdm progress bars")
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, value: str) -> str:
+        if not DEVICE_PATTERN.fullmatch(value):
+            raise ValueError("expected auto, cpu, cuda, cuda:N (N = GPU index) or mps")
+        return value
+
 
 class RunConfig(Section):
     experiment: str = Field("default", min_length=1, description="runs/<experiment>/ groups related runs")
     name: str = Field("run", min_length=1, description="short run name, the suffix of the run folder")
-    seed: int = Field(0, ge=0, description="seed for Python, NumPy and torch; always recorded")
+    seed: int = Field(0, ge=0, lt=2**32, description="seed for Python, NumPy and torch; always recorded")
     runs_root: str = Field("runs", description="folder holding all runs (relative to the project root)")
     model: dict[str, Any] = Field(default_factory=lambda: {"name": "vqa_mean_mlp"}, description="registry name and keyword arguments of the model")
     data: dict[str, Any] = Field(default_factory=lambda: {"name": "easy_vqa"}, description="registry name and keyword arguments of the data set")
@@ -137,7 +223,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown key '{key}': {did_you_mean(key, _valid_keys(RunConfig))}")
         else:
-            lines.append(f"{source}: {key} = {e.get('input')!r}: {e['msg']}")
+            lines.append(f"{source}: {key} = {short_repr(e.get('input'))}: {e['msg']}")
     return "\n".join(lines)
 
 
@@ -158,7 +244,7 @@ def parse_overrides(overrides: list[str] | None) -> dict:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, text = item.split("=", 1)
-        set_dotted(tree, key.strip(), parse_value(text))
+        set_dotted(tree, key.strip(), parse_value(text, key.strip()))
     return tree
 
 
@@ -203,7 +289,25 @@ def check_builders(cfg: RunConfig, source: str) -> None:
             raise ConfigError(f"{source}: {section}.name: {err}") from None
         provided = PROVIDED_BY_DATA if section == "model" else ()
         checked = registry.check_kwargs(name, spec, where=f"{source}: {section}", provided=provided)
+        for key, value in checked.items():
+            check_builder_value(f"{source}: {section}.{key}", key, value)
         getattr(cfg, section).update(checked)
+
+
+def check_builder_value(where: str, key: str, value: Any) -> None:
+    """Rules every model / data builder keyword follows, checked before any data is read:
+    numbers finite and int64-sized, ``max_*_samples`` at least 1, ``*channels`` lists positive."""
+    numbers = value if isinstance(value, (list, tuple)) else [value]
+    for number in numbers:
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ConfigError(f"{where} = {short_repr(value)}: expected a finite number")
+        if isinstance(number, int) and not isinstance(number, bool) and abs(number) > MAX_INT:
+            raise ConfigError(f"{where} = {short_repr(value)}: too large (at most {MAX_INT})")
+    if re.fullmatch(r"max_\w*samples", key) and value is not None and value < 1:
+        raise ConfigError(f"{where} = {short_repr(value)}: expected at least 1, or null for all samples")
+    if key.endswith("channels") and isinstance(value, (list, tuple)) and not all(
+            isinstance(c, int) and c >= 1 for c in value):
+        raise ConfigError(f"{where} = {short_repr(value)}: expected a list of channel counts, each at least 1")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
@@ -211,8 +315,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     values: dict = {}
     source = "<defaults>"
     if path is not None:
-        values = read_yaml(path) or {}
+        values = read_yaml(path)
         source = str(path)
+        if values is None and not overrides:
+            # Most likely a file saved empty by mistake; a full default run is hours of compute.
+            raise ConfigError(f"{source}: the params file is empty: write the keys that differ from the "
+                              "defaults, or give at least one --set to train the defaults on purpose")
+        values = values if values is not None else {}
         if not isinstance(values, dict):
             raise ConfigError(f"{source}: expected a mapping of keys to values at the top level")
     if overrides:

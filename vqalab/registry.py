@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import reprlib
 from typing import Any, Callable
 
 from pydantic import TypeAdapter, ValidationError
@@ -16,6 +17,19 @@ from pydantic import TypeAdapter, ValidationError
 
 class ConfigError(ValueError):
     """Bad user input: the message names the file, key and value and what was expected."""
+
+
+# Longest value echoed back in an error message.
+MAX_ECHO_CHARS = 200
+_echo = reprlib.Repr()
+_echo.maxlevel, _echo.maxlist, _echo.maxtuple, _echo.maxdict = 3, 8, 8, 8
+_echo.maxstring = _echo.maxother = _echo.maxlong = MAX_ECHO_CHARS // 2
+
+
+def short_repr(value: Any) -> str:
+    """``repr`` of a user value, cut to a readable size (nested and long values are elided)."""
+    text = _echo.repr(value)
+    return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS - 3] + "..."
 
 
 def nearest(name: str, choices) -> str | None:
@@ -90,7 +104,7 @@ class Registry:
                 expected = annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
                 reason = err.errors()[0]["msg"]
                 raise ConfigError(
-                    f"{where}.{key} = {value!r}: expected {expected} ({reason})"
+                    f"{where}.{key} = {short_repr(value)}: expected {expected} ({reason})"
                 ) from None
         return checked
 

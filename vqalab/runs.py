@@ -3,12 +3,17 @@ checkpoints, config hash and environment. Nothing here ever overwrites an earlie
 
 A run folder ``runs/<experiment>/<YYYYmmdd-HHMMSS>-<name>/`` is created with ``mkdir`` that fails
 if the folder exists, so two runs (even started in the same second) never share one. Files are
-written to a temporary name and renamed, so an interrupted write never destroys what was there.
+written to a temporary name and renamed, so an interrupted write never destroys what was there;
+they get the permissions the umask gives, so lab members sharing a machine can read each other's
+runs. A folder being written is locked (``folder_lock``): a second writer is refused, naming the
+process holding it.
 """
 
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import hashlib
 import inspect
 import io
@@ -17,9 +22,12 @@ import math
 import os
 import platform
 import re
+import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,17 +41,98 @@ from vqalab.paths import project_root, resolve
 from vqalab.registry import ConfigError
 
 CHECKPOINT_DIR = "checkpoints"
+LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.csv"
 CONFUSION_FILE = "confusion_matrix.csv"
 METRIC_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_acc", "lr", "epoch_time_s",
                   "step_time_s", "samples_per_s", "peak_memory_mb"]
 INT_COLUMNS = ("epoch", "step")
+# Written from the training state, so repeated exactly by a resumed run (times and memory are not).
+EXACT_METRIC_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_acc", "lr")
 
 # A run in one of these states is over: resuming it or re-running its sweep point changes nothing.
 FINISHED_STATUSES = ("completed", "diverged")
 
 # Keys that do not change what is trained: left out of the config hash (sweep reuse).
 HASH_FREE_KEYS = ("name", "runs_root", "train.progress")
+
+# A failed write with less free space than this on its file system is reported as "disk full":
+# torch's zip writer hides the ENOSPC behind "unexpected pos N vs M".
+DISK_FULL_BYTES = 16 * 2**20
+
+
+class DiskFullError(OSError):
+    """A write stopped because the device holding ``path`` is full (or the quota is exhausted)."""
+
+    def __init__(self, path: Path):
+        super().__init__(errno.ENOSPC, f"no space left on device while writing {path}")
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+class FolderBusy(ConfigError):
+    """Another process holds the folder's lock."""
+
+
+@contextmanager
+def folder_lock(folder: Path, what: str, lock_file: Path | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (``what``: "run folder", "report week") or refuse.
+
+    ``flock`` on ``lock_file`` (default ``folder/.lock``): the operating system drops it when the
+    holder ends, even when killed, so a stale lock never blocks anyone. The file records the
+    holder's PID for the message.
+    """
+    path = lock_file or folder / LOCK_FILE
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise FolderBusy(f"{what} {folder} is in use by another process ({holder}): wait for it to "
+                             "finish, or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"PID {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def check_writable_folder(path: str | Path, what: str) -> Path:
+    """``path`` resolved, refused now (not after the data loaded) if it cannot hold new folders."""
+    folder = resolve(path)
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{what} = {str(path)!r}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} = {str(path)!r}: {existing} is not writable by this user")
+    return folder
+
+
+def file_mode() -> int:
+    """Permissions of a newly created file under the current umask (``mkstemp`` forces 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def free_bytes(folder: Path) -> int:
+    return shutil.disk_usage(folder).free
+
+
+def is_disk_full(err: BaseException, folder: Path) -> bool:
+    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(err, RuntimeError) and ("unexpected pos" in str(err) or "No space left" in str(err)):
+        try:
+            return free_bytes(folder) < DISK_FULL_BYTES
+        except OSError:
+            return False
+    return False
 
 
 def safe_name(name: str) -> str:
@@ -75,13 +164,31 @@ def atomic_write_bytes(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except Exception as err:
+        disk_full = is_disk_full(err, path.parent)  # asked before the partial file frees its space
+        Path(tmp).unlink(missing_ok=True)
+        if disk_full:
+            raise DiskFullError(path) from err
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def append_text(path: Path, text: str) -> None:
+    """Append to a file (e.g. a metrics row), reporting a full disk like ``atomic_write_bytes``."""
+    try:
+        with open(path, "a", newline="") as f:
+            f.write(text)
+    except OSError as err:
+        if is_disk_full(err, path.parent):
+            raise DiskFullError(path) from err
         raise
 
 
@@ -115,12 +222,18 @@ def checkpoint_path(run_dir: Path, epoch: int) -> Path:
     return run_dir / CHECKPOINT_DIR / f"epoch_{epoch:03d}.pt"
 
 
+def checkpoints(run_dir: str | Path) -> list[Path]:
+    """The run's ``epoch_*.pt`` files, lowest epoch first."""
+    return sorted((resolve(run_dir) / CHECKPOINT_DIR).glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The checkpoint of the highest epoch in ``run_dir`` (None if there is none).
 
-    Saves go to a hidden temporary file renamed at the end, so every ``epoch_*.pt`` is complete.
+    Saves go to a hidden temporary file renamed at the end, so every ``epoch_*.pt`` is complete
+    (unless damaged afterwards: ``train.load_resume_checkpoint`` says so).
     """
-    found = sorted((resolve(run_dir) / CHECKPOINT_DIR).glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    found = checkpoints(run_dir)
     return found[-1] if found else None
 
 
@@ -145,8 +258,9 @@ def write_metrics(path: Path, history: list[dict]) -> None:
 
 def append_metrics(path: Path, row: dict) -> None:
     """One epoch's row at the end of ``metrics.csv``."""
-    with open(path, "a", newline="") as f:
-        csv.writer(f).writerow([row[c] for c in METRIC_COLUMNS])
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerow([row[c] for c in METRIC_COLUMNS])
+    append_text(path, buffer.getvalue())
 
 
 def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -32,7 +32,13 @@ from vqalab.data import DataSplits, build_data
 from vqalab.paths import resolve
 from vqalab.registry import ConfigError
 from vqalab.results import metrics_table
-from vqalab.runs import FINISHED_STATUSES, METRICS_FILE, config_hash
+from vqalab.runs import (
+    FINISHED_STATUSES,
+    METRICS_FILE,
+    DiskFullError,
+    check_writable_folder,
+    config_hash,
+)
 from vqalab.train import fit
 
 log = logging.getLogger(__name__)
@@ -158,13 +164,14 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
         log.info("sweep point %d/%d %s: training", n, len(points), cfg.name)
         try:
             point_data = data
+            check_writable_folder(cfg.runs_root, "runs_root")  # before the data loads, as fit does
             if point_data is None:
                 key = json.dumps(cfg.data, sort_keys=True, default=str)
                 if key not in loaded:
                     loaded[key] = build_data(cfg.data)
                 point_data = loaded[key]
             result = fit(cfg, data=point_data)
-        except ConfigError:
+        except (ConfigError, DiskFullError):  # every later point would fail the same way
             raise
         except Exception as err:  # one broken point must not lose the others
             log.exception("sweep point %s failed", cfg.name)

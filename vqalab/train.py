@@ -10,21 +10,29 @@ accuracy; segmentation (map-view masks) trains with binary cross-entropy per mas
 is the ``val_acc`` column, so early stopping, best epoch and sweeps work alike for both.
 
 A run ends ``completed``, ``diverged`` (a non-finite loss or gradient stopped it; step, epoch and LR
-are recorded) or ``failed`` (an exception; re-raised). A run interrupted, even killed, continues
-with ``fit(cfg, resume=run_dir)`` from its last checkpoint in the same folder and ends with the same
-weights and metrics as an uninterrupted run on the CPU: checkpoints hold the model, optimizer,
-scheduler, scaler and RNG states, and the batch order is a pure function of (seed, epoch).
+are recorded), ``interrupted`` (Ctrl-C or SIGTERM, as sent by ``timeout`` and job schedulers;
+``RunInterrupted`` is raised) or ``failed`` (an exception; re-raised). A run interrupted, even
+killed, continues with ``fit(cfg, resume=run_dir)`` from its last checkpoint in the same folder and
+ends with the same weights and metrics as an uninterrupted run on the CPU: checkpoints hold the
+model, optimizer, scheduler, scaler and RNG states and the metrics history, and the batch order is
+a pure function of (seed, epoch). A run folder is locked while it trains: a second ``fit`` on it
+(e.g. two resumes at once) is refused.
 
 Sweeps are an outer loop over ``fit`` (``vqalab.sweep``); the loop knows nothing of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import pickle
 import random
+import signal
+import threading
 import time
+import zipfile
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,8 +49,9 @@ from vqalab.data.samplers import epoch_batches, eval_batches
 from vqalab.metrics import IOU_THRESHOLD, iou_counts
 from vqalab.models import MODELS, create_model
 from vqalab.paths import resolve
-from vqalab.registry import ConfigError
+from vqalab.registry import ConfigError, short_repr
 from vqalab.runs import (
+    EXACT_METRIC_COLUMNS,
     FINISHED_STATUSES,
     METRICS_FILE,
     append_metrics,
@@ -81,6 +90,39 @@ class Diverged(RuntimeError):
         self.step, self.lr, self.what, self.epoch = step, lr, what, epoch
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received: handled like Ctrl-C (the run ends ``interrupted``, resumable)."""
+
+    signal_name = "SIGTERM"
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run stopped by Ctrl-C or SIGTERM; its summary says ``interrupted`` and it can be resumed."""
+
+    def __init__(self, run_dir: Path, signal_name: str):
+        self.run_dir, self.signal_name = run_dir, signal_name
+        self.resume_command = f"vqalab train --resume {run_dir}"
+        super().__init__(f"run {run_dir} interrupted by {signal_name}; resume it with: {self.resume_command}")
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """Within the block SIGTERM raises ``Terminated`` (so ``finally`` blocks run and the summary is
+    written) instead of ending the process silently. Only the main thread can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -88,11 +130,19 @@ def seed_everything(seed: int) -> None:
 
 
 def select_device(name: str) -> torch.device:
+    """``train.device`` as a torch device; refused (before any data is loaded) when not present here."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device = {name!r} but CUDA is not available here")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"train.device = {name!r}: CUDA is not available on this machine "
+                              "(no GPU or no CUDA build of torch): use train.device=cpu or auto")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"train.device = {name!r}: this machine has {torch.cuda.device_count()} "
+                              f"GPU(s), numbered 0-{torch.cuda.device_count() - 1}")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"train.device = {name!r}: Apple MPS is not available on this machine: use cpu or auto")
     return device
 
 
@@ -326,6 +376,60 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# What torch.load raises for a cut or overwritten checkpoint file.
+UNREADABLE_CHECKPOINT = (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile)
+
+
+def load_resume_checkpoint(path: Path) -> dict:
+    """The checkpoint to resume from; a damaged one is refused naming it and the previous intact one."""
+    try:
+        return runs.load_checkpoint(path)
+    except UNREADABLE_CHECKPOINT as err:
+        reason = f"{type(err).__name__}: {str(err).strip()[:200]}"
+    earlier = [p for p in runs.checkpoints(path.parent.parent) if p != path]
+    for candidate in reversed(earlier):
+        try:
+            runs.load_checkpoint(candidate)
+        except UNREADABLE_CHECKPOINT:
+            continue  # damaged too: try the one before
+        raise ConfigError(f"{path}: the checkpoint cannot be read ({reason}); the previous "
+                          f"intact checkpoint is {candidate}: move {path.name} out of {path.parent} and "
+                          "resume again to continue from it")
+    raise ConfigError(f"{path}: the checkpoint cannot be read ({reason}) and there is no "
+                      "earlier intact checkpoint: start the run again")
+
+
+def check_history(metrics_file: Path, rows: list[dict], ckpt_path: Path, ckpt: dict) -> list[dict]:
+    """The metrics rows up to the checkpoint's epoch, refused unless they match the checkpoint's own
+    record (its history, or the last row for checkpoints written before the history was kept)."""
+    epoch = ckpt["epoch"]
+    kept = [r for r in rows if r["epoch"] <= epoch]
+    expected = ckpt.get("history") or [ckpt["metrics"]]
+    got = {r["epoch"]: r for r in kept}
+    problems = []
+    if "history" in ckpt and [r["epoch"] for r in kept] != list(range(1, epoch + 1)):
+        problems.append(f"it has epochs {[r['epoch'] for r in kept]} up to epoch {epoch}, "
+                        f"the checkpoint has 1-{epoch}")
+    for want in expected:
+        row = got.get(want["epoch"])
+        if row is None:
+            if not problems:
+                problems.append(f"epoch {want['epoch']} is missing")
+            continue
+        for column in EXACT_METRIC_COLUMNS:
+            if not same_number(row[column], want[column]):
+                problems.append(f"epoch {want['epoch']} {column} is {row[column]!r}, the checkpoint "
+                                f"recorded {want[column]!r}")
+    if problems:
+        raise ConfigError(f"resume: {metrics_file} disagrees with checkpoint {ckpt_path}: "
+                          f"{'; '.join(problems[:3])}: restore metrics.csv, or start the run again")
+    return ckpt.get("history") or kept
+
+
+def same_number(a: float, b: float) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b))
+
+
 @dataclass
 class ResumePoint:
     run_dir: Path
@@ -341,7 +445,7 @@ def prepare_resume(cfg: RunConfig, resume: str | Path) -> ResumePoint:
         raise ConfigError(f"resume {run_dir}: not a run folder (no params.yaml)")
     saved = flatten(read_yaml(params_file))
     wanted = flatten(cfg.to_dict())
-    differ = [f"{k}: run has {saved.get(k)!r}, config has {wanted.get(k)!r}"
+    differ = [f"{k}: run has {short_repr(saved.get(k))}, config has {short_repr(wanted.get(k))}"
               for k in sorted(set(saved) | set(wanted))
               if k not in RESUME_FREE_KEYS and json.dumps(saved.get(k)) != json.dumps(wanted.get(k))]
     if differ:
@@ -360,12 +464,32 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
         there from its last checkpoint; ``metrics.csv`` rows after that epoch are dropped and trained
         again, so nothing is duplicated. A run that already finished (completed or diverged) is
         returned unchanged. None: train from scratch into a new run folder.
-    """
-    point = prepare_resume(cfg, resume) if resume is not None else None
-    if point is not None and point.summary.get("status") in FINISHED_STATUSES:
-        log.info("run %s already %s: nothing to resume", point.run_dir, point.summary["status"])
-        return RunResult(run_dir=point.run_dir, summary=point.summary)
 
+    The run folder is locked while training: another ``fit`` on it raises ``runs.FolderBusy``.
+    Ctrl-C or SIGTERM end the run ``interrupted`` and raise ``RunInterrupted`` (a KeyboardInterrupt)
+    carrying the resume command. A full disk raises ``runs.DiskFullError`` naming the file.
+    """
+    # Checked before any data is loaded: the device exists and the output can be written.
+    device = select_device(cfg.train.device)
+    with contextlib.ExitStack() as held, sigterm_as_interrupt():
+        point = None
+        if resume is not None:
+            run_dir = resolve(resume)
+            if not (run_dir / "params.yaml").is_file():
+                raise ConfigError(f"resume {run_dir}: not a run folder (no params.yaml)")
+            held.enter_context(runs.folder_lock(run_dir, "run folder"))  # before reading its state
+            point = prepare_resume(cfg, run_dir)
+            if point.summary.get("status") in FINISHED_STATUSES:
+                log.info("run %s already %s: nothing to resume", point.run_dir, point.summary["status"])
+                return RunResult(run_dir=point.run_dir, summary=point.summary)
+        else:
+            runs.check_writable_folder(cfg.runs_root, "runs_root")
+        return _train(cfg, data, device, point, held)
+
+
+def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point: ResumePoint | None,
+           held: contextlib.ExitStack) -> RunResult:
+    """The body of ``fit``; a new run folder's lock joins ``held`` (released when ``fit`` returns)."""
     seed_everything(cfg.seed)  # in case a data builder draws from the global generators
     if data is None:
         data = build_data(cfg.data)
@@ -373,7 +497,6 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
     check_mixup(cfg, data)
     # Seeded again so the model is initialised alike whether or not the data was passed in.
     seed_everything(cfg.seed)
-    device = select_device(cfg.train.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
 
@@ -397,6 +520,7 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
     step, start_epoch = 0, 1
     if point is None:
         run_dir = runs.new_run_dir(cfg.runs_root, cfg.experiment, cfg.name)
+        held.enter_context(runs.folder_lock(run_dir, "run folder"))
         runs.write_yaml(run_dir / "params.yaml", cfg.to_dict())
         summary = {
             "status": "running", "experiment": cfg.experiment, "name": cfg.name, "run_dir": str(run_dir),
@@ -410,17 +534,23 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
         if point.checkpoint is not None:
             # loaded onto the CPU: the states below are copied to the model's device, wherever
             # the run was before (the RNG states must stay CPU tensors)
-            ckpt = runs.load_checkpoint(point.checkpoint)
+            ckpt = load_resume_checkpoint(point.checkpoint)
+            metrics_file = run_dir / METRICS_FILE
+            if not metrics_file.is_file():
+                raise ConfigError(f"resume: {metrics_file} is missing (checkpoint {point.checkpoint} "
+                                  f"is at epoch {ckpt['epoch']}): restore it, or start the run again")
+            history = check_history(metrics_file, read_metrics_rows(metrics_file), point.checkpoint, ckpt)
             model.load_state_dict(ckpt["model_state"])
             optimizer.load_state_dict(ckpt["optimizer_state"])
             scheduler.load_state_dict(ckpt["scheduler_state"])
             scaler.load_state_dict(ckpt["scaler_state"])
             step, start_epoch = ckpt["step"], ckpt["epoch"] + 1
             best_confusion = ckpt.get("best_confusion")
-            history = [r for r in read_metrics_rows(run_dir / METRICS_FILE) if r["epoch"] < start_epoch]
             set_rng_state(ckpt["rng_state"])  # last: building the model above drew from the generators
         for stale in (run_dir / runs.CHECKPOINT_DIR).glob(".epoch_*.tmp"):
             stale.unlink()  # a save cut short by the interruption
+        for stale_key in ("interrupted_by", "resume_command"):
+            summary.pop(stale_key, None)  # from the interruption being resumed
         summary.update(status="running", error=None, **environment(device))
         summary.setdefault("resumed", []).append(
             {"from_epoch": start_epoch - 1, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -460,7 +590,7 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
                         "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
                         "rng_state": rng_state(), "epoch": epoch, "step": step, "config": cfg.to_dict(),
                         "class_names": data.class_names, "vocab": data.vocab, "metrics": row,
-                        "best_confusion": best_confusion,
+                        "history": history, "best_confusion": best_confusion,
                     })
                 log.info("epoch %d: train_loss %.4f val_loss %.4f val_acc %.4f", epoch, row["train_loss"], val_loss, val_acc)
             summary["status"] = "completed"
@@ -470,6 +600,12 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
             summary.update(status="diverged", diverged_step=err.step, diverged_epoch=err.epoch,
                            diverged_lr=err.lr, error=str(err))
             log.warning("run %s diverged: %s", run_dir, err)
+        except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM through sigterm_as_interrupt
+            signal_name = getattr(err, "signal_name", "SIGINT")
+            summary.update(status="interrupted", error=None, interrupted_by=signal_name,
+                           resume_command=f"vqalab train --resume {run_dir}")
+            log.warning("run %s interrupted by %s", run_dir, signal_name)
+            raise RunInterrupted(run_dir, signal_name) from None
         except BaseException as err:
             summary.update(status="failed", error=f"{type(err).__name__}: {err}")
             raise

@@ -60,9 +60,15 @@ def read_label_file(root: Path, aligned: bool = True) -> dict[str, list[tuple[Pa
         raise ConfigError(f"RAF-DB label file not found: {label_file} (expected the official layout "
                           f"{LABEL_FILE} + {ALIGNED_DIR}/, or train/<class>/ and test/<class>/ folders)")
     image_dir = root / (ALIGNED_DIR if aligned else ORIGINAL_DIR)
+    try:
+        text = label_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{label_file}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset "
+                          f"{err.start}): expected lines '<image name> <label 1-7>'") from None
     splits: dict[str, list[tuple[Path, int]]] = {split: [] for split in SPLIT_PREFIXES}
     missing: list[str] = []
-    for line_no, line in enumerate(label_file.read_text().splitlines(), start=1):
+    first_seen: dict[str, tuple[int, int]] = {}  # image name → (line, label) where first listed
+    for line_no, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields:
             continue
@@ -77,6 +83,13 @@ def read_label_file(root: Path, aligned: bool = True) -> dict[str, list[tuple[Pa
                               f"({label_help()})") from None
         if not 1 <= label <= NUM_EXPRESSIONS:
             raise ConfigError(f"{where}: label {label} of {name} is outside 1-{NUM_EXPRESSIONS} ({label_help()})")
+        if name in first_seen:
+            # Listed twice the image would count twice, or with two labels teach both.
+            seen_line, seen_label = first_seen[name]
+            labels = f"label {seen_label} and label {label}" if seen_label != label else f"label {label} both times"
+            raise ConfigError(f"{label_file}: image {name} is listed twice, at lines {seen_line} and {line_no} "
+                              f"({labels}): keep one line")
+        first_seen[name] = (line_no, label)
         split = next((s for s, prefix in SPLIT_PREFIXES.items() if name.startswith(prefix)), None)
         if split is None:
             raise ConfigError(f"{where}: image name {name!r} starts with neither "

@@ -80,10 +80,32 @@ def index_files(folder: Path, pattern: re.Pattern, what: str) -> dict[int, Path]
     return files
 
 
+# Keys every entry of the official files has; an entry without one is refused naming file and entry.
+QUESTION_KEYS = ("question_id", "image_id", "question")
+ANNOTATION_KEYS = ("question_id", "image_id", "answers")
+
+
+def check_entries(entries: list, path: Path, what: str, keys: tuple[str, ...]) -> None:
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ConfigError(f"vqa_v2: {path}: {what} entry {index} is a {type(entry).__name__}, expected an object")
+        missing = [k for k in keys if k not in entry]
+        if missing:
+            ident = f" (question_id {entry['question_id']!r})" if "question_id" in entry else ""
+            raise ConfigError(f"vqa_v2: {path}: {what} entry {index}{ident} has no {', '.join(repr(k) for k in missing)} "
+                              f"(every entry needs {', '.join(keys)})")
+        if what == "annotations" and not (isinstance(entry["answers"], list)
+                                          and all(isinstance(a, dict) and "answer" in a for a in entry["answers"])):
+            raise ConfigError(f"vqa_v2: {path}: annotations entry {index} (question_id {entry['question_id']!r}): "
+                              "'answers' must be a list of objects with an 'answer'")
+
+
 def load_split(questions_path: Path, annotations_path: Path) -> list[dict]:
     """Questions joined with their annotations, in the questions file's order."""
     questions = read_official_json(questions_path, "questions", "questions")
     annotations = read_official_json(annotations_path, "annotations", "annotations")
+    check_entries(questions, questions_path, "questions", QUESTION_KEYS)
+    check_entries(annotations, annotations_path, "annotations", ANNOTATION_KEYS)
     by_question = {a["question_id"]: a for a in annotations}
     records = []
     for q in questions:
@@ -184,8 +206,11 @@ class VQAv2Split(Dataset):
         path = self.files[image_id]
         if self.image_size is None:
             return load_features(path)
-        with Image.open(path) as img:
-            rgb = img.convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
+        try:
+            with Image.open(path) as img:
+                rgb = img.convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
+        except OSError as err:  # a truncated or damaged file: name it (this may be mid-epoch)
+            raise ConfigError(f"vqa_v2: {path}: cannot read the image (image_id {image_id}): {err}") from None
         image = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float().div_(255)  # (3, S, S)
         return (image - self.mean) / self.std
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
 from pathlib import Path
 
@@ -13,11 +12,8 @@ PREVIOUS_DIR = "previous"  # earlier outputs of the same week, kept on --force
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write through a temporary file and rename; readable by others (reports are shared)."""
+    """Write through a temporary file and rename; permissions follow the umask (reports are shared)."""
     atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
-    umask = os.umask(0)
-    os.umask(umask)
-    path.chmod(0o666 & ~umask)
 
 
 def archive_outputs(week_dir: Path, files: list[Path]) -> Path:

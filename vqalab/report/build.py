@@ -22,7 +22,7 @@ from vqalab.report.pages import INDEX_FILE, REPORT_FILE, error_page, render_stud
 from vqalab.report.presets import plan_studies
 from vqalab.report.since import SUMMARY_FILE, read_summary, since_last_week
 from vqalab.report.weeks import check_week, iso_week
-from vqalab.runs import environment
+from vqalab.runs import environment, folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,21 @@ def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str 
     check_kernel()
 
     week_dir = reports_dir / week
+    with week_lock(reports_dir, week):
+        return _run_locked(plan=plan, week=week, week_dir=week_dir, reports_dir=reports_dir, root=root,
+                           preset=preset, force=force)
+
+
+def week_lock(reports_dir: Path, week: str):
+    """One report of a week at a time: a second (even with other --only studies) is refused, so no
+    page or summary is overwritten by a run that started from an older state. The lock file sits
+    beside the week's folder (``reports/.<week>.lock``): a refused run leaves the folder untouched."""
+    reports_dir.mkdir(parents=True, exist_ok=True)
+    return folder_lock(reports_dir / week, "report week", lock_file=reports_dir / f".{week}.lock")
+
+
+def _run_locked(*, plan: list[dict], week: str, week_dir: Path, reports_dir: Path, root: Path,
+                preset: str, force: bool) -> int:
     earlier = [week_dir / f"{s['name']}{ext}" for s in plan for ext in (".ipynb", ".html")]
     earlier = [p for p in earlier if p.exists()]
     if earlier and not force:
@@ -68,7 +83,9 @@ def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str 
     week_dir.mkdir(parents=True, exist_ok=True)
 
     env = {**environment(root=root), "preset": preset}
-    studies = dict(old_summary.get("studies", {}))  # studies of this week not re-run stay listed
+    # Merged, never replaced: studies of this week not re-run stay listed (the week lock makes the
+    # summary read above the latest one).
+    studies = dict(old_summary.get("studies", {}))
     for study in plan:
         record = execute_study(study, out_dir=week_dir, cwd=root, preset=preset)
         record["environment"] = env

@@ -10,7 +10,7 @@ from typing import Any
 
 from vqalab.config import parameter_rows, yaml_inline
 from vqalab.report.archive import PREVIOUS_DIR, write_text
-from vqalab.report.html import neutralize_html
+from vqalab.report.html import sanitize_html
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "report_templates"
 STUDY_TEMPLATE = "vqalab_study"  # nbconvert template: lab page without CDN scripts
@@ -43,7 +43,7 @@ def render_study(notebook, record: dict, week: str) -> str:
     if start < 0 or end < start:
         raise RuntimeError(f"{TEMPLATE_DIR / STUDY_TEMPLATE}: body markers missing from the rendered page")
     start += len(BODY_START)
-    return page[:start] + neutralize_html(page[start:end]) + page[end:]
+    return page[:start] + sanitize_html(page[start:end]) + page[end:]
 
 
 def split_page(page: str) -> tuple[str, str]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 
-from vqalab.registry import ConfigError
+from vqalab.registry import ConfigError, short_repr
 
-WEEK_PATTERN = re.compile(r"^(\d{4})-W(\d{2})$")
+# \Z, not $: "$" also matches before a trailing newline ("2026-W41\n" would name a folder).
+WEEK_PATTERN = re.compile(r"^(\d{4})-W(\d{2})\Z")
 
 
 def iso_week(day: dt.date | None = None) -> str:
@@ -20,7 +21,7 @@ def check_week(week: str) -> str:
     """``week`` if it is a valid ISO week such as ``2026-W48``, else ConfigError."""
     match = WEEK_PATTERN.match(week)
     if not match:
-        raise ConfigError(f"--week {week!r}: expected an ISO week like {iso_week()} (YYYY-Www)")
+        raise ConfigError(f"--week {short_repr(week)}: expected an ISO week like {iso_week()} (YYYY-Www)")
     year, number = int(match.group(1)), int(match.group(2))
     try:
         dt.date.fromisocalendar(year, number, 1)

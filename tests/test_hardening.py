@@ -1,0 +1,508 @@
+"""Hostile and careless input: every case is refused before any compute with a message naming the
+file, key or value; signals, locks, disk full and damaged run files end in a clear message."""
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from vqalab import runs, train
+from vqalab.cli import main as cli_main
+from vqalab.config import build_config, load_config
+from vqalab.registry import ConfigError
+
+
+def write(tmp_path, text, name="p.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def refused(match, path=None, overrides=None):
+    with pytest.raises(ConfigError, match=match) as err:
+        load_config(path, overrides)
+    return str(err.value)
+
+
+# --- YAML -------------------------------------------------------------------------------------
+
+def billion_laughs(levels: int) -> str:
+    text = 'a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    for i in range(1, levels + 1):
+        text += f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]\n"
+    return text + f"train: {{epochs: *a{levels}}}\n"
+
+
+@pytest.mark.parametrize("levels", [3, 7, 9])
+def test_alias_expansion_is_limited_and_the_message_stays_short(tmp_path, levels):
+    path = write(tmp_path, billion_laughs(levels))
+    message = refused(r"anchors and aliases expand to more than 10000 values", path)
+    assert str(path) in message and len(message) < 500
+
+
+def test_a_small_alias_tree_is_echoed_cut_short(tmp_path):
+    # 9 × 9 values: under the expansion limit, but the error must not print the whole tree
+    row = "&row [" + ", ".join(["lol"] * 9) + "]"
+    path = write(tmp_path, f"train:\n  epochs: [{row}, " + ", ".join(["*row"] * 8) + "]\n")
+    message = refused(r"train\.epochs = \[\['lol', ", path)
+    assert "..." in message and len(message) < len(str(path)) + 300
+
+
+def test_duplicate_keys_name_the_file_key_and_both_lines(tmp_path):
+    path = write(tmp_path, "optim:\n  lr: 0.1\ntrain:\n  epochs: 2\noptim:\n  eps: 1.0e-7\n")
+    message = refused(r"duplicate key 'optim' at lines 1 and 5", path)
+    assert str(path) in message
+    refused(r"duplicate key 'lr' at lines 2 and 3", write(tmp_path, "optim:\n  lr: 0.1\n  lr: 0.2\n"))
+
+
+def test_merge_keys_may_still_be_overridden(tmp_path):
+    path = write(tmp_path, "base: &base {lr: 0.1, eps: 1.0e-7}\n")
+    cfg = load_config(write(tmp_path, "optim:\n  <<: {lr: 0.1, eps: 1.0e-7}\n  lr: 0.2\n"))
+    assert cfg.optim.lr == 0.2 and cfg.optim.eps == 1e-7
+    assert path.is_file()
+
+
+def test_non_utf8_params_file_is_named(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("optim:\n  lr: 0.1  # taux d'apprentissage élevé\n".encode("latin-1"))
+    refused(rf"{path}: not UTF-8 text \(byte 0xe9 at offset \d+\): save the file as UTF-8", path)
+
+
+def test_binary_params_file_is_refused_quickly(tmp_path):
+    path = tmp_path / "random.yaml"
+    path.write_bytes(bytes(range(256)) * 64)
+    refused(rf"{path}: not UTF-8 text", path)
+
+
+def test_malformed_override_names_the_override():
+    message = refused(r"--set train\.epochs: value '\[1,' is not valid YAML", overrides=["train.epochs=[1,"])
+    assert "Traceback" not in message
+
+
+def test_empty_params_file_is_refused_unless_an_override_confirms(tmp_path):
+    path = write(tmp_path, "# nothing here yet\n")
+    refused(rf"{path}: the params file is empty: .* give at least one --set", path)
+    assert load_config(path, ["train.epochs=1"]).train.epochs == 1
+
+
+# --- numbers ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, match", [
+    ("optim:\n  lr: .inf\n", r"optim\.lr = inf: Input should be a finite number"),
+    ("optim:\n  lr: 1.0e+400\n", r"optim\.lr = inf: Input should be a finite number"),
+    ("optim:\n  eps: .nan\n", r"optim\.eps = nan: Input should be a finite number"),
+    ("train:\n  epochs: 99999999999999999999999999999\n", r"train\.epochs = 9999.*less than or equal to 1000000"),
+    ("train:\n  max_steps: 99999999999999999999999999999\n", r"train\.max_steps = 9999.*too large"),
+    ("seed: 4294967296\n", r"seed = 4294967296: Input should be less than 4294967296"),
+    ("optim:\n  betas: [1.5, 0.999]\n", r"optim\.betas\.0 = 1\.5: Input should be less than 1"),
+    ("optim:\n  betas: [0.9, -0.1]\n", r"optim\.betas\.1 = -0\.1: Input should be greater than or equal to 0"),
+    ("train:\n  device: gpu\n", r"train\.device = 'gpu': .*expected auto, cpu, cuda, cuda:N"),
+    ("train:\n  device: 'cuda:x'\n", r"train\.device = 'cuda:x'"),
+    ("model:\n  name: vqa_mean_mlp\n  cnn_channels: [-4, 8, 8]\n",
+     r"model\.cnn_channels = \(-4, 8, 8\): expected a list of channel counts, each at least 1"),
+    ("model:\n  name: vqa_mean_mlp\n  dropout: .nan\n", r"model\.dropout = nan: expected a finite number"),
+    ("data:\n  name: easy_vqa\n  max_train_samples: 0\n", r"data\.max_train_samples = 0: expected at least 1"),
+    ("data:\n  name: easy_vqa\n  max_val_samples: -3\n", r"data\.max_val_samples = -3: expected at least 1"),
+])
+def test_out_of_range_numbers_are_refused_naming_file_and_key(tmp_path, text, match):
+    path = write(tmp_path, text)
+    message = refused(match, path)
+    assert message.startswith(str(path))
+
+
+def test_valid_devices_pass_validation():
+    for device in ("auto", "cpu", "cuda", "cuda:1", "mps"):
+        assert build_config({"train": {"device": device}}).train.device == device
+
+
+def test_huge_value_in_an_error_is_cut_short(tmp_path):
+    path = write(tmp_path, "name: " + "x" * 100 + "\nexperiment: [" + ", ".join(["1"] * 5000) + "]\n")
+    message = refused(r"experiment = \[1, 1, ", path)
+    assert len(message) < 400
+
+
+# --- training: device, runs_root, locks, resume checks, signals, disk full, umask ----------------
+
+DATA_SPEC = {"name": "easy_vqa", "max_train_samples": 32, "max_val_samples": 16}
+
+
+def tiny_config(runs_root, **train_overrides):
+    return build_config({
+        "experiment": "hard", "name": "tiny", "seed": 1, "runs_root": str(runs_root),
+        "model": {"name": "vqa_mean_mlp", "cnn_channels": [4, 8], "embed_dim": 8, "hidden_dim": 16},
+        "data": DATA_SPEC,
+        "train": {"epochs": 3, "batch_size": 16, "num_threads": 1, "progress": False, **train_overrides},
+    })
+
+
+@pytest.fixture(scope="module")
+def data():
+    from vqalab.data import build_data
+
+    return build_data(DATA_SPEC)
+
+
+@pytest.fixture
+def no_data_loading(monkeypatch):
+    """Fail loudly if a check happens only after the data started loading."""
+    def build_data(*args, **kwargs):
+        raise AssertionError("the data was loaded before the check")
+
+    monkeypatch.setattr(train, "build_data", build_data)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_without_a_gpu_is_refused_before_the_data_loads(tmp_path, no_data_loading):
+    with pytest.raises(ConfigError, match=r"train\.device = 'cuda': CUDA is not available on this machine"):
+        train.fit(tiny_config(tmp_path, device="cuda"))
+
+
+def test_runs_root_that_is_a_file_or_read_only_is_refused_before_the_data_loads(tmp_path, no_data_loading,
+                                                                              monkeypatch):
+    a_file = tmp_path / "runs.txt"
+    a_file.write_text("not a folder")
+    with pytest.raises(ConfigError, match=rf"runs_root = '{a_file}/sub': {a_file} is a file, not a folder"):
+        train.fit(tiny_config(a_file / "sub"))
+    read_only = tmp_path / "ro"
+    read_only.mkdir(mode=0o555)
+    if os.access(read_only, os.W_OK):  # root writes anywhere: answer as the file system would for a user
+        monkeypatch.setattr(os, "access", lambda path, mode: False)
+    with pytest.raises(ConfigError, match=rf"runs_root = '{read_only}': {read_only} is not writable"):
+        train.fit(tiny_config(read_only))
+
+
+def test_run_files_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        runs.write_json(tmp_path / "a.json", {"x": 1})
+        os.umask(0o077)
+        runs.write_json(tmp_path / "b.json", {"x": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644  # readable by the lab group
+    assert (tmp_path / "b.json").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.fixture(scope="module")
+def finished(data, tmp_path_factory):
+    """A 3-epoch run whose summary is then set back to 'running' by each test's copy."""
+    return train.fit(tiny_config(tmp_path_factory.mktemp("finished")), data=data)
+
+
+def unfinished_copy(finished, tmp_path):
+    """A copy of the finished run that looks killed after its last checkpoint (resumable)."""
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished.run_dir, run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    runs.write_json(run_dir / "summary.json", {**summary, "status": "running"})
+    return run_dir
+
+
+def test_a_run_folder_in_use_is_refused_naming_the_holder(finished, tmp_path, data):
+    run_dir = unfinished_copy(finished, tmp_path)
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from vqalab.runs import folder_lock
+        with folder_lock(Path({str(run_dir)!r}), "run folder"):
+            print("locked", flush=True)
+            time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(runs.FolderBusy, match=rf"run folder {run_dir} is in use by another process "
+                                                  rf"\(PID {holder.pid} since "):
+            train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+    finally:
+        holder.kill()
+        holder.wait()
+    # the lock goes with its holder, even a killed one
+    assert train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir).summary["status"] == "completed"
+
+
+def test_metrics_csv_cut_to_its_header_is_refused_on_resume(finished, tmp_path, data):
+    run_dir = unfinished_copy(finished, tmp_path)
+    metrics = run_dir / "metrics.csv"
+    metrics.write_text(metrics.read_text().splitlines()[0] + "\n")
+    with pytest.raises(ConfigError, match=rf"resume: {metrics} disagrees with checkpoint "
+                                          rf"{run_dir}/checkpoints/epoch_003\.pt: it has epochs \[\] up to epoch 3"):
+        train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+
+
+def test_an_edited_metrics_value_is_refused_on_resume(finished, tmp_path, data):
+    run_dir = unfinished_copy(finished, tmp_path)
+    rows = runs.read_metrics_rows(run_dir / "metrics.csv")
+    real = rows[1]["val_acc"]
+    rows[1]["val_acc"] = 0.99
+    runs.write_metrics(run_dir / "metrics.csv", rows)
+    with pytest.raises(ConfigError, match=rf"epoch 2 val_acc is 0\.99, the checkpoint recorded {real!r}"):
+        train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+
+
+def test_a_truncated_last_checkpoint_names_it_and_the_previous_intact_one(finished, tmp_path, data):
+    run_dir = unfinished_copy(finished, tmp_path)
+    last = run_dir / "checkpoints" / "epoch_003.pt"
+    last.write_bytes(last.read_bytes()[:5000])
+    with pytest.raises(ConfigError, match=rf"{last}: the checkpoint cannot be read \(.*\); the previous intact "
+                                          rf"checkpoint is {run_dir}/checkpoints/epoch_002\.pt: move epoch_003\.pt"):
+        train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+    (run_dir / "checkpoints" / "epoch_002.pt").write_bytes(b"garbage")
+    with pytest.raises(ConfigError, match=r"the previous intact checkpoint is .*/epoch_001\.pt"):
+        train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+    (run_dir / "checkpoints" / "epoch_001.pt").write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"and there is no earlier intact checkpoint: start the run again"):
+        train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+    # following the advice resumes from the intact checkpoint
+    (run_dir / "checkpoints" / "epoch_001.pt").write_bytes((finished.run_dir / "checkpoints" / "epoch_001.pt").read_bytes())
+    for name in ("epoch_002.pt", "epoch_003.pt"):
+        (run_dir / "checkpoints" / name).rename(tmp_path / name)
+    result = train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+    assert result.summary["status"] == "completed" and result.summary["resumed"][-1]["from_epoch"] == 1
+
+
+SIGNAL_CHILD = textwrap.dedent("""
+    import os, signal, sys
+    import vqalab.train as train
+    from vqalab import cli
+
+    original = train.train_one_epoch
+
+    def epoch_then_signal(*args, **kwargs):
+        if args[7] == 2:  # train_one_epoch(model, opt, sched, scaler, data, cfg, device, epoch, step)
+            print("epoch 2 started", flush=True)
+            os.kill(os.getpid(), getattr(signal, sys.argv[2]))
+        return original(*args, **kwargs)
+
+    train.train_one_epoch = epoch_then_signal
+    sys.exit(cli.main(["train", sys.argv[1], "--no-progress"]))
+""")
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGINT"])
+def test_sigterm_and_ctrl_c_end_the_run_interrupted_with_the_resume_command(tmp_path, data, signal_name):
+    cfg = tiny_config(tmp_path / "runs", checkpoint_every=1)
+    params = tmp_path / "params.yaml"
+    runs.write_yaml(params, cfg.to_dict())
+    (tmp_path / "child.py").write_text(SIGNAL_CHILD)
+    proc = subprocess.run([sys.executable, str(tmp_path / "child.py"), str(params), signal_name],
+                          capture_output=True, text=True, timeout=300, check=False)
+    (run_dir,) = list((tmp_path / "runs" / "hard").iterdir())
+    assert proc.returncode == 128 + getattr(signal, signal_name), proc.stderr[-2000:]
+    assert f"interrupted by {signal_name}" in proc.stderr
+    assert f"resumable: vqalab train --resume {run_dir}" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["interrupted_by"] == signal_name
+    assert summary["resume_command"] == f"vqalab train --resume {run_dir}" and summary["error"] is None
+    assert [r["epoch"] for r in runs.read_metrics_rows(run_dir / "metrics.csv")] == [1]
+    result = train.fit(cfg, data=data, resume=run_dir)  # and it resumes
+    assert result.summary["status"] == "completed" and result.summary["epochs"] == 3
+
+
+def test_disk_full_while_writing_a_file_says_so_and_where(tmp_path, monkeypatch):
+    def full(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    target = tmp_path / "summary.json"
+    with pytest.raises(runs.DiskFullError, match=rf"^no space left on device while writing {target}$"):
+        runs.atomic_write_bytes(target, full)
+    assert list(tmp_path.iterdir()) == []  # no temporary left behind
+
+
+def test_disk_full_inside_torch_save_is_named_and_recorded(tmp_path, data, monkeypatch, capsys):
+    real_save = torch.save
+
+    def short_write(obj, f, *args, **kwargs):  # what torch's zip writer reports on a full disk
+        f.write(b"PK\x03\x04")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 367872 vs 367760")
+
+    monkeypatch.setattr(torch, "save", short_write)
+    monkeypatch.setattr(runs, "free_bytes", lambda folder: 4096)
+    params = tmp_path / "params.yaml"
+    runs.write_yaml(params, tiny_config(tmp_path / "runs").to_dict())
+    monkeypatch.setattr(train, "build_data", lambda spec, seed=0: data)
+    assert cli_main(["train", str(params), "--no-progress"]) == 1
+    (run_dir,) = list((tmp_path / "runs" / "hard").iterdir())
+    ckpt = run_dir / "checkpoints" / "epoch_001.pt"
+    assert capsys.readouterr().err.strip() == f"error: no space left on device while writing {ckpt}"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed"
+    assert summary["error"] == f"DiskFullError: no space left on device while writing {ckpt}"
+    monkeypatch.setattr(torch, "save", real_save)
+
+
+def test_a_torch_write_error_with_free_space_is_not_called_disk_full(tmp_path, monkeypatch):
+    def short_write(obj, f, *args, **kwargs):
+        raise RuntimeError("unexpected pos 10 vs 2")
+
+    monkeypatch.setattr(torch, "save", short_write)
+    monkeypatch.setattr(runs, "free_bytes", lambda folder: 10 * 2**30)
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        runs.save_checkpoint(tmp_path / "c.pt", {"x": 1})
+
+
+# --- data files -------------------------------------------------------------------------------
+
+@pytest.fixture
+def vqa_root(tmp_path):
+    # tests/ is on sys.path (pytest's rootdir-relative import), as test_report_browser uses
+    from test_vqa_v2 import write_vqa_v2_fixture
+
+    return write_vqa_v2_fixture(tmp_path / "vqa_v2")
+
+
+def load_vqa_v2(root, **kwargs):
+    from vqalab.data import build_data
+
+    return build_data({"name": "vqa_v2", "root": str(root), "image_size": 32, **kwargs})
+
+
+@pytest.mark.parametrize("file_key, entries_key, index, drop, match", [
+    ("v2_mscoco_train2014_annotations.json", "annotations", 4, "answers",
+     r"annotations entry 4 \(question_id 25001\) has no 'answers'"),
+    ("v2_OpenEnded_mscoco_val2014_questions.json", "questions", 2, "question_id",
+     r"questions entry 2 has no 'question_id'"),
+])
+def test_vqa_v2_entries_missing_a_key_name_the_file_and_entry(vqa_root, file_key, entries_key, index, drop, match):
+    path = vqa_root / file_key
+    content = json.loads(path.read_text())
+    del content[entries_key][index][drop]
+    path.write_text(json.dumps(content))
+    with pytest.raises(ConfigError, match=rf"vqa_v2: {path}: {match}"):
+        load_vqa_v2(vqa_root)
+
+
+def test_vqa_v2_truncated_image_is_named(vqa_root):
+    image = vqa_root / "train2014" / "COCO_train2014_000000000025.jpg"
+    image.write_bytes(image.read_bytes()[:200])
+    data = load_vqa_v2(vqa_root)
+    index = data.train.image_ids.index(25)
+    with pytest.raises(ConfigError, match=rf"vqa_v2: {image}: cannot read the image \(image_id 25\)"):
+        data.train[index]
+
+
+def rafdb_root(tmp_path):
+    from test_fer_data import write_rafdb
+
+    return write_rafdb(tmp_path / "basic", train_labels=(1, 2, 3), test_labels=(4, 5))
+
+
+@pytest.mark.parametrize("second_label, labels", [(5, "label 2 and label 5"), (2, "label 2 both times")])
+def test_rafdb_image_listed_twice_is_refused_naming_both_lines(tmp_path, second_label, labels):
+    from vqalab.data import build_data
+
+    root = rafdb_root(tmp_path)
+    label_file = root / "EmoLabel" / "list_patition_label.txt"
+    label_file.write_text(label_file.read_text() + f"train_00002.jpg {second_label}\n")
+    with pytest.raises(ConfigError, match=rf"{label_file}: image train_00002\.jpg is listed twice, at lines "
+                                          rf"2 and 6 \({labels}\): keep one line"):
+        build_data({"name": "rafdb", "root": str(root), "image_size": 32})
+
+
+def test_rafdb_non_utf8_label_file_is_named(tmp_path):
+    from vqalab.data import build_data
+
+    root = rafdb_root(tmp_path)
+    label_file = root / "EmoLabel" / "list_patition_label.txt"
+    label_file.write_bytes(label_file.read_bytes() + b"train_\xff\xfe.jpg 1\n")
+    with pytest.raises(ConfigError, match=rf"{label_file}: not UTF-8 text \(byte 0xff at offset \d+\)"):
+        build_data({"name": "rafdb", "root": str(root), "image_size": 32})
+
+
+# --- report -----------------------------------------------------------------------------------
+
+# Run names a hostile user could type; each tries to change the page title when the page opens.
+XSS_PAYLOADS = [
+    "<svg><style><img src=x onerror=\"document.title='pwned-1'\"></style></svg>",
+    ("<svg><animate attributeName=href values=\"javascript:document.title='pwned-2'\"/>"
+     "<a id=p2><circle r=400></circle></a></svg>"),
+    ("<svg><use href=\"data:image/svg+xml,<svg id='x' xmlns='http://www.w3.org/2000/svg'>"
+     "<image href='1' onerror=\"document.title='pwned-3'\"/></svg>#x\"/></svg>"),
+    "<img src=x onerror=\"document.title='pwned-4'\">",
+    "<svg><style><a title=\"</style><img src=x onerror=document.title='pwned-5'>\"></a></style></svg>",
+    ("<math><mtext><table><mglyph><style><img src=x onerror=\"document.title='pwned-6'\">"
+     "</style></mglyph></table></mtext></math>"),
+    "<noscript><p title=\"</noscript><img src=x onerror=document.title='pwned-7'>\"></noscript>",
+    "<a href=\"javascript:document.title='pwned-8'\">click</a>",
+    "<a href=\"data:text/html,<script>document.title='pwned-9'</script>\">click</a>",
+    "<iframe srcdoc=\"<script>parent.document.title='pwned-10'</script>\"></iframe>",
+    "<p style=\"background:url(https://example.org/track.png)\">tracked</p>",
+]
+
+
+@pytest.mark.parametrize("payload", XSS_PAYLOADS)
+def test_sanitiser_leaves_no_script_handler_or_fetch(payload):
+    from html.parser import HTMLParser
+
+    from vqalab.report.html import sanitize_html
+
+    cleaned = sanitize_html(f"<table><tr><td>{payload}</td></tr></table>")
+    found = []
+
+    class Collect(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            found.append((tag, dict(attrs)))
+
+    # whatever the browser builds from the cleaned HTML, read back by a second parser
+    Collect().feed(cleaned)
+    for tag, attrs in found:
+        assert tag in {"table", "tbody", "tr", "td", "img", "a", "p", "style"}, cleaned
+        assert not any(name.startswith("on") for name in attrs), cleaned
+        assert set(attrs) <= {"href", "rel", "src", "title", "style"}, cleaned
+        assert "javascript:" not in attrs.get("href", "") and "data:" not in attrs.get("href", ""), cleaned
+        assert "src" not in attrs and "url(" not in attrs.get("style", ""), cleaned
+
+
+def test_a_second_report_of_the_same_week_is_refused_while_one_runs(tmp_path):
+    from test_report import WEEK, make_project
+
+    from vqalab.report import run_report
+
+    root = make_project(tmp_path / "project")
+    week_dir = root / "reports" / WEEK
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from vqalab.report.build import week_lock
+        with week_lock(Path({str(root / "reports")!r}), {WEEK!r}):
+            print("locked", flush=True)
+            time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(runs.FolderBusy, match=rf"report week {week_dir} is in use by another process "
+                                                  rf"\(PID {holder.pid} since "):
+            run_report(root=root, preset="quick", week=WEEK, only=["broken"])
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not week_dir.exists()  # nothing ran, nothing written
+
+
+def test_a_sweep_checks_runs_root_before_loading_data_and_stops_on_a_full_disk(tmp_path, data, monkeypatch):
+    from vqalab import sweep as sweep_module
+
+    a_file = tmp_path / "runs.txt"
+    a_file.write_text("not a folder")
+    monkeypatch.setattr(sweep_module, "build_data", lambda *a, **k: pytest.fail("data loaded first"))
+    with pytest.raises(ConfigError, match=rf"runs_root = '{a_file}': {a_file} is a file, not a folder"):
+        sweep_module.sweep(tiny_config(a_file).to_dict(), {"optim.lr": [1e-3, 1e-2]})
+
+    calls = []
+
+    def full_disk(cfg, data=None):
+        calls.append(cfg)
+        raise runs.DiskFullError(tmp_path / "runs" / "x" / "metrics.csv")
+
+    monkeypatch.setattr(sweep_module, "fit", full_disk)
+    with pytest.raises(runs.DiskFullError, match="no space left on device while writing"):
+        sweep_module.sweep(tiny_config(tmp_path / "runs").to_dict(), {"optim.lr": [1e-3, 1e-2]}, data=data)
+    assert len(calls) == 1  # not once per point
