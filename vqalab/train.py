@@ -41,6 +41,7 @@ from vqalab.config import RunConfig, read_yaml
 from vqalab.data import DATASETS, DataSplits, build_data
 from vqalab.data.samplers import epoch_batches, eval_batches
 from vqalab.models import MODELS, create_model
+from vqalab.monitor import RunMonitor
 from vqalab.paths import resolve
 from vqalab.registry import ConfigError
 from vqalab.schedules import lr_factor
@@ -55,9 +56,9 @@ INT_COLUMNS = ("epoch", "step")
 FINISHED_STATUSES = ("completed", "diverged")
 
 # Keys that do not change what is trained: left out of the config hash (sweep reuse) ...
-HASH_FREE_KEYS = ("name", "runs_root", "train.progress")
+HASH_FREE_KEYS = ("name", "runs_root", "train.progress", "train.tensorboard", "train.log_every_steps")
 # ... and allowed to differ between a run and its resumption (e.g. continue on another GPU).
-RESUME_FREE_KEYS = ("train.progress", "train.device")
+RESUME_FREE_KEYS = ("train.progress", "train.device", "train.tensorboard", "train.log_every_steps")
 
 # Mixup draws from its own random stream, a pure function of (seed, epoch, this tag).
 MIXUP_STREAM = 0x6D69
@@ -394,12 +395,15 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     t_run = time.perf_counter()
+    monitor = RunMonitor(run_dir, every_n_steps=cfg.train.log_every_steps, enabled=cfg.train.tensorboard,
+                         start_step=step)
     try:
         done = bool(history) and (should_stop_early(history, cfg) or bool(max_steps and step >= max_steps))
         for epoch in range(start_epoch, cfg.train.epochs + 1):
             if done:
                 break
-            row, step = train_one_epoch(model, optimizer, scheduler, scaler, data, cfg, device, epoch, step)
+            row, step = train_one_epoch(model, optimizer, scheduler, scaler, data, cfg, device, epoch, step,
+                                        monitor=monitor)
             val_loss, val_acc, val_pred = evaluate(model, data, cfg, device)
             if not math.isfinite(val_loss):
                 raise Diverged(step, optimizer.param_groups[0]["lr"], "validation loss", epoch)
@@ -409,6 +413,7 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
                 best_confusion = confusion_matrix(torch.as_tensor(data.val.targets), val_pred, len(data.class_names))
                 write_confusion(run_dir, data.class_names, best_confusion)
             append_metrics(metrics_file, row)
+            monitor.epoch_end(row)
             done = should_stop_early(history, cfg) or bool(max_steps and step >= max_steps)
             if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs or done:
                 runs.save_checkpoint(runs.checkpoint_path(run_dir, epoch), {
@@ -431,6 +436,7 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
         summary.update(status="failed", error=f"{type(err).__name__}: {err}")
         raise
     finally:
+        monitor.close()
         torch.set_num_threads(threads_before)  # process-wide: leave it as the caller had it
         summary.update(summarise(history, cfg.train.early_stop_metric), wall_time_s=time.perf_counter() - t_run,
                        finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -439,8 +445,11 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
 
 
 def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: RunConfig,
-                    device: torch.device, epoch: int, step: int) -> tuple[dict, int]:
+                    device: torch.device, epoch: int, step: int,
+                    monitor: RunMonitor | None = None) -> tuple[dict, int]:
     """One pass over the training split; returns the epoch's metrics row and the new step count.
+
+    monitor: receives each micro-batch's loss and each optimizer step (TensorBoard scalars).
 
     Raises ``Diverged`` at the first non-finite loss or (without a GradScaler) gradient norm.
     """
@@ -475,8 +484,11 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
             raise Diverged(step, lr, "loss", epoch)
         scaler.scale(loss / (group_end - group_start)).backward()
         n = len(batch["target"])
-        loss_sum += loss.item() * n
+        loss_value = loss.item()
+        loss_sum += loss_value * n
         samples += n
+        if monitor is not None:
+            monitor.micro_batch(loss_value, n)
         if i + 1 < group_end:
             continue
         scaler.unscale_(optimizer)
@@ -489,6 +501,8 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        if monitor is not None:
+            monitor.optimizer_step(step, lr=lr, grad_norm=grad_norm)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # time the finished step, not the queued one
         now = time.perf_counter()
