@@ -12,9 +12,12 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from vqalab import report
-from vqalab.config import parameter_table
+from vqalab.config import parameter_table, parameters_markdown
 from vqalab.registry import ConfigError
+from vqalab.report import run_report
+from vqalab.report.html import neutralize_html
+from vqalab.report.since import since_last_week
+from vqalab.report.weeks import iso_week
 
 REPO = Path(__file__).resolve().parents[1]
 WEEK = "2026-W10"
@@ -70,7 +73,7 @@ def make_project(root: Path) -> Path:
 def run(root: Path, **kw) -> int:
     kw.setdefault("preset", "quick")
     kw.setdefault("week", WEEK)
-    return report.run_report(root=root, **kw)
+    return run_report(root=root, **kw)
 
 
 class Tags(HTMLParser):
@@ -243,7 +246,7 @@ def test_since_last_week_shows_how_headline_figures_moved(week, tmp_path):
     week_dir = root / "reports" / "2026-W11"
     summary = json.loads((week_dir / "summary.json").read_text())
     assert set(summary["studies"]) == {"plot"} and summary["studies"]["plot"]["headline"]["score"] == 0.75
-    since = report.since_last_week(root / "reports", "2026-W11", summary["studies"])
+    since = since_last_week(root / "reports", "2026-W11", summary["studies"])
     assert since["week"] == WEEK
     rows = {(r["study"], r["figure"]): r for r in since["rows"]}
     assert rows[("plot", "score")]["before"] == 0.5 and rows[("plot", "score")]["now"] == 0.75
@@ -299,9 +302,9 @@ def test_unknown_study_and_bad_week(tmp_path):
 
 
 def test_iso_week_uses_the_iso_year():
-    assert report.iso_week(dt.date(2026, 11, 26)) == "2026-W48"
-    assert report.iso_week(dt.date(2027, 1, 1)) == "2026-W53"  # a Friday: still 2026's last week
-    assert report.iso_week(dt.date(2024, 12, 30)) == "2025-W01"
+    assert iso_week(dt.date(2026, 11, 26)) == "2026-W48"
+    assert iso_week(dt.date(2027, 1, 1)) == "2026-W53"  # a Friday: still 2026's last week
+    assert iso_week(dt.date(2024, 12, 30)) == "2025-W01"
 
 
 def test_neutralize_html_shows_scripts_as_text_and_drops_handlers():
@@ -309,7 +312,7 @@ def test_neutralize_html_shows_scripts_as_text_and_drops_handlers():
                 '<img src="https://example.org/x.png"><a href="javascript:alert(1)">x</a>'
                 '<a href="https://example.org/">ok</a><style>@import url(https://x/y.css);</style>'
                 '<img src="data:image/png;base64,AAAA">')
-    out = report.neutralize_html(fragment)
+    out = neutralize_html(fragment)
     parser = Tags()
     parser.feed(out)
     tags = parser.tags
@@ -323,8 +326,8 @@ def test_neutralize_html_shows_scripts_as_text_and_drops_handlers():
 
 def test_parameters_doc_is_in_step_with_the_code():
     doc = REPO / "docs" / "PARAMETERS.md"
-    assert doc.read_text(encoding="utf-8") == report.parameters_markdown(), (
-        "docs/PARAMETERS.md is out of date: .venv/bin/python -m vqalab.report --parameters-doc docs/PARAMETERS.md")
+    assert doc.read_text(encoding="utf-8") == parameters_markdown(), (
+        "docs/PARAMETERS.md is out of date: .venv/bin/python -m vqalab.config --parameters-doc docs/PARAMETERS.md")
     rows = [line for line in doc.read_text().splitlines() if line.startswith("| `")]
     assert len(rows) == len(parameter_table())
     assert "| `optim.betas` | `[0.9, 0.999]` |" in doc.read_text()

@@ -1,0 +1,143 @@
+"""Studies and their presets: all checked before any notebook runs."""
+
+from __future__ import annotations
+
+import ast
+import logging
+from pathlib import Path
+from typing import Any
+
+from vqalab.config import read_yaml
+from vqalab.registry import ConfigError, did_you_mean
+
+log = logging.getLogger(__name__)
+
+PARAMS_FILE_KEYS = ("presets",)
+RUNS_ROOT_PARAM = "runs_root"
+
+# Python type a notebook default must share with a preset value (int is accepted where float is).
+_TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "str", list: "list", dict: "dict"}
+
+
+def discover_studies(notebooks_dir: Path, params_dir: Path) -> dict[str, tuple[Path, Path]]:
+    """Study name → (notebook, params file): every ``*.ipynb`` with a ``params/<stem>.yaml``."""
+    studies = {}
+    for notebook in sorted(Path(notebooks_dir).glob("*.ipynb")):
+        params_file = Path(params_dir) / f"{notebook.stem}.yaml"
+        if params_file.is_file():
+            studies[notebook.stem] = (notebook, params_file)
+        else:
+            log.info("%s has no %s: not a study of the report", notebook, params_file)
+    return studies
+
+
+def _literal(source: str) -> Any:
+    """The value of a notebook default written as a Python literal (``...`` when it is not one)."""
+    try:
+        return ast.literal_eval(source)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return ...
+
+
+def _type_mismatch(value: Any, default: Any) -> str | None:
+    """What was expected when ``value`` cannot stand for a notebook default, else None."""
+    if default is ... or default is None or value is None:
+        return None  # no literal default to compare with, or an optional value
+    expected = type(default)
+    if expected is tuple:
+        expected = list  # YAML has no tuples
+    if expected not in _TYPE_NAMES:
+        return None
+    if expected is bool or isinstance(value, bool):
+        ok = isinstance(value, bool) and expected is bool
+    elif expected is float:
+        ok = isinstance(value, (int, float))
+    else:
+        ok = isinstance(value, expected)
+    return None if ok else _TYPE_NAMES[expected]
+
+
+def load_preset(params_file: Path, preset: str, notebook_params: dict[str, dict]) -> dict[str, Any]:
+    """Validate ``presets.<preset>`` of ``params_file`` against the notebook's parameters.
+
+    ``notebook_params``: ``papermill.inspect_notebook(...)`` of the notebook (name → default,
+    help). Returns the preset's parameter values. Errors name the file, the key and what was
+    expected.
+    """
+    tree = read_yaml(params_file)
+    if not isinstance(tree, dict) or "presets" not in tree:
+        raise ConfigError(f"{params_file}: expected a mapping with 'presets: {{quick: ..., cpu: ..., gpu: ...}}'")
+    for key in tree:
+        if key not in PARAMS_FILE_KEYS:
+            raise ConfigError(f"{params_file}: unknown key '{key}': {did_you_mean(str(key), PARAMS_FILE_KEYS)}")
+    presets = tree["presets"]
+    if not isinstance(presets, dict) or not presets:
+        raise ConfigError(f"{params_file}: 'presets' must map preset names (quick, cpu, gpu) to parameters")
+    if preset not in presets:
+        raise ConfigError(f"{params_file}: no preset '{preset}' under 'presets' "
+                          f"(it has: {', '.join(map(str, presets))})")
+    values = presets[preset] or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{params_file}: presets.{preset} must map notebook parameters to values, "
+                          f"got {type(values).__name__}")
+    for key, value in values.items():
+        if key not in notebook_params:
+            valid = list(notebook_params) or ["(the notebook has no parameters cell)"]
+            raise ConfigError(f"{params_file}: presets.{preset}: unknown parameter '{key}': "
+                              f"{did_you_mean(str(key), valid)}")
+        default_source = notebook_params[key].get("default", "")
+        expected = _type_mismatch(value, _literal(default_source))
+        if expected:
+            raise ConfigError(f"{params_file}: presets.{preset}.{key} = {value!r}: expected {expected} "
+                              f"(the notebook's default is {default_source})")
+    return dict(values)
+
+
+def notebook_title(notebook) -> str | None:
+    """The first markdown heading of a notebook (its title cell), without the ``#``."""
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.strip().startswith("#"):
+                    return line.strip().lstrip("#").strip() or None
+            return None
+    return None
+
+
+def plan_studies(*, preset: str, only: list[str] | None, notebooks_dir: Path, params_dir: Path,
+                 runs_root: str | Path | None) -> list[dict]:
+    """The studies to run with their checked parameters; raises ConfigError before any compute."""
+    import nbformat
+    import papermill
+
+    available = discover_studies(notebooks_dir, params_dir)
+    if only:
+        for name in only:
+            if name not in available:
+                if (Path(notebooks_dir) / f"{name}.ipynb").is_file():
+                    raise ConfigError(f"--only {name}: {Path(params_dir) / (name + '.yaml')} not found "
+                                      "(a study needs a params file with presets)")
+                choices = list(available) or [f"(no study in {notebooks_dir})"]
+                raise ConfigError(f"--only {name}: no such study: {did_you_mean(name, choices)}")
+        names = list(dict.fromkeys(only))
+    else:
+        names = list(available)
+    if not names:
+        raise ConfigError(f"no study found: {notebooks_dir}/*.ipynb with a {params_dir}/<name>.yaml")
+    plan = []
+    for name in names:
+        notebook, params_file = available[name]
+        papermill_log = logging.getLogger("papermill")
+        level = papermill_log.level
+        papermill_log.setLevel(logging.WARNING)  # inspecting logs "Input Notebook" for every study
+        try:
+            notebook_params = papermill.inspect_notebook(str(notebook))
+        finally:
+            papermill_log.setLevel(level)
+        parameters = load_preset(params_file, preset, notebook_params)
+        if runs_root is not None and RUNS_ROOT_PARAM in notebook_params and RUNS_ROOT_PARAM not in parameters:
+            parameters[RUNS_ROOT_PARAM] = str(runs_root)
+        title = notebook_title(nbformat.read(notebook, as_version=4)) or name
+        plan.append({"name": name, "title": title, "notebook": notebook, "params_file": params_file,
+                     "parameters": parameters})
+    return plan
