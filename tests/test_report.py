@@ -220,17 +220,19 @@ def test_rerun_in_the_same_week_keeps_earlier_outputs(week, tmp_path):
     root = tmp_path / "project"
     shutil.copytree(week["root"], root)
     week_dir = root / "reports" / WEEK
-    before = {p.name: p.read_bytes() for p in week_dir.iterdir()}
+    before = {p.name: p.read_bytes() for p in week_dir.iterdir() if p.is_file()}
+    before["plot.log"] = (week_dir / "logs" / "plot.log").read_bytes()
 
     with pytest.raises(ConfigError, match=r"already holds plot\.ipynb, plot\.html.*--force"):
         run(root, only=["plot"], runs_root=tmp_path / "runs")
-    assert {p.name: p.read_bytes() for p in week_dir.iterdir()} == before  # nothing changed
+    assert {p.name: p.read_bytes() for p in week_dir.iterdir() if p.is_file()} == {
+        k: v for k, v in before.items() if k != "plot.log"}  # nothing changed
 
     assert run(root, only=["plot"], force=True, runs_root=tmp_path / "runs") == 0
     archived = list((week_dir / "previous").iterdir())
     assert len(archived) == 1
     kept = {p.name: p.read_bytes() for p in archived[0].iterdir()}
-    assert set(kept) == {"plot.ipynb", "plot.html", "index.html", "report.html", "summary.json"}
+    assert set(kept) == {"plot.ipynb", "plot.html", "plot.log", "index.html", "report.html", "summary.json"}
     for name, data in kept.items():
         assert data == before[name]
     assert (week_dir / "plot.html").read_bytes() != before["plot.html"]  # a new render

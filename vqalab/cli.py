@@ -1,4 +1,4 @@
-"""Command line: ``vqalab train | report | bench | lr-find``. Entry point configures logging once."""
+"""Command line: ``vqalab train | report | bench | lr-find | runs | tb``. Entry point configures logging once."""
 
 from __future__ import annotations
 
@@ -91,6 +91,49 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    import json
+
+    from vqalab.monitor import diff_runs, run_folders, runs_overview
+
+    try:
+        if args.diff:
+            a, b = run_folders(args.diff, args.runs_root)
+            table = diff_runs(a, b)
+        else:
+            table = runs_overview(run_folders(args.targets, args.runs_root))
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
+    except ValueError:
+        raise ConfigError("--diff takes exactly two run folders") from None
+    if args.json:
+        print(json.dumps(json.loads(table.to_json(orient="records")), indent=2))
+    elif table.empty:
+        print("no runs")
+    else:
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
+def cmd_tb(args: argparse.Namespace) -> int:
+    from vqalab.monitor import run_folders, start_tensorboard
+
+    try:
+        run_dirs = run_folders(args.targets, args.runs_root)
+    except FileNotFoundError as err:
+        raise ConfigError(str(err)) from None
+    if not run_dirs:
+        raise ConfigError(f"no runs under {args.runs_root} to show")
+    server = start_tensorboard(run_dirs, port=args.port)
+    print(f"TensorBoard over {len(run_dirs)} runs: {server.url}  (Ctrl-C stops it)", flush=True)
+    try:
+        return server.process.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        server.stop()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vqalab", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -148,6 +191,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-lr", type=float, default=1.0, help="learning rate of the last step (default: %(default)g)")
     p.add_argument("--steps", type=int, default=100, help="optimizer steps at most (default: %(default)s)")
     p.set_defaults(func=cmd_lr_find)
+
+    p = sub.add_parser("runs", help="table of runs: status, best metric, epochs, duration, differing parameters")
+    p.add_argument("targets", nargs="*", metavar="EXPERIMENT|RUN_DIR",
+                   help="experiment names under --runs-root or run folders (default: every run)")
+    p.add_argument("--diff", nargs=2, metavar="RUN_DIR", help="two runs' differing params and final figures side by side")
+    p.add_argument("--runs-root", default="runs", help="folder holding all runs (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print the table as JSON records")
+    p.set_defaults(func=cmd_runs)
+
+    p = sub.add_parser("tb", help="start TensorBoard on localhost over some runs and print its URL")
+    p.add_argument("targets", nargs="*", metavar="EXPERIMENT|RUN_DIR",
+                   help="experiment names under --runs-root or run folders (default: every run)")
+    p.add_argument("--runs-root", default="runs", help="folder holding all runs (default: %(default)s)")
+    p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
+    p.set_defaults(func=cmd_tb)
     return parser
 
 

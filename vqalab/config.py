@@ -180,6 +180,8 @@ class TrainConfig(Section):
     early_stop_metric: Literal["val_acc", "val_loss"] = Field("val_acc", description="metric watched for the best epoch and early stopping")
     checkpoint_every: int = Field(1, ge=1, description="write a checkpoint every N epochs (and always at the last)")
     progress: bool = Field(True, description="show tqdm progress bars")
+    tensorboard: bool = Field(True, description="write TensorBoard event files into <run>/tb/ (metrics.csv is written either way)")
+    log_every_steps: int = Field(10, ge=1, description="TensorBoard: write train loss, LR, gradient norm and samples/s every N optimizer steps", json_schema_extra=_range("10 … 100"))
 
     @field_validator("device")
     @classmethod

@@ -54,7 +54,7 @@ EXACT_METRIC_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_acc", "l
 FINISHED_STATUSES = ("completed", "diverged")
 
 # Keys that do not change what is trained: left out of the config hash (sweep reuse).
-HASH_FREE_KEYS = ("name", "runs_root", "train.progress")
+HASH_FREE_KEYS = ("name", "runs_root", "train.progress", "train.tensorboard", "train.log_every_steps")
 
 # A failed write with less free space than this on its file system is reported as "disk full":
 # torch's zip writer hides the ENOSPC behind "unexpected pos N vs M".

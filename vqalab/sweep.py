@@ -29,6 +29,7 @@ import pandas as pd
 from vqalab import runs
 from vqalab.config import RunConfig, build_config, set_dotted
 from vqalab.data import DataSplits, build_data
+from vqalab.monitor import write_hparams
 from vqalab.paths import resolve
 from vqalab.registry import ConfigError
 from vqalab.results import metrics_table
@@ -179,6 +180,8 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
             continue
         if result.summary["status"] in FINISHED_STATUSES:
             index[point.hash] = result.run_dir
+        if cfg.train.tensorboard:
+            write_hparams(result.run_dir, {**point.values, "seed": point.seed}, result.summary)
         rows.append(_row(point, result.summary, result.run_dir, reused=False))
     df = pd.DataFrame(rows)
     df.attrs["grid_keys"] = list(grid)

@@ -48,6 +48,7 @@ from vqalab.data import DataSplits, build_data
 from vqalab.data.samplers import epoch_batches, eval_batches
 from vqalab.metrics import IOU_THRESHOLD, iou_counts
 from vqalab.models import MODELS, create_model
+from vqalab.monitor import RunMonitor
 from vqalab.paths import resolve
 from vqalab.registry import ConfigError, short_repr
 from vqalab.runs import (
@@ -70,7 +71,7 @@ from vqalab.schedules import lr_factor
 log = logging.getLogger(__name__)
 
 # Keys allowed to differ between a run and its resumption (e.g. continue on another GPU).
-RESUME_FREE_KEYS = ("train.progress", "train.device")
+RESUME_FREE_KEYS = ("train.progress", "train.device", "train.tensorboard", "train.log_every_steps")
 
 # Mixup draws from its own random stream, a pure function of (seed, epoch, this tag).
 MIXUP_STREAM = 0x6D69
@@ -566,13 +567,16 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
 
     max_steps = cfg.train.max_steps
     t_run = time.perf_counter()
+    monitor = RunMonitor(run_dir, every_n_steps=cfg.train.log_every_steps, enabled=cfg.train.tensorboard,
+                         start_step=step)
     with torch_threads(cfg.train.num_threads):
         try:
             done = bool(history) and (should_stop_early(history, cfg) or bool(max_steps and step >= max_steps))
             for epoch in range(start_epoch, cfg.train.epochs + 1):
                 if done:
                     break
-                row, step = train_one_epoch(model, optimizer, scheduler, scaler, data, cfg, device, epoch, step)
+                row, step = train_one_epoch(model, optimizer, scheduler, scaler, data, cfg, device, epoch, step,
+                                            monitor=monitor)
                 val_loss, val_acc, val_pred = evaluate(model, data, cfg, device)
                 if not math.isfinite(val_loss):
                     raise Diverged(step, optimizer.param_groups[0]["lr"], "validation loss", epoch)
@@ -582,6 +586,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
                     best_confusion = confusion_matrix(torch.as_tensor(data.val.targets), val_pred, len(data.class_names))
                     write_confusion(run_dir, data.class_names, best_confusion)
                 append_metrics(metrics_file, row)
+                monitor.epoch_end(row)
                 done = should_stop_early(history, cfg) or bool(max_steps and step >= max_steps)
                 if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs or done:
                     runs.save_checkpoint(runs.checkpoint_path(run_dir, epoch), {
@@ -610,6 +615,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
             summary.update(status="failed", error=f"{type(err).__name__}: {err}")
             raise
         finally:
+            monitor.close()
             summary.update(summarise(history, cfg.train.early_stop_metric), wall_time_s=time.perf_counter() - t_run,
                            finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
             runs.write_json(run_dir / "summary.json", summary)
@@ -617,8 +623,11 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
 
 
 def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: RunConfig,
-                    device: torch.device, epoch: int, step: int) -> tuple[dict, int]:
+                    device: torch.device, epoch: int, step: int,
+                    monitor: RunMonitor | None = None) -> tuple[dict, int]:
     """One pass over the training split; returns the epoch's metrics row and the new step count.
+
+    monitor: receives each micro-batch's loss and each optimizer step (TensorBoard scalars).
 
     Raises ``Diverged`` at the first non-finite loss or (without a GradScaler) gradient norm.
     """
@@ -652,8 +661,11 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
             raise Diverged(step, lr, "loss", epoch)
         scaler.scale(loss / (group_end - group_start)).backward()
         n = batch[data.input_keys[0]].shape[0]  # items in this micro-batch (segmentation has no targets)
-        loss_sum += loss.item() * n
+        loss_value = loss.item()
+        loss_sum += loss_value * n
         samples += n
+        if monitor is not None:
+            monitor.micro_batch(loss_value, n)
         if i + 1 < group_end:
             continue
         grad_norm = optimizer_step(model, optimizer, scaler, cfg.train.clip_norm)
@@ -662,6 +674,8 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        if monitor is not None:
+            monitor.optimizer_step(step, lr=lr, grad_norm=grad_norm)
         if device.type == "cuda":
             torch.cuda.synchronize(device)  # time the finished step, not the queued one
         now = time.perf_counter()

@@ -11,6 +11,7 @@ from vqalab.paths import project_root
 from vqalab.registry import ConfigError
 from vqalab.report.archive import PREVIOUS_DIR, archive_outputs, write_text
 from vqalab.report.execute import (
+    LOGS_DIR,
     STATUS_FAILED,
     STATUS_OK,
     check_kernel,
@@ -19,8 +20,8 @@ from vqalab.report.execute import (
     read_notebook,
 )
 from vqalab.report.pages import INDEX_FILE, REPORT_FILE, error_page, render_study, render_week
-from vqalab.report.presets import plan_studies
-from vqalab.report.since import SUMMARY_FILE, read_summary, since_last_week
+from vqalab.report.presets import RUNS_ROOT_PARAM, plan_studies
+from vqalab.report.since import SUMMARY_FILE, last_week_summary, read_summary, since_last_week
 from vqalab.report.weeks import check_week, iso_week
 from vqalab.runs import environment, folder_lock
 
@@ -31,7 +32,8 @@ def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str 
                force: bool = False, root: str | Path | None = None, notebooks_dir: str | Path | None = None,
                params_dir: str | Path | None = None, reports_dir: str | Path | None = None,
                runs_root: str | Path | None = None) -> int:
-    """Execute the studies and write the week's report; returns 0, or 1 when a notebook failed.
+    """Execute the studies and write the week's report; returns 0, or 1 when a study failed or ran
+    past its time budget (``time_budget_s`` in its preset).
 
     ``preset``: the preset of each ``params/<name>.yaml`` to run (quick, cpu, gpu).
     ``only``: study names to run (default: every study); other studies already reported this
@@ -78,6 +80,8 @@ def _run_locked(*, plan: list[dict], week: str, week_dir: Path, reports_dir: Pat
     old_summary = read_summary(week_dir / SUMMARY_FILE) if (week_dir / SUMMARY_FILE).is_file() else {}
     if earlier:
         derived = [week_dir / f for f in (INDEX_FILE, REPORT_FILE, SUMMARY_FILE) if (week_dir / f).exists()]
+        logs = [week_dir / LOGS_DIR / f"{study['name']}.log" for study in plan]
+        derived += [path for path in logs if path.exists()]
         kept = archive_outputs(week_dir, earlier + derived)
         log.info("earlier outputs of this week moved to %s", kept)
     week_dir.mkdir(parents=True, exist_ok=True)
@@ -86,8 +90,13 @@ def _run_locked(*, plan: list[dict], week: str, week_dir: Path, reports_dir: Pat
     # Merged, never replaced: studies of this week not re-run stay listed (the week lock makes the
     # summary read above the latest one).
     studies = dict(old_summary.get("studies", {}))
+    last_week = last_week_summary(reports_dir, week)
+    last_studies = last_week[1].get("studies", {}) if last_week else {}
     for study in plan:
-        record = execute_study(study, out_dir=week_dir, cwd=root, preset=preset)
+        study_runs = Path(study["parameters"].get(RUNS_ROOT_PARAM) or "runs")
+        record = execute_study(study, out_dir=week_dir, cwd=root, preset=preset,
+                               runs_root=study_runs if study_runs.is_absolute() else root / study_runs,
+                               last_duration=last_studies.get(study["name"], {}).get("duration_s"))
         record["environment"] = env
         record.update(headline={}, text=[])
         notebook = read_notebook(week_dir / record["notebook"])

@@ -5,16 +5,19 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
 from vqalab.notebook import FINDINGS_MIME
 from vqalab.registry import ConfigError
+from vqalab.report.progress import DEFAULT_TIME_BUDGET_S, ProgressLine, format_seconds, watch
 
 log = logging.getLogger(__name__)
 
 KERNEL_NAME = "python3"  # registered by `make venv` (ipykernel install --sys-prefix)
-STATUS_OK, STATUS_FAILED = "ok", "failed"
+STATUS_OK, STATUS_FAILED, STATUS_TIMED_OUT = "ok", "failed", "timed_out"  # shown as "timed out"
+LOGS_DIR = "logs"  # per-study cell output, streamed while the notebook runs
 ERROR_TEXT_LIMIT = 2000  # characters of an error message kept in summary.json and the index
 
 
@@ -28,36 +31,62 @@ def check_kernel(kernel_name: str = KERNEL_NAME) -> None:
                           f"`python -m ipykernel install --sys-prefix --name {kernel_name}`") from None
 
 
-def execute_study(study: dict, *, out_dir: Path, cwd: Path, preset: str) -> dict:
+def execute_study(study: dict, *, out_dir: Path, cwd: Path, preset: str, runs_root: Path,
+                  last_duration: float | None = None, line: ProgressLine | None = None) -> dict:
     """Run one study's notebook into ``out_dir/<name>.ipynb``; never raises for notebook errors.
 
-    Returns the study's record for ``summary.json``: status, duration, parameters, error.
+    The notebook's cell output (stdout and stderr) streams to ``out_dir/logs/<name>.log`` as it
+    runs; a progress line shows the current run and epoch (read from ``runs_root``) and an ETA
+    from ``last_duration`` (this study's time last week). Past ``study["time_budget_s"]`` its
+    kernel is killed and the study is ``timed out``. Returns the study's record for
+    ``summary.json``: status, duration, parameters, error, log.
     """
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     name = study["name"]
     output = out_dir / f"{name}.ipynb"
+    log_file = out_dir / LOGS_DIR / f"{name}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    budget = study.get("time_budget_s") or DEFAULT_TIME_BUDGET_S
     record = {"name": name, "title": study["title"], "preset": preset, "parameters": study["parameters"],
-              "notebook": output.name, "html": f"{name}.html",
-              "started": dt.datetime.now().isoformat(timespec="seconds"), "error": None}
-    log.info("running %s (preset %s)", study["notebook"], preset)
+              "notebook": output.name, "html": f"{name}.html", "log": f"{LOGS_DIR}/{name}.log",
+              "time_budget_s": budget, "started": dt.datetime.now().isoformat(timespec="seconds"),
+              "error": None}
+    log.info("running %s (preset %s), cell output in %s", study["notebook"], preset, log_file)
+    outcome: dict = {}
+
+    def execute() -> None:
+        try:
+            with open(log_file, "a", encoding="utf-8", buffering=1) as stream:
+                papermill.execute_notebook(str(study["notebook"]), str(output), parameters=study["parameters"],
+                                           kernel_name=KERNEL_NAME, cwd=str(cwd), progress_bar=False,
+                                           stdout_file=stream, stderr_file=stream)
+        except PapermillExecutionError as err:
+            outcome["error"] = f"In [{err.exec_count}]: {err.ename}: {err.evalue}"
+        except Exception as err:  # noqa: BLE001 -- kernel died or did not start: report what there is
+            outcome["error"] = f"{type(err).__name__}: {err}"
+
     start = time.perf_counter()
-    try:
-        papermill.execute_notebook(str(study["notebook"]), str(output), parameters=study["parameters"],
-                                   kernel_name=KERNEL_NAME, cwd=str(cwd), progress_bar=False)
-        record["status"] = STATUS_OK
-    except PapermillExecutionError as err:
-        record["status"] = STATUS_FAILED
-        record["error"] = f"In [{err.exec_count}]: {err.ename}: {err.evalue}"
-    except Exception as err:  # noqa: BLE001 -- kernel died or did not start: report what there is
-        record["status"] = STATUS_FAILED
-        record["error"] = f"{type(err).__name__}: {err}"
+    # papermill runs in a thread so that this one can show progress and enforce the budget.
+    thread = threading.Thread(target=execute, name=f"study-{name}", daemon=True)
+    thread.start()
+    line = line or ProgressLine()
+    timed_out = watch(name, thread, budget=budget, runs_root=runs_root, last_duration=last_duration, line=line)
     record["duration_s"] = round(time.perf_counter() - start, 2)
+    if timed_out:
+        record["status"] = STATUS_TIMED_OUT
+        record["error"] = (f"stopped after its time budget of {format_seconds(budget)}; "
+                           f"the log up to then is {record['log']}")
+    elif "error" in outcome:
+        record["status"] = STATUS_FAILED
+        record["error"] = outcome["error"]
+    else:
+        record["status"] = STATUS_OK
     if record["error"] and len(record["error"]) > ERROR_TEXT_LIMIT:
         record["error"] = record["error"][:ERROR_TEXT_LIMIT] + " …"
-    log.info("%s: %s in %.1f s%s", name, record["status"], record["duration_s"],
-             f" ({record['error']})" if record["error"] else "")
+    line.done(f"{name}: {record['status']} in {format_seconds(record['duration_s'])}"
+              + (f" ({record['error']})" if record["error"] else ""))
     return record
 
 

@@ -13,6 +13,8 @@ log = logging.getLogger(__name__)
 
 PARAMS_FILE_KEYS = ("presets",)
 RUNS_ROOT_PARAM = "runs_root"
+# A preset key that is not a notebook parameter: seconds after which the study is stopped.
+TIME_BUDGET_KEY = "time_budget_s"
 
 # Annotations a notebook parameter may carry; a preset value must have that type (an int may
 # stand for a float).
@@ -77,6 +79,11 @@ def load_preset(params_file: Path, preset: str, notebook_params: dict[str, dict]
     if not isinstance(values, dict):
         raise ConfigError(f"{params_file}: presets.{preset} must map notebook parameters to values, "
                           f"got {type(values).__name__}")
+    values = dict(values)
+    budget = values.pop(TIME_BUDGET_KEY, None)
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
+        raise ConfigError(f"{params_file}: presets.{preset}.{TIME_BUDGET_KEY} = {budget!r}: expected a "
+                          "positive number of seconds")
     for key, value in values.items():
         if key not in notebook_params:
             valid = list(notebook_params) or ["(the notebook has no parameters cell)"]
@@ -86,7 +93,9 @@ def load_preset(params_file: Path, preset: str, notebook_params: dict[str, dict]
         if _type_mismatch(value, expected):
             raise ConfigError(f"{params_file}: presets.{preset}.{key} = {value!r}: expected {expected.__name__} "
                               f"(the notebook's default is {notebook_params[key].get('default', '')})")
-    return dict(values)
+    if budget is not None:
+        values[TIME_BUDGET_KEY] = budget
+    return values
 
 
 def notebook_title(notebook) -> str | None:
@@ -133,9 +142,10 @@ def plan_studies(*, preset: str, only: list[str] | None, notebooks_dir: Path, pa
         for key, parameter in notebook_params.items():
             parameter["type"] = annotated_type(key, parameter, notebook)
         parameters = load_preset(params_file, preset, notebook_params)
+        time_budget_s = parameters.pop(TIME_BUDGET_KEY, None)
         if runs_root is not None and RUNS_ROOT_PARAM in notebook_params and RUNS_ROOT_PARAM not in parameters:
             parameters[RUNS_ROOT_PARAM] = str(runs_root)
         title = notebook_title(nbformat.read(notebook, as_version=4)) or name
         plan.append({"name": name, "title": title, "notebook": notebook, "params_file": params_file,
-                     "parameters": parameters})
+                     "parameters": parameters, "time_budget_s": time_budget_s})
     return plan

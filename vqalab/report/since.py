@@ -15,20 +15,28 @@ log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.json"
 
 
-def since_last_week(reports_dir: Path, week: str, studies: dict[str, dict]) -> dict | None:
-    """How the headline figures moved since the latest earlier week with a ``summary.json``.
-
-    Returns ``{"week": earlier week, "rows": [{study, figure, before, now, change}]}`` or None.
-    """
+def last_week_summary(reports_dir: Path, week: str) -> tuple[str, dict] | None:
+    """(week, summary) of the latest week before ``week`` with a readable ``summary.json``."""
     earlier = sorted(p.parent.name for p in Path(reports_dir).glob(f"*/{SUMMARY_FILE}")
                      if WEEK_PATTERN.match(p.parent.name) and p.parent.name < week)
     if not earlier:
         return None
     try:
-        before_summary = read_summary(Path(reports_dir) / earlier[-1] / SUMMARY_FILE)
+        return earlier[-1], read_summary(Path(reports_dir) / earlier[-1] / SUMMARY_FILE)
     except ConfigError as err:
-        log.warning("no 'since last week' section: %s", err)
+        log.warning("no 'since last week' figures: %s", err)
         return None
+
+
+def since_last_week(reports_dir: Path, week: str, studies: dict[str, dict]) -> dict | None:
+    """How the headline figures moved since the latest earlier week with a ``summary.json``.
+
+    Returns ``{"week": earlier week, "rows": [{study, figure, before, now, change}]}`` or None.
+    """
+    last = last_week_summary(reports_dir, week)
+    if last is None:
+        return None
+    before_week, before_summary = last
     before_studies = before_summary.get("studies", {})
     rows = []
     for name in sorted(set(studies) | set(before_studies)):
@@ -37,7 +45,7 @@ def since_last_week(reports_dir: Path, week: str, studies: dict[str, dict]) -> d
         for figure in list(dict.fromkeys([*now, *before])):
             rows.append({"study": name, "figure": figure, "before": before.get(figure, "–"),
                          "now": now.get(figure, "–"), "change": _change(before.get(figure), now.get(figure))})
-    return {"week": earlier[-1], "rows": rows}
+    return {"week": before_week, "rows": rows}
 
 
 def read_summary(path: Path) -> dict:
