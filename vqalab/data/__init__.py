@@ -4,10 +4,19 @@ A builder is a function with keyword-only arguments (the ``data:`` section of a 
 registered with ``@register_dataset``. It returns train and validation datasets whose items are
 dicts of tensors, the collate function that batches them, the inputs the model takes, and the
 keyword arguments the data fixes for the model (vocabulary size, number of answers or classes).
+
+Each data set also registers a status check with ``@register_status("<name>")``: a function of the
+builder's keywords (defaults filled in) returning a ``DataStatus``: where the data set is looked
+for, whether it is there, its counts and a short fingerprint, or, when missing, the exact path and
+the official files that go there. ``vqalab data`` prints one line per data set from them; sweeps
+and run records use ``DataStatus.identity()``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -35,6 +44,58 @@ class DataSplits:
     train_groups: Optional[list[int]] = None  # group id per train sample for grouped batches
     vocab: Optional[list[str]] = None  # question tokens, index order
     info: dict = field(default_factory=dict)  # sizes and provenance, recorded in summary.json
+
+
+@dataclass
+class DataStatus:
+    """Whether a data set is available, and what it is (its identity in run records)."""
+
+    name: str
+    found: bool
+    where: str  # the folder looked at, or where the data come from (generated, an installed package)
+    counts: dict[str, int] = field(default_factory=dict)  # e.g. {"train_images": 12271, "classes": 7}
+    fingerprint: str = ""  # short hash of the data's files (names, sizes, dates) or of the generator spec
+    expected: str = ""  # when missing or unreadable: what goes where
+    detail: str = ""  # e.g. the layout found
+
+    def identity(self) -> dict:
+        """Name, root, counts and fingerprint: two runs saw the same data when these are equal."""
+        return {"name": self.name, "root": self.where, "counts": dict(self.counts), "fingerprint": self.fingerprint}
+
+    def line(self) -> str:
+        """One line of ``vqalab data``."""
+        if not self.found:
+            return f"{self.name:<16} missing  {self.where}: {self.expected}"
+        parts = [", ".join(f"{v} {k.replace('_', ' ')}" for k, v in self.counts.items()),
+                 f"fingerprint {self.fingerprint}" if self.fingerprint else "", self.detail]
+        return f"{self.name:<16} found    {self.where}: {'; '.join(p for p in parts if p)}"
+
+
+STATUS_CHECKS: dict[str, Callable[[dict], DataStatus]] = {}
+
+
+def register_status(name: str):
+    """Register the status check of data set ``name``: ``fn(spec) -> DataStatus``, where ``spec``
+    holds every keyword of the builder (its defaults filled in)."""
+    def register(fn: Callable[[dict], DataStatus]) -> Callable[[dict], DataStatus]:
+        STATUS_CHECKS[name] = fn
+        return fn
+    return register
+
+
+def short_hash(parts) -> str:
+    """12 hex digits of SHA-1 over the JSON of ``parts``: a short fingerprint."""
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def data_status(spec: dict | str) -> DataStatus:
+    """The status of the data set a ``data`` section (or a bare name) describes."""
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+    name = spec.pop("name")
+    params = inspect.signature(DATASETS.get(name)).parameters
+    full = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    full.update(spec)
+    return STATUS_CHECKS[name](full)
 
 
 def build_data(spec: dict, seed: int = 0) -> DataSplits:
