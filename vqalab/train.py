@@ -38,10 +38,11 @@ from torch.utils.data import DataLoader
 
 from vqalab import runs
 from vqalab.config import RunConfig, read_yaml
-from vqalab.data import DATASETS, DataSplits, build_data
+from vqalab.data import DATASETS, DataSplits, build_data, data_status
 from vqalab.data.samplers import epoch_batches, eval_batches
 from vqalab.models import MODELS, create_model
 from vqalab.paths import resolve
+from vqalab.provenance import code_fingerprint
 from vqalab.registry import ConfigError
 from vqalab.schedules import lr_factor
 
@@ -359,7 +360,8 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
             "status": "running", "experiment": cfg.experiment, "name": cfg.name, "run_dir": str(run_dir),
             "config_hash": config_hash(cfg), "model": model_name, "seed": cfg.seed, "params": n_params,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "data": data.info, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+            "data": data.info, "data_identity": data_status(cfg.data).identity(),
+            "code_fingerprint": code_fingerprint(), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **environment(device),
         }
     else:
