@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vqalab.registry import ConfigError, did_you_mean
 
@@ -82,7 +82,12 @@ class ScheduleConfig(Section):
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1, description="passes over the training split", json_schema_extra=_range("5 … 100"))
     max_steps: Optional[int] = Field(None, ge=1, description="stop after this many optimizer steps (None: no limit)")
-    batch_size: int = Field(128, ge=1, description="samples per optimizer micro-batch", json_schema_extra=_range("32 … 600"))
+    batch_size: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
+        128, description="samples per optimizer micro-batch; auto: the largest batch on the throughput plateau "
+                         "whose peak memory fits train.max_memory_fraction, measured before training",
+        json_schema_extra=_range("32 … 600, or auto"))
+    max_memory_fraction: float = Field(0.9, gt=0, le=1, description="batch_size auto: share of the device's memory "
+                                       "the chosen batch may use at its peak (lab note 001)", json_schema_extra=_range("0.5 … 0.95"))
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step", json_schema_extra=_range("1 … 8"))
     clip_norm: Optional[float] = Field(None, gt=0, description="clip the global gradient norm to this (None: off)", json_schema_extra=_range("0.25 … 5"))
     loss: Literal["ce", "bce"] = Field("ce", description="ce: cross-entropy on the target class; bce: on soft scores (VQA v2)")
@@ -96,6 +101,14 @@ class TrainConfig(Section):
     early_stop_metric: Literal["val_acc", "val_loss"] = Field("val_acc", description="metric watched for the best epoch and early stopping")
     checkpoint_every: int = Field(1, ge=1, description="write a checkpoint every N epochs (and always at the last)")
     progress: bool = Field(True, description="show tqdm progress bars")
+
+    @field_validator("batch_size", mode="wrap")
+    @classmethod
+    def _batch_size_or_auto(cls, value, handler):
+        try:
+            return handler(value)
+        except ValidationError:  # one message instead of one per member of the union
+            raise ValueError("expected an integer ≥ 1 or 'auto'") from None
 
 
 class RunConfig(Section):

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from vqalab import runs
-from vqalab.bench import build_model, check_model_fits_data
+from vqalab.bench import build_model, check_model_fits_data, choose_batch_size
 from vqalab.config import RunConfig
 from vqalab.data import DataSplits, build_data
 from vqalab.data.samplers import epoch_batches
@@ -168,6 +168,9 @@ def lr_range_test(cfg: RunConfig, *, min_lr: float = DEFAULT_MIN_LR, max_lr: flo
     # A given model stays where it is; a built one goes to the configured device.
     device = select_device(cfg.train.device) if model is None else next(model.parameters()).device
     data = data or build_data(cfg.data, seed=cfg.seed)
+    if cfg.train.batch_size == "auto":  # the batch size the run would train with
+        cfg = cfg.model_copy(deep=True)
+        cfg.train.batch_size = choose_batch_size(cfg, data, device)["batch_size"]
     if model is None:
         check_model_fits_data(cfg, data)
         seed_everything(cfg.seed)

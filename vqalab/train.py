@@ -308,6 +308,19 @@ def prepare_resume(cfg: RunConfig, resume: str | Path) -> ResumePoint:
     return ResumePoint(run_dir=run_dir, summary=summary, checkpoint=latest_checkpoint(run_dir))
 
 
+def resolve_auto_batch(cfg: RunConfig, data: DataSplits, device: torch.device,
+                       point: ResumePoint | None) -> dict | None:
+    """``batch_size: auto`` → the measured choice (``bench.choose_batch_size``); a resumed run keeps
+    the batch size it started with, so its batch order is unchanged. None for a fixed batch size."""
+    if cfg.train.batch_size != "auto":
+        return None
+    if point is not None and point.summary.get("batch_size_auto"):
+        return point.summary["batch_size_auto"]
+    from vqalab.bench import choose_batch_size  # bench builds on this module's training step
+
+    return choose_batch_size(cfg, data, device)
+
+
 def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | None = None) -> RunResult:
     """Train one run and return its folder and summary.
 
@@ -327,11 +340,17 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
     if data is None:
         data = build_data(cfg.data, seed=cfg.seed)
     check_mixup(cfg, data)
+    device = select_device(cfg.train.device)
+    asked = cfg  # params.yaml and the config hash keep what was asked (batch_size: auto)
+    auto_batch = resolve_auto_batch(cfg, data, device, point)
+    if auto_batch is not None:
+        cfg = cfg.model_copy(deep=True)
+        cfg.train.batch_size = auto_batch["batch_size"]
     # Seeded again so the model is initialised alike whether or not the data was passed in.
     seed_everything(cfg.seed)
-    device = select_device(cfg.train.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+        torch.cuda.reset_peak_memory_stats(device)  # this run's peak, not an earlier run's or the measurement's
 
     model_spec = dict(cfg.model)
     model_name = model_spec.pop("name")
@@ -355,10 +374,11 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
     step, start_epoch = 0, 1
     if point is None:
         run_dir = runs.new_run_dir(cfg.runs_root, cfg.experiment, cfg.name)
-        runs.write_yaml(run_dir / "params.yaml", cfg.to_dict())
+        runs.write_yaml(run_dir / "params.yaml", asked.to_dict())
         summary = {
             "status": "running", "experiment": cfg.experiment, "name": cfg.name, "run_dir": str(run_dir),
-            "config_hash": config_hash(cfg), "model": model_name, "seed": cfg.seed, "params": n_params,
+            "config_hash": config_hash(asked), "batch_size": cfg.train.batch_size,
+            **({"batch_size_auto": auto_batch} if auto_batch is not None else {}), "model": model_name, "seed": cfg.seed, "params": n_params,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "data": data.info, "data_identity": data_status(cfg.data).identity(),
             "code_fingerprint": code_fingerprint(), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
@@ -417,7 +437,7 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
                     "model_name": model_name, "model_kwargs": model_kwargs,
                     "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
                     "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
-                    "rng_state": rng_state(), "epoch": epoch, "step": step, "config": cfg.to_dict(),
+                    "rng_state": rng_state(), "epoch": epoch, "step": step, "config": asked.to_dict(),
                     "class_names": data.class_names, "vocab": data.vocab, "metrics": row,
                     "best_confusion": best_confusion,
                 })
