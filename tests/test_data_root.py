@@ -124,3 +124,16 @@ def test_vqa_v2_fixture_has_every_answer_type_and_answers_that_follow_the_image(
         yes_no = data.class_names[data.train.targets[i + 2]]
         assert yes_no == ("yes" if count != "0" else "no")
         assert data.class_names[data.train.targets[i]] in ("red", "green", "blue")
+
+
+def test_frozen_features_status_is_its_source_and_its_weights_file(lab_data):
+    spec = {"name": "frozen_features", "source": {"name": "vqa_v2"}, "weights": "weights/resnet18.pth"}
+    assert not data_status(spec).found and data_status(spec).where == str(lab_data / VQA_V2_DIR)
+    write_vqa_v2(lab_data / VQA_V2_DIR, train_images=2, val_images=1)
+    status = data_status(spec)
+    assert not status.found and status.where == str(lab_data / "weights" / "resnet18.pth")
+    (lab_data / "weights").mkdir()
+    (lab_data / "weights" / "resnet18.pth").write_bytes(b"weights")
+    status = data_status(spec)
+    assert status.found and status.counts == data_status("vqa_v2").counts
+    assert status.fingerprint != data_status("vqa_v2").fingerprint  # the encoder is part of what the data are

@@ -115,12 +115,7 @@ def build_model(cfg: RunConfig, data: DataSplits, device: torch.device, *, chann
 
 
 def batch_on_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
-    batch = to_device(batch, device)
-    if channels_last:
-        batch = {k: v.contiguous(memory_format=torch.channels_last)
-                 if torch.is_tensor(v) and v.dim() == 4 and v.is_floating_point() else v
-                 for k, v in batch.items()}
-    return batch
+    return to_device(batch, device, channels_last)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -388,11 +383,11 @@ def choose_batch_size(cfg: RunConfig, data: DataSplits, device: torch.device) ->
     """
     cap = cfg.train.max_memory_fraction * device_memory_mb(device)
     key = json.dumps([cfg.model, cfg.data, cfg.optim.name, cfg.train.loss, cfg.train.amp, cfg.train.clip_norm,
-                      str(device), cap], sort_keys=True, default=str)
+                      cfg.train.channels_last, str(device), cap], sort_keys=True, default=str)
     if key not in _AUTO_CHOICES:
         sizes = [b for b in AUTO_BATCH_SIZES if b <= len(data.train)] or [len(data.train)]
         table = throughput_sweep(cfg, batch_sizes=sizes, warmup_steps=AUTO_WARMUP_STEPS,
-                                 timed_steps=AUTO_TIMED_STEPS, data=data)
+                                 timed_steps=AUTO_TIMED_STEPS, channels_last=cfg.train.channels_last, data=data)
         release_memory(device)
         choice = auto_batch_size(table, memory_cap_mb=cap)
         columns = ["batch_size", "status", "samples_per_s", "peak_memory_mb", "memory_kind"]

@@ -94,6 +94,7 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing", json_schema_extra=_range("0 … 0.2"))
     mixup_alpha: float = Field(0.0, ge=0, description="mixup Beta(α, α) of images and labels, image classification only (0: off)", json_schema_extra=_range("0.1 … 0.4"))
     amp: Literal["off", "bf16", "fp16"] = Field("off", description="mixed precision on CUDA (fp16 uses a GradScaler); ignored on the CPU")
+    channels_last: bool = Field(False, description="store convolution weights and images NHWC (faster convolutions with AMP on recent GPUs)")
     device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes", json_schema_extra=_range("0 … CPU cores"))
     num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads during the run (None: torch's default); 1 is often fastest for small models on a shared CPU", json_schema_extra=_range("1 … CPU cores"))

@@ -194,8 +194,14 @@ def batch_accuracy_sum(logits: torch.Tensor, batch: dict) -> float:
     return (pred == batch["target"]).sum().item()
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+def to_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
+    """Tensors to ``device``; with ``channels_last``, images (4-D float tensors) stored NHWC."""
+    batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    if channels_last:
+        batch = {k: v.contiguous(memory_format=torch.channels_last)
+                 if torch.is_tensor(v) and v.dim() == 4 and v.is_floating_point() else v
+                 for k, v in batch.items()}
+    return batch
 
 
 def make_loader(dataset, batches, data: DataSplits, cfg: RunConfig, device: torch.device) -> DataLoader:
@@ -210,7 +216,7 @@ def evaluate(model, data: DataSplits, cfg: RunConfig, device: torch.device) -> t
     loss_sum, score_sum, count, preds = 0.0, 0.0, 0, []
     loader = make_loader(data.val, eval_batches(len(data.val), cfg.train.batch_size), data, cfg, device)
     for batch in loader:
-        batch = to_device(batch, device)
+        batch = to_device(batch, device, cfg.train.channels_last)
         with autocast_context(device, cfg.train.amp):
             logits = model(**{k: batch[k] for k in data.input_keys})
         n = len(batch["target"])
@@ -356,6 +362,8 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
     model_name = model_spec.pop("name")
     model_kwargs = {**model_spec, **data.model_kwargs}
     model = create_model(model_name, **model_kwargs).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)  # NHWC convolutions: faster with AMP on recent GPUs
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.train.amp == "fp16")
 
@@ -484,7 +492,7 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
     for i, batch in enumerate(batch_iter):
         group_start = (i // accum) * accum
         group_end = min(group_start + accum, len(batches))  # micro-batches [start, end) make one step
-        batch = to_device(batch, device)
+        batch = to_device(batch, device, cfg.train.channels_last)
         if mix_rng is not None:
             batch, lam, perm = mix_batch(batch, mix_rng, alpha)
         with autocast_context(device, cfg.train.amp):

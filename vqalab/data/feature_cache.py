@@ -313,6 +313,10 @@ def frozen_features_status(spec: dict) -> DataStatus:
                           detail="features cached under the cache folder")
     source = data_status(spec["source"])
     weights = resolve_data(spec["weights"]) if spec.get("weights") else None
+    if source.found and weights is not None and not weights.is_file():
+        return DataStatus(name=f"frozen_features({source.name})", found=False, where=str(weights),
+                          expected=f"the {spec.get('encoder')} weights file (a local state dict, e.g. torchvision's "
+                                   f"ImageNet weights saved with torch.save(model.state_dict(), path))")
     weights_stat = (str(weights), weights.stat().st_size, weights.stat().st_mtime_ns) if weights and weights.is_file() else None
     encoder = {k: spec.get(k) for k in ("encoder", "pooled", "dtype", "init_seed")}
     return DataStatus(name=f"frozen_features({source.name})", found=source.found, where=source.where,
