@@ -198,6 +198,15 @@ def test_sweep_does_not_hide_other_errors(monkeypatch, cfg, data):
         bench.throughput_sweep(cfg, batch_sizes=[8], warmup_steps=0, timed_steps=1, data=data)
 
 
+def test_sweep_runs_with_the_configured_threads_and_restores_them(cfg, data):
+    before = torch.get_num_threads()
+    threads = 1 if before > 1 else 2
+    one = build_config({**TINY, "train": {**TINY["train"], "num_threads": threads}})
+    rows = bench.throughput_sweep(one, batch_sizes=[2], warmup_steps=0, timed_steps=1, data=data)
+    assert rows["cpu_threads"].tolist() == [threads]
+    assert torch.get_num_threads() == before
+
+
 def test_sweep_rejects_bad_arguments_before_compute(cfg):
     with pytest.raises(ConfigError, match=r"batch_sizes = \[0, 2\]: expected a list of positive integers"):
         bench.throughput_sweep(cfg, batch_sizes=[0, 2])

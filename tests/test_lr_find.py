@@ -98,6 +98,18 @@ def test_range_test_restores_model_and_optimizer_exactly(cfg, data):
     assert optimizer.param_groups[0]["lr"] == 3e-4
 
 
+def test_range_test_runs_with_the_configured_threads_and_restores_them(cfg, data):
+    before = torch.get_num_threads()
+    threads = 1 if before > 1 else 2
+    seen = []
+    model = bench.build_model(cfg, data, torch.device("cpu"))
+    model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    one = build_config({**TINY, "train": {**TINY["train"], "num_threads": threads}})
+    lr_find.lr_range_test(one, num_steps=2, data=data, model=model, optimizer=torch.optim.SGD(model.parameters()))
+    assert seen == [threads, threads]
+    assert torch.get_num_threads() == before
+
+
 def test_range_test_stops_when_the_loss_explodes(cfg, data):
     sgd = build_config({**TINY, "optim": {"name": "sgd", "momentum": 0.9}})
     result = lr_find.lr_range_test(sgd, min_lr=1e-3, max_lr=1e6, num_steps=60, data=data)

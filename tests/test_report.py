@@ -12,9 +12,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from vqalab import report
-from vqalab.config import parameter_table
+from vqalab.config import parameter_table, parameters_markdown
 from vqalab.registry import ConfigError
+from vqalab.report import run_report
+from vqalab.report.html import neutralize_html
+from vqalab.report.presets import load_preset
+from vqalab.report.since import since_last_week
+from vqalab.report.weeks import iso_week
 
 REPO = Path(__file__).resolve().parents[1]
 WEEK = "2026-W10"
@@ -38,8 +42,8 @@ def make_project(root: Path) -> Path:
     (root / "params").mkdir()
     _notebook(
         root / "notebooks" / "plot.ipynb", "Plot study",
-        'label = "a"  # experiment name\nscore = 0.5  # the headline figure\n'
-        'runs_root = "runs"  # where runs go',
+        'label: str = "a"  # experiment name\nscore: float = 0.5  # the headline figure\n'
+        'runs_root: str = "runs"  # where runs go',
         "import matplotlib.pyplot as plt\nfrom pathlib import Path\n"
         "Path(runs_root).mkdir(parents=True, exist_ok=True)\n"
         "(Path(runs_root) / 'marker.txt').write_text(label)\n"
@@ -52,11 +56,11 @@ def make_project(root: Path) -> Path:
     )
     _notebook(
         root / "notebooks" / "broken.ipynb", "Broken study",
-        "fail = True  # raise on purpose",
+        "fail: bool = True  # raise on purpose",
         "print('before the error')",
         "if fail:\n    raise ValueError('planned failure')",
     )
-    _notebook(root / "notebooks" / "scratch.ipynb", "Scratch", "x = 1  # no params file: not a study")
+    _notebook(root / "notebooks" / "scratch.ipynb", "Scratch", "x: int = 1  # no params file: not a study")
     (root / "params" / "plot.yaml").write_text(
         "presets:\n"
         f"  quick: {{label: '{HOSTILE}', score: 0.5}}\n"
@@ -70,7 +74,7 @@ def make_project(root: Path) -> Path:
 def run(root: Path, **kw) -> int:
     kw.setdefault("preset", "quick")
     kw.setdefault("week", WEEK)
-    return report.run_report(root=root, **kw)
+    return run_report(root=root, **kw)
 
 
 class Tags(HTMLParser):
@@ -243,7 +247,7 @@ def test_since_last_week_shows_how_headline_figures_moved(week, tmp_path):
     week_dir = root / "reports" / "2026-W11"
     summary = json.loads((week_dir / "summary.json").read_text())
     assert set(summary["studies"]) == {"plot"} and summary["studies"]["plot"]["headline"]["score"] == 0.75
-    since = report.since_last_week(root / "reports", "2026-W11", summary["studies"])
+    since = since_last_week(root / "reports", "2026-W11", summary["studies"])
     assert since["week"] == WEEK
     rows = {(r["study"], r["figure"]): r for r in since["rows"]}
     assert rows[("plot", "score")]["before"] == 0.5 and rows[("plot", "score")]["now"] == 0.75
@@ -280,6 +284,33 @@ def test_wrong_value_type_is_an_error(tmp_path):
     assert "presets.quick.score = 'high'" in message and "expected float" in message
 
 
+def test_preset_values_are_checked_against_the_annotations(tmp_path):
+    params_file = tmp_path / "study.yaml"
+    declared = {"score": {"type": float, "default": "0.5"}, "n": {"type": int, "default": "1"},
+                "xs": {"type": list, "default": "[1.0]"}}
+    params_file.write_text("presets:\n  quick: {score: 1, n: 2, xs: [3.0], }\n")
+    assert load_preset(params_file, "quick", declared) == {"score": 1, "n": 2, "xs": [3.0]}  # int stands for float
+    for value, expected in (("true", "int"), ("1.5", "int"), ("x", "int")):
+        params_file.write_text(f"presets:\n  quick: {{n: {value}}}\n")
+        with pytest.raises(ConfigError, match=f"presets.quick.n = .*: expected {expected}"):
+            load_preset(params_file, "quick", declared)
+    params_file.write_text("presets:\n  quick: {xs: 1.0}\n")
+    with pytest.raises(ConfigError, match="expected list"):
+        load_preset(params_file, "quick", declared)
+
+
+def test_a_parameter_without_type_annotation_is_an_error(tmp_path):
+    root = make_project(tmp_path / "project")
+    notebook = root / "notebooks" / "plot.ipynb"
+    nb = nbformat.read(notebook, as_version=4)
+    nb.cells[1].source = nb.cells[1].source.replace("score: float = 0.5", "score = 0.5")
+    nbformat.write(nb, notebook)
+    with pytest.raises(ConfigError, match=r"plot\.ipynb: parameter 'score' is annotated 'None': expected one of "
+                                          r"bool, int, float, str, list, dict"):
+        run(root, only=["plot"])
+    assert not (root / "reports").exists()
+
+
 def test_params_file_needs_presets(tmp_path):
     message = _params_error(tmp_path, "quick: {score: 0.5}\n")
     assert "plot.yaml" in message and "presets" in message
@@ -299,9 +330,9 @@ def test_unknown_study_and_bad_week(tmp_path):
 
 
 def test_iso_week_uses_the_iso_year():
-    assert report.iso_week(dt.date(2026, 11, 26)) == "2026-W48"
-    assert report.iso_week(dt.date(2027, 1, 1)) == "2026-W53"  # a Friday: still 2026's last week
-    assert report.iso_week(dt.date(2024, 12, 30)) == "2025-W01"
+    assert iso_week(dt.date(2026, 11, 26)) == "2026-W48"
+    assert iso_week(dt.date(2027, 1, 1)) == "2026-W53"  # a Friday: still 2026's last week
+    assert iso_week(dt.date(2024, 12, 30)) == "2025-W01"
 
 
 def test_neutralize_html_shows_scripts_as_text_and_drops_handlers():
@@ -309,7 +340,7 @@ def test_neutralize_html_shows_scripts_as_text_and_drops_handlers():
                 '<img src="https://example.org/x.png"><a href="javascript:alert(1)">x</a>'
                 '<a href="https://example.org/">ok</a><style>@import url(https://x/y.css);</style>'
                 '<img src="data:image/png;base64,AAAA">')
-    out = report.neutralize_html(fragment)
+    out = neutralize_html(fragment)
     parser = Tags()
     parser.feed(out)
     tags = parser.tags
@@ -323,8 +354,8 @@ def test_neutralize_html_shows_scripts_as_text_and_drops_handlers():
 
 def test_parameters_doc_is_in_step_with_the_code():
     doc = REPO / "docs" / "PARAMETERS.md"
-    assert doc.read_text(encoding="utf-8") == report.parameters_markdown(), (
-        "docs/PARAMETERS.md is out of date: .venv/bin/python -m vqalab.report --parameters-doc docs/PARAMETERS.md")
+    assert doc.read_text(encoding="utf-8") == parameters_markdown(), (
+        "docs/PARAMETERS.md is out of date: .venv/bin/python -m vqalab.config --parameters-doc docs/PARAMETERS.md")
     rows = [line for line in doc.read_text().splitlines() if line.startswith("| `")]
     assert len(rows) == len(parameter_table())
     assert "| `optim.betas` | `[0.9, 0.999]` |" in doc.read_text()

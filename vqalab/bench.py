@@ -54,6 +54,7 @@ from vqalab.train import (
     seed_everything,
     select_device,
     to_device,
+    torch_threads,
 )
 
 log = logging.getLogger(__name__)
@@ -275,35 +276,36 @@ def throughput_sweep(cfg: RunConfig, *, batch_sizes: Sequence[int] = DEFAULT_BAT
     check_model_fits_data(cfg, data)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as in training: fixed shapes, fastest kernels
-    options = {"model": cfg.model["name"], "device": str(device), "amp": amp,
-               "channels_last": channels_last, "compile": compile_model,
-               "warmup_steps": warmup_steps, "timed_steps": timed_steps,
-               "cpu_threads": torch.get_num_threads()}  # on a shared CPU, fewer threads can be faster
-    rows = []
-    for batch_size in sizes:
-        failure = ""
-        try:
-            row = measure_training(cfg, batch_size, data=data, device=device, amp=amp,
-                                   channels_last=channels_last, compile_model=compile_model,
-                                   warmup_steps=warmup_steps, timed_steps=timed_steps)
-        except Exception as err:
-            if not is_out_of_memory(err):
-                raise
-            failure = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            traceback.clear_frames(err.__traceback__)  # the failed step's locals: model, activations
-            err.__traceback__ = None  # in case something still holds the exception
-        if not failure:
-            rows.append({**options, **row})
-            log.info("batch %d: %.1f samples/s", batch_size, row["samples_per_s"])
-            continue
-        # Outside the except block: the traceback, which pins the step's tensors, is gone.
-        release_memory(device)
-        log.warning("batch %d: out of memory; larger batch sizes skipped (%s)", batch_size, failure)
-        rows.append({**options, "batch_size": batch_size, "status": "oom", "samples_per_s": math.nan,
-                     "step_time_median_s": math.nan, "step_time_p95_s": math.nan,
-                     "step_time_mean_s": math.nan, "peak_memory_mb": math.nan,
-                     "memory_kind": "", "error": failure})
-        break
+    with torch_threads(cfg.train.num_threads):  # as many CPU threads as a run of this config
+        options = {"model": cfg.model["name"], "device": str(device), "amp": amp,
+                   "channels_last": channels_last, "compile": compile_model,
+                   "warmup_steps": warmup_steps, "timed_steps": timed_steps,
+                   "cpu_threads": torch.get_num_threads()}  # on a shared CPU, fewer threads can be faster
+        rows = []
+        for batch_size in sizes:
+            failure = ""
+            try:
+                row = measure_training(cfg, batch_size, data=data, device=device, amp=amp,
+                                       channels_last=channels_last, compile_model=compile_model,
+                                       warmup_steps=warmup_steps, timed_steps=timed_steps)
+            except Exception as err:
+                if not is_out_of_memory(err):
+                    raise
+                failure = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                traceback.clear_frames(err.__traceback__)  # the failed step's locals: model, activations
+                err.__traceback__ = None  # in case something still holds the exception
+            if not failure:
+                rows.append({**options, **row})
+                log.info("batch %d: %.1f samples/s", batch_size, row["samples_per_s"])
+                continue
+            # Outside the except block: the traceback, which pins the step's tensors, is gone.
+            release_memory(device)
+            log.warning("batch %d: out of memory; larger batch sizes skipped (%s)", batch_size, failure)
+            rows.append({**options, "batch_size": batch_size, "status": "oom", "samples_per_s": math.nan,
+                         "step_time_median_s": math.nan, "step_time_p95_s": math.nan,
+                         "step_time_mean_s": math.nan, "peak_memory_mb": math.nan,
+                         "memory_kind": "", "error": failure})
+            break
     return pd.DataFrame(rows)
 
 
@@ -507,18 +509,19 @@ def efficiency_table(configs: Mapping[str, RunConfig] | Sequence[RunConfig], *, 
         if key not in data_cache:
             data_cache[key] = build_data(cfg.data, seed=cfg.seed)
         data = data_cache[key]
-        flops = flops_report(cfg, batch_size=flops_batch_size, data=data)
-        device = select_device(cfg.train.device)
-        used_amp = effective_amp(cfg.train.amp if amp is None else amp, device)
-        seed_everything(cfg.seed)
-        model = build_model(cfg, data, device, channels_last=channels_last, compile_model=compile_model)
-        latency_inputs = batch_on_device(fixed_batch(data, latency_batch_size, cfg.seed), device, channels_last)
-        latency = measure_latency(model, {k: latency_inputs[k] for k in data.input_keys}, device,
-                                  warmup=warmup_steps, repeats=timed_steps, amp=used_amp)
-        del model, latency_inputs
-        sweep = throughput_sweep(cfg, batch_sizes=[batch_size], warmup_steps=warmup_steps,
-                                 timed_steps=timed_steps, amp=used_amp, channels_last=channels_last,
-                                 compile_model=compile_model, data=data).iloc[0]
+        with torch_threads(cfg.train.num_threads):  # as many CPU threads as a run of this config
+            flops = flops_report(cfg, batch_size=flops_batch_size, data=data)
+            device = select_device(cfg.train.device)
+            used_amp = effective_amp(cfg.train.amp if amp is None else amp, device)
+            seed_everything(cfg.seed)
+            model = build_model(cfg, data, device, channels_last=channels_last, compile_model=compile_model)
+            latency_inputs = batch_on_device(fixed_batch(data, latency_batch_size, cfg.seed), device, channels_last)
+            latency = measure_latency(model, {k: latency_inputs[k] for k in data.input_keys}, device,
+                                      warmup=warmup_steps, repeats=timed_steps, amp=used_amp)
+            del model, latency_inputs
+            sweep = throughput_sweep(cfg, batch_sizes=[batch_size], warmup_steps=warmup_steps,
+                                     timed_steps=timed_steps, amp=used_amp, channels_last=channels_last,
+                                     compile_model=compile_model, data=data).iloc[0]
         rows.append({
             "name": label, "model": cfg.model["name"],
             "params_total": flops["params_total"], "params_trainable": flops["params_trainable"],

@@ -8,7 +8,10 @@ registered builder they name.
 
 from __future__ import annotations
 
+import html
 import re
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -255,3 +258,87 @@ def parameter_table() -> list[dict]:
 
     walk(RunConfig, "")
     return rows
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
+
+
+def yaml_inline(value: Any) -> str:
+    """``value`` as it would be written in a params file (``[0.9, 0.999]``, ``null``, ``1.0e-08``)."""
+    text = yaml.safe_dump(_plain(value), default_flow_style=True, width=10_000).strip()
+    return text[:-len("...")].strip() if text.endswith("...") else text
+
+
+def type_text(annotation: Any) -> str:
+    """A field's type for readers: ``one of adam, adamw, sgd``, ``int or None``, ``tuple[float, float]``."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(str(a) for a in args)
+    if origin in (typing.Union, types.UnionType):
+        parts = [type_text(a) for a in args if a is not type(None)]
+        return " or ".join(parts) + (" or None" if type(None) in args else "")
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join(type_text(a) for a in args)}]" if args else name
+    if annotation is Any:
+        return "any"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def parameter_rows() -> list[dict]:
+    """``parameter_table()`` with defaults written as in a params file and readable types."""
+    rows = []
+    for row in parameter_table():
+        section, _, name = row["key"].rpartition(".")
+        field = (SECTIONS[section] if section else RunConfig).model_fields.get(name)
+        kind = type_text(field.annotation) if field is not None else row["type"]
+        rows.append({**row, "default": yaml_inline(row["default"]), "type": kind})
+    return rows
+
+
+def parameters_markdown() -> str:
+    """docs/PARAMETERS.md: the parameter registry as a Markdown table."""
+    def cell(text: str, code: bool = False) -> str:
+        text = str(text).replace("\n", " ")
+        # `<experiment>` would be read as an HTML tag outside a code span
+        text = f"`{text}`" if code else html.escape(text, quote=False)
+        return text.replace("|", "\\|")
+
+    lines = [
+        "# Parameters",
+        "",
+        "Every key of a run's params file (`params/train/*.yaml`, `build_config({...})` in notebooks,",
+        "`vqalab train --set key=value`), with its default, type, meaning and recommended range.",
+        "Generated from `vqalab.config.parameter_table()`; regenerate with",
+        "`.venv/bin/python -m vqalab.config --parameters-doc docs/PARAMETERS.md`.",
+        "`model` and `data` also take the keyword arguments of the registered builder they name.",
+        "",
+        "| key | default | type | meaning | range |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in parameter_rows():
+        lines.append("| " + " | ".join(cell(row[k], code=k in ("key", "default"))
+                                        for k in ("key", "default", "type", "meaning", "range")) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m vqalab.config", description="parameter registry")
+    parser.add_argument("--parameters-doc", metavar="PATH", required=True,
+                        help="write the parameter registry as Markdown (docs/PARAMETERS.md)")
+    args = parser.parse_args(argv)
+    Path(args.parameters_doc).write_text(parameters_markdown(), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

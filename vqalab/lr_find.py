@@ -42,6 +42,7 @@ from vqalab.train import (
     seed_everything,
     select_device,
     to_device,
+    torch_threads,
 )
 
 log = logging.getLogger(__name__)
@@ -167,66 +168,67 @@ def lr_range_test(cfg: RunConfig, *, min_lr: float = DEFAULT_MIN_LR, max_lr: flo
         raise ValueError("pass both model and optimizer, or neither")
     # A given model stays where it is; a built one goes to the configured device.
     device = select_device(cfg.train.device) if model is None else next(model.parameters()).device
-    data = data or build_data(cfg.data, seed=cfg.seed)
-    if cfg.train.batch_size == "auto":  # the batch size the run would train with
-        cfg = cfg.model_copy(deep=True)
-        cfg.train.batch_size = choose_batch_size(cfg, data, device)["batch_size"]
-    if model is None:
-        check_model_fits_data(cfg, data)
-        seed_everything(cfg.seed)
-        model = build_model(cfg, data, device)
-        optimizer = build_optimizer(model, cfg)
+    with torch_threads(cfg.train.num_threads):  # as many CPU threads as a run of this config
+        data = data or build_data(cfg.data, seed=cfg.seed)
+        if cfg.train.batch_size == "auto":  # the batch size the run would train with
+            cfg = cfg.model_copy(deep=True)
+            cfg.train.batch_size = choose_batch_size(cfg, data, device)["batch_size"]
+        if model is None:
+            check_model_fits_data(cfg, data)
+            seed_everything(cfg.seed)
+            model = build_model(cfg, data, device)
+            optimizer = build_optimizer(model, cfg)
 
-    # Exact restore: deep copies, since state_dict() returns the live tensors.
-    saved_model = copy.deepcopy(model.state_dict())
-    saved_optimizer = copy.deepcopy(optimizer.state_dict())
-    saved_grads = [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
-    saved_rng = torch.get_rng_state()
-    saved_cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-    was_training = model.training
+        # Exact restore: deep copies, since state_dict() returns the live tensors.
+        saved_model = copy.deepcopy(model.state_dict())
+        saved_optimizer = copy.deepcopy(optimizer.state_dict())
+        saved_grads = [None if p.grad is None else p.grad.detach().clone() for p in model.parameters()]
+        saved_rng = torch.get_rng_state()
+        saved_cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        was_training = model.training
 
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.train.amp == "fp16")
-    rows, average, best = [], 0.0, math.inf
-    stop_reason = "completed"
-    batches = training_batches(data, cfg, device)
-    try:
-        model.train()
-        for step, lr in enumerate(lrs):
-            for group in optimizer.param_groups:
-                group["lr"] = float(lr)
-            batch = next(batches)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast_context(device, cfg.train.amp):
-                logits = model(**{k: batch[k] for k in data.input_keys})
-            loss = compute_loss(logits, batch, cfg)
-            value = loss.item()
-            if not math.isfinite(value):
-                rows.append({"step": step, "lr": float(lr), "loss": value, "smoothed_loss": math.nan})
-                stop_reason = "non-finite loss"
-                break
-            average = beta * average + (1 - beta) * value
-            smoothed = average / (1 - beta ** (step + 1))
-            rows.append({"step": step, "lr": float(lr), "loss": value, "smoothed_loss": smoothed})
-            best = min(best, smoothed)
-            if smoothed > diverge_factor * best:
-                stop_reason = f"loss above {diverge_factor:g}× best"
-                break
-            scaler.scale(loss).backward()
-            if cfg.train.clip_norm:  # clipping shapes which learning rates survive: keep it
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm)
-            scaler.step(optimizer)
-            scaler.update()
-    finally:
-        batches.close()
-        model.load_state_dict(saved_model)
-        optimizer.load_state_dict(saved_optimizer)
-        for p, g in zip(model.parameters(), saved_grads):
-            p.grad = g
-        torch.set_rng_state(saved_rng)
-        if saved_cuda_rng is not None:
-            torch.cuda.set_rng_state_all(saved_cuda_rng)
-        model.train(was_training)
+        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.train.amp == "fp16")
+        rows, average, best = [], 0.0, math.inf
+        stop_reason = "completed"
+        batches = training_batches(data, cfg, device)
+        try:
+            model.train()
+            for step, lr in enumerate(lrs):
+                for group in optimizer.param_groups:
+                    group["lr"] = float(lr)
+                batch = next(batches)
+                optimizer.zero_grad(set_to_none=True)
+                with autocast_context(device, cfg.train.amp):
+                    logits = model(**{k: batch[k] for k in data.input_keys})
+                loss = compute_loss(logits, batch, cfg)
+                value = loss.item()
+                if not math.isfinite(value):
+                    rows.append({"step": step, "lr": float(lr), "loss": value, "smoothed_loss": math.nan})
+                    stop_reason = "non-finite loss"
+                    break
+                average = beta * average + (1 - beta) * value
+                smoothed = average / (1 - beta ** (step + 1))
+                rows.append({"step": step, "lr": float(lr), "loss": value, "smoothed_loss": smoothed})
+                best = min(best, smoothed)
+                if smoothed > diverge_factor * best:
+                    stop_reason = f"loss above {diverge_factor:g}× best"
+                    break
+                scaler.scale(loss).backward()
+                if cfg.train.clip_norm:  # clipping shapes which learning rates survive: keep it
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm)
+                scaler.step(optimizer)
+                scaler.update()
+        finally:
+            batches.close()
+            model.load_state_dict(saved_model)
+            optimizer.load_state_dict(saved_optimizer)
+            for p, g in zip(model.parameters(), saved_grads):
+                p.grad = g
+            torch.set_rng_state(saved_rng)
+            if saved_cuda_rng is not None:
+                torch.cuda.set_rng_state_all(saved_cuda_rng)
+            model.train(was_training)
 
     history = pd.DataFrame(rows, columns=["step", "lr", "loss", "smoothed_loss"])
     suggestions = suggest(history["lr"].to_numpy(), history["smoothed_loss"].to_numpy())

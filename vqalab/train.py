@@ -26,7 +26,7 @@ import os
 import platform
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,19 @@ def select_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"train.device = {name!r} but CUDA is not available here")
     return device
+
+
+@contextmanager
+def torch_threads(num_threads: int | None):
+    """Run the block with ``num_threads`` torch CPU threads (None: torch's current setting), then
+    restore the caller's setting: the thread count is process-wide."""
+    before = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def autocast_context(device: torch.device, amp: str):
@@ -420,51 +433,48 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
     log.info("run %s: %s on %s, %d params", run_dir, model_name, device, n_params)
 
     max_steps = cfg.train.max_steps
-    threads_before = torch.get_num_threads()
-    if cfg.train.num_threads:
-        torch.set_num_threads(cfg.train.num_threads)
     t_run = time.perf_counter()
-    try:
-        done = bool(history) and (should_stop_early(history, cfg) or bool(max_steps and step >= max_steps))
-        for epoch in range(start_epoch, cfg.train.epochs + 1):
-            if done:
-                break
-            row, step = train_one_epoch(model, optimizer, scheduler, scaler, data, cfg, device, epoch, step)
-            val_loss, val_acc, val_pred = evaluate(model, data, cfg, device)
-            if not math.isfinite(val_loss):
-                raise Diverged(step, optimizer.param_groups[0]["lr"], "validation loss", epoch)
-            row.update(val_loss=val_loss, val_acc=val_acc, peak_memory_mb=peak_memory_mb(device))
-            history.append(row)
-            if summarise(history, cfg.train.early_stop_metric)["best_epoch"] == epoch:
-                best_confusion = confusion_matrix(torch.as_tensor(data.val.targets), val_pred, len(data.class_names))
-                write_confusion(run_dir, data.class_names, best_confusion)
-            append_metrics(metrics_file, row)
-            done = should_stop_early(history, cfg) or bool(max_steps and step >= max_steps)
-            if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs or done:
-                runs.save_checkpoint(runs.checkpoint_path(run_dir, epoch), {
-                    "model_name": model_name, "model_kwargs": model_kwargs,
-                    "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
-                    "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
-                    "rng_state": rng_state(), "epoch": epoch, "step": step, "config": asked.to_dict(),
-                    "class_names": data.class_names, "vocab": data.vocab, "metrics": row,
-                    "best_confusion": best_confusion,
-                })
-            log.info("epoch %d: train_loss %.4f val_loss %.4f val_acc %.4f", epoch, row["train_loss"], val_loss, val_acc)
-        summary["status"] = "completed"
-        if best_confusion is not None:
-            summary["per_class_acc"] = per_class_accuracy(best_confusion, data.class_names)
-    except Diverged as err:
-        summary.update(status="diverged", diverged_step=err.step, diverged_epoch=err.epoch,
-                       diverged_lr=err.lr, error=str(err))
-        log.warning("run %s diverged: %s", run_dir, err)
-    except BaseException as err:
-        summary.update(status="failed", error=f"{type(err).__name__}: {err}")
-        raise
-    finally:
-        torch.set_num_threads(threads_before)  # process-wide: leave it as the caller had it
-        summary.update(summarise(history, cfg.train.early_stop_metric), wall_time_s=time.perf_counter() - t_run,
-                       finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        runs.write_json(run_dir / "summary.json", summary)
+    with torch_threads(cfg.train.num_threads):
+        try:
+            done = bool(history) and (should_stop_early(history, cfg) or bool(max_steps and step >= max_steps))
+            for epoch in range(start_epoch, cfg.train.epochs + 1):
+                if done:
+                    break
+                row, step = train_one_epoch(model, optimizer, scheduler, scaler, data, cfg, device, epoch, step)
+                val_loss, val_acc, val_pred = evaluate(model, data, cfg, device)
+                if not math.isfinite(val_loss):
+                    raise Diverged(step, optimizer.param_groups[0]["lr"], "validation loss", epoch)
+                row.update(val_loss=val_loss, val_acc=val_acc, peak_memory_mb=peak_memory_mb(device))
+                history.append(row)
+                if summarise(history, cfg.train.early_stop_metric)["best_epoch"] == epoch:
+                    best_confusion = confusion_matrix(torch.as_tensor(data.val.targets), val_pred, len(data.class_names))
+                    write_confusion(run_dir, data.class_names, best_confusion)
+                append_metrics(metrics_file, row)
+                done = should_stop_early(history, cfg) or bool(max_steps and step >= max_steps)
+                if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs or done:
+                    runs.save_checkpoint(runs.checkpoint_path(run_dir, epoch), {
+                        "model_name": model_name, "model_kwargs": model_kwargs,
+                        "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                        "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
+                        "rng_state": rng_state(), "epoch": epoch, "step": step, "config": asked.to_dict(),
+                        "class_names": data.class_names, "vocab": data.vocab, "metrics": row,
+                        "best_confusion": best_confusion,
+                    })
+                log.info("epoch %d: train_loss %.4f val_loss %.4f val_acc %.4f", epoch, row["train_loss"], val_loss, val_acc)
+            summary["status"] = "completed"
+            if best_confusion is not None:
+                summary["per_class_acc"] = per_class_accuracy(best_confusion, data.class_names)
+        except Diverged as err:
+            summary.update(status="diverged", diverged_step=err.step, diverged_epoch=err.epoch,
+                           diverged_lr=err.lr, error=str(err))
+            log.warning("run %s diverged: %s", run_dir, err)
+        except BaseException as err:
+            summary.update(status="failed", error=f"{type(err).__name__}: {err}")
+            raise
+        finally:
+            summary.update(summarise(history, cfg.train.early_stop_metric), wall_time_s=time.perf_counter() - t_run,
+                           finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            runs.write_json(run_dir / "summary.json", summary)
     return RunResult(run_dir=run_dir, summary=summary)
 
 

@@ -1,0 +1,439 @@
+"""The study analyses on small hand-made sweep tables: every findings branch, no training."""
+
+import math
+import re
+
+import pandas as pd
+import pytest
+
+from vqalab.bench import recommend_batch_size
+from vqalab.registry import ConfigError
+from vqalab.studies import (
+    adam_eps_beta,
+    batch_size_throughput,
+    cls_vs_baseline,
+    depth_test,
+    lr_search,
+    regularisation,
+    vqa_models,
+)
+from vqalab.studies.common import (
+    best_per_group,
+    diverged_sentence,
+    fer_base_config,
+    noise_verdict,
+    spread_sentence,
+    with_values,
+)
+from vqalab.sweep import seed_stats
+
+FER = {"experiment": "e", "runs_root": "runs", "model": "ir50_vit", "depth": 2, "img_size": 16, "backbone_depth": 18,
+       "width": 0.125, "dataset_kwargs": {}, "num_train": 64, "num_val": 32, "face_options": {"clutter": 0},
+       "epochs": 3, "batch_size": 32, "lr": 1e-3, "device": "cpu", "amp": "off", "cpu_threads": 0}
+
+
+def runs(key: str, cells: dict) -> pd.DataFrame:
+    """A sweep table: ``cells`` maps a grid value to its runs' best_val_acc (None: diverged)."""
+    rows = []
+    for value, accs in cells.items():
+        for seed, acc in enumerate(accs):
+            rows.append({key: value, "seed": seed, "status": "diverged" if acc is None else "completed",
+                         "best_val_acc": math.nan if acc is None else acc})
+    return pd.DataFrame(rows)
+
+
+def grid(cells: dict) -> pd.DataFrame:
+    """A depth × lr sweep table: ``cells`` maps (depth, lr) to the runs' best_val_acc."""
+    rows = []
+    for (depth, lr), accs in cells.items():
+        for seed, acc in enumerate(accs):
+            rows.append({"model.depth": depth, "optim.lr": lr, "seed": seed,
+                         "status": "diverged" if acc is None else "completed",
+                         "best_val_acc": math.nan if acc is None else acc})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared parts
+
+
+def test_fer_base_config_sizes_the_synthetic_faces_only():
+    synthetic = fer_base_config(study="s", dataset="synthetic_faces", **FER)
+    assert synthetic["data"] == {"name": "synthetic_faces", "num_train": 64, "num_val": 32, "image_size": 16,
+                                 "clutter": 0}
+    assert synthetic["train"]["checkpoint_every"] == 3 and synthetic["train"]["num_threads"] is None
+    assert synthetic["name"] == "s" and synthetic["model"]["backbone_depth"] == 18
+    rafdb = fer_base_config(study="s", dataset="rafdb", **{**FER, "dataset_kwargs": {"root": "x"}, "cpu_threads": 2})
+    assert rafdb["data"] == {"name": "rafdb", "image_size": 16, "root": "x"}
+    assert rafdb["train"]["num_threads"] == 2
+
+
+def test_with_values_replaces_keys_and_keeps_the_rest():
+    base = {"optim": {"lr": 1.0, "eps": 2.0}, "name": "n"}
+    assert with_values(base, optim={"lr": 3.0}, train={"epochs": 1}) == {
+        "optim": {"lr": 3.0, "eps": 2.0}, "name": "n", "train": {"epochs": 1}}
+    assert base["optim"]["lr"] == 1.0
+
+
+def test_noise_verdict_words():
+    assert [noise_verdict(x) for x in (True, False, None)] == [
+        "beyond seed noise", "within seed noise", "seed noise unknown (one seed)"]
+
+
+def test_spread_sentence_every_branch():
+    key = "optim.eps"
+    text, s = spread_sentence("ε", seed_stats(runs(key, {1e-8: [None], 1e-6: [None]}), [key]), key)
+    assert text == "ε: every run diverged." and math.isnan(s["spread"])
+
+    text, s = spread_sentence("ε", seed_stats(runs(key, {1e-8: [0.5], 1e-6: [0.7]}), [key]), key)
+    assert text.startswith("ε over 1e-08 | 1e-06: mean best val_acc from 0.500 to 0.700 (spread 0.200, best at 1e-06)")
+    assert text.endswith(": seed noise unknown (one seed), so no conclusion.") and s["exceeds"] is None
+
+    # std 0.01414 per group, 2 degrees of freedom: threshold t(2) 4.303 × 0.01414 = 0.061 < 0.3
+    text, s = spread_sentence("ε", seed_stats(runs(key, {1e-8: [0.5, 0.52], 1e-6: [0.8, 0.82]}), [key]), key)
+    assert s["spread"] == pytest.approx(0.3) and s["threshold"] == pytest.approx(4.303 * 0.02 / math.sqrt(2), rel=1e-3)
+    assert "above the 95% threshold 0.061" in text and text.endswith("depends on it beyond seed noise.")
+
+    text, s = spread_sentence("ε", seed_stats(runs(key, {1e-8: [0.5, 0.7], 1e-6: [0.55, 0.65]}), [key]), key)
+    assert s["exceeds"] is False and "below the 95% threshold" in text
+    assert text.endswith(": within seed noise, no effect.")
+
+
+def test_best_per_group_skips_groups_where_every_run_diverged():
+    stats = seed_stats(grid({(2, 1e-3): [0.5], (2, 1e-2): [0.6], (4, 1e-3): [0.4], (8, 1e-3): [None]}),
+                       ["model.depth", "optim.lr"])
+    best = best_per_group(stats, "model.depth")
+    assert list(best.index) == [2, 4]
+    assert best.loc[2, "optim.lr"] == 1e-2 and best.loc[2, "mean"] == 0.6 and best.loc[4, "optim.lr"] == 1e-3
+
+
+def test_diverged_sentence():
+    assert diverged_sentence(runs("x", {1: [0.5, None, None]})) == [
+        "2 runs diverged (shown as red ×, not in the means)."]
+    assert diverged_sentence(runs("x", {1: [0.5]})) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Adam ε and β
+
+
+def betas_table(cells: dict) -> pd.DataFrame:
+    df = runs("betas", cells)
+    return df.assign(**{"optim.betas": [tuple(float(x) for x in b.split(" / ")) for b in df["betas"]]})
+
+
+def test_adam_eps_beta_findings_and_summary():
+    eps_df = runs("optim.eps", {1e-8: [0.5, 0.52], 1e-6: [0.6, 0.62]})
+    betas_df = betas_table({"0.9 / 0.999": [0.5, 0.54], "0.8 / 0.99": [0.5, None]})
+    headline, text = adam_eps_beta.findings_of(eps_df, betas_df)
+    assert headline["eps spread"] == pytest.approx(0.1) and headline["betas spread"] == pytest.approx(0.02)
+    assert headline["seed noise std"] == pytest.approx(0.02 / math.sqrt(2))  # ε grid only: two groups of 2
+    assert text[0].startswith("Adam ε over 1e-08 | 1e-06") and text[1].startswith("β1 / β2 over 0.8 / 0.99 | 0.9 / 0.999")
+    assert text[2] == "1 runs diverged (shown as red ×, not in the means)."
+    _, text = adam_eps_beta.findings_of(eps_df, betas_table({"0.9 / 0.999": [0.5, 0.54]}))
+    assert len(text) == 2  # nothing diverged: no sentence about it
+    summary = adam_eps_beta.summary_table(eps_df, betas_df)
+    assert summary.to_dict("list") == {
+        "parameter": ["ε", "ε", "β1 / β2", "β1 / β2"], "value": ["1e-08", "1e-06", "0.8 / 0.99", "0.9 / 0.999"],
+        "best val_acc": ["0.510 ± 0.014", "0.610 ± 0.014", "0.500 (1/2 diverged)", "0.520 ± 0.028"],
+        "n": [2, 2, 1, 2], "n_diverged": [0, 0, 1, 0]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Regularisation
+
+
+FACTORS = regularisation.factors_of(weight_decays=[0.0, 1e-3], schedules=["constant", "cosine"],
+                                    mixup_alphas=[0.0, 0.2], attn_drops=[0.0, 0.1])
+
+
+def factor_runs(cells: dict) -> pd.DataFrame:
+    """``cells``: factor label → {value: runs' best_val_acc}; the first value is the baseline."""
+    parts = []
+    for label, values in cells.items():
+        part = runs("value", values)
+        first = next(iter(values))
+        parts.append(part.assign(factor=label, baseline=part["value"] == first))
+    return pd.concat(parts, ignore_index=True)
+
+
+def test_regularisation_base_and_factors():
+    base = fer_base_config(study="regularisation", dataset="synthetic_faces", **FER)
+    out = regularisation.regularisation_base(base, optimizer="adamw", weight_decays=[0.0, 1e-3],
+                                             schedules=["constant", "step"], step_epochs=5, mixup_alphas=[0.2],
+                                             attn_drops=[0.1])
+    assert out["model"]["attn_drop"] == 0.1 and out["optim"] == {"lr": 1e-3, "name": "adamw", "weight_decay": 0.0}
+    assert out["train"]["mixup_alpha"] == 0.2 and out["schedule"] == {"name": "constant", "step_size": 5}
+    out = regularisation.regularisation_base(base, optimizer="adam", weight_decays=[0.0], schedules=["cosine"],
+                                             step_epochs=5, mixup_alphas=[0.0], attn_drops=[0.0])
+    assert out["schedule"] == {"name": "cosine"}  # no step_size unless a step schedule is swept
+    assert list(FACTORS) == ["weight decay", "LR schedule", "mixup α", "attention dropout"]
+    assert FACTORS["LR schedule"] == ("schedule.name", ["constant", "cosine"])
+
+
+def test_regularisation_findings_every_branch():
+    df = factor_runs({
+        "weight decay": {"0": [0.5, 0.52], "0.001": [0.6, 0.62]},  # a gain beyond the noise
+        "LR schedule": {"constant": [0.5], "cosine": [0.45]},  # no gain, one seed
+        "mixup α": {"0": [None], "0.2": [0.6]},  # the baseline diverged
+        "attention dropout": {"0": [0.5], "0.1": [None]},  # no other value completed
+    })
+    table = regularisation.against_baseline(df, FACTORS)
+    assert list(table["value"]) == ["0", "0.001", "constant", "cosine", "0", "0.2", "0", "0.1"]
+    assert table.loc[1, "vs baseline"] == pytest.approx(0.1) and table.loc[1, "seed noise"] == "beyond seed noise"
+    assert table.loc[3, "seed noise"] == "seed noise unknown (one seed)" and table.loc[7, "diverged"] == 1
+    headline, text = regularisation.findings_of(df, table)
+    assert headline == {"weight decay best gain": pytest.approx(0.1), "LR schedule best gain": pytest.approx(-0.05)}
+    assert text == [
+        "weight decay: the best change is 0.001 instead of 0, +0.100 best val_acc (beyond seed noise).",
+        ("LR schedule: no value beats the baseline constant; the closest, cosine, is -0.050 best val_acc "
+         "(seed noise unknown (one seed))."),
+        "mixup α: the baseline run did not complete (diverged (1/1)).",
+        "attention dropout: no other value completed.",
+        "2 runs diverged (shown as red ×, not in the means).",
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Depth × learning rate
+
+
+def curve_table(cells: dict) -> pd.DataFrame:
+    """``cells``: depth → val_acc per epoch."""
+    return pd.DataFrame([{"model.depth": d, "epoch": e + 1, "val_acc": v}
+                         for d, accs in cells.items() for e, v in enumerate(accs)])
+
+
+def test_depth_test_long_runs_show_the_deeper_model_gains_more():
+    df = grid({(2, 1e-3): [0.5], (2, 1e-2): [0.6], (4, 1e-3): [0.55], (4, 1e-2): [None]})
+    long_df = runs("model.depth", {2: [0.62], 4: [0.7]})
+    headline, text = depth_test.findings_of(df, long_df, curve_table({}), epochs=1, long_epochs=5)
+    assert headline == {"best short val_acc": 0.6, "long-run gain depth 2": pytest.approx(0.02),
+                        "long-run gain depth 4": pytest.approx(0.15)}
+    assert text[0] == "Best short-run cell: depth 2 at learning rate 0.01, best val_acc 0.600 after 1 epoch(s)."
+    assert text[1] == "Best learning rate per depth: depth 2: 0.01 (0.600); depth 4: 0.001 (0.550)."
+    assert text[2] == "Cells where no run completed (diverged): depth 4 at 0.01."
+    assert text[3] == "Training 5 instead of 1 epoch(s) changes the best val_acc by +0.020 at depth 2; +0.150 at depth 4."
+    assert text[4].startswith("Depth 4 vs depth 2: -0.050 after 1 epoch(s), +0.080 after 5: the deeper model gains more")
+
+
+def test_depth_test_long_runs_without_a_sign_and_short_run_curves():
+    df = grid({(2, 1e-3): [0.6], (4, 1e-3): [0.5]})
+    _, text = depth_test.findings_of(df, runs("model.depth", {2: [0.7], 4: [0.55]}), curve_table({}),
+                                     epochs=1, long_epochs=5)
+    assert text[-1].endswith("no sign here that the deeper model needs longer training to show an advantage.")
+    headline, text = depth_test.findings_of(df, None, curve_table({2: [0.3, 0.6], 4: [0.5, 0.4]}), epochs=2,
+                                            long_epochs=0)
+    assert headline == {"best short val_acc": 0.6}
+    assert text[-1] == ("Validation accuracy was still at its best in the last epoch for depth(s) 2: "
+                        "longer runs (long_epochs) are needed to compare them fairly.")
+    _, text = depth_test.findings_of(df, None, curve_table({2: [0.6, 0.3], 4: [0.5, 0.4]}), epochs=2, long_epochs=0)
+    assert text[-1] == "Every depth peaked before its last epoch: the short runs are long enough to rank them."
+    headline, text = depth_test.findings_of(grid({(2, 1e-3): [None]}), None, curve_table({}), epochs=1, long_epochs=0)
+    assert math.isnan(headline["best short val_acc"])
+    assert text == ["Cells where no run completed (diverged): depth 2 at 0.001."]
+
+
+def test_depth_test_curve_runs_and_still_improving():
+    df = grid({(2, 1e-3): [0.5], (2, 1e-2): [0.6], (4, 1e-3): [0.55]})
+    picked = depth_test.curve_runs(df, None, {2: 1e-2, 4: 1e-3})
+    assert list(zip(picked["model.depth"], picked["optim.lr"])) == [(2, 1e-2), (4, 1e-3)]
+    long_df = runs("model.depth", {2: [0.7]})
+    assert depth_test.curve_runs(df, long_df, {2: 1e-2}) is long_df
+    assert depth_test.still_improving(curve_table({2: [0.1, 0.2], 4: [0.3, 0.2], 8: [0.1, 0.1]})) == [2]
+
+
+# ---------------------------------------------------------------------------------------------
+# LR search
+
+
+def test_grid_lrs_are_log_spaced_with_two_digits():
+    assert lr_search.grid_lrs(1e-4, 1e-2, 3) == [1e-4, 1e-3, 1e-2]
+    assert lr_search.grid_lrs(1e-5, 1e-3, 4) == [1e-5, 4.6e-5, 0.00022, 0.001]
+
+
+def test_suggest_lr_averages_depths_and_skips_any_divergence():
+    stats = seed_stats(grid({(2, 1e-3): [0.5], (4, 1e-3): [0.7], (2, 1e-2): [0.9], (4, 1e-2): [0.2, None],
+                             (2, 1e-4): [0.55], (4, 1e-4): [0.55]}), ["model.depth", "optim.lr"])
+    suggested, by_lr = lr_search.suggest_lr(stats)
+    assert suggested == 1e-3 and by_lr.to_dict() == {1e-4: pytest.approx(0.55), 1e-3: pytest.approx(0.6)}
+    suggested, by_lr = lr_search.suggest_lr(seed_stats(grid({(2, 1e-3): [None]}), ["model.depth", "optim.lr"]))
+    assert math.isnan(suggested) and by_lr.empty
+
+
+def test_lr_search_findings_every_branch():
+    df = grid({(2, 1e-4): [0.5], (2, 1e-3): [0.6], (4, 1e-4): [0.4], (4, 1e-3): [0.45]})
+    range_table = pd.DataFrame([{"depth": 2, "rule": "valley", "suggested lr": 3e-4},
+                                {"depth": 4, "rule": "valley", "suggested lr": math.nan},
+                                {"depth": 4, "rule": "steepest", "suggested lr": 1e-4}])
+    headline, text = lr_search.findings_of(df, range_table, lrs=[1e-4, 1e-3])
+    assert headline == {"suggested lr": 1e-3, "best val_acc": 0.6, "diverged runs": 0}
+    assert text == [
+        "Suggested learning rate: 0.001 (highest best val_acc averaged over depths 2, 4: 0.525, with no diverged run).",
+        "Depth 2: best learning rate 0.001 with best val_acc 0.600; the range test's valley rule suggests 0.0003.",
+        "Depth 4: best learning rate 0.001 with best val_acc 0.450.",  # the valley rule gave NaN
+        "Across the grid (0.0001 to 0.001) the mean best val_acc spans 0.400 to 0.600 (a spread of 0.200).",
+        "No run diverged between 0.0001 and 0.001.",
+    ]
+    df = grid({(2, 1e-4): [0.5, None], (2, 1e-3): [None]})
+    headline, text = lr_search.findings_of(df, pd.DataFrame(columns=lr_search.RANGE_COLUMNS), lrs=[1e-4, 1e-3])
+    assert math.isnan(headline["suggested lr"]) and headline["diverged runs"] == 2
+    assert text[0] == "No learning rate of the grid trained every depth without diverging: lower lr_min."
+    assert text[1] == "Depth 2: best learning rate 0.0001 with best val_acc 0.500 (1/2 diverged)."
+    assert text[-1] == "2 of 3 runs diverged; the lowest diverging learning rate was 0.0001."
+
+
+# ---------------------------------------------------------------------------------------------
+# CLS vs baseline
+
+
+MODELS = ["ir50_vit", "ir50_cls"]
+
+
+def model_runs(cells: dict) -> pd.DataFrame:
+    """``cells``: (lr, model) → runs' best_val_acc."""
+    rows = []
+    for (lr, model), accs in cells.items():
+        for seed, acc in enumerate(accs):
+            rows.append({"optim.lr": lr, "model.name": model, "seed": seed,
+                         "status": "diverged" if acc is None else "completed",
+                         "best_val_acc": math.nan if acc is None else acc})
+    return pd.DataFrame(rows)
+
+
+def efficiency_rows(status: str = "ok") -> pd.DataFrame:
+    return pd.DataFrame([
+        {"name": "ir50_vit", "samples_per_s": 100.0, "forward_gflops_per_sample": 2.0, "params_m": 1.0,
+         "device": "cpu", "status": "ok"},
+        {"name": "ir50_cls", "samples_per_s": 150.0, "forward_gflops_per_sample": 1.0, "params_m": 1.5,
+         "device": "cpu", "status": status},
+    ])
+
+
+def test_winner_table_marks_winner_gap_and_verdict():
+    df = model_runs({(1e-3, "ir50_vit"): [0.5, 0.52], (1e-3, "ir50_cls"): [0.6, 0.62],
+                     (1e-4, "ir50_vit"): [0.5, 0.7], (1e-4, "ir50_cls"): [0.52, 0.64],
+                     (1e-2, "ir50_vit"): [None], (1e-2, "ir50_cls"): [None]})
+    table = cls_vs_baseline.winner_table(df, MODELS)
+    assert list(table["learning rate"]) == ["0.0001", "0.001", "0.01"]
+    assert list(table["winner"]) == ["ir50_vit", "ir50_cls", "–"]  # "–": no run completed
+    assert list(table["seed noise"]) == ["within seed noise", "beyond seed noise", "seed noise unknown (one seed)"]
+    assert table.loc[1, "gap (ir50_cls − ir50_vit)"] == pytest.approx(0.1)
+    assert table.loc[1, "ir50_cls"] == "0.610 ± 0.014" and table.loc[2, "ir50_vit"] == "diverged (1/1)"
+    html = cls_vs_baseline.style_winner_table(table, MODELS).to_html()
+    bold = re.search(r"<style[^>]*>(.*?)\{\s*font-weight: bold;", html, flags=re.DOTALL).group(1)
+    assert re.findall(r"row\d+_col\d+", bold) == ["row0_col1", "row1_col2"]  # vit at 1e-4, cls at 1e-3
+
+
+def test_cls_vs_baseline_findings_every_branch():
+    df = model_runs({(1e-3, "ir50_vit"): [0.5, 0.52], (1e-3, "ir50_cls"): [0.6, 0.62, None]})
+    table = cls_vs_baseline.winner_table(df, MODELS)
+    headline, text = cls_vs_baseline.findings_of(df, table, efficiency_rows(), models=MODELS, bench_batch_size=8)
+    assert headline == {"ir50_vit best val_acc": pytest.approx(0.51), "ir50_cls best val_acc": pytest.approx(0.61),
+                        "ir50_cls wins": 1}
+    assert text == [
+        "Across 1 learning rates × 3 seeds: ir50_vit wins at 0, ir50_cls wins at 1.",
+        "Gaps beyond seed noise (t-test, 95%) at learning rate(s) 0.001 (+0.100).",
+        "Best overall: ir50_cls at learning rate 0.001 (0.610 ± 0.014 (1/3 diverged)).",
+        "ir50_cls vs ir50_vit: throughput ×1.50, forward FLOPs ×0.50, parameters ×1.500 (measured on cpu, batch 8).",
+        "1 runs diverged (shown as red ×, not in the means).",
+    ]
+    df = model_runs({(1e-3, "ir50_vit"): [0.5, 0.7], (1e-3, "ir50_cls"): [0.55, 0.65]})
+    _, text = cls_vs_baseline.findings_of(df, cls_vs_baseline.winner_table(df, MODELS), efficiency_rows("oom"),
+                                          models=MODELS, bench_batch_size=8)
+    assert text[1] == "No gap exceeds the 95% threshold of the seed noise (t-test): the two models tie on this data."
+    assert len(text) == 3  # no efficiency ratios with an out-of-memory row, nothing diverged
+    df = model_runs({(1e-3, "ir50_vit"): [0.5], (1e-3, "ir50_cls"): [None]})
+    headline, text = cls_vs_baseline.findings_of(df, cls_vs_baseline.winner_table(df, MODELS), efficiency_rows(),
+                                                 models=MODELS, bench_batch_size=8)
+    assert text[1] == "One seed per point: the seed noise is unknown, so no gap can be called beyond it."
+    assert math.isnan(headline["ir50_cls best val_acc"]) and headline["ir50_cls wins"] == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Batch size throughput
+
+
+def throughput_rows(device: str = "cpu", oom_at: int | None = None) -> pd.DataFrame:
+    rows = [{"batch_size": b, "status": "ok", "samples_per_s": s, "step_time_median_s": b / s,
+             "step_time_p95_s": b / s, "peak_memory_mb": 100.0 * b, "memory_kind": "cpu_peak_rss",
+             "device": device, "amp": "off", "cpu_threads": 1} for b, s in ((1, 10.0), (2, 19.5), (4, 20.0))]
+    if oom_at:
+        rows.append({**rows[-1], "batch_size": oom_at, "status": "oom", "samples_per_s": math.nan,
+                     "step_time_median_s": math.nan, "peak_memory_mb": math.nan, "memory_kind": ""})
+    return pd.DataFrame(rows)
+
+
+def test_batch_size_throughput_findings_every_branch():
+    table = throughput_rows(oom_at=8)
+    choice = recommend_batch_size(table, 0.95)
+    settings = {"model_name": "m", "channels_last": False, "compile_model": False, "warmup_steps": 1, "timed_steps": 3}
+    headline, text = batch_size_throughput.findings_of(table, choice, **settings)
+    assert headline == {"recommended batch size": 2, "throughput at recommended (samples/s)": 19.5,
+                        "best throughput (samples/s)": 20.0, "best batch size": 4, "out-of-memory batch size": 8}
+    assert text[0] == choice["sentence"]
+    assert text[1] == ("Model m on cpu (AMP off, channels_last False, compile False); per batch size 1 warm-up "
+                       "then 3 timed steps, batch sizes 1 to 8.")
+    assert text[2] == "At batch size 2 a step takes 0.103 s (median) and peak memory is 200 MiB (process peak RSS)."
+    assert text[3].startswith("CPU timings (torch CPU threads: 1)")
+    table = throughput_rows(device="cuda").assign(memory_kind="cuda_max_allocated")
+    headline, text = batch_size_throughput.findings_of(table, recommend_batch_size(table, 0.95), **settings)
+    assert headline["out-of-memory batch size"] == "none" and len(text) == 3 and "CUDA allocator peak" in text[2]
+    table = throughput_rows().iloc[:0]
+    no_choice = recommend_batch_size(table, 0.95)
+    oom_only = pd.DataFrame([{**throughput_rows(oom_at=1).iloc[-1]}])
+    headline, text = batch_size_throughput.findings_of(oom_only, no_choice, **settings)
+    assert headline["recommended batch size"] is None and headline["out-of-memory batch size"] == 1
+    assert len(text) == 3  # no step time without a recommendation
+
+
+def test_throughput_config_settings_and_errors():
+    cfg = batch_size_throughput.throughput_config(params_file="", model_name="vqa_mean_mlp", device="cpu",
+                                                  cpu_threads=0, overrides={"data.max_train_samples": 64})
+    assert cfg.model["name"] == "vqa_mean_mlp" and cfg.train.num_threads is None
+    assert cfg.data["max_train_samples"] == 64
+    cfg = batch_size_throughput.throughput_config(params_file="params/train/easy_vqa_model1.yaml",
+                                                  model_name="vqa_mean_mlp", device="cpu", cpu_threads=2,
+                                                  overrides={})
+    assert cfg.train.num_threads == 2
+    with pytest.raises(ConfigError, match="vqa_mean_mpl"):
+        batch_size_throughput.throughput_config(params_file="", model_name="vqa_mean_mpl", device="cpu",
+                                                cpu_threads=0, overrides={})
+    view = batch_size_throughput.table_view(throughput_rows()).data
+    assert list(view.columns) == list(batch_size_throughput.VIEW_COLUMNS.values())
+    line = batch_size_throughput.setting_line(throughput_rows(), channels_last=True, compile_model=False)
+    assert line == ("device cpu (torch CPU threads: 1), amp off, channels_last True, compile False; "
+                    "memory: process peak RSS")
+
+
+# ---------------------------------------------------------------------------------------------
+# VQA models
+
+
+def test_vqa_model_configs_use_the_data_set_parameters():
+    configs = vqa_models.model_configs(models=["vqa_mean_mlp", "vqa_lstm_mlp"],
+                                       model_kwargs={"vqa_mean_mlp": {"cnn_channels": [4, 8, 8]}},
+                                       dataset="easy_vqa", dataset_kwargs={"max_train_samples": 10}, epochs=2,
+                                       batch_size=4, lr=1e-3, seed=3, experiment="e", runs_root="r")
+    assert [c.name for c in configs] == ["vqa_mean_mlp", "vqa_lstm_mlp"]
+    assert configs[0].model["cnn_channels"] == (4, 8, 8) and configs[1].model == {"name": "vqa_lstm_mlp"}
+    assert configs[1].data == {"name": "easy_vqa", "max_train_samples": 10} and configs[1].seed == 3
+    with pytest.raises(ConfigError, match="easy_vq"):
+        vqa_models.model_configs(models=["vqa_mean_mlp"], model_kwargs={}, dataset="easy_vq", dataset_kwargs={},
+                                 epochs=1, batch_size=4, lr=1e-3, seed=0, experiment="e", runs_root="r")
+
+
+def test_vqa_models_findings_with_and_without_overfitting():
+    table = pd.DataFrame([
+        {"name": "a", "best_val_acc": 0.6, "best_epoch": 3, "overfitting_from_epoch": 3.0, "epoch_time_s": 1.25,
+         "params_M": 0.1},
+        {"name": "b", "best_val_acc": 0.7, "best_epoch": 5, "overfitting_from_epoch": None, "epoch_time_s": 2.0,
+         "params_M": 0.2},
+    ])
+    headline, text = vqa_models.findings_of(table, epochs=8)
+    assert headline == {"best val_acc": 0.7, "best model": "b", "best epoch": 5}
+    assert text == ["Best model: b with validation accuracy 0.7000 at epoch 5 of 8.",
+                    "a overfits after epoch 3: validation loss rises while training loss falls.",
+                    "a: 1.2 s per epoch, 0.100 M parameters.", "b: 2.0 s per epoch, 0.200 M parameters."]
+    _, text = vqa_models.findings_of(table.assign(overfitting_from_epoch=None), epochs=8)
+    assert text[1] == "No model shows overfitting within these epochs."

@@ -1,0 +1,25 @@
+"""The weekly report: execute the study notebooks and render ``reports/<ISO year>-W<week>/``.
+
+A study is a notebook ``notebooks/<name>.ipynb`` with a params file ``params/<name>.yaml`` holding
+``presets: {quick: {...}, cpu: {...}, gpu: {...}}`` (notebook parameter → value). For the chosen
+preset every study is checked first (unknown parameter names, wrong value types, missing preset),
+then each notebook runs with papermill (kernel ``python3``, the project root as working folder)
+into the week's folder and is rendered to HTML with nbconvert (code hidden, plots as embedded PNG,
+no script, style or font fetched from the network). A failing notebook does not stop the others.
+
+The week's folder holds, per study, ``<name>.ipynb`` (executed) and ``<name>.html``, plus
+``index.html`` (environment, one section per study with its headline findings),
+``report.html`` (every study in one self-contained file, for mail) and ``summary.json`` (the
+headline figures, read back next week for the "since last week" section). Nothing is
+overwritten: a study already reported this week is re-run only with ``force``, and the earlier
+files move to ``previous/<timestamp>/`` first.
+
+One job per module: ``weeks`` (ISO weeks), ``presets`` (studies and their checked presets),
+``execute`` (papermill, findings read back), ``pages`` (nbconvert export, index and report pages),
+``html`` (cleaning notebook outputs), ``environment`` (where the report ran), ``since``
+(since last week), ``archive`` (writing and keeping earlier files), ``build`` (``run_report``).
+"""
+
+from vqalab.report.build import run_report
+
+__all__ = ["run_report"]

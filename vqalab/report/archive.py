@@ -1,0 +1,37 @@
+"""Writing a week's files, and keeping earlier ones: nothing already written is overwritten."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from pathlib import Path
+
+from vqalab.runs import atomic_write_bytes
+
+PREVIOUS_DIR = "previous"  # earlier outputs of the same week, kept on --force
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write through a temporary file and rename; readable by others (reports are shared)."""
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod(0o666 & ~umask)
+
+
+def archive_outputs(week_dir: Path, files: list[Path]) -> Path:
+    """Move ``files`` to ``week_dir/previous/<timestamp>/``: a re-run never loses earlier outputs."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    for attempt in range(1000):
+        target = week_dir / PREVIOUS_DIR / (stamp if attempt == 0 else f"{stamp}-{attempt}")
+        try:
+            target.mkdir(parents=True)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise RuntimeError(f"could not create a new folder under {week_dir / PREVIOUS_DIR}")
+    for path in files:
+        shutil.move(str(path), str(target / path.name))
+    return target

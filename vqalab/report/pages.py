@@ -1,0 +1,115 @@
+"""HTML pages: a study's page exported with nbconvert, the week's index and one-file report."""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from vqalab.config import parameter_rows, yaml_inline
+from vqalab.report.archive import PREVIOUS_DIR, write_text
+from vqalab.report.html import neutralize_html
+
+TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "report_templates"
+STUDY_TEMPLATE = "vqalab_study"  # nbconvert template: lab page without CDN scripts
+INDEX_FILE = "index.html"
+REPORT_FILE = "report.html"
+BODY_START, BODY_END = "<!-- vqalab:body-start -->", "<!-- vqalab:body-end -->"
+
+
+def _study_exporter():
+    from nbconvert import HTMLExporter
+
+    return HTMLExporter(extra_template_basedirs=[str(TEMPLATE_DIR)], template_name=STUDY_TEMPLATE,
+                        exclude_input_prompt=True, exclude_output_prompt=True, embed_images=True)
+
+
+def render_study(notebook, record: dict, week: str) -> str:
+    """A study's full HTML page: code hidden except the cell that raised, outputs embedded."""
+    nb = copy.deepcopy(notebook)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            raised = any(o.get("output_type") == "error" for o in cell.get("outputs", []))
+            # nbconvert drops a cell's source when this flag is set; the failing cell stays readable
+            cell.metadata.setdefault("transient", {})["remove_source"] = not raised
+    nb.metadata["title"] = f"{record['title']} · {week}"
+    resources = {"vqalab": {"week": week, "name": record["name"], "preset": record["preset"],
+                            "status": record["status"], "error": record.get("error"),
+                            "alt": f"figure of {record['title']}"}}
+    page, _ = _study_exporter().from_notebook_node(nb, resources=resources)
+    start, end = page.find(BODY_START), page.rfind(BODY_END)
+    if start < 0 or end < start:
+        raise RuntimeError(f"{TEMPLATE_DIR / STUDY_TEMPLATE}: body markers missing from the rendered page")
+    start += len(BODY_START)
+    return page[:start] + neutralize_html(page[start:end]) + page[end:]
+
+
+def split_page(page: str) -> tuple[str, str]:
+    """(the ``<style>`` blocks of a study page's head, the notebook part of its body)."""
+    head = page.split("</head>", 1)[0]
+    styles = "\n".join(re.findall(r"<style[^>]*>.*?</style>", head, flags=re.DOTALL))
+    start, end = page.find(BODY_START), page.rfind(BODY_END)
+    body = page[start + len(BODY_START):end] if start >= 0 and end > start else ""
+    return styles, body
+
+
+def error_page(record: dict, week: str) -> str:
+    """A study page when there is no executed notebook to render at all."""
+    env = _jinja()
+    return env.get_template("error.html.j2").render(record=record, week=week)
+
+
+def _jinja():
+    import jinja2
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+                             autoescape=True,  # every user-typed string is shown as text
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["fmt"] = format_value
+    env.filters["duration"] = format_duration
+    return env
+
+
+def format_value(value: Any) -> str:
+    """A figure or parameter as short readable text (floats to 4 significant digits)."""
+    if isinstance(value, bool) or value is None:
+        return yaml_inline(value)
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    if isinstance(value, (int, str)):
+        return str(value)
+    return yaml_inline(value)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
+
+
+def render_week(week_dir: Path, summary: dict, since: dict | None) -> None:
+    """Write ``index.html`` and ``report.html`` of a week from its summary and executed notebooks."""
+    env = _jinja()
+    studies = [summary["studies"][name] for name in sorted(summary["studies"])]
+    sections, styles = [], ""
+    for record in studies:
+        page_path = week_dir / record["html"]
+        page = page_path.read_text(encoding="utf-8") if page_path.is_file() else ""
+        page_styles, body = split_page(page)
+        styles = styles or page_styles  # every study page carries the same notebook CSS
+        sections.append({"record": record, "body": body})
+    previous = week_dir / PREVIOUS_DIR
+    archived = sorted(p.name for p in previous.iterdir() if p.is_dir()) if previous.is_dir() else []
+    context = {"summary": summary, "studies": studies, "since": since, "parameters": parameter_rows(),
+               "generated": summary["generated"], "environment": summary["environment"],
+               "archived": [f"{PREVIOUS_DIR}/{name}/" for name in archived]}
+    write_text(week_dir / INDEX_FILE, env.get_template("index.html.j2").render(**context))
+    import markupsafe
+
+    report = env.get_template("report.html.j2").render(
+        **context, notebook_css=markupsafe.Markup(styles),
+        sections=[{"record": s["record"], "body": markupsafe.Markup(s["body"])} for s in sections])
+    write_text(week_dir / REPORT_FILE, report)

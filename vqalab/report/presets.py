@@ -1,0 +1,140 @@
+"""Studies and their presets: all checked before any notebook runs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from vqalab.config import read_yaml
+from vqalab.registry import ConfigError, did_you_mean
+
+log = logging.getLogger(__name__)
+
+PARAMS_FILE_KEYS = ("presets",)
+RUNS_ROOT_PARAM = "runs_root"
+
+# Annotations a notebook parameter may carry; a preset value must have that type (an int may
+# stand for a float).
+PARAMETER_TYPES = {"bool": bool, "int": int, "float": float, "str": str, "list": list, "dict": dict}
+
+
+def discover_studies(notebooks_dir: Path, params_dir: Path) -> dict[str, tuple[Path, Path]]:
+    """Study name → (notebook, params file): every ``*.ipynb`` with a ``params/<stem>.yaml``."""
+    studies = {}
+    for notebook in sorted(Path(notebooks_dir).glob("*.ipynb")):
+        params_file = Path(params_dir) / f"{notebook.stem}.yaml"
+        if params_file.is_file():
+            studies[notebook.stem] = (notebook, params_file)
+        else:
+            log.info("%s has no %s: not a study of the report", notebook, params_file)
+    return studies
+
+
+def annotated_type(name: str, parameter: dict, notebook: Path) -> type:
+    """The Python type a notebook parameter is annotated with (``lr: float = 1e-3  # help``);
+    ``list[float]`` counts as list. ConfigError names the notebook when there is none to check."""
+    annotation = str(parameter.get("inferred_type_name") or "None")
+    expected = PARAMETER_TYPES.get(annotation.split("[", 1)[0].strip())
+    if expected is None:
+        raise ConfigError(f"{notebook}: parameter '{name}' is annotated {annotation!r}: expected one of "
+                          f"{', '.join(PARAMETER_TYPES)} (write `{name}: float = {parameter.get('default')}  # help`)")
+    return expected
+
+
+def _type_mismatch(value: Any, expected: type) -> bool:
+    """Whether ``value`` cannot stand for a parameter of type ``expected`` (None always can)."""
+    if value is None:
+        return False
+    if expected is bool or isinstance(value, bool):
+        return not (isinstance(value, bool) and expected is bool)
+    if expected is float:
+        return not isinstance(value, (int, float))
+    return not isinstance(value, expected)
+
+
+def load_preset(params_file: Path, preset: str, notebook_params: dict[str, dict]) -> dict[str, Any]:
+    """Validate ``presets.<preset>`` of ``params_file`` against the notebook's parameters.
+
+    ``notebook_params``: ``papermill.inspect_notebook(...)`` of the notebook (name → default,
+    help) with each parameter's ``annotated_type`` under ``type``. Returns the preset's parameter values. Errors name the file, the key and what was
+    expected.
+    """
+    tree = read_yaml(params_file)
+    if not isinstance(tree, dict) or "presets" not in tree:
+        raise ConfigError(f"{params_file}: expected a mapping with 'presets: {{quick: ..., cpu: ..., gpu: ...}}'")
+    for key in tree:
+        if key not in PARAMS_FILE_KEYS:
+            raise ConfigError(f"{params_file}: unknown key '{key}': {did_you_mean(str(key), PARAMS_FILE_KEYS)}")
+    presets = tree["presets"]
+    if not isinstance(presets, dict) or not presets:
+        raise ConfigError(f"{params_file}: 'presets' must map preset names (quick, cpu, gpu) to parameters")
+    if preset not in presets:
+        raise ConfigError(f"{params_file}: no preset '{preset}' under 'presets' "
+                          f"(it has: {', '.join(map(str, presets))})")
+    values = presets[preset] or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{params_file}: presets.{preset} must map notebook parameters to values, "
+                          f"got {type(values).__name__}")
+    for key, value in values.items():
+        if key not in notebook_params:
+            valid = list(notebook_params) or ["(the notebook has no parameters cell)"]
+            raise ConfigError(f"{params_file}: presets.{preset}: unknown parameter '{key}': "
+                              f"{did_you_mean(str(key), valid)}")
+        expected = notebook_params[key]["type"]
+        if _type_mismatch(value, expected):
+            raise ConfigError(f"{params_file}: presets.{preset}.{key} = {value!r}: expected {expected.__name__} "
+                              f"(the notebook's default is {notebook_params[key].get('default', '')})")
+    return dict(values)
+
+
+def notebook_title(notebook) -> str | None:
+    """The first markdown heading of a notebook (its title cell), without the ``#``."""
+    for cell in notebook.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                if line.strip().startswith("#"):
+                    return line.strip().lstrip("#").strip() or None
+            return None
+    return None
+
+
+def plan_studies(*, preset: str, only: list[str] | None, notebooks_dir: Path, params_dir: Path,
+                 runs_root: str | Path | None) -> list[dict]:
+    """The studies to run with their checked parameters; raises ConfigError before any compute."""
+    import nbformat
+    import papermill
+
+    available = discover_studies(notebooks_dir, params_dir)
+    if only:
+        for name in only:
+            if name not in available:
+                if (Path(notebooks_dir) / f"{name}.ipynb").is_file():
+                    raise ConfigError(f"--only {name}: {Path(params_dir) / (name + '.yaml')} not found "
+                                      "(a study needs a params file with presets)")
+                choices = list(available) or [f"(no study in {notebooks_dir})"]
+                raise ConfigError(f"--only {name}: no such study: {did_you_mean(name, choices)}")
+        names = list(dict.fromkeys(only))
+    else:
+        names = list(available)
+    if not names:
+        raise ConfigError(f"no study found: {notebooks_dir}/*.ipynb with a {params_dir}/<name>.yaml")
+    plan = []
+    for name in names:
+        notebook, params_file = available[name]
+        papermill_log = logging.getLogger("papermill")
+        level = papermill_log.level
+        papermill_log.setLevel(logging.WARNING)  # inspecting logs "Input Notebook" for every study
+        try:
+            notebook_params = papermill.inspect_notebook(str(notebook))
+        finally:
+            papermill_log.setLevel(level)
+        for key, parameter in notebook_params.items():
+            parameter["type"] = annotated_type(key, parameter, notebook)
+        parameters = load_preset(params_file, preset, notebook_params)
+        if runs_root is not None and RUNS_ROOT_PARAM in notebook_params and RUNS_ROOT_PARAM not in parameters:
+            parameters[RUNS_ROOT_PARAM] = str(runs_root)
+        title = notebook_title(nbformat.read(notebook, as_version=4)) or name
+        plan.append({"name": name, "title": title, "notebook": notebook, "params_file": params_file,
+                     "parameters": parameters})
+    return plan

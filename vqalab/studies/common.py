@@ -1,0 +1,91 @@
+"""Shared parts of the studies: the FER base config, the seed-noise verdict, best per group."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from vqalab.sweep import format_value, spread_vs_noise
+
+# Columns of a sweep's table shown after each sweep (after the grid keys).
+RUN_COLUMNS = ["seed", "status", "best_val_acc", "best_epoch", "diverged_step", "reused"]
+SYNTHETIC_FACES = "synthetic_faces"
+
+
+def fer_data_section(*, dataset: str, dataset_kwargs: dict, img_size: int, num_train: int, num_val: int,
+                     face_options: dict) -> dict:
+    """The ``data`` section of a FER study's runs.
+
+    ``num_train``, ``num_val`` and ``face_options`` size and shape the synthetic faces only;
+    ``dataset_kwargs`` go to the builder of any data set (e.g. ``root`` of ``rafdb``).
+    """
+    if dataset == SYNTHETIC_FACES:
+        return {"name": dataset, "num_train": num_train, "num_val": num_val, "image_size": img_size,
+                **face_options, **dataset_kwargs}
+    return {"name": dataset, "image_size": img_size, **dataset_kwargs}
+
+
+def fer_base_config(*, study: str, experiment: str, runs_root: str, model: str, depth: int, img_size: int,
+                    backbone_depth: int, width: float, dataset: str, dataset_kwargs: dict, num_train: int,
+                    num_val: int, face_options: dict, epochs: int, batch_size: int, lr: float, device: str,
+                    amp: str, cpu_threads: int) -> dict:
+    """The config every run of a FER study starts from; the sweeps vary one or two keys of it.
+
+    ``study``: the run name. ``cpu_threads`` 0 keeps torch's default. ``checkpoint_every`` is
+    ``epochs``: only the last checkpoint of each run is kept on disk.
+    """
+    return {
+        "experiment": experiment, "runs_root": runs_root, "name": study,
+        "model": {"name": model, "depth": depth, "img_size": img_size, "backbone_depth": backbone_depth,
+                  "width": width},
+        "data": fer_data_section(dataset=dataset, dataset_kwargs=dataset_kwargs, img_size=img_size,
+                                 num_train=num_train, num_val=num_val, face_options=face_options),
+        "optim": {"lr": lr},
+        "train": {"epochs": epochs, "batch_size": batch_size, "checkpoint_every": epochs, "device": device,
+                  "amp": amp, "num_threads": cpu_threads or None, "progress": False},
+    }
+
+
+def with_values(base: dict, **sections: dict) -> dict:
+    """``base`` with some keys of its sections replaced: ``with_values(base, optim={"lr": 1e-4})``."""
+    return {**base, **{name: {**base.get(name, {}), **values} for name, values in sections.items()}}
+
+
+def noise_verdict(exceeds: bool | None) -> str:
+    """A difference against the seed noise in words, from the ``exceeds`` of ``gap_vs_noise`` or
+    ``spread_vs_noise`` (None: fewer than two seeds, the noise is unknown)."""
+    if exceeds is None:
+        return "seed noise unknown (one seed)"
+    return "beyond seed noise" if exceeds else "within seed noise"
+
+
+def spread_sentence(name: str, stats: pd.DataFrame, key: str) -> tuple[str, dict]:
+    """One sentence on the spread of the group means of ``stats`` (a ``seed_stats`` table over
+    ``key``) against the seed noise, and the ``spread_vs_noise`` figures behind it."""
+    s = spread_vs_noise(stats)
+    done = stats[stats["n"] > 0]
+    if not len(done):
+        return f"{name}: every run diverged.", s
+    best = done.loc[done["mean"].idxmax()]
+    line = (f"{name} over {' | '.join(format_value(v) for v in stats[key])}: mean best val_acc from "
+            f"{done['mean'].min():.3f} to {done['mean'].max():.3f} (spread {s['spread']:.3f}, best at "
+            f"{format_value(best[key])})")
+    if s["exceeds"] is None:
+        return f"{line}: {noise_verdict(None)}, so no conclusion.", s
+    noise = (f"95% threshold {s['threshold']:.3f} from a t-test on the seed noise: pooled std "
+             f"{s['noise_std']:.3f}, {s['dof']} degrees of freedom")
+    if s["exceeds"]:
+        return f"{line}, above the {noise}: the metric depends on it {noise_verdict(True)}.", s
+    return f"{line}, below the {noise}: {noise_verdict(False)}, no effect.", s
+
+
+def best_per_group(stats: pd.DataFrame, group: str) -> pd.DataFrame:
+    """The row of ``stats`` (a ``seed_stats`` table) with the highest mean in each ``group``,
+    indexed by the group; groups where no run completed are left out."""
+    done = stats[stats["n"] > 0]
+    return done.loc[done.groupby(group)["mean"].idxmax()].set_index(group)
+
+
+def diverged_sentence(df: pd.DataFrame) -> list[str]:
+    """``["N runs diverged (…)."]`` for a sweep table with diverged runs, else ``[]``."""
+    diverged = int((df["status"] == "diverged").sum())
+    return [f"{diverged} runs diverged (shown as red ×, not in the means)."] if diverged else []
