@@ -303,7 +303,7 @@ def test_efficiency_table_has_one_row_per_model(cfg):
 def test_flops_per_sample_at_batch_one_for_an_image_model():
     # A tiny FER model whose last feature map is 1×1: BatchNorm in training mode could not take
     # a batch of one; counting in eval mode can. Without shared images, cost per sample is flat.
-    cfg = build_config({"model": {"name": "ir50_vit", "depth": 1, "img_size": 16, "backbone_depth": 18,
+    cfg = build_config({"model": {"name": "ir50_vit", "depth": 1, "backbone_depth": 18,
                                   "width": 0.125},
                         "data": {"name": "synthetic_faces", "num_train": 8, "num_val": 4, "image_size": 16}})
     one, two = bench.flops_report(cfg, batch_size=1), bench.flops_report(cfg, batch_size=2)

@@ -16,7 +16,7 @@ from vqalab.data.fixtures import RAFDB_DIR, write_rafdb_official
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")]
 
-FER = {"model": {"name": "ir50_cls", "depth": 1, "backbone_depth": 18, "width": 0.25, "img_size": 32},
+FER = {"model": {"name": "ir50_cls", "depth": 1, "backbone_depth": 18, "width": 0.25},
        "data": {"name": "rafdb", "image_size": 32},
        "train": {"epochs": 2, "batch_size": 14, "device": "cuda", "progress": False}}
 

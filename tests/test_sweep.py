@@ -162,9 +162,9 @@ def test_switching_model_name_keeps_the_other_model_keys():
 
     if not {"ir50_vit", "ir50_cls"} <= set(list_models()):
         pytest.skip("FER models not registered")
-    points = expand_grid({"model": {"name": "ir50_vit", "depth": 2, "img_size": 32}},
+    points = expand_grid({"model": {"name": "ir50_vit", "depth": 2, "width": 0.5}},
                          {"model.name": ["ir50_vit", "ir50_cls"]})
-    assert [p.cfg.model for p in points] == [{"name": n, "depth": 2, "img_size": 32} for n in ("ir50_vit", "ir50_cls")]
+    assert [p.cfg.model for p in points] == [{"name": n, "depth": 2, "width": 0.5} for n in ("ir50_vit", "ir50_cls")]
 
 
 def test_seed_stats_mean_std_against_pandas():
@@ -257,7 +257,7 @@ def test_a_changed_data_file_retrains(tmp_path, monkeypatch):
     monkeypatch.setenv("VQALAB_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("VQALAB_CACHE", str(tmp_path / "cache"))
     write_rafdb_official(tmp_path / "data" / "RAF-DB" / "basic", train_per_class=2, test_per_class=1, size=16)
-    fer = {"experiment": "fer", "runs_root": str(tmp_path), "model": {"name": "fer_pixel_linear", "img_size": 16},
+    fer = {"experiment": "fer", "runs_root": str(tmp_path), "model": {"name": "fer_pixel_linear"},
            "data": {"name": "rafdb", "image_size": 16}, "train": {"epochs": 1, "batch_size": 7, "progress": False}}
     first = sweep(fer, {"optim.lr": [1e-3]})
     assert sweep(fer, {"optim.lr": [1e-3]})["reused"].all()

@@ -32,7 +32,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from vqalab.report import run_report
 
-    return run_report(preset=args.preset, only=args.only, week=args.week, force=args.force)
+    return run_report(preset=args.preset, only=args.only, week=args.week, force=args.force, data=args.data,
+                      fresh=args.fresh)
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -129,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--week", default=None, help="ISO week folder, e.g. 2026-W48 (default: this week)")
     p.add_argument("--force", action="store_true", help="re-run studies already reported this week "
                    "(their earlier files move to reports/<week>/previous/<time>/)")
+    p.add_argument("--data", default=None, metavar="NAME",
+                   help="run the studies of this data set's family on it: rafdb (the FER studies) or vqa_v2 "
+                        "(vqa_models); default: each preset's own data set")
+    p.add_argument("--fresh", action="store_true",
+                   help="retrain every sweep point instead of reusing finished runs of the same config, code and data")
+    p.epilog = ("exit status: 0 every study ran; 1 a study failed; 2 bad command line or params file (nothing "
+                "run); 3 a study was skipped because its data set is missing (see `vqalab data`)")
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("data", help="where each data set is looked for, whether it is there, its counts")

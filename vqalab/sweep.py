@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 SUMMARY_COLUMNS = ("best_val_acc", "best_epoch", "final_val_acc", "best_val_loss", "epochs", "steps",
                    "diverged_step", "diverged_epoch", "diverged_lr", "wall_time_s", "params", "finished")
 FRESH_ENV = "VQALAB_FRESH"  # "1": sweeps retrain every point (vqalab report --fresh)
+# A file path: every sweep appends one JSON line per point (reused or not, and when that run
+# finished); the report sets it per study to say how many runs were reused and from when.
+RUN_LOG_ENV = "VQALAB_RUN_LOG"
 DIVERGED_COLOR = "tab:red"
 
 
@@ -199,9 +202,22 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
         if result.summary["status"] in FINISHED_STATUSES:
             index[key] = result.run_dir
         rows.append(_row(point, result.summary, result.run_dir, reused=False))
+    log_points(rows)
     df = pd.DataFrame(rows)
     df.attrs["grid_keys"] = list(grid)
     return df
+
+
+def log_points(rows: list[dict]) -> None:
+    """Append one JSON line per sweep point to the file named by ``$VQALAB_RUN_LOG`` (if set)."""
+    path = os.environ.get(RUN_LOG_ENV)
+    if not path:
+        return
+    with open(path, "a") as f:
+        for row in rows:
+            finished = row.get("finished")
+            f.write(json.dumps({"run_dir": row["run_dir"], "status": row["status"], "reused": row["reused"],
+                                "finished": finished if isinstance(finished, str) else None}) + "\n")
 
 
 def load_curves(df: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.DataFrame:

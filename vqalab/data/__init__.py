@@ -28,7 +28,8 @@ DATASETS = Registry("data set")
 register_dataset = DATASETS.register
 
 # Model keyword arguments that come from the data, never from the params file.
-PROVIDED_BY_DATA = ("vocab_size", "num_answers", "num_classes", "image_dim")  # image_dim: precomputed features
+PROVIDED_BY_DATA = ("vocab_size", "num_answers", "num_classes", "image_dim", "img_size")
+# image_dim: size of precomputed features; img_size: side of the images, so the model always matches them
 
 
 @dataclass
@@ -72,13 +73,16 @@ class DataStatus:
 
 
 STATUS_CHECKS: dict[str, Callable[[dict], DataStatus]] = {}
+FAMILIES: dict[str, str] = {}  # data set → the studies it serves: "faces" (FER) or "vqa"
 
 
-def register_status(name: str):
+def register_status(name: str, *, family: str):
     """Register the status check of data set ``name``: ``fn(spec) -> DataStatus``, where ``spec``
-    holds every keyword of the builder (its defaults filled in)."""
+    holds every keyword of the builder (its defaults filled in). ``family``: the kind of study the
+    data set serves ("faces", "vqa"); ``vqalab report --data NAME`` runs the studies of its family."""
     def register(fn: Callable[[dict], DataStatus]) -> Callable[[dict], DataStatus]:
         STATUS_CHECKS[name] = fn
+        FAMILIES[name] = family
         return fn
     return register
 

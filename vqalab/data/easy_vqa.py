@@ -147,7 +147,7 @@ def load_split_answers() -> list[str]:
     return easy_vqa.get_answers()
 
 
-@register_status("easy_vqa")
+@register_status("easy_vqa", family="vqa")
 def easy_vqa_status(spec: dict) -> DataStatus:
     """Found when the ``easy-vqa`` package is installed (it embeds its images and questions)."""
     from importlib import metadata

@@ -308,7 +308,10 @@ def collate_expressions(items: list[dict]) -> dict:
 
 def expression_splits(*, train_images, train_targets, val_images, val_targets, augment: bool,
                       normalization: Literal["face", "imagenet"], info: dict) -> DataSplits:
-    """``DataSplits`` for a FER data set: the model takes ``image`` only; classes in ``EXPRESSIONS`` order."""
+    """``DataSplits`` for a FER data set: the model takes ``image`` only; classes in ``EXPRESSIONS`` order.
+
+    The model's ``img_size`` comes from the images (``model_kwargs``): it cannot differ from them.
+    """
     train_transform = ImageTransform(normalization=normalization, flip=augment,
                                      crop_scale=CROP_SCALE if augment else None)
     val_transform = ImageTransform(normalization=normalization)
@@ -318,7 +321,8 @@ def expression_splits(*, train_images, train_targets, val_images, val_targets, a
               (("train", train), ("val", val))}
     return DataSplits(
         train=train, val=val, collate=collate_expressions, input_keys=("image",),
-        model_kwargs={"num_classes": NUM_EXPRESSIONS}, class_names=list(EXPRESSIONS),
+        model_kwargs={"num_classes": NUM_EXPRESSIONS, "img_size": int(train.images.shape[-1])},
+        class_names=list(EXPRESSIONS),
         info={**info, "train_images": len(train), "val_images": len(val),
               "image_size": int(train.images.shape[-1]), "augment": augment, "normalization": normalization,
               "train_class_counts": counts["train"], "val_class_counts": counts["val"]},
@@ -345,7 +349,7 @@ def synthetic_faces(
     """Procedurally drawn faces with RAF-DB's seven expressions (eyes, brows, mouth); no download.
 
     num_train / num_val: faces per split, classes balanced. image_size: height = width in pixels
-    (match model.img_size). seed: the data seed (fixed across run seeds so runs see the same faces).
+    (the model is built for it). seed: the data seed (fixed across run seeds so runs see the same faces).
     Difficulty: pose_jitter (scales roll ±15°, sideways feature shift and position ±6%),
     scale_jitter (face size ± this fraction), noise_std (Gaussian pixel noise, 0-1 scale),
     occlusion_prob (chance of a random patch over the face), min_intensity (expressions drawn at
@@ -379,7 +383,7 @@ def synthetic_faces(
     )
 
 
-@register_status("synthetic_faces")
+@register_status("synthetic_faces", family="faces")
 def synthetic_faces_status(spec: dict) -> DataStatus:
     """Always there: drawn on use; the fingerprint covers everything the faces depend on."""
     drawn = {k: v for k, v in spec.items() if k not in ("augment", "normalization", "use_cache")}

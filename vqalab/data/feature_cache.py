@@ -305,7 +305,7 @@ def frozen_features(
     )
 
 
-@register_status("frozen_features")
+@register_status("frozen_features", family="vqa")
 def frozen_features_status(spec: dict) -> DataStatus:
     """The source data set's status; the fingerprint also covers the encoder and its weights file."""
     if not spec.get("source"):

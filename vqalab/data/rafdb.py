@@ -142,7 +142,7 @@ EXPECTED_FILES = (f"the RAF-DB basic folder here: {LABEL_FILE.as_posix()} and {A
                   f"<class> = 1-7 or the expression's name)")
 
 
-@register_status("rafdb")
+@register_status("rafdb", family="faces")
 def rafdb_status(spec: dict) -> DataStatus:
     """Found when the folder reads as RAF-DB; fingerprint over the image files' names, sizes and dates."""
     folder = resolve_data(spec["root"])
@@ -212,7 +212,7 @@ def rafdb(
     layout: "official" (EmoLabel/list_patition_label.txt + Image/aligned/), "imagefolder"
     (train/<class>/, test/<class>/) or "auto" (whichever is there). aligned: official layout only,
     read Image/aligned/*_aligned.jpg (100×100) rather than Image/original/.
-    image_size: images are resized to this (match model.img_size; 112 for IR-50).
+    image_size: images are resized to this, and the model is built for it (112 for IR-50).
     max_train_samples / max_val_samples: a fixed random subset (None: all).
     augment: random flip + resized crop on the train split. normalization: "face" or "imagenet".
     use_cache: keep decoded arrays under the cache folder.

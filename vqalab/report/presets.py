@@ -8,6 +8,7 @@ from typing import Any
 
 from vqalab.config import read_yaml
 from vqalab.registry import ConfigError, did_you_mean
+from vqalab.report.data import DATASET_KWARGS_PARAM, DATASET_PARAM, notebook_default
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,8 @@ def plan_studies(*, preset: str, only: list[str] | None, notebooks_dir: Path, pa
         if runs_root is not None and RUNS_ROOT_PARAM in notebook_params and RUNS_ROOT_PARAM not in parameters:
             parameters[RUNS_ROOT_PARAM] = str(runs_root)
         title = notebook_title(nbformat.read(notebook, as_version=4)) or name
+        defaults = {k: notebook_default(p) for k, p in notebook_params.items()
+                    if k in (DATASET_PARAM, DATASET_KWARGS_PARAM)}  # which data set the study uses
         plan.append({"name": name, "title": title, "notebook": notebook, "params_file": params_file,
-                     "parameters": parameters})
+                     "parameters": parameters, "defaults": defaults})
     return plan
