@@ -140,3 +140,36 @@ def test_report_on_rafdb_trains_on_it(lab_project, tmp_path):
     assert all("img_size" not in p["model"] for p in params)  # the image size comes from the data
     html = (lab_project / "reports" / WEEK / "cls_vs_baseline.html").read_text()
     assert f"data: rafdb at {tmp_path / 'lab-data' / RAFDB_DIR}" in html
+
+
+def test_switching_data_set_keeps_the_keywords_the_new_one_takes():
+    from vqalab.report.data import with_data
+
+    study = {"name": "vqa_models", "parameters": {"dataset_kwargs": {"max_train_samples": 1000, "group_by_image": True}},
+             "defaults": {"dataset": "easy_vqa", "dataset_kwargs": {}}}
+    moved = with_data(study, "vqa_v2")["parameters"]
+    assert moved == {"dataset": "vqa_v2", "dataset_kwargs": {"max_train_samples": 1000, "group_by_image": True}}
+    cached = {"name": "vqa_models", "defaults": {"dataset": "easy_vqa", "dataset_kwargs": {}},
+              "parameters": {"dataset": "frozen_features", "dataset_kwargs": {"source": {"name": "easy_vqa"},
+                                                                               "encoder": "resnet18"}}}
+    assert with_data(cached, "vqa_v2")["parameters"]["dataset_kwargs"] == {"source": {"name": "vqa_v2"},
+                                                                          "encoder": "resnet18"}
+    faces = {"name": "lr_search", "parameters": {"num_train": 64}, "defaults": {"dataset": "synthetic_faces",
+                                                                               "dataset_kwargs": {}}}
+    assert with_data(faces, "rafdb")["parameters"] == {"num_train": 64, "dataset": "rafdb", "dataset_kwargs": {}}
+
+
+@pytest.mark.slow
+def test_every_study_runs_on_the_fixture_lab_data_and_names_it(lab_project, tmp_path):
+    from vqalab.data.fixtures import write_lab_data
+
+    write_lab_data(tmp_path / "lab-data", rafdb_layout="imagefolder")
+    week = lab_project / "reports" / WEEK
+    assert run_report(preset="quick", data="rafdb", week=WEEK) == EXIT_OK
+    assert run_report(preset="quick", data="vqa_v2", week=WEEK) == EXIT_OK
+    studies = json.loads((week / "summary.json").read_text())["studies"]
+    assert len(studies) == 6  # the five FER studies and vqa_models; batch_size_throughput takes no data set
+    for name, record in studies.items():
+        data_set = "vqa_v2" if name == "vqa_models" else "rafdb"
+        assert record["status"] == "ok" and record["data"]["name"] == data_set, name
+        assert f"data: {data_set} at {tmp_path / 'lab-data'}" in (week / f"{name}.html").read_text(), name

@@ -14,7 +14,7 @@ import json
 import logging
 from pathlib import Path
 
-from vqalab.data import FAMILIES, DataStatus, data_status
+from vqalab.data import DATASETS, FAMILIES, DataStatus, data_status
 from vqalab.registry import ConfigError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def family(spec: dict) -> str | None:
 
 def with_data(study: dict, name: str) -> dict:
     """The study set to run on data set ``name``: ``dataset`` replaced, or, for cached features,
-    their ``source``; ``dataset_kwargs`` that belong to the old data set are dropped."""
+    their ``source``; of ``dataset_kwargs``, those the new data set's builder takes are kept."""
     spec = study_dataset(study)
     parameters = dict(study["parameters"])
     if spec["name"] == FROZEN_FEATURES and name != FROZEN_FEATURES:
@@ -59,7 +59,9 @@ def with_data(study: dict, name: str) -> dict:
         parameters[DATASET_KWARGS_PARAM] = {**kwargs, "source": source}
     elif spec["name"] != name:
         parameters[DATASET_PARAM] = name
-        parameters[DATASET_KWARGS_PARAM] = {}  # keywords of another data set do not carry over
+        accepted = DATASETS.parameters(name)  # e.g. max_train_samples carries over, num_train does not
+        kwargs = parameters.get(DATASET_KWARGS_PARAM, study.get("defaults", {}).get(DATASET_KWARGS_PARAM)) or {}
+        parameters[DATASET_KWARGS_PARAM] = {k: v for k, v in kwargs.items() if k in accepted}
     return {**study, "parameters": parameters}
 
 

@@ -89,6 +89,16 @@ def load_preset(params_file: Path, preset: str, notebook_params: dict[str, dict]
     return dict(values)
 
 
+def has_preset(params_file: Path, preset: str) -> bool:
+    """Whether ``params_file`` defines ``presets.<preset>`` (malformed files are checked later)."""
+    try:
+        tree = read_yaml(params_file)
+    except ConfigError:
+        return True  # let load_preset report the error
+    presets = tree.get("presets") if isinstance(tree, dict) else None
+    return not isinstance(presets, dict) or preset in presets
+
+
 def notebook_title(notebook) -> str | None:
     """The first markdown heading of a notebook (its title cell), without the ``#``."""
     for cell in notebook.cells:
@@ -118,6 +128,11 @@ def plan_studies(*, preset: str, only: list[str] | None, notebooks_dir: Path, pa
         names = list(dict.fromkeys(only))
     else:
         names = list(available)
+        having = [name for name in names if has_preset(available[name][1], preset)]
+        if having and len(having) < len(names):  # a lab preset (rafdb-24gb) exists for some studies only
+            log.info("preset %s: left out %s (no such preset)", preset,
+                     ", ".join(n for n in names if n not in having))
+            names = having
     if not names:
         raise ConfigError(f"no study found: {notebooks_dir}/*.ipynb with a {params_dir}/<name>.yaml")
     plan = []
