@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import TINY
+
 from vqalab import bench, runs, train
 from vqalab.config import build_config
 from vqalab.data import build_data

@@ -322,5 +322,5 @@ def test_the_models_image_size_comes_from_the_data(tmp_path):
                         "data": {"name": "synthetic_faces", "num_train": 14, "num_val": 7, "image_size": 48},
                         "train": {"epochs": 1, "batch_size": 7, "progress": False}})
     result = fit(cfg)
-    model, ckpt = model_from_checkpoint(sorted((result.run_dir / "checkpoints").glob("*.pt"))[-1])
+    model, ckpt = model_from_checkpoint(max((result.run_dir / "checkpoints").glob("*.pt")))
     assert ckpt["model_kwargs"]["img_size"] == 48 and model.img_size == 48  # built for the 48 px faces

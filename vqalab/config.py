@@ -13,7 +13,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -85,7 +85,7 @@ class ScheduleConfig(Section):
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1, description="passes over the training split", json_schema_extra=_range("5 … 100"))
     max_steps: Optional[int] = Field(None, ge=1, description="stop after this many optimizer steps (None: no limit)")
-    batch_size: Union[Annotated[int, Field(ge=1)], Literal["auto"]] = Field(
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         128, description="samples per optimizer micro-batch; auto: the largest batch on the throughput plateau "
                          "whose peak memory fits train.max_memory_fraction, measured before training",
         json_schema_extra=_range("32 … 600, or auto"))

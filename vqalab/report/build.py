@@ -17,14 +17,20 @@ from vqalab.report.data import check_study_data, choose_data, data_record, read_
 from vqalab.report.environment import environment
 from vqalab.report.execute import (
     STATUS_FAILED,
-    STATUS_OK,
     STATUS_SKIPPED,
     check_kernel,
     execute_study,
     read_findings,
     read_notebook,
 )
-from vqalab.report.pages import INDEX_FILE, REPORT_FILE, error_page, render_study, render_week, skipped_page
+from vqalab.report.pages import (
+    INDEX_FILE,
+    REPORT_FILE,
+    error_page,
+    render_study,
+    render_week,
+    skipped_page,
+)
 from vqalab.report.presets import plan_studies
 from vqalab.report.since import SUMMARY_FILE, read_summary, since_last_week
 from vqalab.report.weeks import check_week, iso_week
