@@ -137,3 +137,11 @@ def test_frozen_features_status_is_its_source_and_its_weights_file(lab_data):
     status = data_status(spec)
     assert status.found and status.counts == data_status("vqa_v2").counts
     assert status.fingerprint != data_status("vqa_v2").fingerprint  # the encoder is part of what the data are
+
+
+def test_every_registered_data_set_has_a_status_check_and_a_family():
+    from vqalab.data import FAMILIES, STATUS_CHECKS
+
+    assert set(STATUS_CHECKS) == set(DATASETS.names()) == set(FAMILIES)
+    assert {FAMILIES["rafdb"], FAMILIES["vqa_v2"]} == {"faces", "vqa"}
+    assert FAMILIES["synthetic_faces"] == FAMILIES["rafdb"] and FAMILIES["easy_vqa"] == FAMILIES["vqa_v2"]
