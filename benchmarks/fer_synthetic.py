@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     lrs = args.lrs or [preset.optim.lr * f for f in LR_FACTORS]
     load_at_start = os.getloadavg()
     t0 = time.perf_counter()
-    data = build_data(preset.data, seed=preset.seed)  # drawn (or read from the cache) once for all runs
+    data = build_data(preset.data)  # drawn (or read from the cache) once for all runs
     data_time = time.perf_counter() - t0
 
     rows = []

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = load_config(args.params, args.set)
     if cfg.train.loss != "ce" or cfg.train.label_smoothing or cfg.train.clip_norm:
         raise SystemExit("the plain step here is plain cross-entropy without clipping: use such a config")
-    data = build_data(cfg.data, seed=cfg.seed)
+    data = build_data(cfg.data)
     results = {"params": args.params, "overrides": args.set, "model": cfg.model["name"],
                "device": str(select_device(cfg.train.device)), "torch_threads": torch.get_num_threads(),
                "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "batch_sizes": {}}

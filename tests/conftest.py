@@ -33,4 +33,4 @@ def cfg():
 def data(cfg):
     from vqalab.data import build_data
 
-    return build_data(cfg.data, seed=cfg.seed)
+    return build_data(cfg.data)

@@ -8,10 +8,10 @@ import pytest
 import torch
 import torchvision
 import yaml
+from conftest import TINY
 from torch import nn
 
-from conftest import TINY
-from vqalab import bench
+from vqalab import bench, train
 from vqalab.bench import auto_batch_size
 from vqalab.cli import main
 from vqalab.config import build_config
@@ -20,9 +20,8 @@ from vqalab.data.samplers import epoch_batches
 from vqalab.models import create_model
 from vqalab.registry import ConfigError
 
-
-# Seed 002's batch-size table (images/s): the lab picked 256 by eye.
-SEED_002 = {1: 125, 2: 248, 4: 509, 8: 959, 16: 1279, 32: 1359, 64: 1449, 128: 1543, 256: 1591, 512: 1602}
+# Lab note 002's batch-size table (images/s): the lab picked 256 by eye.
+LAB_NOTE_002 = {1: 125, 2: 248, 4: 509, 8: 959, 16: 1279, 32: 1359, 64: 1449, 128: 1543, 256: 1591, 512: 1602}
 
 
 def table(throughputs: dict, status: dict | None = None) -> pd.DataFrame:
@@ -142,7 +141,7 @@ def test_is_out_of_memory(err, expected):
 def test_model_and_data_mismatch_is_a_clear_error():
     cfg = build_config({"model": {"name": "ir50_vit"}, "data": {"name": "easy_vqa"}})
     with pytest.raises(ConfigError, match="model 'ir50_vit' does not take vocab_size, num_answers from data 'easy_vqa'"):
-        bench.check_model_fits_data(cfg, SimpleNamespace(model_kwargs={"vocab_size": 9, "num_answers": 3}))
+        train.check_model_fits_data(cfg, SimpleNamespace(model_kwargs={"vocab_size": 9, "num_answers": 3}))
 
 
 # --- the sweep -------------------------------------------------------------------------------
@@ -165,7 +164,7 @@ def failing_allocator(monkeypatch, make_error):
         built.append(weakref.ref(model))
         return model
 
-    monkeypatch.setattr(bench, "create_model", create)
+    monkeypatch.setattr(train, "create_model", create)
     return built
 
 
@@ -217,13 +216,15 @@ def test_sweep_rejects_bad_arguments_before_compute(cfg):
 
 
 def test_training_step_updates_the_weights(cfg, data):
-    model = bench.build_model(cfg, data, torch.device("cpu"))
+    model = train.build_model(cfg, data, torch.device("cpu"))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    scaler = train.make_grad_scaler(torch.device("cpu"), "fp16")
+    assert not scaler.is_enabled()  # loss scaling is for CUDA fp16 only
     batch = bench.fixed_batch(data, 4, cfg.seed)
     before = [p.detach().clone() for p in model.parameters()]
-    loss = bench.training_step(model, optimizer, scaler, batch, data.input_keys, cfg, torch.device("cpu"), "off")
-    assert torch.isfinite(loss)
+    loss, grad_norm = train.training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, cfg=cfg,
+                                          device=torch.device("cpu"), amp="off")
+    assert torch.isfinite(loss) and torch.isfinite(grad_norm) and grad_norm > 0
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()) if p.requires_grad)
 
 
@@ -231,13 +232,13 @@ def test_training_step_updates_the_weights(cfg, data):
 
 
 def test_recommendation_is_the_smallest_batch_within_95_percent_of_the_best():
-    choice = bench.recommend_batch_size(table(SEED_002))
+    choice = bench.recommend_batch_size(table(LAB_NOTE_002))
     # 1543 / 1602 = 96.3 % ≥ 95 %, while 1449 / 1602 = 90.4 % is not
     assert choice["batch_size"] == 128 and choice["best_batch_size"] == 512
     assert choice["fraction_of_best"] == pytest.approx(1543 / 1602)
     assert choice["sentence"] == ("Use batch size 128: 1543 samples/s is 96% of the best (1602 samples/s at "
                                   "batch size 512), and it is the smallest batch size within 95% of it.")
-    assert bench.recommend_batch_size(table(SEED_002), fraction=0.99)["batch_size"] == 256
+    assert bench.recommend_batch_size(table(LAB_NOTE_002), fraction=0.99)["batch_size"] == 256
 
 
 def test_recommendation_boundary_and_failures():

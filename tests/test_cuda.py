@@ -35,9 +35,9 @@ def test_fer_training_on_cuda_with_amp_and_channels_last(tmp_path, rafdb, amp, c
             "train": {**FER["train"], "amp": amp, "channels_last": channels_last}}
     result = train.fit(build_config(tree))
     assert result.summary["status"] == "completed" and result.summary["device"].startswith("cuda")
-    rows = train.read_metrics(result.run_dir / "metrics.csv")
+    rows = runs.read_metrics_rows(result.run_dir / "metrics.csv")
     assert all(math.isfinite(r["train_loss"]) and r["peak_memory_mb"] > 0 for r in rows)
-    ckpt = runs.load_checkpoint(train.latest_checkpoint(result.run_dir))
+    ckpt = runs.load_checkpoint(runs.latest_checkpoint(result.run_dir))
     if amp == "fp16":  # the GradScaler ran: its scale is recorded for an exact resume
         assert ckpt["scaler_state"]["scale"] > 0
     else:
@@ -48,7 +48,7 @@ def test_peak_memory_is_this_runs_own(tmp_path, rafdb):
     big = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")  # 256 MiB held before the run
     del big
     result = train.fit(build_config({**FER, "runs_root": str(tmp_path / "runs")}))
-    rows = train.read_metrics(result.run_dir / "metrics.csv")
+    rows = runs.read_metrics_rows(result.run_dir / "metrics.csv")
     assert max(r["peak_memory_mb"] for r in rows) < 256
 
 

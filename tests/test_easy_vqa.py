@@ -2,7 +2,7 @@ import torch
 
 from vqalab.data import build_data
 from vqalab.data.samplers import epoch_batches
-from vqalab.data.text import PAD_INDEX, UNK_INDEX, Vocabulary, tokenize
+from vqalab.text import PAD_INDEX, UNK_INDEX, Vocabulary, tokenize
 
 
 def test_tokenizer_and_vocabulary():

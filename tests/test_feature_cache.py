@@ -48,7 +48,7 @@ def count_encoder_builds(monkeypatch) -> list:
         builds.append(args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("vqalab.models.encoders.build_image_encoder", counting)
+    monkeypatch.setattr("vqalab.data.feature_cache.build_image_encoder", counting)
     return builds
 
 

@@ -14,7 +14,8 @@ from vqalab import cli
 from vqalab.config import build_config, load_config
 from vqalab.data import build_data
 from vqalab.data import faces as faces_module
-from vqalab.data.faces import EXPRESSIONS, NEUTRAL, expression_at
+from vqalab.data.expressions import EXPRESSIONS
+from vqalab.data.faces import NEUTRAL, expression_at
 from vqalab.data.transforms import CROP_SCALE, ImageTransform, random_resized_crop_box
 from vqalab.paths import project_root
 from vqalab.registry import ConfigError
@@ -299,7 +300,7 @@ def test_fer_params_files_validate_and_match_image_sizes():
     assert len(files) >= 2
     for file in files:
         cfg = load_config(file)
-        assert cfg.model["name"] in ("ir50_vit", "ir50_cls"), file
+        assert cfg.model["name"] in ("ir_vit", "ir_cls"), file
         assert "img_size" not in cfg.model, file  # the model's image size comes from the data
 
 

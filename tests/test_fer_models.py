@@ -6,13 +6,15 @@ import pytest
 import torch
 from torch import nn
 
+from vqalab.config import build_config
 from vqalab.models import MODELS, create_model
 from vqalab.models.fer import IRBackbone, load_backbone_weights
 from vqalab.models.layers import ClassAttentionBlock, DropPath, TransformerBlock
 from vqalab.registry import ConfigError
+from vqalab.runs import config_hash
 
 FER_MODELS = [n for n in MODELS.names() if {"num_classes", "img_size"} <= set(MODELS.parameters(n))]
-TRANSFORMER_MODELS = ["ir50_vit", "ir50_cls"]
+TRANSFORMER_MODELS = ["ir_vit", "ir_cls"]
 
 # Written from the face.evoLVe / InsightFace description, not from the model code.
 UNITS = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 14, 3]}
@@ -229,3 +231,26 @@ def test_pixel_linear_is_logistic_regression_on_pixels():
     assert count(model) == 3 * 16 * 16 * 7 + 7
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(model(x), x.flatten(1) @ model.head.weight.T + model.head.bias)
+
+
+@pytest.mark.parametrize(("former", "name"), [("ir50_vit", "ir_vit"), ("ir50_cls", "ir_cls")])
+def test_former_ir50_names_build_the_same_model_and_the_same_run(former, name):
+    kwargs = {"depth": 1, "backbone_depth": 18, "width": 0.125, "img_size": 32}
+    torch.manual_seed(0)
+    old = create_model(former, **kwargs)
+    torch.manual_seed(0)
+    new = create_model(name, **kwargs)
+    assert type(old) is type(new) and old.state_dict().keys() == new.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
+    assert former not in MODELS.names() and name in MODELS.names()  # listed once, by its name
+    same = [build_config({"model": {"name": n, **kwargs}, "data": {"name": "synthetic_faces"}}) for n in (former, name)]
+    assert config_hash(same[0]) == config_hash(same[1])
+    with pytest.raises(ConfigError, match=f"unknown model '{former}x'.*did you mean '{former}'"):
+        create_model(f"{former}x")
+
+
+def test_an_alias_needs_a_registered_target_and_a_new_name():
+    with pytest.raises(ValueError, match="the target must be registered"):
+        MODELS.alias("ir50_vit", "ir_cls")  # taken already
+    with pytest.raises(ValueError, match="the target must be registered"):
+        MODELS.alias("something", "no_such_model")

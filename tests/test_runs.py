@@ -2,11 +2,15 @@
 
 import csv
 import json
+import math
+import os
+import subprocess
 
 import pytest
 import torch
 import yaml
 
+from vqalab import runs
 from vqalab.config import build_config
 from vqalab.data import build_data
 from vqalab.models import create_model
@@ -103,3 +107,43 @@ def test_same_seed_repeats_exactly(tmp_path, data):
     sa = load_checkpoint(a.run_dir / "checkpoints" / "epoch_001.pt")["model_state"]
     sb = load_checkpoint(b.run_dir / "checkpoints" / "epoch_001.pt")["model_state"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_metrics_rows_round_trip_exactly(tmp_path):
+    history = [{c: 0.1 * (i + 1) for c in runs.METRIC_COLUMNS} | {"epoch": i + 1, "step": 3 * (i + 1)} for i in range(2)]
+    history[1]["peak_memory_mb"] = math.nan
+    path = tmp_path / runs.METRICS_FILE
+    runs.write_metrics(path, history[:1])
+    runs.append_metrics(path, history[1])
+    rows = runs.read_metrics_rows(path)
+    assert [type(r["epoch"]) for r in rows] == [int, int] and rows[1]["step"] == 6
+    assert rows[0] == history[0] and rows[1]["train_loss"] == history[1]["train_loss"]  # floats exact
+    assert math.isnan(rows[1]["peak_memory_mb"])
+
+
+def test_confusion_matrix_file_and_per_class_accuracy(tmp_path):
+    matrix = runs.confusion_matrix(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 1]), 4)
+    assert matrix.tolist() == [[1, 1, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
+    runs.write_confusion(tmp_path, ["a", "b", "c", "d"], matrix)
+    assert list(csv.reader(open(tmp_path / runs.CONFUSION_FILE))) == [
+        ["true\\predicted", "a", "b", "c", "d"], ["a", "1", "1", "0", "0"], ["b", "0", "1", "0", "0"],
+        ["c", "0", "1", "0", "0"], ["d", "0", "0", "0", "0"]]
+    recall = runs.per_class_accuracy(matrix, ["a", "b", "c", "d"])
+    assert recall["a"] == 0.5 and recall["b"] == 1.0 and recall["c"] == 0.0 and math.isnan(recall["d"])
+
+
+def test_environment_names_device_versions_and_commit(tmp_path, repo_root):
+    env = runs.environment(torch.device("cpu"), root=tmp_path)  # not a git repository
+    assert env["device"] == "cpu" and env["gpu"] is None and env["torch"] == torch.__version__
+    assert env["cpu_cores"] == os.cpu_count() and env["cpu"]
+    assert env["git_commit"] is None and env["git_dirty"] is False
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
+                          cwd=repo_root).stdout.strip()
+    assert runs.environment(torch.device("cpu"), root=repo_root)["git_commit"] == head
+    default = runs.environment()
+    assert default["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_new_folder_adds_a_suffix_when_taken(tmp_path):
+    first, second = runs.new_folder(tmp_path / "p", "stem"), runs.new_folder(tmp_path / "p", "stem")
+    assert (first.name, second.name) == ("stem", "stem-1")

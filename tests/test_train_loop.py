@@ -17,8 +17,9 @@ from vqalab.cli import main as cli_main
 from vqalab.config import build_config
 from vqalab.data import build_data
 from vqalab.registry import ConfigError
+from vqalab.runs import read_metrics_rows
 from vqalab.schedules import lr_factor
-from vqalab.train import fit, read_metrics
+from vqalab.train import fit
 
 DATA_SPEC = {"name": "easy_vqa", "max_train_samples": 96, "max_val_samples": 64}
 # Metrics that must repeat exactly; times and memory do not.
@@ -52,7 +53,7 @@ def reference(data, tmp_path_factory):
 
 
 def final_state(run_dir):
-    ckpt = runs.load_checkpoint(train.latest_checkpoint(run_dir))  # weights_only=True
+    ckpt = runs.load_checkpoint(runs.latest_checkpoint(run_dir))  # weights_only=True
     return ckpt
 
 
@@ -79,7 +80,7 @@ def assert_same_run(run_dir, reference_dir):
     assert_same_tensors(got["model_state"], want["model_state"])
     assert_same_tensors(got["optimizer_state"], want["optimizer_state"])
     assert_same_tensors(got["scheduler_state"], want["scheduler_state"])
-    rows, ref_rows = read_metrics(run_dir / "metrics.csv"), read_metrics(reference_dir / "metrics.csv")
+    rows, ref_rows = read_metrics_rows(run_dir / "metrics.csv"), read_metrics_rows(reference_dir / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]  # nothing duplicated, nothing missing
     assert [[r[c] for c in EXACT_COLUMNS] for r in rows] == [[r[c] for c in EXACT_COLUMNS] for r in ref_rows]
     assert (run_dir / "confusion_matrix.csv").read_text() == (reference_dir / "confusion_matrix.csv").read_text()
@@ -97,7 +98,7 @@ def test_reference_run_writes_a_complete_run_folder(reference):
     # 96 samples / 16 = 6 micro-batches; accumulation 4 → steps of 4 and 2 micro-batches
     assert reference.summary["steps_per_epoch"] == 2 and reference.summary["steps"] == 8
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["epoch_002.pt", "epoch_004.pt"]
-    rows = read_metrics(run_dir / "metrics.csv")
+    rows = read_metrics_rows(run_dir / "metrics.csv")
     assert [r["step"] for r in rows] == [2, 4, 6, 8]
     # the LR logged after epoch e is the schedule's value at the next step
     cfg = tiny_config(run_dir.parent)
@@ -105,7 +106,7 @@ def test_reference_run_writes_a_complete_run_folder(reference):
         [cfg.optim.lr * lr_factor(s, cfg.schedule, 2, 8) for s in (2, 4, 6, 8)])
     saved = json.loads((run_dir / "summary.json").read_text())
     assert saved["best_val_acc"] == max(r["val_acc"] for r in rows)
-    assert saved["config_hash"] == train.config_hash(cfg)
+    assert saved["config_hash"] == runs.config_hash(cfg)
 
 
 CHILD = textwrap.dedent("""
@@ -145,8 +146,8 @@ def test_run_killed_with_sigkill_resumes_to_identical_weights_and_metrics(tmp_pa
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     (killed,) = list((tmp_path / "runs" / "loop").iterdir())
     assert json.loads((killed / "summary.json").read_text())["status"] == "running"
-    assert [r["epoch"] for r in read_metrics(killed / "metrics.csv")] == [1, 2, 3]
-    assert train.latest_checkpoint(killed).name == "epoch_002.pt"
+    assert [r["epoch"] for r in read_metrics_rows(killed / "metrics.csv")] == [1, 2, 3]
+    assert runs.latest_checkpoint(killed).name == "epoch_002.pt"
 
     result = fit(cfg, data=data, resume=killed)
 
@@ -197,7 +198,7 @@ def test_failed_checkpoint_save_keeps_the_previous_one_and_the_cli_resumes(tmp_p
     assert previous["epoch"] == 2 and previous["step"] == 4
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and "disk full" in summary["error"]
-    assert [r["epoch"] for r in read_metrics(run_dir / "metrics.csv")] == [1, 2, 3, 4]
+    assert [r["epoch"] for r in read_metrics_rows(run_dir / "metrics.csv")] == [1, 2, 3, 4]
 
     assert cli_main(["train", "--resume", str(run_dir), "--no-progress"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1] == str(run_dir)
@@ -254,7 +255,7 @@ def test_forced_nan_loss_stops_the_run_as_diverged_with_step_and_lr(tmp_path, da
     assert s["diverged_step"] == 9 and s["diverged_epoch"] == 2  # steps 0-8 done, step 9 is the 4th of epoch 2
     assert s["diverged_lr"] == pytest.approx(cfg.optim.lr * lr_factor(9, cfg.schedule, 6, 24))
     assert "non-finite loss at step 9" in s["error"]
-    assert [r["epoch"] for r in read_metrics(result.run_dir / "metrics.csv")] == [1]
+    assert [r["epoch"] for r in read_metrics_rows(result.run_dir / "metrics.csv")] == [1]
     assert s["best_val_acc"] is not None and s["epochs"] == 1  # what finished before still counts
 
 
@@ -264,6 +265,36 @@ def test_non_finite_gradient_is_caught(tmp_path, data, monkeypatch):
     result = fit(cfg, data=data)
     assert result.summary["status"] == "diverged" and result.summary["diverged_step"] == 0
     assert "non-finite gradient" in result.summary["error"]
+
+
+def two_weight_model():
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[3.0, 4.0]]))
+    return model, torch.optim.SGD(model.parameters(), lr=1.0)
+
+
+def test_optimizer_step_unscales_then_clips_then_steps():
+    model, optimizer = two_weight_model()
+    scaler = torch.amp.GradScaler("cpu", init_scale=8.0)  # stands for the CUDA fp16 scaler
+    scaler.scale(model(torch.tensor([[3.0, 4.0]])).sum()).backward()  # gradient (3, 4) × 8
+    grad_norm = train.optimizer_step(model, optimizer, scaler, clip_norm=1.0)
+    assert grad_norm.item() == pytest.approx(5.0)  # measured on the unscaled gradient
+    # clipped to norm 1 before the step: (3, 4) / 5
+    torch.testing.assert_close(model.weight.detach(), torch.tensor([[3.0 - 0.6, 4.0 - 0.8]]))
+    model, optimizer = two_weight_model()
+    model(torch.tensor([[3.0, 4.0]])).sum().backward()
+    assert train.optimizer_step(model, optimizer, train.make_grad_scaler(torch.device("cpu"), "off"),
+                                clip_norm=None).item() == pytest.approx(5.0)
+    torch.testing.assert_close(model.weight.detach(), torch.tensor([[0.0, 0.0]]))  # None: not clipped
+
+
+def test_optimizer_step_skips_a_non_finite_gradient():
+    model, optimizer = two_weight_model()
+    model(torch.tensor([[math.inf, 1.0]])).sum().backward()
+    grad_norm = train.optimizer_step(model, optimizer, train.make_grad_scaler(torch.device("cpu"), "off"), 1.0)
+    assert not torch.isfinite(grad_norm)
+    torch.testing.assert_close(model.weight.detach(), torch.tensor([[3.0, 4.0]]))  # untouched
 
 
 def test_huge_sgd_learning_rate_really_diverges(tmp_path, data):
@@ -306,7 +337,7 @@ def test_max_steps_stops_mid_epoch_and_checkpoints_the_last_epoch(tmp_path, data
     assert threads_seen == [1, 1] and torch.get_num_threads() == before  # set for the run, then restored
     assert result.summary["status"] == "completed"
     assert result.summary["steps"] == 3 and result.summary["epochs"] == 2
-    assert train.latest_checkpoint(result.run_dir).name == "epoch_002.pt"
+    assert runs.latest_checkpoint(result.run_dir).name == "epoch_002.pt"
 
 
 def test_early_stopping_waits_patience_epochs_after_the_best(tmp_path, data, monkeypatch):
@@ -316,7 +347,47 @@ def test_early_stopping_waits_patience_epochs_after_the_best(tmp_path, data, mon
     cfg = tiny_config(tmp_path, epochs=6, early_stop_patience=2)
     result = fit(cfg, data=data)
     assert result.summary["best_epoch"] == 2 and result.summary["epochs"] == 4  # epochs 3, 4 no better
-    assert train.latest_checkpoint(result.run_dir).name == "epoch_004.pt"
+    assert runs.latest_checkpoint(result.run_dir).name == "epoch_004.pt"
+
+
+def test_early_stopping_on_val_loss_watches_the_lowest_loss(tmp_path, data, monkeypatch):
+    # val_acc keeps rising; val_loss is lowest at epoch 2: the run stops 2 epochs later anyway
+    results = iter([(0.9, 0.1), (0.5, 0.2), (0.7, 0.3), (0.6, 0.4), (0.8, 0.5), (0.4, 0.6)])
+    monkeypatch.setattr(train, "evaluate",
+                        lambda model, d, c, device: (*next(results), torch.zeros(len(d.val), dtype=torch.long)))
+    cfg = tiny_config(tmp_path, epochs=6, early_stop_patience=2, early_stop_metric="val_loss")
+    result = fit(cfg, data=data)
+    assert result.summary["best_epoch"] == 2 and result.summary["epochs"] == 4
+    assert result.summary["best_val_loss"] == 0.5 and result.summary["best_val_acc"] == 0.4
+    assert runs.latest_checkpoint(result.run_dir).name == "epoch_004.pt"
+    assert not train.should_stop_early([{"epoch": 1, "val_loss": 1.0, "val_acc": 0.0},
+                                        {"epoch": 2, "val_loss": 0.9, "val_acc": 0.0}], cfg)
+
+
+def test_a_run_resumes_on_another_device(tmp_path, data, reference, monkeypatch):
+    """train.device may change between a run and its resumption: the checkpoint is mapped to the
+    CPU and its states copied to the new device (here from 'auto' to 'cpu', the same CPU
+    without CUDA)."""
+    cfg = tiny_config(tmp_path / "runs")  # device "auto", as the reference
+    real_epoch = train.train_one_epoch
+
+    def interrupted_in_epoch_3(*args, **kwargs):
+        if args[7] == 3:  # train_one_epoch(model, opt, sched, scaler, data, cfg, device, epoch, step)
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", interrupted_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        fit(cfg, data=data)
+    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
+    (run_dir,) = list((tmp_path / "runs" / "loop").iterdir())
+    mapped_to = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: mapped_to.append(kw["map_location"]) or real_load(*a, **kw))
+    resumed = fit(tiny_config(tmp_path / "runs", device="cpu"), data=data, resume=run_dir)
+    assert mapped_to == ["cpu"]  # whatever device saved the tensors
+    summary = assert_same_run(resumed.run_dir, reference.run_dir)
+    assert summary["device"] == "cpu" and [r["from_epoch"] for r in summary["resumed"]] == [2]
 
 
 def test_mixup_blends_images_and_is_a_function_of_the_seed():

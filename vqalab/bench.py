@@ -44,17 +44,20 @@ from torch.utils.flop_counter import FlopCounterMode
 from vqalab.config import RunConfig
 from vqalab.data import DataSplits, build_data
 from vqalab.data.samplers import epoch_batches
-from vqalab.models import MODELS, create_model
 from vqalab.registry import ConfigError
 from vqalab.train import (
     autocast_context,
+    build_model,
     build_optimizer,
+    check_model_fits_data,
     compute_loss,
+    make_grad_scaler,
     peak_memory_mb,
     seed_everything,
     select_device,
     to_device,
     torch_threads,
+    training_step,
 )
 
 log = logging.getLogger(__name__)
@@ -85,34 +88,6 @@ def fixed_batch(data: DataSplits, batch_size: int, seed: int) -> dict:
     if batch_size > n:
         log.warning("batch size %d exceeds the %d training items: items repeat in the batch", batch_size, n)
     return data.collate([data.train[order[i % n]] for i in range(batch_size)])
-
-
-def check_model_fits_data(cfg: RunConfig, data: DataSplits) -> None:
-    """The data fixes some model keywords (vocab_size, num_classes…); the model must accept them."""
-    name = cfg.model["name"]
-    accepted = MODELS.parameters(name)
-    foreign = [k for k in data.model_kwargs if k not in accepted]
-    if foreign:
-        raise ConfigError(
-            f"model '{name}' does not take {', '.join(foreign)} from data '{cfg.data.get('name')}': "
-            f"choose a data set for this model (params file data.name, or --set data.name=...)")
-
-
-def build_model(cfg: RunConfig, data: DataSplits, device: torch.device, *, channels_last: bool = False,
-                compile_model: bool = False) -> nn.Module:
-    """The configured model, with the keywords the data fixes, on ``device``.
-
-    channels_last: store 4-D weights as NHWC (faster convolutions on recent GPUs).
-    compile_model: wrap in ``torch.compile`` (the first, warm-up calls compile).
-    """
-    spec = dict(cfg.model)
-    name = spec.pop("name")
-    model = create_model(name, **spec, **data.model_kwargs).to(device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if compile_model:
-        model = torch.compile(model)
-    return model
 
 
 def batch_on_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
@@ -198,27 +173,6 @@ def is_out_of_memory(err: BaseException) -> bool:
 # The training step and the sweep
 
 
-def training_step(model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                  batch: dict, input_keys: Sequence[str], cfg: RunConfig, device: torch.device,
-                  amp: str) -> torch.Tensor:
-    """One optimizer step as ``train.train_one_epoch`` takes it, returning the loss.
-
-    Like the training loop it always computes the gradient norm (clipping at ``train.clip_norm``
-    when set). Unlike it: one micro-batch per step, no mixup, and no host reads of the loss or
-    the norm (the clock reads synchronise anyway).
-    """
-    optimizer.zero_grad(set_to_none=True)
-    with autocast_context(device, amp):
-        logits = model(**{k: batch[k] for k in input_keys})
-    loss = compute_loss(logits, batch, cfg)
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)
-    nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm or math.inf)
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.detach()
-
-
 def measure_training(cfg: RunConfig, batch_size: int, *, data: DataSplits, device: torch.device,
                      amp: str = "off", channels_last: bool = False, compile_model: bool = False,
                      warmup_steps: int = 3, timed_steps: int = 10) -> dict:
@@ -231,11 +185,15 @@ def measure_training(cfg: RunConfig, batch_size: int, *, data: DataSplits, devic
     model = build_model(cfg, data, device, channels_last=channels_last, compile_model=compile_model)
     model.train()
     optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp == "fp16")
+    scaler = make_grad_scaler(device, amp)
     batch = batch_on_device(fixed_batch(data, batch_size, cfg.seed), device, channels_last)
     was_reset = reset_peak_memory(device)
-    times = time_calls(lambda: training_step(model, optimizer, scaler, batch, data.input_keys, cfg, device, amp),
-                       device, warmup=warmup_steps, repeats=timed_steps)
+
+    def step():  # the training loop's step; one micro-batch, no mixup
+        return training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, cfg=cfg, device=device,
+                             amp=amp)
+
+    times = time_calls(step, device, warmup=warmup_steps, repeats=timed_steps)
     peak, memory_kind = read_peak_memory(device, was_reset)
     return {
         "batch_size": batch_size, "status": "ok",
@@ -272,7 +230,7 @@ def throughput_sweep(cfg: RunConfig, *, batch_sizes: Sequence[int] = DEFAULT_BAT
         raise ConfigError(f"warmup_steps = {warmup_steps}, timed_steps = {timed_steps}: expected ≥ 0 and ≥ 1")
     device = select_device(cfg.train.device)
     amp = effective_amp(cfg.train.amp if amp is None else amp, device)
-    data = data or build_data(cfg.data, seed=cfg.seed)
+    data = data or build_data(cfg.data)
     check_model_fits_data(cfg, data)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as in training: fixed shapes, fastest kernels
@@ -467,8 +425,7 @@ def flops_report(cfg: RunConfig, *, batch_size: int = 1, data: DataSplits | None
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size = {batch_size}: expected ≥ 1")
-    data = data or build_data(cfg.data, seed=cfg.seed)
-    check_model_fits_data(cfg, data)
+    data = data or build_data(cfg.data)
     seed_everything(cfg.seed)
     device = select_device(cfg.train.device)  # counts do not depend on it; only the time taken does
     model = build_model(cfg, data, device)
@@ -505,9 +462,9 @@ def efficiency_table(configs: Mapping[str, RunConfig] | Sequence[RunConfig], *, 
     data_cache: dict[str, DataSplits] = {}
     rows = []
     for label, cfg in configs.items():
-        key = repr(sorted(cfg.data.items())) + f"|{cfg.seed}"
+        key = repr(sorted(cfg.data.items()))
         if key not in data_cache:
-            data_cache[key] = build_data(cfg.data, seed=cfg.seed)
+            data_cache[key] = build_data(cfg.data)
         data = data_cache[key]
         with torch_threads(cfg.train.num_threads):  # as many CPU threads as a run of this config
             flops = flops_report(cfg, batch_size=flops_batch_size, data=data)

@@ -29,20 +29,21 @@ import torch
 from torch import nn
 
 from vqalab import runs
-from vqalab.bench import build_model, check_model_fits_data, choose_batch_size
+from vqalab.bench import choose_batch_size
 from vqalab.config import RunConfig
 from vqalab.data import DataSplits, build_data
 from vqalab.data.samplers import epoch_batches
 from vqalab.registry import ConfigError
 from vqalab.train import (
-    autocast_context,
+    build_model,
     build_optimizer,
-    compute_loss,
+    make_grad_scaler,
     make_loader,
     seed_everything,
     select_device,
     to_device,
     torch_threads,
+    training_step,
 )
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,6 @@ MINIMUM_DIVISOR = 10.0  # minimum/10 rule
 SKIP_START_FRACTION = 0.1  # points dropped at the start before suggesting (start-up noise)
 SKIP_END = 5  # points dropped at the end (at most 10% of them): the blow-up
 MIN_POINTS = 3  # fewer points than this after trimming: no suggestion
-RULES = ("steepest", "valley", "minimum/10")
 
 
 @dataclass
@@ -169,12 +169,11 @@ def lr_range_test(cfg: RunConfig, *, min_lr: float = DEFAULT_MIN_LR, max_lr: flo
     # A given model stays where it is; a built one goes to the configured device.
     device = select_device(cfg.train.device) if model is None else next(model.parameters()).device
     with torch_threads(cfg.train.num_threads):  # as many CPU threads as a run of this config
-        data = data or build_data(cfg.data, seed=cfg.seed)
+        data = data or build_data(cfg.data)
         if cfg.train.batch_size == "auto":  # the batch size the run would train with
             cfg = cfg.model_copy(deep=True)
             cfg.train.batch_size = choose_batch_size(cfg, data, device)["batch_size"]
         if model is None:
-            check_model_fits_data(cfg, data)
             seed_everything(cfg.seed)
             model = build_model(cfg, data, device)
             optimizer = build_optimizer(model, cfg)
@@ -187,7 +186,7 @@ def lr_range_test(cfg: RunConfig, *, min_lr: float = DEFAULT_MIN_LR, max_lr: flo
         saved_cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
         was_training = model.training
 
-        scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.train.amp == "fp16")
+        scaler = make_grad_scaler(device, cfg.train.amp)
         rows, average, best = [], 0.0, math.inf
         stop_reason = "completed"
         batches = training_batches(data, cfg, device)
@@ -197,10 +196,10 @@ def lr_range_test(cfg: RunConfig, *, min_lr: float = DEFAULT_MIN_LR, max_lr: flo
                 for group in optimizer.param_groups:
                     group["lr"] = float(lr)
                 batch = next(batches)
-                optimizer.zero_grad(set_to_none=True)
-                with autocast_context(device, cfg.train.amp):
-                    logits = model(**{k: batch[k] for k in data.input_keys})
-                loss = compute_loss(logits, batch, cfg)
+                # The training loop's step, clipping included (it shapes which learning rates
+                # survive). The step after a stopping loss does no harm: the model is restored.
+                loss, grad_norm = training_step(model, optimizer, scaler, batch, input_keys=data.input_keys,
+                                                cfg=cfg, device=device, amp=cfg.train.amp)
                 value = loss.item()
                 if not math.isfinite(value):
                     rows.append({"step": step, "lr": float(lr), "loss": value, "smoothed_loss": math.nan})
@@ -213,12 +212,9 @@ def lr_range_test(cfg: RunConfig, *, min_lr: float = DEFAULT_MIN_LR, max_lr: flo
                 if smoothed > diverge_factor * best:
                     stop_reason = f"loss above {diverge_factor:g}× best"
                     break
-                scaler.scale(loss).backward()
-                if cfg.train.clip_norm:  # clipping shapes which learning rates survive: keep it
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.train.clip_norm)
-                scaler.step(optimizer)
-                scaler.update()
+                if not torch.isfinite(grad_norm) and not scaler.is_enabled():
+                    stop_reason = "non-finite gradient"  # the step was skipped
+                    break
         finally:
             batches.close()
             model.load_state_dict(saved_model)

@@ -9,7 +9,7 @@ import math
 FINDINGS_MIME = "application/vnd.vqalab.findings+json"
 
 
-def _clean(value):
+def headline_value(value):
     """A JSON-safe headline value: NumPy scalars become Python numbers, NaN and inf become None."""
     if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
         value = value.item()
@@ -29,7 +29,7 @@ def findings(headline: dict[str, float | int | str], text: list[str]) -> None:
     """
     from IPython.display import display
 
-    clean = {str(k): _clean(v) for k, v in headline.items()}
+    clean = {str(k): headline_value(v) for k, v in headline.items()}
     # "order" keeps the figures in the order given: notebook files store JSON with sorted keys.
     payload = {"headline": clean, "order": list(clean), "text": [str(t) for t in text]}
 

@@ -32,6 +32,7 @@ class Registry:
     def __init__(self, kind: str):
         self.kind = kind
         self._builders: dict[str, Callable[..., Any]] = {}
+        self._aliases: dict[str, str] = {}  # former name → registered name
 
     def register(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         if fn.__name__ in self._builders:
@@ -39,12 +40,25 @@ class Registry:
         self._builders[fn.__name__] = fn
         return fn
 
+    def alias(self, former: str, name: str) -> None:
+        """Keep accepting ``former`` for the builder registered as ``name`` (a renamed builder)."""
+        if name not in self._builders or former in self._builders or former in self._aliases:
+            raise ValueError(f"{self.kind} alias '{former}' → '{name}': the target must be registered, "
+                             "the alias new")
+        self._aliases[former] = name
+
     def names(self) -> list[str]:
+        """The registered names (aliases left out: each builder once)."""
         return sorted(self._builders)
 
+    def canonical(self, name: str) -> str:
+        """The registered name of ``name`` (itself, or the builder an alias stands for)."""
+        return self._aliases.get(name, name)
+
     def get(self, name: str) -> Callable[..., Any]:
+        name = self.canonical(name)
         if name not in self._builders:
-            raise ConfigError(f"unknown {self.kind} '{name}': {did_you_mean(name, self._builders)}")
+            raise ConfigError(f"unknown {self.kind} '{name}': {did_you_mean(name, [*self._builders, *self._aliases])}")
         return self._builders[name]
 
     def parameters(self, name: str) -> dict[str, inspect.Parameter]:

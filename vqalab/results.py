@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from vqalab.runs import METRICS_FILE
+
 # Epochs of rising validation loss (while training loss falls) before a run is flagged overfitting.
 OVERFIT_PATIENCE = 2
 
@@ -18,8 +20,9 @@ def read_summary(run_dir: str | Path) -> dict:
     return json.loads((Path(run_dir) / "summary.json").read_text())
 
 
-def read_metrics(run_dir: str | Path) -> pd.DataFrame:
-    return pd.read_csv(Path(run_dir) / "metrics.csv")
+def metrics_table(run_dir: str | Path) -> pd.DataFrame:
+    """A run's ``metrics.csv`` as a DataFrame, one row per epoch."""
+    return pd.read_csv(Path(run_dir) / METRICS_FILE)
 
 
 def overfitting_epoch(metrics: pd.DataFrame, patience: int = OVERFIT_PATIENCE) -> int | None:
@@ -41,7 +44,7 @@ def runs_table(run_dirs: list[str | Path]) -> pd.DataFrame:
     rows = []
     for run_dir in run_dirs:
         summary = read_summary(run_dir)
-        metrics = read_metrics(run_dir)
+        metrics = metrics_table(run_dir)
         rows.append({
             "name": summary["name"],
             "model": summary["model"],
@@ -62,7 +65,7 @@ def curves(run_dirs: list[str | Path]) -> pd.DataFrame:
     """Long table of per-epoch metrics of several runs, with a ``name`` column, for seaborn."""
     frames = []
     for run_dir in run_dirs:
-        metrics = read_metrics(run_dir)
+        metrics = metrics_table(run_dir)
         metrics.insert(0, "name", read_summary(run_dir)["name"])
         frames.append(metrics)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -1,4 +1,5 @@
-"""Run folders, checkpoints and records. Nothing here ever overwrites an earlier result.
+"""Run folders and the records in them: params, summary, metrics CSV, confusion matrix,
+checkpoints, config hash and environment. Nothing here ever overwrites an earlier result.
 
 A run folder ``runs/<experiment>/<YYYYmmdd-HHMMSS>-<name>/`` is created with ``mkdir`` that fails
 if the folder exists, so two runs (even started in the same second) never share one. Files are
@@ -7,8 +8,14 @@ written to a temporary name and renamed, so an interrupted write never destroys 
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import inspect
+import io
 import json
+import math
 import os
+import platform
 import re
 import subprocess
 import tempfile
@@ -19,9 +26,24 @@ from typing import Any
 import torch
 import yaml
 
-from vqalab.paths import resolve
+from vqalab.config import RunConfig
+from vqalab.data import DATASETS
+from vqalab.models import MODELS, create_model
+from vqalab.paths import project_root, resolve
+from vqalab.registry import ConfigError
 
 CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.csv"
+CONFUSION_FILE = "confusion_matrix.csv"
+METRIC_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_acc", "lr", "epoch_time_s",
+                  "step_time_s", "samples_per_s", "peak_memory_mb"]
+INT_COLUMNS = ("epoch", "step")
+
+# A run in one of these states is over: resuming it or re-running its sweep point changes nothing.
+FINISHED_STATUSES = ("completed", "diverged")
+
+# Keys that do not change what is trained: left out of the config hash (sweep reuse).
+HASH_FREE_KEYS = ("name", "runs_root", "train.progress")
 
 
 def safe_name(name: str) -> str:
@@ -30,10 +52,10 @@ def safe_name(name: str) -> str:
     return cleaned[:80] or "run"
 
 
-def new_run_dir(runs_root: str | Path, experiment: str, name: str) -> Path:
-    parent = resolve(runs_root) / safe_name(experiment)
+def new_folder(parent: Path, stem: str) -> Path:
+    """A new folder ``parent/stem`` (``stem-1``, ``stem-2``… when taken): ``mkdir`` fails on an
+    existing folder, so two callers, even in the same second, never share one."""
     parent.mkdir(parents=True, exist_ok=True)
-    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_name(name)}"
     for attempt in range(1000):
         candidate = parent / (stem if attempt == 0 else f"{stem}-{attempt}")
         try:
@@ -41,7 +63,11 @@ def new_run_dir(runs_root: str | Path, experiment: str, name: str) -> Path:
             return candidate
         except FileExistsError:
             continue
-    raise RuntimeError(f"could not create a new run folder under {parent}")
+    raise RuntimeError(f"could not create a new folder under {parent}")
+
+
+def new_run_dir(runs_root: str | Path, experiment: str, name: str) -> Path:
+    return new_folder(resolve(runs_root) / safe_name(experiment), f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_name(name)}")
 
 
 def atomic_write_bytes(path: Path, write) -> None:
@@ -78,8 +104,6 @@ def load_checkpoint(path: str | Path) -> dict:
 
 def model_from_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
     """Rebuild the model from the checkpoint alone (its registry name and resolved kwargs)."""
-    from vqalab.models import create_model
-
     ckpt = load_checkpoint(path)
     model = create_model(ckpt["model_name"], **ckpt["model_kwargs"])
     model.load_state_dict(ckpt["model_state"])
@@ -91,10 +115,135 @@ def checkpoint_path(run_dir: Path, epoch: int) -> Path:
     return run_dir / CHECKPOINT_DIR / f"epoch_{epoch:03d}.pt"
 
 
-def git_commit() -> str | None:
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint of the highest epoch in ``run_dir`` (None if there is none).
+
+    Saves go to a hidden temporary file renamed at the end, so every ``epoch_*.pt`` is complete.
+    """
+    found = sorted((resolve(run_dir) / CHECKPOINT_DIR).glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
+    return found[-1] if found else None
+
+
+def read_metrics_rows(path: Path) -> list[dict]:
+    """Rows of a run's ``metrics.csv`` with numbers parsed (floats round-trip exactly through repr)."""
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k in INT_COLUMNS else float(v) if v != "" else math.nan) for k, v in row.items()}
+                for row in csv.DictReader(f)]
+
+
+def write_csv(path: Path, rows: list[list]) -> None:
+    """Write a whole CSV file at once (atomically)."""
+    buffer = io.StringIO(newline="")
+    csv.writer(buffer).writerows(rows)
+    atomic_write_bytes(path, lambda f: f.write(buffer.getvalue().encode()))
+
+
+def write_metrics(path: Path, history: list[dict]) -> None:
+    """Write the whole ``metrics.csv`` at once: used when a resumed run drops rows."""
+    write_csv(path, [METRIC_COLUMNS, *([row[c] for c in METRIC_COLUMNS] for row in history)])
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    """One epoch's row at the end of ``metrics.csv``."""
+    with open(path, "a", newline="") as f:
+        csv.writer(f).writerow([row[c] for c in METRIC_COLUMNS])
+
+
+def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(K, K) counts: rows true class, columns predicted class."""
+    k = num_classes
+    return torch.bincount(targets * k + preds, minlength=k * k).reshape(k, k)
+
+
+def write_confusion(run_dir: Path, class_names: list[str], matrix: torch.Tensor) -> None:
+    """``confusion_matrix.csv`` of the best epoch so far (rows: true class, columns: predicted)."""
+    write_csv(run_dir / CONFUSION_FILE, [["true\\predicted", *class_names],
+                                         *([name, *counts] for name, counts in zip(class_names, matrix.tolist()))])
+
+
+def per_class_accuracy(matrix: torch.Tensor, class_names: list[str]) -> dict[str, float]:
+    """Recall per true class from a confusion matrix (classes never seen: NaN)."""
+    return {name: (row[i] / total if (total := sum(row)) else math.nan)
+            for i, (name, row) in enumerate(zip(class_names, matrix.tolist()))}
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1e-3}}`` → ``{"optim.lr": 1e-3}`` (dotted keys, as in ``--set``)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def with_builder_defaults(section: dict, registry) -> dict:
+    """A ``model`` / ``data`` section with every keyword its builder defaults filled in, so that
+    ``{"name": "ir_vit"}``, ``{"name": "ir50_vit"}`` (its former name) and ``{"name": "ir_vit",
+    "attn_drop": 0.0}`` are the same run."""
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=resolve("."), timeout=5)
+        params = registry.parameters(section.get("name"))
+    except ConfigError:
+        return dict(section)  # a builder no longer registered: compare the section as written
+    defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    named = {**section, "name": registry.canonical(section["name"])}  # a former name is the same builder
+    return json.loads(json.dumps({**defaults, **named}, default=str))  # tuples → lists, as to_dict
+
+
+def config_hash(cfg: RunConfig | dict) -> str:
+    """Identity of what a run trains: equal for two configs that differ only in HASH_FREE_KEYS or
+    in spelling out a model / data builder's default.
+
+    ``cfg``: a RunConfig or its ``to_dict()`` form (e.g. a run's ``params.yaml``).
+    """
+    tree = dict(cfg.to_dict() if isinstance(cfg, RunConfig) else cfg)
+    for section, registry in (("model", MODELS), ("data", DATASETS)):
+        if isinstance(tree.get(section), dict):
+            tree[section] = with_builder_defaults(tree[section], registry)
+    flat = {k: v for k, v in flatten(tree).items() if k not in HASH_FREE_KEYS}
+    text = json.dumps(flat, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def git_output(root: Path, *args: str) -> str | None:
+    """Output of ``git args`` in ``root`` (None: no git, not a repository, or it failed)."""
+    try:
+        out = subprocess.run(["git", *args], check=False, capture_output=True, text=True, cwd=root, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device | None = None, root: Path | None = None) -> dict:
+    """Where something ran: device, GPU, CPU and its cores, Python, torch and CUDA versions, the
+    git commit and whether tracked files differ from it. Recorded in every run's summary and in
+    the weekly report.
+
+    device: the device used (None: CUDA when available, else the CPU).
+    root: the project folder whose git commit is recorded (None: the project root).
+    """
+    device = device if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    root = root if root is not None else project_root()
+    on_gpu = device.type == "cuda"
+    return {
+        "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if on_gpu else None,
+        "cpu": cpu_name(),
+        "cpu_cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "git_commit": git_output(root, "rev-parse", "--short", "HEAD") or None,
+        "git_dirty": bool(git_output(root, "status", "--porcelain", "--untracked-files=no")),
+    }

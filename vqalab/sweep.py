@@ -34,8 +34,9 @@ from vqalab.data import DataSplits, build_data, data_status
 from vqalab.paths import resolve
 from vqalab.provenance import code_fingerprint
 from vqalab.registry import ConfigError
-from vqalab.results import read_metrics
-from vqalab.train import FINISHED_STATUSES, config_hash, fit
+from vqalab.results import metrics_table
+from vqalab.runs import FINISHED_STATUSES, METRICS_FILE, config_hash
+from vqalab.train import fit
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,12 @@ class SweepPoint:
     hash: str
 
 
-def format_value(value: Any) -> str:
+def format_grid_value(value: Any) -> str:
     """Short text of a grid value for run names and labels (``1e-05``, ``4``, ``0.9-0.99``)."""
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, (list, tuple)):
-        return "-".join(format_value(v) for v in value)
+        return "-".join(format_grid_value(v) for v in value)
     return str(value)
 
 
@@ -98,7 +99,7 @@ def expand_grid(base: RunConfig | dict, grid: dict[str, Sequence], seeds: Sequen
     for combo in itertools.product(*grid.values()):
         values = dict(zip(grid, combo))
         for seed in seeds:
-            label = "_".join(f"{k.split('.')[-1]}={format_value(v)}" for k, v in values.items())
+            label = "_".join(f"{k.split('.')[-1]}={format_grid_value(v)}" for k, v in values.items())
             tree = copy.deepcopy(base_tree)
             for key, value in values.items():
                 set_dotted(tree, key, copy.deepcopy(value))
@@ -190,7 +191,7 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
             point_data = data
             if point_data is None:
                 if data_key not in loaded:
-                    loaded[data_key] = build_data(cfg.data, seed=cfg.seed)
+                    loaded[data_key] = build_data(cfg.data)
                 point_data = loaded[data_key]
             result = fit(cfg, data=point_data)
         except ConfigError:
@@ -228,9 +229,9 @@ def load_curves(df: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.DataF
     keys = list(keys if keys is not None else df.attrs.get("grid_keys", []))
     frames = []
     for _, run in df.iterrows():
-        if not run["run_dir"] or not (Path(run["run_dir"]) / "metrics.csv").is_file():
+        if not run["run_dir"] or not (Path(run["run_dir"]) / METRICS_FILE).is_file():
             continue
-        curve = read_metrics(run["run_dir"])
+        curve = metrics_table(run["run_dir"])
         for key in [*keys, "seed", "status"]:
             curve[key] = [run[key]] * len(curve)
         frames.append(curve)
@@ -287,7 +288,7 @@ def plot_vs(df: pd.DataFrame, x: str, y: str = "best_val_acc", hue: str | None =
     for value, _ in groups:
         part = done[done[hue] == value] if hue else done
         color = palette[value] if hue else None
-        label = f"{hue.split('.')[-1]}={format_value(value)}" if hue else y
+        label = f"{hue.split('.')[-1]}={format_grid_value(value)}" if hue else y
         if len(part):
             mean = part.groupby(x)[y].mean().sort_index()
             ax.plot(mean.index, mean.values, "-o", color=color, label=label)
@@ -302,7 +303,7 @@ def plot_vs(df: pd.DataFrame, x: str, y: str = "best_val_acc", hue: str | None =
     values = sorted(df[x].unique(), key=str) if df[x].dtype == object else sorted(df[x].unique())
     if df[x].dtype != object:  # ticks at the grid values, labelled as in run names (1e-05, 0.0003)
         ax.minorticks_off()
-        ax.set_xticks(values, [format_value(float(v)) if isinstance(v, float) else str(v) for v in values])
+        ax.set_xticks(values, [format_grid_value(float(v)) if isinstance(v, float) else str(v) for v in values])
     ax.set_xlabel(x)
     ax.set_ylabel(y)
     ax.legend(fontsize="small")
@@ -328,7 +329,7 @@ def plot_heatmap(df: pd.DataFrame, index: str, columns: str, metric: str = "best
             if pd.isna(values.loc[row_key, col_key]):  # ... say why they are empty
                 ax.text(j + 0.5, i + 0.5, labels.loc[row_key, col_key], ha="center", va="center",
                         color=DIVERGED_COLOR, fontsize=8)
-    ax.set_xticklabels([format_value(c) for c in values.columns])
+    ax.set_xticklabels([format_grid_value(c) for c in values.columns])
     return ax
 
 

@@ -15,21 +15,14 @@ Sweeps are an outer loop over ``fit`` (``vqalab.sweep``); the loop knows nothing
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import inspect
-import io
 import json
 import logging
 import math
-import os
-import platform
 import random
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -38,26 +31,31 @@ from torch.utils.data import DataLoader
 
 from vqalab import runs
 from vqalab.config import RunConfig, read_yaml
-from vqalab.data import DATASETS, DataSplits, build_data, data_status
+from vqalab.data import DataSplits, build_data, data_status
 from vqalab.data.samplers import epoch_batches, eval_batches
 from vqalab.models import MODELS, create_model
 from vqalab.paths import resolve
 from vqalab.provenance import code_fingerprint
 from vqalab.registry import ConfigError
+from vqalab.runs import (
+    FINISHED_STATUSES,
+    METRICS_FILE,
+    append_metrics,
+    config_hash,
+    confusion_matrix,
+    environment,
+    flatten,
+    latest_checkpoint,
+    per_class_accuracy,
+    read_metrics_rows,
+    write_confusion,
+    write_metrics,
+)
 from vqalab.schedules import lr_factor
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_acc", "lr", "epoch_time_s",
-                  "step_time_s", "samples_per_s", "peak_memory_mb"]
-INT_COLUMNS = ("epoch", "step")
-
-# A run in one of these states is over: resuming it or re-running its sweep point changes nothing.
-FINISHED_STATUSES = ("completed", "diverged")
-
-# Keys that do not change what is trained: left out of the config hash (sweep reuse) ...
-HASH_FREE_KEYS = ("name", "runs_root", "train.progress")
-# ... and allowed to differ between a run and its resumption (e.g. continue on another GPU).
+# Keys allowed to differ between a run and its resumption (e.g. continue on another GPU).
 RESUME_FREE_KEYS = ("train.progress", "train.device")
 
 # Mixup draws from its own random stream, a pure function of (seed, epoch, this tag).
@@ -122,43 +120,6 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 1e-3}}`` → ``{"optim.lr": 1e-3}`` (dotted keys, as in ``--set``)."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
-def with_builder_defaults(section: dict, registry) -> dict:
-    """A ``model`` / ``data`` section with every keyword its builder defaults filled in, so that
-    ``{"name": "ir50_vit"}`` and ``{"name": "ir50_vit", "attn_drop": 0.0}`` are the same run."""
-    try:
-        params = registry.parameters(section.get("name"))
-    except ConfigError:
-        return dict(section)  # a builder no longer registered: compare the section as written
-    defaults = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
-    return json.loads(json.dumps({**defaults, **section}, default=str))  # tuples → lists, as to_dict
-
-
-def config_hash(cfg: RunConfig | dict) -> str:
-    """Identity of what a run trains: equal for two configs that differ only in HASH_FREE_KEYS or
-    in spelling out a model / data builder's default.
-
-    ``cfg``: a RunConfig or its ``to_dict()`` form (e.g. a run's ``params.yaml``).
-    """
-    tree = dict(cfg.to_dict() if isinstance(cfg, RunConfig) else cfg)
-    for section, registry in (("model", MODELS), ("data", DATASETS)):
-        if isinstance(tree.get(section), dict):
-            tree[section] = with_builder_defaults(tree[section], registry)
-    flat = {k: v for k, v in flatten(tree).items() if k not in HASH_FREE_KEYS}
-    text = json.dumps(flat, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
     o = cfg.optim
     params = [p for p in model.parameters() if p.requires_grad]
@@ -197,6 +158,88 @@ def mix_batch(batch: dict, rng: np.random.Generator, alpha: float) -> tuple[dict
     image = batch["image"]  # (B, 3, H, W)
     perm = torch.from_numpy(rng.permutation(image.shape[0])).to(image.device)
     return {**batch, "image": lam * image + (1 - lam) * image[perm]}, lam, perm
+
+
+def check_model_fits_data(cfg: RunConfig, data: DataSplits) -> None:
+    """The data fixes some model keywords (vocab_size, num_classes…); the model must accept them."""
+    name = cfg.model["name"]
+    accepted = MODELS.parameters(name)
+    foreign = [k for k in data.model_kwargs if k not in accepted]
+    if foreign:
+        raise ConfigError(
+            f"model '{name}' does not take {', '.join(foreign)} from data '{cfg.data.get('name')}': "
+            f"choose a data set for this model (params file data.name, or --set data.name=...)")
+
+
+def model_spec(cfg: RunConfig, data: DataSplits) -> tuple[str, dict]:
+    """The model's registered name and keywords: the config's ``model`` section and those the data fixes."""
+    check_model_fits_data(cfg, data)
+    spec = dict(cfg.model)
+    name = spec.pop("name")
+    return name, {**spec, **data.model_kwargs}
+
+
+def build_model(cfg: RunConfig, data: DataSplits, device: torch.device, *, channels_last: bool = False,
+                compile_model: bool = False) -> torch.nn.Module:
+    """The configured model, with the keywords the data fixes, on ``device``.
+
+    channels_last: store 4-D weights as NHWC (faster convolutions on recent GPUs).
+    compile_model: wrap in ``torch.compile`` (the first, warm-up calls compile).
+    """
+    name, kwargs = model_spec(cfg, data)
+    model = create_model(name, **kwargs).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile_model:
+        model = torch.compile(model)
+    return model
+
+
+def make_grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 on CUDA; elsewhere a disabled scaler, which passes everything through."""
+    return torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp == "fp16")
+
+
+def micro_batch_loss(model: torch.nn.Module, batch: dict, *, input_keys, cfg: RunConfig, device: torch.device,
+                     amp: str, mix: tuple[float, torch.Tensor] | None = None) -> torch.Tensor:
+    """Forward pass under autocast and the loss of one micro-batch.
+
+    mix: ``(lam, perm)`` of a mixup batch (``mix_batch``): the loss mixes the targets alike.
+    """
+    with autocast_context(device, amp):
+        logits = model(**{k: batch[k] for k in input_keys})
+    loss = compute_loss(logits, batch, cfg)
+    if mix is not None:
+        lam, perm = mix
+        loss = lam * loss + (1 - lam) * compute_loss(logits, {**batch, "target": batch["target"][perm]}, cfg)
+    return loss
+
+
+def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   clip_norm: float | None) -> torch.Tensor:
+    """Unscale the gradients, clip their global norm at ``clip_norm`` (None: measure it only), step
+    and update the loss scale; returns the norm before clipping.
+
+    A non-finite norm skips the step: with fp16 the scaler does so itself (and lowers the scale);
+    without it the caller decides what a non-finite gradient means (the training loop: diverged).
+    """
+    scaler.unscale_(optimizer)  # clipping must see the true gradients
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm if clip_norm else math.inf)
+    if scaler.is_enabled() or torch.isfinite(grad_norm):
+        scaler.step(optimizer)
+        scaler.update()
+    return grad_norm
+
+
+def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                  batch: dict, *, input_keys, cfg: RunConfig, device: torch.device,
+                  amp: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on one micro-batch, as the training loop takes it (without accumulation
+    and mixup): forward, loss, backward, then ``optimizer_step``. Returns the loss and the norm."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = micro_batch_loss(model, batch, input_keys=input_keys, cfg=cfg, device=device, amp=amp)
+    scaler.scale(loss).backward()
+    return loss.detach(), optimizer_step(model, optimizer, scaler, cfg.train.clip_norm)
 
 
 def batch_accuracy_sum(logits: torch.Tensor, batch: dict) -> float:
@@ -261,47 +304,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def environment(device: torch.device) -> dict:
-    env = {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
-           "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
-           "git_commit": runs.git_commit()}
-    if device.type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
-    return env
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The checkpoint of the highest epoch in ``run_dir`` (None if there is none).
-
-    Saves go to a hidden temporary file renamed at the end, so every ``epoch_*.pt`` is complete.
-    """
-    found = sorted((resolve(run_dir) / runs.CHECKPOINT_DIR).glob("epoch_*.pt"), key=lambda p: int(p.stem.split("_")[1]))
-    return found[-1] if found else None
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """Rows of a run's ``metrics.csv`` with numbers parsed (floats round-trip exactly through repr)."""
-    with open(path, newline="") as f:
-        return [{k: (int(v) if k in INT_COLUMNS else float(v) if v != "" else math.nan) for k, v in row.items()}
-                for row in csv.DictReader(f)]
-
-
-def write_metrics(path: Path, history: list[dict]) -> None:
-    """Write the whole ``metrics.csv`` at once (atomically): used when a resumed run drops rows."""
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer)
-    writer.writerow(METRIC_COLUMNS)
-    for row in history:
-        writer.writerow([row[c] for c in METRIC_COLUMNS])
-    runs.atomic_write_bytes(path, lambda f: f.write(buffer.getvalue().encode()))
-
-
-def append_metrics(path: Path, row: dict) -> None:
-    with open(path, "a", newline="") as f:
-        csv.writer(f).writerow([row[c] for c in METRIC_COLUMNS])
-
-
 @dataclass
 class ResumePoint:
     run_dir: Path
@@ -357,7 +359,7 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
 
     seed_everything(cfg.seed)  # in case a data builder draws from the global generators
     if data is None:
-        data = build_data(cfg.data, seed=cfg.seed)
+        data = build_data(cfg.data)
     check_mixup(cfg, data)
     device = select_device(cfg.train.device)
     asked = cfg  # params.yaml and the config hash keep what was asked (batch_size: auto)
@@ -371,14 +373,10 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
         torch.cuda.reset_peak_memory_stats(device)  # this run's peak, not an earlier run's or the measurement's
 
-    model_spec = dict(cfg.model)
-    model_name = model_spec.pop("name")
-    model_kwargs = {**model_spec, **data.model_kwargs}
-    model = create_model(model_name, **model_kwargs).to(device)
-    if cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)  # NHWC convolutions: faster with AMP on recent GPUs
+    model_name, model_kwargs = model_spec(cfg, data)  # recorded in every checkpoint
+    model = build_model(cfg, data, device, channels_last=cfg.train.channels_last)
     optimizer = build_optimizer(model, cfg)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.train.amp == "fp16")
+    scaler = make_grad_scaler(device, cfg.train.amp)
 
     micro_batches = len(epoch_batches(len(data.train), cfg.train.batch_size, cfg.seed, 0, data.train_groups))
     # A last, shorter accumulation group still makes an optimizer step.
@@ -408,6 +406,8 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
     else:
         run_dir, summary = point.run_dir, point.summary
         if point.checkpoint is not None:
+            # loaded onto the CPU: the states below are copied to the model's device, wherever
+            # the run was before (the RNG states must stay CPU tensors)
             ckpt = runs.load_checkpoint(point.checkpoint)
             model.load_state_dict(ckpt["model_state"])
             optimizer.load_state_dict(ckpt["optimizer_state"])
@@ -415,7 +415,7 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
             scaler.load_state_dict(ckpt["scaler_state"])
             step, start_epoch = ckpt["step"], ckpt["epoch"] + 1
             best_confusion = ckpt.get("best_confusion")
-            history = [r for r in read_metrics(run_dir / "metrics.csv") if r["epoch"] < start_epoch]
+            history = [r for r in read_metrics_rows(run_dir / METRICS_FILE) if r["epoch"] < start_epoch]
             set_rng_state(ckpt["rng_state"])  # last: building the model above drew from the generators
         for stale in (run_dir / runs.CHECKPOINT_DIR).glob(".epoch_*.tmp"):
             stale.unlink()  # a save cut short by the interruption
@@ -423,12 +423,12 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
         summary.setdefault("resumed", []).append(
             {"from_epoch": start_epoch - 1, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         log.info("resuming run %s after epoch %d (step %d)", run_dir, start_epoch - 1, step)
-    metrics_file = run_dir / "metrics.csv"
+    metrics_file = run_dir / METRICS_FILE
     write_metrics(metrics_file, history)  # header only, or the rows up to the checkpoint
     if best_confusion is not None:
         write_confusion(run_dir, data.class_names, best_confusion)
     else:
-        (run_dir / "confusion_matrix.csv").unlink(missing_ok=True)  # from a dropped epoch
+        (run_dir / runs.CONFUSION_FILE).unlink(missing_ok=True)  # from a dropped epoch
     runs.write_json(run_dir / "summary.json", summary)
     log.info("run %s: %s on %s, %d params", run_dir, model_name, device, n_params)
 
@@ -503,13 +503,12 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
         group_start = (i // accum) * accum
         group_end = min(group_start + accum, len(batches))  # micro-batches [start, end) make one step
         batch = to_device(batch, device, cfg.train.channels_last)
+        mix = None
         if mix_rng is not None:
             batch, lam, perm = mix_batch(batch, mix_rng, alpha)
-        with autocast_context(device, cfg.train.amp):
-            logits = model(**{k: batch[k] for k in data.input_keys})
-        loss = compute_loss(logits, batch, cfg)
-        if mix_rng is not None:
-            loss = lam * loss + (1 - lam) * compute_loss(logits, {**batch, "target": batch["target"][perm]}, cfg)
+            mix = (lam, perm)
+        loss = micro_batch_loss(model, batch, input_keys=data.input_keys, cfg=cfg, device=device,
+                                amp=cfg.train.amp, mix=mix)
         lr = optimizer.param_groups[0]["lr"]
         if not torch.isfinite(loss):
             raise Diverged(step, lr, "loss", epoch)
@@ -519,13 +518,9 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
         samples += n
         if i + 1 < group_end:
             continue
-        scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            model.parameters(), cfg.train.clip_norm if cfg.train.clip_norm else float("inf"))
+        grad_norm = optimizer_step(model, optimizer, scaler, cfg.train.clip_norm)
         if not torch.isfinite(grad_norm) and not scaler.is_enabled():
-            raise Diverged(step, lr, "gradient", epoch)  # with fp16 the scaler skips the step instead
-        scaler.step(optimizer)
-        scaler.update()
+            raise Diverged(step, lr, "gradient", epoch)  # with fp16 the scaler skipped the step instead
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -544,28 +539,6 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
     return row, step
 
 
-def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """(K, K) counts: rows true class, columns predicted class."""
-    k = num_classes
-    return torch.bincount(targets * k + preds, minlength=k * k).reshape(k, k)
-
-
-def write_confusion(run_dir: Path, class_names: list[str], matrix: torch.Tensor) -> None:
-    """``confusion_matrix.csv`` of the best epoch so far (rows: true class, columns: predicted)."""
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer)
-    writer.writerow(["true\\predicted", *class_names])
-    for name, counts in zip(class_names, matrix.tolist()):
-        writer.writerow([name, *counts])
-    runs.atomic_write_bytes(run_dir / "confusion_matrix.csv", lambda f: f.write(buffer.getvalue().encode()))
-
-
-def per_class_accuracy(matrix: torch.Tensor, class_names: list[str]) -> dict[str, float]:
-    """Recall per true class from a confusion matrix (classes never seen: NaN)."""
-    return {name: (row[i] / total if (total := sum(row)) else math.nan)
-            for i, (name, row) in enumerate(zip(class_names, matrix.tolist()))}
-
-
 def should_stop_early(history: list[dict], cfg: RunConfig) -> bool:
     patience = cfg.train.early_stop_patience
     if not patience or len(history) <= patience:
@@ -575,7 +548,7 @@ def should_stop_early(history: list[dict], cfg: RunConfig) -> bool:
 
 
 def summarise(history: list[dict], metric: str = "val_acc") -> dict:
-    """Seed 000's record: best and average loss, first loss, best epoch, times per epoch and step."""
+    """Lab note 000's record: best and average loss, first loss, best epoch, times per epoch and step."""
     if not history:
         return {"epochs": 0, "best_epoch": None, "best_val_acc": None}
     key = (lambda r: r["val_acc"]) if metric == "val_acc" else (lambda r: -r["val_loss"])

@@ -20,6 +20,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
+import torch
 from torch.utils.data import Dataset
 
 from vqalab.registry import Registry
@@ -102,7 +103,20 @@ def data_status(spec: dict | str) -> DataStatus:
     return STATUS_CHECKS[name](full)
 
 
-def build_data(spec: dict, seed: int = 0) -> DataSplits:
+SUBSET_SEED = 1234  # max_*_samples subsets are the same for every run seed
+
+
+def fixed_subset(n: int, limit: int | None) -> list[int]:
+    """Sorted indices of a fixed random subset of ``limit`` of ``n`` items (all of them: None or ≥ n)."""
+    if limit is None or limit >= n:
+        return list(range(n))
+    gen = torch.Generator().manual_seed(SUBSET_SEED)
+    return sorted(torch.randperm(n, generator=gen)[:limit].tolist())
+
+
+def build_data(spec: dict) -> DataSplits:
+    """The splits of a ``data`` section (``{"name": ..., **builder keywords}``). The run's seed
+    plays no part: subsets are fixed and a builder that draws data takes its own ``seed``."""
     spec = dict(spec)
     name = spec.pop("name")
     return DATASETS.get(name)(**spec)

@@ -11,13 +11,19 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vqalab.data import DataSplits, DataStatus, register_dataset, register_status, short_hash
-from vqalab.data.text import Vocabulary, pad_questions
+from vqalab.data import (
+    DataSplits,
+    DataStatus,
+    fixed_subset,
+    register_dataset,
+    register_status,
+    short_hash,
+)
 from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vqalab.paths import cache_dir
+from vqalab.text import Vocabulary, pad_questions
 
 # The subset taken by max_*_samples is the same for every run seed, so runs stay comparable.
-SUBSET_SEED = 1234
 
 
 def load_split(split: str) -> tuple[list[str], list[str], list[int], dict[int, str]]:
@@ -89,13 +95,6 @@ def collate_vqa(items: list[dict]) -> dict:
     return batch
 
 
-def _subset(n: int, limit: Optional[int]) -> list[int]:
-    if limit is None or limit >= n:
-        return list(range(n))
-    gen = torch.Generator().manual_seed(SUBSET_SEED)
-    return sorted(torch.randperm(n, generator=gen)[:limit].tolist())
-
-
 @register_dataset
 def easy_vqa(
     *,
@@ -111,8 +110,8 @@ def easy_vqa(
     answers = load_split_answers()
     train_text, train_ans, train_img, train_paths = load_split("train")
     val_text, val_ans, val_img, val_paths = load_split("test")
-    train_keep = _subset(len(train_text), max_train_samples)
-    val_keep = _subset(len(val_text), max_val_samples)
+    train_keep = fixed_subset(len(train_text), max_train_samples)
+    val_keep = fixed_subset(len(val_text), max_val_samples)
     vocab = Vocabulary.build(train_text[i] for i in train_keep)
     answer_index = {a: i for i, a in enumerate(answers)}
 

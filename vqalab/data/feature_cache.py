@@ -46,7 +46,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vqalab.data import DATASETS, DataSplits, DataStatus, data_status, register_dataset, register_status, short_hash
+from vqalab.data import (
+    DATASETS,
+    DataSplits,
+    DataStatus,
+    data_status,
+    register_dataset,
+    register_status,
+    short_hash,
+)
+from vqalab.models.encoders import build_image_encoder
 from vqalab.paths import cache_dir, resolve_data
 from vqalab.registry import ConfigError
 
@@ -182,8 +191,6 @@ def cached_image_features(dataset: Dataset, *, split: str, source_name: str, enc
 
     Returns (features (N, D, h, w), row of each image id, whether the cache had them).
     """
-    from vqalab.models.encoders import build_image_encoder  # models import data: import on use
-
     cache = cache or FeatureCache()
     first = first_item_of_image(dataset)
     key = feature_key(dataset, split=split, source_name=source_name, encoder=encoder, weights=weights,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vqalab.data.faces import EXPRESSIONS
+from vqalab.data.expressions import EXPRESSIONS
 
 RAFDB_DIR = Path("RAF-DB") / "basic"  # under the data root
 VQA_V2_DIR = Path("vqa_v2")  # under the data root

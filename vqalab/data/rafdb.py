@@ -21,11 +21,17 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import torch
 from PIL import Image
 
-from vqalab.data import DataSplits, DataStatus, register_dataset, register_status, short_hash
-from vqalab.data.faces import EXPRESSIONS, NUM_EXPRESSIONS, expression_splits
+from vqalab.data import (
+    DataSplits,
+    DataStatus,
+    fixed_subset,
+    register_dataset,
+    register_status,
+    short_hash,
+)
+from vqalab.data.expressions import EXPRESSIONS, NUM_EXPRESSIONS, expression_splits
 from vqalab.paths import cache_dir, resolve_data
 from vqalab.registry import ConfigError
 
@@ -37,7 +43,6 @@ ORIGINAL_DIR = Path("Image") / "original"
 SPLIT_PREFIXES = {"train": "train_", "test": "test_"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 VAL_FOLDERS = ("test", "val")  # ImageFolder: the first one present is the validation split
-SUBSET_SEED = 1234  # max_*_samples subsets are the same for every run seed
 DECODE_VERSION = 1  # bump when decoding changes: old cache files are then ignored
 # ImageFolder class folder names (lower case) → class index in EXPRESSIONS order.
 CLASS_FOLDER_ALIASES = {
@@ -186,13 +191,6 @@ def decode_images(paths: list[Path], size: int, use_cache: bool = True) -> np.nd
     return array
 
 
-def _subset(items: list, limit: int | None) -> list:
-    if limit is None or limit >= len(items):
-        return items
-    gen = torch.Generator().manual_seed(SUBSET_SEED)
-    return [items[i] for i in sorted(torch.randperm(len(items), generator=gen)[:limit].tolist())]
-
-
 @register_dataset
 def rafdb(
     *,
@@ -224,8 +222,8 @@ def rafdb(
             raise ConfigError(f"data 'rafdb': {key} = {value}: expected ≥ 1 or null")
     folder = resolve_data(root)
     layout, splits = read_splits(folder, layout, aligned)
-    train_items = _subset(splits["train"], max_train_samples)
-    val_items = _subset(splits["test"], max_val_samples)
+    train_items = [splits["train"][i] for i in fixed_subset(len(splits["train"]), max_train_samples)]
+    val_items = [splits["test"][i] for i in fixed_subset(len(splits["test"]), max_val_samples)]
     log.info("RAF-DB %s layout at %s: %d train, %d test images", layout, folder, len(train_items), len(val_items))
     return expression_splits(
         train_images=decode_images([p for p, _ in train_items], image_size, use_cache),

@@ -41,13 +41,20 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vqalab.data import DataSplits, DataStatus, register_dataset, register_status, short_hash
-from vqalab.data.easy_vqa import _subset, collate_vqa
-from vqalab.data.text import Vocabulary
+from vqalab.data import (
+    DataSplits,
+    DataStatus,
+    fixed_subset,
+    register_dataset,
+    register_status,
+    short_hash,
+)
+from vqalab.data.easy_vqa import collate_vqa
 from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vqalab.metrics import clean_whitespace, normalize_answer, vqa_accuracy
 from vqalab.paths import cache_dir, resolve_data
 from vqalab.registry import ConfigError
+from vqalab.text import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +247,7 @@ def vqa_v2(
     image_size: images are resized to image_size × image_size (ignored with features).
     answer_top_k: keep the K most frequent normalised training answers (None: no limit).
     answer_min_count: keep answers given at least this many times in the training split.
-    max_question_len: truncate questions to this many tokens (None: keep all; seed 001 used 12).
+    max_question_len: truncate questions to this many tokens (None: keep all; lab note 001 used 12).
     max_train_samples / max_val_samples: use a fixed random subset of questions (None: all).
     group_by_image: batch the questions of one image together so the encoder runs once per image.
     """
@@ -259,7 +266,7 @@ def vqa_v2(
         "val": (val_questions, val_annotations, val_images, val_features, max_val_samples),
     }.items():
         records = load_split(base / q_file, base / a_file)
-        records = [records[i] for i in _subset(len(records), limit)]
+        records = [records[i] for i in fixed_subset(len(records), limit)]
         folder = base / (features if use_features else images)
         files = index_files(folder, FEATURE_FILE if use_features else IMAGE_FILE,
                             "feature" if use_features else "image")

@@ -17,8 +17,8 @@ import torchvision
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from vqalab.data.text import PAD_INDEX
 from vqalab.paths import resolve_data
+from vqalab.text import PAD_INDEX
 
 RESNET_OUT_DIM = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}
 # "precomputed": the data yields features (frozen_features cache or feature files), no encoder runs.

@@ -1,10 +1,10 @@
 """Facial-expression models: an IR face-recognition backbone followed by transformer blocks.
 
-Seed 002 compares two members of one family on RAF-DB:
+Lab note 002 compares two members of one family on RAF-DB, both on an IR-50 backbone:
 
-- ``ir50_vit`` ("Baseline"): IR-50 → 512×7×7 map → 49 tokens + a class token + a learned position
+- ``ir_vit`` ("Baseline"): IR backbone → 512×7×7 map → 49 tokens + a class token + a learned position
   embedding → ``depth`` ViT blocks (self-attention and MLP over all tokens) → class token → linear.
-- ``ir50_cls`` ("CLSFER"): the same, with CaiT class-attention blocks: only the class token is
+- ``ir_cls`` ("CLSFER"): the same, with CaiT class-attention blocks: only the class token is
   updated (query from the class token, keys and values from all tokens, MLP on the class token);
   the patch tokens pass through unchanged. Its blocks have the same parameter shapes as the ViT
   blocks, so both models have the same parameter count.
@@ -12,8 +12,9 @@ Seed 002 compares two members of one family on RAF-DB:
 The backbone is the "IR" topology of face.evoLVe / InsightFace (3×3 stem conv + BN + PReLU, no
 max-pool, ``bottleneck_IR`` units, stride 2 in the first unit of each stage, optional SE). Its
 module names match face.evoLVe's ``Backbone`` so a face-recognition checkpoint loads directly
-(``backbone_weights``). Smaller members for the CPU: ``backbone_depth`` 18/34, ``width`` < 1 and a
-smaller ``img_size``.
+(``backbone_weights``). ``backbone_depth`` picks IR-18, 34, 50 or 100; smaller members for the CPU
+also take ``width`` < 1 and a smaller ``img_size``. ``ir50_vit`` and ``ir50_cls``, the names of
+earlier versions, still build the same models.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from vqalab.models import register_model
+from vqalab.models import MODELS, register_model
 from vqalab.models.layers import (
     LAYER_NORM_EPS,
     VIT_INIT_STD,
@@ -239,7 +240,7 @@ def _create_fer_transformer(*, block: Literal["vit", "cls"], name: str, depth: i
 
 
 @register_model
-def ir50_vit(
+def ir_vit(
     *,
     num_classes: int = 7,
     depth: int = 8,
@@ -253,9 +254,9 @@ def ir50_vit(
     drop_path: float = 0.0,
     backbone_weights: str | None = None,
 ) -> FERTransformer:
-    """Seed 002's "Baseline": IR backbone + ``depth`` pre-norm ViT blocks over all tokens.
+    """Lab note 002's "Baseline": IR backbone + ``depth`` pre-norm ViT blocks over all tokens.
 
-    num_classes: expressions (set from the data). depth: transformer blocks (seed 002: 2, 4, 6, 8).
+    num_classes: expressions (set from the data). depth: transformer blocks (lab note 002: 2, 4, 6, 8).
     img_size: input height = width, a multiple of 16 (112 → 7×7 = 49 tokens).
     backbone_depth: IR-18, 34, 50 or 100. width: channel multiplier (1 → 64/128/256/512; the token
     dim is the last stage's channels). se: squeeze-and-excitation units (IR-SE).
@@ -265,13 +266,13 @@ def ir50_vit(
     random init).
     """
     return _create_fer_transformer(
-        block="vit", name="ir50_vit", depth=depth, num_classes=num_classes, img_size=img_size,
+        block="vit", name="ir_vit", depth=depth, num_classes=num_classes, img_size=img_size,
         backbone_depth=backbone_depth, width=width, se=se, num_heads=num_heads, mlp_ratio=mlp_ratio,
         attn_drop=attn_drop, drop_path=drop_path, backbone_weights=backbone_weights)
 
 
 @register_model
-def ir50_cls(
+def ir_cls(
     *,
     num_classes: int = 7,
     depth: int = 8,
@@ -285,16 +286,21 @@ def ir50_cls(
     drop_path: float = 0.0,
     backbone_weights: str | None = None,
 ) -> FERTransformer:
-    """Seed 002's "CLSFER": IR backbone + ``depth`` CaiT class-attention blocks.
+    """Lab note 002's "CLSFER": IR backbone + ``depth`` CaiT class-attention blocks.
 
     Only the class token is updated (query from it, keys/values from all tokens, MLP on it); the
-    patch tokens pass through unchanged. Same parameter shapes as ``ir50_vit``.
-    Arguments as ``ir50_vit``.
+    patch tokens pass through unchanged. Same parameter shapes as ``ir_vit``.
+    Arguments as ``ir_vit``.
     """
     return _create_fer_transformer(
-        block="cls", name="ir50_cls", depth=depth, num_classes=num_classes, img_size=img_size,
+        block="cls", name="ir_cls", depth=depth, num_classes=num_classes, img_size=img_size,
         backbone_depth=backbone_depth, width=width, se=se, num_heads=num_heads, mlp_ratio=mlp_ratio,
         attn_drop=attn_drop, drop_path=drop_path, backbone_weights=backbone_weights)
+
+
+# Former names: the backbone depth is a parameter, not part of the model (IR-50 is its default).
+MODELS.alias("ir50_vit", "ir_vit")
+MODELS.alias("ir50_cls", "ir_cls")
 
 
 class PixelLinear(nn.Module):

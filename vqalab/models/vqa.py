@@ -4,7 +4,7 @@ Every model splits ``forward_features`` (encode image, encode question, fuse) fr
 feature caching and benchmarks reuse the parts. Questions that share an image within a batch
 (``image_id``) pay for the image encoder once.
 
-The family, from the lab's weekly reports (seed 003) and tuning logs (seeds 000, 001):
+The family, from the lab's weekly reports (lab note 003) and tuning logs (lab notes 000, 001):
 
 | name | model |
 | --- | --- |
@@ -487,7 +487,7 @@ def vqa_ban(
 ) -> VQAModel:
     """Bilinear attention network (BAN, Kim et al. 2018) with ``glimpses`` bilinear attention maps
     between image regions and question tokens and residual updates of the token states.
-    Seed 001's values: glimpses (gamma) 2, num_hid 1024, activation swish, dropout 0.45.
+    Lab note 001's values: glimpses (gamma) 2, num_hid 1024, activation swish, dropout 0.45.
 
     glimpses: attention maps (1-4). hidden_dim: joint size and classifier hidden size (num_hid).
     activation: σ of the projections and classifier (relu or swish). dropout: on the projections

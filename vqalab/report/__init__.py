@@ -16,8 +16,8 @@ files move to ``previous/<timestamp>/`` first.
 
 One job per module: ``weeks`` (ISO weeks), ``presets`` (studies and their checked presets),
 ``execute`` (papermill, findings read back), ``pages`` (nbconvert export, index and report pages),
-``html`` (cleaning notebook outputs), ``environment`` (where the report ran), ``since``
-(since last week), ``archive`` (writing and keeping earlier files), ``build`` (``run_report``).
+``html`` (cleaning notebook outputs), ``since`` (since last week), ``archive`` (writing and
+keeping earlier files), ``build`` (``run_report``). Where it ran: ``vqalab.runs.environment``.
 """
 
 from vqalab.report.build import run_report

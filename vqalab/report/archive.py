@@ -7,7 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
-from vqalab.runs import atomic_write_bytes
+from vqalab.runs import atomic_write_bytes, new_folder
 
 PREVIOUS_DIR = "previous"  # earlier outputs of the same week, kept on --force
 
@@ -22,16 +22,7 @@ def write_text(path: Path, text: str) -> None:
 
 def archive_outputs(week_dir: Path, files: list[Path]) -> Path:
     """Move ``files`` to ``week_dir/previous/<timestamp>/``: a re-run never loses earlier outputs."""
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    for attempt in range(1000):
-        target = week_dir / PREVIOUS_DIR / (stamp if attempt == 0 else f"{stamp}-{attempt}")
-        try:
-            target.mkdir(parents=True)
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise RuntimeError(f"could not create a new folder under {week_dir / PREVIOUS_DIR}")
+    target = new_folder(week_dir / PREVIOUS_DIR, dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     for path in files:
         shutil.move(str(path), str(target / path.name))
     return target

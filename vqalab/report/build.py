@@ -14,7 +14,6 @@ from vqalab.paths import project_root
 from vqalab.registry import ConfigError
 from vqalab.report.archive import PREVIOUS_DIR, archive_outputs, write_text
 from vqalab.report.data import check_study_data, choose_data, data_record, read_run_log
-from vqalab.report.environment import environment
 from vqalab.report.execute import (
     STATUS_FAILED,
     STATUS_SKIPPED,
@@ -34,6 +33,7 @@ from vqalab.report.pages import (
 from vqalab.report.presets import plan_studies
 from vqalab.report.since import SUMMARY_FILE, read_summary, since_last_week
 from vqalab.report.weeks import check_week, iso_week
+from vqalab.runs import environment
 from vqalab.sweep import FRESH_ENV, RUN_LOG_ENV
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str 
         log.info("earlier outputs of this week moved to %s", kept)
     week_dir.mkdir(parents=True, exist_ok=True)
 
-    env = environment(preset, root)
+    env = {**environment(root=root), "preset": preset}
     studies = dict(old_summary.get("studies", {}))  # studies of this week not re-run stay listed
     for study in plan:
         status = statuses[study["name"]]

@@ -83,13 +83,13 @@ def _jinja():
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
                              autoescape=True,  # every user-typed string is shown as text
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["fmt"] = format_value
+    env.filters["fmt"] = format_figure
     env.filters["duration"] = format_duration
     env.filters["data_line"] = data_line
     return env
 
 
-def format_value(value: Any) -> str:
+def format_figure(value: Any) -> str:
     """A figure or parameter as short readable text (floats to 4 significant digits)."""
     if isinstance(value, bool) or value is None:
         return yaml_inline(value)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from vqalab.sweep import format_value, spread_vs_noise
+from vqalab.sweep import format_grid_value, spread_vs_noise
 
 # Columns of a sweep's table shown after each sweep (after the grid keys).
 RUN_COLUMNS = ["seed", "status", "best_val_acc", "best_epoch", "diverged_step", "reused"]
@@ -66,9 +66,9 @@ def spread_sentence(name: str, stats: pd.DataFrame, key: str) -> tuple[str, dict
     if not len(done):
         return f"{name}: every run diverged.", s
     best = done.loc[done["mean"].idxmax()]
-    line = (f"{name} over {' | '.join(format_value(v) for v in stats[key])}: mean best val_acc from "
+    line = (f"{name} over {' | '.join(format_grid_value(v) for v in stats[key])}: mean best val_acc from "
             f"{done['mean'].min():.3f} to {done['mean'].max():.3f} (spread {s['spread']:.3f}, best at "
-            f"{format_value(best[key])})")
+            f"{format_grid_value(best[key])})")
     if s["exceeds"] is None:
         return f"{line}: {noise_verdict(None)}, so no conclusion.", s
     noise = (f"95% threshold {s['threshold']:.3f} from a t-test on the seed noise: pooled std "

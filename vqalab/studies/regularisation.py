@@ -8,7 +8,7 @@ import math
 import pandas as pd
 
 from vqalab.studies.common import diverged_sentence, noise_verdict, with_values
-from vqalab.sweep import format_stat, format_value, gap_vs_noise, seed_stats, sweep
+from vqalab.sweep import format_stat, format_grid_value, gap_vs_noise, seed_stats, sweep
 
 
 def regularisation_base(base: dict, *, optimizer: str, weight_decays: list, schedules: list, step_epochs: int,
@@ -38,7 +38,7 @@ def run_factors(base: dict, factors: dict, *, seeds: list) -> pd.DataFrame:
     parts = []
     for label, (key, values) in factors.items():
         part = sweep(base, {key: values}, seeds=seeds)
-        parts.append(part.assign(factor=label, value=[format_value(v) for v in part[key]],
+        parts.append(part.assign(factor=label, value=[format_grid_value(v) for v in part[key]],
                                  baseline=[v == values[0] for v in part[key]]))
     return pd.concat(parts, ignore_index=True)
 
@@ -49,7 +49,7 @@ def against_baseline(df: pd.DataFrame, factors: dict) -> pd.DataFrame:
     for label, (_, values) in factors.items():
         part = df[df["factor"] == label]
         base_runs = part[part["baseline"] & (part["status"] == "completed")]["best_val_acc"]
-        for value in [format_value(v) for v in values]:
+        for value in [format_grid_value(v) for v in values]:
             runs_v = part[part["value"] == value]
             stat = seed_stats(runs_v, ["value"]).iloc[0]
             cmp = gap_vs_noise(base_runs, runs_v[runs_v["status"] == "completed"]["best_val_acc"])
