@@ -32,25 +32,25 @@ FER = {"experiment": "e", "runs_root": "runs", "model": "ir50_vit", "depth": 2, 
        "epochs": 3, "batch_size": 32, "lr": 1e-3, "device": "cpu", "amp": "off", "cpu_threads": 0}
 
 
-def runs(key: str, cells: dict) -> pd.DataFrame:
-    """A sweep table: ``cells`` maps a grid value to its runs' best_val_acc (None: diverged)."""
+def sweep_table(keys: list[str], cells: dict) -> pd.DataFrame:
+    """A sweep's table: ``cells`` maps grid values (a tuple, one per key) to the runs' best_val_acc
+    (None: a diverged run), one run per seed."""
     rows = []
-    for value, accs in cells.items():
+    for values, accs in cells.items():
+        values = values if isinstance(values, tuple) else (values,)
         for seed, acc in enumerate(accs):
-            rows.append({key: value, "seed": seed, "status": "diverged" if acc is None else "completed",
+            rows.append({**dict(zip(keys, values)), "seed": seed, "status": "diverged" if acc is None else "completed",
                          "best_val_acc": math.nan if acc is None else acc})
     return pd.DataFrame(rows)
+
+
+def runs(key: str, cells: dict) -> pd.DataFrame:
+    return sweep_table([key], cells)
 
 
 def grid(cells: dict) -> pd.DataFrame:
     """A depth × lr sweep table: ``cells`` maps (depth, lr) to the runs' best_val_acc."""
-    rows = []
-    for (depth, lr), accs in cells.items():
-        for seed, acc in enumerate(accs):
-            rows.append({"model.depth": depth, "optim.lr": lr, "seed": seed,
-                         "status": "diverged" if acc is None else "completed",
-                         "best_val_acc": math.nan if acc is None else acc})
-    return pd.DataFrame(rows)
+    return sweep_table(["model.depth", "optim.lr"], cells)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,6 +252,12 @@ def test_grid_lrs_are_log_spaced_with_two_digits():
     assert lr_search.grid_lrs(1e-5, 1e-3, 4) == [1e-5, 4.6e-5, 0.00022, 0.001]
 
 
+def test_range_tests_are_skipped_with_zero_steps():
+    base = fer_base_config(study="lr_search", dataset="synthetic_faces", **FER)
+    results, table = lr_search.range_tests(base, depths=[2, 4], data=None, min_lr=1e-6, max_lr=1.0, num_steps=0)
+    assert results == {} and list(table.columns) == lr_search.RANGE_COLUMNS and table.empty
+
+
 def test_suggest_lr_averages_depths_and_skips_any_divergence():
     stats = seed_stats(grid({(2, 1e-3): [0.5], (4, 1e-3): [0.7], (2, 1e-2): [0.9], (4, 1e-2): [0.2, None],
                              (2, 1e-4): [0.55], (4, 1e-4): [0.55]}), ["model.depth", "optim.lr"])
@@ -292,13 +298,7 @@ MODELS = ["ir50_vit", "ir50_cls"]
 
 def model_runs(cells: dict) -> pd.DataFrame:
     """``cells``: (lr, model) → runs' best_val_acc."""
-    rows = []
-    for (lr, model), accs in cells.items():
-        for seed, acc in enumerate(accs):
-            rows.append({"optim.lr": lr, "model.name": model, "seed": seed,
-                         "status": "diverged" if acc is None else "completed",
-                         "best_val_acc": math.nan if acc is None else acc})
-    return pd.DataFrame(rows)
+    return sweep_table(["optim.lr", "model.name"], cells)
 
 
 def efficiency_rows(status: str = "ok") -> pd.DataFrame:

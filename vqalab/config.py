@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from vqalab.data import DATASETS, PROVIDED_BY_DATA
+from vqalab.models import MODELS
 from vqalab.registry import ConfigError, did_you_mean
 
 
@@ -204,10 +206,6 @@ def build_config(values: dict | None = None, source: str = "<params>") -> RunCon
 
 
 def check_builders(cfg: RunConfig, source: str) -> None:
-    # Imported here: the registries import torch models, config should stay light to import.
-    from vqalab.data import DATASETS, PROVIDED_BY_DATA
-    from vqalab.models import MODELS
-
     for section, registry in (("model", MODELS), ("data", DATASETS)):
         spec = dict(getattr(cfg, section))
         if "name" not in spec:

@@ -35,11 +35,12 @@ def discover_studies(notebooks_dir: Path, params_dir: Path) -> dict[str, tuple[P
 def annotated_type(name: str, parameter: dict, notebook: Path) -> type:
     """The Python type a notebook parameter is annotated with (``lr: float = 1e-3  # help``);
     ``list[float]`` counts as list. ConfigError names the notebook when there is none to check."""
-    annotation = str(parameter.get("inferred_type_name") or "None")
+    annotation = str(parameter.get("inferred_type_name") or "None")  # papermill's "None": no annotation
     expected = PARAMETER_TYPES.get(annotation.split("[", 1)[0].strip())
     if expected is None:
-        raise ConfigError(f"{notebook}: parameter '{name}' is annotated {annotation!r}: expected one of "
-                          f"{', '.join(PARAMETER_TYPES)} (write `{name}: float = {parameter.get('default')}  # help`)")
+        found = "has no type annotation" if annotation == "None" else f"is annotated {annotation!r}"
+        raise ConfigError(f"{notebook}: parameter '{name}' {found}: expected one of {', '.join(PARAMETER_TYPES)} "
+                          f"(e.g. `{name}: float = {parameter.get('default')}  # help`)")
     return expected
 
 
@@ -58,8 +59,8 @@ def load_preset(params_file: Path, preset: str, notebook_params: dict[str, dict]
     """Validate ``presets.<preset>`` of ``params_file`` against the notebook's parameters.
 
     ``notebook_params``: ``papermill.inspect_notebook(...)`` of the notebook (name → default,
-    help) with each parameter's ``annotated_type`` under ``type``. Returns the preset's parameter values. Errors name the file, the key and what was
-    expected.
+    help) with each parameter's ``annotated_type`` under ``type``. Returns the preset's parameter
+    values. Errors name the file, the key and what was expected.
     """
     tree = read_yaml(params_file)
     if not isinstance(tree, dict) or "presets" not in tree:
