@@ -73,6 +73,7 @@ def test_missing_data_set_skips_the_study_before_any_compute_and_names_the_path(
     assert not (week / "faces.ipynb").exists() and not (project / "runs").exists()  # nothing ran
     index = (week / "index.html").read_text()
     assert "1 skipped (data set missing)" in index and expected_root in index
+    assert 'href="None"' not in index and "executed .ipynb" not in index  # no notebook to link to
     assert expected_root in (week / "faces.html").read_text()
 
 
