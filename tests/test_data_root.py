@@ -145,3 +145,11 @@ def test_every_registered_data_set_has_a_status_check_and_a_family():
     assert set(STATUS_CHECKS) == set(DATASETS.names()) == set(FAMILIES)
     assert {FAMILIES["rafdb"], FAMILIES["vqa_v2"]} == {"faces", "vqa"}
     assert FAMILIES["synthetic_faces"] == FAMILIES["rafdb"] and FAMILIES["easy_vqa"] == FAMILIES["vqa_v2"]
+
+
+def test_vqalab_data_on_a_fresh_clone_without_a_data_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("VQALAB_DATA", str(tmp_path / "not-there"))
+    assert main(["data"]) == 0
+    lines = capsys.readouterr().out.splitlines()[1:]
+    assert len(lines) == len(DATASETS.names())
+    assert {line.split()[0]: line.split()[1] for line in lines}["rafdb"] == "missing"

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
+from importlib import metadata
 from typing import Optional
 
 import numpy as np
@@ -146,11 +149,9 @@ def load_split_answers() -> list[str]:
     return easy_vqa.get_answers()
 
 
-@register_status("easy_vqa", family="vqa")
-def easy_vqa_status(spec: dict) -> DataStatus:
-    """Found when the ``easy-vqa`` package is installed (it embeds its images and questions)."""
-    from importlib import metadata
-
+@functools.lru_cache(maxsize=1)
+def package_status() -> DataStatus:
+    """The installed package's status, read once per process (its files do not change under it)."""
     try:
         version = metadata.version("easy-vqa")
         _, train_answers, train_images = load_split("train")[:3]
@@ -163,3 +164,9 @@ def easy_vqa_status(spec: dict) -> DataStatus:
               "answers": len(load_split_answers())}
     return DataStatus(name="easy_vqa", found=True, where=f"easy-vqa package {version}", counts=counts,
                       fingerprint=short_hash([version, counts]))
+
+
+@register_status("easy_vqa", family="vqa")
+def easy_vqa_status(spec: dict) -> DataStatus:
+    """Found when the ``easy-vqa`` package is installed (it embeds its images and questions)."""
+    return copy.deepcopy(package_status())
