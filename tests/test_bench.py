@@ -7,17 +7,18 @@ import pandas as pd
 import pytest
 import torch
 import torchvision
+import yaml
+from conftest import TINY
 from torch import nn
 
-from conftest import TINY
 from vqalab import bench, train
+from vqalab.bench import auto_batch_size
 from vqalab.cli import main
 from vqalab.config import build_config
 from vqalab.data import build_data
 from vqalab.data.samplers import epoch_batches
 from vqalab.models import create_model
 from vqalab.registry import ConfigError
-
 
 # Lab note 002's batch-size table (images/s): the lab picked 256 by eye.
 LAB_NOTE_002 = {1: 125, 2: 248, 4: 509, 8: 959, 16: 1279, 32: 1359, 64: 1449, 128: 1543, 256: 1591, 512: 1602}
@@ -303,7 +304,7 @@ def test_efficiency_table_has_one_row_per_model(cfg):
 def test_flops_per_sample_at_batch_one_for_an_image_model():
     # A tiny FER model whose last feature map is 1×1: BatchNorm in training mode could not take
     # a batch of one; counting in eval mode can. Without shared images, cost per sample is flat.
-    cfg = build_config({"model": {"name": "ir50_vit", "depth": 1, "img_size": 16, "backbone_depth": 18,
+    cfg = build_config({"model": {"name": "ir50_vit", "depth": 1, "backbone_depth": 18,
                                   "width": 0.125},
                         "data": {"name": "synthetic_faces", "num_train": 8, "num_val": 4, "image_size": 16}})
     one, two = bench.flops_report(cfg, batch_size=1), bench.flops_report(cfg, batch_size=2)
@@ -322,3 +323,58 @@ def test_attention_on_the_cpu_is_counted_like_explicit_matrix_products():
     explicit = count_flops(lambda: torch.softmax(q @ k.transpose(-1, -2), dim=-1) @ v)
     assert explicit == 2 * 2 * (2 * 4 * 16 * 32 * 8)  # QKᵀ and AV, each 2 FLOPs per multiply-add
     assert count_flops(lambda: F.scaled_dot_product_attention(q, k, v)) == explicit
+
+
+def _table(rows):
+    return pd.DataFrame([{"batch_size": b, "status": s, "samples_per_s": t, "peak_memory_mb": m}
+                         for b, s, t, m in rows])
+
+
+def test_auto_batch_size_is_the_largest_on_the_plateau_under_the_memory_cap():
+    table = _table([(8, "ok", 100.0, 100.0), (16, "ok", 190.0, 150.0), (32, "ok", 200.0, 250.0),
+                    (64, "ok", 196.0, 450.0), (128, "ok", 150.0, 850.0), (256, "oom", math.nan, math.nan)])
+    # plateau: ≥ 95% of 200 → 32 and 64 (16's 190 is exactly 95% too); the largest that fits wins
+    assert auto_batch_size(table, memory_cap_mb=1000)["batch_size"] == 64
+    choice = auto_batch_size(table, memory_cap_mb=400)  # 64 needs 450 MiB: best among 8-32 is 200
+    assert choice["batch_size"] == 32 and choice["best_samples_per_s"] == 200.0
+    assert "batch size 32" in choice["sentence"] and "400 MiB" in choice["sentence"]
+    assert auto_batch_size(table, memory_cap_mb=120)["batch_size"] == 8
+    with pytest.raises(ConfigError, match="no batch size .* fits under 50 MiB .*the smallest needs 100 MiB"):
+        auto_batch_size(table, memory_cap_mb=50)
+
+
+def test_batch_size_auto_is_measured_before_training_and_recorded(tmp_path, monkeypatch, data):
+    from vqalab import bench
+    from vqalab.config import build_config
+    from vqalab.train import fit
+
+    measured = []
+    real = bench.throughput_sweep
+
+    def counting(cfg, **kwargs):
+        measured.append(kwargs["batch_sizes"])
+        return real(cfg, **kwargs)
+
+    monkeypatch.setattr(bench, "throughput_sweep", counting)
+    monkeypatch.setattr(bench, "_AUTO_CHOICES", {})
+    monkeypatch.setattr(bench, "AUTO_BATCH_SIZES", (8, 16, 128))  # 128 > the 64 training questions
+    monkeypatch.setattr(bench, "AUTO_WARMUP_STEPS", 0)
+    monkeypatch.setattr(bench, "AUTO_TIMED_STEPS", 1)
+    tree = {**TINY, "runs_root": str(tmp_path), "train": {**TINY["train"], "batch_size": "auto", "epochs": 1,
+                                                          "progress": False}}
+    result = fit(build_config(tree), data=data)
+    auto = result.summary["batch_size_auto"]
+    assert measured == [[8, 16]]  # sizes up to the 64 training questions
+    assert auto["batch_size"] in (8, 16) and result.summary["batch_size"] == auto["batch_size"]
+    assert [row["batch_size"] for row in auto["rows"]] == [8, 16]
+    assert auto == {**auto_batch_size(pd.DataFrame(auto["rows"]), memory_cap_mb=auto["memory_cap_mb"]),
+                    "rows": auto["rows"]}  # the recorded rows give the recorded choice
+    assert auto["memory_cap_mb"] == pytest.approx(0.9 * bench.device_memory_mb(torch.device("cpu")))
+    params = yaml.safe_load((result.run_dir / "params.yaml").read_text())
+    assert params["train"]["batch_size"] == "auto"  # what was asked; the choice is in summary.json
+    steps = math.ceil(64 / auto["batch_size"])
+    assert result.summary["steps"] == steps
+    fit(build_config({**tree, "optim": {"lr": 2e-3}}), data=data)  # another LR: the measurement is reused
+    assert len(measured) == 1
+    fixed = fit(build_config({**tree, "train": {**tree["train"], "batch_size": 16}}), data=data)
+    assert "batch_size_auto" not in fixed.summary and fixed.summary["batch_size"] == 16 and len(measured) == 1

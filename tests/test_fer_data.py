@@ -23,7 +23,7 @@ from vqalab.runs import model_from_checkpoint
 from vqalab.train import fit
 
 CLASS_ORDER = ["Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"]
-TINY_MODEL = {"backbone_depth": 18, "width": 0.125, "img_size": 32, "depth": 1}
+TINY_MODEL = {"backbone_depth": 18, "width": 0.125, "depth": 1}
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +41,7 @@ def test_synthetic_faces_splits_follow_the_fer_contract():
     data = synthetic()
     assert data.class_names == CLASS_ORDER == list(EXPRESSIONS)
     assert data.input_keys == ("image",)
-    assert data.model_kwargs == {"num_classes": 7}
+    assert data.model_kwargs == {"num_classes": 7, "img_size": 32}
     assert len(data.train) == 28 and len(data.val) == 14
     assert data.train.targets == [i % 7 for i in range(28)]  # balanced: 4 of each class
     assert data.info["train_class_counts"] == [4] * 7 and data.info["val_class_counts"] == [2] * 7
@@ -172,7 +172,7 @@ def rafdb(root, **kwargs):
 def test_rafdb_official_layout(tmp_path):
     data = rafdb(write_rafdb(tmp_path / "basic"), augment=False)
     assert data.class_names == CLASS_ORDER
-    assert data.model_kwargs == {"num_classes": 7} and data.input_keys == ("image",)
+    assert data.model_kwargs == {"num_classes": 7, "img_size": 32} and data.input_keys == ("image",)
     assert data.train.targets == [0, 1, 2, 3, 4, 5, 6, 3, 3, 6]  # label k → class k - 1
     assert data.val.targets == list(range(7))
     assert data.info["layout"] == "official" and data.info["val_split"] == "test"
@@ -300,17 +300,28 @@ def test_fer_params_files_validate_and_match_image_sizes():
     assert len(files) >= 2
     for file in files:
         cfg = load_config(file)
-        assert cfg.model["name"] in ("ir50_vit", "ir50_cls"), file
-        assert cfg.model.get("img_size", 112) == cfg.data.get("image_size", 112), file
+        assert cfg.model["name"] in ("ir_vit", "ir_cls"), file
+        assert "img_size" not in cfg.model, file  # the model's image size comes from the data
 
 
 def test_vqalab_train_cli_with_a_fer_params_file(tmp_path, capsys):
     code = cli.main(["train", "params/train/fer_synthetic_vit.yaml", "--no-progress",
                      "--set", f"runs_root={tmp_path / 'runs'}", "--set", "data.num_train=14",
                      "--set", "data.num_val=7", "--set", "train.epochs=1", "--set", "train.batch_size=7",
-                     "--set", "model.width=0.125", "--set", "model.img_size=32", "--set", "data.image_size=32"])
+                     "--set", "model.width=0.125", "--set", "data.image_size=32"])
     assert code == 0
     run_dir = capsys.readouterr().out.strip().splitlines()[-1]
     names = {p.name for p in (tmp_path / "runs").glob("*/*/*")}
     assert {"params.yaml", "metrics.csv", "summary.json", "confusion_matrix.csv", "checkpoints"} <= names
     assert run_dir.startswith(str(tmp_path / "runs"))
+
+
+def test_the_models_image_size_comes_from_the_data(tmp_path):
+    with pytest.raises(ConfigError, match=r"model.img_size: set from the data, remove it from the params"):
+        build_config({"model": {"name": "ir50_vit", "img_size": 32}, "data": {"name": "synthetic_faces"}})
+    cfg = build_config({"runs_root": str(tmp_path), "model": {"name": "ir50_cls", **TINY_MODEL},
+                        "data": {"name": "synthetic_faces", "num_train": 14, "num_val": 7, "image_size": 48},
+                        "train": {"epochs": 1, "batch_size": 7, "progress": False}})
+    result = fit(cfg)
+    model, ckpt = model_from_checkpoint(max((result.run_dir / "checkpoints").glob("*.pt")))
+    assert ckpt["model_kwargs"]["img_size"] == 48 and model.img_size == 48  # built for the 48 px faces

@@ -423,6 +423,20 @@ def test_vqa_model_configs_use_the_data_set_parameters():
                                  epochs=1, batch_size=4, lr=1e-3, seed=0, experiment="e", runs_root="r")
 
 
+def test_a_frozen_resnet_encoder_runs_once_per_image_through_the_feature_cache():
+    frozen = {"image_encoder": "resnet18", "image_weights": "weights/resnet18.pth", "freeze_image": True,
+              "hidden_dim": 32}
+    model, data = vqa_models.run_sections("vqa_san", frozen, "vqa_v2", {"max_train_samples": 10})
+    assert model == {"name": "vqa_san", "hidden_dim": 32}  # the model takes the cached maps
+    assert data == {"name": "frozen_features", "source": {"name": "vqa_v2", "max_train_samples": 10},
+                    "encoder": "resnet18", "weights": "weights/resnet18.pth"}
+    trained = {"image_encoder": "resnet18", "freeze_image": False}  # a trained encoder sees the images
+    assert vqa_models.run_sections("vqa_san", trained, "vqa_v2", {}) == ({"name": "vqa_san", **trained},
+                                                                         {"name": "vqa_v2"})
+    cached = {"name": "frozen_features", "source": {"name": "vqa_v2"}}
+    assert vqa_models.run_sections("vqa_san", {}, "frozen_features", {"source": {"name": "vqa_v2"}})[1] == cached
+
+
 def test_vqa_models_findings_with_and_without_overfitting():
     table = pd.DataFrame([
         {"name": "a", "best_val_acc": 0.6, "best_epoch": 3, "overfitting_from_epoch": 3.0, "epoch_time_s": 1.25,

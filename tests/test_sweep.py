@@ -158,9 +158,9 @@ def test_grid_expansion_order_names_and_tuple_values():
 
 
 def test_switching_model_name_keeps_the_other_model_keys():
-    points = expand_grid({"model": {"name": "ir_vit", "depth": 2, "img_size": 32}},
+    points = expand_grid({"model": {"name": "ir_vit", "depth": 2, "width": 0.5}},
                          {"model.name": ["ir_vit", "ir_cls"]})
-    assert [p.cfg.model for p in points] == [{"name": n, "depth": 2, "img_size": 32} for n in ("ir_vit", "ir_cls")]
+    assert [p.cfg.model for p in points] == [{"name": n, "depth": 2, "width": 0.5} for n in ("ir_vit", "ir_cls")]
 
 
 def test_seed_stats_mean_std_against_pandas():
@@ -213,3 +213,51 @@ def test_config_hash_ignores_names_and_spelled_out_defaults():
     assert runs.config_hash(plain) == runs.config_hash(spelled) == runs.config_hash(plain.to_dict())
     assert runs.config_hash(changed) != runs.config_hash(plain)
     assert runs.config_hash(build_config({"seed": 1})) != runs.config_hash(build_config({"seed": 2}))
+
+
+def test_an_edit_to_the_package_source_retrains_and_unchanged_code_reuses(tmp_path, monkeypatch):
+    import shutil
+
+    from vqalab import provenance
+
+    copy = tmp_path / "vqalab_copy"
+    shutil.copytree(provenance.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(provenance, "PACKAGE_DIR", copy)  # the fingerprint is taken over the copy
+    grid = {"optim.lr": [1e-3]}
+    first = sweep(base(tmp_path), grid)
+    assert not first["reused"].any()
+    summary = json.loads((tmp_path / "sweep").glob("*/summary.json").__next__().read_text())
+    assert summary["code_fingerprint"] == provenance.code_fingerprint(copy)
+    assert summary["data_identity"]["name"] == "easy_vqa" and summary["data_identity"]["fingerprint"]
+
+    unchanged = sweep(base(tmp_path), grid)
+    assert unchanged["reused"].all() and list(unchanged["run_dir"]) == list(first["run_dir"])
+    assert unchanged["finished"].iloc[0] == summary["finished"]  # the date the reused run ended
+
+    model_file = copy / "models" / "vqa.py"
+    source = model_file.read_text()
+    assert "dropout" in source
+    model_file.write_text(source.replace("dropout", "dropout ", 1))  # one changed line in a model's source
+    edited = sweep(base(tmp_path), grid)
+    assert not edited["reused"].any() and edited["run_dir"].iloc[0] != first["run_dir"].iloc[0]
+    assert sweep(base(tmp_path), grid)["reused"].all()  # the new code's run is reused in turn
+
+    monkeypatch.setenv("VQALAB_FRESH", "1")  # vqalab report --fresh
+    assert not sweep(base(tmp_path), grid)["reused"].any()
+    assert len(list((tmp_path / "sweep").iterdir())) == 3
+
+
+def test_a_changed_data_file_retrains(tmp_path, monkeypatch):
+    from vqalab.data.fixtures import write_rafdb_official
+
+    monkeypatch.setenv("VQALAB_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("VQALAB_CACHE", str(tmp_path / "cache"))
+    write_rafdb_official(tmp_path / "data" / "RAF-DB" / "basic", train_per_class=2, test_per_class=1, size=16)
+    fer = {"experiment": "fer", "runs_root": str(tmp_path), "model": {"name": "fer_pixel_linear"},
+           "data": {"name": "rafdb", "image_size": 16}, "train": {"epochs": 1, "batch_size": 7, "progress": False}}
+    first = sweep(fer, {"optim.lr": [1e-3]})
+    assert sweep(fer, {"optim.lr": [1e-3]})["reused"].all()
+    image = next((tmp_path / "data" / "RAF-DB" / "basic" / "Image" / "aligned").glob("train_*"))
+    image.write_bytes(image.read_bytes() + b"\0")
+    again = sweep(fer, {"optim.lr": [1e-3]})
+    assert not again["reused"].any() and again["run_dir"].iloc[0] != first["run_dir"].iloc[0]

@@ -411,7 +411,7 @@ def test_mixup_on_a_vqa_data_set_is_refused_before_training(tmp_path, data):
 def faces_config(runs_root, mixup_alpha):
     return build_config({
         "experiment": "mixup", "seed": 1, "runs_root": str(runs_root),
-        "model": {"name": "fer_pixel_linear", "img_size": 16},
+        "model": {"name": "fer_pixel_linear"},
         "data": {"name": "synthetic_faces", "num_train": 64, "num_val": 32, "image_size": 16, "use_cache": False},
         "train": {"epochs": 2, "batch_size": 16, "mixup_alpha": mixup_alpha, "num_threads": 1, "progress": False},
     })

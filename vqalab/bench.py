@@ -27,8 +27,10 @@ torch's own attention formulas for it, so attention counts the same on the CPU a
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
+import os
 import time
 import traceback
 from collections.abc import Callable, Mapping, Sequence
@@ -77,6 +79,9 @@ CLEAR_REFS = Path("/proc/self/clear_refs")
 PROC_STATUS = Path("/proc/self/status")
 RESET_PEAK_RSS = "5"  # written to clear_refs: reset the peak resident set size (Linux ≥ 4.0)
 FIRST_EPOCH = 1  # the training loop numbers epochs from 1; its first batch is the one measured
+# batch_size: auto measures these (those up to the training split's size), briefly.
+AUTO_BATCH_SIZES = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
+AUTO_WARMUP_STEPS, AUTO_TIMED_STEPS = 2, 5
 
 
 # The CPU attention kernels, counted like the CUDA ones (QKᵀ and AV: 4·B·heads·Tq·Tk·d_head forward).
@@ -104,12 +109,7 @@ def fixed_batch(data: DataSplits, batch_size: int, seed: int) -> dict:
 
 
 def batch_on_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
-    batch = to_device(batch, device)
-    if channels_last:
-        batch = {k: v.contiguous(memory_format=torch.channels_last)
-                 if torch.is_tensor(v) and v.dim() == 4 and v.is_floating_point() else v
-                 for k, v in batch.items()}
-    return batch
+    return to_device(batch, device, channels_last)
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -315,6 +315,65 @@ def recommend_batch_size(table: pd.DataFrame, fraction: float = RECOMMEND_FRACTI
     return {"batch_size": int(chosen["batch_size"]), "samples_per_s": float(chosen["samples_per_s"]),
             "best_batch_size": int(best["batch_size"]), "best_samples_per_s": float(best["samples_per_s"]),
             "fraction_of_best": float(share), "threshold": fraction, "sentence": sentence}
+
+
+def device_memory_mb(device: torch.device) -> float:
+    """All the memory of the device: the GPU's, or the machine's RAM for the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory / 2**20
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
+
+
+def auto_batch_size(table: pd.DataFrame, *, memory_cap_mb: float, fraction: float = RECOMMEND_FRACTION) -> dict:
+    """The largest batch size on the throughput plateau whose peak memory is within the cap.
+
+    The plateau: batch sizes reaching ``fraction`` of the best throughput among those that fit
+    under ``memory_cap_mb``. Past the plateau's start a larger batch costs little speed, and the
+    largest one that fits keeps the lab's large-batch settings where the memory allows them.
+    """
+    ok = table[(table["status"] == "ok") & table["samples_per_s"].notna()]
+    fits = ok[ok["peak_memory_mb"] <= memory_cap_mb].sort_values("batch_size")
+    if fits.empty:
+        smallest = f"{ok['peak_memory_mb'].min():.0f} MiB" if len(ok) else "out of memory"
+        raise ConfigError(f"train.batch_size = auto: no batch size of {table['batch_size'].tolist()} fits under "
+                          f"{memory_cap_mb:.0f} MiB (train.max_memory_fraction of the device; the smallest "
+                          f"needs {smallest}): raise train.max_memory_fraction or set train.batch_size")
+    best = float(fits["samples_per_s"].max())
+    plateau = fits[fits["samples_per_s"] >= fraction * best]
+    chosen = plateau.iloc[-1]
+    return {"batch_size": int(chosen["batch_size"]), "samples_per_s": float(chosen["samples_per_s"]),
+            "peak_memory_mb": float(chosen["peak_memory_mb"]), "best_samples_per_s": best,
+            "memory_cap_mb": float(memory_cap_mb), "fraction": fraction,
+            "sentence": f"batch size {int(chosen['batch_size'])}: the largest within {fraction:.0%} of the best "
+                        f"throughput ({best:.0f} samples/s) using at most {memory_cap_mb:.0f} MiB at its peak "
+                        f"({float(chosen['peak_memory_mb']):.0f} MiB)"}
+
+
+# Measured choices of this process: a sweep's points differ in LR or seed, not in step cost.
+_AUTO_CHOICES: dict[str, dict] = {}
+
+
+def choose_batch_size(cfg: RunConfig, data: DataSplits, device: torch.device) -> dict:
+    """``batch_size: auto``: time a short throughput sweep and pick with ``auto_batch_size``.
+
+    Returns the choice with the measured rows (recorded in the run's summary). Runs of one process
+    that differ only in what does not change a step's cost (LR, seed, names) share one measurement.
+    """
+    cap = cfg.train.max_memory_fraction * device_memory_mb(device)
+    key = json.dumps([cfg.model, cfg.data, cfg.optim.name, cfg.train.loss, cfg.train.amp, cfg.train.clip_norm,
+                      cfg.train.channels_last, str(device), cap], sort_keys=True, default=str)
+    if key not in _AUTO_CHOICES:
+        sizes = [b for b in AUTO_BATCH_SIZES if b <= len(data.train)] or [len(data.train)]
+        table = throughput_sweep(cfg, batch_sizes=sizes, warmup_steps=AUTO_WARMUP_STEPS,
+                                 timed_steps=AUTO_TIMED_STEPS, channels_last=cfg.train.channels_last, data=data)
+        release_memory(device)
+        choice = auto_batch_size(table, memory_cap_mb=cap)
+        columns = ["batch_size", "status", "samples_per_s", "peak_memory_mb", "memory_kind"]
+        choice["rows"] = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+                          for row in table[columns].to_dict(orient="records")]  # JSON-ready, exact floats
+        _AUTO_CHOICES[key] = choice
+        log.info("train.batch_size auto: %s", choice["sentence"])
+    return dict(_AUTO_CHOICES[key])
 
 
 # ---------------------------------------------------------------------------------------------

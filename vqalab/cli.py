@@ -1,4 +1,4 @@
-"""Command line: ``vqalab train | report | bench | lr-find | runs | tb``. Entry point configures logging once."""
+"""Command line: ``vqalab train | report | data | bench | lr-find | runs | tb``. Entry point configures logging once."""
 
 from __future__ import annotations
 
@@ -34,7 +34,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from vqalab.report import run_report
 
-    return run_report(preset=args.preset, only=args.only, week=args.week, force=args.force)
+    return run_report(preset=args.preset, only=args.only, week=args.week, force=args.force, data=args.data,
+                      fresh=args.fresh)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """One line per registered data set; exit 1 when a ``--require``d one is missing."""
+    from vqalab.data import DATASETS, data_status
+    from vqalab.paths import data_root
+
+    for name in args.require:
+        DATASETS.get(name)  # an unknown name is a usage error (exit 2), not a missing data set
+    print(f"data root: {data_root()} (set VQALAB_DATA to change it)")
+    statuses = {name: data_status(name) for name in DATASETS.names()}
+    for status in statuses.values():
+        print(status.line())
+    missing = [name for name in args.require if not statuses[name].found]
+    if missing:
+        print(f"required but missing: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _bench_config(args: argparse.Namespace):
@@ -156,7 +175,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--week", default=None, help="ISO week folder, e.g. 2026-W48 (default: this week)")
     p.add_argument("--force", action="store_true", help="re-run studies already reported this week "
                    "(their earlier files move to reports/<week>/previous/<time>/)")
+    p.add_argument("--data", default=None, metavar="NAME",
+                   help="run the studies of this data set's family on it: rafdb (the FER studies) or vqa_v2 "
+                        "(vqa_models); default: each preset's own data set")
+    p.add_argument("--fresh", action="store_true",
+                   help="retrain every sweep point instead of reusing finished runs of the same config, code and data")
+    p.epilog = ("exit status: 0 every study ran; 1 a study failed; 2 bad command line or params file (nothing "
+                "run); 3 a study was skipped because its data set is missing (see `vqalab data`)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("data", help="where each data set is looked for, whether it is there, its counts")
+    p.add_argument("--require", action="append", default=[], metavar="NAME",
+                   help="exit with status 1 when this data set is missing (repeatable)")
+    p.set_defaults(func=cmd_data)
 
     p = sub.add_parser("bench", help="measure models: training throughput per batch size, params and FLOPs")
     bench = p.add_subparsers(dest="bench_command", required=True)

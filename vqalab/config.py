@@ -166,13 +166,19 @@ class ScheduleConfig(Section):
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1, le=1_000_000, description="passes over the training split", json_schema_extra=_range("5 … 100"))
     max_steps: Optional[int] = Field(None, ge=1, description="stop after this many optimizer steps (None: no limit)")
-    batch_size: int = Field(128, ge=1, description="samples per optimizer micro-batch", json_schema_extra=_range("32 … 600"))
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        128, description="samples per optimizer micro-batch; auto: the largest batch on the throughput plateau "
+                         "whose peak memory fits train.max_memory_fraction, measured before training",
+        json_schema_extra=_range("32 … 600, or auto"))
+    max_memory_fraction: float = Field(0.9, gt=0, le=1, description="batch_size auto: share of the device's memory "
+                                       "the chosen batch may use at its peak (lab note 001)", json_schema_extra=_range("0.5 … 0.95"))
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step", json_schema_extra=_range("1 … 8"))
     clip_norm: Optional[float] = Field(None, gt=0, description="clip the global gradient norm to this (None: off)", json_schema_extra=_range("0.25 … 5"))
     loss: Literal["ce", "bce"] = Field("ce", description="ce: cross-entropy on the target class; bce: on soft scores (VQA v2)")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing", json_schema_extra=_range("0 … 0.2"))
     mixup_alpha: float = Field(0.0, ge=0, description="mixup Beta(α, α) of images and labels, image classification only (0: off)", json_schema_extra=_range("0.1 … 0.4"))
     amp: Literal["off", "bf16", "fp16"] = Field("off", description="mixed precision on CUDA (fp16 uses a GradScaler); ignored on the CPU")
+    channels_last: bool = Field(False, description="store convolution weights and images NHWC (faster convolutions with AMP on recent GPUs)")
     device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda, cuda:N, mps")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes", json_schema_extra=_range("0 … CPU cores"))
     num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads during the run (None: torch's default); 1 is often fastest for small models on a shared CPU", json_schema_extra=_range("1 … CPU cores"))
@@ -189,6 +195,14 @@ class TrainConfig(Section):
         if not DEVICE_PATTERN.fullmatch(value):
             raise ValueError("expected auto, cpu, cuda, cuda:N (N = GPU index) or mps")
         return value
+
+    @field_validator("batch_size", mode="wrap")
+    @classmethod
+    def _batch_size_or_auto(cls, value, handler):
+        try:
+            return handler(value)
+        except ValidationError:  # one message instead of one per member of the union
+            raise ValueError("expected an integer ≥ 1 or 'auto'") from None
 
 
 class RunConfig(Section):

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from vqalab import runs
+from vqalab.bench import choose_batch_size
 from vqalab.config import RunConfig
 from vqalab.data import DataSplits, build_data
 from vqalab.data.samplers import epoch_batches
@@ -169,6 +170,9 @@ def lr_range_test(cfg: RunConfig, *, min_lr: float = DEFAULT_MIN_LR, max_lr: flo
     device = select_device(cfg.train.device) if model is None else next(model.parameters()).device
     with torch_threads(cfg.train.num_threads):  # as many CPU threads as a run of this config
         data = data or build_data(cfg.data)
+        if cfg.train.batch_size == "auto":  # the batch size the run would train with
+            cfg = cfg.model_copy(deep=True)
+            cfg.train.batch_size = choose_batch_size(cfg, data, device)["batch_size"]
         if model is None:
             seed_everything(cfg.seed)
             model = build_model(cfg, data, device)

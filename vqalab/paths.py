@@ -4,6 +4,10 @@ JupyterLab starts a kernel in ``notebooks/``; papermill from the repo root. Both
 ``params/``, ``runs/`` and ``reports/``. Relative paths are therefore resolved against the project
 root: ``$VQALAB_ROOT`` when set, else the nearest ancestor of the working directory holding a
 ``params/`` folder or a ``pyproject.toml``, else the working directory.
+
+Local data sets and weights live under one data root: ``$VQALAB_DATA`` when set, else ``data/``
+under the project root. Relative data and weights paths (``RAF-DB/basic``, ``weights/ir50.pth``)
+are taken from it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,18 @@ def resolve(path: str | Path) -> Path:
     """An absolute path for ``path``; relative paths are taken from the project root."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else project_root() / path
+
+
+def data_root() -> Path:
+    """Where local data sets and weights are: ``$VQALAB_DATA``, else ``data/`` under the project root."""
+    env = os.environ.get("VQALAB_DATA")
+    return Path(env).expanduser().resolve() if env else project_root() / "data"
+
+
+def resolve_data(path: str | Path) -> Path:
+    """An absolute path for a data set or weights file; relative paths are taken from the data root."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else data_root() / path
 
 
 def cache_dir() -> Path:

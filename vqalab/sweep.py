@@ -2,14 +2,15 @@
 
 ``sweep(base, grid={"optim.lr": [...], "model.depth": [...]}, seeds=[0, 1])`` trains every
 combination of the grid values (dotted params keys, as in ``--set``) for every seed and returns one
-pandas DataFrame row per run. A point whose resolved config already finished (same config hash,
-status ``completed`` or ``diverged``, found under ``runs_root/experiment``) is reused, not
-retrained, so re-running a report is cheap. A diverged run is a row with status ``diverged`` (step
-and LR recorded) and the sweep goes on; the helpers below show it as diverged, never as a missing
-point.
-
-Reuse trusts the config hash: after a change to the model or loop code that alters results, pass
-``reuse=False`` (or a new experiment name) to train again.
+pandas DataFrame row per run. A point that already finished (status ``completed`` or
+``diverged``, found under ``runs_root/experiment``) is reused, not retrained, when three things
+match: its config hash, the fingerprint of the ``vqalab`` source that trained it
+(``vqalab.provenance.code_fingerprint``) and the identity of its data set (name, root, counts and
+fingerprint of the files, ``vqalab.data.data_status``). Any edit to the package or to the data
+retrains; re-running an unchanged report is cheap. ``reuse=False``, or the environment variable
+``VQALAB_FRESH=1`` (set by ``vqalab report --fresh``), retrains everything. A diverged run is a
+row with status ``diverged`` (step and LR recorded) and the sweep goes on; the helpers below show
+it as diverged, never as a missing point.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import itertools
 import json
 import logging
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +30,10 @@ import pandas as pd
 
 from vqalab import runs
 from vqalab.config import RunConfig, build_config, set_dotted
-from vqalab.data import DataSplits, build_data
+from vqalab.data import DataSplits, build_data, data_status
 from vqalab.monitor import write_hparams
 from vqalab.paths import resolve
+from vqalab.provenance import code_fingerprint
 from vqalab.registry import ConfigError
 from vqalab.results import metrics_table
 from vqalab.runs import (
@@ -46,7 +49,11 @@ log = logging.getLogger(__name__)
 
 # Figures copied from each run's summary.json into its row (missing ones are NaN / None).
 SUMMARY_COLUMNS = ("best_val_acc", "best_epoch", "final_val_acc", "best_val_loss", "epochs", "steps",
-                   "diverged_step", "diverged_epoch", "diverged_lr", "wall_time_s", "params")
+                   "diverged_step", "diverged_epoch", "diverged_lr", "wall_time_s", "params", "finished")
+FRESH_ENV = "VQALAB_FRESH"  # "1": sweeps retrain every point (vqalab report --fresh)
+# A file path: every sweep appends one JSON line per point (reused or not, and when that run
+# finished); the report sets it per study to say how many runs were reused and from when.
+RUN_LOG_ENV = "VQALAB_RUN_LOG"
 DIVERGED_COLOR = "tab:red"
 
 
@@ -111,8 +118,16 @@ def expand_grid(base: RunConfig | dict, grid: dict[str, Sequence], seeds: Sequen
     return points
 
 
+def reuse_key(config_hash: str, code: str, data_fingerprint: str) -> str:
+    """What must match for a finished run to stand for a sweep point."""
+    return f"{config_hash}/{code}/{data_fingerprint}"
+
+
 def finished_runs(runs_root: str | Path, experiment: str) -> dict[str, Path]:
-    """Config hash → folder of the latest finished (completed or diverged) run of an experiment."""
+    """Reuse key → folder of the latest finished (completed or diverged) run of an experiment.
+
+    Runs recorded without a code fingerprint or data identity (older runs) are never reused.
+    """
     folder = resolve(runs_root) / runs.safe_name(experiment)
     found: dict[str, Path] = {}
     for summary_file in sorted(folder.glob("*/summary.json")):  # folder names sort by start time
@@ -120,9 +135,16 @@ def finished_runs(runs_root: str | Path, experiment: str) -> dict[str, Path]:
             summary = json.loads(summary_file.read_text())
         except (OSError, json.JSONDecodeError):
             continue
-        if summary.get("status") in FINISHED_STATUSES and summary.get("config_hash"):
-            found[summary["config_hash"]] = summary_file.parent
+        identity = summary.get("data_identity") or {}
+        if summary.get("status") in FINISHED_STATUSES and summary.get("config_hash") and \
+                summary.get("code_fingerprint") and identity.get("fingerprint"):
+            key = reuse_key(summary["config_hash"], summary["code_fingerprint"], identity["fingerprint"])
+            found[key] = summary_file.parent
     return found
+
+
+def fresh_requested() -> bool:
+    return os.environ.get(FRESH_ENV, "") not in ("", "0")
 
 
 def _row(point: SweepPoint, summary: dict, run_dir: Path | None, reused: bool) -> dict:
@@ -142,23 +164,32 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
     base, grid, seeds: as in ``expand_grid``.
     data: loaded splits used by every point (they must match ``data`` of the configs); None: each
         distinct ``data`` spec is loaded once, and only if some point needs training.
-    reuse: take a finished run with the same config hash instead of training it again.
+    reuse: take a finished run with the same config, code fingerprint and data identity instead of
+        training it again (False, or ``VQALAB_FRESH=1``: train every point).
 
     Columns: the grid keys, ``seed``, ``status`` (completed / diverged / failed), the summary
-    figures (``best_val_acc``, ``best_epoch``, ``diverged_step``, ``diverged_lr``, …), ``reused``,
+    figures (``best_val_acc``, ``best_epoch``, ``diverged_step``, ``diverged_lr``, …, ``finished``:
+    when the run ended), ``reused``,
     ``run_dir``, ``config_hash``, ``error``. A run that raises (other than a config error) is a
     ``failed`` row and the sweep goes on. ``df.attrs["grid_keys"]`` lists the grid keys.
     """
     points = expand_grid(base, grid, seeds)
+    reuse = reuse and not fresh_requested()
+    code = code_fingerprint()
     indexes: dict[tuple[str, str], dict[str, Path]] = {}
+    data_fingerprints: dict[str, str] = {}
     loaded: dict[str, DataSplits] = {}
     rows = []
     for n, point in enumerate(points, 1):
         cfg = point.cfg
         index = indexes.setdefault((cfg.runs_root, cfg.experiment),
                                    finished_runs(cfg.runs_root, cfg.experiment) if reuse else {})
-        if reuse and point.hash in index:
-            run_dir = index[point.hash]
+        data_key = json.dumps(cfg.data, sort_keys=True, default=str)
+        if reuse and data_key not in data_fingerprints:
+            data_fingerprints[data_key] = data_status(cfg.data).fingerprint
+        key = reuse_key(point.hash, code, data_fingerprints.get(data_key, ""))
+        if reuse and key in index:
+            run_dir = index[key]
             log.info("sweep point %d/%d %s: reusing %s", n, len(points), cfg.name, run_dir)
             rows.append(_row(point, json.loads((run_dir / "summary.json").read_text()), run_dir, reused=True))
             continue
@@ -167,10 +198,9 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
             point_data = data
             check_writable_folder(cfg.runs_root, "runs_root")  # before the data loads, as fit does
             if point_data is None:
-                key = json.dumps(cfg.data, sort_keys=True, default=str)
-                if key not in loaded:
-                    loaded[key] = build_data(cfg.data)
-                point_data = loaded[key]
+                if data_key not in loaded:
+                    loaded[data_key] = build_data(cfg.data)
+                point_data = loaded[data_key]
             result = fit(cfg, data=point_data)
         except (ConfigError, DiskFullError):  # every later point would fail the same way
             raise
@@ -179,13 +209,26 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
             rows.append(_row(point, {"status": "failed", "error": f"{type(err).__name__}: {err}"}, None, False))
             continue
         if result.summary["status"] in FINISHED_STATUSES:
-            index[point.hash] = result.run_dir
+            index[key] = result.run_dir
         if cfg.train.tensorboard:
             write_hparams(result.run_dir, {**point.values, "seed": point.seed}, result.summary)
         rows.append(_row(point, result.summary, result.run_dir, reused=False))
+    log_points(rows)
     df = pd.DataFrame(rows)
     df.attrs["grid_keys"] = list(grid)
     return df
+
+
+def log_points(rows: list[dict]) -> None:
+    """Append one JSON line per sweep point to the file named by ``$VQALAB_RUN_LOG`` (if set)."""
+    path = os.environ.get(RUN_LOG_ENV)
+    if not path:
+        return
+    with open(path, "a") as f:
+        for row in rows:
+            finished = row.get("finished")
+            f.write(json.dumps({"run_dir": row["run_dir"], "status": row["status"], "reused": row["reused"],
+                                "finished": finished if isinstance(finished, str) else None}) + "\n")
 
 
 def load_curves(df: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.DataFrame:

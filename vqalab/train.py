@@ -44,12 +44,13 @@ from torch.utils.data import DataLoader
 
 from vqalab import runs
 from vqalab.config import RunConfig, read_yaml
-from vqalab.data import DataSplits, build_data
+from vqalab.data import DataSplits, build_data, data_status
 from vqalab.data.samplers import epoch_batches, eval_batches
 from vqalab.metrics import IOU_THRESHOLD, iou_counts
 from vqalab.models import MODELS, create_model
 from vqalab.monitor import RunMonitor
 from vqalab.paths import resolve
+from vqalab.provenance import code_fingerprint
 from vqalab.registry import ConfigError, short_repr
 from vqalab.runs import (
     EXACT_METRIC_COLUMNS,
@@ -321,8 +322,14 @@ def batch_accuracy_sum(logits: torch.Tensor, batch: dict) -> float:
     return (pred == batch["target"]).sum().item()
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+def to_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
+    """Tensors to ``device``; with ``channels_last``, images (4-D float tensors) stored NHWC."""
+    batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+    if channels_last:
+        batch = {k: v.contiguous(memory_format=torch.channels_last)
+                 if torch.is_tensor(v) and v.dim() == 4 and v.is_floating_point() else v
+                 for k, v in batch.items()}
+    return batch
 
 
 def make_loader(dataset, batches, data: DataSplits, cfg: RunConfig, device: torch.device) -> DataLoader:
@@ -339,7 +346,7 @@ def evaluate(model, data: DataSplits, cfg: RunConfig, device: torch.device) -> t
     intersection, union = 0, 0
     loader = make_loader(data.val, eval_batches(len(data.val), cfg.train.batch_size), data, cfg, device)
     for batch in loader:
-        batch = to_device(batch, device)
+        batch = to_device(batch, device, cfg.train.channels_last)
         with autocast_context(device, cfg.train.amp):
             logits = model(**{k: batch[k] for k in data.input_keys})
         n = logits.shape[0]
@@ -456,6 +463,19 @@ def prepare_resume(cfg: RunConfig, resume: str | Path) -> ResumePoint:
     return ResumePoint(run_dir=run_dir, summary=summary, checkpoint=latest_checkpoint(run_dir))
 
 
+def resolve_auto_batch(cfg: RunConfig, data: DataSplits, device: torch.device,
+                       point: ResumePoint | None) -> dict | None:
+    """``batch_size: auto`` → the measured choice (``bench.choose_batch_size``); a resumed run keeps
+    the batch size it started with, so its batch order is unchanged. None for a fixed batch size."""
+    if cfg.train.batch_size != "auto":
+        return None
+    if point is not None and point.summary.get("batch_size_auto"):
+        return point.summary["batch_size_auto"]
+    from vqalab.bench import choose_batch_size  # bench builds on this module's training step
+
+    return choose_batch_size(cfg, data, device)
+
+
 def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | None = None) -> RunResult:
     """Train one run and return its folder and summary.
 
@@ -496,13 +516,20 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
         data = build_data(cfg.data)
     check_task(cfg, data)
     check_mixup(cfg, data)
+    device = select_device(cfg.train.device)
+    asked = cfg  # params.yaml and the config hash keep what was asked (batch_size: auto)
+    auto_batch = resolve_auto_batch(cfg, data, device, point)
+    if auto_batch is not None:
+        cfg = cfg.model_copy(deep=True)
+        cfg.train.batch_size = auto_batch["batch_size"]
     # Seeded again so the model is initialised alike whether or not the data was passed in.
     seed_everything(cfg.seed)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+        torch.cuda.reset_peak_memory_stats(device)  # this run's peak, not an earlier run's or the measurement's
 
     model_name, model_kwargs = model_spec(cfg, data)  # recorded in every checkpoint
-    model = build_model(cfg, data, device)
+    model = build_model(cfg, data, device, channels_last=cfg.train.channels_last)
     optimizer = build_optimizer(model, cfg)
     scaler = make_grad_scaler(device, cfg.train.amp)
 
@@ -522,12 +549,14 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
     if point is None:
         run_dir = runs.new_run_dir(cfg.runs_root, cfg.experiment, cfg.name)
         held.enter_context(runs.folder_lock(run_dir, "run folder"))
-        runs.write_yaml(run_dir / "params.yaml", cfg.to_dict())
+        runs.write_yaml(run_dir / "params.yaml", asked.to_dict())
         summary = {
             "status": "running", "experiment": cfg.experiment, "name": cfg.name, "run_dir": str(run_dir),
-            "config_hash": config_hash(cfg), "model": model_name, "seed": cfg.seed, "params": n_params,
+            "config_hash": config_hash(asked), "batch_size": cfg.train.batch_size,
+            **({"batch_size_auto": auto_batch} if auto_batch is not None else {}), "model": model_name, "seed": cfg.seed, "params": n_params,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "data": data.info, "task": data.task, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+            "data": data.info, "task": data.task, "data_identity": data_status(cfg.data).identity(),
+            "code_fingerprint": code_fingerprint(), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **environment(device),
         }
     else:
@@ -593,7 +622,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
                         "model_name": model_name, "model_kwargs": model_kwargs,
                         "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
                         "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
-                        "rng_state": rng_state(), "epoch": epoch, "step": step, "config": cfg.to_dict(),
+                        "rng_state": rng_state(), "epoch": epoch, "step": step, "config": asked.to_dict(),
                         "class_names": data.class_names, "vocab": data.vocab, "metrics": row,
                         "history": history, "best_confusion": best_confusion,
                     })
@@ -649,7 +678,7 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
     for i, batch in enumerate(batch_iter):
         group_start = (i // accum) * accum
         group_end = min(group_start + accum, len(batches))  # micro-batches [start, end) make one step
-        batch = to_device(batch, device)
+        batch = to_device(batch, device, cfg.train.channels_last)
         mix = None
         if mix_rng is not None:
             batch, lam, perm = mix_batch(batch, mix_rng, alpha)

@@ -6,10 +6,19 @@ dicts of tensors, the collate function that batches them, the inputs the model t
 keyword arguments the data fixes for the model (vocabulary size, number of answers or classes,
 map size), and the task: classification (a class per item) or segmentation (a map-view mask per
 item, ``views.py``).
+
+Each data set also registers a status check with ``@register_status("<name>")``: a function of the
+builder's keywords (defaults filled in) returning a ``DataStatus``: where the data set is looked
+for, whether it is there, its counts and a short fingerprint, or, when missing, the exact path and
+the official files that go there. ``vqalab data`` prints one line per data set from them; sweeps
+and run records use ``DataStatus.identity()``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional
 
@@ -22,8 +31,10 @@ DATASETS = Registry("data set")
 register_dataset = DATASETS.register
 
 # Model keyword arguments that come from the data, never from the params file.
-PROVIDED_BY_DATA = ("vocab_size", "num_answers", "num_classes", "image_dim",  # image_dim: precomputed features
-                    "map_size", "map_extent")  # map-view segmentation: output grid and the metres it covers
+PROVIDED_BY_DATA = ("vocab_size", "num_answers", "num_classes", "image_dim", "img_size",
+                    "map_size", "map_extent")
+# image_dim: size of precomputed features; img_size: side of the images, so the model always matches
+# them; map_size, map_extent: map-view segmentation's output grid and the metres it covers
 
 
 @dataclass
@@ -42,6 +53,61 @@ class DataSplits:
     vocab: Optional[list[str]] = None  # question tokens, index order
     info: dict = field(default_factory=dict)  # sizes and provenance, recorded in summary.json
     task: Literal["classification", "segmentation"] = "classification"
+
+
+@dataclass
+class DataStatus:
+    """Whether a data set is available, and what it is (its identity in run records)."""
+
+    name: str
+    found: bool
+    where: str  # the folder looked at, or where the data come from (generated, an installed package)
+    counts: dict[str, int] = field(default_factory=dict)  # e.g. {"train_images": 12271, "classes": 7}
+    fingerprint: str = ""  # short hash of the data's files (names, sizes, dates) or of the generator spec
+    expected: str = ""  # when missing or unreadable: what goes where
+    detail: str = ""  # e.g. the layout found
+
+    def identity(self) -> dict:
+        """Name, root, counts and fingerprint: two runs saw the same data when these are equal."""
+        return {"name": self.name, "root": self.where, "counts": dict(self.counts), "fingerprint": self.fingerprint}
+
+    def line(self) -> str:
+        """One line of ``vqalab data``."""
+        if not self.found:
+            return f"{self.name:<16} missing  {self.where}: {self.expected}"
+        parts = [", ".join(f"{v} {k.replace('_', ' ')}" for k, v in self.counts.items()),
+                 f"fingerprint {self.fingerprint}" if self.fingerprint else "", self.detail]
+        return f"{self.name:<16} found    {self.where}: {'; '.join(p for p in parts if p)}"
+
+
+STATUS_CHECKS: dict[str, Callable[[dict], DataStatus]] = {}
+FAMILIES: dict[str, str] = {}  # data set → the studies it serves: "faces" (FER) or "vqa"
+
+
+def register_status(name: str, *, family: str):
+    """Register the status check of data set ``name``: ``fn(spec) -> DataStatus``, where ``spec``
+    holds every keyword of the builder (its defaults filled in). ``family``: the kind of study the
+    data set serves ("faces", "vqa"); ``vqalab report --data NAME`` runs the studies of its family."""
+    def register(fn: Callable[[dict], DataStatus]) -> Callable[[dict], DataStatus]:
+        STATUS_CHECKS[name] = fn
+        FAMILIES[name] = family
+        return fn
+    return register
+
+
+def short_hash(parts) -> str:
+    """12 hex digits of SHA-1 over the JSON of ``parts``: a short fingerprint."""
+    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def data_status(spec: dict | str) -> DataStatus:
+    """The status of the data set a ``data`` section (or a bare name) describes."""
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+    name = spec.pop("name")
+    params = inspect.signature(DATASETS.get(name)).parameters
+    full = {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty}
+    full.update(spec)
+    return STATUS_CHECKS[name](full)
 
 
 SUBSET_SEED = 1234  # max_*_samples subsets are the same for every run seed

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import hashlib
+from importlib import metadata
 from typing import Optional
 
 import numpy as np
@@ -11,7 +14,14 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vqalab.data import DataSplits, fixed_subset, register_dataset
+from vqalab.data import (
+    DataSplits,
+    DataStatus,
+    fixed_subset,
+    register_dataset,
+    register_status,
+    short_hash,
+)
 from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vqalab.paths import cache_dir
 from vqalab.text import Vocabulary, pad_questions
@@ -137,3 +147,26 @@ def load_split_answers() -> list[str]:
     import easy_vqa
 
     return easy_vqa.get_answers()
+
+
+@functools.lru_cache(maxsize=1)
+def package_status() -> DataStatus:
+    """The installed package's status, read once per process (its files do not change under it)."""
+    try:
+        version = metadata.version("easy-vqa")
+        _, train_answers, train_images = load_split("train")[:3]
+        _, val_answers, val_images = load_split("test")[:3]
+    except (ImportError, metadata.PackageNotFoundError):
+        return DataStatus(name="easy_vqa", found=False, where="the easy-vqa package",
+                          expected="not installed: pip install easy-vqa")
+    counts = {"train_questions": len(train_answers), "val_questions": len(val_answers),
+              "train_images": len(set(train_images)), "val_images": len(set(val_images)),
+              "answers": len(load_split_answers())}
+    return DataStatus(name="easy_vqa", found=True, where=f"easy-vqa package {version}", counts=counts,
+                      fingerprint=short_hash([version, counts]))
+
+
+@register_status("easy_vqa", family="vqa")
+def easy_vqa_status(spec: dict) -> DataStatus:
+    """Found when the ``easy-vqa`` package is installed (it embeds its images and questions)."""
+    return copy.deepcopy(package_status())

@@ -48,7 +48,10 @@ def collate_expressions(items: list[dict]) -> dict:
 
 def expression_splits(*, train_images, train_targets, val_images, val_targets, augment: bool,
                       normalization: Literal["face", "imagenet"], info: dict) -> DataSplits:
-    """``DataSplits`` for a FER data set: the model takes ``image`` only; classes in ``EXPRESSIONS`` order."""
+    """``DataSplits`` for a FER data set: the model takes ``image`` only; classes in ``EXPRESSIONS`` order.
+
+    The model's ``img_size`` comes from the images (``model_kwargs``): it cannot differ from them.
+    """
     train_transform = ImageTransform(normalization=normalization, flip=augment,
                                      crop_scale=CROP_SCALE if augment else None)
     val_transform = ImageTransform(normalization=normalization)
@@ -58,7 +61,8 @@ def expression_splits(*, train_images, train_targets, val_images, val_targets, a
               (("train", train), ("val", val))}
     return DataSplits(
         train=train, val=val, collate=collate_expressions, input_keys=("image",),
-        model_kwargs={"num_classes": NUM_EXPRESSIONS}, class_names=list(EXPRESSIONS),
+        model_kwargs={"num_classes": NUM_EXPRESSIONS, "img_size": int(train.images.shape[-1])},
+        class_names=list(EXPRESSIONS),
         info={**info, "train_images": len(train), "val_images": len(val),
               "image_size": int(train.images.shape[-1]), "augment": augment, "normalization": normalization,
               "train_class_counts": counts["train"], "val_class_counts": counts["val"]},

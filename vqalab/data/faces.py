@@ -24,7 +24,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
-from vqalab.data import DataSplits, register_dataset
+from vqalab.data import DataSplits, DataStatus, register_dataset, register_status, short_hash
 from vqalab.data.expressions import EXPRESSIONS, NUM_EXPRESSIONS, expression_splits
 from vqalab.paths import cache_dir
 from vqalab.registry import ConfigError
@@ -290,7 +290,7 @@ def synthetic_faces(
     """Procedurally drawn faces with RAF-DB's seven expressions (eyes, brows, mouth); no download.
 
     num_train / num_val: faces per split, classes balanced. image_size: height = width in pixels
-    (match model.img_size). seed: the data seed (fixed across run seeds so runs see the same faces).
+    (the model is built for it). seed: the data seed (fixed across run seeds so runs see the same faces).
     Difficulty: pose_jitter (scales roll ±15°, sideways feature shift and position ±6%),
     scale_jitter (face size ± this fraction), noise_std (Gaussian pixel noise, 0-1 scale),
     occlusion_prob (chance of a random patch over the face), min_intensity (expressions drawn at
@@ -322,3 +322,13 @@ def synthetic_faces(
         info={"dataset": "synthetic_faces", "seed": seed, "difficulty": asdict(difficulty),
               "generator_version": GENERATOR_VERSION},
     )
+
+
+@register_status("synthetic_faces", family="faces")
+def synthetic_faces_status(spec: dict) -> DataStatus:
+    """Always there: drawn on use; the fingerprint covers everything the faces depend on."""
+    drawn = {k: v for k, v in spec.items() if k not in ("augment", "normalization", "use_cache")}
+    return DataStatus(name="synthetic_faces", found=True, where="generated on use (no files)",
+                      counts={"train_images": spec["num_train"], "val_images": spec["num_val"],
+                              "classes": NUM_EXPRESSIONS},
+                      fingerprint=short_hash([drawn, GENERATOR_VERSION]))

@@ -46,9 +46,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vqalab.data import DATASETS, DataSplits, register_dataset
+from vqalab.data import (
+    DATASETS,
+    DataSplits,
+    DataStatus,
+    data_status,
+    register_dataset,
+    register_status,
+    short_hash,
+)
 from vqalab.models.encoders import build_image_encoder
-from vqalab.paths import cache_dir, resolve
+from vqalab.paths import cache_dir, resolve_data
 from vqalab.registry import ConfigError
 
 log = logging.getLogger(__name__)
@@ -159,7 +167,7 @@ def feature_key(dataset: Dataset, *, split: str, source_name: str, encoder: str,
         image_set += f", files sha1 {dataset.image_fingerprint()}"
     transform = getattr(dataset, "transform_key", "")
     transform += f"; first image sha1 {hashlib.sha1(probe.float().numpy().tobytes()).hexdigest()}"
-    weights_part = f"sha1 {file_sha1(resolve(weights))}" if weights else \
+    weights_part = f"sha1 {file_sha1(resolve_data(weights))}" if weights else \
         f"random init, torch seed {init_seed}, torch {torch.__version__}"
     return FeatureKey(encoder=f"{encoder}{' pooled' if pooled else ''}", weights=weights_part, image_set=image_set,
                       image_size=(int(probe.shape[-2]), int(probe.shape[-1])), transform=transform, dtype=dtype)
@@ -275,8 +283,8 @@ def frozen_features(
     if name == "frozen_features":
         raise ConfigError("data.source.name = 'frozen_features': the source must be a data set of images")
     checked = DATASETS.check_kwargs(name, spec, where="data.source")
-    if weights and not resolve(weights).is_file():
-        raise ConfigError(f"data.weights: weights file not found: {resolve(weights)}")
+    if weights and not resolve_data(weights).is_file():
+        raise ConfigError(f"data.weights: weights file not found: {resolve_data(weights)}")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -302,3 +310,22 @@ def frozen_features(
         info={**data.info, "image_features": {"encoder": encoder, "weights": weights, "pooled": pooled,
                                               "dim": feature_dim, "cache_root": str(cache.root), **report}},
     )
+
+
+@register_status("frozen_features", family="vqa")
+def frozen_features_status(spec: dict) -> DataStatus:
+    """The source data set's status; the fingerprint also covers the encoder and its weights file."""
+    if not spec.get("source"):
+        return DataStatus(name="frozen_features", found=True, where="wraps an image data set (data.source)",
+                          detail="features cached under the cache folder")
+    source = data_status(spec["source"])
+    weights = resolve_data(spec["weights"]) if spec.get("weights") else None
+    if source.found and weights is not None and not weights.is_file():
+        return DataStatus(name=f"frozen_features({source.name})", found=False, where=str(weights),
+                          expected=f"the {spec.get('encoder')} weights file (a local state dict, e.g. torchvision's "
+                                   f"ImageNet weights saved with torch.save(model.state_dict(), path))")
+    weights_stat = (str(weights), weights.stat().st_size, weights.stat().st_mtime_ns) if weights and weights.is_file() else None
+    encoder = {k: spec.get(k) for k in ("encoder", "pooled", "dtype", "init_seed")}
+    return DataStatus(name=f"frozen_features({source.name})", found=source.found, where=source.where,
+                      counts=source.counts, fingerprint=short_hash([source.fingerprint, encoder, weights_stat]),
+                      expected=source.expected, detail=f"{spec.get('encoder')} features")

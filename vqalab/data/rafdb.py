@@ -23,9 +23,16 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from vqalab.data import DataSplits, fixed_subset, register_dataset
+from vqalab.data import (
+    DataSplits,
+    DataStatus,
+    fixed_subset,
+    register_dataset,
+    register_status,
+    short_hash,
+)
 from vqalab.data.expressions import EXPRESSIONS, NUM_EXPRESSIONS, expression_splits
-from vqalab.paths import cache_dir, resolve
+from vqalab.paths import cache_dir, resolve_data
 from vqalab.registry import ConfigError
 
 log = logging.getLogger(__name__)
@@ -135,9 +142,41 @@ def detect_layout(root: Path) -> Literal["official", "imagefolder"]:
     if (root / "train").is_dir():
         return "imagefolder"
     if not root.is_dir():
-        raise ConfigError(f"RAF-DB root not found: {root} (set data.root)")
+        raise ConfigError(f"RAF-DB root not found: {root} (set $VQALAB_DATA or data.root; `vqalab data` "
+                          f"says what goes where)")
     raise ConfigError(f"{root}: not a RAF-DB folder: label file {LABEL_FILE} not found and no train/<class>/ "
                       f"folders (expected the official layout or the ImageFolder layout)")
+
+
+def read_splits(folder: Path, layout: str, aligned: bool) -> tuple[str, dict[str, list[tuple[Path, int]]]]:
+    """(layout found, {"train": [(image path, class index)], "test": [...]})."""
+    if layout == "auto":
+        layout = detect_layout(folder)
+    return layout, read_label_file(folder, aligned) if layout == "official" else read_image_folders(folder)
+
+
+EXPECTED_FILES = (f"the RAF-DB basic folder here: {LABEL_FILE.as_posix()} and {ALIGNED_DIR.as_posix()}/train_00001_aligned.jpg … "
+                  f"(official layout), or train/<class>/*.jpg and test/<class>/*.jpg (ImageFolder layout, "
+                  f"<class> = 1-7 or the expression's name)")
+
+
+@register_status("rafdb", family="faces")
+def rafdb_status(spec: dict) -> DataStatus:
+    """Found when the folder reads as RAF-DB; fingerprint over the image files' names, sizes and dates."""
+    folder = resolve_data(spec["root"])
+    if not folder.exists():
+        return DataStatus(name="rafdb", found=False, where=str(folder), expected=f"not found; put {EXPECTED_FILES}")
+    try:
+        layout, splits = read_splits(folder, spec["layout"], spec["aligned"])
+    except ConfigError as err:
+        return DataStatus(name="rafdb", found=False, where=str(folder), expected=f"{err}; expected {EXPECTED_FILES}")
+    files = [(p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns, t)
+             for items in splits.values() for p, t in items]
+    classes = {t for items in splits.values() for _, t in items}
+    return DataStatus(name="rafdb", found=True, where=str(folder), fingerprint=short_hash([layout, files]),
+                      counts={"train_images": len(splits["train"]), "test_images": len(splits["test"]),
+                              "classes": len(classes)},
+                      detail=f"{layout} layout")
 
 
 def decode_images(paths: list[Path], size: int, use_cache: bool = True) -> np.ndarray:
@@ -168,7 +207,7 @@ def decode_images(paths: list[Path], size: int, use_cache: bool = True) -> np.nd
 @register_dataset
 def rafdb(
     *,
-    root: str = "data/RAF-DB/basic",
+    root: str = "RAF-DB/basic",
     layout: Literal["auto", "official", "imagefolder"] = "auto",
     aligned: bool = True,
     image_size: int = 112,
@@ -180,11 +219,11 @@ def rafdb(
 ) -> DataSplits:
     """RAF-DB basic from a local folder; the test split is the validation split.
 
-    root: the RAF-DB ``basic`` folder (relative paths: from the project root).
+    root: the RAF-DB ``basic`` folder (relative paths: from the data root, ``$VQALAB_DATA`` or data/).
     layout: "official" (EmoLabel/list_patition_label.txt + Image/aligned/), "imagefolder"
     (train/<class>/, test/<class>/) or "auto" (whichever is there). aligned: official layout only,
     read Image/aligned/*_aligned.jpg (100×100) rather than Image/original/.
-    image_size: images are resized to this (match model.img_size; 112 for IR-50).
+    image_size: images are resized to this, and the model is built for it (112 for IR-50).
     max_train_samples / max_val_samples: a fixed random subset (None: all).
     augment: random flip + resized crop on the train split. normalization: "face" or "imagenet".
     use_cache: keep decoded arrays under the cache folder.
@@ -194,10 +233,8 @@ def rafdb(
     for key, value in (("max_train_samples", max_train_samples), ("max_val_samples", max_val_samples)):
         if value is not None and value < 1:
             raise ConfigError(f"data 'rafdb': {key} = {value}: expected ≥ 1 or null")
-    folder = resolve(root)
-    if layout == "auto":
-        layout = detect_layout(folder)
-    splits = read_label_file(folder, aligned) if layout == "official" else read_image_folders(folder)
+    folder = resolve_data(root)
+    layout, splits = read_splits(folder, layout, aligned)
     train_items = [splits["train"][i] for i in fixed_subset(len(splits["train"]), max_train_samples)]
     val_items = [splits["test"][i] for i in fixed_subset(len(splits["test"]), max_val_samples)]
     log.info("RAF-DB %s layout at %s: %d train, %d test images", layout, folder, len(train_items), len(val_items))

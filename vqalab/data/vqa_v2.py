@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -40,11 +41,18 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vqalab.data import DataSplits, fixed_subset, register_dataset
+from vqalab.data import (
+    DataSplits,
+    DataStatus,
+    fixed_subset,
+    register_dataset,
+    register_status,
+    short_hash,
+)
 from vqalab.data.easy_vqa import collate_vqa
 from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vqalab.metrics import clean_whitespace, normalize_answer, vqa_accuracy
-from vqalab.paths import resolve
+from vqalab.paths import cache_dir, resolve_data
 from vqalab.registry import ConfigError
 from vqalab.text import Vocabulary
 
@@ -237,7 +245,7 @@ class VQAv2Split(Dataset):
 @register_dataset
 def vqa_v2(
     *,
-    root: str = "data/vqa_v2",
+    root: str = "vqa_v2",
     train_questions: str = "v2_OpenEnded_mscoco_train2014_questions.json",
     train_annotations: str = "v2_mscoco_train2014_annotations.json",
     train_images: str = "train2014",
@@ -256,7 +264,7 @@ def vqa_v2(
 ) -> DataSplits:
     """VQA v2 from the official questions/annotations JSON files and COCO images (or feature files).
 
-    root: folder holding the files below (relative paths are taken from the project root).
+    root: folder holding the files below (relative paths: from the data root, ``$VQALAB_DATA`` or data/).
     train_questions / train_annotations / val_questions / val_annotations: JSON files under root.
     train_images / val_images: COCO image folders under root (COCO_<split>2014_<12-digit id>.jpg).
     train_features / val_features: folders of precomputed per-image feature files under root, used
@@ -268,7 +276,7 @@ def vqa_v2(
     max_train_samples / max_val_samples: use a fixed random subset of questions (None: all).
     group_by_image: batch the questions of one image together so the encoder runs once per image.
     """
-    base = resolve(root)
+    base = resolve_data(root)
     if (train_features is None) != (val_features is None):
         raise ConfigError(f"vqa_v2: train_features = {train_features!r}, val_features = {val_features!r}: give both or neither")
     for key, value in (("image_size", image_size), ("answer_min_count", answer_min_count),
@@ -338,3 +346,54 @@ def vqa_v2(
               "val_kept_fraction": len(val) / (len(val) + val_dropped), "num_answers": len(answers),
               "image_size": None if use_features else image_size, "features": use_features},
     )
+
+
+STATUS_CACHE_VERSION = 1  # bump when the counts below change meaning
+
+
+def count_split(questions_path: Path, annotations_path: Path) -> tuple[int, set[str]]:
+    """(questions, the distinct normalised answers) of one split's official files."""
+    questions = read_official_json(questions_path, "questions", "questions")
+    annotations = read_official_json(annotations_path, "annotations", "annotations")
+    return len(questions), {normalize_answer(a["answer"]) for ann in annotations for a in ann["answers"]}
+
+
+@register_status("vqa_v2", family="vqa")
+def vqa_v2_status(spec: dict) -> DataStatus:
+    """Found when the four JSON files and both image (or feature) folders are there.
+
+    The fingerprint covers the JSON files' sizes and dates and each folder's file count and date
+    (cheap for 120k images); the counts, which need the JSON parsed, are cached under that key.
+    """
+    base = resolve_data(spec["root"])
+    use_features = spec["train_features"] is not None
+    folders = [spec["train_features"], spec["val_features"]] if use_features else [spec["train_images"], spec["val_images"]]
+    json_files = [spec["train_questions"], spec["train_annotations"], spec["val_questions"], spec["val_annotations"]]
+    missing = [name for name in json_files if not (base / name).is_file()] + \
+              [f"{name}/" for name in folders if not (base / name).is_dir()]
+    if missing:
+        what = "feature files named like the images (…000000000009.npy)" if use_features else \
+            "COCO images (COCO_train2014_000000000009.jpg …)"
+        return DataStatus(name="vqa_v2", found=False, where=str(base),
+                          expected=f"missing {', '.join(missing)} (the official VQA v2 question and annotation "
+                                   f"JSON files; {what} in {' and '.join(f + '/' for f in folders)})")
+    file_stats = [(name, (base / name).stat().st_size, (base / name).stat().st_mtime_ns) for name in json_files]
+    images = {name: sum(1 for p in (base / name).iterdir()
+                        if (FEATURE_FILE if use_features else IMAGE_FILE).search(p.name)) for name in folders}
+    folder_stats = [(name, images[name], (base / name).stat().st_mtime_ns) for name in folders]
+    fingerprint = short_hash([file_stats, folder_stats])
+    cached = cache_dir() / "data_status" / f"vqa_v2-{STATUS_CACHE_VERSION}-{fingerprint}.json"
+    if cached.is_file():
+        counts = json.loads(cached.read_text())
+    else:
+        train_questions, train_answers = count_split(base / json_files[0], base / json_files[1])
+        val_questions, _ = count_split(base / json_files[2], base / json_files[3])
+        counts = {"train_questions": train_questions, "val_questions": val_questions,
+                  "train_images": images[folders[0]], "val_images": images[folders[1]],
+                  "answers": len(train_answers - {""})}  # distinct normalised training answers
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(counts))
+        tmp.replace(cached)  # atomic: a concurrent reader never sees half a file
+    return DataStatus(name="vqa_v2", found=True, where=str(base), counts=counts, fingerprint=fingerprint,
+                      detail="feature files" if use_features else "images")

@@ -17,7 +17,7 @@ import torchvision
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from vqalab.paths import resolve
+from vqalab.paths import resolve_data
 from vqalab.text import PAD_INDEX
 
 RESNET_OUT_DIM = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}
@@ -87,7 +87,7 @@ class PrecomputedFeatures(nn.Module):
 
 def load_state_file(module: nn.Module, path: str) -> None:
     """Load weights from a local ``.pth`` state dict (never from a hub); the classifier may differ."""
-    file = resolve(path)
+    file = resolve_data(path)
     if not Path(file).is_file():
         raise FileNotFoundError(f"weights file not found: {file}")
     state = torch.load(file, map_location="cpu", weights_only=True)
@@ -153,7 +153,7 @@ def load_embedding_file(embed: nn.Embedding, path: str) -> None:
     (``.npy``) whose row i is the vector of the data's token i (``DataSplits.vocab`` order);
     ``embedding_matrix_from_text`` builds one from a word-vector text file.
     """
-    file = resolve(path)
+    file = resolve_data(path)
     if not file.is_file():
         raise FileNotFoundError(f"embedding weights file not found: {file}")
     if file.suffix == ".npy":
@@ -178,7 +178,7 @@ def embedding_matrix_from_text(tokens: list[str], path: str, embed_dim: int) -> 
     Tokens missing from the file get zero rows (they are learned if the embedding is trainable).
     Returns the matrix (save it with ``torch.save`` for ``embedding_weights``) and the number found.
     """
-    file = resolve(path)
+    file = resolve_data(path)
     if not file.is_file():
         raise FileNotFoundError(f"word-vector file not found: {file}")
     index = {t: i for i, t in enumerate(tokens)}

@@ -34,7 +34,7 @@ from vqalab.models.layers import (
     TransformerBlock,
     init_vit_weights,
 )
-from vqalab.paths import resolve
+from vqalab.paths import resolve_data
 from vqalab.registry import ConfigError
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ def load_backbone_weights(backbone: IRBackbone, path: str) -> None:
     Keys may carry a ``backbone.`` or ``module.`` prefix; face.evoLVe's ``output_layer`` is ignored.
     Every trunk tensor must be present with the right shape, else the error names the differences.
     """
-    file = resolve(path)
+    file = resolve_data(path)
     if not Path(file).is_file():
         raise FileNotFoundError(f"backbone_weights: file not found: {file}")
     state = torch.load(file, map_location="cpu", weights_only=True)

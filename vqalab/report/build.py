@@ -5,35 +5,77 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from vqalab.paths import project_root
 from vqalab.registry import ConfigError
 from vqalab.report.archive import PREVIOUS_DIR, archive_outputs, write_text
+from vqalab.report.data import check_study_data, choose_data, data_record, read_run_log
 from vqalab.report.execute import (
     LOGS_DIR,
     STATUS_FAILED,
-    STATUS_OK,
+    STATUS_TIMED_OUT,
+    STATUS_SKIPPED,
     check_kernel,
     execute_study,
     read_findings,
     read_notebook,
 )
-from vqalab.report.pages import INDEX_FILE, REPORT_FILE, error_page, render_study, render_week
+from vqalab.report.pages import (
+    INDEX_FILE,
+    REPORT_FILE,
+    error_page,
+    render_study,
+    render_week,
+    skipped_page,
+)
 from vqalab.report.presets import RUNS_ROOT_PARAM, plan_studies
 from vqalab.report.since import SUMMARY_FILE, last_week_summary, read_summary, since_last_week
 from vqalab.report.weeks import check_week, iso_week
 from vqalab.runs import environment, folder_lock
+from vqalab.sweep import FRESH_ENV, RUN_LOG_ENV
 
 log = logging.getLogger(__name__)
+
+# Exit status of run_report (and `vqalab report`); 2 is a bad command line or params file.
+EXIT_OK, EXIT_FAILED, EXIT_SKIPPED = 0, 1, 3
+
+
+@contextmanager
+def environment_variables(**values: str | None):
+    """Set (or, for None, leave alone) environment variables; papermill's kernels inherit them."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: v for k, v in values.items() if v is not None})
+    try:
+        yield
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def skipped_record(study: dict, preset: str, data: dict) -> dict:
+    """The record of a study not run because its data set is missing."""
+    return {"name": study["name"], "title": study["title"], "preset": preset, "parameters": study["parameters"],
+            "notebook": None, "html": f"{study['name']}.html", "status": STATUS_SKIPPED,
+            "started": dt.datetime.now().isoformat(timespec="seconds"), "duration_s": None, "data": data,
+            "error": f"data set {data['name']} not found at {data['root']}: {data['expected']}"}
 
 
 def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str | None = None,
                force: bool = False, root: str | Path | None = None, notebooks_dir: str | Path | None = None,
                params_dir: str | Path | None = None, reports_dir: str | Path | None = None,
-               runs_root: str | Path | None = None) -> int:
-    """Execute the studies and write the week's report; returns 0, or 1 when a study failed or ran
-    past its time budget (``time_budget_s`` in its preset).
+               runs_root: str | Path | None = None, data: str | None = None, fresh: bool = False) -> int:
+    """Execute the studies and write the week's report.
+
+    Returns ``EXIT_OK`` (0) when every study ran, ``EXIT_FAILED`` (1) when a notebook failed or ran past its time
+    budget (``time_budget_s`` in its preset), else
+    ``EXIT_SKIPPED`` (3) when a study was skipped because its data set is missing.
 
     ``preset``: the preset of each ``params/<name>.yaml`` to run (quick, cpu, gpu).
     ``only``: study names to run (default: every study); other studies already reported this
@@ -43,6 +85,10 @@ def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str 
     root); ``notebooks_dir``, ``params_dir``, ``reports_dir`` default to its ``notebooks/``,
     ``params/``, ``reports/``. ``runs_root``: passed to notebooks that declare a ``runs_root``
     parameter their preset does not set (default: the notebook's own, ``runs/`` of the project).
+    ``data``: run the studies of this data set's family on it (rafdb: the FER studies; vqa_v2:
+    vqa_models); None: each study's own (its preset's or notebook's ``dataset``). A study whose data
+    set is missing is skipped before any compute, with the path looked at and what goes there.
+    ``fresh``: retrain every sweep point instead of reusing finished runs (``VQALAB_FRESH``).
     Bad input raises ConfigError before any notebook runs.
     """
     root = Path(root).resolve() if root is not None else project_root()
@@ -52,12 +98,19 @@ def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str 
     week = check_week(week) if week else iso_week()
     plan = plan_studies(preset=preset, only=only, notebooks_dir=notebooks_dir, params_dir=params_dir,
                         runs_root=runs_root)
+    if data is not None:
+        plan = choose_data(plan, data, only=only)
+    statuses = {study["name"]: data_record(check_study_data(study)) for study in plan}
+    for name, status in statuses.items():
+        if status is not None and not status["found"]:
+            log.warning("%s: skipped: data set %s not found at %s (%s)", name, status["name"], status["root"],
+                        status["expected"])
     check_kernel()
 
     week_dir = reports_dir / week
     with week_lock(reports_dir, week):
-        return _run_locked(plan=plan, week=week, week_dir=week_dir, reports_dir=reports_dir, root=root,
-                           preset=preset, force=force)
+        return _run_locked(plan=plan, statuses=statuses, week=week, week_dir=week_dir, reports_dir=reports_dir,
+                           root=root, preset=preset, force=force, fresh=fresh)
 
 
 def week_lock(reports_dir: Path, week: str):
@@ -68,8 +121,8 @@ def week_lock(reports_dir: Path, week: str):
     return folder_lock(reports_dir / week, "report week", lock_file=reports_dir / f".{week}.lock")
 
 
-def _run_locked(*, plan: list[dict], week: str, week_dir: Path, reports_dir: Path, root: Path,
-                preset: str, force: bool) -> int:
+def _run_locked(*, plan: list[dict], statuses: dict[str, dict | None], week: str, week_dir: Path,
+                reports_dir: Path, root: Path, preset: str, force: bool, fresh: bool) -> int:
     earlier = [week_dir / f"{s['name']}{ext}" for s in plan for ext in (".ipynb", ".html")]
     earlier = [p for p in earlier if p.exists()]
     if earlier and not force:
@@ -93,22 +146,18 @@ def _run_locked(*, plan: list[dict], week: str, week_dir: Path, reports_dir: Pat
     last_week = last_week_summary(reports_dir, week)
     last_studies = last_week[1].get("studies", {}) if last_week else {}
     for study in plan:
-        study_runs = Path(study["parameters"].get(RUNS_ROOT_PARAM) or "runs")
-        record = execute_study(study, out_dir=week_dir, cwd=root, preset=preset,
+        status = statuses[study["name"]]
+        if status is not None and not status["found"]:
+            record = skipped_record(study, preset, status)
+            record.update(environment=env, headline={}, text=[])
+            write_text(week_dir / record["html"], skipped_page(record, week))
+        else:
+            study_runs = Path(study["parameters"].get(RUNS_ROOT_PARAM) or "runs")
+            record = run_study(study, week_dir=week_dir, cwd=root, preset=preset, fresh=fresh,
                                runs_root=study_runs if study_runs.is_absolute() else root / study_runs,
                                last_duration=last_studies.get(study["name"], {}).get("duration_s"))
-        record["environment"] = env
-        record.update(headline={}, text=[])
-        notebook = read_notebook(week_dir / record["notebook"])
-        page = None
-        if notebook is not None:
-            record.update(read_findings(notebook))
-            try:
-                page = render_study(notebook, record, week)
-            except Exception as err:  # one page that cannot render must not sink the week
-                log.exception("could not render %s", record["notebook"])
-                record.update(status=STATUS_FAILED, error=f"HTML rendering failed: {type(err).__name__}: {err}")
-        write_text(week_dir / record["html"], page or error_page(record, week))
+            record.update(environment=env, data=status)
+            render_study_page(record, week_dir, week)
         studies[record["name"]] = record
         # summary and index after every study: an interrupted run still shows what finished
         summary = {"week": week, "generated": dt.datetime.now().isoformat(timespec="seconds"),
@@ -117,9 +166,44 @@ def _run_locked(*, plan: list[dict], week: str, week_dir: Path, reports_dir: Pat
         since = since_last_week(reports_dir, week, studies)
         render_week(week_dir, summary, since)
 
-    failed = [name for name in (s["name"] for s in plan) if studies[name]["status"] != STATUS_OK]
+    failed = [s["name"] for s in plan if studies[s["name"]]["status"] in (STATUS_FAILED, STATUS_TIMED_OUT)]
+    skipped = [s["name"] for s in plan if studies[s["name"]]["status"] == STATUS_SKIPPED]
     log.info("report: %s", week_dir / INDEX_FILE)
     if failed:
         log.error("failed: %s (see their pages in %s)", ", ".join(failed), week_dir)
-        return 1
-    return 0
+        return EXIT_FAILED
+    if skipped:
+        log.error("skipped (data set missing): %s; `vqalab data` says what goes where", ", ".join(skipped))
+        return EXIT_SKIPPED
+    return EXIT_OK
+
+
+def run_study(study: dict, *, week_dir: Path, cwd: Path, preset: str, fresh: bool, runs_root: Path,
+              last_duration: float | None) -> dict:
+    """Execute one study; its record says how many of its sweep runs were reused, and from when.
+
+    runs_root: where the study's runs go (the progress line reads the current one there).
+    last_duration: the study's time last week, for the ETA.
+    """
+    with tempfile.TemporaryDirectory(prefix="vqalab-runs-") as tmp:
+        run_log = Path(tmp) / "runs.jsonl"
+        with environment_variables(**{RUN_LOG_ENV: str(run_log), FRESH_ENV: "1" if fresh else None}):
+            record = execute_study(study, out_dir=week_dir, cwd=cwd, preset=preset, runs_root=runs_root,
+                                   last_duration=last_duration)
+        record["runs"] = read_run_log(run_log)
+    return record
+
+
+def render_study_page(record: dict, week_dir: Path, week: str) -> None:
+    """Read the executed notebook's findings into ``record`` and write its HTML page."""
+    record.update(headline={}, text=[])
+    notebook = read_notebook(week_dir / record["notebook"])
+    page = None
+    if notebook is not None:
+        record.update(read_findings(notebook))
+        try:
+            page = render_study(notebook, record, week)
+        except Exception as err:  # one page that cannot render must not sink the week
+            log.exception("could not render %s", record["notebook"])
+            record.update(status=STATUS_FAILED, error=f"HTML rendering failed: {type(err).__name__}: {err}")
+    write_text(week_dir / record["html"], page or error_page(record, week))

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 KERNEL_NAME = "python3"  # registered by `make venv` (ipykernel install --sys-prefix)
 STATUS_OK, STATUS_FAILED, STATUS_TIMED_OUT = "ok", "failed", "timed_out"  # shown as "timed out"
 LOGS_DIR = "logs"  # per-study cell output, streamed while the notebook runs
+STATUS_SKIPPED = "skipped"  # the study's data set is missing: not run at all
 ERROR_TEXT_LIMIT = 2000  # characters of an error message kept in summary.json and the index
 
 

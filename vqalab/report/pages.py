@@ -37,6 +37,7 @@ def render_study(notebook, record: dict, week: str) -> str:
     nb.metadata["title"] = f"{record['title']} · {week}"
     resources = {"vqalab": {"week": week, "name": record["name"], "preset": record["preset"],
                             "status": record["status"], "error": record.get("error"),
+                            "data": data_line(record.get("data")),
                             "alt": f"figure of {record['title']}"}}
     page, _ = _study_exporter().from_notebook_node(nb, resources=resources)
     start, end = page.find(BODY_START), page.rfind(BODY_END)
@@ -55,6 +56,21 @@ def split_page(page: str) -> tuple[str, str]:
     return styles, body
 
 
+def data_line(data: dict | None) -> str:
+    """``rafdb at /data/RAF-DB/basic (28 train images, 14 test images, 7 classes; fingerprint 3f2a…)``."""
+    if not data:
+        return ""
+    counts = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in data["counts"].items())
+    details = "; ".join(part for part in (counts, f"fingerprint {data['fingerprint']}" if data["fingerprint"] else "",
+                                          data.get("detail", "")) if part)
+    return f"{data['name']} at {data['root']}" + (f" ({details})" if details else "")
+
+
+def skipped_page(record: dict, week: str) -> str:
+    """A study page when the study was not run because its data set is missing."""
+    return _jinja().get_template("skipped.html.j2").render(record=record, week=week)
+
+
 def error_page(record: dict, week: str) -> str:
     """A study page when there is no executed notebook to render at all."""
     env = _jinja()
@@ -69,6 +85,7 @@ def _jinja():
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = format_figure
     env.filters["duration"] = format_duration
+    env.filters["data_line"] = data_line
     return env
 
 

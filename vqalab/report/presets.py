@@ -8,6 +8,7 @@ from typing import Any
 
 from vqalab.config import read_yaml
 from vqalab.registry import ConfigError, did_you_mean
+from vqalab.report.data import DATASET_KWARGS_PARAM, DATASET_PARAM, notebook_default
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,16 @@ def load_preset(params_file: Path, preset: str, notebook_params: dict[str, dict]
     return values
 
 
+def has_preset(params_file: Path, preset: str) -> bool:
+    """Whether ``params_file`` defines ``presets.<preset>`` (malformed files are checked later)."""
+    try:
+        tree = read_yaml(params_file)
+    except ConfigError:
+        return True  # let load_preset report the error
+    presets = tree.get("presets") if isinstance(tree, dict) else None
+    return not isinstance(presets, dict) or preset in presets
+
+
 def notebook_title(notebook) -> str | None:
     """The first markdown heading of a notebook (its title cell), without the ``#``."""
     for cell in notebook.cells:
@@ -127,6 +138,11 @@ def plan_studies(*, preset: str, only: list[str] | None, notebooks_dir: Path, pa
         names = list(dict.fromkeys(only))
     else:
         names = list(available)
+        having = [name for name in names if has_preset(available[name][1], preset)]
+        if having and len(having) < len(names):  # a lab preset (rafdb-24gb) exists for some studies only
+            log.info("preset %s: left out %s (no such preset)", preset,
+                     ", ".join(n for n in names if n not in having))
+            names = having
     if not names:
         raise ConfigError(f"no study found: {notebooks_dir}/*.ipynb with a {params_dir}/<name>.yaml")
     plan = []
@@ -146,6 +162,8 @@ def plan_studies(*, preset: str, only: list[str] | None, notebooks_dir: Path, pa
         if runs_root is not None and RUNS_ROOT_PARAM in notebook_params and RUNS_ROOT_PARAM not in parameters:
             parameters[RUNS_ROOT_PARAM] = str(runs_root)
         title = notebook_title(nbformat.read(notebook, as_version=4)) or name
+        defaults = {k: notebook_default(p) for k, p in notebook_params.items()
+                    if k in (DATASET_PARAM, DATASET_KWARGS_PARAM)}  # which data set the study uses
         plan.append({"name": name, "title": title, "notebook": notebook, "params_file": params_file,
-                     "parameters": parameters, "time_budget_s": time_budget_s})
+                     "parameters": parameters, "defaults": defaults, "time_budget_s": time_budget_s})
     return plan

@@ -35,7 +35,7 @@ def fer_base_config(*, study: str, experiment: str, runs_root: str, model: str, 
     """
     return {
         "experiment": experiment, "runs_root": runs_root, "name": study,
-        "model": {"name": model, "depth": depth, "img_size": img_size, "backbone_depth": backbone_depth,
+        "model": {"name": model, "depth": depth, "backbone_depth": backbone_depth,  # img_size: from the data
                   "width": width},
         "data": fer_data_section(dataset=dataset, dataset_kwargs=dataset_kwargs, img_size=img_size,
                                  num_train=num_train, num_val=num_val, face_options=face_options),

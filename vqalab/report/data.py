@@ -1,0 +1,112 @@
+"""Which data set each study uses, whether it is there, and which of its runs were reused.
+
+A study's data set is its notebook's ``dataset`` parameter (with ``dataset_kwargs``), as the
+preset sets it or the notebook defaults it. ``vqalab report --data NAME`` runs the studies of
+NAME's family (``vqalab.data.FAMILIES``: faces or vqa) on NAME. Before any notebook runs, every
+study's data set is checked (``vqalab.data.data_status``); a study whose data set is missing is
+marked skipped, with the path looked at and what goes there. It is never run on other data.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+from pathlib import Path
+
+from vqalab.data import DATASETS, FAMILIES, DataStatus, data_status
+from vqalab.registry import ConfigError, did_you_mean
+
+log = logging.getLogger(__name__)
+
+DATASET_PARAM, DATASET_KWARGS_PARAM = "dataset", "dataset_kwargs"
+FROZEN_FEATURES = "frozen_features"  # wraps an image data set named in dataset_kwargs.source
+
+
+def notebook_default(parameter: dict):
+    """The Python value of a notebook parameter's default (None when it is not a literal)."""
+    try:
+        return ast.literal_eval(parameter.get("default", "None"))
+    except (ValueError, SyntaxError):
+        return None
+
+
+def study_dataset(study: dict) -> dict | None:
+    """The data section a study's runs use, ``{"name": ..., **dataset_kwargs}``; None when the
+    notebook takes no ``dataset`` parameter (e.g. a study driven by a params file)."""
+    defaults = study.get("defaults", {})
+    if DATASET_PARAM not in defaults:
+        return None
+    name = study["parameters"].get(DATASET_PARAM, defaults[DATASET_PARAM])
+    kwargs = study["parameters"].get(DATASET_KWARGS_PARAM, defaults.get(DATASET_KWARGS_PARAM) or {})
+    return {"name": name, **(kwargs or {})}
+
+
+def family(spec: dict) -> str | None:
+    return FAMILIES.get(spec["name"])
+
+
+def with_data(study: dict, name: str) -> dict:
+    """The study set to run on data set ``name``: ``dataset`` replaced, or, for cached features,
+    their ``source``; of ``dataset_kwargs``, those the new data set's builder takes are kept."""
+    spec = study_dataset(study)
+    parameters = dict(study["parameters"])
+    if spec["name"] == FROZEN_FEATURES and name != FROZEN_FEATURES:
+        kwargs = dict(parameters.get(DATASET_KWARGS_PARAM, {}))
+        source = dict(kwargs.get("source", {}))
+        if source.get("name") != name:
+            source = {"name": name}  # keywords of another data set do not carry over
+        parameters[DATASET_KWARGS_PARAM] = {**kwargs, "source": source}
+    elif spec["name"] != name:
+        parameters[DATASET_PARAM] = name
+        accepted = DATASETS.parameters(name)  # e.g. max_train_samples carries over, num_train does not
+        kwargs = parameters.get(DATASET_KWARGS_PARAM, study.get("defaults", {}).get(DATASET_KWARGS_PARAM)) or {}
+        parameters[DATASET_KWARGS_PARAM] = {k: v for k, v in kwargs.items() if k in accepted}
+    return {**study, "parameters": parameters}
+
+
+def choose_data(plan: list[dict], name: str, *, only: list[str] | None) -> list[dict]:
+    """The studies of ``name``'s family, each set to run on ``name``; ConfigError before any compute
+    for an unknown name, for a study named with ``--only`` that cannot use it, or when none can."""
+    if name not in FAMILIES:
+        raise ConfigError(f"--data {name}: unknown data set: {did_you_mean(name, list(FAMILIES))}")
+    wanted = FAMILIES[name]
+    chosen, left_out = [], []
+    for study in plan:
+        spec = study_dataset(study)
+        if spec is not None and family(spec) == wanted:
+            chosen.append(with_data(study, name))
+        else:
+            left_out.append(study["name"])
+    if only:
+        wrong = [s for s in left_out if s in only]
+        if wrong:
+            raise ConfigError(f"--data {name}: {', '.join(wrong)} cannot run on it (studies of the {wanted} "
+                              f"family: {', '.join(s['name'] for s in chosen) or 'none'})")
+    if not chosen:
+        raise ConfigError(f"--data {name}: no study of the {wanted} family among {', '.join(left_out)}")
+    if left_out:
+        log.info("--data %s: left out %s (not studies of the %s family)", name, ", ".join(left_out), wanted)
+    return chosen
+
+
+def check_study_data(study: dict) -> DataStatus | None:
+    """The status of the study's data set (None: the study names none)."""
+    spec = study_dataset(study)
+    return data_status(spec) if spec is not None else None
+
+
+def data_record(status: DataStatus | None) -> dict | None:
+    """What the report shows of a study's data set: name, root, counts, fingerprint (or what is missing)."""
+    if status is None:
+        return None
+    return {**status.identity(), "found": status.found, "expected": status.expected, "detail": status.detail}
+
+
+def read_run_log(path: Path) -> dict:
+    """How many sweep runs were reused and trained, and the dates the reused ones finished."""
+    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    reused = [e for e in entries if e["reused"]]
+    dates = sorted(e["finished"][:10] for e in reused if e.get("finished"))
+    return {"runs": len(entries), "reused": len(reused), "trained": len(entries) - len(reused),
+            "reused_from": dates[0] if dates else None, "reused_to": dates[-1] if dates else None}
