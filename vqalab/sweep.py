@@ -117,7 +117,13 @@ def finished_runs(runs_root: str | Path, experiment: str) -> dict[str, Path]:
     return found
 
 
-def _row(point: SweepPoint, summary: dict, run_dir: Path | None, reused: bool) -> dict:
+def find_finished(point: SweepPoint, index: dict[str, Path]) -> Path | None:
+    """The finished run that stands for ``point`` in a ``finished_runs`` index (its reuse key), or None."""
+    return index.get(point.hash)
+
+
+def sweep_row(point: SweepPoint, summary: dict, run_dir: Path | None, reused: bool) -> dict:
+    """One row of a sweep table: the point's grid values and seed, then its run's summary figures."""
     row = {**point.values, "seed": point.seed, "status": summary.get("status", "failed")}
     for key in SUMMARY_COLUMNS:
         value = summary.get(key)
@@ -128,19 +134,32 @@ def _row(point: SweepPoint, summary: dict, run_dir: Path | None, reused: bool) -
 
 
 def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[int] = (0,),
-          data: DataSplits | None = None, reuse: bool = True) -> pd.DataFrame:
+          data: DataSplits | None = None, reuse: bool = True, workers: int = 1,
+          storage: str | None = None) -> pd.DataFrame:
     """Train (or reuse) one run per grid point and seed; one DataFrame row per run.
 
     base, grid, seeds: as in ``expand_grid``.
     data: loaded splits used by every point (they must match ``data`` of the configs); None: each
         distinct ``data`` spec is loaded once, and only if some point needs training.
     reuse: take a finished run with the same config hash instead of training it again.
+    workers: points trained at once, each in its own process (one per GPU when the machine has that
+        many, else one per CPU slot) through an Optuna study (``vqalab.sweep_queue``); 1: this loop,
+        in this process.
+    storage: Optuna storage URL of that study (e.g. ``postgresql://...``, so that ``vqalab sweep
+        work`` on other machines can join); None: a journal file under the experiment's folder.
 
     Columns: the grid keys, ``seed``, ``status`` (completed / diverged / failed), the summary
     figures (``best_val_acc``, ``best_epoch``, ``diverged_step``, ``diverged_lr``, …), ``reused``,
     ``run_dir``, ``config_hash``, ``error``. A run that raises (other than a config error) is a
     ``failed`` row and the sweep goes on. ``df.attrs["grid_keys"]`` lists the grid keys.
     """
+    if workers > 1 or storage is not None:
+        if data is not None:
+            raise ConfigError("sweep(data=...) with workers: each worker process loads its own data; "
+                              "leave data=None")
+        from vqalab.sweep_queue import sweep_with_workers
+
+        return sweep_with_workers(base, grid, seeds=seeds, reuse=reuse, workers=workers, storage=storage)
     points = expand_grid(base, grid, seeds)
     indexes: dict[tuple[str, str], dict[str, Path]] = {}
     loaded: dict[str, DataSplits] = {}
@@ -149,10 +168,10 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
         cfg = point.cfg
         index = indexes.setdefault((cfg.runs_root, cfg.experiment),
                                    finished_runs(cfg.runs_root, cfg.experiment) if reuse else {})
-        if reuse and point.hash in index:
-            run_dir = index[point.hash]
+        run_dir = find_finished(point, index) if reuse else None
+        if run_dir is not None:
             log.info("sweep point %d/%d %s: reusing %s", n, len(points), cfg.name, run_dir)
-            rows.append(_row(point, json.loads((run_dir / "summary.json").read_text()), run_dir, reused=True))
+            rows.append(sweep_row(point, json.loads((run_dir / "summary.json").read_text()), run_dir, reused=True))
             continue
         log.info("sweep point %d/%d %s: training", n, len(points), cfg.name)
         try:
@@ -167,11 +186,11 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
             raise
         except Exception as err:  # one broken point must not lose the others
             log.exception("sweep point %s failed", cfg.name)
-            rows.append(_row(point, {"status": "failed", "error": f"{type(err).__name__}: {err}"}, None, False))
+            rows.append(sweep_row(point, {"status": "failed", "error": f"{type(err).__name__}: {err}"}, None, False))
             continue
         if result.summary["status"] in FINISHED_STATUSES:
             index[point.hash] = result.run_dir
-        rows.append(_row(point, result.summary, result.run_dir, reused=False))
+        rows.append(sweep_row(point, result.summary, result.run_dir, reused=False))
     df = pd.DataFrame(rows)
     df.attrs["grid_keys"] = list(grid)
     return df

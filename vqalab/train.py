@@ -29,7 +29,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -307,7 +307,8 @@ def prepare_resume(cfg: RunConfig, resume: str | Path) -> ResumePoint:
     return ResumePoint(run_dir=run_dir, summary=summary, checkpoint=latest_checkpoint(run_dir))
 
 
-def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | None = None) -> RunResult:
+def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | None = None,
+        on_start: Callable[[Path], None] | None = None) -> RunResult:
     """Train one run and return its folder and summary.
 
     cfg: the resolved run configuration (``load_config`` / ``build_config``).
@@ -316,6 +317,8 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
         there from its last checkpoint; ``metrics.csv`` rows after that epoch are dropped and trained
         again, so nothing is duplicated. A run that already finished (completed or diverged) is
         returned unchanged. None: train from scratch into a new run folder.
+    on_start: called with the run folder once it holds ``params.yaml`` and ``summary.json``, before
+        the first step (a sweep worker records the folder while the run is still training).
     """
     point = prepare_resume(cfg, resume) if resume is not None else None
     if point is not None and point.summary.get("status") in FINISHED_STATUSES:
@@ -387,6 +390,8 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
     else:
         (run_dir / "confusion_matrix.csv").unlink(missing_ok=True)  # from a dropped epoch
     runs.write_json(run_dir / "summary.json", summary)
+    if on_start is not None:
+        on_start(run_dir)
     log.info("run %s: %s on %s, %d params", run_dir, model_name, device, n_params)
 
     max_steps = cfg.train.max_steps
