@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -144,9 +145,14 @@ def open_storage(storage: str | Path, *, heartbeat_s: float = HEARTBEAT_S, grace
     """An RDB URL (``postgresql://...``) → ``RDBStorage`` with heartbeat; anything else is the path
     of a journal file."""
     if is_rdb_url(storage):
-        return optuna.storages.RDBStorage(
-            str(storage), heartbeat_interval=max(1, round(heartbeat_s)), grace_period=max(1, round(grace_s)),
-            heartbeat_stale_trial_callback=lambda study, trial: requeue(study, trial, max_retries=max_retries))
+        url = str(storage)
+        if url.startswith("postgresql://"):  # SQLAlchemy ≥ 2.1 would pick psycopg 3; we ship psycopg2
+            url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+        with warnings.catch_warnings():  # RDB heartbeat arguments are still marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=max(1, round(heartbeat_s)), grace_period=max(1, round(grace_s)),
+                heartbeat_stale_trial_callback=lambda study, trial: requeue(study, trial, max_retries=max_retries))
     path = Path(storage)
     path.parent.mkdir(parents=True, exist_ok=True)
     return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
