@@ -10,6 +10,9 @@ from vqalab.registry import ConfigError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    from vqalab import distributed
     from vqalab.config import load_config
     from vqalab.train import fit
 
@@ -23,7 +26,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(params, args.set)  # all validation happens here, before any compute
     if args.no_progress:
         cfg.train.progress = False
-    result = fit(cfg, resume=args.resume)
+    try:
+        result = fit(cfg, resume=args.resume)  # under torchrun: one rank of a DDP run
+    finally:
+        distributed.teardown()
+    if distributed.launched() and os.environ.get("RANK", "0") != "0":
+        return 0 if result.summary["status"] == "completed" else 1  # rank 0 reports
     print(f"status: {result.summary['status']}, best_val_acc: {result.summary.get('best_val_acc')}")
     print(result.run_dir)  # last line: the run folder, for scripts
     return 0 if result.summary["status"] == "completed" else 1
@@ -232,7 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    import os
+
+    quiet_rank = os.environ.get("RANK", "0") != "0"  # under torchrun rank 0 tells the story
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if quiet_rank else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return args.func(args)

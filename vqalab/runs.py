@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import yaml
 
+from vqalab import distributed
 from vqalab.paths import resolve
 
 CHECKPOINT_DIR = "checkpoints"
@@ -31,6 +32,11 @@ def safe_name(name: str) -> str:
 
 
 def new_run_dir(runs_root: str | Path, experiment: str, name: str) -> Path:
+    """A new, empty run folder (under torchrun: rank 0's, shared with the other ranks)."""
+    return distributed.share_run_dir(lambda: _create_run_dir(runs_root, experiment, name))
+
+
+def _create_run_dir(runs_root: str | Path, experiment: str, name: str) -> Path:
     parent = resolve(runs_root) / safe_name(experiment)
     parent.mkdir(parents=True, exist_ok=True)
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_name(name)}"
@@ -45,7 +51,12 @@ def new_run_dir(runs_root: str | Path, experiment: str, name: str) -> Path:
 
 
 def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file, fsync it, then rename it over ``path``."""
+    """Call ``write(file_object)`` on a temporary file, fsync it, then rename it over ``path``.
+
+    Under torchrun only rank 0 writes (the ranks hold the same state); the others skip the write.
+    """
+    if not distributed.is_main():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

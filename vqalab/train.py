@@ -36,10 +36,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from vqalab import runs
+from vqalab import distributed, runs
 from vqalab.config import RunConfig, read_yaml
 from vqalab.data import DATASETS, DataSplits, build_data
-from vqalab.data.samplers import epoch_batches, eval_batches
 from vqalab.models import MODELS, create_model
 from vqalab.paths import resolve
 from vqalab.registry import ConfigError
@@ -207,7 +206,7 @@ def evaluate(model, data: DataSplits, cfg: RunConfig, device: torch.device) -> t
     """Mean validation loss, accuracy and the predicted class of every validation sample."""
     model.eval()
     loss_sum, score_sum, count, preds = 0.0, 0.0, 0, []
-    loader = make_loader(data.val, eval_batches(len(data.val), cfg.train.batch_size), data, cfg, device)
+    loader = make_loader(data.val, distributed.val_batches(len(data.val), cfg.train.batch_size), data, cfg, device)
     for batch in loader:
         batch = to_device(batch, device)
         with autocast_context(device, cfg.train.amp):
@@ -217,7 +216,9 @@ def evaluate(model, data: DataSplits, cfg: RunConfig, device: torch.device) -> t
         score_sum += batch_accuracy_sum(logits, batch)
         count += n
         preds.append(logits.argmax(dim=1).cpu())
-    return loss_sum / count, score_sum / count, torch.cat(preds)
+    loss_sum, score_sum, count = distributed.sum_over_ranks(loss_sum, score_sum, count)  # whole split
+    preds = distributed.gather_predictions(torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long))
+    return loss_sum / count, score_sum / count, preds
 
 
 def rng_state() -> dict:
@@ -278,6 +279,8 @@ def write_metrics(path: Path, history: list[dict]) -> None:
 
 
 def append_metrics(path: Path, row: dict) -> None:
+    if not distributed.is_main():
+        return  # one run folder: rank 0 writes it
     with open(path, "a", newline="") as f:
         csv.writer(f).writerow([row[c] for c in METRIC_COLUMNS])
 
@@ -331,7 +334,7 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
     check_mixup(cfg, data)
     # Seeded again so the model is initialised alike whether or not the data was passed in.
     seed_everything(cfg.seed)
-    device = select_device(cfg.train.device)
+    device = distributed.setup(select_device(cfg.train.device))  # under torchrun: this rank's device
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
 
@@ -342,7 +345,7 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
     optimizer = build_optimizer(model, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg.train.amp == "fp16")
 
-    micro_batches = len(epoch_batches(len(data.train), cfg.train.batch_size, cfg.seed, 0, data.train_groups))
+    micro_batches = len(distributed.epoch_batches(len(data.train), cfg.train.batch_size, cfg.seed, 0, data.train_groups))
     # A last, shorter accumulation group still makes an optimizer step.
     steps_per_epoch = math.ceil(micro_batches / cfg.train.grad_accum_steps)
     total_steps = steps_per_epoch * cfg.train.epochs
@@ -364,6 +367,7 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "data": data.info, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **environment(device),
+            **distributed.summary_fields(cfg.train.batch_size, cfg.train.grad_accum_steps),
         }
     else:
         run_dir, summary = point.run_dir, point.summary
@@ -378,8 +382,9 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
             history = [r for r in read_metrics(run_dir / "metrics.csv") if r["epoch"] < start_epoch]
             set_rng_state(ckpt["rng_state"])  # last: building the model above drew from the generators
         for stale in (run_dir / runs.CHECKPOINT_DIR).glob(".epoch_*.tmp"):
-            stale.unlink()  # a save cut short by the interruption
-        summary.update(status="running", error=None, **environment(device))
+            stale.unlink(missing_ok=True)  # a save cut short by the interruption
+        summary.update(status="running", error=None, **environment(device),
+                       **distributed.summary_fields(cfg.train.batch_size, cfg.train.grad_accum_steps))
         summary.setdefault("resumed", []).append(
             {"from_epoch": start_epoch - 1, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         log.info("resuming run %s after epoch %d (step %d)", run_dir, start_epoch - 1, step)
@@ -395,6 +400,7 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
     log.info("run %s: %s on %s, %d params", run_dir, model_name, device, n_params)
 
     max_steps = cfg.train.max_steps
+    train_model = distributed.wrap(model, device)  # DDP under torchrun; ``model`` is saved and evaluated
     threads_before = torch.get_num_threads()
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
@@ -404,7 +410,7 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
         for epoch in range(start_epoch, cfg.train.epochs + 1):
             if done:
                 break
-            row, step = train_one_epoch(model, optimizer, scheduler, scaler, data, cfg, device, epoch, step)
+            row, step = train_one_epoch(train_model, optimizer, scheduler, scaler, data, cfg, device, epoch, step)
             val_loss, val_acc, val_pred = evaluate(model, data, cfg, device)
             if not math.isfinite(val_loss):
                 raise Diverged(step, optimizer.param_groups[0]["lr"], "validation loss", epoch)
@@ -451,7 +457,7 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
     """
     model.train()
     accum = cfg.train.grad_accum_steps
-    batches = epoch_batches(len(data.train), cfg.train.batch_size, cfg.seed, epoch, data.train_groups)
+    batches = distributed.epoch_batches(len(data.train), cfg.train.batch_size, cfg.seed, epoch, data.train_groups)
     loader = make_loader(data.train, batches, data, cfg, device)
     alpha = cfg.train.mixup_alpha
     mix_rng = np.random.default_rng([cfg.seed, epoch, MIXUP_STREAM]) if alpha > 0 else None
@@ -476,7 +482,7 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
         if mix_rng is not None:
             loss = lam * loss + (1 - lam) * compute_loss(logits, {**batch, "target": batch["target"][perm]}, cfg)
         lr = optimizer.param_groups[0]["lr"]
-        if not torch.isfinite(loss):
+        if not distributed.all_finite(loss):  # every rank stops at the same step
             raise Diverged(step, lr, "loss", epoch)
         scaler.scale(loss / (group_end - group_start)).backward()
         n = len(batch["target"])
@@ -502,6 +508,7 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
         if cfg.train.max_steps and step >= cfg.train.max_steps:
             break
     epoch_time = time.perf_counter() - t_epoch
+    loss_sum, samples = distributed.sum_over_ranks(loss_sum, samples)  # all ranks' samples
     row = {"epoch": epoch, "step": step, "train_loss": loss_sum / max(samples, 1),
            "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": epoch_time,
            "step_time_s": float(np.mean(step_times)) if step_times else math.nan,
