@@ -20,7 +20,6 @@ import yaml
 from optuna.trial import TrialState
 
 from vqalab import runs, train
-from vqalab import sweep as sweep_module
 from vqalab.registry import ConfigError
 from vqalab.sweep import sweep
 from vqalab.sweep_queue import (
@@ -261,7 +260,7 @@ def postgres_url():
     as_user: list[str] = []
     folder = Path(tempfile.mkdtemp(prefix="vqalab-pg-"))
     if os.geteuid() == 0:  # initdb refuses to run as root
-        if shutil.which("runuser") is None or subprocess.run(["id", "postgres"], capture_output=True).returncode:
+        if shutil.which("runuser") is None or subprocess.run(["id", "postgres"], capture_output=True, check=False).returncode:
             pytest.skip("running as root without a 'postgres' user and runuser to start the server")
         as_user = ["runuser", "-u", "postgres", "--"]
         shutil.chown(folder, "postgres")
@@ -273,7 +272,7 @@ def postgres_url():
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+        subprocess.run([*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True, check=False)
         shutil.rmtree(folder, ignore_errors=True)
 
 
