@@ -288,3 +288,19 @@ def test_two_workers_on_postgresql_lose_and_duplicate_no_point(tmp_path, postgre
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 4
     taken = sorted(int(out.split("sweep grid: ")[1].split(" trials")[0]) for out in outputs)
     assert sum(taken) == 4  # every trial taken by exactly one of the two workers
+
+
+@pytest.mark.slow
+def test_sweep_with_workers_returns_the_in_process_table(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the trial processes import this checkout
+    grid = {"optim.lr": [1e-3, 2e-3]}
+    spread = sweep(base(tmp_path / "spread"), grid, seeds=[0], workers=2)
+    inline = sweep(base(tmp_path / "inline"), grid, seeds=[0])
+    assert list(spread.columns) == list(inline.columns) and spread.attrs["grid_keys"] == ["optim.lr"]
+    pd.testing.assert_frame_equal(spread[["optim.lr", "seed", "status", *FIGURES]],
+                                  inline[["optim.lr", "seed", "status", *FIGURES]])
+    assert spread["run_dir"].nunique() == 2 and len(run_folders(tmp_path / "spread")) == 2
+    journals = list((tmp_path / "spread" / "queue" / "sweeps").glob("pt-*.journal"))
+    assert len(journals) == 1  # the study of this call, beside its runs
+    with pytest.raises(ConfigError, match="each worker process loads its own data"):
+        sweep(base(tmp_path), grid, data=object(), workers=2)
