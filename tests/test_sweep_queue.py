@@ -35,7 +35,8 @@ from vqalab.sweep_queue import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-PG_BIN = Path("/usr/lib/postgresql/15/bin")
+# Debian's server binaries (postgresql-15 on bookworm); the newest installed version is used.
+PG_BIN = max(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), default=Path("/usr/lib/postgresql/15/bin"))
 FIGURES = ["best_val_acc", "best_val_loss", "final_val_acc", "best_epoch", "epochs", "steps"]
 
 

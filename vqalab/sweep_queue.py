@@ -488,7 +488,7 @@ def _die_with_parent(parent: int) -> None:
     """Linux: this trial process gets SIGKILL when its worker dies, so a retry never shares its folder."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
     except (OSError, AttributeError):
         return
     if os.getppid() != parent:  # the worker died before prctl took effect
