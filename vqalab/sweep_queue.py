@@ -354,7 +354,8 @@ class Worker:
                                          stderr=subprocess.STDOUT, cwd=resolve("."))
                 while True:
                     try:
-                        code = child.wait(timeout=self.heartbeat_s)
+                        # Poll quickly until the run folder is known: a retry must find it.
+                        code = child.wait(timeout=self.heartbeat_s if run_dir else min(self.heartbeat_s, 0.5))
                         break
                     except subprocess.TimeoutExpired:
                         try:
