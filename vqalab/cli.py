@@ -1,4 +1,4 @@
-"""Command line: ``vqalab train | report | data | bench | lr-find | runs | tb``. Entry point configures logging once."""
+"""Command line: ``vqalab train | report | data | bench | lr-find | runs | tb | sweep``. Entry point configures logging once."""
 
 from __future__ import annotations
 
@@ -12,6 +12,9 @@ from vqalab.registry import ConfigError
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
+    from vqalab import distributed
     from vqalab.config import load_config
     from vqalab.train import fit
 
@@ -25,7 +28,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(params, args.set)  # all validation happens here, before any compute
     if args.no_progress:
         cfg.train.progress = False
-    result = fit(cfg, resume=args.resume)
+    try:
+        result = fit(cfg, resume=args.resume)  # under torchrun: one rank of a DDP run
+    finally:
+        distributed.teardown()
+    if distributed.launched() and os.environ.get("RANK", "0") != "0":
+        return 0 if result.summary["status"] == "completed" else 1  # rank 0 reports
     print(f"status: {result.summary['status']}, best_val_acc: {result.summary.get('best_val_acc')}")
     print(result.run_dir)  # last line: the run folder, for scripts
     return 0 if result.summary["status"] == "completed" else 1
@@ -153,6 +161,57 @@ def cmd_tb(args: argparse.Namespace) -> int:
         server.stop()
 
 
+def cmd_sweep_create(args: argparse.Namespace) -> int:
+    from vqalab.sweep_queue import create_sweep, load_spec
+
+    spec = load_spec(args.spec)  # every point validated before the storage is touched
+    storage, added = create_sweep(spec, args.storage)
+    print(f"sweep {spec.name}: {len(spec.points())} points, {added} newly queued")
+    print(f"storage: {storage}")
+    print(spec.name)  # last line: the sweep name, for scripts
+    return 0
+
+
+def cmd_sweep_work(args: argparse.Namespace) -> int:
+    from vqalab.sweep_queue import work
+
+    devices = [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None
+    taken = work(args.name, args.storage, devices=devices, slots=args.slots, max_trials=args.max_trials,
+                 heartbeat_s=args.heartbeat, grace_s=args.grace, max_retries=args.max_retries)
+    print(f"sweep {args.name}: {taken} trials taken by this worker")
+    return 0
+
+
+def cmd_sweep_status(args: argparse.Namespace) -> int:
+    import json
+
+    from vqalab.sweep_queue import sweep_status
+
+    status = sweep_status(args.name, args.storage)
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    for point in status["points"]:
+        extra = " (reused)" if point["reused"] else f" (retry {point['retries']})" if point["retries"] else ""
+        print(f"{point['status']:>10}{extra}  {point['name']}  {point['run_dir'] or '-'}")
+    print(", ".join(f"{n} {state}" for state, n in sorted(status["counts"].items())))
+    eta = status["eta_s"]
+    print("ETA: " + ("unknown (no point finished yet)" if eta is None else f"{eta / 60:.1f} min"))
+    return 0
+
+
+def cmd_sweep_table(args: argparse.Namespace) -> int:
+    from vqalab.sweep_queue import sweep_table
+
+    df = sweep_table(args.name, args.storage)
+    if args.csv:
+        df.to_csv(args.csv, index=False)
+        print(args.csv)
+    else:
+        print(df.to_string(index=False))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vqalab", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -237,12 +296,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-root", default="runs", help="folder holding all runs (default: %(default)s)")
     p.add_argument("--port", type=int, default=None, help="port (default: a free one)")
     p.set_defaults(func=cmd_tb)
+
+    p = sub.add_parser("sweep", help="sweeps queued in an Optuna study, trained by workers on any number of machines")
+    sweep = p.add_subparsers(dest="sweep_command", required=True)
+    storage_help = ("Optuna storage: a journal file path or an RDB URL (postgresql://...); default: "
+                    "runs/<experiment>/sweeps/<name>.journal")
+    s = sweep.add_parser("create", help="queue every point of a spec (base params, grid, seeds) once")
+    s.add_argument("spec", help="sweep spec YAML: name, base (params file or mapping), grid, seeds")
+    s.add_argument("--storage", default=None, help=storage_help)
+    s.set_defaults(func=cmd_sweep_create)
+    s = sweep.add_parser("work", help="train queued points until none is left (one lane per GPU or CPU slot)")
+    s.add_argument("name", help="sweep name (as printed by `vqalab sweep create`)")
+    s.add_argument("--storage", default=None, help=storage_help)
+    s.add_argument("--devices", default=None, metavar="0,1", help="GPU indices: one lane per GPU")
+    s.add_argument("--slots", type=int, default=1, help="CPU lanes when no --devices (default: %(default)s)")
+    s.add_argument("--max-trials", type=int, default=None, metavar="N", help="stop after taking N trials")
+    s.add_argument("--heartbeat", type=float, default=10.0, metavar="S", help="seconds between beats (default: %(default)s)")
+    s.add_argument("--grace", type=float, default=60.0, metavar="S",
+                   help="a running trial without a beat for this long is queued again (default: %(default)s)")
+    s.add_argument("--max-retries", type=int, default=3, help="times a point whose worker died is queued again")
+    s.set_defaults(func=cmd_sweep_work)
+    s = sweep.add_parser("status", help="points per state, their run folders, an ETA")
+    s.add_argument("name")
+    s.add_argument("--storage", default=None, help=storage_help)
+    s.add_argument("--json", action="store_true", help="print the status as JSON")
+    s.set_defaults(func=cmd_sweep_status)
+    s = sweep.add_parser("table", help="the sweep's table (one row per point, as `sweep` returns it)")
+    s.add_argument("name")
+    s.add_argument("--storage", default=None, help=storage_help)
+    s.add_argument("--csv", default=None, metavar="FILE", help="write the table as CSV instead of printing it")
+    s.set_defaults(func=cmd_sweep_table)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+    import os
+
+    quiet_rank = os.environ.get("RANK", "0") != "0"  # under torchrun rank 0 tells the story
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING if quiet_rank else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         return args.func(args)

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 import yaml
 
+from vqalab import distributed
 from vqalab.config import RunConfig
 from vqalab.data import DATASETS
 from vqalab.models import MODELS, create_model
@@ -156,11 +157,18 @@ def new_folder(parent: Path, stem: str) -> Path:
 
 
 def new_run_dir(runs_root: str | Path, experiment: str, name: str) -> Path:
-    return new_folder(resolve(runs_root) / safe_name(experiment), f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_name(name)}")
+    """A new, empty run folder (under torchrun: rank 0's, shared with the other ranks)."""
+    return distributed.share_run_dir(lambda: new_folder(
+        resolve(runs_root) / safe_name(experiment), f"{time.strftime('%Y%m%d-%H%M%S')}-{safe_name(name)}"))
 
 
 def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file, fsync it, then rename it over ``path``."""
+    """Call ``write(file_object)`` on a temporary file, fsync it, then rename it over ``path``.
+
+    Under torchrun only rank 0 writes (the ranks hold the same state); the others skip the write.
+    """
+    if not distributed.is_main():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -258,6 +266,8 @@ def write_metrics(path: Path, history: list[dict]) -> None:
 
 def append_metrics(path: Path, row: dict) -> None:
     """One epoch's row at the end of ``metrics.csv``."""
+    if not distributed.is_main():
+        return  # one run folder: rank 0 writes it
     buffer = io.StringIO(newline="")
     csv.writer(buffer).writerow([row[c] for c in METRIC_COLUMNS])
     append_text(path, buffer.getvalue())

@@ -147,7 +147,20 @@ def fresh_requested() -> bool:
     return os.environ.get(FRESH_ENV, "") not in ("", "0")
 
 
-def _row(point: SweepPoint, summary: dict, run_dir: Path | None, reused: bool) -> dict:
+def find_finished(point: SweepPoint, index: dict[str, Path], *, code: str | None = None,
+                  data_fingerprint: str | None = None) -> Path | None:
+    """The finished run that stands for ``point`` in a ``finished_runs`` index, or None.
+
+    code, data_fingerprint: the current code fingerprint and the fingerprint of the point's data
+    set, when the caller has them already (a sweep computes each once); else computed here.
+    """
+    if data_fingerprint is None:
+        data_fingerprint = data_status(point.cfg.data).fingerprint
+    return index.get(reuse_key(point.hash, code or code_fingerprint(), data_fingerprint))
+
+
+def sweep_row(point: SweepPoint, summary: dict, run_dir: Path | None, reused: bool) -> dict:
+    """One row of a sweep table: the point's grid values and seed, then its run's summary figures."""
     row = {**point.values, "seed": point.seed, "status": summary.get("status", "failed")}
     for key in SUMMARY_COLUMNS:
         value = summary.get(key)
@@ -158,7 +171,8 @@ def _row(point: SweepPoint, summary: dict, run_dir: Path | None, reused: bool) -
 
 
 def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[int] = (0,),
-          data: DataSplits | None = None, reuse: bool = True) -> pd.DataFrame:
+          data: DataSplits | None = None, reuse: bool = True, workers: int = 1,
+          storage: str | None = None) -> pd.DataFrame:
     """Train (or reuse) one run per grid point and seed; one DataFrame row per run.
 
     base, grid, seeds: as in ``expand_grid``.
@@ -166,6 +180,11 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
         distinct ``data`` spec is loaded once, and only if some point needs training.
     reuse: take a finished run with the same config, code fingerprint and data identity instead of
         training it again (False, or ``VQALAB_FRESH=1``: train every point).
+    workers: points trained at once, each in its own process (one per GPU when the machine has that
+        many, else one per CPU slot) through an Optuna study (``vqalab.sweep_queue``); 1: this loop,
+        in this process.
+    storage: Optuna storage URL of that study (e.g. ``postgresql://...``, so that ``vqalab sweep
+        work`` on other machines can join); None: a journal file under the experiment's folder.
 
     Columns: the grid keys, ``seed``, ``status`` (completed / diverged / failed), the summary
     figures (``best_val_acc``, ``best_epoch``, ``diverged_step``, ``diverged_lr``, …, ``finished``:
@@ -173,6 +192,13 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
     ``run_dir``, ``config_hash``, ``error``. A run that raises (other than a config error) is a
     ``failed`` row and the sweep goes on. ``df.attrs["grid_keys"]`` lists the grid keys.
     """
+    if workers > 1 or storage is not None:
+        if data is not None:
+            raise ConfigError("sweep(data=...) with workers: each worker process loads its own data; "
+                              "leave data=None")
+        from vqalab.sweep_queue import sweep_with_workers
+
+        return sweep_with_workers(base, grid, seeds=seeds, reuse=reuse, workers=workers, storage=storage)
     points = expand_grid(base, grid, seeds)
     reuse = reuse and not fresh_requested()
     code = code_fingerprint()
@@ -188,10 +214,10 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
         if reuse and data_key not in data_fingerprints:
             data_fingerprints[data_key] = data_status(cfg.data).fingerprint
         key = reuse_key(point.hash, code, data_fingerprints.get(data_key, ""))
-        if reuse and key in index:
-            run_dir = index[key]
+        run_dir = index.get(key) if reuse else None
+        if run_dir is not None:
             log.info("sweep point %d/%d %s: reusing %s", n, len(points), cfg.name, run_dir)
-            rows.append(_row(point, json.loads((run_dir / "summary.json").read_text()), run_dir, reused=True))
+            rows.append(sweep_row(point, json.loads((run_dir / "summary.json").read_text()), run_dir, reused=True))
             continue
         log.info("sweep point %d/%d %s: training", n, len(points), cfg.name)
         try:
@@ -206,13 +232,13 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
             raise
         except Exception as err:  # one broken point must not lose the others
             log.exception("sweep point %s failed", cfg.name)
-            rows.append(_row(point, {"status": "failed", "error": f"{type(err).__name__}: {err}"}, None, False))
+            rows.append(sweep_row(point, {"status": "failed", "error": f"{type(err).__name__}: {err}"}, None, False))
             continue
         if result.summary["status"] in FINISHED_STATUSES:
             index[key] = result.run_dir
         if cfg.train.tensorboard:
             write_hparams(result.run_dir, {**point.values, "seed": point.seed}, result.summary)
-        rows.append(_row(point, result.summary, result.run_dir, reused=False))
+        rows.append(sweep_row(point, result.summary, result.run_dir, reused=False))
     log_points(rows)
     df = pd.DataFrame(rows)
     df.attrs["grid_keys"] = list(grid)

@@ -33,6 +33,7 @@ import signal
 import threading
 import time
 import zipfile
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from vqalab import runs
+from vqalab import distributed, runs
 from vqalab.config import RunConfig, read_yaml
 from vqalab.data import DataSplits, build_data, data_status
 from vqalab.data.samplers import epoch_batches, eval_batches
@@ -344,7 +345,7 @@ def evaluate(model, data: DataSplits, cfg: RunConfig, device: torch.device) -> t
     model.eval()
     loss_sum, score_sum, count, preds = 0.0, 0.0, 0, []
     intersection, union = 0, 0
-    loader = make_loader(data.val, eval_batches(len(data.val), cfg.train.batch_size), data, cfg, device)
+    loader = make_loader(data.val, distributed.val_batches(len(data.val), cfg.train.batch_size), data, cfg, device)
     for batch in loader:
         batch = to_device(batch, device, cfg.train.channels_last)
         with autocast_context(device, cfg.train.amp):
@@ -358,9 +359,12 @@ def evaluate(model, data: DataSplits, cfg: RunConfig, device: torch.device) -> t
         else:
             score_sum += batch_accuracy_sum(logits, batch)
             preds.append(logits.argmax(dim=1).cpu())
+    loss_sum, score_sum, count = distributed.sum_over_ranks(loss_sum, score_sum, count)  # whole split
     if data.task == "segmentation":  # over the whole split; no object and none predicted: perfect
+        intersection, union = distributed.sum_over_ranks(intersection, union)
         return loss_sum / count, intersection / union if union else 1.0, None
-    return loss_sum / count, score_sum / count, torch.cat(preds)
+    preds = distributed.gather_predictions(torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long))
+    return loss_sum / count, score_sum / count, preds
 
 
 def rng_state() -> dict:
@@ -476,7 +480,8 @@ def resolve_auto_batch(cfg: RunConfig, data: DataSplits, device: torch.device,
     return choose_batch_size(cfg, data, device)
 
 
-def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | None = None) -> RunResult:
+def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | None = None,
+        on_start: Callable[[Path], None] | None = None) -> RunResult:
     """Train one run and return its folder and summary.
 
     cfg: the resolved run configuration (``load_config`` / ``build_config``).
@@ -485,6 +490,8 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
         there from its last checkpoint; ``metrics.csv`` rows after that epoch are dropped and trained
         again, so nothing is duplicated. A run that already finished (completed or diverged) is
         returned unchanged. None: train from scratch into a new run folder.
+    on_start: called with the run folder once it holds ``params.yaml`` and ``summary.json``, before
+        the first step (a sweep worker records the folder while the run is still training).
 
     The run folder is locked while training: another ``fit`` on it raises ``runs.FolderBusy``.
     Ctrl-C or SIGTERM end the run ``interrupted`` and raise ``RunInterrupted`` (a KeyboardInterrupt)
@@ -516,7 +523,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
         data = build_data(cfg.data)
     check_task(cfg, data)
     check_mixup(cfg, data)
-    device = select_device(cfg.train.device)
+    device = distributed.setup(device)  # under torchrun: this rank's device
     asked = cfg  # params.yaml and the config hash keep what was asked (batch_size: auto)
     auto_batch = resolve_auto_batch(cfg, data, device, point)
     if auto_batch is not None:
@@ -533,7 +540,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
     optimizer = build_optimizer(model, cfg)
     scaler = make_grad_scaler(device, cfg.train.amp)
 
-    micro_batches = len(epoch_batches(len(data.train), cfg.train.batch_size, cfg.seed, 0, data.train_groups))
+    micro_batches = len(distributed.epoch_batches(len(data.train), cfg.train.batch_size, cfg.seed, 0, data.train_groups))
     # A last, shorter accumulation group still makes an optimizer step.
     steps_per_epoch = math.ceil(micro_batches / cfg.train.grad_accum_steps)
     total_steps = steps_per_epoch * cfg.train.epochs
@@ -558,6 +565,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
             "data": data.info, "task": data.task, "data_identity": data_status(cfg.data).identity(),
             "code_fingerprint": code_fingerprint(), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **environment(device),
+            **distributed.summary_fields(cfg.train.batch_size, cfg.train.grad_accum_steps),
         }
     else:
         run_dir, summary = point.run_dir, point.summary
@@ -578,10 +586,11 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
             best_confusion = ckpt.get("best_confusion")
             set_rng_state(ckpt["rng_state"])  # last: building the model above drew from the generators
         for stale in (run_dir / runs.CHECKPOINT_DIR).glob(".epoch_*.tmp"):
-            stale.unlink()  # a save cut short by the interruption
+            stale.unlink(missing_ok=True)  # a save cut short by the interruption
         for stale_key in ("interrupted_by", "resume_command"):
             summary.pop(stale_key, None)  # from the interruption being resumed
-        summary.update(status="running", error=None, **environment(device))
+        summary.update(status="running", error=None, **environment(device),
+                       **distributed.summary_fields(cfg.train.batch_size, cfg.train.grad_accum_steps))
         summary.setdefault("resumed", []).append(
             {"from_epoch": start_epoch - 1, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
         log.info("resuming run %s after epoch %d (step %d)", run_dir, start_epoch - 1, step)
@@ -592,9 +601,12 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
     else:
         (run_dir / runs.CONFUSION_FILE).unlink(missing_ok=True)  # from a dropped epoch
     runs.write_json(run_dir / "summary.json", summary)
+    if on_start is not None:
+        on_start(run_dir)
     log.info("run %s: %s on %s, %d params", run_dir, model_name, device, n_params)
 
     max_steps = cfg.train.max_steps
+    train_model = distributed.wrap(model, device)  # DDP under torchrun; ``model`` is saved and evaluated
     t_run = time.perf_counter()
     monitor = RunMonitor(run_dir, every_n_steps=cfg.train.log_every_steps, enabled=cfg.train.tensorboard,
                          start_step=step)
@@ -604,7 +616,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
             for epoch in range(start_epoch, cfg.train.epochs + 1):
                 if done:
                     break
-                row, step = train_one_epoch(model, optimizer, scheduler, scaler, data, cfg, device, epoch, step,
+                row, step = train_one_epoch(train_model, optimizer, scheduler, scaler, data, cfg, device, epoch, step,
                                             monitor=monitor)
                 val_loss, val_acc, val_pred = evaluate(model, data, cfg, device)
                 if not math.isfinite(val_loss):
@@ -662,7 +674,7 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
     """
     model.train()
     accum = cfg.train.grad_accum_steps
-    batches = epoch_batches(len(data.train), cfg.train.batch_size, cfg.seed, epoch, data.train_groups)
+    batches = distributed.epoch_batches(len(data.train), cfg.train.batch_size, cfg.seed, epoch, data.train_groups)
     loader = make_loader(data.train, batches, data, cfg, device)
     alpha = cfg.train.mixup_alpha
     mix_rng = np.random.default_rng([cfg.seed, epoch, MIXUP_STREAM]) if alpha > 0 else None
@@ -686,7 +698,7 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
         loss = micro_batch_loss(model, batch, input_keys=data.input_keys, cfg=cfg, device=device,
                                 amp=cfg.train.amp, mix=mix)
         lr = optimizer.param_groups[0]["lr"]
-        if not torch.isfinite(loss):
+        if not distributed.all_finite(loss):  # every rank stops at the same step
             raise Diverged(step, lr, "loss", epoch)
         scaler.scale(loss / (group_end - group_start)).backward()
         n = batch[data.input_keys[0]].shape[0]  # items in this micro-batch (segmentation has no targets)
@@ -713,6 +725,7 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
         if cfg.train.max_steps and step >= cfg.train.max_steps:
             break
     epoch_time = time.perf_counter() - t_epoch
+    loss_sum, samples = distributed.sum_over_ranks(loss_sum, samples)  # all ranks' samples
     row = {"epoch": epoch, "step": step, "train_loss": loss_sum / max(samples, 1),
            "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": epoch_time,
            "step_time_s": float(np.mean(step_times)) if step_times else math.nan,

@@ -1,0 +1,520 @@
+"""Sweeps spread over processes, GPUs and machines: the points of a sweep queued in an Optuna study.
+
+``create_sweep(spec)`` expands a spec (base config, grid, seeds: the grid of ``vqalab.sweep``) and
+enqueues every point once into an Optuna study (``enqueue_trial(..., skip_if_exists=True)``; no
+sampler picks points). ``work(name)`` runs worker lanes, one per GPU (``CUDA_VISIBLE_DEVICES``) or
+per CPU slot, on any number of machines sharing the storage: a lane takes a waiting trial, trains
+its point with ``fit`` in a subprocess (the usual run folder, recorded on the trial as ``run_dir``)
+and records the result. A point that already finished (same reuse key as ``sweep``) is not trained
+again. The run folders stay the record; ``sweep_table`` reads them back into the table ``sweep``
+returns.
+
+Storage: a journal file (``JournalFileBackend``; the default, under the experiment's folder: shared
+by the processes of one machine, or by machines sharing a file system) or an RDB URL such as
+``postgresql://user@host/db`` (``RDBStorage`` with its heartbeat) for several machines.
+
+A lane beats while its trial trains (the journal storage has no heartbeat of its own: the beat is
+the trial's ``heartbeat_at`` user attribute). A running trial whose beat is older than the grace
+period belonged to a worker that died: it is marked failed and a copy is queued (``retry_of``,
+``resume_from``) that continues the dead run in its folder from its last checkpoint. A point that
+fails by itself (an exception, a non-finite loss) is recorded failed or diverged and not retried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+from vqalab import runs
+from vqalab.config import RunConfig, read_yaml
+from vqalab.paths import resolve
+from vqalab.registry import ConfigError
+from vqalab.sweep import SweepPoint, expand_grid, find_finished, finished_runs, sweep_row
+from vqalab.train import FINISHED_STATUSES
+
+log = logging.getLogger(__name__)
+
+SPEC_ATTR = "vqalab_sweep_spec"  # study user attribute: the spec every worker expands
+SPEC_KEYS = ("name", "base", "grid", "seeds", "reuse")
+JOURNAL_DIR = "sweeps"  # under runs_root/experiment: <name>.journal
+HEARTBEAT_S = 10.0
+GRACE_S = 60.0  # a running trial without a beat for this long belonged to a dead worker
+MAX_RETRIES = 3  # times a point is queued again after its worker died
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+@dataclass
+class SweepSpec:
+    """What ``vqalab sweep create`` reads: the study name, base params tree, grid and seeds."""
+
+    name: str
+    base: dict
+    grid: dict[str, list]
+    seeds: list[int] = field(default_factory=lambda: [0])
+    reuse: bool = True
+
+    def points(self) -> list[SweepPoint]:
+        return expand_grid(self.base, self.grid, self.seeds)
+
+
+def load_spec(path: str | Path) -> SweepSpec:
+    """Read a spec file: ``name`` (default: the file name), ``base`` (a params file, relative to the
+    spec or the project root, or an inline params tree), ``grid`` (dotted key → list), ``seeds``.
+
+    Every point is built and validated here, so a bad spec stops before anything is queued.
+    """
+    path = resolve(path)
+    tree = read_yaml(path)
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
+    unknown = sorted(set(tree) - set(SPEC_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; a sweep spec has {', '.join(SPEC_KEYS)}")
+    if "grid" not in tree:
+        raise ConfigError(f"{path}: no 'grid' (dotted params key → list of values)")
+    base = tree.get("base", {})
+    if isinstance(base, str):
+        base_file = path.parent / base if (path.parent / base).is_file() else resolve(base)
+        if not base_file.is_file():
+            raise ConfigError(f"{path}: base = {base!r}: no such params file (looked beside the spec "
+                              f"and under the project root)")
+        base = read_yaml(base_file) or {}  # the file's content is stored: later edits do not leak in
+    if not isinstance(base, dict):
+        raise ConfigError(f"{path}: base = {base!r}: expected a params file name or a params mapping")
+    seeds = tree.get("seeds", [0])
+    reuse = tree.get("reuse", True)
+    if not isinstance(reuse, bool):
+        raise ConfigError(f"{path}: reuse = {reuse!r}: expected true or false")
+    spec = SweepSpec(name=runs.safe_name(str(tree.get("name") or path.stem)), base=base,
+                     grid=tree["grid"], seeds=seeds if isinstance(seeds, list) else [seeds], reuse=reuse)
+    spec.points()  # raises ConfigError naming the point, before any storage is touched
+    return spec
+
+
+def point_params(point: SweepPoint) -> dict[str, Any]:
+    """The trial parameters of a point: its grid values (tuples as lists, as JSON has them) and seed."""
+    plain = json.loads(json.dumps(point.values))
+    return {**plain, "seed": point.seed}
+
+
+def _point_key(params: dict) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def default_storage(spec: SweepSpec) -> Path:
+    """``runs_root/experiment/sweeps/<name>.journal`` of the spec's first point."""
+    cfg: RunConfig = spec.points()[0].cfg
+    return resolve(cfg.runs_root) / runs.safe_name(cfg.experiment) / JOURNAL_DIR / f"{spec.name}.journal"
+
+
+def find_storage(name: str, runs_root: str | Path = "runs") -> str:
+    """The journal file of sweep ``name`` under ``runs_root/*/sweeps/`` (exactly one must exist)."""
+    found = sorted(resolve(runs_root).glob(f"*/{JOURNAL_DIR}/{runs.safe_name(name)}.journal"))
+    if len(found) != 1:
+        where = resolve(runs_root) / "*" / JOURNAL_DIR / f"{name}.journal"
+        what = "no journal" if not found else f"{len(found)} journals ({', '.join(map(str, found))})"
+        raise ConfigError(f"sweep {name!r}: {what} at {where}: pass --storage")
+    return str(found[0])
+
+
+def is_rdb_url(storage: str | Path) -> bool:
+    return "://" in str(storage)
+
+
+def open_storage(storage: str | Path, *, heartbeat_s: float = HEARTBEAT_S, grace_s: float = GRACE_S,
+                 max_retries: int = MAX_RETRIES) -> optuna.storages.BaseStorage:
+    """An RDB URL (``postgresql://...``) → ``RDBStorage`` with heartbeat; anything else is the path
+    of a journal file."""
+    if is_rdb_url(storage):
+        url = str(storage)
+        if url.startswith("postgresql://"):  # SQLAlchemy ≥ 2.1 would pick psycopg 3; we ship psycopg2
+            url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+        with warnings.catch_warnings():  # RDB heartbeat arguments are still marked experimental
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=max(1, round(heartbeat_s)), grace_period=max(1, round(grace_s)),
+                heartbeat_stale_trial_callback=lambda study, trial: requeue(study, trial, max_retries=max_retries))
+    path = Path(storage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def create_sweep(spec: SweepSpec, storage: str | Path | None = None) -> tuple[str, int]:
+    """Create (or extend) the study ``spec.name`` and enqueue every point not queued yet.
+
+    Returns the storage (URL or journal path) and the number of points newly queued. A study of
+    that name holding a different base, seeds or reuse setting is refused (pick another name).
+    """
+    points = spec.points()
+    storage = str(storage or default_storage(spec))
+    study = optuna.create_study(study_name=spec.name, storage=open_storage(storage), load_if_exists=True,
+                                direction="maximize")
+    wanted = json.loads(json.dumps(asdict(spec)))
+    stored = study.user_attrs.get(SPEC_ATTR)
+    if stored is None:
+        study.set_user_attr(SPEC_ATTR, wanted)
+    elif {k: v for k, v in stored.items() if k != "grid"} != {k: v for k, v in wanted.items() if k != "grid"}:
+        raise ConfigError(f"sweep {spec.name!r} in {storage} already exists with another base, seeds or "
+                          f"reuse setting: give the spec another name")
+    elif stored["grid"] != wanted["grid"]:
+        study.set_user_attr(SPEC_ATTR, wanted)  # a grown grid: its new points are queued below
+    before = len(study.get_trials(deepcopy=False))
+    for point in points:
+        study.enqueue_trial(point_params(point), user_attrs={"name": point.cfg.name}, skip_if_exists=True)
+    added = len(study.get_trials(deepcopy=False)) - before
+    log.info("sweep %s: %d points, %d newly queued in %s", spec.name, len(points), added, storage)
+    return storage, added
+
+
+def load_sweep(name: str, storage: str | Path | None = None, **storage_kw) -> tuple[optuna.Study, SweepSpec]:
+    storage = storage or find_storage(name)
+    try:
+        study = optuna.load_study(study_name=name, storage=open_storage(storage, **storage_kw))
+    except KeyError:
+        raise ConfigError(f"sweep {name!r}: no such study in {storage} (create it with `vqalab sweep create`)")
+    stored = study.user_attrs.get(SPEC_ATTR)
+    if stored is None:
+        raise ConfigError(f"study {name!r} in {storage} was not created by `vqalab sweep create`")
+    return study, SweepSpec(**stored)
+
+
+def requeue(study: optuna.Study, trial: FrozenTrial, *, max_retries: int = MAX_RETRIES) -> None:
+    """Queue again the point of a trial whose worker died, to continue its run folder."""
+    retries = trial.user_attrs.get("retries", 0)
+    if retries >= max_retries:
+        log.error("trial %d (%s): worker lost %d times, not queued again", trial.number,
+                  trial.user_attrs.get("name"), retries + 1)
+        return
+    run_dir = trial.user_attrs.get("run_dir") or trial.user_attrs.get("resume_from")
+    user_attrs = {"name": trial.user_attrs.get("name"), "retries": retries + 1, "retry_of": trial.number}
+    if run_dir:
+        user_attrs["resume_from"] = run_dir
+    study.enqueue_trial(trial.system_attrs["fixed_params"], user_attrs=user_attrs)
+    log.warning("trial %d (%s): its worker stopped beating; queued again%s", trial.number,
+                trial.user_attrs.get("name"), f" to resume {run_dir}" if run_dir else "")
+
+
+def fail_stale_trials(study: optuna.Study, *, grace_s: float, max_retries: int) -> None:
+    """Fail the running trials of dead workers and queue them again (one process wins each)."""
+    storage = study._storage
+    if isinstance(storage, optuna.storages.RDBStorage):
+        optuna.storages.fail_stale_trials(study)  # its heartbeat callback is ``requeue``
+        return
+    now = time.time()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        beat = trial.user_attrs.get("heartbeat_at") or trial.datetime_start.timestamp()
+        if now - beat <= grace_s:
+            continue
+        try:
+            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:
+            continue  # another worker failed it first and queues the retry
+        requeue(study, study._storage.get_trial(trial._trial_id), max_retries=max_retries)
+
+
+def take_waiting_trial(study: optuna.Study) -> FrozenTrial | None:
+    """Move one waiting trial to running for this process (atomic in both storages), or None."""
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        try:
+            if storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
+                return storage.get_trial(trial._trial_id)
+        except UpdateFinishedTrialError:
+            continue
+    return None
+
+
+def beat(study: optuna.Study, trial_id: int) -> None:
+    storage = study._storage
+    if isinstance(storage, optuna.storages.RDBStorage):
+        storage.record_heartbeat(trial_id)
+    else:
+        storage.set_trial_user_attr(trial_id, "heartbeat_at", time.time())
+
+
+@dataclass
+class Lane:
+    """One worker lane: its environment additions (a GPU or a thread count) and a label for logs."""
+
+    label: str
+    env: dict[str, str]
+
+
+def make_lanes(devices: list[str] | None, slots: int) -> list[Lane]:
+    if devices:
+        return [Lane(f"cuda:{d}", {"CUDA_VISIBLE_DEVICES": str(d)}) for d in devices]
+    if slots < 1:
+        raise ConfigError(f"--slots {slots}: expected at least 1")
+    threads = max(1, (os.cpu_count() or 1) // slots)  # the slots share the cores, none oversubscribed
+    return [Lane(f"cpu{i}", {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+            for i in range(slots)]
+
+
+class Worker:
+    """Lanes of one process taking trials of one study until nothing is waiting or running."""
+
+    def __init__(self, name: str, storage: str | Path | None = None, *, devices: list[str] | None = None,
+                 slots: int = 1, max_trials: int | None = None, heartbeat_s: float = HEARTBEAT_S,
+                 grace_s: float = GRACE_S, max_retries: int = MAX_RETRIES):
+        self.study, self.spec = load_sweep(name, storage, heartbeat_s=heartbeat_s, grace_s=grace_s,
+                                           max_retries=max_retries)
+        self.points = {_point_key(point_params(p)): p for p in self.spec.points()}
+        self.lanes = make_lanes(devices, slots)
+        self.max_trials, self.heartbeat_s, self.grace_s, self.max_retries = max_trials, heartbeat_s, grace_s, max_retries
+        self.taken = 0
+        self.lock = threading.Lock()
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+
+    def run(self) -> int:
+        """Work until done; returns the number of trials this process took."""
+        threads = [threading.Thread(target=self.lane_loop, args=(lane,), name=lane.label) for lane in self.lanes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return self.taken
+
+    def claim(self) -> FrozenTrial | None:
+        with self.lock:
+            if self.max_trials is not None and self.taken >= self.max_trials:
+                return None
+            trial = take_waiting_trial(self.study)
+            if trial is not None:
+                self.taken += 1
+            return trial
+
+    def lane_loop(self, lane: Lane) -> None:
+        while True:
+            fail_stale_trials(self.study, grace_s=self.grace_s, max_retries=self.max_retries)
+            trial = self.claim()
+            if trial is None:
+                if self.max_trials is not None and self.taken >= self.max_trials:
+                    return
+                # Trials running elsewhere may still come back to the queue if their worker dies.
+                if not self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+                    return
+                time.sleep(min(self.heartbeat_s, self.grace_s / 4))
+                continue
+            try:
+                self.run_trial(trial, lane)
+            except Exception as err:  # a storage hiccup must not leave the trial running forever
+                log.exception("trial %d: worker error", trial.number)
+                try:
+                    self.finish(trial, "failed", {"error": f"worker: {type(err).__name__}: {err}"}, None, False)
+                except UpdateFinishedTrialError:
+                    pass  # already failed as stale and queued again by another worker
+
+    def run_trial(self, trial: FrozenTrial, lane: Lane) -> None:
+        storage, tid = self.study._storage, trial._trial_id
+        storage.set_trial_user_attr(tid, "worker", f"{self.worker_id}/{lane.label}")
+        beat(self.study, tid)
+        point = self.points.get(_point_key(trial.system_attrs["fixed_params"]))
+        if point is None:
+            self.finish(trial, "failed", {"error": "point not in the sweep's grid"}, None, False)
+            return
+        if self.spec.reuse:
+            found = find_finished(point, finished_runs(point.cfg.runs_root, point.cfg.experiment))
+            if found is not None:
+                log.info("trial %d %s: reusing %s", trial.number, point.cfg.name, found)
+                self.finish(trial, None, json.loads((found / "summary.json").read_text()), found, True)
+                return
+        resume = trial.user_attrs.get("resume_from")
+        log.info("trial %d %s on %s: %s", trial.number, point.cfg.name, lane.label,
+                 f"resuming {resume}" if resume else "training")
+        with tempfile.TemporaryDirectory(prefix="vqalab-trial-") as tmp:
+            config_file, report_file, output_file = Path(tmp, "config.json"), Path(tmp, "run_dir.json"), Path(tmp, "output.txt")
+            config_file.write_text(json.dumps(point.cfg.to_dict()))
+            command = [sys.executable, "-m", "vqalab.sweep_queue", "--config", str(config_file),
+                       "--report", str(report_file), "--parent", str(os.getpid())]
+            if resume:
+                command += ["--resume", resume]
+            run_dir = Path(resume) if resume else None
+            with open(output_file, "wb") as output:
+                child = subprocess.Popen(command, env={**os.environ, **lane.env}, stdout=output,
+                                         stderr=subprocess.STDOUT, cwd=resolve("."))
+                while True:
+                    try:
+                        # Poll quickly until the run folder is known: a retry must find it.
+                        code = child.wait(timeout=self.heartbeat_s if run_dir else min(self.heartbeat_s, 0.5))
+                        break
+                    except subprocess.TimeoutExpired:
+                        try:
+                            beat(self.study, tid)
+                        except UpdateFinishedTrialError:  # others took this worker for dead: let go
+                            log.error("trial %d: failed as stale while training here; stopping it", trial.number)
+                            child.kill()
+                            child.wait()
+                            return
+                        if run_dir is None and report_file.is_file():
+                            run_dir = Path(json.loads(report_file.read_text())["run_dir"])
+                            storage.set_trial_user_attr(tid, "run_dir", str(run_dir))
+            if run_dir is None and report_file.is_file():
+                run_dir = Path(json.loads(report_file.read_text())["run_dir"])
+            summary_file = run_dir / "summary.json" if run_dir else None
+            summary = json.loads(summary_file.read_text()) if summary_file and summary_file.is_file() else {}
+            if code != 0:
+                tail = output_file.read_text(errors="replace").strip().splitlines()[-1:] or [f"exit code {code}"]
+                error = summary.get("error") if summary.get("status") == "failed" else None
+                self.finish(trial, "failed", {**summary, "error": error or tail[0]}, run_dir, False)
+                return
+        self.finish(trial, None, summary, run_dir, False)
+
+    def finish(self, trial: FrozenTrial, status: str | None, summary: dict, run_dir: Path | None,
+               reused: bool) -> None:
+        """Record a trial's outcome: completed → COMPLETE with its best_val_acc; diverged or failed → FAIL."""
+        storage, tid = self.study._storage, trial._trial_id
+        status = status or summary.get("status", "failed")
+        if run_dir is not None:
+            storage.set_trial_user_attr(tid, "run_dir", str(run_dir))
+        storage.set_trial_user_attr(tid, "status", status)
+        storage.set_trial_user_attr(tid, "reused", reused)
+        if summary.get("error"):
+            storage.set_trial_user_attr(tid, "error", str(summary["error"]))
+        if status == "completed":
+            storage.set_trial_state_values(tid, TrialState.COMPLETE, [float(summary.get("best_val_acc") or 0.0)])
+        else:
+            storage.set_trial_state_values(tid, TrialState.FAIL)
+        log.info("trial %d %s: %s%s", trial.number, trial.user_attrs.get("name"), status, " (reused)" if reused else "")
+
+
+def work(name: str, storage: str | Path | None = None, **kwargs) -> int:
+    """Run ``Worker(name, storage, **kwargs)`` until the queue is empty; returns the trials taken."""
+    return Worker(name, storage, **kwargs).run()
+
+
+def latest_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
+    """Point key → its newest trial (a retry supersedes the trial of a dead worker)."""
+    latest: dict[str, FrozenTrial] = {}
+    for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        latest[_point_key(trial.system_attrs["fixed_params"])] = trial
+    return latest
+
+
+def trial_status(trial: FrozenTrial | None) -> str:
+    if trial is None:
+        return "not queued"
+    if trial.state in (TrialState.WAITING, TrialState.RUNNING):
+        return trial.state.name.lower()
+    return trial.user_attrs.get("status", "failed")  # FAIL without one: its worker was lost for good
+
+
+def sweep_table(name: str, storage: str | Path | None = None) -> pd.DataFrame:
+    """The table ``sweep`` returns, read from the study and its run folders, in grid order.
+
+    Points not finished yet are rows with status ``waiting`` / ``running`` and no figures.
+    """
+    study, spec = load_sweep(name, storage)
+    latest = latest_trials(study)
+    rows = []
+    for point in spec.points():
+        trial = latest.get(_point_key(point_params(point)))
+        status = trial_status(trial)
+        run_dir = trial.user_attrs.get("run_dir") if trial else None
+        summary_file = Path(run_dir) / "summary.json" if run_dir else None
+        summary = json.loads(summary_file.read_text()) if summary_file and summary_file.is_file() else {}
+        if status not in FINISHED_STATUSES:
+            summary = {**{k: None for k in summary}, "status": status,
+                       "error": trial.user_attrs.get("error", "worker lost") if status == "failed" else None}
+        rows.append(sweep_row(point, summary, Path(run_dir) if run_dir else None,
+                              reused=bool(trial and trial.user_attrs.get("reused"))))
+    df = pd.DataFrame(rows)
+    df.attrs["grid_keys"] = list(spec.grid)
+    return df
+
+
+def sweep_status(name: str, storage: str | Path | None = None) -> dict:
+    """Points per state, each point's run folder and an ETA (mean time of the points trained so far
+    × points left / lanes running now)."""
+    study, spec = load_sweep(name, storage)
+    latest = latest_trials(study)
+    points, durations = [], []
+    for point in spec.points():
+        trial = latest.get(_point_key(point_params(point)))
+        status = trial_status(trial)
+        points.append({"name": point.cfg.name, "status": status,
+                       "reused": bool(trial and trial.user_attrs.get("reused")),
+                       "retries": trial.user_attrs.get("retries", 0) if trial else 0,
+                       "worker": trial.user_attrs.get("worker") if trial else None,
+                       "run_dir": trial.user_attrs.get("run_dir") if trial else None})
+        if trial and trial.datetime_complete and trial.datetime_start and not trial.user_attrs.get("reused"):
+            durations.append((trial.datetime_complete - trial.datetime_start).total_seconds())
+    counts: dict[str, int] = {}
+    for p in points:
+        counts[p["status"]] = counts.get(p["status"], 0) + 1
+    left = counts.get("waiting", 0) + counts.get("running", 0)
+    lanes = max(1, counts.get("running", 0))
+    eta = sum(durations) / len(durations) * left / lanes if durations and left else (0.0 if not left else None)
+    return {"name": name, "counts": counts, "eta_s": eta, "points": points}
+
+
+def sweep_with_workers(base: RunConfig | dict, grid: dict, *, seeds, reuse: bool = True, workers: int = 2,
+                       storage: str | None = None) -> pd.DataFrame:
+    """``sweep(..., workers=N)``: a new study for this call, N lanes in this process, then the table.
+
+    Lanes go one per GPU when this machine has ``workers`` GPUs, else one per CPU slot.
+    """
+    import torch
+
+    tree = base.to_dict() if isinstance(base, RunConfig) else dict(base or {})
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    spec = SweepSpec(name=runs.safe_name(f"{tree.get('name', 'run')}-{stamp}"), base=tree,
+                     grid={k: list(v) for k, v in grid.items()}, seeds=list(seeds), reuse=reuse)
+    storage, _ = create_sweep(spec, storage)
+    devices = [str(i) for i in range(workers)] if torch.cuda.device_count() >= workers else None
+    work(spec.name, storage, devices=devices, slots=workers)
+    return sweep_table(spec.name, storage)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Linux: this trial process gets SIGKILL when its worker dies, so a retry never shares its folder."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the worker died before prctl took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def trial_main(argv: list[str] | None = None) -> int:
+    """The process of one trial: ``fit`` of one point, reporting its run folder as soon as it exists."""
+    parser = argparse.ArgumentParser(description="one sweep trial (started by `vqalab sweep work`)")
+    parser.add_argument("--config", required=True, help="resolved config as JSON")
+    parser.add_argument("--report", required=True, help="file that receives {'run_dir': ...}")
+    parser.add_argument("--parent", type=int, required=True, help="pid of the worker")
+    parser.add_argument("--resume", default=None, help="run folder of a dead worker's trial")
+    args = parser.parse_args(argv)
+    _die_with_parent(args.parent)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from vqalab.config import build_config
+    from vqalab.train import fit
+
+    cfg = build_config(json.loads(Path(args.config).read_text()), source=args.config)
+    cfg.train.progress = False
+    report = Path(args.report)
+    fit(cfg, resume=args.resume, on_start=lambda run_dir: runs.write_json(report, {"run_dir": str(run_dir)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(trial_main())
