@@ -46,7 +46,6 @@ from torch.utils.data import DataLoader
 from vqalab import distributed, runs
 from vqalab.config import RunConfig, read_yaml
 from vqalab.data import DataSplits, build_data, data_status
-from vqalab.data.samplers import epoch_batches, eval_batches
 from vqalab.metrics import IOU_THRESHOLD, iou_counts
 from vqalab.models import MODELS, create_model
 from vqalab.monitor import RunMonitor
@@ -512,11 +511,11 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
                 return RunResult(run_dir=point.run_dir, summary=point.summary)
         else:
             runs.check_writable_folder(cfg.runs_root, "runs_root")
-        return _train(cfg, data, device, point, held)
+        return _train(cfg, data, device, point, held, on_start)
 
 
 def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point: ResumePoint | None,
-           held: contextlib.ExitStack) -> RunResult:
+           held: contextlib.ExitStack, on_start: Callable[[Path], None] | None) -> RunResult:
     """The body of ``fit``; a new run folder's lock joins ``held`` (released when ``fit`` returns)."""
     seed_everything(cfg.seed)  # in case a data builder draws from the global generators
     if data is None:
