@@ -384,7 +384,8 @@ def test_recommendation_is_the_same_over_repeated_noisy_sweeps():
     # the sentence states the noise
     c = choices[0]
     assert 0 < c["noise"] < 0.05 and c["tolerance"] == pytest.approx(max(0.05, c["noise"]))
-    assert f"median of 5 paired rounds; measurement noise {c['noise']:.1%}" in c["sentence"]
+    assert (f"median of 5 paired rounds; measurement noise {c['noise']:.1%}, the IQR of the per-round ratios"
+            in c["sentence"])
     assert c["sentence"].startswith("Use batch size 64: ")
 
 
@@ -476,13 +477,16 @@ def test_bench_flops_cli_prints_json(capsys):
 def test_bench_throughput_cli_json(capsys):
     argv = ["bench", "throughput", "--model", "vqa_mean_mlp", "--set", "model.cnn_channels=[4,8,8]",
             "--set", "data.max_train_samples=32", "--set", "train.device=cpu", "--batch-sizes", "4", "2",
-            "--warmup", "0", "--steps", "2", "--json"]
+            "--warmup", "0", "--steps", "1", "--rounds", "2", "--json"]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["batch_size"] for r in out["rows"]] == [2, 4]
-    assert all(r["status"] == "ok" and r["timed_steps"] == 2 for r in out["rows"])
+    assert all(r["status"] == "ok" and r["timed_steps"] == 1 and r["rounds"] == 2 for r in out["rows"])
+    assert all(len(r["samples_per_s_rounds"]) == len(r["e2e_samples_per_s_rounds"]) == 2 for r in out["rows"])
     best = max(out["rows"], key=lambda r: r["samples_per_s"])
     assert out["recommendation"]["best_batch_size"] == best["batch_size"]
+    assert out["limit"]["batch_size"] == out["recommendation"]["batch_size"]
+    assert out["limit"]["limit"] in {"model step", "input pipeline"}
 
 
 def test_bench_cli_rejects_a_model_without_matching_data(capsys):

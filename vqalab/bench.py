@@ -469,7 +469,8 @@ def recommend_batch_size(table: pd.DataFrame, fraction: float = RECOMMEND_FRACTI
     chosen = ok.loc[share[share >= 1 - tolerance - 1e-12].index].sort_values("batch_size").iloc[0]
     chosen_share = float(share[chosen.name])
     rounds = int(ok["rounds"].min()) if "rounds" in ok else 1
-    measured = (f"median of {rounds} paired rounds; measurement noise {noise:.1%}" if rounds > 1
+    measured = (f"median of {rounds} paired rounds; measurement noise {noise:.1%}, the IQR of the "
+                f"per-round ratios" if rounds > 1
                 else "one round, so no measured noise")
     band = (f"within the measurement noise ({tolerance:.1%}) of the best" if noise >= 1 - fraction
             else f"within {tolerance:.0%} of the best")
