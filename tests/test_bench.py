@@ -455,6 +455,12 @@ def test_limiting_part_names_the_input_pipeline_only_beyond_the_noise():
     assert fine["limit"] == "model step" and "within the 8% noise" in fine["sentence"]
     with pytest.raises(ValueError, match="batch size 128: no end-to-end measurement"):
         bench.limiting_part(rows, 128)
+    # with per-round values the noise is that of the paired per-round input share
+    paired = rows.assign(samples_per_s_rounds=[[1000.0, 800.0, 1200.0], [1200.0] * 3],
+                         e2e_samples_per_s_rounds=[[700.0, 600.0, 780.0], [1150.0] * 3])
+    shares = 1 - np.array([700 / 1000, 600 / 800, 780 / 1200])
+    assert bench.limiting_part(paired, 32)["noise"] == pytest.approx(np.subtract(*np.percentile(shares, [75, 25])))
+    assert bench.limiting_part(paired, 64)["noise"] == 0
 
 
 # --- reports and the command line ------------------------------------------------------------

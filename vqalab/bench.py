@@ -509,15 +509,21 @@ def limiting_part(table: pd.DataFrame, batch_size: int) -> dict:
     """Whether the model step or the input pipeline limits end-to-end throughput at ``batch_size``.
 
     The input pipeline limits when the end-to-end median falls below the model-step median by
-    more than the noise of the two (the larger of their IQR / median). Returns both throughputs,
-    the input share and a sentence.
+    more than the noise. With per-round values the noise is paired: the IQR over rounds of
+    1 - end-to-end / model step (both measured back to back in each round); without them, the
+    larger of the two spreads (IQR / median). Returns both throughputs, the input share and a
+    sentence.
     """
     rows = table[(table["batch_size"] == batch_size) & (table["status"] == "ok")]
     if rows.empty or "e2e_samples_per_s" not in rows or pd.isna(rows["e2e_samples_per_s"].iloc[0]):
         raise ValueError(f"batch size {batch_size}: no end-to-end measurement in the table "
                          f"(throughput_sweep(..., end_to_end=True))")
     row = rows.iloc[0]
-    noise = max(float(row["spread"]), float(row["e2e_spread"]))
+    if "samples_per_s_rounds" in row and "e2e_samples_per_s_rounds" in row:
+        per_round = 1 - np.asarray(row["e2e_samples_per_s_rounds"]) / np.asarray(row["samples_per_s_rounds"])
+        noise = float(np.subtract(*np.percentile(per_round, [75, 25])))
+    else:
+        noise = max(float(row["spread"]), float(row["e2e_spread"]))
     share = float(row["input_share"])
     limit = "input pipeline" if share > noise else "model step"
     figures = (f"{row['e2e_samples_per_s']:.0f} samples/s end to end (loader, augmentation, host-to-device "
