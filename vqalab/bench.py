@@ -18,9 +18,11 @@ time is a finished step, not a queued one.
 Noise: a shared machine makes single timings scatter by tens of percent. The sweep therefore
 times every batch size in ``rounds`` interleaved rounds (all sizes in round 1, then all sizes in
 round 2, in alternating order, so that a busy spell hits every size alike) and reports the median
-over rounds with its spread. The recommendation treats sizes whose median lies within the
-measured noise of the best as equally fast and takes the smallest of them, so repeating the
-measurement gives the same answer unless a size sits right at the edge of the noise band.
+over rounds with its spread. The recommendation compares each size with the best one round by
+round (its throughput over the best's in the same round, which cancels load that slows both),
+treats sizes whose median ratio lies within the measured noise of those ratios as equally fast
+and takes the smallest of them. Repeating the measurement then gives the same answer unless a
+size's true throughput sits near the edge of that band; the sentence states the noise.
 
 Memory: on a GPU the CUDA allocator's ``max_memory_allocated`` after ``reset_peak_memory_stats``
 (tensors only, not the allocator's cache); on the CPU the process's peak resident set size
@@ -39,6 +41,7 @@ backward counts the four gradient products only, so counts do not depend on the 
 from __future__ import annotations
 
 import gc
+import itertools
 import logging
 import math
 import time
@@ -271,17 +274,16 @@ def measure_training(cfg: RunConfig, batch_size: int, *, data: DataSplits, devic
 
     The steps cycle through ``num_batches`` distinct training batches put on the device first.
     A fresh model per call makes each measurement independent: its peak memory holds the
-    weights, the optimizer state and that batch size's activations. Out-of-memory errors propagate.
+    weights, the optimizer state, these batches and that batch size's activations. Out-of-memory
+    errors propagate.
     Returns the step times (s), the peak memory (MiB) and what that memory measures.
     """
     model, optimizer, scaler = fresh_training_state(cfg, data, device, amp, channels_last, compile_model)
-    batches = [batch_on_device(b, device, channels_last)
-               for b in training_batches_at(data, batch_size, cfg.seed, num_batches)]
-    position = iter(range(10**12))
+    batches = itertools.cycle([batch_on_device(b, device, channels_last)
+                               for b in training_batches_at(data, batch_size, cfg.seed, num_batches)])
 
     def step():
-        batch = batches[next(position) % len(batches)]
-        training_step(model, optimizer, scaler, batch, data.input_keys, cfg, device, amp)
+        training_step(model, optimizer, scaler, next(batches), data.input_keys, cfg, device, amp)
 
     was_reset = reset_peak_memory(device)
     times = time_calls(step, device, warmup=warmup_steps, repeats=timed_steps)
