@@ -342,8 +342,8 @@ def test_training_step_updates_the_weights(cfg, data):
 
 # --- the recommendation rule -----------------------------------------------------------------
 
-# A curve with a knee: 64 and above are within 2% of the best (128), 32 is 14% below it.
-KNEE = {1: 300, 2: 590, 4: 1150, 8: 2100, 16: 3300, 32: 3900, 64: 4480, 128: 4550, 256: 4500, 512: 4400}
+# A curve with a knee: 64 and above are within 3% of the best (128), 32 is 20% below it.
+KNEE = {1: 300, 2: 590, 4: 1150, 8: 2100, 16: 2900, 32: 3650, 64: 4480, 128: 4550, 256: 4500, 512: 4400}
 
 
 def noisy_table(true: dict, rng: np.random.Generator, *, rounds: int = 5, load: float = 0.3,
@@ -371,7 +371,8 @@ def test_throughput_stats_of_rounds():
 
 def test_recommendation_is_the_same_over_repeated_noisy_sweeps():
     rng = np.random.default_rng(0)
-    tables = [noisy_table(KNEE, rng) for _ in range(200)]
+    # jitter 3% a measurement: paired per-round ratios scatter by about 6% (IQR / median)
+    tables = [noisy_table(KNEE, rng, jitter=0.03) for _ in range(200)]
     choices = [bench.recommend_batch_size(t) for t in tables]
     assert {c["batch_size"] for c in choices} == {64}
     # the former sweep (one timing per size, each size at a different moment, so under a different
@@ -383,7 +384,7 @@ def test_recommendation_is_the_same_over_repeated_noisy_sweeps():
     assert len(set(single)) >= 3
     # the sentence states the noise
     c = choices[0]
-    assert 0 < c["noise"] < 0.05 and c["tolerance"] == pytest.approx(max(0.05, c["noise"]))
+    assert 0.02 < c["noise"] < 0.15 and c["tolerance"] == pytest.approx(max(0.1, c["noise"]))
     assert (f"median of 5 paired rounds; measurement noise {c['noise']:.1%}, the IQR of the per-round ratios"
             in c["sentence"])
     assert c["sentence"].startswith("Use batch size 64: ")
@@ -406,7 +407,8 @@ def test_noise_widens_the_band_of_sizes_counted_as_equally_fast():
     # best by median: 32 (110); paired shares of 16: 100/95, 100/120, 100/110, 100/90, 100/115
     paired = np.array([100 / 95, 100 / 120, 100 / 110, 100 / 90, 100 / 115])
     assert share[16] == pytest.approx(np.median(paired))
-    spreads = [np.subtract(*np.percentile(np.array(rounds[b]) / np.array(rounds[32]), [75, 25])) for b in (8, 16)]
+    ratios = {b: np.array(rounds[b]) / np.array(rounds[32]) for b in (8, 16)}
+    spreads = [np.subtract(*np.percentile(r, [75, 25])) / np.median(r) for r in ratios.values()]
     assert noise == pytest.approx(np.median(spreads))
     choice = bench.recommend_batch_size(rows)
     assert choice["best_batch_size"] == 32 and choice["tolerance"] == pytest.approx(noise)
@@ -416,7 +418,7 @@ def test_noise_widens_the_band_of_sizes_counted_as_equally_fast():
 
 
 def test_recommendation_of_one_round_is_the_smallest_batch_within_95_percent_of_the_best():
-    choice = bench.recommend_batch_size(table(SEED_002))
+    choice = bench.recommend_batch_size(table(SEED_002), fraction=0.95)
     # 1543 / 1602 = 96.3 % ≥ 95 %, while 1449 / 1602 = 90.4 % is not
     assert choice["batch_size"] == 128 and choice["best_batch_size"] == 512 and choice["noise"] == 0
     assert choice["fraction_of_best"] == pytest.approx(1543 / 1602)
@@ -427,8 +429,9 @@ def test_recommendation_of_one_round_is_the_smallest_batch_within_95_percent_of_
 
 
 def test_recommendation_boundary_and_failures():
-    assert bench.recommend_batch_size(table({1: 95.0, 2: 100.0}))["batch_size"] == 1  # exactly 95 % counts
-    assert bench.recommend_batch_size(table({1: 94.9, 2: 100.0}))["batch_size"] == 2
+    assert bench.recommend_batch_size(table({1: 90.0, 2: 100.0}))["batch_size"] == 1  # exactly 90 % counts
+    assert bench.recommend_batch_size(table({1: 89.9, 2: 100.0}))["batch_size"] == 2
+    assert bench.recommend_batch_size(table({1: 95.0, 2: 100.0}), fraction=0.95)["batch_size"] == 1
     only_best = bench.recommend_batch_size(table({1: 10.0, 2: 50.0, 4: 40.0}))
     assert only_best["batch_size"] == 2 and only_best["sentence"].startswith("Use batch size 2: it gives the best")
     oom_rows = table({1: 10.0, 2: 20.0, 4: math.nan}, status={4: "oom"})

@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="mixed precision on CUDA (default: train.amp)")
             b.add_argument("--channels-last", action="store_true", help="NHWC memory format")
             b.add_argument("--compile", action="store_true", help="torch.compile the model")
-            b.add_argument("--fraction", type=float, default=0.95,
+            b.add_argument("--fraction", type=float, default=0.90,
                            help="recommend the smallest batch size within the measured noise of the best "
                                 "throughput, and at least within this share of it")
             b.add_argument("--json", action="store_true", help="print rows and recommendation as JSON")
