@@ -422,7 +422,7 @@ def test_recommendation_of_one_round_is_the_smallest_batch_within_95_percent_of_
     # 1543 / 1602 = 96.3 % ≥ 95 %, while 1449 / 1602 = 90.4 % is not
     assert choice["batch_size"] == 128 and choice["best_batch_size"] == 512 and choice["noise"] == 0
     assert choice["fraction_of_best"] == pytest.approx(1543 / 1602)
-    assert choice["sentence"] == ("Use batch size 128: 1543 samples/s, 96% of the best (1602 samples/s at "
+    assert choice["sentence"] == ("Use batch size 128: 1543 samples/s, 96% of the best round by round (1602 samples/s at "
                                   "batch size 512; one round, so no measured noise), the smallest batch size "
                                   "within 5% of the best.")
     assert bench.recommend_batch_size(table(SEED_002), fraction=0.99)["batch_size"] == 256

@@ -484,7 +484,7 @@ def recommend_batch_size(table: pd.DataFrame, fraction: float = RECOMMEND_FRACTI
                     f"({best['samples_per_s']:.0f} samples/s; {measured}) and no smaller batch size is {band}.")
     else:
         sentence = (f"Use batch size {int(chosen['batch_size'])}: {chosen['samples_per_s']:.0f} samples/s, "
-                    f"{chosen_share:.0%} of the best ({best['samples_per_s']:.0f} samples/s at batch size "
+                    f"{chosen_share:.0%} of the best round by round ({best['samples_per_s']:.0f} samples/s at batch size "
                     f"{int(best['batch_size'])}; {measured}), the smallest batch size {band}.")
     oom = table[table["status"] == "oom"]
     if not oom.empty:

@@ -140,8 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
             b.add_argument("--channels-last", action="store_true", help="NHWC memory format")
             b.add_argument("--compile", action="store_true", help="torch.compile the model")
             b.add_argument("--fraction", type=float, default=0.90,
-                           help="recommend the smallest batch size within the measured noise of the best "
-                                "throughput, and at least within this share of it")
+                           help="sizes within this share of the best throughput, or within the measured noise "
+                                "if that is wider, count as equally fast; the smallest is recommended")
             b.add_argument("--json", action="store_true", help="print rows and recommendation as JSON")
             b.set_defaults(func=cmd_bench_throughput)
         else:

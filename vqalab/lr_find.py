@@ -263,7 +263,8 @@ def lr_range_test(cfg: RunConfig, *, min_lr: float = DEFAULT_MIN_LR, max_lr: flo
     log.info("lr range test: %d steps, %s; suggestions %s", len(history), stop_reason, suggestions)
     settings = {"model": cfg.model["name"], "optimizer": cfg.optim.name, "batch_size": cfg.train.batch_size,
                 "min_lr": min_lr, "max_lr": max_lr, "num_steps": num_steps, "beta": beta,
-                "diverge_factor": diverge_factor, "device": str(device), "seed": cfg.seed}
+                "diverge_factor": diverge_factor, "centred_window_decades": CENTRED_WINDOW_DECADES,
+                "device": str(device), "seed": cfg.seed}
     return LRFindResult(history=history, suggestions=suggestions, stop_reason=stop_reason, settings=settings)
 
 
