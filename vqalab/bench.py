@@ -653,8 +653,9 @@ def flops_report(cfg: RunConfig, *, batch_size: int = 1, data: DataSplits | None
         "data": cfg.data.get("name"), "batch_size": batch_size,
         "inputs": {k: list(batch[k].shape) for k in data.input_keys if torch.is_tensor(batch[k])},
         **count_parameters(model), **flops, **flops_summary(flops, batch_size),
-        "units": "FLOPs as counted by torch.utils.flop_counter (matmul, conv, attention; 2 FLOPs per "
-                 "multiply-add; element-wise ops and the optimizer update not counted); "
+        "units": "FLOPs as counted by torch.utils.flop_counter (matmul, conv, and attention on every device "
+                 "with the same formula; 2 FLOPs per multiply-add; element-wise ops and the optimizer update "
+                 "not counted); "
                  "GMACs = GFLOPs / 2; train = forward + backward",
     }
 
