@@ -390,6 +390,51 @@ def test_recommendation_is_the_same_over_repeated_noisy_sweeps():
     assert c["sentence"].startswith("Use batch size 64: ")
 
 
+def test_agreement_says_whether_the_choice_is_settled():
+    rng = np.random.default_rng(2)
+    settled = noisy_table(KNEE, rng, jitter=0.03)
+    assert bench.recommendation_agreement(settled) >= 0.9
+    assert "Resampling the rounds gives the same choice" in bench.recommend_batch_size(settled)["sentence"]
+    # 64 at 90% of the best: half the resamples put it inside the 10% band, half outside
+    edge = noisy_table({32: 2000, 64: 4050, 128: 4500}, rng, rounds=9, jitter=0.08)
+    agreement = bench.recommendation_agreement(edge)
+    assert agreement < 0.9
+    assert "not settled, more rounds (or a quieter machine) would be needed" in bench.recommend_batch_size(edge)["sentence"]
+    assert math.isnan(bench.recommendation_agreement(table(SEED_002)))  # one round: nothing to resample
+    # the vectorised shares of a resample are those of the resampled table
+    per_round = np.array(edge["samples_per_s_rounds"].tolist())
+    draw = [0, 0, 3, 5, 8, 8, 2, 1, 4]
+    share, noise = bench.paired_shares(per_round[None, :, draw])
+    resampled = edge.assign(samples_per_s=np.median(per_round[:, draw], axis=1), samples_per_s_rounds=list(per_round[:, draw]))
+    expected_share, expected_noise = bench.relative_to_best(resampled)
+    assert share[0] == pytest.approx(expected_share.to_numpy()) and noise[0] == pytest.approx(expected_noise)
+
+
+def fake_measurements(monkeypatch, samples_per_s: dict, jitter: float, seed: int = 0) -> None:
+    """measure_training / measure_end_to_end replaced by steps at the given throughput × noise."""
+    rng = np.random.default_rng(seed)
+
+    def times(batch_size, timed_steps):
+        return list(batch_size / samples_per_s[batch_size] * np.exp(jitter * rng.standard_normal(timed_steps)))
+
+    monkeypatch.setattr(bench, "measure_training", lambda cfg, b, **kw: {
+        "times": times(b, kw["timed_steps"]), "peak_memory_mb": 1.0, "memory_kind": "cpu_peak_rss"})
+    monkeypatch.setattr(bench, "measure_end_to_end", lambda cfg, b, **kw: times(b, kw["timed_steps"]))
+
+
+def test_sweep_adds_rounds_until_the_choice_is_settled(monkeypatch, cfg, data):
+    fake_measurements(monkeypatch, {8: 1000.0, 16: 2000.0, 32: 2050.0}, jitter=0.01)
+    clear = bench.throughput_sweep(cfg, batch_sizes=[8, 16, 32], timed_steps=1, rounds=3, max_rounds=12, data=data)
+    assert (clear["rounds"] == 3).all()  # settled after the first three rounds
+    fake_measurements(monkeypatch, {8: 1000.0, 16: 1800.0, 32: 2000.0}, jitter=0.1)  # 16 at the 90% edge
+    edge = bench.throughput_sweep(cfg, batch_sizes=[8, 16, 32], timed_steps=1, rounds=3, max_rounds=12, data=data)
+    agreement = bench.recommendation_agreement(edge)
+    assert (edge["rounds"] == 12).all() or agreement >= 0.9
+    assert (edge["rounds"] > 3).all()
+    with pytest.raises(ConfigError, match=r"max_rounds = 2: expected None or an integer ≥ rounds \(3\)"):
+        bench.throughput_sweep(cfg, batch_sizes=[8], rounds=3, max_rounds=2, data=data)
+
+
 def test_recommendation_picks_a_clearly_best_size_through_heavy_noise():
     clear = {16: 1000, 32: 1500, 64: 1600, 128: 2600, 256: 1500}
     rng = np.random.default_rng(1)

@@ -22,7 +22,9 @@ over rounds with its spread. The recommendation compares each size with the best
 round (its throughput over the best's in the same round, which cancels load that slows both),
 treats sizes whose median ratio lies within the measured noise of those ratios as equally fast
 and takes the smallest of them. Repeating the measurement then gives the same answer unless a
-size's true throughput sits near the edge of that band; the sentence states the noise.
+size's true throughput sits near the edge of that band. The sentence states the noise and how
+often bootstrap resamples of the rounds give the same choice; with ``max_rounds`` the sweep adds
+rounds until that agreement reaches ``SETTLED_AGREEMENT``.
 
 Memory: on a GPU the CUDA allocator's ``max_memory_allocated`` after ``reset_peak_memory_stats``
 (tensors only, not the allocator's cache); on the CPU the process's peak resident set size
@@ -80,6 +82,8 @@ DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 # band would leave sizes 5-8% below the best on its edge (two sweeps of model 1 chose 128 and 256).
 RECOMMEND_FRACTION = 0.90
 DEFAULT_ROUNDS = 5  # interleaved timing rounds per batch size: enough for a median and an IQR
+BOOTSTRAP_RESAMPLES = 200  # resamples of the rounds that judge how settled a recommendation is
+SETTLED_AGREEMENT = 0.9  # with max_rounds: stop adding rounds once this share of resamples agrees
 REPRESENTATIVE_BATCHES = 8  # distinct training batches cycled through when timing the model step
 AMP_CHOICES = ("off", "bf16", "fp16")
 P95 = 95  # percentile reported next to the median step time
@@ -351,6 +355,7 @@ def summarise_batch_size(batch_size: int, model_rounds: list[dict], e2e_rounds: 
 
 def throughput_sweep(cfg: RunConfig, *, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
                      warmup_steps: int = 3, timed_steps: int = 10, rounds: int = DEFAULT_ROUNDS,
+                     max_rounds: int | None = None, fraction: float = RECOMMEND_FRACTION,
                      end_to_end: bool = True, amp: str | None = None, channels_last: bool = False,
                      compile_model: bool = False, data: DataSplits | None = None) -> pd.DataFrame:
     """Training throughput for each batch size, smallest first: one row per batch size.
@@ -364,6 +369,9 @@ def throughput_sweep(cfg: RunConfig, *, batch_sizes: Sequence[int] = DEFAULT_BAT
     rounds: interleaved rounds; every batch size is measured once per round, in ascending order in
         odd rounds and descending order in even ones. Columns ``samples_per_s`` (median round) with
         ``_q1``, ``_q3``, ``_min``, ``_max`` and ``spread`` (IQR / median) describe the model step.
+    max_rounds: if larger than ``rounds``, keep adding rounds after ``rounds`` until the
+        recommendation (``recommend_batch_size`` with ``fraction``) is the same in at least
+        ``SETTLED_AGREEMENT`` of bootstrap resamples of the rounds, or ``max_rounds`` is reached.
     end_to_end: also time the step fed by the real loader with host-to-device copies (columns
         ``e2e_*``, and ``input_share``: the share of an end-to-end step spent outside the model step).
     amp: off, bf16 or fp16 (CUDA only; None: ``cfg.train.amp``).
@@ -380,6 +388,9 @@ def throughput_sweep(cfg: RunConfig, *, batch_sizes: Sequence[int] = DEFAULT_BAT
         raise ConfigError(f"warmup_steps = {warmup_steps}, timed_steps = {timed_steps}: expected ≥ 0 and ≥ 1")
     if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
         raise ConfigError(f"rounds = {rounds!r}: expected an integer ≥ 1")
+    if max_rounds is not None and (isinstance(max_rounds, bool) or not isinstance(max_rounds, (int, np.integer))
+                                   or max_rounds < rounds):
+        raise ConfigError(f"max_rounds = {max_rounds!r}: expected None or an integer ≥ rounds ({rounds})")
     device = select_device(cfg.train.device)
     amp = effective_amp(cfg.train.amp if amp is None else amp, device)
     data = data or build_data(cfg.data, seed=cfg.seed)
@@ -395,7 +406,24 @@ def throughput_sweep(cfg: RunConfig, *, batch_sizes: Sequence[int] = DEFAULT_BAT
     model_rounds: dict[int, list[dict]] = {b: [] for b in sizes}
     e2e_rounds: dict[int, list[list[float]]] = {b: [] for b in sizes}
     oom: tuple[int, str] | None = None  # (batch size, message) of the first out-of-memory
-    for round_index in range(rounds):
+
+    def table() -> pd.DataFrame:
+        rows = [{**options, **summarise_batch_size(b, model_rounds[b], e2e_rounds[b])}
+                for b in sizes if model_rounds[b] and (oom is None or b < oom[0])]
+        if oom is not None:
+            rows.append({**options, "batch_size": oom[0], "status": "oom", "rounds": 0, "samples_per_s": math.nan,
+                         "spread": math.nan, "step_time_median_s": math.nan, "step_time_p95_s": math.nan,
+                         "step_time_mean_s": math.nan, "peak_memory_mb": math.nan, "memory_kind": "",
+                         "error": oom[1]})
+        return pd.DataFrame(rows)
+
+    for round_index in range(max(rounds, max_rounds or 0)):
+        if round_index >= rounds:  # only with max_rounds: add a round unless the choice is settled
+            agreement = recommendation_agreement(table(), fraction)
+            log.info("after %d rounds the recommendation agrees in %.0f%% of resamples", round_index,
+                     100 * agreement)
+            if agreement >= SETTLED_AGREEMENT:
+                break
         for batch_size in (sizes if round_index % 2 == 0 else sizes[::-1]):
             if oom is not None and batch_size >= oom[0]:
                 continue
@@ -420,34 +448,74 @@ def throughput_sweep(cfg: RunConfig, *, batch_sizes: Sequence[int] = DEFAULT_BAT
                 e2e_rounds[batch_size].append(e2e)
             log.info("round %d, batch %d: %.1f samples/s (model step)", round_index + 1, batch_size,
                      batch_size * len(measured["times"]) / sum(measured["times"]))
-    rows = [{**options, **summarise_batch_size(b, model_rounds[b], e2e_rounds[b])}
-            for b in sizes if model_rounds[b] and (oom is None or b < oom[0])]
-    if oom is not None:
-        rows.append({**options, "batch_size": oom[0], "status": "oom", "rounds": 0, "samples_per_s": math.nan,
-                     "spread": math.nan, "step_time_median_s": math.nan, "step_time_p95_s": math.nan,
-                     "step_time_mean_s": math.nan, "peak_memory_mb": math.nan, "memory_kind": "", "error": oom[1]})
-    return pd.DataFrame(rows)
+    return table()
+
+
+def paired_shares(per_round: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Shares of the best and their noise from per-round throughputs of shape (..., sizes, rounds).
+
+    The best size has the highest median. A size's share is the median over rounds of its
+    throughput divided by the best size's in the same round; the noise is the median over the
+    other sizes of the IQR / median of those per-round ratios (0 with one size). Returns shares
+    (..., sizes) and noise (...).
+    """
+    per_round = np.asarray(per_round, dtype=float)
+    best = np.argmax(np.median(per_round, axis=-1), axis=-1)  # (...)
+    reference = np.take_along_axis(per_round, best[..., None, None], axis=-2)  # (..., 1, rounds)
+    ratios = per_round / reference
+    share = np.median(ratios, axis=-1)  # (..., sizes)
+    if per_round.shape[-2] == 1:
+        return share, np.zeros(share.shape[:-1])
+    q75, q25 = np.percentile(ratios, [75, 25], axis=-1)
+    spread = (q75 - q25) / share
+    others = np.ones(spread.shape, dtype=bool)
+    np.put_along_axis(others, best[..., None], False, axis=-1)
+    return share, np.nanmedian(np.where(others, spread, np.nan), axis=-1)
 
 
 def relative_to_best(ok: pd.DataFrame) -> tuple[pd.Series, float]:
     """Each batch size's throughput as a share of the best one's, and the noise of those shares.
 
-    With several rounds the comparison is paired: in each round, a size's throughput divided by
-    the best size's throughput in the same round (measured minutes apart, under the same load from
-    other processes), then the median over rounds. The noise is the median over the other sizes
-    of the interquartile range of those per-round shares. With one round (or no per-round
-    values) the shares are the ratio of the medians and the noise is 0.
+    With several rounds the comparison is paired (``paired_shares``): in each round, a size's
+    throughput divided by the best size's throughput in the same round (measured minutes apart,
+    under the same load from other processes), then the median over rounds; the noise is the
+    median over the other sizes of the interquartile range of those per-round shares relative to
+    their median. With one round (or no per-round values) the shares are the ratio of the
+    medians and the noise is 0.
     """
-    best = ok["samples_per_s"].idxmax()
     per_round = ok.get("samples_per_s_rounds")
     rounds = {len(r) for r in per_round} if per_round is not None else {1}
     if per_round is None or len(rounds) != 1 or rounds.pop() < 2:
-        return ok["samples_per_s"] / ok.loc[best, "samples_per_s"], 0.0
-    reference = np.asarray(ok.loc[best, "samples_per_s_rounds"], dtype=float)
-    shares = {i: np.asarray(r, dtype=float) / reference for i, r in per_round.items()}
-    share = pd.Series({i: float(np.median(v)) for i, v in shares.items()})
-    spreads = [float(np.subtract(*np.percentile(v, [75, 25])) / np.median(v)) for i, v in shares.items() if i != best]
-    return share, float(np.median(spreads)) if spreads else 0.0
+        return ok["samples_per_s"] / ok["samples_per_s"].max(), 0.0
+    share, noise = paired_shares(np.array(per_round.tolist(), dtype=float))
+    return pd.Series(share, index=ok.index), float(noise)
+
+
+def choose_batch_size(ok: pd.DataFrame, fraction: float) -> tuple[Any, pd.Series, float, float]:
+    """(index of the chosen row, shares of the best, noise, tolerance) for rows that all ran."""
+    share, noise = relative_to_best(ok)
+    tolerance = max(1 - fraction, noise)
+    tied = share[share >= 1 - tolerance - 1e-12].index
+    return ok.loc[tied, "batch_size"].idxmin(), share, noise, tolerance
+
+
+def recommendation_agreement(table: pd.DataFrame, fraction: float = RECOMMEND_FRACTION, *,
+                             resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> float:
+    """How settled the recommendation is: the share of bootstrap resamples of the rounds (drawn with
+    replacement, the same rounds for every batch size, so pairs stay paired) that choose the same
+    batch size as all rounds do. NaN without per-round values or with fewer than two rounds."""
+    ok = table[(table["status"] == "ok") & table["samples_per_s"].notna()].sort_values("batch_size")
+    if ok.empty or "samples_per_s_rounds" not in ok or len({len(r) for r in ok["samples_per_s_rounds"]}) != 1:
+        return math.nan
+    per_round = np.array(ok["samples_per_s_rounds"].tolist(), dtype=float)  # (sizes, rounds)
+    if per_round.shape[1] < 2:
+        return math.nan
+    chosen = ok.index.get_loc(choose_batch_size(ok, fraction)[0])
+    draws = np.random.default_rng(seed).integers(0, per_round.shape[1], (resamples, per_round.shape[1]))
+    share, noise = paired_shares(per_round[:, draws].transpose(1, 0, 2))  # (resamples, sizes), (resamples,)
+    tolerance = np.maximum(1 - fraction, noise)
+    tied = share >= 1 - tolerance[:, None] - 1e-12
+    return float(np.mean(np.argmax(tied, axis=1) == chosen))  # sizes ascending: the first tied is the smallest
 
 
 def recommend_batch_size(table: pd.DataFrame, fraction: float = RECOMMEND_FRACTION) -> dict:
@@ -458,7 +526,8 @@ def recommend_batch_size(table: pd.DataFrame, fraction: float = RECOMMEND_FRACTI
     (larger batches buy no measurable speed and cost memory and, at a fixed number of epochs,
     optimizer steps). ``tolerance`` is the larger of the measured noise of the shares and
     ``1 - fraction`` (the share of the best throughput worth giving up even without noise).
-    Returns the choice, the best point, the noise and a sentence saying so.
+    Returns the choice, the best point, the noise, how settled the choice is
+    (``recommendation_agreement``) and a sentence saying so.
     """
     if not 0 < fraction <= 1:
         raise ConfigError(f"fraction = {fraction}: expected 0 < fraction ≤ 1")
@@ -466,17 +535,15 @@ def recommend_batch_size(table: pd.DataFrame, fraction: float = RECOMMEND_FRACTI
     if ok.empty:
         return {"batch_size": None, "samples_per_s": math.nan, "best_batch_size": None,
                 "best_samples_per_s": math.nan, "fraction_of_best": math.nan, "threshold": fraction,
-                "noise": math.nan, "tolerance": math.nan,
+                "noise": math.nan, "tolerance": math.nan, "agreement": math.nan,
                 "sentence": "No batch size completed a training step, so none is recommended."}
-    share, noise = relative_to_best(ok)
-    tolerance = max(1 - fraction, noise)
-    best = ok.loc[ok["samples_per_s"].idxmax()]
-    chosen = ok.loc[share[share >= 1 - tolerance - 1e-12].index].sort_values("batch_size").iloc[0]
-    chosen_share = float(share[chosen.name])
+    index, share, noise, tolerance = choose_batch_size(ok, fraction)
+    chosen, best = ok.loc[index], ok.loc[ok["samples_per_s"].idxmax()]
+    chosen_share = float(share[index])
+    agreement = recommendation_agreement(ok, fraction)
     rounds = int(ok["rounds"].min()) if "rounds" in ok else 1
     measured = (f"median of {rounds} paired rounds; measurement noise {noise:.1%}, the IQR of the "
-                f"per-round ratios" if rounds > 1
-                else "one round, so no measured noise")
+                f"per-round ratios" if rounds > 1 else "one round, so no measured noise")
     band = (f"within the measurement noise ({tolerance:.1%}) of the best" if noise >= 1 - fraction
             else f"within {tolerance:.0%} of the best")
     if int(chosen["batch_size"]) == int(best["batch_size"]):
@@ -486,13 +553,17 @@ def recommend_batch_size(table: pd.DataFrame, fraction: float = RECOMMEND_FRACTI
         sentence = (f"Use batch size {int(chosen['batch_size'])}: {chosen['samples_per_s']:.0f} samples/s, "
                     f"{chosen_share:.0%} of the best round by round ({best['samples_per_s']:.0f} samples/s at batch size "
                     f"{int(best['batch_size'])}; {measured}), the smallest batch size {band}.")
+    if math.isfinite(agreement):
+        sentence += (f" Resampling the rounds gives the same choice {agreement:.0%} of the time"
+                     + ("." if agreement >= SETTLED_AGREEMENT else
+                        ": not settled, more rounds (or a quieter machine) would be needed."))
     oom = table[table["status"] == "oom"]
     if not oom.empty:
         sentence += f" Batch size {int(oom['batch_size'].iloc[0])} ran out of memory."
     return {"batch_size": int(chosen["batch_size"]), "samples_per_s": float(chosen["samples_per_s"]),
             "best_batch_size": int(best["batch_size"]), "best_samples_per_s": float(best["samples_per_s"]),
             "fraction_of_best": chosen_share, "threshold": fraction, "noise": noise, "tolerance": tolerance,
-            "sentence": sentence}
+            "agreement": agreement, "sentence": sentence}
 
 
 def format_throughput_table(table: pd.DataFrame) -> str:

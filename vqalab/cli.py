@@ -52,7 +52,8 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
 
     cfg = _bench_config(args)
     table = throughput_sweep(cfg, batch_sizes=args.batch_sizes, warmup_steps=args.warmup,
-                             timed_steps=args.steps, rounds=args.rounds, end_to_end=not args.model_only,
+                             timed_steps=args.steps, rounds=args.rounds, max_rounds=args.max_rounds,
+                             fraction=args.fraction, end_to_end=not args.model_only,
                              amp=args.amp, channels_last=args.channels_last, compile_model=args.compile)
     choice = recommend_batch_size(table, args.fraction)
     limit = (limiting_part(table, choice["batch_size"])
@@ -64,7 +65,7 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
         print(format_throughput_table(table))
         print(f"device {table['device'].iloc[0]} (torch CPU threads {table['cpu_threads'].iloc[0]}), amp "
               f"{table['amp'].iloc[0]}, channels_last {args.channels_last}, compile {args.compile}; "
-              f"{args.rounds} rounds of {args.warmup} warm-up + {args.steps} timed steps per batch size")
+              f"{int(table['rounds'].max())} rounds of {args.warmup} warm-up + {args.steps} timed steps per batch size")
         print(choice["sentence"])
         if limit is not None:
             print(limit["sentence"])
@@ -133,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
             b.add_argument("--steps", type=int, default=10, help="timed steps per batch size and round")
             b.add_argument("--rounds", type=int, default=5,
                            help="interleaved timing rounds; the table gives the median round and its spread")
+            b.add_argument("--max-rounds", type=int, default=None,
+                           help="add rounds after --rounds, up to this many, until resampling the rounds "
+                                "gives the same recommendation 90%% of the time")
             b.add_argument("--model-only", action="store_true",
                            help="time the model step only, not also end to end with the real loader")
             b.add_argument("--amp", choices=["off", "bf16", "fp16"], default=None,
