@@ -7,13 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import TINY
+
 from vqalab import bench, lr_find
 from vqalab.cli import main
 from vqalab.config import build_config
 from vqalab.registry import ConfigError
-
 
 
 def test_lr_schedule_is_exponential_from_min_to_max():

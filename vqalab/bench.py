@@ -401,8 +401,8 @@ def throughput_sweep(cfg: RunConfig, *, batch_sizes: Sequence[int] = DEFAULT_BAT
                "channels_last": channels_last, "compile": compile_model,
                "warmup_steps": warmup_steps, "timed_steps": timed_steps,
                "cpu_threads": torch.get_num_threads()}  # on a shared CPU, fewer threads can be faster
-    settings = dict(data=data, device=device, amp=amp, channels_last=channels_last, compile_model=compile_model,
-                    warmup_steps=warmup_steps, timed_steps=timed_steps)
+    settings = {"data": data, "device": device, "amp": amp, "channels_last": channels_last,
+                "compile_model": compile_model, "warmup_steps": warmup_steps, "timed_steps": timed_steps}
     model_rounds: dict[int, list[dict]] = {b: [] for b in sizes}
     e2e_rounds: dict[int, list[list[float]]] = {b: [] for b in sizes}
     oom: tuple[int, str] | None = None  # (batch size, message) of the first out-of-memory

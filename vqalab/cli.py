@@ -48,7 +48,12 @@ def _bench_config(args: argparse.Namespace):
 def cmd_bench_throughput(args: argparse.Namespace) -> int:
     import json
 
-    from vqalab.bench import format_throughput_table, limiting_part, recommend_batch_size, throughput_sweep
+    from vqalab.bench import (
+        format_throughput_table,
+        limiting_part,
+        recommend_batch_size,
+        throughput_sweep,
+    )
 
     cfg = _bench_config(args)
     table = throughput_sweep(cfg, batch_sizes=args.batch_sizes, warmup_steps=args.warmup,

@@ -106,7 +106,7 @@ def centred_smooth(lrs, losses, window_decades: float = CENTRED_WINDOW_DECADES) 
         return out
     x, y = np.log10(lrs[finite]), losses[finite]
     step = (x[-1] - x[0]) / (len(x) - 1) if len(x) > 1 else 1.0
-    half = max(1, int(round(window_decades / 2 / step))) if step > 0 else 1
+    half = max(1, round(window_decades / 2 / step)) if step > 0 else 1
 
     def running(values, reduce):
         return np.array([reduce(values[max(0, i - half):i + half + 1]) for i in range(len(values))])
@@ -132,7 +132,7 @@ def suggest_steepest(lrs: np.ndarray, smoothed: np.ndarray,
     if n < MIN_POINTS:
         return math.nan
     x = np.log10(lrs)
-    half = max(1, int(round(window_decades / 2 / ((x[-1] - x[0]) / (n - 1)))))
+    half = max(1, round(window_decades / 2 / ((x[-1] - x[0]) / (n - 1))))
     lo, hi = np.maximum(np.arange(n) - half, 0), np.minimum(np.arange(n) + half, n - 1)
     slope = (smoothed[hi] - smoothed[lo]) / (x[hi] - x[lo])
     return float(lrs[int(np.argmin(slope))])
