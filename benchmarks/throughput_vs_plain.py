@@ -69,7 +69,7 @@ def plain_samples_per_s(cfg, data, batch_size: int, warmup: int, steps: int) -> 
 
 def vqalab_samples_per_s(cfg, data, batch_size: int, warmup: int, steps: int) -> float:
     row = bench.throughput_sweep(cfg, batch_sizes=[batch_size], warmup_steps=warmup, timed_steps=steps,
-                                 amp="off", data=data).iloc[0]
+                                 rounds=1, end_to_end=False, amp="off", data=data).iloc[0]
     return float(row["samples_per_s"])
 
 

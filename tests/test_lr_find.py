@@ -7,13 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import TINY
 from vqalab import bench, lr_find, train
 from vqalab.cli import main
 from vqalab.config import build_config
 from vqalab.registry import ConfigError
-
 
 
 def test_lr_schedule_is_exponential_from_min_to_max():
@@ -32,19 +30,63 @@ def test_smoothed_loss_is_a_bias_corrected_ema():
     assert lr_find.smooth_losses([3.0] * 10, beta=0.98) == pytest.approx([3.0] * 10)
 
 
-def test_suggestions_on_a_known_curve():
-    lrs = 10 ** np.linspace(-6, 0, 121)  # 20 points per decade
+def test_centred_smoothing_has_no_lag_and_drops_spikes():
+    lrs = lr_find.lr_schedule(1e-6, 1.0, 121)  # 20 points per decade: median and mean over ±4 points
     x = np.log10(lrs)
-    # falls fastest at lr 1e-3 (tanh is steepest at 0), bottoms out near 1e-1, then blows up
-    loss = 2 - np.tanh(2 * (x + 3)) + np.exp(4 * (x + 1)) * 0.01
+    line = 5 - x  # straight in log LR: running median and mean leave it unchanged inside
+    inner = slice(8, -8)  # both windows whole
+    assert lr_find.centred_smooth(lrs, line)[inner] == pytest.approx(line[inner])
+    # the EMA of the stop rule trails it: at the end it reads the loss of ~50 steps earlier
+    assert lr_find.smooth_losses(line)[-1] > line[-1] + 1.5
+    spiked = line.copy()
+    spiked[[30, 60, 90]] += 10.0
+    assert lr_find.centred_smooth(lrs, spiked)[inner] == pytest.approx(line[inner], abs=0.05)
+    with_nan = line.copy()
+    with_nan[-1] = np.nan
+    smoothed = lr_find.centred_smooth(lrs, with_nan)
+    assert np.isnan(smoothed[-1]) and np.isfinite(smoothed[:-1]).all()
+
+
+def range_test_curve(lrs: np.ndarray, optimum: float) -> np.ndarray:
+    """A synthetic LR range test: the loss falls fastest at ``optimum``, bottoms out a decade above
+    it and then blows up (the blow-up term is scaled so that the slope is zero there)."""
+    x = np.log10(lrs / optimum)
+    blow_up = 2 / np.cosh(2.0) ** 2 / 4 * np.exp(4.0)  # d/dx of both terms cancel at x = 1
+    return 2.5 - np.tanh(2 * x) + blow_up * np.exp(4 * (x - 2))
+
+
+@pytest.mark.parametrize("optimum", [1e-5, 1e-4, 1e-3, 3e-3])
+def test_every_rule_lands_within_a_factor_of_2_of_the_known_optimum(optimum):
+    lrs = lr_find.lr_schedule(1e-7, 1.0, 100)  # the default test: 100 steps over 7 decades
+    clean = range_test_curve(lrs, optimum)
+    assert lrs[np.argmin(clean)] == pytest.approx(10 * optimum, rel=0.2)  # the curve is what it claims
+    for rule, lr in lr_find.suggest(lrs, clean).items():
+        assert optimum / 2 <= lr <= 2 * optimum, (rule, lr)
+    # the former reading (minimum/10 of the β = 0.98 EMA) lands several times too high
+    former = lr_find.suggest_minimum(*lr_find.trim(lrs, lr_find.smooth_losses(clean)))
+    assert former > 4 * optimum
+    # noisy: Gaussian noise (5% of the drop) and three spikes, over 20 draws
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        noisy = clean + 0.1 * rng.standard_normal(len(lrs))
+        noisy[rng.choice(len(lrs), 3, replace=False)] += 1.5
+        for rule, lr in lr_find.suggest(lrs, noisy).items():
+            assert optimum / 2 <= lr <= 2 * optimum, (rule, lr)
+
+
+def test_rule_definitions_on_a_known_curve():
+    lrs = 10 ** np.linspace(-6, 0, 121)  # 20 points per decade
+    loss = range_test_curve(lrs, 1e-3)
+    kept_lrs, kept = lr_find.trim(lrs, lr_find.centred_smooth(lrs, loss))
     got = lr_find.suggest(lrs, loss)
+    assert got["minimum/10"] == pytest.approx(kept_lrs[np.argmin(kept)] / 10)
+    # the valley: geometric middle of the stretch from 10% to 90% of the drop
+    top, bottom = int(np.argmax(kept[:np.argmin(kept) + 1])), int(np.argmin(kept))
+    drop = kept[top] - kept[bottom]
+    start = np.flatnonzero(kept[top:] <= kept[top] - 0.1 * drop)[0] + top
+    end = np.flatnonzero(kept[top:] <= kept[top] - 0.9 * drop)[0] + top
+    assert got["valley"] == pytest.approx(np.sqrt(kept_lrs[start] * kept_lrs[end]))
     assert got["steepest"] == pytest.approx(1e-3, rel=0.13)  # within one grid step (10^0.05)
-    lowest = lrs[np.argmin(loss)]
-    assert got["minimum/10"] == pytest.approx(lowest / 10)
-    # the longest falling stretch runs from the trimmed start to the minimum: its middle
-    kept_lrs, _ = lr_find.trim(lrs, loss)
-    start, end = 0, int(np.argmin(lr_find.trim(lrs, loss)[1]))
-    assert got["valley"] == pytest.approx(kept_lrs[start + (end - start) // 2])
     assert all(math.isnan(v) for v in lr_find.suggest(lrs[:2], loss[:2]).values())
 
 
@@ -123,6 +165,7 @@ def test_range_test_stops_when_the_loss_explodes(cfg, data):
         assert h["smoothed_loss"].iloc[-1] > 4 * h["smoothed_loss"].iloc[:-1].min()
     finite = h[np.isfinite(h["smoothed_loss"])]
     assert finite["smoothed_loss"].to_numpy() == pytest.approx(lr_find.smooth_losses(finite["loss"]))
+    assert h["centred_loss"].to_numpy() == pytest.approx(lr_find.centred_smooth(h["lr"], h["loss"]), nan_ok=True)
     assert np.diff(np.log(h["lr"])) == pytest.approx(np.full(len(h) - 1, np.log(1e9) / 59))
 
 

@@ -1,16 +1,30 @@
 """Measuring models: training-step throughput across batch sizes, params, FLOPs, latency, memory.
 
-What is timed: one whole training step (zero grads, forward, loss, backward, gradient norm and
-optional clipping, optimizer step) on a fixed batch already on the device; the input pipeline is
-not timed, and gradient accumulation and mixup are not applied (one micro-batch is one step). Steps run after warm-up and
-the device is synchronised before every clock read, so each time is a finished step, not a
-queued one.
+Two throughputs per batch size:
+- model step: one whole training step (zero grads, forward, loss, backward, gradient norm and
+  optional clipping, optimizer step) on batches already on the device. The batches are the first
+  ``REPRESENTATIVE_BATCHES`` training batches of size B in the order the training loop draws them
+  (``epoch_batches`` with the run's seed and grouping), cycled through, so question lengths and
+  the number of distinct images per batch (VQA models encode each distinct image once) are what
+  training sees, not those of one repeated batch. If B exceeds the training split, indices wrap
+  around and a warning says so.
+- end to end: the same step fed by the training loop's own loader (``train.make_loader``:
+  loading, augmentation, collation, ``train.num_workers``) and the host-to-device copy.
+The gap between the two is the share of an end-to-end step spent outside the model step; the
+table says which one limits. Gradient accumulation and mixup are not applied (one micro-batch is
+one step). Steps run after warm-up and the device is synchronised before every clock read, so each
+time is a finished step, not a queued one.
 
-Inputs are real batches of the configured data set (``build_data``): the first training batch of
-size B in the order the training loop draws it (``epoch_batches`` with the run's seed and
-grouping). Question lengths and the number of distinct images per batch (VQA models encode each
-distinct image once) are therefore what training sees. If B exceeds the training split, indices
-wrap around and a warning says so.
+Noise: a shared machine makes single timings scatter by tens of percent. The sweep therefore
+times every batch size in ``rounds`` interleaved rounds (all sizes in round 1, then all sizes in
+round 2, in alternating order, so that a busy spell hits every size alike) and reports the median
+over rounds with its spread. The recommendation compares each size with the best one round by
+round (its throughput over the best's in the same round, which cancels load that slows both),
+treats sizes whose median ratio lies within the measured noise of those ratios as equally fast
+and takes the smallest of them. Repeating the measurement then gives the same answer unless a
+size's true throughput sits near the edge of that band. The sentence states the noise and how
+often bootstrap resamples of the rounds give the same choice; with ``max_rounds`` the sweep adds
+rounds until that agreement reaches ``SETTLED_AGREEMENT``.
 
 Memory: on a GPU the CUDA allocator's ``max_memory_allocated`` after ``reset_peak_memory_stats``
 (tensors only, not the allocator's cache); on the CPU the process's peak resident set size
@@ -18,22 +32,25 @@ Memory: on a GPU the CUDA allocator's ``max_memory_allocated`` after ``reset_pea
 where Linux allows it (``/proc/self/clear_refs``), else the peak since the process started.
 
 FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode``: matrix multiplies,
-convolutions and attention kernels, 2 FLOPs per multiply-add; element-wise work (normalisation,
-activations, the optimizer update) is not counted. GMACs = GFLOPs / 2. torch has no formula for
-the CPU kernel of ``scaled_dot_product_attention`` (it would count 0); this module registers
-torch's own attention formulas for it, so attention counts the same on the CPU as on a GPU.
+convolutions and attention, 2 FLOPs per multiply-add; element-wise work (normalisation,
+activations, softmax, the optimizer update) is not counted. GMACs = GFLOPs / 2. Attention is
+counted on every device with the same formula (``ATTENTION_FLOP_FORMULAS``): torch leaves the
+CPU kernel uncounted, and its backward formula for the fused GPU kernels adds the recomputation of
+the attention scores, which the math kernel (used on the meta device) does not do; here the
+backward counts the four gradient products only, so counts do not depend on the device.
 """
 
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 import logging
 import math
 import os
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +76,7 @@ from vqalab.train import (
     check_model_fits_data,
     compute_loss,
     make_grad_scaler,
+    make_loader,
     peak_memory_mb,
     seed_everything,
     select_device,
@@ -70,7 +88,14 @@ from vqalab.train import (
 log = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-RECOMMEND_FRACTION = 0.95  # smallest batch size reaching this share of the best throughput
+# Sizes within this share of the best throughput count as equally fast even when the measured noise
+# is smaller: the median ratio of 5 rounds on a shared CPU is uncertain by a few percent, so a 5%
+# band would leave sizes 5-8% below the best on its edge (two sweeps of model 1 chose 128 and 256).
+RECOMMEND_FRACTION = 0.90
+DEFAULT_ROUNDS = 5  # interleaved timing rounds per batch size: enough for a median and an IQR
+BOOTSTRAP_RESAMPLES = 200  # resamples of the rounds that judge how settled a recommendation is
+SETTLED_AGREEMENT = 0.9  # with max_rounds: stop adding rounds once this share of resamples agrees
+REPRESENTATIVE_BATCHES = 8  # distinct training batches cycled through when timing the model step
 AMP_CHOICES = ("off", "bf16", "fp16")
 P95 = 95  # percentile reported next to the median step time
 # Messages of allocator failures that are not torch.OutOfMemoryError (older CUDA paths, CPU).
@@ -99,13 +124,30 @@ def _cpu_sdpa_backward_flop(grad_out_shape, query_shape, key_shape, value_shape,
 # Inputs and models
 
 
-def fixed_batch(data: DataSplits, batch_size: int, seed: int) -> dict:
-    """The first training batch of ``batch_size`` items in the training loop's order (collated)."""
+def training_batches_at(data: DataSplits, batch_size: int, seed: int, count: int) -> list[dict]:
+    """The first ``count`` training batches of ``batch_size`` items in the training loop's order
+    (collated). The order of epoch 1 is cut into consecutive batches, wrapping around at its end."""
     n = len(data.train)
     order = [i for b in epoch_batches(n, n, seed, FIRST_EPOCH, data.train_groups) for i in b]
     if batch_size > n:
         log.warning("batch size %d exceeds the %d training items: items repeat in the batch", batch_size, n)
-    return data.collate([data.train[order[i % n]] for i in range(batch_size)])
+    return [data.collate([data.train[order[(k * batch_size + i) % n]] for i in range(batch_size)])
+            for k in range(count)]
+
+
+def fixed_batch(data: DataSplits, batch_size: int, seed: int) -> dict:
+    """The first training batch of ``batch_size`` items in the training loop's order (collated)."""
+    return training_batches_at(data, batch_size, seed, 1)[0]
+
+
+def loader_batches(data: DataSplits, cfg: RunConfig, device: torch.device, batch_size: int) -> Iterator[dict]:
+    """Training batches from the training loop's loader (still on the host, pinned for CUDA),
+    epoch after epoch, without end."""
+    epoch = FIRST_EPOCH
+    while True:
+        batches = epoch_batches(len(data.train), batch_size, cfg.seed, epoch, data.train_groups)
+        yield from make_loader(data.train, batches, data, cfg, device)
+        epoch += 1
 
 
 def batch_on_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
@@ -191,49 +233,119 @@ def is_out_of_memory(err: BaseException) -> bool:
 # The training step and the sweep
 
 
-def measure_training(cfg: RunConfig, batch_size: int, *, data: DataSplits, device: torch.device,
-                     amp: str = "off", channels_last: bool = False, compile_model: bool = False,
-                     warmup_steps: int = 3, timed_steps: int = 10) -> dict:
-    """Time ``timed_steps`` training steps at ``batch_size`` on a freshly built model and optimizer.
-
-    A fresh model per batch size makes each row independent: its peak memory holds the weights,
-    the optimizer state and that batch size's activations. Out-of-memory errors propagate.
-    """
+def fresh_training_state(cfg: RunConfig, data: DataSplits, device: torch.device, amp: str, channels_last: bool,
+                         compile_model: bool) -> tuple[nn.Module, torch.optim.Optimizer, torch.amp.GradScaler]:
+    """Model (train mode), optimizer and scaler built from the seed, as at the start of training."""
     seed_everything(cfg.seed)
     model = build_model(cfg, data, device, channels_last=channels_last, compile_model=compile_model)
     model.train()
     optimizer = build_optimizer(model, cfg)
     scaler = make_grad_scaler(device, amp)
-    batch = batch_on_device(fixed_batch(data, batch_size, cfg.seed), device, channels_last)
+    return model, optimizer, scaler
+
+
+def measure_training(cfg: RunConfig, batch_size: int, *, data: DataSplits, device: torch.device,
+                     amp: str = "off", channels_last: bool = False, compile_model: bool = False,
+                     warmup_steps: int = 3, timed_steps: int = 10,
+                     num_batches: int = REPRESENTATIVE_BATCHES) -> dict:
+    """Time ``timed_steps`` model steps at ``batch_size`` on a freshly built model and optimizer.
+
+    The steps cycle through ``num_batches`` distinct training batches put on the device first.
+    A fresh model per call makes each measurement independent: its peak memory holds the
+    weights, the optimizer state, these batches and that batch size's activations. Out-of-memory
+    errors propagate.
+    Returns the step times (s), the peak memory (MiB) and what that memory measures.
+    """
+    model, optimizer, scaler = fresh_training_state(cfg, data, device, amp, channels_last, compile_model)
+    batches = itertools.cycle([batch_on_device(b, device, channels_last)
+                               for b in training_batches_at(data, batch_size, cfg.seed, num_batches)])
+
+    def step():
+        training_step(model, optimizer, scaler, next(batches), input_keys=data.input_keys, cfg=cfg,
+                      device=device, amp=amp)
+
     was_reset = reset_peak_memory(device)
-
-    def step():  # the training loop's step; one micro-batch, no mixup
-        return training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, cfg=cfg, device=device,
-                             amp=amp)
-
     times = time_calls(step, device, warmup=warmup_steps, repeats=timed_steps)
     peak, memory_kind = read_peak_memory(device, was_reset)
-    return {
-        "batch_size": batch_size, "status": "ok",
-        "samples_per_s": batch_size * len(times) / sum(times),  # samples over the summed step time
-        "step_time_median_s": float(np.median(times)),
-        "step_time_p95_s": float(np.percentile(times, P95)),
-        "step_time_mean_s": float(np.mean(times)),
-        "peak_memory_mb": peak, "memory_kind": memory_kind, "error": "",
-    }
+    return {"times": times, "peak_memory_mb": peak, "memory_kind": memory_kind}
+
+
+def measure_end_to_end(cfg: RunConfig, batch_size: int, *, data: DataSplits, device: torch.device,
+                       amp: str = "off", channels_last: bool = False, compile_model: bool = False,
+                       warmup_steps: int = 3, timed_steps: int = 10) -> list[float]:
+    """Seconds per training step fed by the training loop's loader, including the host-to-device copy.
+
+    Each timed step takes the next batch from the loader (loading, augmentation, collation, in
+    ``train.num_workers`` workers), copies it to the device and runs the step. The warm-up steps
+    also start the loader's workers.
+    """
+    model, optimizer, scaler = fresh_training_state(cfg, data, device, amp, channels_last, compile_model)
+    batches = loader_batches(data, cfg, device, batch_size)
+
+    def step():
+        batch = batch_on_device(next(batches), device, channels_last)
+        training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, cfg=cfg, device=device, amp=amp)
+
+    try:
+        return time_calls(step, device, warmup=warmup_steps, repeats=timed_steps)
+    finally:
+        batches.close()  # stops the loader's workers
+
+
+def throughput_stats(batch_size: int, round_times: Sequence[Sequence[float]], prefix: str) -> dict:
+    """Median and spread over rounds of the samples/s of each round (B × steps / summed step time).
+
+    ``{prefix}samples_per_s`` is the median round; ``_rounds`` the value of each round in round
+    order; ``_q1``/``_q3`` its quartiles and ``_min``/``_max`` its range; ``{prefix}spread`` the
+    interquartile range relative to the median (0 for one round).
+    """
+    per_round = np.array([batch_size * len(t) / sum(t) for t in round_times])
+    median = float(np.median(per_round))
+    q1, q3 = (float(v) for v in np.percentile(per_round, [25, 75]))
+    return {f"{prefix}samples_per_s": median, f"{prefix}samples_per_s_rounds": per_round.tolist(),
+            f"{prefix}samples_per_s_q1": q1, f"{prefix}samples_per_s_q3": q3,
+            f"{prefix}samples_per_s_min": float(per_round.min()), f"{prefix}samples_per_s_max": float(per_round.max()),
+            f"{prefix}spread": (q3 - q1) / median}
+
+
+def summarise_batch_size(batch_size: int, model_rounds: list[dict], e2e_rounds: list[list[float]]) -> dict:
+    """One table row from the rounds of one batch size (model step, and end to end when timed)."""
+    times = [t for r in model_rounds for t in r["times"]]
+    row = {"batch_size": batch_size, "status": "ok", "rounds": len(model_rounds),
+           **throughput_stats(batch_size, [r["times"] for r in model_rounds], prefix=""),
+           "step_time_median_s": float(np.median(times)),
+           "step_time_p95_s": float(np.percentile(times, P95)),
+           "step_time_mean_s": float(np.mean(times)),
+           "peak_memory_mb": max(r["peak_memory_mb"] for r in model_rounds),
+           "memory_kind": model_rounds[0]["memory_kind"], "error": ""}
+    if e2e_rounds:
+        row.update(throughput_stats(batch_size, e2e_rounds, prefix="e2e_"))
+        # share of an end-to-end step spent outside the model step: loading, augmentation, copies
+        row["input_share"] = 1 - row["e2e_samples_per_s"] / row["samples_per_s"]
+    return row
 
 
 def throughput_sweep(cfg: RunConfig, *, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
-                     warmup_steps: int = 3, timed_steps: int = 10, amp: str | None = None,
-                     channels_last: bool = False, compile_model: bool = False,
-                     data: DataSplits | None = None) -> pd.DataFrame:
-    """Training-step throughput for each batch size, smallest first: one row per batch size.
+                     warmup_steps: int = 3, timed_steps: int = 10, rounds: int = DEFAULT_ROUNDS,
+                     max_rounds: int | None = None, fraction: float = RECOMMEND_FRACTION,
+                     end_to_end: bool = True, amp: str | None = None, channels_last: bool = False,
+                     compile_model: bool = False, data: DataSplits | None = None) -> pd.DataFrame:
+    """Training throughput for each batch size, smallest first: one row per batch size.
 
     cfg: the run config giving model, data, optimizer, loss, seed and device.
-    batch_sizes: batch sizes to time; sorted ascending. The sweep stops after the first
+    batch_sizes: batch sizes to time; sorted ascending. The sweep stops going up at the first
         out-of-memory, which is recorded as a row with status ``oom``.
-    warmup_steps: untimed steps first (cuDNN autotuning, optimizer state, compilation).
-    timed_steps: timed steps per batch size.
+    warmup_steps: untimed steps first in each measurement (cuDNN autotuning, optimizer state,
+        compilation, loader workers).
+    timed_steps: timed steps per batch size in each round.
+    rounds: interleaved rounds; every batch size is measured once per round, in ascending order in
+        odd rounds and descending order in even ones. Columns ``samples_per_s`` (median round) with
+        ``_q1``, ``_q3``, ``_min``, ``_max`` and ``spread`` (IQR / median) describe the model step.
+    max_rounds: if larger than ``rounds``, keep adding rounds after ``rounds`` until the
+        recommendation (``recommend_batch_size`` with ``fraction``) is the same in at least
+        ``SETTLED_AGREEMENT`` of bootstrap resamples of the rounds, or ``max_rounds`` is reached.
+    end_to_end: also time the step fed by the real loader with host-to-device copies (columns
+        ``e2e_*``, and ``input_share``: the share of an end-to-end step spent outside the model step).
     amp: off, bf16 or fp16 (CUDA only; None: ``cfg.train.amp``).
     channels_last, compile_model: see ``build_model``.
     data: loaded splits to reuse (None: built from ``cfg.data``).
@@ -246,6 +358,11 @@ def throughput_sweep(cfg: RunConfig, *, batch_sizes: Sequence[int] = DEFAULT_BAT
     sizes = sorted({int(b) for b in batch_sizes})
     if warmup_steps < 0 or timed_steps < 1:
         raise ConfigError(f"warmup_steps = {warmup_steps}, timed_steps = {timed_steps}: expected ≥ 0 and ≥ 1")
+    if isinstance(rounds, bool) or not isinstance(rounds, (int, np.integer)) or rounds < 1:
+        raise ConfigError(f"rounds = {rounds!r}: expected an integer ≥ 1")
+    if max_rounds is not None and (isinstance(max_rounds, bool) or not isinstance(max_rounds, (int, np.integer))
+                                   or max_rounds < rounds):
+        raise ConfigError(f"max_rounds = {max_rounds!r}: expected None or an integer ≥ rounds ({rounds})")
     device = select_device(cfg.train.device)
     amp = effective_amp(cfg.train.amp if amp is None else amp, device)
     data = data or build_data(cfg.data)
@@ -257,39 +374,133 @@ def throughput_sweep(cfg: RunConfig, *, batch_sizes: Sequence[int] = DEFAULT_BAT
                    "channels_last": channels_last, "compile": compile_model,
                    "warmup_steps": warmup_steps, "timed_steps": timed_steps,
                    "cpu_threads": torch.get_num_threads()}  # on a shared CPU, fewer threads can be faster
-        rows = []
-        for batch_size in sizes:
-            failure = ""
-            try:
-                row = measure_training(cfg, batch_size, data=data, device=device, amp=amp,
-                                       channels_last=channels_last, compile_model=compile_model,
-                                       warmup_steps=warmup_steps, timed_steps=timed_steps)
-            except Exception as err:
-                if not is_out_of_memory(err):
-                    raise
-                failure = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                traceback.clear_frames(err.__traceback__)  # the failed step's locals: model, activations
-                err.__traceback__ = None  # in case something still holds the exception
-            if not failure:
-                rows.append({**options, **row})
-                log.info("batch %d: %.1f samples/s", batch_size, row["samples_per_s"])
-                continue
-            # Outside the except block: the traceback, which pins the step's tensors, is gone.
-            release_memory(device)
-            log.warning("batch %d: out of memory; larger batch sizes skipped (%s)", batch_size, failure)
-            rows.append({**options, "batch_size": batch_size, "status": "oom", "samples_per_s": math.nan,
-                         "step_time_median_s": math.nan, "step_time_p95_s": math.nan,
-                         "step_time_mean_s": math.nan, "peak_memory_mb": math.nan,
-                         "memory_kind": "", "error": failure})
-            break
-    return pd.DataFrame(rows)
+        settings = {"data": data, "device": device, "amp": amp, "channels_last": channels_last,
+                    "compile_model": compile_model, "warmup_steps": warmup_steps, "timed_steps": timed_steps}
+        model_rounds: dict[int, list[dict]] = {b: [] for b in sizes}
+        e2e_rounds: dict[int, list[list[float]]] = {b: [] for b in sizes}
+        oom: tuple[int, str] | None = None  # (batch size, message) of the first out-of-memory
+
+        def table() -> pd.DataFrame:
+            rows = [{**options, **summarise_batch_size(b, model_rounds[b], e2e_rounds[b])}
+                    for b in sizes if model_rounds[b] and (oom is None or b < oom[0])]
+            if oom is not None:
+                rows.append({**options, "batch_size": oom[0], "status": "oom", "rounds": 0, "samples_per_s": math.nan,
+                             "spread": math.nan, "step_time_median_s": math.nan, "step_time_p95_s": math.nan,
+                             "step_time_mean_s": math.nan, "peak_memory_mb": math.nan, "memory_kind": "",
+                             "error": oom[1]})
+            return pd.DataFrame(rows)
+
+        for round_index in range(max(rounds, max_rounds or 0)):
+            if round_index >= rounds:  # only with max_rounds: add a round unless the choice is settled
+                agreement = recommendation_agreement(table(), fraction)
+                log.info("after %d rounds the recommendation agrees in %.0f%% of resamples", round_index,
+                         100 * agreement)
+                if agreement >= SETTLED_AGREEMENT:
+                    break
+            for batch_size in (sizes if round_index % 2 == 0 else sizes[::-1]):
+                if oom is not None and batch_size >= oom[0]:
+                    continue
+                failure = ""
+                try:
+                    measured = measure_training(cfg, batch_size, **settings)
+                    e2e = measure_end_to_end(cfg, batch_size, **settings) if end_to_end else None
+                except Exception as err:
+                    if not is_out_of_memory(err):
+                        raise
+                    failure = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    traceback.clear_frames(err.__traceback__)  # the failed step's locals: model, activations
+                    err.__traceback__ = None  # in case something still holds the exception
+                if failure:
+                    # Outside the except block: the traceback, which pins the step's tensors, is gone.
+                    release_memory(device)
+                    log.warning("batch %d: out of memory; it and larger batch sizes skipped (%s)", batch_size, failure)
+                    oom = (batch_size, failure)
+                    continue
+                model_rounds[batch_size].append(measured)
+                if e2e is not None:
+                    e2e_rounds[batch_size].append(e2e)
+                log.info("round %d, batch %d: %.1f samples/s (model step)", round_index + 1, batch_size,
+                         batch_size * len(measured["times"]) / sum(measured["times"]))
+        return table()
+
+
+def paired_shares(per_round: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Shares of the best and their noise from per-round throughputs of shape (..., sizes, rounds).
+
+    The best size has the highest median. A size's share is the median over rounds of its
+    throughput divided by the best size's in the same round; the noise is the median over the
+    other sizes of the IQR / median of those per-round ratios (0 with one size). Returns shares
+    (..., sizes) and noise (...).
+    """
+    per_round = np.asarray(per_round, dtype=float)
+    best = np.argmax(np.median(per_round, axis=-1), axis=-1)  # (...)
+    reference = np.take_along_axis(per_round, best[..., None, None], axis=-2)  # (..., 1, rounds)
+    ratios = per_round / reference
+    share = np.median(ratios, axis=-1)  # (..., sizes)
+    if per_round.shape[-2] == 1:
+        return share, np.zeros(share.shape[:-1])
+    q75, q25 = np.percentile(ratios, [75, 25], axis=-1)
+    spread = (q75 - q25) / share
+    others = np.ones(spread.shape, dtype=bool)
+    np.put_along_axis(others, best[..., None], False, axis=-1)
+    return share, np.nanmedian(np.where(others, spread, np.nan), axis=-1)
+
+
+def relative_to_best(ok: pd.DataFrame) -> tuple[pd.Series, float]:
+    """Each batch size's throughput as a share of the best one's, and the noise of those shares.
+
+    With several rounds the comparison is paired (``paired_shares``): in each round, a size's
+    throughput divided by the best size's throughput in the same round (measured minutes apart,
+    under the same load from other processes), then the median over rounds; the noise is the
+    median over the other sizes of the interquartile range of those per-round shares relative to
+    their median. With one round (or no per-round values) the shares are the ratio of the
+    medians and the noise is 0.
+    """
+    per_round = ok.get("samples_per_s_rounds")
+    rounds = {len(r) for r in per_round} if per_round is not None else {1}
+    if per_round is None or len(rounds) != 1 or rounds.pop() < 2:
+        return ok["samples_per_s"] / ok["samples_per_s"].max(), 0.0
+    share, noise = paired_shares(np.array(per_round.tolist(), dtype=float))
+    return pd.Series(share, index=ok.index), float(noise)
+
+
+def recommended_row(ok: pd.DataFrame, fraction: float) -> tuple[Any, pd.Series, float, float]:
+    """(index of the chosen row, shares of the best, noise, tolerance) for rows that all ran."""
+    share, noise = relative_to_best(ok)
+    tolerance = max(1 - fraction, noise)
+    tied = share[share >= 1 - tolerance - 1e-12].index
+    return ok.loc[tied, "batch_size"].idxmin(), share, noise, tolerance
+
+
+def recommendation_agreement(table: pd.DataFrame, fraction: float = RECOMMEND_FRACTION, *,
+                             resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> float:
+    """How settled the recommendation is: the share of bootstrap resamples of the rounds (drawn with
+    replacement, the same rounds for every batch size, so pairs stay paired) that choose the same
+    batch size as all rounds do. NaN without per-round values or with fewer than two rounds."""
+    ok = table[(table["status"] == "ok") & table["samples_per_s"].notna()].sort_values("batch_size")
+    if ok.empty or "samples_per_s_rounds" not in ok or len({len(r) for r in ok["samples_per_s_rounds"]}) != 1:
+        return math.nan
+    per_round = np.array(ok["samples_per_s_rounds"].tolist(), dtype=float)  # (sizes, rounds)
+    if per_round.shape[1] < 2:
+        return math.nan
+    chosen = ok.index.get_loc(recommended_row(ok, fraction)[0])
+    draws = np.random.default_rng(seed).integers(0, per_round.shape[1], (resamples, per_round.shape[1]))
+    share, noise = paired_shares(per_round[:, draws].transpose(1, 0, 2))  # (resamples, sizes), (resamples,)
+    tolerance = np.maximum(1 - fraction, noise)
+    tied = share >= 1 - tolerance[:, None] - 1e-12
+    return float(np.mean(np.argmax(tied, axis=1) == chosen))  # sizes ascending: the first tied is the smallest
 
 
 def recommend_batch_size(table: pd.DataFrame, fraction: float = RECOMMEND_FRACTION) -> dict:
-    """The smallest batch size whose throughput is at least ``fraction`` of the best one.
+    """The smallest batch size whose throughput cannot be told apart from the best one's.
 
-    Larger batches past that point buy little speed and cost memory and, at a fixed number of
-    epochs, optimizer steps. Returns the choice, the best point and a sentence saying so.
+    Sizes whose share of the best throughput (``relative_to_best``: paired per round, median over
+    rounds) is at least ``1 - tolerance`` count as equally fast, and the smallest of them is chosen
+    (larger batches buy no measurable speed and cost memory and, at a fixed number of epochs,
+    optimizer steps). ``tolerance`` is the larger of the measured noise of the shares and
+    ``1 - fraction`` (the share of the best throughput worth giving up even without noise).
+    Returns the choice, the best point, the noise, how settled the choice is
+    (``recommendation_agreement``) and a sentence saying so.
     """
     if not 0 < fraction <= 1:
         raise ConfigError(f"fraction = {fraction}: expected 0 < fraction ≤ 1")
@@ -297,24 +508,84 @@ def recommend_batch_size(table: pd.DataFrame, fraction: float = RECOMMEND_FRACTI
     if ok.empty:
         return {"batch_size": None, "samples_per_s": math.nan, "best_batch_size": None,
                 "best_samples_per_s": math.nan, "fraction_of_best": math.nan, "threshold": fraction,
+                "noise": math.nan, "tolerance": math.nan, "agreement": math.nan,
                 "sentence": "No batch size completed a training step, so none is recommended."}
-    best = ok.loc[ok["samples_per_s"].idxmax()]
-    chosen = ok[ok["samples_per_s"] >= fraction * best["samples_per_s"]].iloc[0]
-    share = chosen["samples_per_s"] / best["samples_per_s"]
+    index, share, noise, tolerance = recommended_row(ok, fraction)
+    chosen, best = ok.loc[index], ok.loc[ok["samples_per_s"].idxmax()]
+    chosen_share = float(share[index])
+    agreement = recommendation_agreement(ok, fraction)
+    rounds = int(ok["rounds"].min()) if "rounds" in ok else 1
+    measured = (f"median of {rounds} paired rounds; measurement noise {noise:.1%}, the IQR of the "
+                f"per-round ratios" if rounds > 1 else "one round, so no measured noise")
+    band = (f"within the measurement noise ({tolerance:.1%}) of the best" if noise >= 1 - fraction
+            else f"within {tolerance:.0%} of the best")
     if int(chosen["batch_size"]) == int(best["batch_size"]):
         sentence = (f"Use batch size {int(chosen['batch_size'])}: it gives the best throughput "
-                    f"({best['samples_per_s']:.0f} samples/s) and no smaller batch size reaches "
-                    f"{fraction:.0%} of it.")
+                    f"({best['samples_per_s']:.0f} samples/s; {measured}) and no smaller batch size is {band}.")
     else:
-        sentence = (f"Use batch size {int(chosen['batch_size'])}: {chosen['samples_per_s']:.0f} samples/s is "
-                    f"{share:.0%} of the best ({best['samples_per_s']:.0f} samples/s at batch size "
-                    f"{int(best['batch_size'])}), and it is the smallest batch size within {fraction:.0%} of it.")
+        sentence = (f"Use batch size {int(chosen['batch_size'])}: {chosen['samples_per_s']:.0f} samples/s, "
+                    f"{chosen_share:.0%} of the best round by round ({best['samples_per_s']:.0f} samples/s at batch size "
+                    f"{int(best['batch_size'])}; {measured}), the smallest batch size {band}.")
+    if math.isfinite(agreement):
+        sentence += (f" Resampling the rounds gives the same choice {agreement:.0%} of the time"
+                     + ("." if agreement >= SETTLED_AGREEMENT else
+                        ": not settled, more rounds (or a quieter machine) would be needed."))
     oom = table[table["status"] == "oom"]
     if not oom.empty:
         sentence += f" Batch size {int(oom['batch_size'].iloc[0])} ran out of memory."
     return {"batch_size": int(chosen["batch_size"]), "samples_per_s": float(chosen["samples_per_s"]),
             "best_batch_size": int(best["batch_size"]), "best_samples_per_s": float(best["samples_per_s"]),
-            "fraction_of_best": float(share), "threshold": fraction, "sentence": sentence}
+            "fraction_of_best": chosen_share, "threshold": fraction, "noise": noise, "tolerance": tolerance,
+            "agreement": agreement, "sentence": sentence}
+
+
+def format_throughput_table(table: pd.DataFrame) -> str:
+    """The sweep as text: median throughput with its spread, end to end when measured, memory."""
+    columns = {"batch_size": "batch", "status": "status", "samples_per_s": "model samples/s",
+               "samples_per_s_min": "min", "samples_per_s_max": "max", "spread": "IQR/median",
+               "e2e_samples_per_s": "end-to-end samples/s", "e2e_spread": "e2e IQR/median",
+               "input_share": "input share", "step_time_median_s": "step s (median)",
+               "peak_memory_mb": "peak MiB"}
+    view = table[[c for c in columns if c in table]].rename(columns=columns)
+    percent = {"IQR/median", "e2e IQR/median", "input share"}
+    formatters = {c: (lambda v: "–" if pd.isna(v) else f"{v:.0%}") if c in percent
+                  else (lambda v: "–" if pd.isna(v) else f"{v:.4g}") for c in view.columns
+                  if view[c].dtype.kind == "f"}
+    return view.to_string(index=False, formatters=formatters)
+
+
+def limiting_part(table: pd.DataFrame, batch_size: int) -> dict:
+    """Whether the model step or the input pipeline limits end-to-end throughput at ``batch_size``.
+
+    The input pipeline limits when the end-to-end median falls below the model-step median by
+    more than the noise. With per-round values the noise is paired: the IQR over rounds of
+    1 - end-to-end / model step (both measured back to back in each round); without them, the
+    larger of the two spreads (IQR / median). Returns both throughputs, the input share and a
+    sentence.
+    """
+    rows = table[(table["batch_size"] == batch_size) & (table["status"] == "ok")]
+    if rows.empty or "e2e_samples_per_s" not in rows or pd.isna(rows["e2e_samples_per_s"].iloc[0]):
+        raise ValueError(f"batch size {batch_size}: no end-to-end measurement in the table "
+                         f"(throughput_sweep(..., end_to_end=True))")
+    row = rows.iloc[0]
+    if "samples_per_s_rounds" in row and "e2e_samples_per_s_rounds" in row:
+        per_round = 1 - np.asarray(row["e2e_samples_per_s_rounds"]) / np.asarray(row["samples_per_s_rounds"])
+        noise = float(np.subtract(*np.percentile(per_round, [75, 25])))
+    else:
+        noise = max(float(row["spread"]), float(row["e2e_spread"]))
+    share = float(row["input_share"])
+    limit = "input pipeline" if share > noise else "model step"
+    figures = (f"{row['e2e_samples_per_s']:.0f} samples/s end to end (loader, augmentation, host-to-device "
+               f"copy) against {row['samples_per_s']:.0f} for the model step alone")
+    if limit == "input pipeline":
+        sentence = (f"At batch size {batch_size} the input pipeline limits: {figures}; it takes {share:.0%} "
+                    f"of an end-to-end step, beyond the {noise:.0%} noise.")
+    else:
+        sentence = (f"At batch size {batch_size} the model step limits: {figures}; the difference "
+                    f"({share:+.0%}) is within the {noise:.0%} noise.")
+    return {"batch_size": batch_size, "limit": limit, "samples_per_s": float(row["samples_per_s"]),
+            "e2e_samples_per_s": float(row["e2e_samples_per_s"]), "input_share": share, "noise": noise,
+            "sentence": sentence}
 
 
 def device_memory_mb(device: torch.device) -> float:
@@ -364,8 +635,10 @@ def choose_batch_size(cfg: RunConfig, data: DataSplits, device: torch.device) ->
                       cfg.train.channels_last, str(device), cap], sort_keys=True, default=str)
     if key not in _AUTO_CHOICES:
         sizes = [b for b in AUTO_BATCH_SIZES if b <= len(data.train)] or [len(data.train)]
+        # one short round of model steps: the choice is among sizes far apart in memory
         table = throughput_sweep(cfg, batch_sizes=sizes, warmup_steps=AUTO_WARMUP_STEPS,
-                                 timed_steps=AUTO_TIMED_STEPS, channels_last=cfg.train.channels_last, data=data)
+                                 timed_steps=AUTO_TIMED_STEPS, rounds=1, end_to_end=False,
+                                 channels_last=cfg.train.channels_last, data=data)
         release_memory(device)
         choice = auto_batch_size(table, memory_cap_mb=cap)
         columns = ["batch_size", "status", "samples_per_s", "peak_memory_mb", "memory_kind"]
@@ -380,9 +653,39 @@ def choose_batch_size(cfg: RunConfig, data: DataSplits, device: torch.device) ->
 # FLOPs, latency and the efficiency table
 
 
+def attention_forward_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    """Scaled dot-product attention as two batched products per batch item and head: the scores
+    Q Kᵀ (s_q × d_qk × s_k) and the output P V (s_q × s_k × d_v); 2 FLOPs per multiply-add."""
+    b, heads, s_q, d_qk = query_shape
+    s_k, d_v = key_shape[-2], value_shape[-1]
+    return 2 * b * heads * (s_q * d_qk * s_k + s_q * s_k * d_v)
+
+
+def attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    """Backward of scaled dot-product attention as four batched products per batch item and head:
+    dP = dO Vᵀ and dV = Pᵀ dO (s_q × s_k × d_v each), dQ = dS K and dK = dSᵀ Q (s_q × s_k × d_qk each)."""
+    b, heads, s_q, d_qk = query_shape
+    s_k, d_v = key_shape[-2], value_shape[-1]
+    return 2 * b * heads * 2 * (s_q * s_k * d_v + s_q * s_k * d_qk)
+
+
+aten = torch.ops.aten
+# Attention kernels counted alike on every device (see the module docstring): the CPU's fused
+# kernel, which torch's table lacks, and every fused backward without the score recomputation.
+# The math kernel (meta device) decomposes into bmm, which torch counts the same way.
+ATTENTION_FLOP_FORMULAS = {
+    aten._scaled_dot_product_flash_attention_for_cpu: attention_forward_flops,
+    aten._scaled_dot_product_flash_attention_for_cpu_backward: attention_backward_flops,
+    aten._scaled_dot_product_flash_attention_backward: attention_backward_flops,
+    aten._scaled_dot_product_efficient_attention_backward: attention_backward_flops,
+    aten._scaled_dot_product_cudnn_attention_backward: attention_backward_flops,
+}
+
+
 def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of the operations ``fn`` runs, as ``FlopCounterMode`` counts them (2 per multiply-add)."""
-    with FlopCounterMode(display=False) as counter:
+    """FLOPs of the operations ``fn`` runs, as ``FlopCounterMode`` counts them (2 per multiply-add),
+    with attention counted on every device (``ATTENTION_FLOP_FORMULAS``)."""
+    with FlopCounterMode(display=False, custom_mapping=ATTENTION_FLOP_FORMULAS) as counter:
         fn()
     return int(counter.get_total_flops())
 
@@ -454,15 +757,16 @@ def flops_report(cfg: RunConfig, *, batch_size: int = 1, data: DataSplits | None
         "data": cfg.data.get("name"), "batch_size": batch_size,
         "inputs": {k: list(batch[k].shape) for k in data.input_keys if torch.is_tensor(batch[k])},
         **count_parameters(model), **flops, **flops_summary(flops, batch_size),
-        "units": "FLOPs as counted by torch.utils.flop_counter (matmul, conv, attention; 2 FLOPs per "
-                 "multiply-add; element-wise ops and the optimizer update not counted); "
+        "units": "FLOPs as counted by torch.utils.flop_counter (matmul, conv, and attention on every device "
+                 "with the same formula; 2 FLOPs per multiply-add; element-wise ops and the optimizer update "
+                 "not counted); "
                  "GMACs = GFLOPs / 2; train = forward + backward",
     }
 
 
 def efficiency_table(configs: Mapping[str, RunConfig] | Sequence[RunConfig], *, batch_size: int = 32,
                      flops_batch_size: int = 1, latency_batch_size: int = 1, warmup_steps: int = 3,
-                     timed_steps: int = 10, amp: str | None = None, channels_last: bool = False,
+                     timed_steps: int = 10, rounds: int = 1, amp: str | None = None, channels_last: bool = False,
                      compile_model: bool = False) -> pd.DataFrame:
     """One row per model: params, FLOPs per sample, latency, training throughput and peak memory.
 
@@ -470,6 +774,7 @@ def efficiency_table(configs: Mapping[str, RunConfig] | Sequence[RunConfig], *, 
     batch_size: batch size of the throughput and memory measurement (a training step).
     flops_batch_size: batch counted for FLOPs per sample (see ``flops_report``).
     latency_batch_size: batch of the inference latency (forward only, eval mode).
+    rounds: timing rounds of the throughput (its median; the model step only).
     Other arguments as in ``throughput_sweep``. An out-of-memory gives status ``oom`` and NaN
     throughput for that model; the other models are still measured.
     """
@@ -495,7 +800,8 @@ def efficiency_table(configs: Mapping[str, RunConfig] | Sequence[RunConfig], *, 
                                       warmup=warmup_steps, repeats=timed_steps, amp=used_amp)
             del model, latency_inputs
             sweep = throughput_sweep(cfg, batch_sizes=[batch_size], warmup_steps=warmup_steps,
-                                     timed_steps=timed_steps, amp=used_amp, channels_last=channels_last,
+                                     timed_steps=timed_steps, rounds=rounds, end_to_end=False, amp=used_amp,
+                                     channels_last=channels_last,
                                      compile_model=compile_model, data=data).iloc[0]
         rows.append({
             "name": label, "model": cfg.model["name"],
@@ -505,6 +811,7 @@ def efficiency_table(configs: Mapping[str, RunConfig] | Sequence[RunConfig], *, 
                                      "train_gflops_per_sample", "train_gmacs_per_sample")},
             "flops_batch_size": flops_batch_size, "latency_batch_size": latency_batch_size, **latency,
             "batch_size": batch_size, "status": sweep["status"], "samples_per_s": sweep["samples_per_s"],
+            "spread": sweep["spread"],
             "step_time_median_s": sweep["step_time_median_s"], "peak_memory_mb": sweep["peak_memory_mb"],
             "memory_kind": sweep["memory_kind"], "device": str(device), "amp": used_amp,
             "channels_last": channels_last, "compile": compile_model,

@@ -77,22 +77,32 @@ def _bench_config(args: argparse.Namespace):
 def cmd_bench_throughput(args: argparse.Namespace) -> int:
     import json
 
-    from vqalab.bench import recommend_batch_size, throughput_sweep
+    from vqalab.bench import (
+        format_throughput_table,
+        limiting_part,
+        recommend_batch_size,
+        throughput_sweep,
+    )
 
     cfg = _bench_config(args)
     table = throughput_sweep(cfg, batch_sizes=args.batch_sizes, warmup_steps=args.warmup,
-                             timed_steps=args.steps, amp=args.amp, channels_last=args.channels_last,
-                             compile_model=args.compile)
+                             timed_steps=args.steps, rounds=args.rounds, max_rounds=args.max_rounds,
+                             fraction=args.fraction, end_to_end=not args.model_only,
+                             amp=args.amp, channels_last=args.channels_last, compile_model=args.compile)
     choice = recommend_batch_size(table, args.fraction)
+    limit = (limiting_part(table, choice["batch_size"])
+             if choice["batch_size"] is not None and not args.model_only else None)
     if args.json:
-        print(json.dumps({"rows": json.loads(table.to_json(orient="records")), "recommendation": choice}, indent=2))
+        print(json.dumps({"rows": json.loads(table.to_json(orient="records")), "recommendation": choice,
+                          "limit": limit}, indent=2))
     else:
-        columns = ["batch_size", "status", "samples_per_s", "step_time_median_s", "step_time_p95_s",
-                   "peak_memory_mb", "memory_kind"]
-        print(table[columns].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-        print(f"device {table['device'].iloc[0]}, amp {table['amp'].iloc[0]}, channels_last "
-              f"{args.channels_last}, compile {args.compile}")
+        print(format_throughput_table(table))
+        print(f"device {table['device'].iloc[0]} (torch CPU threads {table['cpu_threads'].iloc[0]}), amp "
+              f"{table['amp'].iloc[0]}, channels_last {args.channels_last}, compile {args.compile}; "
+              f"{int(table['rounds'].max())} rounds of {args.warmup} warm-up + {args.steps} timed steps per batch size")
         print(choice["sentence"])
+        if limit is not None:
+            print(limit["sentence"])
     return 0
 
 
@@ -261,13 +271,21 @@ def build_parser() -> argparse.ArgumentParser:
             b.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
                            metavar="N", help="batch sizes, ascending; stops at the first out-of-memory")
             b.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps per batch size")
-            b.add_argument("--steps", type=int, default=10, help="timed steps per batch size")
+            b.add_argument("--steps", type=int, default=10, help="timed steps per batch size and round")
+            b.add_argument("--rounds", type=int, default=5,
+                           help="interleaved timing rounds; the table gives the median round and its spread")
+            b.add_argument("--max-rounds", type=int, default=None,
+                           help="add rounds after --rounds, up to this many, until resampling the rounds "
+                                "gives the same recommendation 90%% of the time")
+            b.add_argument("--model-only", action="store_true",
+                           help="time the model step only, not also end to end with the real loader")
             b.add_argument("--amp", choices=["off", "bf16", "fp16"], default=None,
                            help="mixed precision on CUDA (default: train.amp)")
             b.add_argument("--channels-last", action="store_true", help="NHWC memory format")
             b.add_argument("--compile", action="store_true", help="torch.compile the model")
-            b.add_argument("--fraction", type=float, default=0.95,
-                           help="recommend the smallest batch size reaching this share of the best throughput")
+            b.add_argument("--fraction", type=float, default=0.90,
+                           help="sizes within this share of the best throughput, or within the measured noise "
+                                "if that is wider, count as equally fast; the smallest is recommended")
             b.add_argument("--json", action="store_true", help="print rows and recommendation as JSON")
             b.set_defaults(func=cmd_bench_throughput)
         else:

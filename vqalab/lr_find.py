@@ -2,14 +2,19 @@
 
 Train for up to ``num_steps`` optimizer steps while the learning rate rises exponentially from
 ``min_lr`` to ``max_lr``; record the loss at each step and its bias-corrected exponential moving
-average; stop early once the smoothed loss exceeds ``diverge_factor`` × its best value or the
-loss is not finite. The model, optimizer and random-number state are restored exactly afterwards,
-so the test can run on a model that is then trained.
+average; stop early once that average exceeds ``diverge_factor`` × its best value or the loss is
+not finite. The model, optimizer and random-number state are restored exactly afterwards, so the
+test can run on a model that is then trained.
 
-Three rules suggest a learning rate from the smoothed curve, after dropping the first 10% and the
-last few points (start-up noise and the blow-up):
+The moving average only decides when to stop: with β = 0.98 it trails the loss by about
+β / (1 - β) ≈ 50 steps, which on a 100-step test is 3.5 decades of learning rate, so a minimum read
+from it lies far to the right of the real one. The suggestions are read from a centred smoothing
+of the recorded losses instead (``centred_smooth``): a running median, which drops isolated
+spikes, then a running mean, both over a window centred on each step, so the curve has no lag.
+Three rules, after dropping the first 10% and the last few points (start-up noise and the blow-up):
 - ``steepest``: where the loss falls fastest per decade of learning rate;
-- ``valley``: halfway along the longest stretch over which the loss keeps falling;
+- ``valley``: the middle (in log LR) of the fall from the highest loss to the lowest, between
+  10% and 90% of that drop;
 - ``minimum/10``: a tenth of the learning rate at the lowest loss.
 """
 
@@ -29,16 +34,14 @@ import torch
 from torch import nn
 
 from vqalab import runs
-from vqalab.bench import choose_batch_size
+from vqalab.bench import choose_batch_size, loader_batches
 from vqalab.config import RunConfig
 from vqalab.data import DataSplits, build_data
-from vqalab.data.samplers import epoch_batches
 from vqalab.registry import ConfigError
 from vqalab.train import (
     build_model,
     build_optimizer,
     make_grad_scaler,
-    make_loader,
     seed_everything,
     select_device,
     to_device,
@@ -51,9 +54,11 @@ log = logging.getLogger(__name__)
 DEFAULT_MIN_LR = 1e-7
 DEFAULT_MAX_LR = 1.0
 DEFAULT_STEPS = 100
-SMOOTHING = 0.98  # weight of the past in the loss EMA (fastai's lr_find uses the same)
+SMOOTHING = 0.98  # weight of the past in the loss EMA of the stop rule (fastai's lr_find uses the same)
+CENTRED_WINDOW_DECADES = 0.4  # width of the centred smoothing window, in decades of learning rate
 DIVERGE_FACTOR = 4.0  # stop once the smoothed loss exceeds this multiple of its best value
 MINIMUM_DIVISOR = 10.0  # minimum/10 rule
+VALLEY_BAND = 0.1  # valley rule: the fall runs from 10% to 90% of the drop to the minimum
 SKIP_START_FRACTION = 0.1  # points dropped at the start before suggesting (start-up noise)
 SKIP_END = 5  # points dropped at the end (at most 10% of them): the blow-up
 MIN_POINTS = 3  # fewer points than this after trimming: no suggestion
@@ -61,7 +66,7 @@ MIN_POINTS = 3  # fewer points than this after trimming: no suggestion
 
 @dataclass
 class LRFindResult:
-    history: pd.DataFrame  # one row per step: step, lr, loss, smoothed_loss
+    history: pd.DataFrame  # one row per step: step, lr, loss, smoothed_loss (EMA, stop rule), centred_loss
     suggestions: dict[str, float]  # rule → suggested learning rate (NaN when too few points)
     stop_reason: str  # completed | loss above N× best | non-finite loss
     settings: dict = field(default_factory=dict)
@@ -89,6 +94,28 @@ def smooth_losses(losses, beta: float = SMOOTHING) -> np.ndarray:
     return np.asarray(out, dtype=float)
 
 
+def centred_smooth(lrs, losses, window_decades: float = CENTRED_WINDOW_DECADES) -> np.ndarray:
+    """Zero-lag smoothing of the losses of a geometric LR schedule: a running median, then a running
+    mean, each over the points within ``window_decades`` / 2 decades of learning rate on either side
+    (at least one point each side; the window shrinks at the ends). Non-finite losses give NaN and
+    are left out of their neighbours' windows."""
+    lrs, losses = np.asarray(lrs, dtype=float), np.asarray(losses, dtype=float)
+    n = len(losses)
+    out = np.full(n, np.nan)
+    finite = np.isfinite(losses)
+    if finite.sum() == 0:
+        return out
+    x, y = np.log10(lrs[finite]), losses[finite]
+    step = (x[-1] - x[0]) / (len(x) - 1) if len(x) > 1 else 1.0
+    half = max(1, round(window_decades / 2 / step)) if step > 0 else 1
+
+    def running(values, reduce):
+        return np.array([reduce(values[max(0, i - half):i + half + 1]) for i in range(len(values))])
+
+    out[finite] = running(running(y, np.median), np.mean)
+    return out
+
+
 def trim(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Drop non-finite points, then the first 10% and the last few (at most 10%)."""
     keep = np.isfinite(smoothed)
@@ -98,27 +125,36 @@ def trim(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return lrs[start:n - end], smoothed[start:n - end]
 
 
-def suggest_steepest(lrs: np.ndarray, smoothed: np.ndarray) -> float:
-    """LR where d(loss)/d(log10 lr) is most negative."""
-    if len(smoothed) < MIN_POINTS:
-        return math.nan
-    slope = np.gradient(smoothed, np.log10(lrs))
-    return float(lrs[int(np.argmin(slope))])
-
-
-def suggest_valley(lrs: np.ndarray, smoothed: np.ndarray) -> float:
-    """LR halfway along the longest decreasing run of the loss (a longest decreasing subsequence)."""
+def suggest_steepest(lrs: np.ndarray, smoothed: np.ndarray,
+                     window_decades: float = CENTRED_WINDOW_DECADES) -> float:
+    """LR where the loss falls fastest per decade of learning rate: the most negative secant slope
+    over ``window_decades`` centred on each point (a two-point slope would amplify the noise)."""
     n = len(smoothed)
     if n < MIN_POINTS:
         return math.nan
-    length = np.ones(n, dtype=int)  # length[i]: longest strictly decreasing subsequence ending at i
-    for i in range(1, n):
-        earlier = smoothed[:i] > smoothed[i]
-        if earlier.any():
-            length[i] = length[:i][earlier].max() + 1
-    end = int(np.argmax(length))
-    start = end - int(length[end]) + 1  # earliest index such a subsequence can start from
-    return float(lrs[start + (end - start) // 2])
+    x = np.log10(lrs)
+    half = max(1, round(window_decades / 2 / ((x[-1] - x[0]) / (n - 1))))
+    lo, hi = np.maximum(np.arange(n) - half, 0), np.minimum(np.arange(n) + half, n - 1)
+    slope = (smoothed[hi] - smoothed[lo]) / (x[hi] - x[lo])
+    return float(lrs[int(np.argmin(slope))])
+
+
+def suggest_valley(lrs: np.ndarray, smoothed: np.ndarray, band: float = VALLEY_BAND) -> float:
+    """LR in the middle of the fall: the geometric mean of the LRs at which the loss, going from its
+    highest point before the minimum down to the minimum, has made ``band`` and ``1 - band`` of
+    that drop. Unlike the longest decreasing run, it does not depend on where the test started."""
+    n = len(smoothed)
+    if n < MIN_POINTS:
+        return math.nan
+    bottom = int(np.argmin(smoothed))
+    top = int(np.argmax(smoothed[:bottom + 1]))
+    drop = smoothed[top] - smoothed[bottom]
+    if drop <= 0:
+        return float(lrs[bottom])
+    falling = smoothed[top:bottom + 1]
+    start = top + int(np.argmax(falling <= smoothed[top] - band * drop))
+    end = top + int(np.argmax(falling <= smoothed[top] - (1 - band) * drop))
+    return float(math.sqrt(lrs[start] * lrs[end]))
 
 
 def suggest_minimum(lrs: np.ndarray, smoothed: np.ndarray, divisor: float = MINIMUM_DIVISOR) -> float:
@@ -127,21 +163,17 @@ def suggest_minimum(lrs: np.ndarray, smoothed: np.ndarray, divisor: float = MINI
     return float(lrs[int(np.argmin(smoothed))] / divisor)
 
 
-def suggest(lrs, smoothed) -> dict[str, float]:
-    """Every rule's suggestion from the recorded curve (trimmed first)."""
-    lrs, smoothed = trim(np.asarray(lrs, dtype=float), np.asarray(smoothed, dtype=float))
+def suggest(lrs, losses) -> dict[str, float]:
+    """Every rule's suggestion from the recorded raw losses (centred smoothing, then trimmed)."""
+    lrs, smoothed = trim(np.asarray(lrs, dtype=float), centred_smooth(lrs, losses))
     return {"steepest": suggest_steepest(lrs, smoothed), "valley": suggest_valley(lrs, smoothed),
             "minimum/10": suggest_minimum(lrs, smoothed)}
 
 
 def training_batches(data: DataSplits, cfg: RunConfig, device: torch.device) -> Iterator[dict]:
-    """Training batches in the training loop's order, epoch after epoch, without end."""
-    epoch = 1
-    while True:
-        batches = epoch_batches(len(data.train), cfg.train.batch_size, cfg.seed, epoch, data.train_groups)
-        for batch in make_loader(data.train, batches, data, cfg, device):
-            yield to_device(batch, device)
-        epoch += 1
+    """Training batches in the training loop's order, on ``device``, epoch after epoch, without end."""
+    for batch in loader_batches(data, cfg, device, cfg.train.batch_size):
+        yield to_device(batch, device)
 
 
 def lr_range_test(cfg: RunConfig, *, min_lr: float = DEFAULT_MIN_LR, max_lr: float = DEFAULT_MAX_LR,
@@ -227,27 +259,31 @@ def lr_range_test(cfg: RunConfig, *, min_lr: float = DEFAULT_MIN_LR, max_lr: flo
             model.train(was_training)
 
     history = pd.DataFrame(rows, columns=["step", "lr", "loss", "smoothed_loss"])
-    suggestions = suggest(history["lr"].to_numpy(), history["smoothed_loss"].to_numpy())
+    history["centred_loss"] = centred_smooth(history["lr"].to_numpy(), history["loss"].to_numpy())
+    suggestions = suggest(history["lr"].to_numpy(), history["loss"].to_numpy())
     log.info("lr range test: %d steps, %s; suggestions %s", len(history), stop_reason, suggestions)
     settings = {"model": cfg.model["name"], "optimizer": cfg.optim.name, "batch_size": cfg.train.batch_size,
                 "min_lr": min_lr, "max_lr": max_lr, "num_steps": num_steps, "beta": beta,
-                "diverge_factor": diverge_factor, "device": str(device), "seed": cfg.seed}
+                "diverge_factor": diverge_factor, "centred_window_decades": CENTRED_WINDOW_DECADES,
+                "device": str(device), "seed": cfg.seed}
     return LRFindResult(history=history, suggestions=suggestions, stop_reason=stop_reason, settings=settings)
 
 
 def plot_lr_find(result: LRFindResult, ax=None):
-    """Loss and smoothed loss against the learning rate (log axis), one line per suggestion."""
+    """Loss and its centred smoothing (what the rules read) against the learning rate (log axis),
+    one line per suggestion."""
     import matplotlib.pyplot as plt
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4))
     h = result.history[np.isfinite(result.history["loss"])]
+    centred = centred_smooth(h["lr"].to_numpy(), h["loss"].to_numpy())
     ax.plot(h["lr"], h["loss"], color="0.7", linewidth=1, label="loss")
-    ax.plot(h["lr"], h["smoothed_loss"], color="C0", linewidth=2, label="smoothed loss")
+    ax.plot(h["lr"], centred, color="C0", linewidth=2, label="smoothed loss (centred)")
     for colour, (rule, lr) in zip(("C1", "C2", "C3"), result.suggestions.items()):
         if math.isfinite(lr):
             ax.axvline(lr, color=colour, linestyle="--", label=f"{rule}: {lr:.2g}")
-    smoothed = h["smoothed_loss"].to_numpy()
+    smoothed = centred
     if len(smoothed):
         low, first = float(np.min(smoothed)), float(smoothed[0])
         span = max(first - low, 1e-12)

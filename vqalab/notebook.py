@@ -20,23 +20,38 @@ def headline_value(value):
     return value
 
 
-def findings(headline: dict[str, float | int | str], text: list[str]) -> None:
+def findings(headline: dict[str, float | int | str], text: list[str],
+             noise: dict[str, float] | None = None) -> None:
     """Show a study's findings and publish them for the report's index page.
 
     ``headline``: a few named figures (e.g. ``{"best val_acc": 0.981}``), compared week to week.
     ``text``: sentences derived from the study's own numbers.
+    ``noise``: for the figures that are measurements, their noise in the figure's units (e.g. the
+    IQR of a throughput's timing rounds, the standard deviation of an accuracy over seeds); keys
+    must be headline names. The report's week-to-week comparison (``vqalab.compare.compare_figure``)
+    reads a change within the noise as "no change beyond noise".
     The report finds them in the executed notebook by their MIME type.
     """
     from IPython.display import display
 
     clean = {str(k): headline_value(v) for k, v in headline.items()}
+    noise = {str(k): headline_value(v) for k, v in (noise or {}).items()}
+    unknown = [k for k in noise if k not in clean]
+    if unknown:
+        raise KeyError(f"findings: noise given for {', '.join(map(repr, unknown))}, which are not headline "
+                       f"figures ({', '.join(map(repr, clean))})")
+    bad = [k for k, v in noise.items() if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)
+                                                             or v < 0)]
+    if bad:
+        raise TypeError(f"findings: noise of {', '.join(map(repr, bad))} must be a non-negative number")
     # "order" keeps the figures in the order given: notebook files store JSON with sorted keys.
-    payload = {"headline": clean, "order": list(clean), "text": [str(t) for t in text]}
+    payload = {"headline": clean, "order": list(clean), "text": [str(t) for t in text], "noise": noise}
 
     def cell(value) -> str:  # names typed by users must show as text, never as markup
         return html.escape(f"{value:.4g}" if isinstance(value, float) else str(value)).replace("|", "\\|")
 
     lines = ["### Findings", ""] + [f"- {html.escape(t)}" for t in payload["text"]] + [""]
     lines += ["| figure | value |", "| --- | --- |"]
-    lines += [f"| {cell(k)} | {cell(v)} |" for k, v in clean.items()]
+    lines += [f"| {cell(k)} | {cell(v)}{f' ± {cell(noise[k])}' if noise.get(k) is not None else ''} |"
+              for k, v in clean.items()]
     display({FINDINGS_MIME: json.loads(json.dumps(payload)), "text/markdown": "\n".join(lines)}, raw=True)

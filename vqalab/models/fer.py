@@ -150,7 +150,9 @@ class FERTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_tokens, dim))
         block_class = TransformerBlock if block == "vit" else ClassAttentionBlock
         # Stochastic depth rate grows linearly with depth (DeiT / timm).
-        rates = torch.linspace(0, drop_path, depth).tolist() if depth else []
+        # On the CPU explicitly: read back as floats, so the builder also works under
+        # `with torch.device("meta")` (FLOPs counted without memory or compute).
+        rates = torch.linspace(0, drop_path, depth, device="cpu").tolist() if depth else []
         self.blocks = nn.Sequential(*[
             block_class(dim=dim, num_heads=num_heads, mlp_ratio=mlp_ratio, attn_drop=attn_drop, drop_path=rate)
             for rate in rates
