@@ -391,3 +391,16 @@ def test_a_notebook_that_cannot_start_is_reported_as_failed(tmp_path, monkeypatc
     page = (week_dir / "plot.html").read_text()
     assert "Kernel died before replying to &lt;kernel_info&gt;" in page
     assert 'class="status status-failed"' in (week_dir / "index.html").read_text()
+
+
+def test_since_last_week_judges_measured_figures_against_their_noise(tmp_path):
+    reports = tmp_path / "reports"
+    for week, value, noise in (("2026-W10", 3010.0, 450.0), ("2026-W11", 2370.0, 520.0)):
+        (reports / week).mkdir(parents=True)
+        study = {"headline": {"samples/s": value, "best lr": 1e-3}, "noise": {"samples/s": noise}}
+        (reports / week / "summary.json").write_text(json.dumps({"week": week, "studies": {"bench": study}}))
+    now = json.loads((reports / "2026-W11" / "summary.json").read_text())["studies"]
+    rows = {r["figure"]: r["change"] for r in since_last_week(reports, "2026-W11", now)["rows"]}
+    # -640 against sqrt(450² + 520²) ≈ 688: inside the noise of the two measurements
+    assert rows["samples/s"] == "no change beyond noise (-640 within ±688)"
+    assert rows["best lr"] == "+0"  # no noise: the plain difference, as before

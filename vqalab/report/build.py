@@ -149,7 +149,7 @@ def _run_locked(*, plan: list[dict], statuses: dict[str, dict | None], week: str
         status = statuses[study["name"]]
         if status is not None and not status["found"]:
             record = skipped_record(study, preset, status)
-            record.update(environment=env, headline={}, text=[])
+            record.update(environment=env, headline={}, noise={}, text=[])
             write_text(week_dir / record["html"], skipped_page(record, week))
         else:
             study_runs = Path(study["parameters"].get(RUNS_ROOT_PARAM) or "runs")
@@ -196,7 +196,7 @@ def run_study(study: dict, *, week_dir: Path, cwd: Path, preset: str, fresh: boo
 
 def render_study_page(record: dict, week_dir: Path, week: str) -> None:
     """Read the executed notebook's findings into ``record`` and write its HTML page."""
-    record.update(headline={}, text=[])
+    record.update(headline={}, noise={}, text=[])
     notebook = read_notebook(week_dir / record["notebook"])
     page = None
     if notebook is not None:

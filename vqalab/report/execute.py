@@ -92,8 +92,10 @@ def execute_study(study: dict, *, out_dir: Path, cwd: Path, preset: str, runs_ro
 
 
 def read_findings(notebook) -> dict:
-    """Headline figures and sentences published by ``vqalab.notebook.findings`` in a notebook."""
+    """Headline figures, their noise (for measured ones) and sentences published by
+    ``vqalab.notebook.findings`` in a notebook."""
     headline: dict = {}
+    noise: dict = {}
     text: list = []
     for cell in notebook.cells:
         for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
@@ -104,8 +106,9 @@ def read_findings(notebook) -> dict:
                 figures = payload.get("headline") or {}
                 order = [k for k in payload.get("order") or [] if k in figures]
                 headline.update({k: figures[k] for k in order + [k for k in figures if k not in order]})
+                noise.update({k: v for k, v in (payload.get("noise") or {}).items() if v is not None})
                 text += [str(t) for t in payload.get("text") or []]
-    return {"headline": headline, "text": text}
+    return {"headline": headline, "noise": noise, "text": text}
 
 
 def read_notebook(path: Path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
+from vqalab.compare import compare_figure
 from vqalab.registry import ConfigError
 from vqalab.report.weeks import WEEK_PATTERN
 
@@ -42,9 +42,13 @@ def since_last_week(reports_dir: Path, week: str, studies: dict[str, dict]) -> d
     for name in sorted(set(studies) | set(before_studies)):
         now = studies.get(name, {}).get("headline") or {}
         before = before_studies.get(name, {}).get("headline") or {}
+        noise_now = studies.get(name, {}).get("noise") or {}
+        noise_before = before_studies.get(name, {}).get("noise") or {}
         for figure in list(dict.fromkeys([*now, *before])):
+            change = compare_figure(before.get(figure), now.get(figure), noise_before=noise_before.get(figure),
+                                    noise_now=noise_now.get(figure))["change"]
             rows.append({"study": name, "figure": figure, "before": before.get(figure, "–"),
-                         "now": now.get(figure, "–"), "change": _change(before.get(figure), now.get(figure))})
+                         "now": now.get(figure, "–"), "change": change})
     return {"week": before_week, "rows": rows}
 
 
@@ -56,17 +60,3 @@ def read_summary(path: Path) -> dict:
     if not isinstance(summary, dict) or not isinstance(summary.get("studies", {}), dict):
         raise ConfigError(f"{path}: not a report summary (expected 'studies' mapping names to results)")
     return summary
-
-
-def _change(before: Any, now: Any) -> str:
-    numbers = (int, float)
-    if before is None and now is None:
-        return "–"
-    if before is None:
-        return "new"
-    if now is None:
-        return "gone"
-    if isinstance(before, numbers) and isinstance(now, numbers) and not isinstance(before, bool) \
-            and not isinstance(now, bool):
-        return f"{now - before:+.4g}"
-    return "same" if before == now else "changed"
