@@ -34,9 +34,9 @@ def make_project(root: Path, budget: float) -> Path:
     """``a_slow`` prints a line every 0.2 s for ever (until its budget stops it); ``b_next`` is quick."""
     (root / "notebooks").mkdir(parents=True)
     (root / "params").mkdir()
-    _notebook(root / "notebooks" / "a_slow.ipynb", "lines = 1000  # lines to print",
+    _notebook(root / "notebooks" / "a_slow.ipynb", "lines: int = 1000  # lines to print",
               "import time\nfor i in range(lines):\n    print(f'line {i}', flush=True)\n    time.sleep(0.2)")
-    _notebook(root / "notebooks" / "b_next.ipynb", "word = 'x'  # what to print",
+    _notebook(root / "notebooks" / "b_next.ipynb", "word: str = 'x'  # what to print",
               "print('next study ran', word)")
     (root / "params" / "a_slow.yaml").write_text(f"presets:\n  quick: {{time_budget_s: {budget}}}\n")
     (root / "params" / "b_next.yaml").write_text("presets:\n  quick: {word: hello}\n")
