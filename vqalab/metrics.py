@@ -144,3 +144,23 @@ def vqa_summary(predictions: Sequence[str], answers: Sequence[Sequence[str]],
             groups[kind].append(score)
         summary[key] = {kind: sum(s) / len(s) for kind, s in sorted(groups.items())}
     return summary
+
+
+def gqa_accuracy(predictions: Sequence[str], answers: Sequence[str],
+                 structural_types: Sequence[str] | None = None) -> dict:
+    """GQA accuracy (Hudson & Manning 2019; its evaluation script): exact match of the predicted
+    answer string with the one answer, overall and per structural type (verify, query, choose,
+    logical, compare) when given. Returns ``{"overall": a, "count": n, "per_structural_type": {...}}``
+    with accuracies in [0, 1]."""
+    if len(predictions) != len(answers):
+        raise ValueError(f"gqa_accuracy: {len(predictions)} predictions for {len(answers)} questions")
+    correct = [float(p == a) for p, a in zip(predictions, answers)]
+    summary: dict = {"overall": sum(correct) / len(correct) if correct else float("nan"), "count": len(correct)}
+    if structural_types is not None:
+        if len(structural_types) != len(correct):
+            raise ValueError(f"gqa_accuracy: {len(structural_types)} structural types for {len(correct)} questions")
+        groups: dict[str, list[float]] = defaultdict(list)
+        for kind, c in zip(structural_types, correct):
+            groups[kind].append(c)
+        summary["per_structural_type"] = {kind: sum(c) / len(c) for kind, c in sorted(groups.items())}
+    return summary

@@ -44,4 +44,4 @@ def build_data(spec: dict, seed: int = 0) -> DataSplits:
 
 
 # Builders register themselves on import.
-from vqalab.data import easy_vqa, faces, feature_cache, rafdb, scenes, vqa_v2  # noqa: E402,F401
+from vqalab.data import easy_vqa, faces, feature_cache, gqa, rafdb, scenes, vqa_v2  # noqa: E402,F401
