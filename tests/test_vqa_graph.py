@@ -121,9 +121,10 @@ def test_gumbel_relaxation_is_a_k_hot_vector_and_top_k_picks_the_largest():
     assert topk_mask(scores, torch.tensor([3])).tolist() == [[1.0, 0.0, 1.0, 0.0, 1.0]]
 
 
-def test_selection_is_the_top_k_of_real_nodes_and_is_returned():
+@pytest.mark.parametrize("use_mgat", [True, False])
+def test_selection_is_the_top_k_of_real_nodes_and_is_returned(use_mgat):
     torch.manual_seed(3)
-    model = build("vqa_subgraph", sample_k=2).eval()
+    model = build("vqa_subgraph", sample_k=2, use_mgat=use_mgat).eval()
     batch = make_graph_batch()
     logits, selection = model(**batch, return_selection=True)
     assert torch.equal(model.last_selection, selection)
@@ -132,6 +133,10 @@ def test_selection_is_the_top_k_of_real_nodes_and_is_returned():
     with torch.no_grad():
         q = model.question_proj(model.question_encoder(batch["question"], batch["question_len"]).vector)
         nodes = model.graph_encoder(batch["node_names"], batch["node_attrs"], batch["node_boxes"])
+        if use_mgat:  # the context layer over the whole graph comes first
+            mask = batch["node_mask"]
+            edges = model.graph_edges(mask, batch["edges"], batch["edge_mask"], mask)
+            nodes = model.context(nodes.flatten(0, 1), *edges, q.repeat_interleave(4, dim=0)).view(3, 4, -1)
         scores = model.node_scorer.scores(nodes, q).masked_fill(~batch["node_mask"], float("-inf"))
     for row, n_real in enumerate([4, 1, 3]):
         expected = set(scores[row, :n_real].topk(min(2, n_real)).indices.tolist())
@@ -143,7 +148,7 @@ def test_without_mgat_the_model_is_the_non_graph_baseline():
     graph = build("vqa_subgraph", use_mgat=True).eval()
     plain = build("vqa_subgraph", use_mgat=False).eval()
     extra = set(graph.state_dict()) - set(plain.state_dict())
-    assert extra and all(k.startswith(("mgat.", "relation_proj.")) for k in extra)
+    assert extra and all(k.startswith(("context.", "mgat.", "relation_proj.")) for k in extra)
     assert set(plain.state_dict()) < set(graph.state_dict())
     plain.load_state_dict({k: v for k, v in graph.state_dict().items() if k in plain.state_dict()})
     batch = make_graph_batch()
@@ -165,17 +170,19 @@ def test_without_mgat_the_model_is_the_non_graph_baseline():
 def test_graph_attention_matches_a_per_node_softmax_over_incoming_edges():
     torch.manual_seed(5)
     layer = GraphAttentionLayer(dim=6, num_heads=2, activation="relu", dropout=0.0).eval()
-    x, rel = torch.randn(4, 6), torch.randn(5, 6)
+    x, rel, q = torch.randn(4, 6), torch.randn(5, 6), torch.randn(4, 6)
     src, dst = torch.tensor([0, 1, 2, 3, 1]), torch.tensor([1, 1, 1, 0, 3])
-    out = layer(x, src, dst, rel)
+    out = layer(x, src, dst, rel, q)
     h = (x @ layer.node_proj.weight.T).view(4, 2, 3)
     r = (rel @ layer.rel_proj.weight.T).view(5, 2, 3)
+    guide = layer.question_proj(q).view(4, 2, 3)
     for i in range(4):
         incoming = [e for e in range(5) if dst[e] == i]
         update = torch.zeros(2, 3)
         if incoming:
             logits = torch.stack([F.leaky_relu((h[i] * layer.att_dst).sum(-1) + (h[src[e]] * layer.att_src).sum(-1)
-                                               + (r[e] * layer.att_rel).sum(-1), 0.2) for e in incoming])  # (E_i, 2)
+                                               + (r[e] * layer.att_rel).sum(-1), 0.2)
+                                  + (h[src[e]] * guide[i]).sum(-1) / 3 ** 0.5 for e in incoming])  # (E_i, 2)
             alpha = torch.softmax(logits, dim=0)
             update = sum(alpha[n].unsqueeze(-1) * (h[src[e]] + r[e]) for n, e in enumerate(incoming))
         expected = layer.norm(x[i] + torch.relu(layer.out(update.reshape(6))))
@@ -205,7 +212,8 @@ def test_subgraph_parameter_count_matches_the_formula(use_mgat):
     node_encoder = (2 * E + 4) * H + H  # [name; mean attribute; box] → H
     scorer = pool = 2 * (H * H + H) + H + 1  # W_n, W_q, v
     head = 2 * H * H + H + H * A + A
-    mgat = L * (3 * H * H + 3 * H + H + 2 * H) + E * H  # W, U, W_o; a (3 parts); W_o bias; LayerNorm; relations
+    # Per layer: W, U, Q, W_o; a (3 parts); Q and W_o biases; LayerNorm. L subgraph layers + 1 context layer.
+    mgat = (L + 1) * (4 * H * H + 3 * H + 2 * H + 2 * H) + E * H  # + the relation projection
     expected = embedding + gru + question_proj + node_encoder + scorer + pool + head + (mgat if use_mgat else 0)
     assert count(model) == expected
 

@@ -207,15 +207,18 @@ class SubgraphSampler(nn.Module):
 
 class GraphAttentionLayer(nn.Module):
     """Multi-head graph attention with relation labels (GAT, Veličković et al. 2018, with edge
-    features): for an edge j → i with relation r,
+    features), guided by the question: for an edge j → i with relation r and question vector q,
 
-        e_ij^h = LeakyReLU(a_h · [W_h x_i ; W_h x_j ; U_h r]),  α_ij^h = softmax over the edges into i
+        e_ij^h = LeakyReLU(a_h · [W_h x_i ; W_h x_j ; U_h r]) + (W_h x_j) · (Q_h q) / √d
+        α_ij^h = softmax of e_ij^h over the edges into i
         x_i ← LayerNorm(x_i + dropout(σ(W_o concat_h Σ_j α_ij^h (W_h x_j + U_h r))))
 
-    Every node also has a self-loop (relation embedding zero). Edges are given flat, over the
-    whole batch: src, dst (E,) indices into the (B·N) nodes, rel (E, dim) relation embeddings.
-    dim: node size. num_heads: heads (must divide dim). activation: σ. dropout: on the attention
-    weights and the update.
+    The question term (ISubGVQA's instruction) lets each node attend to the neighbours the
+    question is about. Every node also has a self-loop (relation embedding zero). Inputs are flat
+    over the whole batch: x (B·N, dim) nodes, src, dst (E,) node indices, rel (E, dim) relation
+    embeddings, question (B·N, dim) the question vector of each node's graph.
+    dim: node size. num_heads: heads (must divide dim); d = dim / num_heads. activation: σ.
+    dropout: on the attention weights and the update.
     """
 
     def __init__(self, *, dim: int, num_heads: int, activation: str, dropout: float):
@@ -228,17 +231,21 @@ class GraphAttentionLayer(nn.Module):
         self.att_dst = nn.Parameter(torch.randn(num_heads, self.head_dim) / self.head_dim ** 0.5)  # a_h, the x_i part
         self.att_src = nn.Parameter(torch.randn(num_heads, self.head_dim) / self.head_dim ** 0.5)  # the x_j part
         self.att_rel = nn.Parameter(torch.randn(num_heads, self.head_dim) / self.head_dim ** 0.5)  # the r part
+        self.question_proj = nn.Linear(dim, dim)  # Q_h, all heads
         self.out = nn.Linear(dim, dim)  # W_o
         self.act = ACTIVATIONS[activation]()
         self.norm = nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, rel: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, rel: torch.Tensor,
+                question: torch.Tensor) -> torch.Tensor:
         n, heads, d = x.shape[0], self.num_heads, self.head_dim
         h = self.node_proj(x).view(n, heads, d)  # (B·N, heads, d)
         r = self.rel_proj(rel).view(-1, heads, d)  # (E, heads, d)
+        guide = self.question_proj(question).view(n, heads, d)  # (B·N, heads, d)
         logits = F.leaky_relu((h[dst] * self.att_dst).sum(-1) + (h[src] * self.att_src).sum(-1)
                               + (r * self.att_rel).sum(-1), negative_slope=0.2)  # (E, heads)
+        logits = logits + (h[src] * guide[dst]).sum(-1) / d ** 0.5
         # Softmax over the edges into each node: subtract each node's maximum for stability.
         top = torch.full((n, heads), float("-inf"), dtype=logits.dtype, device=x.device)
         top = top.scatter_reduce(0, dst[:, None].expand(-1, heads), logits, reduce="amax", include_self=True)
@@ -313,13 +320,15 @@ class QuestionGuidedPool(nn.Module):
 
 
 class SubgraphVQA(nn.Module):
-    """ISubGVQA's graph part: a question-conditioned scorer picks ``sample_k`` nodes of the scene
-    graph (``SubgraphSampler``); the node vectors are masked by the choice; ``mgat_layers`` graph
-    attention layers pass messages along the relations inside the chosen subgraph; the chosen
-    nodes are pooled under the question's guidance; [pooled; question] is classified.
+    """ISubGVQA's graph part: the scene-graph encoder embeds the nodes and (with ``use_mgat``) puts
+    them in context with one question-guided graph-attention layer over the whole graph; a
+    question-conditioned scorer picks ``sample_k`` nodes (``SubgraphSampler``); the node vectors
+    are masked by the choice; ``mgat_layers`` graph-attention layers pass messages along the
+    relations inside the chosen subgraph; the chosen nodes are pooled under the question's
+    guidance; [pooled; question] is classified.
 
-    With ``use_mgat`` False there are no graph-attention layers (the non-graph baseline): the
-    chosen nodes are pooled as encoded, relations unused.
+    With ``use_mgat`` False there is no graph attention at all (the non-graph baseline): nodes are
+    scored as embedded and the chosen ones pooled, relations unused.
 
     forward(question, question_len, node_names, node_attrs, node_boxes, node_mask, edges, edge_mask,
     image_id=None, return_selection=False) → logits (B, num_answers), and with ``return_selection``
@@ -342,8 +351,10 @@ class SubgraphVQA(nn.Module):
         self.sampler = SubgraphSampler(sampler=sampler, sample_k=sample_k, nb_samples=nb_samples, tau=tau,
                                        alpha=alpha, beta=beta)
         self.use_mgat = use_mgat
-        self.mgat = nn.ModuleList(GraphAttentionLayer(dim=hidden_dim, num_heads=num_heads, activation=activation,
-                                                      dropout=dropout) for _ in range(mgat_layers if use_mgat else 0))
+        gat = dict(dim=hidden_dim, num_heads=num_heads, activation=activation, dropout=dropout)
+        # The encoder's context layer over the whole graph, then the layers over the chosen subgraph.
+        self.context = GraphAttentionLayer(**gat) if use_mgat else None
+        self.mgat = nn.ModuleList(GraphAttentionLayer(**gat) for _ in range(mgat_layers if use_mgat else 0))
         self.pool = QuestionGuidedPool(dim=hidden_dim, activation=activation)
         self.head = mlp(2 * hidden_dim, hidden_dim, num_answers, dropout, act=ACTIVATIONS[activation])
         self.last_selection: torch.Tensor | None = None
@@ -352,19 +363,27 @@ class SubgraphVQA(nn.Module):
                          edge_mask) -> tuple[torch.Tensor, torch.Tensor]:
         q = self.question_proj(self.question_encoder(question, question_len).vector)  # (B, H)
         nodes = self.graph_encoder(node_names, node_attrs, node_boxes)  # (B, N, H)
+        b, n, h = nodes.shape
+        if self.use_mgat:
+            q_nodes = q.repeat_interleave(n, dim=0)  # (B·N, H): each node's question
+            nodes = self.context(nodes.reshape(b * n, h), *self.graph_edges(node_mask, edges, edge_mask, node_mask),
+                                 q_nodes).view(b, n, h)
         selection = self.sampler(self.node_scorer.scores(nodes, q), node_mask).to(nodes.dtype)  # (B, N)
         x = nodes * selection.unsqueeze(-1)  # unchosen nodes carry nothing; gradients reach the scorer
         chosen = selection > 0
-        if self.mgat:
-            b, n, h = x.shape
-            src, dst, rel = flat_edges(node_mask, edges, edge_mask, chosen)
-            rel_vectors = self.relation_proj(self.question_encoder.embed(rel))  # (E', H)
+        if self.use_mgat:
             flat = x.reshape(b * n, h)
+            src, dst, rel = self.graph_edges(node_mask, edges, edge_mask, chosen)
             for layer in self.mgat:
-                flat = layer(flat, src, dst, rel_vectors)
+                flat = layer(flat, src, dst, rel, q_nodes)
             x = flat.view(b, n, h) * selection.unsqueeze(-1)
         pooled = self.pool(x, q, chosen & node_mask)  # (B, H)
         return torch.cat([pooled, q], dim=1), selection
+
+    def graph_edges(self, node_mask, edges, edge_mask, keep):
+        """Flat edges among the ``keep`` nodes (``flat_edges``) with their relation vectors (E', H)."""
+        src, dst, rel = flat_edges(node_mask, edges, edge_mask, keep)
+        return src, dst, self.relation_proj(self.question_encoder.embed(rel))
 
     def forward(self, question, question_len, node_names, node_attrs, node_boxes, node_mask, edges, edge_mask,
                 image_id=None, return_selection: bool = False):
