@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from vqalab.config import build_config
+from vqalab.config import build_config, load_config
 from vqalab.data import build_data
 from vqalab.metrics import gqa_accuracy
 from vqalab.registry import ConfigError
@@ -188,3 +188,16 @@ def test_models_train_on_the_gqa_fixture(gqa_root, tmp_path, model, data):
     summary = fit(cfg).summary
     assert summary["status"] == "completed", summary.get("error")
     assert summary["data"]["val_questions"] == 2 and 0.0 <= summary["best_val_acc"] <= 1.0
+
+
+PRESETS = ["gqa_subgraph.yaml", "gqa_subgraph_8gb.yaml", "gqa_subgraph_24gb.yaml", "gqa_aoa.yaml", "vqa_v2_aoa.yaml",
+           "scenes_subgraph.yaml"]
+
+
+@pytest.mark.parametrize("file", PRESETS)
+def test_lab_note_001_presets_validate(repo_root, file):
+    cfg = load_config(repo_root / "params" / "train" / file)
+    assert cfg.model["name"] in ("vqa_subgraph", "vqa_aoa")
+    if cfg.data["name"] == "gqa":
+        assert cfg.data["question_len"] == 12 and cfg.data["max_boxes"] == 50  # lab note 001's data values
+        assert cfg.train.clip_norm == 0.25 and cfg.seed == 1204
