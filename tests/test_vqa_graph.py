@@ -13,7 +13,7 @@ from vqalab.data import build_data
 from vqalab.data.graphs import collate_graphs, encode_graph
 from vqalab.data.scenes import ANSWERS, RELATION_PHRASE, generate, relation_holds
 from vqalab.models import MODELS, create_model
-from vqalab.models.vqa_graph import GraphAttentionLayer, IMLETopK, relaxed_topk, topk_mask
+from vqalab.models.vqa_graph import GraphAttentionLayer, IMLETopK, flat_edges, relaxed_topk, topk_mask
 from vqalab.registry import ConfigError
 from vqalab.runs import model_from_checkpoint
 from vqalab.train import fit, latest_checkpoint
@@ -134,9 +134,9 @@ def test_selection_is_the_top_k_of_real_nodes_and_is_returned(use_mgat):
         q = model.question_proj(model.question_encoder(batch["question"], batch["question_len"]).vector)
         nodes = model.graph_encoder(batch["node_names"], batch["node_attrs"], batch["node_boxes"])
         if use_mgat:  # the context layer over the whole graph comes first
-            mask = batch["node_mask"]
-            edges = model.graph_edges(mask, batch["edges"], batch["edge_mask"], mask)
-            nodes = model.context(nodes.flatten(0, 1), *edges, q.repeat_interleave(4, dim=0)).view(3, 4, -1)
+            src, dst, rel, _ = flat_edges(batch["node_mask"], batch["edges"], batch["edge_mask"])
+            rel = model.relation_proj(model.question_encoder.embed(rel))
+            nodes = model.context(nodes.flatten(0, 1), src, dst, rel, q.repeat_interleave(4, dim=0)).view(3, 4, -1)
         scores = model.node_scorer.scores(nodes, q).masked_fill(~batch["node_mask"], float("-inf"))
     for row, n_real in enumerate([4, 1, 3]):
         expected = set(scores[row, :n_real].topk(min(2, n_real)).indices.tolist())
@@ -158,26 +158,26 @@ def test_without_mgat_the_model_is_the_non_graph_baseline():
         q = plain.question_proj(plain.question_encoder(batch["question"], batch["question_len"]).vector)
         nodes = plain.graph_encoder(batch["node_names"], batch["node_attrs"], batch["node_boxes"])
         _, selection = plain(**batch, return_selection=True)
-        chosen = selection.bool()
-        weights = torch.softmax(plain.pool.scores(nodes, q).masked_fill(~chosen, float("-inf")), dim=1)
-        pooled = (weights.unsqueeze(-1) * nodes * selection.unsqueeze(-1)).sum(dim=1)
+        weights = torch.softmax(plain.pool.scores(nodes, q).masked_fill(~selection.bool(), float("-inf")), dim=1)
+        pooled = (weights.unsqueeze(-1) * nodes).sum(dim=1)  # attention over the chosen nodes only
         expected = plain.head(torch.cat([pooled, q], dim=1))
         assert torch.allclose(plain(**batch), expected, atol=1e-5)
         assert torch.allclose(plain(**no_edges), plain(**batch))  # relations are not used
         assert not torch.allclose(graph(**no_edges), graph(**batch), atol=1e-4)  # with MGAT they are
 
 
-def test_graph_attention_matches_a_per_node_softmax_over_incoming_edges():
+def test_graph_attention_matches_a_per_node_softmax_over_chosen_incoming_edges():
     torch.manual_seed(5)
     layer = GraphAttentionLayer(dim=6, num_heads=2, activation="relu", dropout=0.0).eval()
     x, rel, q = torch.randn(4, 6), torch.randn(5, 6), torch.randn(4, 6)
     src, dst = torch.tensor([0, 1, 2, 3, 1]), torch.tensor([1, 1, 1, 0, 3])
-    out = layer(x, src, dst, rel, q)
+    z = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0])  # the edges from node 1 carry no message
+    out = layer(x, src, dst, rel, q, source_weight=z)
     h = (x @ layer.node_proj.weight.T).view(4, 2, 3)
     r = (rel @ layer.rel_proj.weight.T).view(5, 2, 3)
     guide = layer.question_proj(q).view(4, 2, 3)
     for i in range(4):
-        incoming = [e for e in range(5) if dst[e] == i]
+        incoming = [e for e in range(5) if dst[e] == i and z[e] == 1]  # a softmax over the chosen sources
         update = torch.zeros(2, 3)
         if incoming:
             logits = torch.stack([F.leaky_relu((h[i] * layer.att_dst).sum(-1) + (h[src[e]] * layer.att_src).sum(-1)

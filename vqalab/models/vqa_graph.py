@@ -210,13 +210,16 @@ class GraphAttentionLayer(nn.Module):
     features), guided by the question: for an edge j → i with relation r and question vector q,
 
         e_ij^h = LeakyReLU(a_h · [W_h x_i ; W_h x_j ; U_h r]) + (W_h x_j) · (Q_h q) / √d
-        α_ij^h = softmax of e_ij^h over the edges into i
+        α_ij^h = z_j exp(e_ij^h) / Σ_j' z_j' exp(e_ij'^h)   (over the edges into i)
         x_i ← LayerNorm(x_i + dropout(σ(W_o concat_h Σ_j α_ij^h (W_h x_j + U_h r))))
 
     The question term (ISubGVQA's instruction) lets each node attend to the neighbours the
-    question is about. Every node also has a self-loop (relation embedding zero). Inputs are flat
-    over the whole batch: x (B·N, dim) nodes, src, dst (E,) node indices, rel (E, dim) relation
-    embeddings, question (B·N, dim) the question vector of each node's graph.
+    question is about. z_j weighs each source node: with the sampler's 0/1 selection only chosen
+    nodes send messages (attention exactly over the chosen subgraph), yet ∂L/∂z_j says what adding
+    node j would change. Every node also has a self-loop (relation embedding zero, weight 1).
+    Inputs are flat over the whole batch: x (B·N, dim) nodes, src, dst (E,) node indices, rel (E, dim)
+    relation embeddings, question (B·N, dim) the question vector of each node's graph,
+    source_weight (E,) z of each edge's source (None: all 1).
     dim: node size. num_heads: heads (must divide dim); d = dim / num_heads. activation: σ.
     dropout: on the attention weights and the update.
     """
@@ -238,7 +241,7 @@ class GraphAttentionLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, rel: torch.Tensor,
-                question: torch.Tensor) -> torch.Tensor:
+                question: torch.Tensor, source_weight: torch.Tensor | None = None) -> torch.Tensor:
         n, heads, d = x.shape[0], self.num_heads, self.head_dim
         h = self.node_proj(x).view(n, heads, d)  # (B·N, heads, d)
         r = self.rel_proj(rel).view(-1, heads, d)  # (E, heads, d)
@@ -250,29 +253,32 @@ class GraphAttentionLayer(nn.Module):
         top = torch.full((n, heads), float("-inf"), dtype=logits.dtype, device=x.device)
         top = top.scatter_reduce(0, dst[:, None].expand(-1, heads), logits, reduce="amax", include_self=True)
         weights = torch.exp(logits - top[dst])
+        if source_weight is not None:
+            weights = weights * source_weight.unsqueeze(-1).to(weights.dtype)
         total = torch.zeros(n, heads, dtype=logits.dtype, device=x.device).index_add(0, dst, weights)
-        weights = self.dropout(weights / total[dst])  # α: (E, heads)
+        # A node no chosen source reaches gets no update (its self-loop, in the model, always counts).
+        weights = self.dropout(weights / total[dst].clamp_min(torch.finfo(total.dtype).tiny))  # α: (E, heads)
         messages = weights.unsqueeze(-1) * (h[src] + r)  # (E, heads, d)
         update = torch.zeros(n, heads, d, dtype=messages.dtype, device=x.device).index_add(0, dst, messages)
         return self.norm(x + self.dropout(self.act(self.out(update.reshape(n, heads * d)))))
 
 
-def flat_edges(node_mask: torch.Tensor, edges: torch.Tensor, edge_mask: torch.Tensor,
-               keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Edges of the kept subgraph over the flattened (B·N) nodes, plus one self-loop per real node.
+def flat_edges(node_mask: torch.Tensor, edges: torch.Tensor,
+               edge_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The real edges over the flattened (B·N) nodes, plus one self-loop per real node.
 
-    node_mask (B, N) bool; edges (B, E, 3) [src, dst, rel]; edge_mask (B, E); keep (B, N) bool:
-    the chosen nodes (an edge is kept when both ends are). Returns src, dst (E',) and rel labels
-    (E',), self-loops having label 0 (padding: a zero relation embedding).
+    node_mask (B, N) bool; edges (B, E, 3) [src, dst, rel]; edge_mask (B, E) bool.
+    Returns src, dst (E',) flat node indices, rel (E',) labels (self-loops: 0, the padding label,
+    a zero embedding) and is_loop (E',) bool.
     """
     b, n = node_mask.shape
     offset = (torch.arange(b, device=edges.device) * n)[:, None]  # (B, 1)
     src, dst, rel = edges.unbind(-1)  # each (B, E)
-    both = edge_mask & keep.gather(1, src) & keep.gather(1, dst)
     loops = node_mask.flatten().nonzero().squeeze(1)
-    zeros = torch.zeros_like(loops)
-    return (torch.cat([(src + offset)[both], loops]), torch.cat([(dst + offset)[both], loops]),
-            torch.cat([rel[both], zeros]))
+    is_loop = torch.cat([torch.zeros(int(edge_mask.sum()), dtype=torch.bool, device=edges.device),
+                         torch.ones_like(loops, dtype=torch.bool)])
+    return (torch.cat([(src + offset)[edge_mask], loops]), torch.cat([(dst + offset)[edge_mask], loops]),
+            torch.cat([rel[edge_mask], torch.zeros_like(loops)]), is_loop)
 
 
 class SceneGraphEncoder(nn.Module):
@@ -297,8 +303,10 @@ class SceneGraphEncoder(nn.Module):
 
 
 class QuestionGuidedPool(nn.Module):
-    """Attention pooling of nodes guided by the question: w = softmax_i(v · σ(W_n x_i ⊙ W_q q)) over
-    the real nodes, pooled = Σ_i w_i x_i. The same form scores nodes for the sampler.
+    """Attention pooling of nodes guided by the question: s_i = v · σ(W_n x_i ⊙ W_q q),
+    w_i = z_i exp(s_i) / Σ_j z_j exp(s_j) over the real nodes, pooled = Σ_i w_i x_i, where z
+    weighs the nodes (the sampler's selection: only chosen nodes are pooled, and ∂L/∂z_i says what
+    adding node i would change; None: all 1). The same scores rank nodes for the sampler.
 
     dim: node and question size. activation: σ.
     """
@@ -314,8 +322,12 @@ class QuestionGuidedPool(nn.Module):
         """(B, N, dim), (B, dim) → (B, N) unnormalised scores."""
         return self.score(self.act(self.node_proj(nodes) * self.question_proj(q).unsqueeze(1))).squeeze(-1)
 
-    def forward(self, nodes: torch.Tensor, q: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, nodes: torch.Tensor, q: torch.Tensor, mask: torch.Tensor,
+                node_weight: torch.Tensor | None = None) -> torch.Tensor:
         weights = masked_softmax(self.scores(nodes, q), mask, dim=1)  # (B, N)
+        if node_weight is not None:
+            weights = weights * node_weight
+            weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
         return (weights.unsqueeze(-1) * nodes).sum(dim=1)
 
 
@@ -366,24 +378,19 @@ class SubgraphVQA(nn.Module):
         b, n, h = nodes.shape
         if self.use_mgat:
             q_nodes = q.repeat_interleave(n, dim=0)  # (B·N, H): each node's question
-            nodes = self.context(nodes.reshape(b * n, h), *self.graph_edges(node_mask, edges, edge_mask, node_mask),
-                                 q_nodes).view(b, n, h)
+            src, dst, rel, is_loop = flat_edges(node_mask, edges, edge_mask)
+            rel = self.relation_proj(self.question_encoder.embed(rel))  # (E', H)
+            nodes = self.context(nodes.reshape(b * n, h), src, dst, rel, q_nodes).view(b, n, h)
         selection = self.sampler(self.node_scorer.scores(nodes, q), node_mask).to(nodes.dtype)  # (B, N)
-        x = nodes * selection.unsqueeze(-1)  # unchosen nodes carry nothing; gradients reach the scorer
-        chosen = selection > 0
         if self.use_mgat:
-            flat = x.reshape(b * n, h)
-            src, dst, rel = self.graph_edges(node_mask, edges, edge_mask, chosen)
+            # Only chosen nodes send messages (self-loops always count): the graph is the chosen subgraph.
+            source_weight = torch.where(is_loop, torch.ones_like(rel[:, 0]), selection.flatten()[src])
+            flat = nodes.reshape(b * n, h)
             for layer in self.mgat:
-                flat = layer(flat, src, dst, rel, q_nodes)
-            x = flat.view(b, n, h) * selection.unsqueeze(-1)
-        pooled = self.pool(x, q, chosen & node_mask)  # (B, H)
+                flat = layer(flat, src, dst, rel, q_nodes, source_weight)
+            nodes = flat.view(b, n, h)
+        pooled = self.pool(nodes, q, node_mask, node_weight=selection)  # (B, H): the chosen nodes only
         return torch.cat([pooled, q], dim=1), selection
-
-    def graph_edges(self, node_mask, edges, edge_mask, keep):
-        """Flat edges among the ``keep`` nodes (``flat_edges``) with their relation vectors (E', H)."""
-        src, dst, rel = flat_edges(node_mask, edges, edge_mask, keep)
-        return src, dst, self.relation_proj(self.question_encoder.embed(rel))
 
     def forward(self, question, question_len, node_names, node_attrs, node_boxes, node_mask, edges, edge_mask,
                 image_id=None, return_selection: bool = False):
