@@ -137,7 +137,7 @@ def test_selection_is_the_top_k_of_real_nodes_and_is_returned(use_mgat):
             src, dst, rel, _ = flat_edges(batch["node_mask"], batch["edges"], batch["edge_mask"])
             rel = model.relation_proj(model.question_encoder.embed(rel))
             nodes = model.context(nodes.flatten(0, 1), src, dst, rel, q.repeat_interleave(4, dim=0)).view(3, 4, -1)
-        scores = model.node_scorer.scores(nodes, q).masked_fill(~batch["node_mask"], float("-inf"))
+        scores = model.node_scorer(nodes, q).masked_fill(~batch["node_mask"], float("-inf"))
     for row, n_real in enumerate([4, 1, 3]):
         expected = set(scores[row, :n_real].topk(min(2, n_real)).indices.tolist())
         assert set(selection[row].nonzero().squeeze(1).tolist()) == expected
@@ -158,7 +158,7 @@ def test_without_mgat_the_model_is_the_non_graph_baseline():
         q = plain.question_proj(plain.question_encoder(batch["question"], batch["question_len"]).vector)
         nodes = plain.graph_encoder(batch["node_names"], batch["node_attrs"], batch["node_boxes"])
         _, selection = plain(**batch, return_selection=True)
-        weights = torch.softmax(plain.pool.scores(nodes, q).masked_fill(~selection.bool(), float("-inf")), dim=1)
+        weights = torch.softmax(plain.node_scorer(nodes, q).masked_fill(~selection.bool(), float("-inf")), dim=1)
         pooled = (weights.unsqueeze(-1) * nodes).sum(dim=1)  # attention over the chosen nodes only
         expected = plain.head(torch.cat([pooled, q], dim=1))
         assert torch.allclose(plain(**batch), expected, atol=1e-5)
@@ -210,11 +210,11 @@ def test_subgraph_parameter_count_matches_the_formula(use_mgat):
     gru = 3 * (E * H + H * H + 2 * H)
     question_proj = H * H + H
     node_encoder = (2 * E + 4) * H + H  # [name; mean attribute; box] → H
-    scorer = pool = 2 * (H * H + H) + H + 1  # W_n, W_q, v
+    scorer = 2 * (H * H + H) + H + 1  # W_n, W_q, v (its scores also weigh the pooling)
     head = 2 * H * H + H + H * A + A
     # Per layer: W, U, Q, W_o; a (3 parts); Q and W_o biases; LayerNorm. L subgraph layers + 1 context layer.
     mgat = (L + 1) * (4 * H * H + 3 * H + 2 * H + 2 * H) + E * H  # + the relation projection
-    expected = embedding + gru + question_proj + node_encoder + scorer + pool + head + (mgat if use_mgat else 0)
+    expected = embedding + gru + question_proj + node_encoder + scorer + head + (mgat if use_mgat else 0)
     assert count(model) == expected
 
 

@@ -249,9 +249,12 @@ class GraphAttentionLayer(nn.Module):
         logits = F.leaky_relu((h[dst] * self.att_dst).sum(-1) + (h[src] * self.att_src).sum(-1)
                               + (r * self.att_rel).sum(-1), negative_slope=0.2)  # (E, heads)
         logits = logits + (h[src] * guide[dst]).sum(-1) / d ** 0.5
-        # Softmax over the edges into each node: subtract each node's maximum for stability.
+        # Softmax over the edges into each node: subtract each node's maximum over the edges that
+        # count (weight > 0), so the largest counted term is exp(0) = 1 and the sum cannot underflow.
+        counted = logits if source_weight is None else logits.masked_fill((source_weight <= 0)[:, None], float("-inf"))
         top = torch.full((n, heads), float("-inf"), dtype=logits.dtype, device=x.device)
-        top = top.scatter_reduce(0, dst[:, None].expand(-1, heads), logits, reduce="amax", include_self=True)
+        top = top.scatter_reduce(0, dst[:, None].expand(-1, heads), counted, reduce="amax", include_self=True)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top)).detach()  # a constant shift
         weights = torch.exp(logits - top[dst])
         if source_weight is not None:
             weights = weights * source_weight.unsqueeze(-1).to(weights.dtype)
@@ -302,33 +305,32 @@ class SceneGraphEncoder(nn.Module):
         return self.dropout(self.act(self.proj(nodes)))  # (B, N, dim)
 
 
-class QuestionGuidedPool(nn.Module):
-    """Attention pooling of nodes guided by the question: s_i = v · σ(W_n x_i ⊙ W_q q),
-    w_i = z_i exp(s_i) / Σ_j z_j exp(s_j) over the real nodes, pooled = Σ_i w_i x_i, where z
-    weighs the nodes (the sampler's selection: only chosen nodes are pooled, and ∂L/∂z_i says what
-    adding node i would change; None: all 1). The same scores rank nodes for the sampler.
+class NodeScorer(nn.Module):
+    """Question-conditioned node scores s_i = v · σ(W_n x_i ⊙ W_q q): (B, N, dim), (B, dim) → (B, N).
 
     dim: node and question size. activation: σ.
     """
 
     def __init__(self, *, dim: int, activation: str):
         super().__init__()
-        self.node_proj = nn.Linear(dim, dim)
-        self.question_proj = nn.Linear(dim, dim)
-        self.score = nn.Linear(dim, 1)
+        self.node_proj = nn.Linear(dim, dim)  # W_n
+        self.question_proj = nn.Linear(dim, dim)  # W_q
+        self.score = nn.Linear(dim, 1)  # v (and a bias)
         self.act = ACTIVATIONS[activation]()
 
-    def scores(self, nodes: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """(B, N, dim), (B, dim) → (B, N) unnormalised scores."""
+    def forward(self, nodes: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         return self.score(self.act(self.node_proj(nodes) * self.question_proj(q).unsqueeze(1))).squeeze(-1)
 
-    def forward(self, nodes: torch.Tensor, q: torch.Tensor, mask: torch.Tensor,
-                node_weight: torch.Tensor | None = None) -> torch.Tensor:
-        weights = masked_softmax(self.scores(nodes, q), mask, dim=1)  # (B, N)
-        if node_weight is not None:
-            weights = weights * node_weight
-            weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
-        return (weights.unsqueeze(-1) * nodes).sum(dim=1)
+
+def selection_pool(nodes: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor,
+                   selection: torch.Tensor) -> torch.Tensor:
+    """Attention pooling over the chosen nodes: w_i = z_i exp(s_i) / Σ_j z_j exp(s_j) over the real
+    nodes, pooled = Σ_i w_i x_i. With a 0/1 selection z only chosen nodes are pooled, yet ∂L/∂z_i
+    says what adding node i would change. nodes (B, N, H), scores, selection (B, N), mask (B, N) bool
+    → (B, H)."""
+    weights = masked_softmax(scores, mask, dim=1) * selection  # (B, N)
+    weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+    return (weights.unsqueeze(-1) * nodes).sum(dim=1)
 
 
 class SubgraphVQA(nn.Module):
@@ -336,8 +338,8 @@ class SubgraphVQA(nn.Module):
     them in context with one question-guided graph-attention layer over the whole graph; a
     question-conditioned scorer picks ``sample_k`` nodes (``SubgraphSampler``); the node vectors
     are masked by the choice; ``mgat_layers`` graph-attention layers pass messages along the
-    relations inside the chosen subgraph; the chosen nodes are pooled under the question's
-    guidance; [pooled; question] is classified.
+    relations inside the chosen subgraph; the chosen nodes are pooled with attention weights from
+    the same scores (``selection_pool``); [pooled; question] is classified.
 
     With ``use_mgat`` False there is no graph attention at all (the non-graph baseline): nodes are
     scored as embedded and the chosen ones pooled, relations unused.
@@ -359,7 +361,7 @@ class SubgraphVQA(nn.Module):
                                                activation=activation, dropout=dropout)
         # Relation labels → node size; without graph attention relations are unused and get no parameters.
         self.relation_proj = nn.Linear(embed_dim, hidden_dim, bias=False) if use_mgat else None
-        self.node_scorer = QuestionGuidedPool(dim=hidden_dim, activation=activation)
+        self.node_scorer = NodeScorer(dim=hidden_dim, activation=activation)
         self.sampler = SubgraphSampler(sampler=sampler, sample_k=sample_k, nb_samples=nb_samples, tau=tau,
                                        alpha=alpha, beta=beta)
         self.use_mgat = use_mgat
@@ -367,7 +369,6 @@ class SubgraphVQA(nn.Module):
         # The encoder's context layer over the whole graph, then the layers over the chosen subgraph.
         self.context = GraphAttentionLayer(**gat) if use_mgat else None
         self.mgat = nn.ModuleList(GraphAttentionLayer(**gat) for _ in range(mgat_layers if use_mgat else 0))
-        self.pool = QuestionGuidedPool(dim=hidden_dim, activation=activation)
         self.head = mlp(2 * hidden_dim, hidden_dim, num_answers, dropout, act=ACTIVATIONS[activation])
         self.last_selection: torch.Tensor | None = None
 
@@ -381,7 +382,8 @@ class SubgraphVQA(nn.Module):
             src, dst, rel, is_loop = flat_edges(node_mask, edges, edge_mask)
             rel = self.relation_proj(self.question_encoder.embed(rel))  # (E', H)
             nodes = self.context(nodes.reshape(b * n, h), src, dst, rel, q_nodes).view(b, n, h)
-        selection = self.sampler(self.node_scorer.scores(nodes, q), node_mask).to(nodes.dtype)  # (B, N)
+        scores = self.node_scorer(nodes, q)  # (B, N)
+        selection = self.sampler(scores, node_mask).to(nodes.dtype)  # (B, N)
         if self.use_mgat:
             # Only chosen nodes send messages (self-loops always count): the graph is the chosen subgraph.
             source_weight = torch.where(is_loop, torch.ones_like(rel[:, 0]), selection.flatten()[src])
@@ -389,7 +391,8 @@ class SubgraphVQA(nn.Module):
             for layer in self.mgat:
                 flat = layer(flat, src, dst, rel, q_nodes, source_weight)
             nodes = flat.view(b, n, h)
-        pooled = self.pool(nodes, q, node_mask, node_weight=selection)  # (B, H): the chosen nodes only
+        # The scores that chose the nodes also weigh them: the scorer learns from the answer directly.
+        pooled = selection_pool(nodes, scores.to(nodes.dtype), node_mask, selection)  # (B, H)
         return torch.cat([pooled, q], dim=1), selection
 
     def forward(self, question, question_len, node_names, node_attrs, node_boxes, node_mask, edges, edge_mask,
