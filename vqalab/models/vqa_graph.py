@@ -43,6 +43,7 @@ SamplerName = Literal["imle", "gumbel"]
 BOX_DIM = 4  # (x1, y1, x2, y2) as fractions of the image
 MASKED_SCORE = -1e9  # score of padding nodes: ranked last by every sampler (float32: finite)
 GUMBEL_EPS = 1e-10  # keeps the logs of the Gumbel noise and of the relaxed top-k finite
+MAX_EXPONENT = 30.0  # cap of exp() arguments in the graph-attention softmax (exp(30) ≈ 1e13: finite)
 
 
 # --- Attention on attention ----------------------------------------------------------------------
@@ -199,7 +200,7 @@ class SubgraphSampler(nn.Module):
             hard.append(topk_mask(perturbed, k))
             soft.append(relaxed_topk(perturbed, self.sample_k, self.tau) * node_mask)
         hard, soft = torch.stack(hard).mean(dim=0), torch.stack(soft).mean(dim=0)
-        return hard + soft - soft.detach()  # straight-through: hard values, relaxed gradient
+        return hard + (soft - soft.detach())  # straight-through: exactly the hard values, relaxed gradient
 
 
 # --- Multi-head graph attention --------------------------------------------------------------------
@@ -255,7 +256,9 @@ class GraphAttentionLayer(nn.Module):
         top = torch.full((n, heads), float("-inf"), dtype=logits.dtype, device=x.device)
         top = top.scatter_reduce(0, dst[:, None].expand(-1, heads), counted, reduce="amax", include_self=True)
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top)).detach()  # a constant shift
-        weights = torch.exp(logits - top[dst])
+        # An edge that does not count may score above that maximum: cap its exponent (it is then
+        # multiplied by 0) so exp never overflows into inf · 0.
+        weights = torch.exp((logits - top[dst]).clamp(max=MAX_EXPONENT))
         if source_weight is not None:
             weights = weights * source_weight.unsqueeze(-1).to(weights.dtype)
         total = torch.zeros(n, heads, dtype=logits.dtype, device=x.device).index_add(0, dst, weights)
@@ -489,11 +492,12 @@ def vqa_subgraph(
     """ISubGVQA's question-guided subgraph VQA over scene graphs (``inputs: scene_graph`` data).
 
     Nodes: object name and attributes embedded (the question's word embedding) with the box
-    geometry; edges: the relations, labels embedded likewise. A question-conditioned scorer
-    s_i = v · σ(W_n x_i ⊙ W_q q) ranks the nodes; a differentiable top-k sampler keeps
-    ``sample_k`` of them (IMLE or Gumbel top-k); ``mgat_layers`` multi-head graph attention layers
-    run over the chosen subgraph; the chosen nodes are pooled under the question's guidance and
-    classified with the question. The chosen nodes are returned by ``model(..., return_selection=True)``
+    geometry; edges: the relations, labels embedded likewise. With ``use_mgat`` one
+    question-guided graph-attention layer first puts each node in the context of the whole graph.
+    A question-conditioned scorer s_i = v · σ(W_n x_i ⊙ W_q q) ranks the nodes; a differentiable
+    top-k sampler keeps ``sample_k`` of them (IMLE or Gumbel top-k); ``mgat_layers`` multi-head
+    graph-attention layers run over the chosen subgraph; the chosen nodes are pooled with weights
+    softmax(s) and classified with the question. The chosen nodes are returned by ``model(..., return_selection=True)``
     and kept in ``model.last_selection``. Defaults are lab note 001's (ranges in brackets).
 
     vocab_size, num_answers: set from the data (question words and graph labels; answers).
