@@ -26,7 +26,7 @@ from torch import nn
 
 from vqalab.models import register_model
 from vqalab.models.encoders import build_question_encoder
-from vqalab.models.layers import ACTIVATIONS, masked_softmax, mlp
+from vqalab.models.layers import ACTIVATIONS, mlp
 from vqalab.models.vqa import (
     SMALL_CNN_CHANNELS,
     ActivationName,
@@ -43,7 +43,9 @@ SamplerName = Literal["imle", "gumbel"]
 BOX_DIM = 4  # (x1, y1, x2, y2) as fractions of the image
 MASKED_SCORE = -1e9  # score of padding nodes: ranked last by every sampler (float32: finite)
 GUMBEL_EPS = 1e-10  # keeps the logs of the Gumbel noise and of the relaxed top-k finite
-MAX_EXPONENT = 30.0  # cap of exp() arguments in the graph-attention softmax (exp(30) ≈ 1e13: finite)
+# Cap of exp() arguments in the selection-weighted softmaxes, for terms of unchosen nodes (which are
+# multiplied by 0): no inf · 0, and ∂L/∂z of an unchosen node stays bounded (exp(10) ≈ 2e4).
+MAX_EXPONENT = 10.0
 
 
 # --- Attention on attention ----------------------------------------------------------------------
@@ -331,7 +333,11 @@ def selection_pool(nodes: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor
     nodes, pooled = Σ_i w_i x_i. With a 0/1 selection z only chosen nodes are pooled, yet ∂L/∂z_i
     says what adding node i would change. nodes (B, N, H), scores, selection (B, N), mask (B, N) bool
     → (B, H)."""
-    weights = masked_softmax(scores, mask, dim=1) * selection  # (B, N)
+    # Shift by the largest chosen score (not the largest of all), so the chosen terms cannot underflow.
+    scores = scores.masked_fill(~mask, float("-inf"))
+    top = scores.masked_fill(selection <= 0, float("-inf")).amax(dim=1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top)).detach()  # a constant shift
+    weights = torch.exp((scores - top).clamp(max=MAX_EXPONENT)) * selection  # (B, N)
     weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
     return (weights.unsqueeze(-1) * nodes).sum(dim=1)
 
