@@ -158,7 +158,8 @@ def test_without_mgat_the_model_is_the_non_graph_baseline():
         q = plain.question_proj(plain.question_encoder(batch["question"], batch["question_len"]).vector)
         nodes = plain.graph_encoder(batch["node_names"], batch["node_attrs"], batch["node_boxes"])
         _, selection = plain(**batch, return_selection=True)
-        weights = torch.softmax(plain.node_scorer(nodes, q).masked_fill(~selection.bool(), float("-inf")), dim=1)
+        logits = plain.pool_scorer(nodes, q) + plain.node_scorer(nodes, q)
+        weights = torch.softmax(logits.masked_fill(~selection.bool(), float("-inf")), dim=1)
         pooled = (weights.unsqueeze(-1) * nodes).sum(dim=1)  # attention over the chosen nodes only
         expected = plain.head(torch.cat([pooled, q], dim=1))
         assert torch.allclose(plain(**batch), expected, atol=1e-5)
@@ -210,7 +211,7 @@ def test_subgraph_parameter_count_matches_the_formula(use_mgat):
     gru = 3 * (E * H + H * H + 2 * H)
     question_proj = H * H + H
     node_encoder = (2 * E + 4) * H + H  # [name; mean attribute; box] → H
-    scorer = 2 * (H * H + H) + H + 1  # W_n, W_q, v (its scores also weigh the pooling)
+    scorer = 2 * (2 * (H * H + H) + H + 1)  # W_n, W_q, v: the node scorer and the pooling scorer
     head = 2 * H * H + H + H * A + A
     # Per layer: W, U, Q, W_o; a (3 parts); Q and W_o biases; LayerNorm. L subgraph layers + 1 context layer.
     mgat = (L + 1) * (4 * H * H + 3 * H + 2 * H + 2 * H) + E * H  # + the relation projection

@@ -347,8 +347,9 @@ class SubgraphVQA(nn.Module):
     them in context with one question-guided graph-attention layer over the whole graph; a
     question-conditioned scorer picks ``sample_k`` nodes (``SubgraphSampler``); the node vectors
     are masked by the choice; ``mgat_layers`` graph-attention layers pass messages along the
-    relations inside the chosen subgraph; the chosen nodes are pooled with attention weights from
-    the same scores (``selection_pool``); [pooled; question] is classified.
+    relations inside the chosen subgraph; the chosen nodes are pooled with attention weights
+    softmax(s'_i + s_i), s' scored on the final nodes (``selection_pool``); [pooled; question] is
+    classified.
 
     With ``use_mgat`` False there is no graph attention at all (the non-graph baseline): nodes are
     scored as embedded and the chosen ones pooled, relations unused.
@@ -371,6 +372,7 @@ class SubgraphVQA(nn.Module):
         # Relation labels → node size; without graph attention relations are unused and get no parameters.
         self.relation_proj = nn.Linear(embed_dim, hidden_dim, bias=False) if use_mgat else None
         self.node_scorer = NodeScorer(dim=hidden_dim, activation=activation)
+        self.pool_scorer = NodeScorer(dim=hidden_dim, activation=activation)  # on the nodes after MGAT
         self.sampler = SubgraphSampler(sampler=sampler, sample_k=sample_k, nb_samples=nb_samples, tau=tau,
                                        alpha=alpha, beta=beta)
         self.use_mgat = use_mgat
@@ -400,8 +402,10 @@ class SubgraphVQA(nn.Module):
             for layer in self.mgat:
                 flat = layer(flat, src, dst, rel, q_nodes, source_weight)
             nodes = flat.view(b, n, h)
-        # The scores that chose the nodes also weigh them: the scorer learns from the answer directly.
-        pooled = selection_pool(nodes, scores.to(nodes.dtype), node_mask, selection)  # (B, H)
+        # Pooling logits: the final nodes' own scores plus those that chose them, so the node scorer
+        # also learns from the answer directly, not only through the sampler.
+        pool_scores = self.pool_scorer(nodes, q) + scores.to(nodes.dtype)  # (B, N)
+        pooled = selection_pool(nodes, pool_scores, node_mask, selection)  # (B, H)
         return torch.cat([pooled, q], dim=1), selection
 
     def forward(self, question, question_len, node_names, node_attrs, node_boxes, node_mask, edges, edge_mask,
@@ -503,7 +507,7 @@ def vqa_subgraph(
     A question-conditioned scorer s_i = v · σ(W_n x_i ⊙ W_q q) ranks the nodes; a differentiable
     top-k sampler keeps ``sample_k`` of them (IMLE or Gumbel top-k); ``mgat_layers`` multi-head
     graph-attention layers run over the chosen subgraph; the chosen nodes are pooled with weights
-    softmax(s) and classified with the question. The chosen nodes are returned by ``model(..., return_selection=True)``
+    softmax(s' + s), s' scored likewise on the final nodes, and classified with the question. The chosen nodes are returned by ``model(..., return_selection=True)``
     and kept in ``model.last_selection``. Defaults are lab note 001's (ranges in brackets).
 
     vocab_size, num_answers: set from the data (question words and graph labels; answers).
