@@ -109,8 +109,8 @@ def test_imle_gradient_is_the_difference_of_two_top_k_solutions():
     assert z.tolist() == [[0.0, 1.0, 0.0, 1.0]]
     grad_z = torch.tensor([[-0.3, 0.0, 0.0, 0.2]])  # the loss wants node 0 in and node 3 out
     z.backward(grad_z)
-    # θ' = θ - 10 ∂L/∂z = [3.5, 2.0, -1.0, -1.0]: top-2 is {0, 1}; gradient = z - z'.
-    assert scores.grad.tolist() == [[-1.0, 0.0, 0.0, 1.0]]
+    # θ' = θ - 10 ∂L/∂z = [3.5, 2.0, -1.0, -1.0]: top-2 is {0, 1}; gradient = (z - z') / β.
+    assert torch.allclose(scores.grad, torch.tensor([[-0.1, 0.0, 0.0, 0.1]]))
 
 
 def test_gumbel_relaxation_is_a_k_hot_vector_and_top_k_picks_the_largest():

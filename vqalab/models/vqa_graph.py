@@ -138,9 +138,10 @@ class IMLETopK(torch.autograd.Function):
     ``TargetDistribution(alpha, beta)``, Gumbel perturbations of scale ``tau``):
 
         forward:  z = mean_s topk(θ + τ ε_s)
-        backward: θ' = α θ − β ∂L/∂z,  ∂L/∂θ = mean_s [topk(θ + τ ε_s) − topk(θ' + τ ε_s)]
+        backward: θ' = α θ − β ∂L/∂z,  ∂L/∂θ = mean_s [topk(θ + τ ε_s) − topk(θ' + τ ε_s)] / β
 
-    with the same noise ε_s in both (one draw per sample s of ``nb_samples``).
+    with the same noise ε_s in both (one draw per sample s of ``nb_samples``). The 1/β (the paper's
+    1/λ) makes the estimate a finite difference on the loss's own scale, whatever β is.
     """
 
     @staticmethod
@@ -156,7 +157,7 @@ class IMLETopK(torch.autograd.Function):
         scores, k, noise, samples = ctx.saved_tensors
         target = ctx.alpha * scores - ctx.beta * grad_z  # θ'
         target_samples = torch.stack([topk_mask(target + ctx.tau * eps, k) for eps in noise])
-        return (samples - target_samples).mean(dim=0), None, None, None, None, None
+        return (samples - target_samples).mean(dim=0) / ctx.beta, None, None, None, None, None
 
 
 def relaxed_topk(scores: torch.Tensor, k: int, tau: float) -> torch.Tensor:
