@@ -187,7 +187,8 @@ def test_precomputed_feature_files_replace_the_images(vqa_root):
         load(vqa_root, train_features="features_train")
 
 
-VQA_MODELS = [n for n in MODELS.names() if {"vocab_size", "num_answers"} <= set(MODELS.parameters(n))]
+# Image VQA models (scene-graph and question-only models: tests/test_vqa_graph.py).
+VQA_MODELS = [n for n in MODELS.names() if {"vocab_size", "num_answers", "image_encoder"} <= set(MODELS.parameters(n))]
 
 
 @pytest.mark.parametrize("name", VQA_MODELS)
