@@ -44,13 +44,13 @@ from torch.utils.data import Dataset
 from vqalab.data import DataSplits, register_dataset
 from vqalab.data.easy_vqa import _subset, collate_vqa
 from vqalab.data.graphs import GRAPH_INPUT_KEYS, collate_graph_vqa, encode_graph, vocabulary_with_labels
+from vqalab.data.regions import read_regions
 from vqalab.paths import resolve
 from vqalab.registry import ConfigError
 
 log = logging.getLogger(__name__)
 
 STRUCTURAL_TYPES = ("verify", "query", "choose", "logical", "compare")
-BOX_DIM = 4
 OBJECT_KEYS = {"name": str, "x": (int, float), "y": (int, float), "w": (int, float), "h": (int, float)}
 
 
@@ -116,20 +116,10 @@ def graph_nodes(path: Path, image_id: str, graph: dict, max_boxes: int) -> list[
 
 def load_regions(path: Path, max_boxes: int) -> torch.Tensor:
     """A region feature file as a (D + 4, max_boxes, 1) map (see the module docstring)."""
-    try:
-        with np.load(path) as f:
-            features, boxes = np.asarray(f["features"], np.float32), np.asarray(f["boxes"], np.float32)
-            width, height = float(f["image_w"]), float(f["image_h"])
-    except KeyError as err:
-        raise ConfigError(f"gqa: {path}: missing array {err} (expected features, boxes, image_w, image_h)") from None
-    if features.ndim != 2 or boxes.shape != (len(features), BOX_DIM) or width <= 0 or height <= 0:
-        raise ConfigError(f"gqa: {path}: expected features (K, D), boxes (K, 4) and a positive image_w, image_h; "
-                          f"got features {features.shape}, boxes {boxes.shape}, image {width}×{height}")
-    k = min(len(features), max_boxes)
-    regions = np.zeros((max_boxes, features.shape[1] + BOX_DIM), np.float32)
-    regions[:k, : features.shape[1]] = features[:k]
-    regions[:k, features.shape[1]:] = boxes[:k] / np.array([width, height, width, height], np.float32)
-    return torch.from_numpy(regions).t()[:, :, None].contiguous()  # (D + 4, max_boxes, 1)
+    regions = read_regions(path)[:max_boxes]  # (K, D + 4)
+    padded = np.zeros((max_boxes, regions.shape[1]), np.float32)
+    padded[: len(regions)] = regions
+    return torch.from_numpy(padded).t()[:, :, None].contiguous()  # (D + 4, max_boxes, 1)
 
 
 class GQASplit(Dataset):
