@@ -346,9 +346,9 @@ def selection_pool(nodes: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor
 class SubgraphVQA(nn.Module):
     """ISubGVQA's graph part: the scene-graph encoder embeds the nodes and (with ``use_mgat``) puts
     them in context with one question-guided graph-attention layer over the whole graph; a
-    question-conditioned scorer picks ``sample_k`` nodes (``SubgraphSampler``); the node vectors
-    are masked by the choice; ``mgat_layers`` graph-attention layers pass messages along the
-    relations inside the chosen subgraph; the chosen nodes are pooled with attention weights
+    question-conditioned scorer picks ``sample_k`` nodes (``SubgraphSampler``); the choice weighs
+    the nodes: ``mgat_layers`` graph-attention layers pass messages only from chosen nodes, along
+    the relations (the chosen subgraph); the chosen nodes alone are pooled with attention weights
     softmax(s'_i + s_i), s' scored on the final nodes (``selection_pool``); [pooled; question] is
     classified.
 
