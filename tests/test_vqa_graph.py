@@ -13,7 +13,13 @@ from vqalab.data import build_data
 from vqalab.data.graphs import collate_graphs, encode_graph
 from vqalab.data.scenes import ANSWERS, RELATION_PHRASE, generate, relation_holds
 from vqalab.models import MODELS, create_model
-from vqalab.models.vqa_graph import GraphAttentionLayer, IMLETopK, flat_edges, relaxed_topk, topk_mask
+from vqalab.models.vqa_graph import (
+    GraphAttentionLayer,
+    IMLETopK,
+    flat_edges,
+    relaxed_topk,
+    topk_mask,
+)
 from vqalab.registry import ConfigError
 from vqalab.runs import model_from_checkpoint
 from vqalab.train import fit, latest_checkpoint
@@ -126,7 +132,7 @@ def test_selection_is_the_top_k_of_real_nodes_and_is_returned(use_mgat):
     torch.manual_seed(3)
     model = build("vqa_subgraph", sample_k=2, use_mgat=use_mgat).eval()
     batch = make_graph_batch()
-    logits, selection = model(**batch, return_selection=True)
+    _, selection = model(**batch, return_selection=True)
     assert torch.equal(model.last_selection, selection)
     assert selection.sum(dim=1).tolist() == [2.0, 1.0, 2.0]  # the one-node graph keeps its node
     assert not (selection.bool() & ~batch["node_mask"]).any()  # padding is never chosen

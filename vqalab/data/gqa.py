@@ -43,7 +43,12 @@ from torch.utils.data import Dataset
 
 from vqalab.data import DataSplits, register_dataset
 from vqalab.data.easy_vqa import _subset, collate_vqa
-from vqalab.data.graphs import GRAPH_INPUT_KEYS, collate_graph_vqa, encode_graph, vocabulary_with_labels
+from vqalab.data.graphs import (
+    GRAPH_INPUT_KEYS,
+    collate_graph_vqa,
+    encode_graph,
+    vocabulary_with_labels,
+)
 from vqalab.data.regions import read_regions
 from vqalab.paths import resolve
 from vqalab.registry import ConfigError

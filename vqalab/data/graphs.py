@@ -16,7 +16,7 @@ Boxes are (x1, y1, x2, y2) as fractions of the image width and height.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 

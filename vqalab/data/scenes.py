@@ -34,7 +34,12 @@ from torch.utils.data import Dataset
 
 from vqalab.data import DataSplits, register_dataset
 from vqalab.data.easy_vqa import collate_vqa
-from vqalab.data.graphs import GRAPH_INPUT_KEYS, collate_graph_vqa, encode_graph, vocabulary_with_labels
+from vqalab.data.graphs import (
+    GRAPH_INPUT_KEYS,
+    collate_graph_vqa,
+    encode_graph,
+    vocabulary_with_labels,
+)
 from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vqalab.registry import ConfigError
 
@@ -94,7 +99,7 @@ def candidate_questions(objects: list[dict], near_distance: float, two_relations
     """Every (question, answer) the templates allow for this scene (one-relation templates, or the
     two-relation template when ``two_relations``)."""
     refs = unique_references(objects)
-    named = lambda i: f"the {objects[i]['color']} {objects[i]['shape']}"  # noqa: E731
+    named = lambda i: f"the {objects[i]['color']} {objects[i]['shape']}"
     out = []
     if two_relations:
         for r2 in refs:
@@ -107,8 +112,9 @@ def candidate_questions(objects: list[dict], near_distance: float, two_relations
                         for shape in SHAPES:
                             hits = [i for i in both if objects[i]["shape"] == shape]
                             if len(hits) == 1:
-                                out.append((f"what color is the {shape} {RELATION_PHRASE[rel2]} {named(r2)} and "
-                                            f"{RELATION_PHRASE[rel3]} {named(r3)}?", objects[hits[0]]["color"]))
+                                text = (f"what color is the {shape} {RELATION_PHRASE[rel2]} {named(r2)} and "
+                                        f"{RELATION_PHRASE[rel3]} {named(r3)}?")
+                                out.append((text, objects[hits[0]]["color"]))
         return out
     for ref in refs:
         for rel in RELATIONS:

@@ -377,7 +377,7 @@ class SubgraphVQA(nn.Module):
         self.sampler = SubgraphSampler(sampler=sampler, sample_k=sample_k, nb_samples=nb_samples, tau=tau,
                                        alpha=alpha, beta=beta)
         self.use_mgat = use_mgat
-        gat = dict(dim=hidden_dim, num_heads=num_heads, activation=activation, dropout=dropout)
+        gat = {"dim": hidden_dim, "num_heads": num_heads, "activation": activation, "dropout": dropout}
         # The encoder's context layer over the whole graph, then the layers over the chosen subgraph.
         self.context = GraphAttentionLayer(**gat) if use_mgat else None
         self.mgat = nn.ModuleList(GraphAttentionLayer(**gat) for _ in range(mgat_layers if use_mgat else 0))
