@@ -12,8 +12,9 @@ from vqalab.models.layers import StackedAttentionHop, TuckerFusion
 from vqalab.registry import ConfigError
 from vqalab.train import fit
 
-# The registry also holds other families (FER): VQA models are those taking questions and answers.
-VQA_MODELS = [n for n in MODELS.names() if {"vocab_size", "num_answers"} <= set(MODELS.parameters(n))]
+# The registry also holds other families (FER): image VQA models are those taking questions, answers
+# and an image encoder (scene-graph and question-only models: tests/test_vqa_graph.py).
+VQA_MODELS = [n for n in MODELS.names() if {"vocab_size", "num_answers", "image_encoder"} <= set(MODELS.parameters(n))]
 VOCAB, ANSWERS, BATCH = 30, 7, 6
 TINY_CNN = (8, 8, 16)
 

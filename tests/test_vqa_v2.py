@@ -187,7 +187,29 @@ def test_precomputed_feature_files_replace_the_images(vqa_root):
         load(vqa_root, train_features="features_train")
 
 
-VQA_MODELS = [n for n in MODELS.names() if {"vocab_size", "num_answers"} <= set(MODELS.parameters(n))]
+def test_bottom_up_region_files_give_features_and_normalised_boxes(vqa_root):
+    rng = np.random.default_rng(2)
+    for split, ids in SPLITS.items():
+        folder = vqa_root / f"regions_{split}"
+        folder.mkdir()
+        for image_id in ids:
+            boxes = np.array([[0, 0, 320, 240], [160, 120, 640, 480], [0, 0, 64, 48]], np.float32)
+            np.savez(folder / f"COCO_{split}2014_{image_id:012d}.npz", features=rng.normal(size=(3, 6)).astype(np.float32),
+                     boxes=boxes, image_w=640, image_h=480)
+    data = load(vqa_root, train_features="regions_train", val_features="regions_val")
+    assert data.model_kwargs["image_dim"] == 6 + 4
+    item = data.train[0]  # (D + 4, K, 1): features, then the box as fractions of the image
+    stored = np.load(vqa_root / "regions_train" / "COCO_train2014_000000000009.npz")
+    assert item["image"].shape == (10, 3, 1)
+    assert torch.allclose(item["image"][:6, :, 0], torch.from_numpy(stored["features"]).t())
+    assert torch.allclose(item["image"][6:, 1, 0], torch.tensor([0.25, 0.25, 1.0, 1.0]))
+    np.savez(vqa_root / "regions_train" / "COCO_train2014_000000000009.npz", features=np.zeros((3, 6)))
+    with pytest.raises(ConfigError, match=r"COCO_train2014_000000000009.npz: missing array 'boxes'"):
+        load(vqa_root, train_features="regions_train", val_features="regions_val").train[0]
+
+
+# Image VQA models (scene-graph and question-only models: tests/test_vqa_graph.py).
+VQA_MODELS = [n for n in MODELS.names() if {"vocab_size", "num_answers", "image_encoder"} <= set(MODELS.parameters(n))]
 
 
 @pytest.mark.parametrize("name", VQA_MODELS)

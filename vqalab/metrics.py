@@ -179,3 +179,23 @@ def iou_sweep(probs: torch.Tensor, mask: torch.Tensor,
               thresholds: Sequence[float] = IOU_SWEEP_THRESHOLDS) -> dict[float, float]:
     """IoU at each threshold: how sensitive the score is to where the probabilities are cut."""
     return {float(t): iou(probs, mask, t) for t in thresholds}
+
+
+def gqa_accuracy(predictions: Sequence[str], answers: Sequence[str],
+                 structural_types: Sequence[str] | None = None) -> dict:
+    """GQA accuracy (Hudson & Manning 2019; its evaluation script): exact match of the predicted
+    answer string with the one answer, overall and per structural type (verify, query, choose,
+    logical, compare) when given. Returns ``{"overall": a, "count": n, "per_structural_type": {...}}``
+    with accuracies in [0, 1]."""
+    if len(predictions) != len(answers):
+        raise ValueError(f"gqa_accuracy: {len(predictions)} predictions for {len(answers)} questions")
+    correct = [float(p == a) for p, a in zip(predictions, answers)]
+    summary: dict = {"overall": sum(correct) / len(correct) if correct else float("nan"), "count": len(correct)}
+    if structural_types is not None:
+        if len(structural_types) != len(correct):
+            raise ValueError(f"gqa_accuracy: {len(structural_types)} structural types for {len(correct)} questions")
+        groups: dict[str, list[float]] = defaultdict(list)
+        for kind, c in zip(structural_types, correct):
+            groups[kind].append(c)
+        summary["per_structural_type"] = {kind: sum(c) / len(c) for kind, c in sorted(groups.items())}
+    return summary

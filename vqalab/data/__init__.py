@@ -130,4 +130,4 @@ def build_data(spec: dict) -> DataSplits:
 
 
 # Builders register themselves on import.
-from vqalab.data import easy_vqa, faces, feature_cache, rafdb, views, vqa_v2  # noqa: E402,F401
+from vqalab.data import easy_vqa, faces, feature_cache, gqa, rafdb, scenes, views, vqa_v2  # noqa: E402,F401

@@ -12,7 +12,9 @@ Layout under ``root`` (file and folder names are arguments; these are the offici
 In place of the image folders, folders of precomputed features may be given
 (``train_features``/``val_features``): one file per image named like the image (trailing digits =
 image id) with extension ``.npy`` or ``.pt``, holding a (D,) vector, a (D, h, w) map or (K, D)
-region features, the same shape for every image (batches are stacked). The model then skips its
+region features, or ``.npz`` with bottom-up-attention region features and boxes
+(``vqalab.data.regions``: each region becomes its D features followed by its box as fractions of
+the image), the same shape for every image (batches are stacked). The model then skips its
 image encoder (``image_dim`` is set from the files).
 
 Answers: every human answer is normalised as the official metric does
@@ -50,6 +52,7 @@ from vqalab.data import (
     short_hash,
 )
 from vqalab.data.easy_vqa import collate_vqa
+from vqalab.data.regions import read_regions
 from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vqalab.metrics import clean_whitespace, normalize_answer, vqa_accuracy
 from vqalab.paths import cache_dir, resolve_data
@@ -60,7 +63,7 @@ log = logging.getLogger(__name__)
 
 # The image id is the number just before the extension: COCO_train2014_000000000009.jpg → 9.
 IMAGE_FILE = re.compile(r"(\d+)\.(?:jpe?g|png)$", re.IGNORECASE)
-FEATURE_FILE = re.compile(r"(\d+)\.(?:npy|pt)$")
+FEATURE_FILE = re.compile(r"(\d+)\.(?:npy|pt|npz)$")
 
 
 def read_official_json(path: Path, key: str, what: str) -> list[dict]:
@@ -169,8 +172,12 @@ def best_answer(scores: dict[int, float], preferred: int | None) -> int:
 
 
 def load_features(path: Path) -> torch.Tensor:
-    """A feature file as a (D, h, w) float tensor: (D,) → (D, 1, 1); (K, D) regions → (D, K, 1)."""
-    array = np.load(path) if path.suffix == ".npy" else torch.load(path, map_location="cpu", weights_only=True)
+    """A feature file as a (D, h, w) float tensor: (D,) → (D, 1, 1); (K, D) regions → (D, K, 1);
+    ``.npz`` regions with boxes → (D + 4, K, 1)."""
+    if path.suffix == ".npz":
+        array = read_regions(path)
+    else:
+        array = np.load(path) if path.suffix == ".npy" else torch.load(path, map_location="cpu", weights_only=True)
     features = torch.as_tensor(array, dtype=torch.float32)
     if features.ndim == 1:
         return features[:, None, None]
@@ -297,7 +304,7 @@ def vqa_v2(
                             "feature" if use_features else "image")
         for r in records:
             if r["image_id"] not in files:
-                expected = f"a file ending in {r['image_id']:012d}.npy/.pt" if use_features else \
+                expected = f"a file ending in {r['image_id']:012d}.npy/.pt/.npz" if use_features else \
                     f"COCO_{folder.name}_{r['image_id']:012d}.jpg"
                 raise ConfigError(f"vqa_v2: image_id {r['image_id']} (question_id {r['question_id']}) has no "
                                   f"{'feature file' if use_features else 'image'} in {folder} (expected {expected})")

@@ -1,0 +1,290 @@
+"""GQA (Hudson & Manning 2019) from its official files: balanced questions with scene graphs and/or
+region features.
+
+Layout under ``root`` (file and folder names are arguments; these are the official ones)::
+
+    train_balanced_questions.json   {"<question id>": {"imageId": str, "question": str, "answer": str,
+                                      "types": {"structural": "verify|query|choose|logical|compare", …}, …}, …}
+    val_balanced_questions.json     the same (testdev_balanced_questions.json too)
+    train_sceneGraphs.json          {"<image id>": {"width": int, "height": int, "objects": {"<object id>":
+                                      {"name": str, "x": int, "y": int, "w": int, "h": int,
+                                       "attributes": [str], "relations": [{"name": str, "object": "<object id>"}]}}}}
+    val_sceneGraphs.json            the same (there are none for testdev)
+    features/<image id>.npz         region features, one file per image (``features`` argument):
+                                      features (K, D) float, boxes (K, 4) float pixels x1, y1, x2, y2,
+                                      image_w, image_h (scalars): the bottom-up-attention fields
+
+Inputs (``inputs``): ``scene_graph`` gives each question its image's scene graph
+(``vqalab.data.graphs``; the first ``max_boxes`` objects in file order, relations between them),
+for ``vqa_subgraph``; ``regions`` gives the region features as a (D + 4, max_boxes, 1) map: each
+region's features followed by its box as fractions of the image (x1, y1, x2, y2), the first
+``max_boxes`` regions, zero columns after the last one, for ``vqa_aoa`` and the image VQA models
+(``image_dim`` is set from the files). Questions are truncated to ``question_len`` tokens.
+
+Answers: the vocabulary is the training answers (``answer_top_k`` most frequent, given at least
+``answer_min_count`` times); accuracy is exact match (``vqalab.metrics.gqa_accuracy``). Validation
+questions whose answer is not in the vocabulary cannot be answered right and are left out;
+``info["val_kept_fraction"]`` says how many were kept, so the accuracy over all validation
+questions is ``val_acc × val_kept_fraction``. Each split keeps per question ``question_ids``,
+``structural_types`` and ``answers`` for ``gqa_accuracy``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from vqalab.data import DataSplits, DataStatus, fixed_subset, register_dataset, register_status, short_hash
+from vqalab.data.easy_vqa import collate_vqa
+from vqalab.data.graphs import (
+    GRAPH_INPUT_KEYS,
+    collate_graph_vqa,
+    encode_graph,
+    vocabulary_with_labels,
+)
+from vqalab.data.regions import read_regions
+from vqalab.paths import resolve_data
+from vqalab.registry import ConfigError
+
+log = logging.getLogger(__name__)
+
+STRUCTURAL_TYPES = ("verify", "query", "choose", "logical", "compare")
+OBJECT_KEYS = {"name": str, "x": (int, float), "y": (int, float), "w": (int, float), "h": (int, float)}
+
+
+def read_json_object(path: Path, what: str) -> dict:
+    """A JSON file holding one object (id → entry); errors name the file."""
+    if not path.is_file():
+        raise ConfigError(f"gqa: {what} file not found: {path}")
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"gqa: {path}: not valid JSON: {err}") from None
+    if not isinstance(content, dict):
+        raise ConfigError(f"gqa: {path}: expected a JSON object of id → entry (the official {what} layout)")
+    return content
+
+
+def load_questions(path: Path) -> list[dict]:
+    """Questions in file order, each ``{question_id, image_id, question, answer, structural}``."""
+    records = []
+    for qid, q in read_json_object(path, "questions").items():
+        where = f"gqa: {path}: question {qid}"
+        if not isinstance(q, dict):
+            raise ConfigError(f"{where}: expected an object, got {type(q).__name__}")
+        for key in ("imageId", "question", "answer"):
+            if not isinstance(q.get(key), str):
+                raise ConfigError(f"{where}: '{key}' missing or not a string (got {q.get(key)!r})")
+        types = q.get("types", {})
+        if not isinstance(types, dict) or not isinstance(types.get("structural", ""), str):
+            raise ConfigError(f"{where}: 'types' must be an object with a string 'structural' (got {types!r})")
+        records.append({"question_id": qid, "image_id": q["imageId"], "question": q["question"],
+                        "answer": q["answer"], "structural": types.get("structural", "")})
+    return records
+
+
+def graph_nodes(path: Path, image_id: str, graph: dict, max_boxes: int) -> list[dict]:
+    """The first ``max_boxes`` objects of one image's scene graph as ``encode_graph`` nodes."""
+    where = f"gqa: {path}: image {image_id}"
+    if not isinstance(graph, dict) or not isinstance(graph.get("objects"), dict):
+        raise ConfigError(f"{where}: expected an object with an 'objects' object")
+    width, height = graph.get("width"), graph.get("height")
+    if not (isinstance(width, (int, float)) and isinstance(height, (int, float)) and width > 0 and height > 0):
+        raise ConfigError(f"{where}: 'width' and 'height' must be positive numbers (got {width!r}, {height!r})")
+    objects = graph["objects"]
+    for oid, o in objects.items():
+        bad = [k for k, kind in OBJECT_KEYS.items() if not isinstance(o.get(k) if isinstance(o, dict) else None, kind)]
+        if bad:
+            raise ConfigError(f"{where}, object {oid}: {', '.join(bad)} missing or of the wrong type")
+        for rel in o.get("relations", []):
+            if not isinstance(rel, dict) or rel.get("object") not in objects or not isinstance(rel.get("name"), str):
+                raise ConfigError(f"{where}, object {oid}: relation {rel!r} needs a 'name' and an 'object' "
+                                  f"of this image")
+    kept = list(objects)[:max_boxes]
+    index = {oid: i for i, oid in enumerate(kept)}
+    nodes = []
+    for oid in kept:
+        o = objects[oid]
+        nodes.append({"name": o["name"], "attributes": [str(a) for a in o.get("attributes", [])],
+                      "box": (o["x"] / width, o["y"] / height, (o["x"] + o["w"]) / width, (o["y"] + o["h"]) / height),
+                      "relations": [(r["name"], index[r["object"]]) for r in o.get("relations", [])
+                                    if r["object"] in index]})
+    return nodes
+
+
+def load_regions(path: Path, max_boxes: int) -> torch.Tensor:
+    """A region feature file as a (D + 4, max_boxes, 1) map (see the module docstring)."""
+    regions = read_regions(path)[:max_boxes]  # (K, D + 4)
+    padded = np.zeros((max_boxes, regions.shape[1]), np.float32)
+    padded[: len(regions)] = regions
+    return torch.from_numpy(padded).t()[:, :, None].contiguous()  # (D + 4, max_boxes, 1)
+
+
+class GQASplit(Dataset):
+    """One split. Items: question token ids, image_id (an index: ``image_names[image_id]`` is GQA's
+    id), target answer index, and ``graph`` (inputs scene_graph) or ``image`` (inputs regions).
+    Per question, in item order: ``targets``, ``image_ids``, ``question_ids``, ``structural_types``,
+    ``answers``."""
+
+    def __init__(self, *, records: list[dict], questions: list[list[int]], targets: list[int],
+                 graphs: dict[str, dict] | None, feature_files: dict[str, Path] | None, max_boxes: int):
+        self.questions, self.targets, self.max_boxes = questions, targets, max_boxes
+        self.image_names = sorted({r["image_id"] for r in records})
+        number = {name: i for i, name in enumerate(self.image_names)}
+        self.image_ids = [number[r["image_id"]] for r in records]
+        self.question_ids = [r["question_id"] for r in records]
+        self.structural_types = [r["structural"] for r in records]
+        self.answers = [r["answer"] for r in records]
+        self.graphs, self.feature_files = graphs, feature_files
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def __getitem__(self, index: int) -> dict:
+        name = self.image_names[self.image_ids[index]]
+        item = {"question": self.questions[index], "image_id": self.image_ids[index], "target": self.targets[index]}
+        if self.graphs is not None:
+            item["graph"] = self.graphs[name]
+        else:
+            item["image"] = load_regions(self.feature_files[name], self.max_boxes)
+        return item
+
+
+@register_dataset
+def gqa(
+    *,
+    root: str = "gqa",
+    train_questions: str = "train_balanced_questions.json",
+    val_questions: str = "val_balanced_questions.json",
+    train_scene_graphs: str = "train_sceneGraphs.json",
+    val_scene_graphs: str = "val_sceneGraphs.json",
+    features: str | None = None,
+    inputs: Literal["scene_graph", "regions"] = "scene_graph",
+    question_len: int = 12,
+    max_boxes: int = 50,
+    answer_top_k: int | None = None,
+    answer_min_count: int = 1,
+    max_train_samples: int | None = None,
+    max_val_samples: int | None = None,
+    group_by_image: bool = True,
+) -> DataSplits:
+    """GQA balanced questions with scene graphs (inputs scene_graph) or region features (regions).
+
+    root: folder holding the files below (relative paths are taken from the data root, ``$VQALAB_DATA``
+        else ``data/``).
+    train_questions / val_questions: official balanced question files under root (val may be
+        testdev_balanced_questions.json with inputs regions: testdev has no scene graphs).
+    train_scene_graphs / val_scene_graphs: official scene-graph files under root (inputs scene_graph).
+    features: folder under root of <image id>.npz region files (inputs regions; see the module docstring).
+    inputs: scene_graph (for vqa_subgraph) or regions (for vqa_aoa and the image VQA models).
+    question_len: truncate questions to this many tokens (lab note 001: 12, range 8-20).
+    max_boxes: keep at most this many objects or regions per image (lab note 001: 50, range 30-100).
+    answer_top_k: keep the K most frequent training answers (None: all).
+    answer_min_count: keep answers given at least this many times in the training split.
+    max_train_samples / max_val_samples: use a fixed random subset of questions (None: all).
+    group_by_image: batch the questions of one image together.
+    """
+    base = resolve_data(root)
+    for key, value in (("question_len", question_len), ("max_boxes", max_boxes), ("answer_min_count", answer_min_count),
+                       ("answer_top_k", answer_top_k)):
+        if value is not None and value < 1:
+            raise ConfigError(f"gqa: {key} = {value}: expected at least 1")
+    if inputs == "regions" and features is None:
+        raise ConfigError("gqa: inputs = 'regions' needs features: the folder of <image id>.npz region files")
+
+    splits = {}
+    for split, q_file, g_file, limit in (("train", train_questions, train_scene_graphs, max_train_samples),
+                                         ("val", val_questions, val_scene_graphs, max_val_samples)):
+        q_path = base / q_file
+        records = load_questions(q_path)
+        records = [records[i] for i in fixed_subset(len(records), limit)]
+        graphs, files = None, None
+        if inputs == "scene_graph":
+            g_path = base / g_file
+            scene_graphs = read_json_object(g_path, "scene graphs")
+            graphs = {}
+            for r in records:
+                if r["image_id"] not in scene_graphs:
+                    raise ConfigError(f"gqa: {q_path}: question {r['question_id']}: image {r['image_id']} has no "
+                                      f"scene graph in {g_path}")
+                if r["image_id"] not in graphs:
+                    graphs[r["image_id"]] = graph_nodes(g_path, r["image_id"], scene_graphs[r["image_id"]], max_boxes)
+        else:
+            folder = base / features
+            files = {}
+            for r in records:
+                path = folder / f"{r['image_id']}.npz"
+                if not path.is_file():
+                    raise ConfigError(f"gqa: {q_path}: question {r['question_id']}: image {r['image_id']} has no "
+                                      f"region file {path}")
+                files[r["image_id"]] = path
+        splits[split] = (records, graphs, files)
+
+    train_records = splits["train"][0]
+    counts = Counter(r["answer"] for r in train_records)
+    answers = sorted((a for a, c in counts.items() if c >= answer_min_count), key=lambda a: (-counts[a], a))[:answer_top_k]
+    if not answers:
+        raise ConfigError(f"gqa: no training answer is given {answer_min_count} or more times: lower answer_min_count")
+    answer_index = {a: i for i, a in enumerate(answers)}
+    train_graphs = splits["train"][1] or {}
+    labels = [label for nodes in train_graphs.values() for n in nodes
+              for label in (n["name"], *n["attributes"], *(rel for rel, _ in n["relations"]))]
+    vocab = vocabulary_with_labels((r["question"] for r in train_records), labels)
+
+    def make(split: str) -> tuple[GQASplit, int]:
+        records, graphs, files = splits[split]
+        kept = [r for r in records if r["answer"] in answer_index]
+        encoded = {name: encode_graph(nodes, vocab) for name, nodes in graphs.items()} if graphs is not None else None
+        dataset = GQASplit(records=kept, questions=[vocab.encode(r["question"])[:question_len] for r in kept],
+                           targets=[answer_index[r["answer"]] for r in kept], graphs=encoded, feature_files=files,
+                           max_boxes=max_boxes)
+        return dataset, len(records) - len(kept)
+
+    train, train_dropped = make("train")
+    val, val_dropped = make("val")
+    if len(val) == 0:
+        raise ConfigError(f"gqa: no validation answer is among the {len(answers)} training answers: "
+                          f"raise answer_top_k or lower answer_min_count")
+    model_kwargs = {"vocab_size": len(vocab), "num_answers": len(answers)}
+    if inputs == "regions":
+        model_kwargs["image_dim"] = int(val[0]["image"].shape[0])
+    log.info("gqa: %d train / %d val questions, %d answers, %d tokens", len(train), len(val), len(answers), len(vocab))
+    return DataSplits(
+        train=train, val=val,
+        collate=collate_graph_vqa if inputs == "scene_graph" else collate_vqa,
+        input_keys=GRAPH_INPUT_KEYS if inputs == "scene_graph" else ("image", "question", "question_len", "image_id"),
+        model_kwargs=model_kwargs, class_names=answers,
+        train_groups=train.image_ids if group_by_image else None, vocab=vocab.tokens,
+        info={"dataset": "gqa", "root": str(base), "inputs": inputs, "train_questions": len(train),
+              "val_questions": len(val), "train_dropped_no_vocab_answer": train_dropped,
+              "val_dropped_no_vocab_answer": val_dropped, "val_kept_fraction": len(val) / (len(val) + val_dropped),
+              "num_answers": len(answers), "question_len": question_len, "max_boxes": max_boxes},
+    )
+
+
+@register_status("gqa", family="vqa")
+def gqa_status(spec: dict) -> DataStatus:
+    """Found when the question files (and the scene graphs or region folder the inputs need) are
+    there; the fingerprint covers those files' names, sizes and dates."""
+    base = resolve_data(spec["root"])
+    needed = [spec["train_questions"], spec["val_questions"]]
+    if spec["inputs"] == "scene_graph":
+        needed += [spec["train_scene_graphs"], spec["val_scene_graphs"]]
+    elif spec["features"] is not None:
+        needed.append(spec["features"])
+    missing = [name for name in needed if not (base / name).exists()]
+    if missing:
+        return DataStatus(name="gqa", found=False, where=str(base),
+                          expected=f"missing {', '.join(missing)}; put the official GQA files there: "
+                                   "{train,val}_balanced_questions.json, {train,val}_sceneGraphs.json "
+                                   "and/or a folder of <image id>.npz region files")
+    stats = [(name, (base / name).stat().st_size, (base / name).stat().st_mtime_ns) for name in needed]
+    return DataStatus(name="gqa", found=True, where=str(base), fingerprint=short_hash([spec["inputs"], stats]),
+                      detail=f"inputs {spec['inputs']}")

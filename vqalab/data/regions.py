@@ -1,0 +1,31 @@
+"""Region feature files in the bottom-up-attention layout, shared by the GQA and VQA v2 loaders.
+
+One ``.npz`` file per image holding ``features`` (K, D) float, ``boxes`` (K, 4) float pixels
+x1, y1, x2, y2, and the scalars ``image_w``, ``image_h``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vqalab.registry import ConfigError
+
+BOX_DIM = 4
+REGION_ARRAYS = ("features", "boxes", "image_w", "image_h")
+
+
+def read_regions(path: Path) -> np.ndarray:
+    """(K, D + 4) float32: each region's features followed by its box as fractions of the image."""
+    with np.load(path) as f:
+        missing = [key for key in REGION_ARRAYS if key not in f.files]
+        if missing:
+            raise ConfigError(f"{path}: missing array {', '.join(repr(k) for k in missing)} "
+                              f"(expected {', '.join(REGION_ARRAYS)})")
+        features, boxes = np.asarray(f["features"], np.float32), np.asarray(f["boxes"], np.float32)
+        width, height = float(f["image_w"]), float(f["image_h"])
+    if features.ndim != 2 or boxes.shape != (len(features), BOX_DIM) or width <= 0 or height <= 0:
+        raise ConfigError(f"{path}: expected features (K, D), boxes (K, 4) and a positive image_w, image_h; "
+                          f"got features {features.shape}, boxes {boxes.shape}, image {width}×{height}")
+    return np.concatenate([features, boxes / np.array([width, height, width, height], np.float32)], axis=1)

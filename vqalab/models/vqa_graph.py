@@ -1,0 +1,563 @@
+"""Region- and scene-graph VQA models, from lab note 001 (the ISubGVQA tuning guide).
+
+| name | model |
+| --- | --- |
+| ``vqa_aoa`` | attention on attention (Huang et al. 2019): AoA refiner over regions, question-guided AoA decoder |
+| ``vqa_subgraph`` | ISubGVQA's graph part: question-guided top-k subgraph sampler (IMLE or Gumbel top-k) + multi-head graph attention |
+| ``vqa_question_only`` | blind baseline: the question alone (LSTM → MLP); ignores every visual input |
+
+``vqa_aoa`` is an image VQA model like those in ``vqa.py``: it attends over the regions of the
+image map, or over precomputed region features (VQA v2 / GQA feature files, ``synthetic_scenes``
+with ``inputs: regions``). ``vqa_subgraph`` reads scene graphs (``vqalab.data.graphs``:
+``synthetic_scenes`` and ``gqa`` with ``inputs: scene_graph``).
+
+X-VLM, the third backbone of lab note 001, is not here: it needs its pretrained weights, which
+cannot be fetched (no network at run time, none stored). Its options (``xvlm_lr``, ``omega_q``,
+``omega_v``, ``fusion_ratio``, ``topk``) therefore have no counterpart.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqalab.models import register_model
+from vqalab.models.encoders import build_question_encoder
+from vqalab.models.layers import ACTIVATIONS, mlp
+from vqalab.models.vqa import (
+    SMALL_CNN_CHANNELS,
+    ActivationName,
+    ImageEncoderName,
+    QuestionEncoderName,
+    VQAModel,
+    encoder_kwargs,
+    image_regions,
+    vqa_builder,
+)
+from vqalab.registry import ConfigError
+
+SamplerName = Literal["imle", "gumbel"]
+BOX_DIM = 4  # (x1, y1, x2, y2) as fractions of the image
+MASKED_SCORE = -1e9  # score of padding nodes: ranked last by every sampler (float32: finite)
+GUMBEL_EPS = 1e-10  # keeps the logs of the Gumbel noise and of the relaxed top-k finite
+# Cap of exp() arguments in the selection-weighted softmaxes, for terms of unchosen nodes (which are
+# multiplied by 0): no inf · 0, and ∂L/∂z of an unchosen node stays bounded (exp(10) ≈ 2e4).
+MAX_EXPONENT = 10.0
+
+
+# --- Attention on attention ----------------------------------------------------------------------
+
+
+class AttentionOnAttention(nn.Module):
+    """AoA (Huang et al. 2019): multi-head attention f_att(Q, K, V) = â, then an information vector
+    i = W_i [â; Q] + b_i gated by an attention gate g = σ(W_g [â; Q] + b_g): AoA = g ⊙ i.
+
+    dim: size of queries, keys and values. num_heads: attention heads (must divide dim).
+    dropout: on the attention weights.
+    """
+
+    def __init__(self, *, dim: int, num_heads: int, dropout: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ConfigError(f"model.num_heads = {num_heads} does not divide the hidden size {dim}")
+        self.attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.information = nn.Linear(2 * dim, dim)  # W_i, b_i
+        self.gate = nn.Linear(2 * dim, dim)  # W_g, b_g
+
+    def forward(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        attended, _ = self.attention(query, keys, keys, need_weights=False)  # â: (B, Tq, dim)
+        joint = torch.cat([attended, query], dim=-1)  # (B, Tq, 2·dim)
+        return torch.sigmoid(self.gate(joint)) * self.information(joint)
+
+
+class AoARefinerLayer(nn.Module):
+    """One layer of the AoA refiner: x ← LayerNorm(x + dropout(AoA(x, x))), self-attention over regions.
+
+    dim, num_heads: as ``AttentionOnAttention``. dropout: on the attention weights and the residual branch.
+    """
+
+    def __init__(self, *, dim: int, num_heads: int, dropout: float):
+        super().__init__()
+        self.aoa = AttentionOnAttention(dim=dim, num_heads=num_heads, dropout=dropout)
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x + self.dropout(self.aoa(x, x)))  # (B, N, dim)
+
+
+class AoANet(VQAModel):
+    """Regions projected to ``hidden_dim`` and refined by ``aoa_layers`` AoA self-attention layers;
+    the question vector queries the refined regions through one more AoA (the question-guided
+    decoder step); the attended vector, gated by the question, is classified.
+
+    num_answers: classes. hidden_dim: region, question and AoA size (num_hid). aoa_layers: refiner
+    depth. num_heads: attention heads. activation: σ of the projection and classifier.
+    dropout: in the AoA layers and the classifier.
+    """
+
+    def __init__(self, *, num_answers: int, hidden_dim: int, aoa_layers: int, num_heads: int, activation: str,
+                 dropout: float, **encoders):
+        super().__init__(**encoders)
+        act = ACTIVATIONS[activation]
+        self.region_proj = nn.Sequential(nn.Linear(self.image_encoder.out_dim, hidden_dim), act(), nn.Dropout(dropout))
+        self.question_proj = nn.Linear(self.question_encoder.out_dim, hidden_dim)
+        self.refiner = nn.ModuleList(AoARefinerLayer(dim=hidden_dim, num_heads=num_heads, dropout=dropout)
+                                     for _ in range(aoa_layers))
+        self.decoder = AttentionOnAttention(dim=hidden_dim, num_heads=num_heads, dropout=dropout)
+        self.head = mlp(hidden_dim, hidden_dim, num_answers, dropout, act=act)
+
+    def forward_features(self, image, question, question_len, image_id=None):
+        regions = self.region_proj(image_regions(self.encode_image(image, image_id)))  # (B, N, H)
+        for layer in self.refiner:
+            regions = layer(regions)
+        q = self.question_proj(self.question_encoder(question, question_len).vector).unsqueeze(1)  # (B, 1, H)
+        attended = self.decoder(q, regions)  # (B, 1, H)
+        return (attended * q).squeeze(1)  # (B, H): the question gates the attended image
+
+
+# --- Differentiable top-k subgraph samplers --------------------------------------------------------
+
+
+def topk_mask(scores: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(B, N) scores, (B,) k → (B, N) float 0/1 mask of each row's k highest scores."""
+    ranks = scores.argsort(dim=1, descending=True).argsort(dim=1)  # rank 0 = highest
+    return (ranks < k[:, None]).to(scores.dtype)
+
+
+def gumbel_noise(shape, device, generator=None) -> torch.Tensor:
+    u = torch.rand(shape, device=device, generator=generator)
+    return -torch.log(-torch.log(u + GUMBEL_EPS) + GUMBEL_EPS)
+
+
+class IMLETopK(torch.autograd.Function):
+    """Implicit MLE (Niepert et al. 2021) for a top-k subset, as ISubGVQA uses it (torch-imle's
+    ``TargetDistribution(alpha, beta)``, Gumbel perturbations of scale ``tau``):
+
+        forward:  z = mean_s topk(θ + τ ε_s)
+        backward: θ' = α θ − β ∂L/∂z,  ∂L/∂θ = mean_s [topk(θ + τ ε_s) − topk(θ' + τ ε_s)] / β
+
+    with the same noise ε_s in both (one draw per sample s of ``nb_samples``). The 1/β (the paper's
+    1/λ) makes the estimate a finite difference on the loss's own scale, whatever β is.
+    """
+
+    @staticmethod
+    def forward(ctx, scores, k, noise, alpha, beta, tau):
+        # noise: (S, B, N)
+        samples = torch.stack([topk_mask(scores + tau * eps, k) for eps in noise])  # (S, B, N)
+        ctx.save_for_backward(scores, k, noise, samples)
+        ctx.alpha, ctx.beta, ctx.tau = alpha, beta, tau
+        return samples.mean(dim=0)
+
+    @staticmethod
+    def backward(ctx, grad_z):
+        scores, k, noise, samples = ctx.saved_tensors
+        target = ctx.alpha * scores - ctx.beta * grad_z  # θ'
+        target_samples = torch.stack([topk_mask(target + ctx.tau * eps, k) for eps in noise])
+        return (samples - target_samples).mean(dim=0) / ctx.beta, None, None, None, None, None
+
+
+def relaxed_topk(scores: torch.Tensor, k: int, tau: float) -> torch.Tensor:
+    """Continuous k-hot relaxation (Xie & Ermon 2019): k rounds of a softmax with temperature τ,
+    each round's mass removed from the next: (B, N) → (B, N), rows summing to k."""
+    khot = torch.zeros_like(scores)
+    onehot = torch.zeros_like(scores)
+    for _ in range(k):
+        scores = scores + torch.log((1.0 - onehot).clamp_min(GUMBEL_EPS))
+        onehot = torch.softmax(scores / tau, dim=1)
+        khot = khot + onehot
+    return khot
+
+
+class SubgraphSampler(nn.Module):
+    """Picks ``sample_k`` nodes per graph from question-conditioned node scores, differentiably.
+
+    sampler: imle (``IMLETopK``) or gumbel (Gumbel top-k: hard top-k of θ + Gumbel noise forward,
+    the gradient of its continuous relaxation ``relaxed_topk`` backward, straight-through).
+    sample_k: nodes kept (fewer when a graph has fewer nodes). nb_samples: noise samples averaged
+    per forward pass (training). tau: noise scale (imle) or relaxation temperature (gumbel).
+    alpha, beta: IMLE target distribution θ' = α θ − β ∂L/∂z.
+    In evaluation mode the choice is deterministic: the top-k scores, no noise.
+    """
+
+    def __init__(self, *, sampler: str, sample_k: int, nb_samples: int, tau: float, alpha: float, beta: float):
+        super().__init__()
+        self.sampler, self.sample_k, self.nb_samples = sampler, sample_k, nb_samples
+        self.tau, self.alpha, self.beta = tau, alpha, beta
+
+    def forward(self, scores: torch.Tensor, node_mask: torch.Tensor) -> torch.Tensor:
+        """(B, N) scores, (B, N) bool mask of real nodes → (B, N) selection in [0, 1] (0/1 with one sample)."""
+        scores = scores.float().masked_fill(~node_mask, MASKED_SCORE)  # float32: MASKED_SCORE stays finite
+        k = node_mask.sum(dim=1).clamp(max=self.sample_k)  # (B,)
+        if not self.training:
+            return topk_mask(scores, k)
+        noise = gumbel_noise((self.nb_samples, *scores.shape), scores.device)  # (S, B, N)
+        if self.sampler == "imle":
+            return IMLETopK.apply(scores, k, noise, self.alpha, self.beta, self.tau)
+        hard, soft = [], []
+        for eps in noise:
+            perturbed = scores + eps
+            hard.append(topk_mask(perturbed, k))
+            soft.append(relaxed_topk(perturbed, self.sample_k, self.tau) * node_mask)
+        hard, soft = torch.stack(hard).mean(dim=0), torch.stack(soft).mean(dim=0)
+        return hard + (soft - soft.detach())  # straight-through: exactly the hard values, relaxed gradient
+
+
+# --- Multi-head graph attention --------------------------------------------------------------------
+
+
+class GraphAttentionLayer(nn.Module):
+    """Multi-head graph attention with relation labels (GAT, Veličković et al. 2018, with edge
+    features), guided by the question: for an edge j → i with relation r and question vector q,
+
+        e_ij^h = LeakyReLU(a_h · [W_h x_i ; W_h x_j ; U_h r]) + (W_h x_j) · (Q_h q) / √d
+        α_ij^h = z_j exp(e_ij^h) / Σ_j' z_j' exp(e_ij'^h)   (over the edges into i)
+        x_i ← LayerNorm(x_i + dropout(σ(W_o concat_h Σ_j α_ij^h (W_h x_j + U_h r))))
+
+    The question term (ISubGVQA's instruction) lets each node attend to the neighbours the
+    question is about. z_j weighs each source node: with the sampler's 0/1 selection only chosen
+    nodes send messages (attention exactly over the chosen subgraph), yet ∂L/∂z_j says what adding
+    node j would change. Every node also has a self-loop (relation embedding zero, weight 1).
+    Inputs are flat over the whole batch: x (B·N, dim) nodes, src, dst (E,) node indices, rel (E, dim)
+    relation embeddings, question (B·N, dim) the question vector of each node's graph,
+    source_weight (E,) z of each edge's source (None: all 1).
+    dim: node size. num_heads: heads (must divide dim); d = dim / num_heads. activation: σ.
+    dropout: on the attention weights and the update.
+    """
+
+    def __init__(self, *, dim: int, num_heads: int, activation: str, dropout: float):
+        super().__init__()
+        if dim % num_heads:
+            raise ConfigError(f"model.num_heads = {num_heads} does not divide general_hidden_dim {dim}")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.node_proj = nn.Linear(dim, dim, bias=False)  # W_h, all heads
+        self.rel_proj = nn.Linear(dim, dim, bias=False)  # U_h, all heads
+        self.att_dst = nn.Parameter(torch.randn(num_heads, self.head_dim) / self.head_dim ** 0.5)  # a_h, the x_i part
+        self.att_src = nn.Parameter(torch.randn(num_heads, self.head_dim) / self.head_dim ** 0.5)  # the x_j part
+        self.att_rel = nn.Parameter(torch.randn(num_heads, self.head_dim) / self.head_dim ** 0.5)  # the r part
+        self.question_proj = nn.Linear(dim, dim)  # Q_h, all heads
+        self.out = nn.Linear(dim, dim)  # W_o
+        self.act = ACTIVATIONS[activation]()
+        self.norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, rel: torch.Tensor,
+                question: torch.Tensor, source_weight: torch.Tensor | None = None) -> torch.Tensor:
+        n, heads, d = x.shape[0], self.num_heads, self.head_dim
+        h = self.node_proj(x).view(n, heads, d)  # (B·N, heads, d)
+        r = self.rel_proj(rel).view(-1, heads, d)  # (E, heads, d)
+        guide = self.question_proj(question).view(n, heads, d)  # (B·N, heads, d)
+        logits = F.leaky_relu((h[dst] * self.att_dst).sum(-1) + (h[src] * self.att_src).sum(-1)
+                              + (r * self.att_rel).sum(-1), negative_slope=0.2)  # (E, heads)
+        logits = logits + (h[src] * guide[dst]).sum(-1) / d ** 0.5
+        # Softmax over the edges into each node: subtract each node's maximum over the edges that
+        # count (weight > 0), so the largest counted term is exp(0) = 1 and the sum cannot underflow.
+        counted = logits if source_weight is None else logits.masked_fill((source_weight <= 0)[:, None], float("-inf"))
+        top = torch.full((n, heads), float("-inf"), dtype=logits.dtype, device=x.device)
+        top = top.scatter_reduce(0, dst[:, None].expand(-1, heads), counted, reduce="amax", include_self=True)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top)).detach()  # a constant shift
+        # An edge that does not count may score above that maximum: cap its exponent (it is then
+        # multiplied by 0) so exp never overflows into inf · 0.
+        weights = torch.exp((logits - top[dst]).clamp(max=MAX_EXPONENT))
+        if source_weight is not None:
+            weights = weights * source_weight.unsqueeze(-1).to(weights.dtype)
+        total = torch.zeros(n, heads, dtype=logits.dtype, device=x.device).index_add(0, dst, weights)
+        # A node no chosen source reaches gets no update (its self-loop, in the model, always counts).
+        weights = self.dropout(weights / total[dst].clamp_min(torch.finfo(total.dtype).tiny))  # α: (E, heads)
+        messages = weights.unsqueeze(-1) * (h[src] + r)  # (E, heads, d)
+        update = torch.zeros(n, heads, d, dtype=messages.dtype, device=x.device).index_add(0, dst, messages)
+        return self.norm(x + self.dropout(self.act(self.out(update.reshape(n, heads * d)))))
+
+
+def flat_edges(node_mask: torch.Tensor, edges: torch.Tensor,
+               edge_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The real edges over the flattened (B·N) nodes, plus one self-loop per real node.
+
+    node_mask (B, N) bool; edges (B, E, 3) [src, dst, rel]; edge_mask (B, E) bool.
+    Returns src, dst (E',) flat node indices, rel (E',) labels (self-loops: 0, the padding label,
+    a zero embedding) and is_loop (E',) bool.
+    """
+    b, n = node_mask.shape
+    offset = (torch.arange(b, device=edges.device) * n)[:, None]  # (B, 1)
+    src, dst, rel = edges.unbind(-1)  # each (B, E)
+    loops = node_mask.flatten().nonzero().squeeze(1)
+    is_loop = torch.cat([torch.zeros(int(edge_mask.sum()), dtype=torch.bool, device=edges.device),
+                         torch.ones_like(loops, dtype=torch.bool)])
+    return (torch.cat([(src + offset)[edge_mask], loops]), torch.cat([(dst + offset)[edge_mask], loops]),
+            torch.cat([rel[edge_mask], torch.zeros_like(loops)]), is_loop)
+
+
+class SceneGraphEncoder(nn.Module):
+    """Node vectors from the scene graph: [E(name); mean of E(attributes); box] → linear → σ.
+
+    embed: the word embedding shared with the question (labels are vocabulary entries).
+    dim: output node size. activation: σ. dropout: on the node vectors.
+    """
+
+    def __init__(self, *, embed: nn.Embedding, dim: int, activation: str, dropout: float):
+        super().__init__()
+        self.embed = embed
+        self.proj = nn.Linear(2 * embed.embedding_dim + BOX_DIM, dim)
+        self.act = ACTIVATIONS[activation]()
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, names: torch.Tensor, attrs: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        attr_count = (attrs > 0).sum(dim=-1, keepdim=True).clamp(min=1)  # (B, N, 1)
+        attr_mean = self.embed(attrs).sum(dim=2) / attr_count  # padding embeds to zero: (B, N, E)
+        nodes = torch.cat([self.embed(names), attr_mean, boxes], dim=-1)  # (B, N, 2E + 4)
+        return self.dropout(self.act(self.proj(nodes)))  # (B, N, dim)
+
+
+class NodeScorer(nn.Module):
+    """Question-conditioned node scores s_i = v · σ(W_n x_i ⊙ W_q q): (B, N, dim), (B, dim) → (B, N).
+
+    dim: node and question size. activation: σ.
+    """
+
+    def __init__(self, *, dim: int, activation: str):
+        super().__init__()
+        self.node_proj = nn.Linear(dim, dim)  # W_n
+        self.question_proj = nn.Linear(dim, dim)  # W_q
+        self.score = nn.Linear(dim, 1)  # v (and a bias)
+        self.act = ACTIVATIONS[activation]()
+
+    def forward(self, nodes: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        return self.score(self.act(self.node_proj(nodes) * self.question_proj(q).unsqueeze(1))).squeeze(-1)
+
+
+def selection_pool(nodes: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor,
+                   selection: torch.Tensor) -> torch.Tensor:
+    """Attention pooling over the chosen nodes: w_i = z_i exp(s_i) / Σ_j z_j exp(s_j) over the real
+    nodes, pooled = Σ_i w_i x_i. With a 0/1 selection z only chosen nodes are pooled, yet ∂L/∂z_i
+    says what adding node i would change. nodes (B, N, H), scores, selection (B, N), mask (B, N) bool
+    → (B, H)."""
+    # Shift by the largest chosen score (not the largest of all), so the chosen terms cannot underflow.
+    scores = scores.masked_fill(~mask, float("-inf"))
+    top = scores.masked_fill(selection <= 0, float("-inf")).amax(dim=1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top)).detach()  # a constant shift
+    weights = torch.exp((scores - top).clamp(max=MAX_EXPONENT)) * selection  # (B, N)
+    weights = weights / weights.sum(dim=1, keepdim=True).clamp_min(torch.finfo(weights.dtype).tiny)
+    return (weights.unsqueeze(-1) * nodes).sum(dim=1)
+
+
+class SubgraphVQA(nn.Module):
+    """ISubGVQA's graph part: the scene-graph encoder embeds the nodes and (with ``use_mgat``) puts
+    them in context with one question-guided graph-attention layer over the whole graph; a
+    question-conditioned scorer picks ``sample_k`` nodes (``SubgraphSampler``); the choice weighs
+    the nodes: ``mgat_layers`` graph-attention layers pass messages only from chosen nodes, along
+    the relations (the chosen subgraph); the chosen nodes alone are pooled with attention weights
+    softmax(s'_i + s_i), s' scored on the final nodes (``selection_pool``); [pooled; question] is
+    classified.
+
+    With ``use_mgat`` False there is no graph attention at all (the non-graph baseline): nodes are
+    scored as embedded and the chosen ones pooled, relations unused.
+
+    forward(question, question_len, node_names, node_attrs, node_boxes, node_mask, edges, edge_mask,
+    image_id=None, return_selection=False) → logits (B, num_answers), and with ``return_selection``
+    also the (B, N) selection (1 at the chosen nodes, in node order of the graph). The last forward
+    pass's selection is also kept in ``self.last_selection`` for interpretation.
+    """
+
+    def __init__(self, *, vocab_size: int, num_answers: int, embed_dim: int, hidden_dim: int, question_encoder: str,
+                 use_mgat: bool, mgat_layers: int, num_heads: int, sampler: str, sample_k: int, nb_samples: int,
+                 tau: float, alpha: float, beta: float, activation: str, dropout: float):
+        super().__init__()
+        self.question_encoder = build_question_encoder(question_encoder, vocab_size=vocab_size, embed_dim=embed_dim,
+                                                       hidden_dim=hidden_dim)
+        self.question_proj = nn.Linear(self.question_encoder.out_dim, hidden_dim)
+        self.graph_encoder = SceneGraphEncoder(embed=self.question_encoder.embed, dim=hidden_dim,
+                                               activation=activation, dropout=dropout)
+        # Relation labels → node size; without graph attention relations are unused and get no parameters.
+        self.relation_proj = nn.Linear(embed_dim, hidden_dim, bias=False) if use_mgat else None
+        self.node_scorer = NodeScorer(dim=hidden_dim, activation=activation)
+        self.pool_scorer = NodeScorer(dim=hidden_dim, activation=activation)  # on the nodes after MGAT
+        self.sampler = SubgraphSampler(sampler=sampler, sample_k=sample_k, nb_samples=nb_samples, tau=tau,
+                                       alpha=alpha, beta=beta)
+        self.use_mgat = use_mgat
+        gat = {"dim": hidden_dim, "num_heads": num_heads, "activation": activation, "dropout": dropout}
+        # The encoder's context layer over the whole graph, then the layers over the chosen subgraph.
+        self.context = GraphAttentionLayer(**gat) if use_mgat else None
+        self.mgat = nn.ModuleList(GraphAttentionLayer(**gat) for _ in range(mgat_layers if use_mgat else 0))
+        self.head = mlp(2 * hidden_dim, hidden_dim, num_answers, dropout, act=ACTIVATIONS[activation])
+        self.last_selection: torch.Tensor | None = None
+
+    def forward_features(self, question, question_len, node_names, node_attrs, node_boxes, node_mask, edges,
+                         edge_mask) -> tuple[torch.Tensor, torch.Tensor]:
+        q = self.question_proj(self.question_encoder(question, question_len).vector)  # (B, H)
+        nodes = self.graph_encoder(node_names, node_attrs, node_boxes)  # (B, N, H)
+        b, n, h = nodes.shape
+        if self.use_mgat:
+            q_nodes = q.repeat_interleave(n, dim=0)  # (B·N, H): each node's question
+            src, dst, rel, is_loop = flat_edges(node_mask, edges, edge_mask)
+            rel = self.relation_proj(self.question_encoder.embed(rel))  # (E', H)
+            nodes = self.context(nodes.reshape(b * n, h), src, dst, rel, q_nodes).view(b, n, h)
+        scores = self.node_scorer(nodes, q)  # (B, N)
+        selection = self.sampler(scores, node_mask).to(nodes.dtype)  # (B, N)
+        if self.use_mgat:
+            # Only chosen nodes send messages (self-loops always count): the graph is the chosen subgraph.
+            source_weight = torch.where(is_loop, torch.ones_like(rel[:, 0]), selection.flatten()[src])
+            flat = nodes.reshape(b * n, h)
+            for layer in self.mgat:
+                flat = layer(flat, src, dst, rel, q_nodes, source_weight)
+            nodes = flat.view(b, n, h)
+        # Pooling logits: the final nodes' own scores plus those that chose them, so the node scorer
+        # also learns from the answer directly, not only through the sampler.
+        pool_scores = self.pool_scorer(nodes, q) + scores.to(nodes.dtype)  # (B, N)
+        pooled = selection_pool(nodes, pool_scores, node_mask, selection)  # (B, H)
+        return torch.cat([pooled, q], dim=1), selection
+
+    def forward(self, question, question_len, node_names, node_attrs, node_boxes, node_mask, edges, edge_mask,
+                image_id=None, return_selection: bool = False):
+        features, selection = self.forward_features(question, question_len, node_names, node_attrs, node_boxes,
+                                                    node_mask, edges, edge_mask)
+        self.last_selection = selection.detach()
+        logits = self.head(features)
+        return (logits, selection) if return_selection else logits
+
+
+class QuestionOnly(nn.Module):
+    """Blind baseline: question vector → MLP. Takes and ignores the visual inputs of any VQA data
+    set (image, regions or scene graph), so it trains on the same data as the model it bounds.
+
+    vocab_size, num_answers: from the data. question_encoder, embed_dim, question_dim: as the VQA
+    models. hidden_dim: MLP hidden size. dropout: before the last layer.
+    """
+
+    def __init__(self, *, vocab_size: int, num_answers: int, question_encoder: str, embed_dim: int, question_dim: int,
+                 hidden_dim: int, dropout: float):
+        super().__init__()
+        self.question_encoder = build_question_encoder(question_encoder, vocab_size=vocab_size, embed_dim=embed_dim,
+                                                       hidden_dim=question_dim)
+        self.head = mlp(self.question_encoder.out_dim, hidden_dim, num_answers, dropout)
+
+    def forward(self, question: torch.Tensor, question_len: torch.Tensor, **visual_inputs) -> torch.Tensor:
+        return self.head(self.question_encoder(question, question_len).vector)
+
+
+# --- Registered builders -------------------------------------------------------------------------
+
+
+@vqa_builder
+def vqa_aoa(
+    *,
+    vocab_size: int,
+    num_answers: int,
+    image_encoder: ImageEncoderName = "small_cnn",
+    image_weights: str | None = None,
+    freeze_image: bool = False,
+    cnn_channels: tuple[int, ...] = SMALL_CNN_CHANNELS,
+    pool_image: bool = False,
+    image_dim: int | None = None,
+    question_encoder: QuestionEncoderName = "gru",
+    embed_dim: int = 64,
+    question_dim: int = 64,
+    embedding_weights: str | None = None,
+    freeze_embedding: bool = False,
+    hidden_dim: int = 64,
+    aoa_layers: int = 2,
+    num_heads: int = 4,
+    activation: ActivationName = "swish",
+    dropout: float = 0.1,
+) -> VQAModel:
+    """Attention on attention (AoA, Huang et al. 2019) over image regions: each refiner layer is
+    multi-head self-attention â = MHA(x, x, x), an information vector i = W_i[â; x] + b_i gated by
+    g = σ(W_g[â; x] + b_g), then x ← LayerNorm(x + g ⊙ i); the question vector queries the refined
+    regions with one more AoA; the attended vector times the question is classified.
+    Small defaults for the CPU; lab note 001's values (``params/train/gqa_aoa.yaml``,
+    ``vqa_v2_aoa.yaml``): AOA_layers 6 (range 4-8; the VQA preset 8), num_hid 1024 (512-2048),
+    activation swish (relu, swish), dropout 0.45 (0.3-0.6).
+
+    hidden_dim: region, question and AoA size (num_hid). aoa_layers: refiner depth (AOA_layers).
+    num_heads: attention heads (must divide hidden_dim; AoANet uses 8). activation: σ of the region
+    projection and the classifier. dropout: in the AoA layers and the classifier.
+    """
+    if aoa_layers < 0:
+        raise ConfigError(f"model.aoa_layers = {aoa_layers}: expected 0 or more refiner layers")
+    return AoANet(num_answers=num_answers, hidden_dim=hidden_dim, aoa_layers=aoa_layers, num_heads=num_heads,
+                  activation=activation, dropout=dropout, **encoder_kwargs(locals()))
+
+
+@register_model
+def vqa_subgraph(
+    *,
+    vocab_size: int,
+    num_answers: int,
+    question_encoder: QuestionEncoderName = "gru",
+    embed_dim: int = 300,
+    general_hidden_dim: int = 300,
+    use_mgat: bool = True,
+    mgat_layers: int = 4,
+    num_heads: int = 4,
+    sampler: SamplerName = "imle",
+    sample_k: int = 2,
+    nb_samples: int = 1,
+    tau: float = 1.0,
+    alpha: float = 1.0,
+    beta: float = 10.0,
+    activation: ActivationName = "swish",
+    dropout: float = 0.45,
+) -> nn.Module:
+    """ISubGVQA's question-guided subgraph VQA over scene graphs (``inputs: scene_graph`` data).
+
+    Nodes: object name and attributes embedded (the question's word embedding) with the box
+    geometry; edges: the relations, labels embedded likewise. With ``use_mgat`` one
+    question-guided graph-attention layer first puts each node in the context of the whole graph.
+    A question-conditioned scorer s_i = v · σ(W_n x_i ⊙ W_q q) ranks the nodes; a differentiable
+    top-k sampler keeps ``sample_k`` of them (IMLE or Gumbel top-k); ``mgat_layers`` multi-head
+    graph-attention layers run over the chosen subgraph; the chosen nodes are pooled with weights
+    softmax(s' + s), s' scored likewise on the final nodes, and classified with the question. The chosen nodes are returned by ``model(..., return_selection=True)``
+    and kept in ``model.last_selection``. Defaults are lab note 001's (ranges in brackets).
+
+    vocab_size, num_answers: set from the data (question words and graph labels; answers).
+    question_encoder: gru or lstm (the question vector is the last state) or mean.
+    embed_dim: word and label embedding size (300: GloVe size in ISubGVQA).
+    general_hidden_dim: node, question and graph-attention size [256-512; the VQA preset 512].
+    use_mgat: graph attention over the chosen subgraph; False: the non-graph baseline (chosen nodes
+        pooled without message passing; lab note 001's CLI default is 0).
+    mgat_layers: graph-attention layers [2-6; the VQA preset 6].
+    num_heads: graph-attention heads (must divide general_hidden_dim).
+    sampler: imle or gumbel (the guide's sampler_type).
+    sample_k: nodes kept per graph [1-5].
+    nb_samples: noise samples averaged per training step [1-3].
+    tau: noise scale (imle) or relaxation temperature (gumbel) [0.5-2.0].
+    alpha: IMLE target θ' = α θ − β ∂L/∂z, the α [0.5-2.0].
+    beta: the β of the IMLE target [5.0-20.0].
+    activation: σ throughout (swish; relu).
+    dropout: on node vectors, graph-attention updates and the classifier [0.3-0.6].
+    """
+    for key, value in (("general_hidden_dim", general_hidden_dim), ("sample_k", sample_k), ("nb_samples", nb_samples)):
+        if value < 1:
+            raise ConfigError(f"model.{key} = {value}: expected at least 1")
+    if use_mgat and mgat_layers < 1:
+        raise ConfigError(f"model.mgat_layers = {mgat_layers}: expected at least 1 with use_mgat (or set use_mgat: false)")
+    if tau <= 0:
+        raise ConfigError(f"model.tau = {tau}: expected a positive temperature")
+    return SubgraphVQA(vocab_size=vocab_size, num_answers=num_answers, embed_dim=embed_dim,
+                       hidden_dim=general_hidden_dim, question_encoder=question_encoder, use_mgat=use_mgat,
+                       mgat_layers=mgat_layers, num_heads=num_heads, sampler=sampler, sample_k=sample_k,
+                       nb_samples=nb_samples, tau=tau, alpha=alpha, beta=beta, activation=activation, dropout=dropout)
+
+
+@register_model
+def vqa_question_only(
+    *,
+    vocab_size: int,
+    num_answers: int,
+    question_encoder: QuestionEncoderName = "lstm",
+    embed_dim: int = 64,
+    question_dim: int = 128,
+    hidden_dim: int = 128,
+    dropout: float = 0.0,
+) -> nn.Module:
+    """Question-only baseline: question encoder → MLP; every visual input is ignored, so it runs on
+    any VQA data set and measures what the questions alone give away.
+
+    vocab_size, num_answers: set from the data. question_encoder: mean, lstm or gru.
+    embed_dim: word embedding size. question_dim: lstm/gru state size.
+    hidden_dim: MLP hidden size. dropout: before the last layer.
+    """
+    return QuestionOnly(vocab_size=vocab_size, num_answers=num_answers, question_encoder=question_encoder,
+                        embed_dim=embed_dim, question_dim=question_dim, hidden_dim=hidden_dim, dropout=dropout)
