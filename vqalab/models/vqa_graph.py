@@ -110,7 +110,7 @@ class AoANet(VQAModel):
         self.decoder = AttentionOnAttention(dim=hidden_dim, num_heads=num_heads, dropout=dropout)
         self.head = mlp(hidden_dim, hidden_dim, num_answers, dropout, act=act)
 
-    def forward_features(self, image, question, question_len, image_id=None):
+    def forward_features(self, image, question, question_len, image_id=None, boxes=None):
         regions = self.region_proj(image_regions(self.encode_image(image, image_id)))  # (B, N, H)
         for layer in self.refiner:
             regions = layer(regions)
