@@ -289,20 +289,31 @@ def test_a_changed_study_runs_again_and_force_runs_all(week, tmp_path):
 def test_freeze_key_follows_notebook_preset_code_and_data(tmp_path):
     notebook = tmp_path / "study.ipynb"
     notebook.write_text("{}")
-    study = {"notebook": notebook, "parameters": {"score": 0.5}}
+    params_file = tmp_path / "train.yaml"
+    params_file.write_text("optim: {lr: 1.0e-3}\n")
+    study = {"notebook": notebook, "parameters": {"score": 0.5, "params_file": "train.yaml"}}
     data = {"name": "easy_vqa", "root": "/d", "counts": {"train": 3}, "fingerprint": "abc", "found": True,
             "expected": "", "detail": "shown, not hashed"}
-    base = freeze_inputs(study, preset="cpu", data=data, code="c1")
-    changes = {"code": freeze_inputs(study, preset="cpu", data=data, code="c2"),
-               "preset": freeze_inputs({**study, "parameters": {"score": 0.25}}, preset="cpu", data=data, code="c1"),
-               "data": freeze_inputs(study, preset="cpu", data={**data, "fingerprint": "abd"}, code="c1")}
-    assert freeze_inputs(study, preset="cpu", data={**data, "detail": "other"}, code="c1") == base
-    assert freeze_inputs(study, preset="gpu", data=data, code="c1")["preset"] != base["preset"]
+
+    def inputs_of(study, **kw):
+        return freeze_inputs(study, root=tmp_path, **kw)
+
+    base = inputs_of(study, preset="cpu", data=data, code="c1")
+    lower = {**study, "parameters": {**study["parameters"], "score": 0.25}}
+    changes = {"code": inputs_of(study, preset="cpu", data=data, code="c2"),
+               "preset": inputs_of(lower, preset="cpu", data=data, code="c1"),
+               "data": inputs_of(study, preset="cpu", data={**data, "fingerprint": "abd"}, code="c1")}
+    assert inputs_of(study, preset="cpu", data={**data, "detail": "other"}, code="c1") == base
+    assert inputs_of(study, preset="gpu", data=data, code="c1")["preset"] != base["preset"]
     for changed, inputs in changes.items():
         assert [k for k in base if inputs[k] != base[k]] == [changed]
         assert freeze_key(inputs) != freeze_key(base)
+    params_file.write_text("optim: {lr: 2.0e-3}\n")  # a params file named by the preset, edited in place
+    assert inputs_of(study, preset="cpu", data=data, code="c1")["preset"] != base["preset"]
+    params_file.write_text("optim: {lr: 1.0e-3}\n")
+    assert inputs_of(study, preset="cpu", data=data, code="c1") == base
     notebook.write_text('{"cells": []}')
-    assert freeze_inputs(study, preset="cpu", data=data, code="c1")["notebook"] != base["notebook"]
+    assert inputs_of(study, preset="cpu", data=data, code="c1")["notebook"] != base["notebook"]
     # only a study that succeeded, with its files still there, is kept
     week_dir = tmp_path / "week"
     week_dir.mkdir()

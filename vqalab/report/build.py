@@ -90,8 +90,8 @@ def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str 
     ``only``: study names to run (default: every study); other studies already reported this
     week stay in the index. ``week``: ``YYYY-Www`` folder (default: the current ISO week).
     A week runs again incrementally, as Quarto's freeze does (``vqalab.report.freeze``): a study
-    reported earlier this week whose run succeeded and whose notebook file, preset values, ``vqalab``
-    source and data identity are unchanged (its ``freeze_key`` in ``summary.json``) keeps its files,
+    reported earlier this week whose run succeeded and whose notebook file, preset values (and files
+    they name), ``vqalab`` source and data identity are unchanged (its ``freeze_key`` in ``summary.json``) keeps its files,
     and the index says "kept from <time>"; any other study runs again, its earlier files first moved
     to ``previous/<timestamp>/`` with the index, report and summary they belonged to. Nothing already
     written is lost, and a second run in a week is never refused for what it holds.
@@ -142,7 +142,7 @@ def _run_locked(*, plan: list[dict], statuses: dict[str, dict | None], week: str
     old_summary = read_summary(week_dir / SUMMARY_FILE) if (week_dir / SUMMARY_FILE).is_file() else {}
     earlier_records = old_summary.get("studies", {})
     code = code_fingerprint()
-    inputs = {s["name"]: freeze_inputs(s, preset=preset, data=statuses[s["name"]], code=code) for s in plan}
+    inputs = {s["name"]: freeze_inputs(s, preset=preset, data=statuses[s["name"]], code=code, root=root) for s in plan}
     kept = {} if force else {
         s["name"]: record for s in plan
         if (record := kept_record(earlier_records.get(s["name"]), freeze_key(inputs[s["name"]]), week_dir))}

@@ -1,8 +1,9 @@
 """Re-running a week incrementally, as Quarto's freeze does: an unchanged study keeps its pages.
 
-A study's freeze key hashes what its pages depend on: the notebook file, the preset (its name and
-the parameter values passed to the notebook), the ``vqalab`` source (``code_fingerprint``) and the
-identity of its data set (name, root, counts, fingerprint; ``vqalab.data.data_status``). Each
+A study's freeze key hashes what its pages depend on: the notebook file, the preset (its name, the
+parameter values passed to the notebook, and the contents of project files those values name, such
+as a ``params_file``), the ``vqalab`` source (``code_fingerprint``) and the identity of its data set
+(name, root, counts, fingerprint; ``vqalab.data.data_status``). Each
 study's record in ``summary.json`` carries its key; the next run of the same week keeps a study
 whose key is unchanged and whose earlier run succeeded, with its files as they are. Any other
 study runs again (its earlier files move to ``previous/<time>/`` first); ``force`` runs them all.
@@ -30,15 +31,28 @@ def _json_digest(value) -> str:
     return _digest(json.dumps(value, sort_keys=True, default=str).encode())
 
 
-def freeze_inputs(study: dict, *, preset: str, data: dict | None, code: str) -> dict[str, str]:
+def named_files(value, root: Path) -> dict[str, str]:
+    """Digest of every file that a parameter value names (a string, also inside lists and dicts),
+    as a path from ``root`` or an absolute one: a params file edited in place changes the preset."""
+    if isinstance(value, dict):
+        return {k: v for item in value.values() for k, v in named_files(item, root).items()}
+    if isinstance(value, (list, tuple)):
+        return {k: v for item in value for k, v in named_files(item, root).items()}
+    if isinstance(value, str) and value and (root / value).is_file():
+        return {value: _digest((root / value).read_bytes())}
+    return {}
+
+
+def freeze_inputs(study: dict, *, preset: str, data: dict | None, code: str, root: Path) -> dict[str, str]:
     """A short hash of each thing a study's pages depend on: notebook, preset, code, data.
 
     study: a study of ``plan_studies``; data: its ``data_record`` (None: it names no data set);
-    code: ``code_fingerprint()``.
+    code: ``code_fingerprint()``; root: the notebooks' working folder (relative file names start there).
     """
     identity = {k: data.get(k) for k in DATA_IDENTITY_KEYS} if data is not None else None
-    return {"notebook": _digest(Path(study["notebook"]).read_bytes()),
-            "preset": _json_digest({"preset": preset, "parameters": study["parameters"]}),
+    preset_tree = {"preset": preset, "parameters": study["parameters"],
+                   "files": named_files(study["parameters"], Path(root))}
+    return {"notebook": _digest(Path(study["notebook"]).read_bytes()), "preset": _json_digest(preset_tree),
             "code": code, "data": _json_digest(identity)}
 
 
