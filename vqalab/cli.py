@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the studies of this data set's family on it: rafdb (the FER studies) or vqa_v2 "
                         "(vqa_models); default: each preset's own data set")
     p.add_argument("--fresh", action="store_true",
-                   help="retrain every sweep point instead of reusing finished runs of the same config, code and data")
+                   help="retrain every sweep point instead of reusing finished runs of the same config, code and "
+                        "data (implies --force)")
     p.epilog = ("exit status: 0 every study ran; 1 a study failed; 2 bad command line or params file (nothing "
                 "run); 3 a study was skipped because its data set is missing (see `vqalab data`)")
     p.set_defaults(func=cmd_report)
