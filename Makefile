@@ -16,8 +16,10 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# A second run in a week re-runs only the studies whose notebook, preset, code or data changed;
+# FORCE=1 re-runs them all.
 report: venv
-	$(BIN)/vqalab report --preset $(PRESET)
+	$(BIN)/vqalab report --preset $(PRESET) $(if $(FORCE),--force)
 
 test: venv
 	$(BIN)/python -m pytest -q

@@ -15,6 +15,7 @@ import pytest
 from vqalab.config import parameter_table, parameters_markdown
 from vqalab.registry import ConfigError
 from vqalab.report import run_report
+from vqalab.report.freeze import freeze_inputs, freeze_key, kept_record
 from vqalab.report.html import sanitize_html
 from vqalab.report.presets import load_preset
 from vqalab.report.since import since_last_week
@@ -216,32 +217,114 @@ def test_report_html_holds_every_study_and_the_parameter_appendix(week):
     assert "since-last-week" not in ids  # no earlier week
 
 
-def test_rerun_in_the_same_week_keeps_earlier_outputs(week, tmp_path):
+def _files(week_dir: Path) -> dict[str, bytes]:
+    """Every file of a week's folder but previous/, by relative path."""
+    return {p.relative_to(week_dir).as_posix(): p.read_bytes() for p in week_dir.rglob("*")
+            if p.is_file() and "previous" not in p.relative_to(week_dir).parts}
+
+
+def test_a_second_run_keeps_an_unchanged_study(week, tmp_path):
     root = tmp_path / "project"
     shutil.copytree(week["root"], root)
     week_dir = root / "reports" / WEEK
-    before = {p.name: p.read_bytes() for p in week_dir.iterdir() if p.is_file()}
-    before["plot.log"] = (week_dir / "logs" / "plot.log").read_bytes()
+    before = _files(week_dir)
+    earlier = json.loads(before["summary.json"])["studies"]["plot"]
+    assert len(earlier["freeze_key"]) == 12
+    assert set(earlier["freeze_inputs"]) == {"notebook", "preset", "code", "data"}
 
-    with pytest.raises(ConfigError, match=r"already holds plot\.ipynb, plot\.html.*--force"):
-        run(root, only=["plot"], runs_root=tmp_path / "runs")
-    assert {p.name: p.read_bytes() for p in week_dir.iterdir() if p.is_file()} == {
-        k: v for k, v in before.items() if k != "plot.log"}  # nothing changed
+    # same notebook, preset values (runs_root included), code and data: nothing runs, nothing moves
+    assert run(root, only=["plot"], runs_root=week["runs_root"]) == 0
+    after = _files(week_dir)
+    for name in ("plot.ipynb", "plot.html", "logs/plot.log", "broken.ipynb", "broken.html", "logs/broken.log"):
+        assert after[name] == before[name], name
+    assert not (week_dir / "previous").exists()
+    record = json.loads(after["summary.json"])["studies"]["plot"]
+    assert record["kept_from"] == earlier["started"]
+    assert record["freeze_key"] == earlier["freeze_key"] and record["duration_s"] == earlier["duration_s"]
+    kept_from = earlier["started"].replace("T", " ")
+    for page in ("index.html", "report.html"):
+        assert f'<span class="kept">kept from {kept_from}</span>' in after[page].decode()
+    assert "kept from" not in before["index.html"].decode()
 
-    assert run(root, only=["plot"], force=True, runs_root=tmp_path / "runs") == 0
+
+def test_a_changed_study_runs_again_and_force_runs_all(week, tmp_path):
+    root = tmp_path / "project"
+    shutil.copytree(week["root"], root)
+    week_dir = root / "reports" / WEEK
+    before = _files(week_dir)
+    params = root / "params" / "plot.yaml"
+    params.write_text(params.read_text().replace("score: 0.5}", "score: 0.25}"))  # the quick preset
+
+    assert run(root, only=["plot"], runs_root=tmp_path / "runs") == 0  # runs_root is a preset value too
     archived = list((week_dir / "previous").iterdir())
     assert len(archived) == 1
     kept = {p.name: p.read_bytes() for p in archived[0].iterdir()}
     assert set(kept) == {"plot.ipynb", "plot.html", "plot.log", "index.html", "report.html", "summary.json"}
-    for name, data in kept.items():
-        assert data == before[name]
-    assert (week_dir / "plot.html").read_bytes() != before["plot.html"]  # a new render
-    assert f'href="previous/{archived[0].name}/"' in (week_dir / "index.html").read_text()
-    # broken was not re-run: its files stay and it is still listed with its earlier status
-    assert (week_dir / "broken.html").read_bytes() == before["broken.html"]
+    for name, data in kept.items():  # nothing already written is lost
+        assert data == before[name if name != "plot.log" else "logs/plot.log"], name
     summary = json.loads((week_dir / "summary.json").read_text())
+    plot, earlier = summary["studies"]["plot"], json.loads(before["summary.json"])["studies"]["plot"]
+    assert plot["headline"]["score"] == 0.25 and "kept_from" not in plot
+    assert plot["freeze_key"] != earlier["freeze_key"]
+    assert {k for k in plot["freeze_inputs"] if plot["freeze_inputs"][k] != earlier["freeze_inputs"][k]} == {"preset"}
+    assert f'href="previous/{archived[0].name}/"' in (week_dir / "index.html").read_text()
+    # broken was not in --only: its files stay and it is still listed with its earlier status
+    assert (week_dir / "broken.html").read_bytes() == before["broken.html"]
     assert summary["studies"]["broken"]["status"] == "failed"
-    assert summary["studies"]["plot"]["started"] != json.loads(before["summary.json"])["studies"]["plot"]["started"]
+
+    # force (make report FORCE=1): every study runs again, the unchanged plot included
+    between = _files(week_dir)
+    assert run(root, force=True, runs_root=tmp_path / "runs") == 1  # broken still fails
+    second = sorted(p for p in (week_dir / "previous").iterdir() if p != archived[0])
+    assert len(second) == 1
+    assert {p.name for p in second[0].iterdir()} == {
+        "plot.ipynb", "plot.html", "plot.log", "broken.ipynb", "broken.html", "broken.log",
+        "index.html", "report.html", "summary.json"}
+    assert (second[0] / "plot.ipynb").read_bytes() == between["plot.ipynb"]
+    forced = json.loads((week_dir / "summary.json").read_text())["studies"]
+    assert forced["plot"]["freeze_key"] == plot["freeze_key"] and forced["plot"]["started"] >= plot["started"]
+    assert "kept_from" not in forced["plot"] and "kept from" not in (week_dir / "index.html").read_text()
+
+
+def test_freeze_key_follows_notebook_preset_code_and_data(tmp_path):
+    notebook = tmp_path / "study.ipynb"
+    notebook.write_text("{}")
+    params_file = tmp_path / "train.yaml"
+    params_file.write_text("optim: {lr: 1.0e-3}\n")
+    study = {"notebook": notebook, "parameters": {"score": 0.5, "params_file": "train.yaml"}}
+    data = {"name": "easy_vqa", "root": "/d", "counts": {"train": 3}, "fingerprint": "abc", "found": True,
+            "expected": "", "detail": "shown, not hashed"}
+
+    def inputs_of(study, **kw):
+        return freeze_inputs(study, root=tmp_path, **kw)
+
+    base = inputs_of(study, preset="cpu", data=data, code="c1")
+    lower = {**study, "parameters": {**study["parameters"], "score": 0.25}}
+    changes = {"code": inputs_of(study, preset="cpu", data=data, code="c2"),
+               "preset": inputs_of(lower, preset="cpu", data=data, code="c1"),
+               "data": inputs_of(study, preset="cpu", data={**data, "fingerprint": "abd"}, code="c1")}
+    assert inputs_of(study, preset="cpu", data={**data, "detail": "other"}, code="c1") == base
+    assert inputs_of(study, preset="gpu", data=data, code="c1")["preset"] != base["preset"]
+    for changed, inputs in changes.items():
+        assert [k for k in base if inputs[k] != base[k]] == [changed]
+        assert freeze_key(inputs) != freeze_key(base)
+    params_file.write_text("optim: {lr: 2.0e-3}\n")  # a params file named by the preset, edited in place
+    assert inputs_of(study, preset="cpu", data=data, code="c1")["preset"] != base["preset"]
+    params_file.write_text("optim: {lr: 1.0e-3}\n")
+    assert inputs_of(study, preset="cpu", data=data, code="c1") == base
+    notebook.write_text('{"cells": []}')
+    assert inputs_of(study, preset="cpu", data=data, code="c1")["notebook"] != base["notebook"]
+    # only a study that succeeded, with its files still there, is kept
+    week_dir = tmp_path / "week"
+    week_dir.mkdir()
+    record = {"status": "ok", "freeze_key": freeze_key(base), "notebook": "s.ipynb", "html": "s.html",
+              "started": "2026-03-02T10:00:00"}
+    assert kept_record(record, freeze_key(base), week_dir) is None  # files missing
+    (week_dir / "s.ipynb").write_text("{}")
+    (week_dir / "s.html").write_text("")
+    assert kept_record(record, freeze_key(base), week_dir)["kept_from"] == "2026-03-02T10:00:00"
+    assert kept_record(record, freeze_key(changes["code"]), week_dir) is None
+    assert kept_record({**record, "status": "failed"}, freeze_key(base), week_dir) is None
 
 
 def test_since_last_week_shows_how_headline_figures_moved(week, tmp_path):

@@ -1,5 +1,6 @@
 """The study analyses on small hand-made sweep tables: every findings branch, no training."""
 
+import json
 import math
 import re
 
@@ -25,7 +26,7 @@ from vqalab.studies.common import (
     spread_sentence,
     with_values,
 )
-from vqalab.sweep import seed_stats
+from vqalab.sweep import FRESH_ENV, RUN_LOG_ENV, seed_stats
 
 FER = {"experiment": "e", "runs_root": "runs", "model": "ir50_vit", "depth": 2, "img_size": 16, "backbone_depth": 18,
        "width": 0.125, "dataset_kwargs": {}, "num_train": 64, "num_val": 32, "face_options": {"clutter": 0},
@@ -373,7 +374,11 @@ def test_batch_size_throughput_findings_every_branch():
                         "best throughput (samples/s)": 20.0, "best batch size": 4, "out-of-memory batch size": 8}
     assert text[0] == choice["sentence"]
     assert text[1] == ("Model m on cpu (AMP off, channels_last False, compile False); per batch size 1 warm-up "
-                       "then 3 timed steps, batch sizes 1 to 8.")
+                       "then 3 timed steps in one round for the model step only, batch sizes 1 to 8.")
+    measured = table.assign(rounds=3, e2e_samples_per_s=table["samples_per_s"] * 0.8)
+    assert batch_size_throughput.findings_of(measured, choice, **settings)[1][1] == (
+        "Model m on cpu (AMP off, channels_last False, compile False); per batch size 1 warm-up then 3 timed steps "
+        "in each of 3 interleaved rounds for the model step and end to end, batch sizes 1 to 8.")
     assert text[2] == "At batch size 2 a step takes 0.103 s (median) and peak memory is 200 MiB (process peak RSS)."
     assert text[3].startswith("CPU timings (torch CPU threads: 1)")
     table = throughput_rows(device="cuda").assign(memory_kind="cuda_max_allocated")
@@ -435,6 +440,34 @@ def test_a_frozen_resnet_encoder_runs_once_per_image_through_the_feature_cache()
                                                                          {"name": "vqa_v2"})
     cached = {"name": "frozen_features", "source": {"name": "vqa_v2"}}
     assert vqa_models.run_sections("vqa_san", {}, "frozen_features", {"source": {"name": "vqa_v2"}})[1] == cached
+
+
+def test_vqa_models_reuse_finished_runs_of_the_same_config_code_and_data(tmp_path, monkeypatch):
+    def configs(lr=1e-3):
+        return vqa_models.model_configs(models=["vqa_mean_mlp", "vqa_lstm_mlp"],
+                                        model_kwargs={"vqa_mean_mlp": {"cnn_channels": [4, 8, 8]}},
+                                        dataset="easy_vqa", dataset_kwargs={"max_train_samples": 16,
+                                                                            "max_val_samples": 8},
+                                        epochs=1, batch_size=8, lr=lr, seed=0, experiment="e",
+                                        runs_root=str(tmp_path / "runs"))
+
+    first = vqa_models.train_models(configs())
+    assert len(set(first)) == 2 and all((d / "summary.json").is_file() for d in first)
+    trained: list[str] = []
+    real_fit = vqa_models.fit
+    monkeypatch.setattr(vqa_models, "fit", lambda cfg, data: trained.append(cfg.name) or real_fit(cfg, data=data))
+    run_log = tmp_path / "runs.jsonl"
+    monkeypatch.setenv(RUN_LOG_ENV, str(run_log))
+    assert vqa_models.train_models(configs()) == first and trained == []  # a second call trains nothing
+    lines = [json.loads(line) for line in run_log.read_text().splitlines()]
+    assert [(e["run_dir"], e["reused"]) for e in lines] == [(str(d), True) for d in first]
+    assert all(e["finished"] for e in lines)
+    again = vqa_models.train_models(configs(lr=2e-3))  # another config: both train, in new folders
+    assert trained == ["vqa_mean_mlp", "vqa_lstm_mlp"] and not set(again) & set(first)
+    monkeypatch.setenv(FRESH_ENV, "1")
+    vqa_models.train_models(configs())
+    assert trained[2:] == ["vqa_mean_mlp", "vqa_lstm_mlp"]  # VQALAB_FRESH=1 retrains
+    assert len(list((tmp_path / "runs" / "e").iterdir())) == 6
 
 
 def test_vqa_models_findings_with_and_without_overfitting():

@@ -242,13 +242,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="cpu", help="preset of each params/<notebook>.yaml (quick, cpu, gpu)")
     p.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these notebooks")
     p.add_argument("--week", default=None, help="ISO week folder, e.g. 2026-W48 (default: this week)")
-    p.add_argument("--force", action="store_true", help="re-run studies already reported this week "
-                   "(their earlier files move to reports/<week>/previous/<time>/)")
+    p.add_argument("--force", action="store_true", help="re-run every study, also those reported this week "
+                   "whose notebook, preset, code and data are unchanged (kept otherwise); earlier files move "
+                   "to reports/<week>/previous/<time>/")
     p.add_argument("--data", default=None, metavar="NAME",
                    help="run the studies of this data set's family on it: rafdb (the FER studies) or vqa_v2 "
                         "(vqa_models); default: each preset's own data set")
     p.add_argument("--fresh", action="store_true",
-                   help="retrain every sweep point instead of reusing finished runs of the same config, code and data")
+                   help="retrain every sweep point instead of reusing finished runs of the same config, code and "
+                        "data (implies --force)")
     p.epilog = ("exit status: 0 every study ran; 1 a study failed; 2 bad command line or params file (nothing "
                 "run); 3 a study was skipped because its data set is missing (see `vqalab data`)")
     p.set_defaults(func=cmd_report)

@@ -11,13 +11,14 @@ The week's folder holds, per study, ``<name>.ipynb`` (executed) and ``<name>.htm
 ``index.html`` (environment, one section per study with its headline findings),
 ``report.html`` (every study in one self-contained file, for mail) and ``summary.json`` (the
 headline figures, read back next week for the "since last week" section). Nothing is
-overwritten: a study already reported this week is re-run only with ``force``, and the earlier
-files move to ``previous/<timestamp>/`` first.
+overwritten: running a week again keeps each study whose notebook, preset, code and data are
+unchanged (``freeze``), re-runs the others (all with ``force``), and their earlier files move to
+``previous/<timestamp>/`` first.
 
 One job per module: ``weeks`` (ISO weeks), ``presets`` (studies and their checked presets),
 ``execute`` (papermill, findings read back), ``pages`` (nbconvert export, index and report pages),
 ``html`` (cleaning notebook outputs), ``since`` (since last week), ``archive`` (writing and
-keeping earlier files), ``build`` (``run_report``). Where it ran: ``vqalab.runs.environment``.
+keeping earlier files), ``freeze`` (which studies a re-run keeps), ``build`` (``run_report``). Where it ran: ``vqalab.runs.environment``.
 """
 
 from vqalab.report.build import run_report

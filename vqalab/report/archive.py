@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vqalab.runs import atomic_write_bytes, new_folder
 
-PREVIOUS_DIR = "previous"  # earlier outputs of the same week, kept on --force
+PREVIOUS_DIR = "previous"  # earlier outputs of the same week, kept when a study runs again
 
 
 def write_text(path: Path, text: str) -> None:

@@ -11,8 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from vqalab.paths import project_root
-from vqalab.registry import ConfigError
-from vqalab.report.archive import PREVIOUS_DIR, archive_outputs, write_text
+from vqalab.provenance import code_fingerprint
+from vqalab.report.archive import archive_outputs, write_text
 from vqalab.report.data import check_study_data, choose_data, data_record, read_run_log
 from vqalab.report.execute import (
     LOGS_DIR,
@@ -23,6 +23,15 @@ from vqalab.report.execute import (
     execute_study,
     read_findings,
     read_notebook,
+)
+from vqalab.report.freeze import (
+    FREEZE_INPUTS,
+    FREEZE_KEY,
+    KEPT_FROM,
+    freeze_inputs,
+    freeze_key,
+    kept_record,
+    rerun_reason,
 )
 from vqalab.report.pages import (
     INDEX_FILE,
@@ -80,16 +89,22 @@ def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str 
     ``preset``: the preset of each ``params/<name>.yaml`` to run (quick, cpu, gpu).
     ``only``: study names to run (default: every study); other studies already reported this
     week stay in the index. ``week``: ``YYYY-Www`` folder (default: the current ISO week).
-    ``force``: re-run studies already reported this week (their earlier files move to
-    ``previous/<timestamp>/``). ``root``: working folder of the notebooks (default: the project
+    A week runs again incrementally, as Quarto's freeze does (``vqalab.report.freeze``): a study
+    reported earlier this week whose run succeeded and whose notebook file, preset values (and files
+    they name), ``vqalab`` source and data identity are unchanged (its ``freeze_key`` in ``summary.json``) keeps its files,
+    and the index says "kept from <time>"; any other study runs again, its earlier files first moved
+    to ``previous/<timestamp>/`` with the index, report and summary they belonged to. Nothing already
+    written is lost, and a second run in a week is never refused for what it holds.
+    ``force``: run every planned study again, changed or not (earlier files move as above).
+    ``root``: working folder of the notebooks (default: the project
     root); ``notebooks_dir``, ``params_dir``, ``reports_dir`` default to its ``notebooks/``,
     ``params/``, ``reports/``. ``runs_root``: passed to notebooks that declare a ``runs_root``
     parameter their preset does not set (default: the notebook's own, ``runs/`` of the project).
     ``data``: run the studies of this data set's family on it (rafdb: the FER studies; vqa_v2:
     vqa_models); None: each study's own (its preset's or notebook's ``dataset``). A study whose data
     set is missing is skipped before any compute, with the path looked at and what goes there.
-    ``fresh``: retrain every sweep point instead of reusing finished runs (``VQALAB_FRESH``).
-    Bad input raises ConfigError before any notebook runs.
+    ``fresh``: retrain every sweep point instead of reusing finished runs (``VQALAB_FRESH``); it
+    implies ``force``. Bad input raises ConfigError before any notebook runs.
     """
     root = Path(root).resolve() if root is not None else project_root()
     notebooks_dir = Path(notebooks_dir) if notebooks_dir is not None else root / "notebooks"
@@ -108,6 +123,7 @@ def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str 
     check_kernel()
 
     week_dir = reports_dir / week
+    force = force or fresh  # a kept study would retrain nothing
     with week_lock(reports_dir, week):
         return _run_locked(plan=plan, statuses=statuses, week=week, week_dir=week_dir, reports_dir=reports_dir,
                            root=root, preset=preset, force=force, fresh=fresh)
@@ -123,20 +139,22 @@ def week_lock(reports_dir: Path, week: str):
 
 def _run_locked(*, plan: list[dict], statuses: dict[str, dict | None], week: str, week_dir: Path,
                 reports_dir: Path, root: Path, preset: str, force: bool, fresh: bool) -> int:
-    earlier = [week_dir / f"{s['name']}{ext}" for s in plan for ext in (".ipynb", ".html")]
-    earlier = [p for p in earlier if p.exists()]
-    if earlier and not force:
-        raise ConfigError(
-            f"{week_dir} already holds {', '.join(p.name for p in earlier)} from an earlier run this week; "
-            f"nothing was changed. Re-run with --force to run them again (the earlier files are kept "
-            f"in {week_dir / PREVIOUS_DIR}/<time>/), or pick another --week.")
     old_summary = read_summary(week_dir / SUMMARY_FILE) if (week_dir / SUMMARY_FILE).is_file() else {}
+    earlier_records = old_summary.get("studies", {})
+    code = code_fingerprint()
+    inputs = {s["name"]: freeze_inputs(s, preset=preset, data=statuses[s["name"]], code=code, root=root) for s in plan}
+    kept = {} if force else {
+        s["name"]: record for s in plan
+        if (record := kept_record(earlier_records.get(s["name"]), freeze_key(inputs[s["name"]]), week_dir))}
+    to_run = [s for s in plan if s["name"] not in kept]
+    earlier = [week_dir / f"{s['name']}{ext}" for s in to_run for ext in (".ipynb", ".html")]
+    earlier = [p for p in earlier if p.exists()]
     if earlier:
         derived = [week_dir / f for f in (INDEX_FILE, REPORT_FILE, SUMMARY_FILE) if (week_dir / f).exists()]
-        logs = [week_dir / LOGS_DIR / f"{study['name']}.log" for study in plan]
+        logs = [week_dir / LOGS_DIR / f"{study['name']}.log" for study in to_run]
         derived += [path for path in logs if path.exists()]
-        kept = archive_outputs(week_dir, earlier + derived)
-        log.info("earlier outputs of this week moved to %s", kept)
+        moved = archive_outputs(week_dir, earlier + derived)
+        log.info("earlier outputs of this week moved to %s", moved)
     week_dir.mkdir(parents=True, exist_ok=True)
 
     env = {**environment(root=root), "preset": preset}
@@ -146,18 +164,25 @@ def _run_locked(*, plan: list[dict], statuses: dict[str, dict | None], week: str
     last_week = last_week_summary(reports_dir, week)
     last_studies = last_week[1].get("studies", {}) if last_week else {}
     for study in plan:
-        status = statuses[study["name"]]
-        if status is not None and not status["found"]:
-            record = skipped_record(study, preset, status)
-            record.update(environment=env, headline={}, noise={}, text=[])
-            write_text(week_dir / record["html"], skipped_page(record, week))
+        name, status = study["name"], statuses[study["name"]]
+        if name in kept:
+            record = kept[name]
+            log.info("%s: kept from %s (notebook, preset, code and data unchanged)", name, record[KEPT_FROM])
         else:
-            study_runs = Path(study["parameters"].get(RUNS_ROOT_PARAM) or "runs")
-            record = run_study(study, week_dir=week_dir, cwd=root, preset=preset, fresh=fresh,
-                               runs_root=study_runs if study_runs.is_absolute() else root / study_runs,
-                               last_duration=last_studies.get(study["name"], {}).get("duration_s"))
-            record.update(environment=env, data=status)
-            render_study_page(record, week_dir, week)
+            if not force and name in earlier_records:
+                log.info("%s: runs again: %s", name, rerun_reason(earlier_records[name], inputs[name]))
+            if status is not None and not status["found"]:
+                record = skipped_record(study, preset, status)
+                record.update(environment=env, headline={}, noise={}, text=[])
+                write_text(week_dir / record["html"], skipped_page(record, week))
+            else:
+                study_runs = Path(study["parameters"].get(RUNS_ROOT_PARAM) or "runs")
+                record = run_study(study, week_dir=week_dir, cwd=root, preset=preset, fresh=fresh,
+                                   runs_root=study_runs if study_runs.is_absolute() else root / study_runs,
+                                   last_duration=last_studies.get(name, {}).get("duration_s"))
+                record.update(environment=env, data=status)
+                render_study_page(record, week_dir, week)
+            record.update({FREEZE_KEY: freeze_key(inputs[name]), FREEZE_INPUTS: inputs[name]})
         studies[record["name"]] = record
         # summary and index after every study: an interrupted run still shows what finished
         summary = {"week": week, "generated": dt.datetime.now().isoformat(timespec="seconds"),

@@ -46,13 +46,17 @@ def findings_of(table: pd.DataFrame, choice: dict, *, model_name: str, channels_
     """The recommendation, the settings, the step time and memory at the recommended batch size;
     headline: recommended, best and out-of-memory batch sizes and throughputs.
 
-    ``table``: ``bench.throughput_sweep``; ``choice``: its ``recommend_batch_size``.
+    ``table``: ``bench.throughput_sweep``; ``choice``: its ``recommend_batch_size``. The number of
+    rounds and whether steps were also timed end to end are read from the table.
     """
     first = table.iloc[0]
+    rounds = int(table["rounds"].max()) if "rounds" in table else 1
+    timed = "for the model step and end to end" if "e2e_samples_per_s" in table else "for the model step only"
     oom = table[table["status"] == "oom"]
     text = [choice["sentence"],
             (f"Model {model_name} on {first['device']} (AMP {first['amp']}, channels_last {channels_last}, "
-             f"compile {compile_model}); per batch size {warmup_steps} warm-up then {timed_steps} timed steps, "
+             f"compile {compile_model}); per batch size {warmup_steps} warm-up then {timed_steps} timed steps "
+             f"{f'in each of {rounds} interleaved rounds' if rounds > 1 else 'in one round'} {timed}, "
              f"batch sizes {int(table['batch_size'].min())} to {int(table['batch_size'].max())}.")]
     if choice["batch_size"] is not None:
         at = table[table["batch_size"] == choice["batch_size"]].iloc[0]

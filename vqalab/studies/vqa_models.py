@@ -4,14 +4,20 @@ time per epoch and size."""
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pandas as pd
 
 from vqalab.config import RunConfig, build_config
-from vqalab.data import build_data
+from vqalab.data import build_data, data_status
 from vqalab.models.encoders import RESNET_OUT_DIM
+from vqalab.provenance import code_fingerprint
+from vqalab.runs import config_hash
+from vqalab.sweep import finished_runs, fresh_requested, log_points, reuse_key
 from vqalab.train import fit
+
+log = logging.getLogger(__name__)
 
 
 # A frozen ResNet (freeze_image: true) on an image data set runs once per image into the feature
@@ -45,15 +51,37 @@ def model_configs(*, models: list, model_kwargs: dict, dataset: str, dataset_kwa
     return configs
 
 
-def train_models(configs: list[RunConfig]) -> list[Path]:
-    """Train every config; each distinct data section is loaded once. The run folders, in config order."""
+def train_models(configs: list[RunConfig], *, reuse: bool = True) -> list[Path]:
+    """Train every config, or reuse its finished run as sweeps do: same config hash, ``vqalab`` source
+    and data identity (``vqalab.sweep.reuse_key``; ``reuse=False`` or ``VQALAB_FRESH=1`` retrains).
+    Each distinct data section is loaded once, and only if some model trains. The run folders, in
+    config order; every model is a line of the report's run log (reused or trained)."""
+    reuse = reuse and not fresh_requested()
+    code = code_fingerprint()
+    indexes: dict[tuple[str, str], dict[str, Path]] = {}
+    fingerprints: dict[str, str] = {}
     loaded: dict[str, object] = {}
-    run_dirs = []
+    run_dirs, rows = [], []
     for cfg in configs:
-        key = json.dumps(cfg.data, sort_keys=True, default=str)
-        if key not in loaded:
-            loaded[key] = build_data(cfg.data)
-        run_dirs.append(fit(cfg, data=loaded[key]).run_dir)
+        data_key = json.dumps(cfg.data, sort_keys=True, default=str)
+        run_dir = None
+        if reuse:
+            index = indexes.setdefault((cfg.runs_root, cfg.experiment), finished_runs(cfg.runs_root, cfg.experiment))
+            if data_key not in fingerprints:
+                fingerprints[data_key] = data_status(cfg.data).fingerprint
+            run_dir = index.get(reuse_key(config_hash(cfg), code, fingerprints[data_key]))
+        if run_dir is not None:
+            log.info("%s: reusing %s (same config, code and data)", cfg.name, run_dir)
+            summary = json.loads((run_dir / "summary.json").read_text())
+        else:
+            if data_key not in loaded:
+                loaded[data_key] = build_data(cfg.data)
+            result = fit(cfg, data=loaded[data_key])
+            summary = result.summary
+        rows.append({"run_dir": str(run_dir or result.run_dir), "status": summary.get("status"),
+                     "reused": run_dir is not None, "finished": summary.get("finished")})
+        run_dirs.append(run_dir or result.run_dir)
+    log_points(rows)
     return run_dirs
 
 

@@ -1,0 +1,81 @@
+"""Re-running a week incrementally, as Quarto's freeze does: an unchanged study keeps its pages.
+
+A study's freeze key hashes what its pages depend on: the notebook file, the preset (its name, the
+parameter values passed to the notebook, and the contents of project files those values name, such
+as a ``params_file``), the ``vqalab`` source (``code_fingerprint``) and the identity of its data set
+(name, root, counts, fingerprint; ``vqalab.data.data_status``). Each
+study's record in ``summary.json`` carries its key; the next run of the same week keeps a study
+whose key is unchanged and whose earlier run succeeded, with its files as they are. Any other
+study runs again (its earlier files move to ``previous/<time>/`` first); ``force`` runs them all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from vqalab.provenance import FINGERPRINT_DIGITS
+from vqalab.report.execute import STATUS_OK
+
+FREEZE_KEY, FREEZE_INPUTS = "freeze_key", "freeze_inputs"  # keys of a study's record
+KEPT_FROM = "kept_from"  # a kept study's record: when its pages were made
+DATA_IDENTITY_KEYS = ("name", "root", "counts", "fingerprint", "found")
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:FINGERPRINT_DIGITS]
+
+
+def _json_digest(value) -> str:
+    return _digest(json.dumps(value, sort_keys=True, default=str).encode())
+
+
+def named_files(value, root: Path) -> dict[str, str]:
+    """Digest of every file that a parameter value names (a string, also inside lists and dicts),
+    as a path from ``root`` or an absolute one: a params file edited in place changes the preset."""
+    if isinstance(value, dict):
+        return {k: v for item in value.values() for k, v in named_files(item, root).items()}
+    if isinstance(value, (list, tuple)):
+        return {k: v for item in value for k, v in named_files(item, root).items()}
+    if isinstance(value, str) and value and (root / value).is_file():
+        return {value: _digest((root / value).read_bytes())}
+    return {}
+
+
+def freeze_inputs(study: dict, *, preset: str, data: dict | None, code: str, root: Path) -> dict[str, str]:
+    """A short hash of each thing a study's pages depend on: notebook, preset, code, data.
+
+    study: a study of ``plan_studies``; data: its ``data_record`` (None: it names no data set);
+    code: ``code_fingerprint()``; root: the notebooks' working folder (relative file names start there).
+    """
+    identity = {k: data.get(k) for k in DATA_IDENTITY_KEYS} if data is not None else None
+    preset_tree = {"preset": preset, "parameters": study["parameters"],
+                   "files": named_files(study["parameters"], Path(root))}
+    return {"notebook": _digest(Path(study["notebook"]).read_bytes()), "preset": _json_digest(preset_tree),
+            "code": code, "data": _json_digest(identity)}
+
+
+def freeze_key(inputs: dict[str, str]) -> str:
+    return _json_digest(inputs)
+
+
+def kept_record(earlier: dict | None, key: str, week_dir: Path) -> dict | None:
+    """The earlier record of a study, marked kept, when its pages can stay: same freeze key, the run
+    succeeded and its executed notebook and page are still there. None: the study runs again."""
+    if not earlier or earlier.get(FREEZE_KEY) != key or earlier.get("status") != STATUS_OK:
+        return None
+    if not all(earlier.get(f) and (week_dir / earlier[f]).is_file() for f in ("notebook", "html")):
+        return None
+    return {**earlier, KEPT_FROM: earlier["started"]}
+
+
+def rerun_reason(earlier: dict, inputs: dict[str, str]) -> str:
+    """Why a study reported earlier this week runs again, for the log."""
+    before = earlier.get(FREEZE_INPUTS) or {}
+    changed = [name for name, value in inputs.items() if before.get(name) != value]
+    if not before:
+        return "its earlier run recorded no freeze key"
+    if changed:
+        return f"changed: {', '.join(changed)}"
+    return f"its earlier run ended {earlier.get('status')}"
