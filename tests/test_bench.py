@@ -162,9 +162,9 @@ def record_steps(monkeypatch) -> list[dict]:
     """Spy on ``bench.training_step``: the batches each measured step gets."""
     seen, step = [], bench.training_step
 
-    def spy(model, optimizer, scaler, batch, *args):
+    def spy(model, optimizer, scaler, batch, **kwargs):
         seen.append(batch)
-        return step(model, optimizer, scaler, batch, *args)
+        return step(model, optimizer, scaler, batch, **kwargs)
 
     monkeypatch.setattr(bench, "training_step", spy)
     return seen

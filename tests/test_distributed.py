@@ -123,8 +123,8 @@ def test_two_ranks_one_step_equals_one_process_with_twice_the_batch(tmp_path):
     assert not all(torch.allclose(half_weights[k], rank0[k], rtol=1e-5, atol=1e-6) for k in rank0)
 
     assert [p for p in (tmp_path / "runs" / "ddp").iterdir()] == [run_dir]  # one folder, rank 0's
-    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints", "confusion_matrix.csv", "metrics.csv",
-                                                         "params.yaml", "summary.json"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "checkpoints", "confusion_matrix.csv", "metrics.csv",
+                                                         "params.yaml", "summary.json", "tb"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 1
     assert summary["world_size"] == 2 and summary["global_batch"] == 2 * B

@@ -45,6 +45,11 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun set it (known before the process group is joined)."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def launched() -> bool:
     """Started by torchrun with more than one process."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1

@@ -85,6 +85,9 @@ def folder_lock(folder: Path, what: str, lock_file: Path | None = None) -> Itera
     holder ends, even when killed, so a stale lock never blocks anyone. The file records the
     holder's PID for the message.
     """
+    if distributed.launch_rank() != 0:
+        yield  # the ranks of one torchrun job share their run folder: rank 0 holds its lock
+        return
     path = lock_file or folder / LOCK_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:

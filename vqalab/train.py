@@ -607,8 +607,8 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
     max_steps = cfg.train.max_steps
     train_model = distributed.wrap(model, device)  # DDP under torchrun; ``model`` is saved and evaluated
     t_run = time.perf_counter()
-    monitor = RunMonitor(run_dir, every_n_steps=cfg.train.log_every_steps, enabled=cfg.train.tensorboard,
-                         start_step=step)
+    monitor = RunMonitor(run_dir, every_n_steps=cfg.train.log_every_steps,
+                         enabled=cfg.train.tensorboard and distributed.is_main(), start_step=step)
     with torch_threads(cfg.train.num_threads):
         try:
             done = bool(history) and (should_stop_early(history, cfg) or bool(max_steps and step >= max_steps))
