@@ -38,7 +38,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.params, [*args.set, f"train.epochs={args.epochs}", "train.progress=false",
                                     f"train.num_threads={args.threads}", "experiment=tb_overhead"])
-    data = build_data(cfg.data, seed=cfg.seed)
+    data = build_data(cfg.data)
     on, off, ratios = [], [], []
     with tempfile.TemporaryDirectory() as runs_root:
         wall_time(cfg, data, True, runs_root)  # warm-up: imports, allocator, caches

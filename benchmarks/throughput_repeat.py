@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
 
     cfg = load_config(args.params, args.set)
-    data = build_data(cfg.data, seed=cfg.seed)  # loaded once: both sweeps time the same data
+    data = build_data(cfg.data)  # loaded once: both sweeps time the same data
     choices = []
     for repeat in range(1, args.repeats + 1):
         start = time.perf_counter()

@@ -19,8 +19,8 @@ import torch
 
 from vqalab.config import build_config
 from vqalab.data import build_data
-from vqalab.runs import model_from_checkpoint
-from vqalab.train import fit, latest_checkpoint
+from vqalab.runs import latest_checkpoint, model_from_checkpoint
+from vqalab.train import fit
 
 GOAL_MARGIN = 0.15
 # Lab note 001's sizes are GPU-sized; these keep an epoch to seconds on one thread.
