@@ -17,9 +17,9 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 # A second run in a week re-runs only the studies whose notebook, preset, code or data changed;
-# FORCE=1 re-runs them all.
+# FORCE=1 re-runs them all. WEEK=2026-W01 writes that ISO week instead of this one.
 report: venv
-	$(BIN)/vqalab report --preset $(PRESET) $(if $(FORCE),--force)
+	$(BIN)/vqalab report --preset $(PRESET) $(if $(FORCE),--force) $(if $(WEEK),--week $(WEEK))
 
 test: venv
 	$(BIN)/python -m pytest -q
