@@ -199,7 +199,14 @@ def test_three_workers_one_killed_every_point_once_and_equal_to_the_sequential_s
             time.sleep(0.2)
         held_dir = Path(flag.read_text())
         study, _ = load_sweep("grid", storage)
-        owner = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.user_attrs["name"] == held]
+        # The worker records the run folder within a poll of its creation; a tiny run can reach its
+        # first checkpoint sooner, so the kill waits for the record (the contract under test).
+        while True:
+            owner = [t for t in study.get_trials(states=(TrialState.RUNNING,)) if t.user_attrs["name"] == held]
+            if owner and owner[0].user_attrs.get("run_dir"):
+                break
+            assert time.time() < deadline, "the worker never recorded the held run's folder"
+            time.sleep(0.1)
         pid = int(owner[0].user_attrs["worker"].split(":")[1].split("/")[0])
         victim = next(w for w in workers if w.pid == pid)
         os.kill(pid, signal.SIGKILL)

@@ -54,6 +54,9 @@ from vqalab.train import FINISHED_STATUSES
 log = logging.getLogger(__name__)
 
 SPEC_ATTR = "vqalab_sweep_spec"  # study user attribute: the spec every worker expands
+# How often a worker looks for the run folder of a trial that just started: a retry can resume the
+# folder only once it is recorded on the trial.
+FOLDER_POLL_S = 0.1
 SPEC_KEYS = ("name", "base", "grid", "seeds", "reuse")
 JOURNAL_DIR = "sweeps"  # under runs_root/experiment: <name>.journal
 HEARTBEAT_S = 10.0
@@ -355,7 +358,7 @@ class Worker:
                 while True:
                     try:
                         # Poll quickly until the run folder is known: a retry must find it.
-                        code = child.wait(timeout=self.heartbeat_s if run_dir else min(self.heartbeat_s, 0.5))
+                        code = child.wait(timeout=self.heartbeat_s if run_dir else min(self.heartbeat_s, FOLDER_POLL_S))
                         break
                     except subprocess.TimeoutExpired:
                         try:
