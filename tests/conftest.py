@@ -1,6 +1,7 @@
 import os
 from pathlib import Path
 
+import nbformat
 import pytest
 import torch
 
@@ -34,3 +35,14 @@ def data(cfg):
     from vqalab.data import build_data
 
     return build_data(cfg.data)
+
+
+def write_notebook(path: Path, title: str, parameters: str, *cells: str) -> None:
+    """A study notebook: a title cell, a ``parameters`` cell, then code cells (python3 kernel)."""
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell(parameters)
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}"), params]
+    nb.cells += [nbformat.v4.new_code_cell(source) for source in cells]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)

@@ -15,8 +15,15 @@ from vqalab import train
 from vqalab.cli import main as cli_main
 from vqalab.config import build_config
 from vqalab.data import build_data
-from vqalab.monitor import (HPARAMS_DIR, TB_DIR, diff_runs, link_logdir, run_folders, runs_overview,
-                            start_tensorboard)
+from vqalab.monitor import (
+    HPARAMS_DIR,
+    TB_DIR,
+    diff_runs,
+    link_logdir,
+    run_folders,
+    runs_overview,
+    start_tensorboard,
+)
 from vqalab.sweep import sweep
 from vqalab.train import fit
 

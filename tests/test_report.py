@@ -11,6 +11,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from conftest import write_notebook
 
 from vqalab.config import parameter_table, parameters_markdown
 from vqalab.registry import ConfigError
@@ -27,21 +28,11 @@ HOSTILE = '<script>alert("x")</script>'  # a user-typed experiment name
 PLOT_RGB = (255, 0, 255)  # the tiny study's bar colour, looked for in screenshots
 
 
-def _notebook(path: Path, title: str, parameters: str, *cells: str) -> None:
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell(parameters)
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}"), params]
-    nb.cells += [nbformat.v4.new_code_cell(source) for source in cells]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-
-
 def make_project(root: Path) -> Path:
     """A project with two studies: ``plot`` (a magenta bar, findings, a table) and ``broken``."""
     (root / "notebooks").mkdir(parents=True)
     (root / "params").mkdir()
-    _notebook(
+    write_notebook(
         root / "notebooks" / "plot.ipynb", "Plot study",
         'label: str = "a"  # experiment name\nscore: float = 0.5  # the headline figure\n'
         'runs_root: str = "runs"  # where runs go',
@@ -55,13 +46,13 @@ def make_project(root: Path) -> Path:
         "from vqalab.notebook import findings\n"
         "findings(headline={'score': score, 'label': label}, text=[f'experiment {label} scored {score}'])",
     )
-    _notebook(
+    write_notebook(
         root / "notebooks" / "broken.ipynb", "Broken study",
         "fail: bool = True  # raise on purpose",
         "print('before the error')",
         "if fail:\n    raise ValueError('planned failure')",
     )
-    _notebook(root / "notebooks" / "scratch.ipynb", "Scratch", "x: int = 1  # no params file: not a study")
+    write_notebook(root / "notebooks" / "scratch.ipynb", "Scratch", "x: int = 1  # no params file: not a study")
     (root / "params" / "plot.yaml").write_text(
         "presets:\n"
         f"  quick: {{label: '{HOSTILE}', score: 0.5}}\n"
@@ -138,7 +129,7 @@ def test_failure_is_marked_and_the_others_succeed(week):
     assert "ax.bar" not in plot  # other code is hidden
 
 
-def test_headline_findings_are_read_from_the_executed_notebook(week):
+def test_headline_findings_are_read_from_the_executedwrite_notebook(week):
     summary = json.loads((week["dir"] / "summary.json").read_text())
     plot = summary["studies"]["plot"]
     assert plot["headline"] == {"score": 0.5, "label": HOSTILE}

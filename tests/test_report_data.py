@@ -7,9 +7,9 @@ import json
 import shutil
 from pathlib import Path
 
-import nbformat
 import pytest
 import yaml
+from conftest import write_notebook
 
 from vqalab import cli
 from vqalab.data.fixtures import RAFDB_DIR, write_rafdb_official
@@ -19,16 +19,6 @@ from vqalab.report.build import EXIT_OK, EXIT_SKIPPED
 
 REPO = Path(__file__).resolve().parents[1]
 WEEK = "2026-W12"
-
-
-def _notebook(path: Path, title: str, parameters: str, *cells: str) -> None:
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell(parameters)
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell(f"# {title}"), params]
-    nb.cells += [nbformat.v4.new_code_cell(source) for source in cells]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
 
 
 @pytest.fixture
@@ -46,7 +36,7 @@ def project(tmp_path, monkeypatch):
             "            {'run_dir': 'b', 'status': 'completed', 'reused': False, 'finished': '2026-03-16T09:00:00'}])\n"
             "findings(headline={'fresh': os.environ.get('VQALAB_FRESH', '')}, text=[f'ran on {dataset}'])")
     for name, default in (("faces", "synthetic_faces"), ("vqa", "easy_vqa")):
-        _notebook(root / "notebooks" / f"{name}.ipynb", f"{name} study",
+        write_notebook(root / "notebooks" / f"{name}.ipynb", f"{name} study",
                   f'dataset: str = "{default}"  # data set\ndataset_kwargs: dict = {{}}  # its keywords\n'
                   'runs_root: str = "runs"  # where runs go', body)
         (root / "params" / f"{name}.yaml").write_text("presets:\n  quick: {}\n")

@@ -10,8 +10,8 @@ import threading
 import time
 from pathlib import Path
 
-import nbformat
 import pytest
+from conftest import write_notebook
 
 from vqalab.registry import ConfigError
 from vqalab.report import run_report
@@ -20,23 +20,13 @@ from vqalab.report.progress import ProgressLine, current_run, progress_text
 WEEK = "2026-W10"
 
 
-def _notebook(path: Path, parameters: str, *cells: str) -> None:
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell(parameters)
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell(f"# {path.stem}"), params]
-    nb.cells += [nbformat.v4.new_code_cell(source) for source in cells]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
-
-
 def make_project(root: Path, budget: float) -> Path:
     """``a_slow`` prints a line every 0.2 s for ever (until its budget stops it); ``b_next`` is quick."""
     (root / "notebooks").mkdir(parents=True)
     (root / "params").mkdir()
-    _notebook(root / "notebooks" / "a_slow.ipynb", "lines: int = 1000  # lines to print",
+    write_notebook(root / "notebooks" / "a_slow.ipynb", "a_slow", "lines: int = 1000  # lines to print",
               "import time\nfor i in range(lines):\n    print(f'line {i}', flush=True)\n    time.sleep(0.2)")
-    _notebook(root / "notebooks" / "b_next.ipynb", "word: str = 'x'  # what to print",
+    write_notebook(root / "notebooks" / "b_next.ipynb", "b_next", "word: str = 'x'  # what to print",
               "print('next study ran', word)")
     (root / "params" / "a_slow.yaml").write_text(f"presets:\n  quick: {{time_budget_s: {budget}}}\n")
     (root / "params" / "b_next.yaml").write_text("presets:\n  quick: {word: hello}\n")

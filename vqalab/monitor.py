@@ -51,7 +51,7 @@ class RunMonitor:
     def __init__(self, run_dir: str | Path, *, every_n_steps: int, enabled: bool = True, start_step: int = 0):
         self.every_n_steps = every_n_steps
         self.writer = None
-        self._loss_sum, self._samples, self._steps, self._t0 = 0.0, 0, 0, time.perf_counter()
+        self._loss_sum, self._samples, self._t0 = 0.0, 0, time.perf_counter()
         if enabled:
             # Imported only when used: tensorboard's import is slow and notebooks may turn it off.
             from torch.utils.tensorboard import SummaryWriter
@@ -66,7 +66,6 @@ class RunMonitor:
 
     def optimizer_step(self, step: int, *, lr: float, grad_norm) -> None:
         """Called after optimizer step ``step`` (1-based); writes every ``every_n_steps`` steps."""
-        self._steps += 1
         if self.writer is None or step % self.every_n_steps:
             return
         elapsed = time.perf_counter() - self._t0
@@ -78,7 +77,7 @@ class RunMonitor:
         }
         for tag, value in scalars.items():
             self.writer.add_scalar(tag, value, step)
-        self._loss_sum, self._samples, self._steps, self._t0 = 0.0, 0, 0, time.perf_counter()
+        self._loss_sum, self._samples, self._t0 = 0.0, 0, time.perf_counter()
 
     def epoch_end(self, row: Mapping[str, Any]) -> None:
         """One ``metrics.csv`` row: validation figures and peak memory at the epoch's last step."""
