@@ -122,16 +122,16 @@ def test_index_screenshot_is_not_blank(week_dir, tmp_path):
 
 def hostile_project(root: Path) -> Path:
     """A study showing hostile run names as vqa_models shows run names: in a pandas Styler table."""
+    from conftest import write_notebook
     from test_hardening import XSS_PAYLOADS
-    from test_report import _notebook
 
     (root / "notebooks").mkdir(parents=True)
     (root / "params").mkdir()
-    _notebook(root / "notebooks" / "names.ipynb", "Run names", "n: int = 1  # rows shown",
-              "import pandas as pd\nfrom IPython.display import HTML, display\n"
-              f"names = {XSS_PAYLOADS!r}\n"
-              "display(pd.DataFrame({'run': names, 'val_acc': [0.5] * len(names)}).style.format(precision=3))\n"
-              "display(HTML(''.join(names)))")
+    write_notebook(root / "notebooks" / "names.ipynb", "Run names", "n: int = 1  # rows shown",
+                   "import pandas as pd\nfrom IPython.display import HTML, display\n"
+                   f"names = {XSS_PAYLOADS!r}\n"
+                   "display(pd.DataFrame({'run': names, 'val_acc': [0.5] * len(names)}).style.format(precision=3))\n"
+                   "display(HTML(''.join(names)))")
     (root / "params" / "names.yaml").write_text("presets:\n  quick: {n: 1}\n  cpu: {n: 1}\n  gpu: {n: 1}\n")
     return root
 
