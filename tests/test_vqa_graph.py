@@ -119,6 +119,16 @@ def test_imle_gradient_is_the_difference_of_two_top_k_solutions():
     assert torch.allclose(scores.grad, torch.tensor([[-0.1, 0.0, 0.0, 0.1]]))
 
 
+def test_imle_step_uses_each_examples_own_loss_whatever_the_batch_size():
+    # The same example four times, under a batch-mean loss: each row gets a quarter of the
+    # single-example ∂L/∂z, yet θ' must move exactly as for the example alone (same top-k), and
+    # each row's gradient is a quarter of the single-example one.
+    scores = torch.tensor([[0.5, 2.0, -1.0, 1.0]] * 4, requires_grad=True)
+    z = IMLETopK.apply(scores, torch.tensor([2] * 4), torch.zeros(1, 4, 4), 1.0, 10.0, 1.0)
+    z.backward(torch.tensor([[-0.3, 0.0, 0.0, 0.2]] * 4) / 4)
+    assert torch.allclose(scores.grad, torch.tensor([[-0.1, 0.0, 0.0, 0.1]] * 4) / 4)
+
+
 def test_gumbel_relaxation_is_a_k_hot_vector_and_top_k_picks_the_largest():
     scores = torch.tensor([[3.0, 0.0, 2.0, -5.0, 1.0]])
     soft = relaxed_topk(scores, k=2, tau=0.1)
@@ -139,10 +149,13 @@ def test_selection_is_the_top_k_of_real_nodes_and_is_returned(use_mgat):
     with torch.no_grad():
         q = model.question_proj(model.question_encoder(batch["question"], batch["question_len"]).vector)
         nodes = model.graph_encoder(batch["node_names"], batch["node_attrs"], batch["node_boxes"])
-        if use_mgat:  # the context layer over the whole graph comes first
-            src, dst, rel, _ = flat_edges(batch["node_mask"], batch["edges"], batch["edge_mask"])
+        if use_mgat:  # the graph attention over the whole graph comes first
+            src, dst, rel = flat_edges(batch["node_mask"], batch["edges"], batch["edge_mask"])
             rel = model.relation_proj(model.question_encoder.embed(rel))
-            nodes = model.context(nodes.flatten(0, 1), src, dst, rel, q.repeat_interleave(4, dim=0)).view(3, 4, -1)
+            flat = nodes.flatten(0, 1)
+            for layer in model.mgat:
+                flat = layer(flat, src, dst, rel, q.repeat_interleave(4, dim=0))
+            nodes = flat.view(3, 4, -1)
         scores = model.node_scorer(nodes, q).masked_fill(~batch["node_mask"], float("-inf"))
     for row, n_real in enumerate([4, 1, 3]):
         expected = set(scores[row, :n_real].topk(min(2, n_real)).indices.tolist())
@@ -154,7 +167,7 @@ def test_without_mgat_the_model_is_the_non_graph_baseline():
     graph = build("vqa_subgraph", use_mgat=True).eval()
     plain = build("vqa_subgraph", use_mgat=False).eval()
     extra = set(graph.state_dict()) - set(plain.state_dict())
-    assert extra and all(k.startswith(("context.", "mgat.", "relation_proj.")) for k in extra)
+    assert extra and all(k.startswith(("mgat.", "relation_proj.")) for k in extra)
     assert set(plain.state_dict()) < set(graph.state_dict())
     plain.load_state_dict({k: v for k, v in graph.state_dict().items() if k in plain.state_dict()})
     batch = make_graph_batch()
@@ -173,18 +186,17 @@ def test_without_mgat_the_model_is_the_non_graph_baseline():
         assert not torch.allclose(graph(**no_edges), graph(**batch), atol=1e-4)  # with MGAT they are
 
 
-def test_graph_attention_matches_a_per_node_softmax_over_chosen_incoming_edges():
+def test_graph_attention_matches_a_per_node_softmax_over_incoming_edges():
     torch.manual_seed(5)
     layer = GraphAttentionLayer(dim=6, num_heads=2, activation="relu", dropout=0.0).eval()
     x, rel, q = torch.randn(4, 6), torch.randn(5, 6), torch.randn(4, 6)
-    src, dst = torch.tensor([0, 1, 2, 3, 1]), torch.tensor([1, 1, 1, 0, 3])
-    z = torch.tensor([1.0, 0.0, 1.0, 1.0, 0.0])  # the edges from node 1 carry no message
-    out = layer(x, src, dst, rel, q, source_weight=z)
+    src, dst = torch.tensor([0, 1, 2, 3, 1]), torch.tensor([1, 1, 1, 0, 3])  # node 2 has no incoming edge
+    out = layer(x, src, dst, rel, q)
     h = (x @ layer.node_proj.weight.T).view(4, 2, 3)
     r = (rel @ layer.rel_proj.weight.T).view(5, 2, 3)
     guide = layer.question_proj(q).view(4, 2, 3)
     for i in range(4):
-        incoming = [e for e in range(5) if dst[e] == i and z[e] == 1]  # a softmax over the chosen sources
+        incoming = [e for e in range(5) if dst[e] == i]
         update = torch.zeros(2, 3)
         if incoming:
             logits = torch.stack([F.leaky_relu((h[i] * layer.att_dst).sum(-1) + (h[src[e]] * layer.att_src).sum(-1)
@@ -219,8 +231,8 @@ def test_subgraph_parameter_count_matches_the_formula(use_mgat):
     node_encoder = (2 * E + 4) * H + H  # [name; mean attribute; box] → H
     scorer = 2 * (2 * (H * H + H) + H + 1)  # W_n, W_q, v: the node scorer and the pooling scorer
     head = 2 * H * H + H + H * A + A
-    # Per layer: W, U, Q, W_o; a (3 parts); Q and W_o biases; LayerNorm. L subgraph layers + 1 context layer.
-    mgat = (L + 1) * (4 * H * H + 3 * H + 2 * H + 2 * H) + E * H  # + the relation projection
+    # Per layer: W, U, Q, W_o; a (3 parts); Q and W_o biases; LayerNorm.
+    mgat = L * (4 * H * H + 3 * H + 2 * H + 2 * H) + E * H  # + the relation projection
     expected = embedding + gru + question_proj + node_encoder + scorer + head + (mgat if use_mgat else 0)
     assert count(model) == expected
 
