@@ -117,6 +117,12 @@ def test_region_inputs_are_features_and_normalised_boxes_padded_to_max_boxes(gqa
     assert torch.allclose(image[FEATURE_DIM:, 0, 0], torch.tensor([0.0, 0.0, 0.5, 0.5]))
     small = data.train[2]["image"]  # image 101: 2 regions, then zero columns
     assert small[:, 2:].abs().sum() == 0 and small[:, :2].abs().sum() > 0
+    # The boxes also travel on their own, for BAN's counting module.
+    assert "boxes" in data.input_keys
+    batch = data.collate([data.train[0], data.train[2]])
+    assert batch["boxes"].shape == (2, 4, 4)
+    assert torch.allclose(batch["boxes"][0, 0], torch.tensor([0.0, 0.0, 0.5, 0.5]))
+    assert batch["boxes"][1, 2:].abs().sum() == 0
     with pytest.raises(ConfigError, match="inputs = 'regions' needs features"):
         build_data({"name": "gqa", "root": str(gqa_root), "inputs": "regions"})
 
@@ -180,6 +186,8 @@ def test_gqa_accuracy_per_structural_type_matches_a_brute_force_count():
 @pytest.mark.parametrize("model, data", [
     ({"name": "vqa_subgraph", "embed_dim": 8, "general_hidden_dim": 8, "mgat_layers": 1, "num_heads": 2}, {}),
     ({"name": "vqa_aoa", "hidden_dim": 8, "aoa_layers": 1, "num_heads": 2}, {"inputs": "regions", "features": "features"}),
+    ({"name": "vqa_ban", "hidden_dim": 8, "glimpses": 2, "use_counter": True},
+     {"inputs": "regions", "features": "features", "max_boxes": 4}),
 ])
 def test_models_train_on_the_gqa_fixture(gqa_root, tmp_path, model, data):
     cfg = build_config({"experiment": "gqa", "runs_root": str(tmp_path / "runs"), "model": model,

@@ -306,8 +306,15 @@ def test_one_relation_colour_answers_agree_with_a_brute_force_reading_of_the_sce
         hits = [o for o in objects if o is not refs[0] and o["shape"] == shape
                 and relation_holds(phrase_to_rel[phrase], o, refs[0], 0.3)]
         assert len(hits) == 1 and hits[0]["color"] == q["answer"], q
+        assert objects[q["answer_object"]] is hits[0], q  # the recorded answer object is that object
         checked += 1
     assert checked >= 50
+    for q in questions:  # every answer object carries its answer; yes/no questions have none
+        objects = scenes[q["scene"]]
+        if q["answer"] in ("yes", "no"):
+            assert q["answer_object"] is None
+        else:
+            assert q["answer"] in (objects[q["answer_object"]]["color"], objects[q["answer_object"]]["shape"]), q
 
 
 def test_scene_graph_edges_follow_the_object_positions():
@@ -327,15 +334,24 @@ def test_scenes_inputs_image_and_regions():
     assert image.train[0]["image"].shape == (3, 32, 32) and "image_dim" not in image.model_kwargs
     regions = build_data({**TINY_SCENES, "inputs": "regions", "max_objects": 6})
     assert regions.train[0]["image"].shape == (15, 6, 1) and regions.model_kwargs["image_dim"] == 15
+    item = regions.train[0]
+    assert "boxes" in regions.input_keys and torch.equal(item["boxes"], item["image"][-4:, :, 0].t())
+    centres = (item["boxes"][:, :2] + item["boxes"][:, 2:]) / 2  # objects: boxes around centres in (0, 1)
+    real = item["image"][:3].sum(dim=0)[:, 0] > 0  # a shape one-hot marks a real object
+    assert ((centres[real] > 0) & (centres[real] < 1)).all() and item["boxes"][~real].abs().sum() == 0
     with pytest.raises(ConfigError, match="min_objects = 5, max_objects = 3"):
         build_data({**TINY_SCENES, "min_objects": 5, "max_objects": 3})
 
 
-@pytest.mark.parametrize("name", ["vqa_subgraph", "vqa_question_only"])
-def test_graph_models_train_with_the_training_loop_and_reload(name, tmp_path):
-    model = {"name": name, **(TINY_SUBGRAPH if name == "vqa_subgraph" else {})}
+@pytest.mark.parametrize("name, model_kwargs, inputs", [
+    ("vqa_subgraph", TINY_SUBGRAPH, "scene_graph"),
+    ("vqa_question_only", {}, "scene_graph"),
+    ("vqa_ban", {"hidden_dim": 8, "use_counter": True}, "regions"),  # the counter reads the regions' boxes
+])
+def test_scene_models_train_with_the_training_loop_and_reload(name, model_kwargs, inputs, tmp_path):
+    model = {"name": name, **model_kwargs}
     cfg = build_config({"experiment": "scenes", "name": name, "runs_root": str(tmp_path), "seed": 1,
-                        "model": model, "data": TINY_SCENES, "optim": {"lr": 3e-3},
+                        "model": model, "data": {**TINY_SCENES, "inputs": inputs}, "optim": {"lr": 3e-3},
                         "train": {"epochs": 2, "batch_size": 16, "progress": False}})
     data = build_data(cfg.data)
     result = fit(cfg, data=data)

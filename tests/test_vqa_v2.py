@@ -203,6 +203,8 @@ def test_bottom_up_region_files_give_features_and_normalised_boxes(vqa_root):
     assert item["image"].shape == (10, 3, 1)
     assert torch.allclose(item["image"][:6, :, 0], torch.from_numpy(stored["features"]).t())
     assert torch.allclose(item["image"][6:, 1, 0], torch.tensor([0.25, 0.25, 1.0, 1.0]))
+    assert "boxes" in data.input_keys and torch.equal(item["boxes"], item["image"][6:, :, 0].t())
+    assert data.collate([item, data.train[1]])["boxes"].shape == (2, 3, 4)
     np.savez(vqa_root / "regions_train" / "COCO_train2014_000000000009.npz", features=np.zeros((3, 6)))
     with pytest.raises(ConfigError, match=r"COCO_train2014_000000000009.npz: missing array 'boxes'"):
         load(vqa_root, train_features="regions_train", val_features="regions_val").train[0]

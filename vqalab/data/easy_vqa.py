@@ -95,6 +95,8 @@ def collate_vqa(items: list[dict]) -> dict:
     }
     if "soft_target" in items[0]:
         batch["soft_target"] = torch.stack([it["soft_target"] for it in items])
+    if "boxes" in items[0]:  # region data: (B, K, 4)
+        batch["boxes"] = torch.stack([it["boxes"] for it in items])
     return batch
 
 

@@ -49,7 +49,7 @@ from vqalab.data.graphs import (
     encode_graph,
     vocabulary_with_labels,
 )
-from vqalab.data.regions import read_regions
+from vqalab.data.regions import REGION_INPUT_KEYS, boxes_of, read_regions
 from vqalab.paths import resolve_data
 from vqalab.registry import ConfigError
 
@@ -129,7 +129,7 @@ def load_regions(path: Path, max_boxes: int) -> torch.Tensor:
 
 class GQASplit(Dataset):
     """One split. Items: question token ids, image_id (an index: ``image_names[image_id]`` is GQA's
-    id), target answer index, and ``graph`` (inputs scene_graph) or ``image`` (inputs regions).
+    id), target answer index, and ``graph`` (inputs scene_graph) or ``image`` and ``boxes`` (inputs regions).
     Per question, in item order: ``targets``, ``image_ids``, ``question_ids``, ``structural_types``,
     ``answers``."""
 
@@ -154,6 +154,7 @@ class GQASplit(Dataset):
             item["graph"] = self.graphs[name]
         else:
             item["image"] = load_regions(self.feature_files[name], self.max_boxes)
+            item["boxes"] = boxes_of(item["image"])
         return item
 
 
@@ -259,7 +260,7 @@ def gqa(
     return DataSplits(
         train=train, val=val,
         collate=collate_graph_vqa if inputs == "scene_graph" else collate_vqa,
-        input_keys=GRAPH_INPUT_KEYS if inputs == "scene_graph" else ("image", "question", "question_len", "image_id"),
+        input_keys=GRAPH_INPUT_KEYS if inputs == "scene_graph" else REGION_INPUT_KEYS,
         model_kwargs=model_kwargs, class_names=answers,
         train_groups=train.image_ids if group_by_image else None, vocab=vocab.tokens,
         info={"dataset": "gqa", "root": str(base), "inputs": inputs, "train_questions": len(train),

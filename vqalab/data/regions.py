@@ -9,11 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from vqalab.registry import ConfigError
 
 BOX_DIM = 4
 REGION_ARRAYS = ("features", "boxes", "image_w", "image_h")
+# Model inputs of a region data set: the boxes also travel on their own, for BAN's counting module.
+REGION_INPUT_KEYS = ("image", "question", "question_len", "image_id", "boxes")
 
 
 def read_regions(path: Path) -> np.ndarray:
@@ -29,3 +32,8 @@ def read_regions(path: Path) -> np.ndarray:
         raise ConfigError(f"{path}: expected features (K, D), boxes (K, 4) and a positive image_w, image_h; "
                           f"got features {features.shape}, boxes {boxes.shape}, image {width}×{height}")
     return np.concatenate([features, boxes / np.array([width, height, width, height], np.float32)], axis=1)
+
+
+def boxes_of(region_map: torch.Tensor) -> torch.Tensor:
+    """(D + 4, K, 1) region map (features, then the box, per region) → its (K, 4) boxes."""
+    return region_map[-BOX_DIM:, :, 0].t().contiguous()

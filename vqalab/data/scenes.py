@@ -40,6 +40,7 @@ from vqalab.data.graphs import (
     encode_graph,
     vocabulary_with_labels,
 )
+from vqalab.data.regions import REGION_INPUT_KEYS, boxes_of
 from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vqalab.registry import ConfigError
 
@@ -98,9 +99,11 @@ def unique_references(objects: list[dict]) -> list[int]:
     return [i for i, k in enumerate(keys) if keys.count(k) == 1]
 
 
-def candidate_questions(objects: list[dict], near_distance: float, two_relations: bool) -> list[tuple[str, str]]:
-    """Every (question, answer) the templates allow for this scene (one-relation templates, or the
-    two-relation template when ``two_relations``)."""
+def candidate_questions(objects: list[dict], near_distance: float,
+                        two_relations: bool) -> list[tuple[str, str, int | None]]:
+    """Every (question, answer, answer object) the templates allow for this scene (one-relation
+    templates, or the two-relation template when ``two_relations``). The answer object is the index
+    of the object whose colour or shape is the answer; None for yes/no questions."""
     refs = unique_references(objects)
     named = lambda i: f"the {objects[i]['color']} {objects[i]['shape']}"
     out = []
@@ -117,7 +120,7 @@ def candidate_questions(objects: list[dict], near_distance: float, two_relations
                             if len(hits) == 1:
                                 text = (f"what color is the {shape} {RELATION_PHRASE[rel2]} {named(r2)} and "
                                         f"{RELATION_PHRASE[rel3]} {named(r3)}?")
-                                out.append((text, objects[hits[0]]["color"]))
+                                out.append((text, objects[hits[0]]["color"], hits[0]))
         return out
     for ref in refs:
         for rel in RELATIONS:
@@ -126,18 +129,18 @@ def candidate_questions(objects: list[dict], near_distance: float, two_relations
             for shape in SHAPES:
                 hits = [i for i in group if objects[i]["shape"] == shape]
                 if len(hits) == 1:
-                    out.append((f"what color is the {shape} {phrase}?", objects[hits[0]]["color"]))
+                    out.append((f"what color is the {shape} {phrase}?", objects[hits[0]]["color"], hits[0]))
             for color in COLORS:
                 hits = [i for i in group if objects[i]["color"] == color]
                 if len(hits) == 1:
-                    out.append((f"what shape is the {color} object {phrase}?", objects[hits[0]]["shape"]))
+                    out.append((f"what shape is the {color} object {phrase}?", objects[hits[0]]["shape"], hits[0]))
             # Yes/no about objects present in the scene (not only at random), so "no" needs the relation.
             for o in objects:
                 if o is objects[ref]:
                     continue
                 answer = "yes" if any(objects[i]["color"] == o["color"] and objects[i]["shape"] == o["shape"]
                                       for i in group) else "no"
-                out.append((f"is there a {o['color']} {o['shape']} {phrase}?", answer))
+                out.append((f"is there a {o['color']} {o['shape']} {phrase}?", answer, None))
     return out
 
 
@@ -183,7 +186,7 @@ def region_features(objects: list[dict], max_objects: int) -> torch.Tensor:
 
 def generate(num_questions: int, rng: np.random.Generator, *, min_objects: int, max_objects: int,
              near_distance: float, two_relation_fraction: float, questions_per_scene: int) -> tuple[list, list]:
-    """Scenes and questions ``{"scene", "question", "answer", "relations"}``, answers cycling
+    """Scenes and questions ``{"scene", "question", "answer", "answer_object", "relations"}``, answers cycling
     through ``ANSWERS``. A scene is kept for up to ``questions_per_scene`` questions."""
     scenes: list[list[dict]] = []
     questions: list[dict] = []
@@ -196,11 +199,11 @@ def generate(num_questions: int, rng: np.random.Generator, *, min_objects: int, 
             if objects is None or used >= questions_per_scene:
                 objects, used = draw_scene(rng, min_objects, max_objects), 0
                 scenes.append(objects)
-            options = [(text, a) for text, a in candidate_questions(objects, near_distance, two) if a == wanted]
+            options = [c for c in candidate_questions(objects, near_distance, two) if c[1] == wanted]
             if options:
-                text, _ = options[rng.integers(len(options))]
+                text, _, answer_object = options[rng.integers(len(options))]
                 questions.append({"scene": len(scenes) - 1, "question": text, "answer": wanted,
-                                  "relations": 2 if two else 1})
+                                  "answer_object": answer_object, "relations": 2 if two else 1})
                 used += 1
                 break
             used = questions_per_scene  # this scene cannot give the wanted answer: draw another
@@ -212,8 +215,11 @@ def generate(num_questions: int, rng: np.random.Generator, *, min_objects: int, 
 
 class SceneQuestions(Dataset):
     """Items: question token ids, image_id (the scene), target answer index, and the chosen input:
-    ``image`` (3, S, S) normalised pixels, ``image`` (REGION_DIM, max_objects, 1) region features,
-    or ``graph`` (``encode_graph``). Per question: ``targets``, ``image_ids``, ``relation_counts``."""
+    ``image`` (3, S, S) normalised pixels, ``image`` (REGION_DIM, max_objects, 1) region features
+    with their ``boxes`` (max_objects, 4),
+    or ``graph`` (``encode_graph``). Per question: ``targets``, ``image_ids``, ``relation_counts`` and
+    ``answer_objects`` (the node index of the object the answer describes, None for yes/no: what an
+    interpretable model should choose)."""
 
     def __init__(self, *, scenes: list, questions: list[dict], vocab, answer_index: dict, inputs: str,
                  near_distance: float, image_size: int, max_objects: int):
@@ -223,6 +229,7 @@ class SceneQuestions(Dataset):
         self.targets = [answer_index[q["answer"]] for q in questions]
         self.image_ids = [q["scene"] for q in questions]
         self.relation_counts = [q["relations"] for q in questions]
+        self.answer_objects = [q["answer_object"] for q in questions]
         if inputs == "image":
             self.images = torch.from_numpy(np.stack([render(s, image_size) for s in scenes]))
             self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
@@ -242,6 +249,7 @@ class SceneQuestions(Dataset):
             item["image"] = (self.images[scene].float().div(255) - self.mean) / self.std
         elif self.inputs == "regions":
             item["image"] = self.regions[scene]
+            item["boxes"] = boxes_of(item["image"])
         else:
             item["graph"] = self.graphs[scene]
         return item
@@ -303,7 +311,8 @@ def synthetic_scenes(
     return DataSplits(
         train=train, val=val,
         collate=collate_graph_vqa if inputs == "scene_graph" else collate_vqa,
-        input_keys=GRAPH_INPUT_KEYS if inputs == "scene_graph" else ("image", "question", "question_len", "image_id"),
+        input_keys={"scene_graph": GRAPH_INPUT_KEYS, "regions": REGION_INPUT_KEYS}.get(
+            inputs, ("image", "question", "question_len", "image_id")),
         model_kwargs=model_kwargs, class_names=list(ANSWERS),
         train_groups=train.image_ids if group_by_image else None, vocab=vocab.tokens,
         info={"dataset": "synthetic_scenes", "train_questions": len(train), "val_questions": len(val),

@@ -15,7 +15,8 @@ image id) with extension ``.npy`` or ``.pt``, holding a (D,) vector, a (D, h, w)
 region features, or ``.npz`` with bottom-up-attention region features and boxes
 (``vqalab.data.regions``: each region becomes its D features followed by its box as fractions of
 the image), the same shape for every image (batches are stacked). The model then skips its
-image encoder (``image_dim`` is set from the files).
+image encoder (``image_dim`` is set from the files). When every file is ``.npz`` the batches also
+carry the region ``boxes`` (B, K, 4), which BAN's counting module reads.
 
 Answers: every human answer is normalised as the official metric does
 (``vqalab.metrics.normalize_answer``); the answer vocabulary is the most frequent normalised
@@ -52,7 +53,7 @@ from vqalab.data import (
     short_hash,
 )
 from vqalab.data.easy_vqa import collate_vqa
-from vqalab.data.regions import read_regions
+from vqalab.data.regions import REGION_INPUT_KEYS, boxes_of, read_regions
 from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vqalab.metrics import clean_whitespace, normalize_answer, vqa_accuracy
 from vqalab.paths import cache_dir, resolve_data
@@ -204,6 +205,7 @@ class VQAv2Split(Dataset):
         self.num_answers = num_answers
         self.files = files
         self.image_size = image_size  # None: the files hold precomputed features
+        self.with_boxes = all(path.suffix == ".npz" for path in files.values())  # region files with boxes
         self.image_ids = [r["image_id"] for r in records]
         self.question_ids = [r["question_id"] for r in records]
         self.answers = [r["answers"] for r in records]
@@ -237,7 +239,10 @@ class VQAv2Split(Dataset):
                 "target": self.targets[index], "soft_target": soft}
 
     def __getitem__(self, index: int) -> dict:
-        return {**self.item_without_image(index), "image": self.load_image(self.image_ids[index])}
+        item = {**self.item_without_image(index), "image": self.load_image(self.image_ids[index])}
+        if self.with_boxes:
+            item["boxes"] = boxes_of(item["image"])
+        return item
 
     def image_fingerprint(self) -> str:
         """Hash of the image files used (path, size, modification time): changes when an image does."""
@@ -344,7 +349,8 @@ def vqa_v2(
              len(train), len(val), len(answers), len(vocab))
     return DataSplits(
         train=train, val=val, collate=collate_vqa,
-        input_keys=("image", "question", "question_len", "image_id"),
+        input_keys=REGION_INPUT_KEYS if train.with_boxes and val.with_boxes else
+        ("image", "question", "question_len", "image_id"),
         model_kwargs=model_kwargs, class_names=answers,
         train_groups=train.image_ids if group_by_image else None,
         vocab=vocab.tokens,
