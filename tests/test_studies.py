@@ -6,6 +6,7 @@ import re
 
 import pandas as pd
 import pytest
+import yaml
 
 from vqalab.bench import recommend_batch_size
 from vqalab.registry import ConfigError
@@ -426,6 +427,37 @@ def test_vqa_model_configs_use_the_data_set_parameters():
     with pytest.raises(ConfigError, match="easy_vq"):
         vqa_models.model_configs(models=["vqa_mean_mlp"], model_kwargs={}, dataset="easy_vq", dataset_kwargs={},
                                  epochs=1, batch_size=4, lr=1e-3, seed=0, experiment="e", runs_root="r")
+
+
+def test_per_model_data_keywords_and_stray_model_entries():
+    configs = vqa_models.model_configs(models=["vqa_question_only", "vqa_aoa"], model_kwargs={},
+                                       dataset="synthetic_scenes", dataset_kwargs={"inputs": "scene_graph", "num_train": 8},
+                                       model_data_kwargs={"vqa_aoa": {"inputs": "regions"}}, epochs=1,
+                                       batch_size=4, lr=1e-3, seed=0, experiment="e", runs_root="r")
+    assert [c.data for c in configs] == [{"name": "synthetic_scenes", "inputs": "scene_graph", "num_train": 8},
+                                         {"name": "synthetic_scenes", "inputs": "regions", "num_train": 8}]
+    for parameter in ("model_kwargs", "model_data_kwargs"):
+        with pytest.raises(ConfigError, match=f"{parameter} names 'vqa_san', which is not in models"):
+            vqa_models.model_configs(**{"model_kwargs": {}, parameter: {"vqa_san": {}}}, models=["vqa_aoa"],
+                                     dataset="synthetic_scenes", dataset_kwargs={}, epochs=1, batch_size=4, lr=1e-3,
+                                     seed=0, experiment="e", runs_root="r")
+
+
+def test_the_scenes_preset_trains_each_model_on_the_input_it_reads(repo_root, tmp_path):
+    preset = yaml.safe_load((repo_root / "params" / "vqa_models.yaml").read_text())["presets"]["scenes-cpu"]
+    configs = vqa_models.model_configs(
+        models=preset["models"], model_kwargs=preset["model_kwargs"], dataset=preset["dataset"],
+        dataset_kwargs={**preset["dataset_kwargs"], "num_train": 44, "num_val": 22},
+        model_data_kwargs=preset["model_data_kwargs"], epochs=1, batch_size=22, lr=preset["lr"], seed=0,
+        experiment="scenes", runs_root=str(tmp_path))
+    run_dirs = vqa_models.train_models(configs)
+    inputs = {}
+    for run_dir in run_dirs:
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "completed", summary.get("error")
+        inputs[summary["model"]] = summary["data"]["inputs"]
+    assert inputs == {"vqa_question_only": "scene_graph", "vqa_mean_mlp": "image", "vqa_aoa": "regions",
+                      "vqa_ban": "regions", "vqa_subgraph": "scene_graph"}
 
 
 def test_a_frozen_resnet_encoder_runs_once_per_image_through_the_feature_cache():

@@ -13,6 +13,7 @@ from vqalab.config import RunConfig, build_config
 from vqalab.data import build_data, data_status
 from vqalab.models.encoders import RESNET_OUT_DIM
 from vqalab.provenance import code_fingerprint
+from vqalab.registry import ConfigError
 from vqalab.runs import config_hash
 from vqalab.sweep import finished_runs, fresh_requested, log_points, reuse_key
 from vqalab.train import fit
@@ -39,11 +40,23 @@ def run_sections(name: str, kwargs: dict, dataset: str, dataset_kwargs: dict) ->
 
 
 def model_configs(*, models: list, model_kwargs: dict, dataset: str, dataset_kwargs: dict, epochs: int,
-                  batch_size: int, lr: float, seed: int, experiment: str, runs_root: str) -> list[RunConfig]:
-    """One validated config per model (named after it); all errors raise before any training."""
+                  batch_size: int, lr: float, seed: int, experiment: str, runs_root: str,
+                  model_data_kwargs: dict | None = None) -> list[RunConfig]:
+    """One validated config per model (named after it); all errors raise before any training.
+
+    model_data_kwargs: per model, data set keywords over ``dataset_kwargs``: models that read
+    different inputs of one data set (``synthetic_scenes``: scene graphs, regions or images).
+    """
+    model_data_kwargs = model_data_kwargs or {}
+    for parameter, per_model in (("model_kwargs", model_kwargs), ("model_data_kwargs", model_data_kwargs)):
+        for name in per_model:
+            if name not in models:
+                raise ConfigError(f"notebook parameters: {parameter} names '{name}', which is not in models "
+                                  f"({', '.join(models)}): add it to models or remove its entry")
     configs = []
     for name in models:
-        model, data = run_sections(name, model_kwargs.get(name, {}), dataset, dataset_kwargs)
+        model, data = run_sections(name, model_kwargs.get(name, {}), dataset,
+                                   {**dataset_kwargs, **model_data_kwargs.get(name, {})})
         configs.append(build_config({
             "experiment": experiment, "name": name, "seed": seed, "runs_root": runs_root, "model": model,
             "data": data, "optim": {"lr": lr}, "train": {"epochs": epochs, "batch_size": batch_size, "progress": False},
