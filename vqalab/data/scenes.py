@@ -9,7 +9,10 @@ small rendered images, and templated questions that need one or two relations to
     is there a {color} {shape} {rel} the {color} {shape}?                      (one relation, yes/no)
     what color is the {shape} {rel} the {color} {shape} and {rel} the {color} {shape}?   (two)
 
-Every referenced object is unique in its scene and every question has one answer. Answers are
+Every referenced object is unique in its scene and every question has one answer. No question can
+be answered without its relations: the object asked about shares its shape (or colour) with at
+least one other object outside the reference, and with two relations, neither alone singles it
+out; the yes/no questions ask about an object that is in the scene either way. Answers are
 balanced: the questions cycle through the answers (6 colours, 3 shapes, yes, no), so a
 question-only model is near chance within each question kind. Relations, with y growing
 downwards: "A left of B" when A's centre has the smaller x, "above" the smaller y, "near" when
@@ -45,7 +48,7 @@ from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from vqalab.registry import ConfigError
 
 # Part of the data identity: bump it when the scenes or questions drawn for the same keywords change.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,10 @@ def candidate_questions(objects: list[dict], near_distance: float,
     of the object whose colour or shape is the answer; None for yes/no questions."""
     refs = unique_references(objects)
     named = lambda i: f"the {objects[i]['color']} {objects[i]['shape']}"
+    # How many objects other than the reference have this shape / colour: a question about one of
+    # them needs its relation only when there is more than one (else the object is named outright).
+    def others(ref: int, key: str, value: str) -> int:
+        return sum(1 for i, o in enumerate(objects) if i != ref and o[key] == value)
     out = []
     if two_relations:
         for r2 in refs:
@@ -114,10 +121,14 @@ def candidate_questions(objects: list[dict], near_distance: float,
                     continue
                 for rel2 in RELATIONS:
                     for rel3 in RELATIONS:
-                        both = set(related(objects, r2, rel2, near_distance)) & set(related(objects, r3, rel3, near_distance))
+                        group2 = related(objects, r2, rel2, near_distance)
+                        group3 = related(objects, r3, rel3, near_distance)
+                        both = set(group2) & set(group3)
                         for shape in SHAPES:
                             hits = [i for i in both if objects[i]["shape"] == shape]
-                            if len(hits) == 1:
+                            # Neither relation alone may single the object out: both are needed.
+                            alone = [sum(1 for i in g if objects[i]["shape"] == shape) for g in (group2, group3)]
+                            if len(hits) == 1 and min(alone) >= 2:
                                 text = (f"what color is the {shape} {RELATION_PHRASE[rel2]} {named(r2)} and "
                                         f"{RELATION_PHRASE[rel3]} {named(r3)}?")
                                 out.append((text, objects[hits[0]]["color"], hits[0]))
@@ -128,11 +139,11 @@ def candidate_questions(objects: list[dict], near_distance: float,
             phrase = f"{RELATION_PHRASE[rel]} {named(ref)}"
             for shape in SHAPES:
                 hits = [i for i in group if objects[i]["shape"] == shape]
-                if len(hits) == 1:
+                if len(hits) == 1 and others(ref, "shape", shape) >= 2:
                     out.append((f"what color is the {shape} {phrase}?", objects[hits[0]]["color"], hits[0]))
             for color in COLORS:
                 hits = [i for i in group if objects[i]["color"] == color]
-                if len(hits) == 1:
+                if len(hits) == 1 and others(ref, "color", color) >= 2:
                     out.append((f"what shape is the {color} object {phrase}?", objects[hits[0]]["shape"], hits[0]))
             # Yes/no about objects present in the scene (not only at random), so "no" needs the relation.
             for o in objects:
