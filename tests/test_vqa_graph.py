@@ -307,6 +307,8 @@ def test_one_relation_colour_answers_agree_with_a_brute_force_reading_of_the_sce
                 and relation_holds(phrase_to_rel[phrase], o, refs[0], 0.3)]
         assert len(hits) == 1 and hits[0]["color"] == q["answer"], q
         assert objects[q["answer_object"]] is hits[0], q  # the recorded answer object is that object
+        # Without the relation the question is ambiguous: another object of that shape is in the scene.
+        assert sum(o["shape"] == shape for o in objects if o is not refs[0]) >= 2, q
         checked += 1
     assert checked >= 50
     for q in questions:  # every answer object carries its answer; yes/no questions have none
@@ -315,6 +317,34 @@ def test_one_relation_colour_answers_agree_with_a_brute_force_reading_of_the_sce
             assert q["answer_object"] is None
         else:
             assert q["answer"] in (objects[q["answer_object"]]["color"], objects[q["answer_object"]]["shape"]), q
+
+
+TWO_RELATIONS = re.compile(r"what color is the (\w+) (left of|right of|above|below|near) the (\w+) (\w+) and "
+                           r"(left of|right of|above|below|near) the (\w+) (\w+)\?$")
+
+
+def test_two_relation_questions_need_both_relations():
+    rng = np.random.default_rng(4)
+    scenes, questions = generate(60, rng, min_objects=5, max_objects=8, near_distance=0.3,
+                                 two_relation_fraction=1.0, questions_per_scene=2)
+    phrase_to_rel = {v: k for k, v in RELATION_PHRASE.items()}
+    checked = 0
+    for q in questions:
+        match = TWO_RELATIONS.match(q["question"])
+        if not match:
+            continue
+        shape, phrase2, color2, shape2, phrase3, color3, shape3 = match.groups()
+        objects = scenes[q["scene"]]
+        groups = []
+        for phrase, color, ref_shape in ((phrase2, color2, shape2), (phrase3, color3, shape3)):
+            ref = next(o for o in objects if o["color"] == color and o["shape"] == ref_shape)
+            groups.append([o for o in objects if o is not ref and o["shape"] == shape
+                           and relation_holds(phrase_to_rel[phrase], o, ref, 0.3)])
+        both = [o for o in groups[0] if any(o is other for other in groups[1])]
+        assert len(both) == 1 and both[0]["color"] == q["answer"], q
+        assert len(groups[0]) >= 2 and len(groups[1]) >= 2, q  # neither relation alone singles it out
+        checked += 1
+    assert checked >= 20
 
 
 def test_scene_graph_edges_follow_the_object_positions():
