@@ -209,3 +209,8 @@ def test_lab_note_001_presets_validate(repo_root, file):
     if cfg.data["name"] == "gqa":
         assert cfg.data["question_len"] == 12 and cfg.data["max_boxes"] == 50  # lab note 001's data values
         assert cfg.train.clip_norm == 0.25 and cfg.seed == 1204
+    # The guide's GPU-size presets: batch, accumulation, precision and memory share.
+    gpu_size = {"gqa_subgraph_8gb.yaml": (16, 4, "fp16", 0.7), "gqa_subgraph_24gb.yaml": (48, 1, "off", 0.9)}
+    if file in gpu_size:
+        train = cfg.train
+        assert (train.batch_size, train.grad_accum_steps, train.amp, train.max_memory_fraction) == gpu_size[file]
