@@ -1,6 +1,7 @@
 """Region- and scene-graph VQA: vqa_aoa, vqa_subgraph (samplers, graph attention), the question-only
 baseline, and the synthetic_scenes data set."""
 
+import math
 import re
 
 import numpy as np
@@ -17,6 +18,7 @@ from vqalab.models.vqa_graph import (
     GraphAttentionLayer,
     IMLETopK,
     flat_edges,
+    region_edges,
     relaxed_topk,
     topk_mask,
 )
@@ -237,6 +239,54 @@ def test_subgraph_parameter_count_matches_the_formula(use_mgat):
     assert count(model) == expected
 
 
+def make_region_batch() -> dict:
+    """Two images of 3 and 2 regions (the second padded with a zero region): features (D = 3) then box."""
+    regions = torch.zeros(2, 3, 3 + 4)
+    regions[0, :, :3] = torch.randn(3, 3)
+    regions[0, :, 3:] = torch.tensor([[0.0, 0.0, 0.2, 0.4], [0.5, 0.5, 0.9, 0.7], [0.1, 0.6, 0.3, 0.9]])
+    regions[1, :2, :3] = torch.randn(2, 3)
+    regions[1, :2, 3:] = torch.tensor([[0.2, 0.2, 0.4, 0.4], [0.6, 0.1, 0.8, 0.5]])
+    return {"question": torch.tensor([[2, 3, 4], [5, 6, 0]]), "question_len": torch.tensor([3, 2]),
+            "image": regions.transpose(1, 2).unsqueeze(-1), "boxes": regions[..., 3:]}
+
+
+def test_region_edges_join_every_pair_of_real_regions_with_their_box_geometry():
+    batch = make_region_batch()
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    src, dst, geometry = region_edges(mask, batch["boxes"])
+    assert len(src) == 9 + 4  # 3² and 2² ordered pairs, self-loops included; padding joins nothing
+    assert not ({5} & (set(src.tolist()) | set(dst.tolist())))  # flat index 5: image 1's padding region
+    boxes = batch["boxes"].reshape(6, 4)
+    for j, i, g in zip(src.tolist(), dst.tolist(), geometry):
+        (x1, y1, x2, y2), (u1, v1, u2, v2) = boxes[i].tolist(), boxes[j].tolist()
+        w, h, w_j, h_j = x2 - x1, y2 - y1, u2 - u1, v2 - v1
+        expected = [((u1 + u2) / 2 - (x1 + x2) / 2) / w, ((v1 + v2) / 2 - (y1 + y2) / 2) / h,
+                    math.log(w_j / w), math.log(h_j / h)]
+        assert torch.allclose(g, torch.tensor(expected), atol=1e-5), (j, i)
+
+
+@pytest.mark.parametrize("use_mgat", [True, False])
+def test_subgraph_over_region_features(use_mgat):
+    torch.manual_seed(7)
+    model = build("vqa_subgraph", image_dim=7, use_mgat=use_mgat, sample_k=2).train()
+    batch = make_region_batch()
+    logits = model(**batch)
+    assert logits.shape == (2, ANSWERS_N) and torch.isfinite(logits).all()
+    F.cross_entropy(logits, torch.tensor([1, 2])).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"no gradient for {missing}"
+    _, selection = model.eval()(**batch, return_selection=True)
+    assert selection.sum(dim=1).tolist() == [2.0, 2.0] and selection[1, 2] == 0  # padding is never chosen
+    with pytest.raises(ValueError, match="needs the batch's 'image' regions and their 'boxes'"):
+        model(question=batch["question"], question_len=batch["question_len"], image=batch["image"])
+    V, A, E, H, L, D = VOCAB, ANSWERS_N, 8, 12, 2, 7
+    expected = (V * E + 3 * (E * H + H * H + 2 * H) + H * H + H  # question embedding, GRU, projection
+                + D * H + H  # region features → node
+                + 2 * (2 * (H * H + H) + H + 1) + 2 * H * H + H + H * A + A  # two scorers, classifier
+                + (L * (4 * H * H + 3 * H + 2 * H + 2 * H) + 4 * H if use_mgat else 0))  # MGAT + geometry → H
+    assert count(model) == expected
+
+
 def test_aoa_parameter_count_matches_the_formula():
     V, A, E, Q, H, L, D = VOCAB, ANSWERS_N, 8, 10, 16, 3, 24
     model = create_model("vqa_aoa", vocab_size=V, num_answers=A, embed_dim=E, question_dim=Q, hidden_dim=H,
@@ -377,6 +427,7 @@ def test_scenes_inputs_image_and_regions():
     ("vqa_subgraph", TINY_SUBGRAPH, "scene_graph"),
     ("vqa_question_only", {}, "scene_graph"),
     ("vqa_ban", {"hidden_dim": 8, "use_counter": True}, "regions"),  # the counter reads the regions' boxes
+    ("vqa_subgraph", TINY_SUBGRAPH, "regions"),  # objects as regions, box geometry as relations
 ])
 def test_scene_models_train_with_the_training_loop_and_reload(name, model_kwargs, inputs, tmp_path):
     model = {"name": name, **model_kwargs}

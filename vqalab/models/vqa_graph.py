@@ -41,6 +41,7 @@ from vqalab.registry import ConfigError
 
 SamplerName = Literal["imle", "gumbel"]
 BOX_DIM = 4  # (x1, y1, x2, y2) as fractions of the image
+MIN_BOX_SIDE = 1e-3  # box sides are clamped to this (a fraction of the image) before dividing by them
 MASKED_SCORE = -1e9  # score of padding nodes: ranked last by every sampler (float32: finite)
 GUMBEL_EPS = 1e-10  # keeps the logs of the Gumbel noise and of the relaxed top-k finite
 # Cap of exp() arguments in the selection-weighted pooling, for terms of unchosen nodes (which are
@@ -293,6 +294,25 @@ def flat_edges(node_mask: torch.Tensor, edges: torch.Tensor,
             torch.cat([rel[edge_mask], torch.zeros_like(loops)]))
 
 
+def region_edges(node_mask: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every ordered pair of real regions as an edge, plus one self-loop per real region, over the
+    flattened (B·N) nodes, each with its box geometry (Hu et al. 2018's relative position):
+
+        g_ij = ((cx_j − cx_i) / w_i, (cy_j − cy_i) / h_i, log(w_j / w_i), log(h_j / h_i))
+
+    for the edge j → i (zero on self-loops). node_mask (B, N) bool; boxes (B, N, 4) x1, y1, x2, y2.
+    Returns src, dst (E',) flat node indices and geometry (E', 4).
+    """
+    b, n = node_mask.shape
+    pairs = node_mask[:, :, None] & node_mask[:, None, :]  # (B, N_dst, N_src), self-loops included
+    batch, dst, src = pairs.nonzero(as_tuple=True)
+    size = (boxes[..., 2:] - boxes[..., :2]).clamp_min(MIN_BOX_SIDE)  # (B, N, 2) w, h
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+    size_i, size_j = size[batch, dst], size[batch, src]
+    geometry = torch.cat([(centre[batch, src] - centre[batch, dst]) / size_i, torch.log(size_j / size_i)], dim=-1)
+    return batch * n + src, batch * n + dst, geometry
+
+
 class SceneGraphEncoder(nn.Module):
     """Node vectors from the scene graph: [E(name); mean of E(attributes); box] → linear → σ.
 
@@ -362,23 +382,34 @@ class SubgraphVQA(nn.Module):
     With ``use_mgat`` False there is no graph attention at all (the non-graph baseline): nodes are
     scored as embedded and the chosen ones pooled, relations unused.
 
+    Region features instead of a scene graph (``image_dim`` set): each region is a node (its
+    features, box included, projected), every pair of regions an edge whose relation vector is
+    their box geometry (``region_edges``), as relation networks over detector regions do.
+
     forward(question, question_len, node_names, node_attrs, node_boxes, node_mask, edges, edge_mask,
-    image_id=None, return_selection=False) → logits (B, num_answers), and with ``return_selection``
-    also the (B, N) selection (1 at the chosen nodes, in node order of the graph). The last forward
+    image_id=None, return_selection=False), or forward(question, question_len, image=regions,
+    boxes=boxes, ...) → logits (B, num_answers), and with ``return_selection`` also the (B, N)
+    selection (1 at the chosen nodes, in node order of the graph or regions). The last forward
     pass's selection is also kept in ``self.last_selection`` for interpretation.
     """
 
     def __init__(self, *, vocab_size: int, num_answers: int, embed_dim: int, hidden_dim: int, question_encoder: str,
                  use_mgat: bool, mgat_layers: int, num_heads: int, sampler: str, sample_k: int, nb_samples: int,
-                 tau: float, alpha: float, beta: float, activation: str, dropout: float):
+                 tau: float, alpha: float, beta: float, activation: str, dropout: float, image_dim: int | None = None):
         super().__init__()
         self.question_encoder = build_question_encoder(question_encoder, vocab_size=vocab_size, embed_dim=embed_dim,
                                                        hidden_dim=hidden_dim)
         self.question_proj = nn.Linear(self.question_encoder.out_dim, hidden_dim)
-        self.graph_encoder = SceneGraphEncoder(embed=self.question_encoder.embed, dim=hidden_dim,
-                                               activation=activation, dropout=dropout)
-        # Relation labels → node size; without graph attention relations are unused and get no parameters.
-        self.relation_proj = nn.Linear(embed_dim, hidden_dim, bias=False) if use_mgat else None
+        self.reads_regions = image_dim is not None
+        # Without graph attention relations are unused and get no parameters.
+        if self.reads_regions:  # region features (and their boxes) → nodes; box geometry → relations
+            self.region_encoder = nn.Sequential(nn.Linear(image_dim, hidden_dim), ACTIVATIONS[activation](),
+                                                nn.Dropout(dropout))
+            self.geometry_proj = nn.Linear(BOX_DIM, hidden_dim, bias=False) if use_mgat else None
+        else:  # scene graph: labels embedded like question words
+            self.graph_encoder = SceneGraphEncoder(embed=self.question_encoder.embed, dim=hidden_dim,
+                                                   activation=activation, dropout=dropout)
+            self.relation_proj = nn.Linear(embed_dim, hidden_dim, bias=False) if use_mgat else None
         gat = {"dim": hidden_dim, "num_heads": num_heads, "activation": activation, "dropout": dropout}
         self.mgat = nn.ModuleList(GraphAttentionLayer(**gat) for _ in range(mgat_layers if use_mgat else 0))
         self.node_scorer = NodeScorer(dim=hidden_dim, activation=activation)
@@ -388,15 +419,31 @@ class SubgraphVQA(nn.Module):
         self.head = mlp(2 * hidden_dim, hidden_dim, num_answers, dropout, act=ACTIVATIONS[activation])
         self.last_selection: torch.Tensor | None = None
 
-    def forward_features(self, question, question_len, node_names, node_attrs, node_boxes, node_mask, edges,
-                         edge_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode_nodes(self, graph: dict) -> tuple[torch.Tensor, torch.Tensor, tuple | None]:
+        """Node vectors (B, N, H), the mask of real nodes (B, N) and, with graph attention, the edges
+        (src, dst, relation vectors (E', H)), from a scene graph or from region features."""
+        if self.reads_regions:
+            regions = image_regions(graph["image"])  # (B, N, image_dim)
+            node_mask = regions.abs().sum(dim=-1) > 0  # padding regions are all zero
+            nodes = self.region_encoder(regions)
+            if not self.mgat:
+                return nodes, node_mask, None
+            src, dst, geometry = region_edges(node_mask, graph["boxes"].to(regions.dtype))
+            return nodes, node_mask, (src, dst, self.geometry_proj(geometry))
+        node_mask = graph["node_mask"]
+        nodes = self.graph_encoder(graph["node_names"], graph["node_attrs"], graph["node_boxes"])
+        if not self.mgat:
+            return nodes, node_mask, None
+        src, dst, rel = flat_edges(node_mask, graph["edges"], graph["edge_mask"])
+        return nodes, node_mask, (src, dst, self.relation_proj(self.question_encoder.embed(rel)))
+
+    def forward_features(self, question, question_len, graph: dict) -> tuple[torch.Tensor, torch.Tensor]:
         q = self.question_proj(self.question_encoder(question, question_len).vector)  # (B, H)
-        nodes = self.graph_encoder(node_names, node_attrs, node_boxes)  # (B, N, H)
+        nodes, node_mask, edges = self.encode_nodes(graph)  # (B, N, H), (B, N)
         if self.mgat:
             b, n, h = nodes.shape
             q_nodes = q.repeat_interleave(n, dim=0)  # (B·N, H): each node's question
-            src, dst, rel = flat_edges(node_mask, edges, edge_mask)
-            rel = self.relation_proj(self.question_encoder.embed(rel))  # (E', H)
+            src, dst, rel = edges
             flat = nodes.reshape(b * n, h)
             for layer in self.mgat:
                 flat = layer(flat, src, dst, rel, q_nodes)
@@ -409,10 +456,21 @@ class SubgraphVQA(nn.Module):
         pooled = selection_pool(nodes, pool_scores, node_mask, selection)  # (B, H)
         return torch.cat([pooled, q], dim=1), selection
 
-    def forward(self, question, question_len, node_names, node_attrs, node_boxes, node_mask, edges, edge_mask,
-                image_id=None, return_selection: bool = False):
-        features, selection = self.forward_features(question, question_len, node_names, node_attrs, node_boxes,
-                                                    node_mask, edges, edge_mask)
+    def forward(self, question, question_len, node_names=None, node_attrs=None, node_boxes=None, node_mask=None,
+                edges=None, edge_mask=None, image=None, boxes=None, image_id=None, return_selection: bool = False):
+        if self.reads_regions:
+            if image is None or boxes is None:
+                raise ValueError("vqa_subgraph built for region features (image_dim set) needs the batch's 'image' "
+                                 "regions and their 'boxes' (synthetic_scenes or gqa with inputs: regions, vqa_v2 "
+                                 "with .npz region files)")
+            graph = {"image": image, "boxes": boxes}
+        else:
+            if node_names is None:
+                raise ValueError("vqa_subgraph needs scene-graph inputs (node_names, …; data inputs: scene_graph), "
+                                 "or region features: then the data sets image_dim")
+            graph = {"node_names": node_names, "node_attrs": node_attrs, "node_boxes": node_boxes,
+                     "node_mask": node_mask, "edges": edges, "edge_mask": edge_mask}
+        features, selection = self.forward_features(question, question_len, graph)
         self.last_selection = selection.detach()
         logits = self.head(features)
         return (logits, selection) if return_selection else logits
@@ -499,8 +557,10 @@ def vqa_subgraph(
     beta: float = 10.0,
     activation: ActivationName = "swish",
     dropout: float = 0.45,
+    image_dim: int | None = None,
 ) -> nn.Module:
-    """ISubGVQA's question-guided subgraph VQA over scene graphs (``inputs: scene_graph`` data).
+    """ISubGVQA's question-guided subgraph VQA over scene graphs (``inputs: scene_graph`` data), or
+    over region features (``inputs: regions``; VQA v2 with ``.npz`` region files).
 
     Nodes: object name and attributes embedded (the question's word embedding) with the box
     geometry; edges: the relations, labels embedded likewise. With ``use_mgat``, ``mgat_layers``
@@ -527,6 +587,8 @@ def vqa_subgraph(
     beta: the β of the IMLE target, per example's loss ℓ (``IMLETopK``) [5.0-20.0].
     activation: σ throughout (swish; relu).
     dropout: on node vectors, graph-attention updates and the classifier [0.3-0.6].
+    image_dim: set from region data (features + box per region): regions are the nodes and their
+        box geometry the relations; None: scene-graph data.
     """
     for key, value in (("general_hidden_dim", general_hidden_dim), ("sample_k", sample_k), ("nb_samples", nb_samples)):
         if value < 1:
@@ -538,7 +600,8 @@ def vqa_subgraph(
     return SubgraphVQA(vocab_size=vocab_size, num_answers=num_answers, embed_dim=embed_dim,
                        hidden_dim=general_hidden_dim, question_encoder=question_encoder, use_mgat=use_mgat,
                        mgat_layers=mgat_layers, num_heads=num_heads, sampler=sampler, sample_k=sample_k,
-                       nb_samples=nb_samples, tau=tau, alpha=alpha, beta=beta, activation=activation, dropout=dropout)
+                       nb_samples=nb_samples, tau=tau, alpha=alpha, beta=beta, activation=activation, dropout=dropout,
+                       image_dim=image_dim)
 
 
 @register_model
