@@ -155,8 +155,9 @@ def test_selection_is_the_top_k_of_real_nodes_and_is_returned(use_mgat):
             src, dst, rel = flat_edges(batch["node_mask"], batch["edges"], batch["edge_mask"])
             rel = model.relation_proj(model.question_encoder.embed(rel))
             flat = nodes.flatten(0, 1)
-            for layer in model.mgat:
-                flat = layer(flat, src, dst, rel, q.repeat_interleave(4, dim=0))
+            encoded = model.question_encoder(batch["question"], batch["question_len"])
+            for layer, instruction in zip(model.mgat, model.instructions(q, encoded.states, encoded.mask)):
+                flat = layer(flat, src, dst, rel, instruction.repeat_interleave(4, dim=0))
             nodes = flat.view(3, 4, -1)
         scores = model.node_scorer(nodes, q).masked_fill(~batch["node_mask"], float("-inf"))
     for row, n_real in enumerate([4, 1, 3]):
@@ -169,7 +170,7 @@ def test_without_mgat_the_model_is_the_non_graph_baseline():
     graph = build("vqa_subgraph", use_mgat=True).eval()
     plain = build("vqa_subgraph", use_mgat=False).eval()
     extra = set(graph.state_dict()) - set(plain.state_dict())
-    assert extra and all(k.startswith(("mgat.", "relation_proj.")) for k in extra)
+    assert extra and all(k.startswith(("mgat.", "relation_proj.", "instructions.")) for k in extra)
     assert set(plain.state_dict()) < set(graph.state_dict())
     plain.load_state_dict({k: v for k, v in graph.state_dict().items() if k in plain.state_dict()})
     batch = make_graph_batch()
@@ -233,8 +234,9 @@ def test_subgraph_parameter_count_matches_the_formula(use_mgat):
     node_encoder = (2 * E + 4) * H + H  # [name; mean attribute; box] → H
     scorer = 2 * (2 * (H * H + H) + H + 1)  # W_n, W_q, v: the node scorer and the pooling scorer
     head = 2 * H * H + H + H * A + A
-    # Per layer: W, U, Q, W_o; a (3 parts); Q and W_o biases; LayerNorm.
-    mgat = L * (4 * H * H + 3 * H + 2 * H + 2 * H) + E * H  # + the relation projection
+    # Per layer: W, U, Q, W_o; a (3 parts); Q and W_o biases; LayerNorm; its instruction query P_l.
+    mgat = L * (4 * H * H + 3 * H + 2 * H + 2 * H + H * H + H) + E * H  # + the relation projection
+    mgat += H * H + H  # the instructions' output projection W_o
     expected = embedding + gru + question_proj + node_encoder + scorer + head + (mgat if use_mgat else 0)
     assert count(model) == expected
 
@@ -248,6 +250,22 @@ def make_region_batch() -> dict:
     regions[1, :2, 3:] = torch.tensor([[0.2, 0.2, 0.4, 0.4], [0.6, 0.1, 0.8, 0.5]])
     return {"question": torch.tensor([[2, 3, 4], [5, 6, 0]]), "question_len": torch.tensor([3, 2]),
             "image": regions.transpose(1, 2).unsqueeze(-1), "boxes": regions[..., 3:]}
+
+
+def test_each_graph_attention_layer_reads_its_own_instruction_from_the_question_tokens():
+    torch.manual_seed(8)
+    model = build("vqa_subgraph", mgat_layers=2).eval()
+    batch = make_graph_batch()
+    encoded = model.question_encoder(batch["question"], batch["question_len"])
+    q = model.question_proj(encoded.vector)
+    instructions = model.instructions(q, encoded.states, encoded.mask)
+    for row, length in enumerate(batch["question_len"].tolist()):
+        for layer, query in enumerate(model.instructions.queries):
+            states = encoded.states[row, :length]  # real tokens only
+            weights = torch.softmax(states @ query(q[row]) / states.shape[-1] ** 0.5, dim=0)
+            expected = model.instructions.out(weights @ states)
+            assert torch.allclose(instructions[layer][row], expected, atol=1e-5), (row, layer)
+    assert not torch.allclose(instructions[0], instructions[1])  # the layers read different instructions
 
 
 def test_region_edges_join_every_pair_of_real_regions_with_their_box_geometry():
@@ -283,7 +301,7 @@ def test_subgraph_over_region_features(use_mgat):
     expected = (V * E + 3 * (E * H + H * H + 2 * H) + H * H + H  # question embedding, GRU, projection
                 + D * H + H  # region features → node
                 + 2 * (2 * (H * H + H) + H + 1) + 2 * H * H + H + H * A + A  # two scorers, classifier
-                + (L * (4 * H * H + 3 * H + 2 * H + 2 * H) + 4 * H if use_mgat else 0))  # MGAT + geometry → H
+                + (L * (5 * H * H + 8 * H) + H * H + H + 4 * H if use_mgat else 0))  # MGAT, instructions, geometry
     assert count(model) == expected
 
 

@@ -227,7 +227,8 @@ class SubgraphSampler(nn.Module):
 
 class GraphAttentionLayer(nn.Module):
     """Multi-head graph attention with relation labels (GAT, Veličković et al. 2018, with edge
-    features), guided by the question: for an edge j → i with relation r and question vector q,
+    features), guided by the question: for an edge j → i with relation r and instruction q (a
+    question vector),
 
         e_ij^h = LeakyReLU(a_h · [W_h x_i ; W_h x_j ; U_h r]) + (W_h x_j) · (Q_h q) / √d
         α_ij^h = softmax_j(e_ij^h)   (over the edges into i)
@@ -236,7 +237,7 @@ class GraphAttentionLayer(nn.Module):
     The question term (ISubGVQA's instruction) lets each node attend to the neighbours the
     question is about. Every node also has a self-loop (relation embedding zero).
     Inputs are flat over the whole batch: x (B·N, dim) nodes, src, dst (E,) node indices, rel (E, dim)
-    relation embeddings, question (B·N, dim) the question vector of each node's graph.
+    relation embeddings, question (B·N, dim) the instruction of each node's graph.
     dim: node size. num_heads: heads (must divide dim); d = dim / num_heads. activation: σ.
     dropout: on the attention weights and the update.
     """
@@ -351,6 +352,31 @@ class NodeScorer(nn.Module):
         return self.score(self.act(self.node_proj(nodes) * self.question_proj(q).unsqueeze(1))).squeeze(-1)
 
 
+class QuestionInstructions(nn.Module):
+    """One instruction vector per graph-attention layer, read from the question's tokens (ISubGVQA's
+    program decoder gives each MGAT layer its own instruction; here one attention step per layer):
+
+        instruction_l = W_o Σ_t softmax_t(P_l q · s_t / √D) s_t
+
+    so each layer can follow another part of the question ("the red circle", then "left of").
+    dim: question vector and instruction size. token_dim: token state size D. layers: instructions.
+    forward(q (B, dim), states (B, T, D), mask (B, T) bool) → list of ``layers`` (B, dim) tensors.
+    """
+
+    def __init__(self, *, dim: int, token_dim: int, layers: int):
+        super().__init__()
+        self.queries = nn.ModuleList(nn.Linear(dim, token_dim) for _ in range(layers))  # P_l
+        self.out = nn.Linear(token_dim, dim)  # W_o
+
+    def forward(self, q: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+        instructions = []
+        for query in self.queries:
+            logits = (states @ query(q).unsqueeze(-1)).squeeze(-1) / states.shape[-1] ** 0.5  # (B, T)
+            weights = torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=1)
+            instructions.append(self.out((weights.unsqueeze(-1) * states).sum(dim=1)))
+        return instructions
+
+
 def selection_pool(nodes: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor,
                    selection: torch.Tensor) -> torch.Tensor:
     """Attention pooling over the chosen nodes: w_i = z_i exp(s_i) / Σ_j z_j exp(s_j) over the real
@@ -368,7 +394,8 @@ def selection_pool(nodes: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor
 
 class SubgraphVQA(nn.Module):
     """ISubGVQA's graph part: the scene-graph encoder embeds the nodes; ``mgat_layers``
-    question-guided graph-attention layers put each node in the context of its relations; a
+    graph-attention layers, each guided by its own instruction read from the question
+    (``QuestionInstructions``), put each node in the context of its relations; a
     question-conditioned scorer picks ``sample_k`` nodes (``SubgraphSampler``); the chosen nodes
     alone are pooled, with attention weights softmax(s'_i + s_i), s' from a second scorer
     (``selection_pool``); [pooled; question] is classified. So the answer reads the chosen
@@ -412,6 +439,8 @@ class SubgraphVQA(nn.Module):
             self.relation_proj = nn.Linear(embed_dim, hidden_dim, bias=False) if use_mgat else None
         gat = {"dim": hidden_dim, "num_heads": num_heads, "activation": activation, "dropout": dropout}
         self.mgat = nn.ModuleList(GraphAttentionLayer(**gat) for _ in range(mgat_layers if use_mgat else 0))
+        self.instructions = QuestionInstructions(dim=hidden_dim, token_dim=self.question_encoder.out_dim,
+                                                 layers=mgat_layers) if use_mgat else None
         self.node_scorer = NodeScorer(dim=hidden_dim, activation=activation)
         self.pool_scorer = NodeScorer(dim=hidden_dim, activation=activation)
         self.sampler = SubgraphSampler(sampler=sampler, sample_k=sample_k, nb_samples=nb_samples, tau=tau,
@@ -438,15 +467,15 @@ class SubgraphVQA(nn.Module):
         return nodes, node_mask, (src, dst, self.relation_proj(self.question_encoder.embed(rel)))
 
     def forward_features(self, question, question_len, graph: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        q = self.question_proj(self.question_encoder(question, question_len).vector)  # (B, H)
+        encoded = self.question_encoder(question, question_len)
+        q = self.question_proj(encoded.vector)  # (B, H)
         nodes, node_mask, edges = self.encode_nodes(graph)  # (B, N, H), (B, N)
         if self.mgat:
             b, n, h = nodes.shape
-            q_nodes = q.repeat_interleave(n, dim=0)  # (B·N, H): each node's question
             src, dst, rel = edges
             flat = nodes.reshape(b * n, h)
-            for layer in self.mgat:
-                flat = layer(flat, src, dst, rel, q_nodes)
+            for layer, instruction in zip(self.mgat, self.instructions(q, encoded.states, encoded.mask)):
+                flat = layer(flat, src, dst, rel, instruction.repeat_interleave(n, dim=0))  # each node's instruction
             nodes = flat.view(b, n, h)
         scores = self.node_scorer(nodes, q)  # (B, N)
         selection = self.sampler(scores, node_mask).to(nodes.dtype)  # (B, N)
@@ -564,8 +593,8 @@ def vqa_subgraph(
 
     Nodes: object name and attributes embedded (the question's word embedding) with the box
     geometry; edges: the relations, labels embedded likewise. With ``use_mgat``, ``mgat_layers``
-    multi-head, question-guided graph-attention layers put each node in the context of its
-    relations. A question-conditioned scorer s_i = v · σ(W_n x_i ⊙ W_q q) ranks the nodes; a
+    multi-head graph-attention layers, each guided by its own instruction (an attention over the
+    question's tokens), put each node in the context of its relations. A question-conditioned scorer s_i = v · σ(W_n x_i ⊙ W_q q) ranks the nodes; a
     differentiable top-k sampler keeps ``sample_k`` of them (IMLE or Gumbel top-k); only the chosen
     nodes are pooled (weights softmax(s' + s), s' from a second scorer) and classified with the
     question, so the answer reads the chosen subgraph alone. The chosen nodes are returned by
