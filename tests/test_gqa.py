@@ -199,7 +199,7 @@ def test_models_train_on_the_gqa_fixture(gqa_root, tmp_path, model, data):
 
 
 PRESETS = ["gqa_subgraph.yaml", "gqa_subgraph_8gb.yaml", "gqa_subgraph_24gb.yaml", "gqa_aoa.yaml", "vqa_v2_aoa.yaml",
-           "scenes_subgraph.yaml"]
+           "vqa_v2_subgraph.yaml", "scenes_subgraph.yaml"]
 
 
 @pytest.mark.parametrize("file", PRESETS)

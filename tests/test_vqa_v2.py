@@ -187,7 +187,8 @@ def test_precomputed_feature_files_replace_the_images(vqa_root):
         load(vqa_root, train_features="features_train")
 
 
-def test_bottom_up_region_files_give_features_and_normalised_boxes(vqa_root):
+def write_region_files(vqa_root: Path) -> None:
+    """One bottom-up-attention .npz per image: 3 regions of 6 features in a 640×480 image."""
     rng = np.random.default_rng(2)
     for split, ids in SPLITS.items():
         folder = vqa_root / f"regions_{split}"
@@ -196,6 +197,10 @@ def test_bottom_up_region_files_give_features_and_normalised_boxes(vqa_root):
             boxes = np.array([[0, 0, 320, 240], [160, 120, 640, 480], [0, 0, 64, 48]], np.float32)
             np.savez(folder / f"COCO_{split}2014_{image_id:012d}.npz", features=rng.normal(size=(3, 6)).astype(np.float32),
                      boxes=boxes, image_w=640, image_h=480)
+
+
+def test_bottom_up_region_files_give_features_and_normalised_boxes(vqa_root):
+    write_region_files(vqa_root)
     data = load(vqa_root, train_features="regions_train", val_features="regions_val")
     assert data.model_kwargs["image_dim"] == 6 + 4
     item = data.train[0]  # (D + 4, K, 1): features, then the box as fractions of the image
@@ -227,3 +232,18 @@ def test_every_model_trains_on_the_fixture_with_soft_scores(vqa_root, tmp_path, 
     assert summary["status"] == "completed", summary.get("error")
     assert summary["epochs"] == 1 and 0.0 <= summary["best_val_acc"] <= 1.0
     assert np.isfinite(summary["first_train_loss"]) and np.isfinite(summary["best_val_loss"])
+
+
+@pytest.mark.parametrize("model", [
+    {"name": "vqa_subgraph", "embed_dim": 8, "general_hidden_dim": 8, "mgat_layers": 2, "num_heads": 2},
+    {"name": "vqa_ban", "hidden_dim": 8, "use_counter": True},
+])
+def test_region_models_train_on_vqa_v2_region_files(vqa_root, tmp_path, model):
+    write_region_files(vqa_root)
+    cfg = build_config({"experiment": "regions", "runs_root": str(tmp_path / "runs"), "model": model,
+                        "data": {"name": "vqa_v2", "root": str(vqa_root), "train_features": "regions_train",
+                                 "val_features": "regions_val"},
+                        "train": {"epochs": 2, "batch_size": 4, "loss": "bce", "progress": False}})
+    summary = fit(cfg).summary
+    assert summary["status"] == "completed", summary.get("error")
+    assert summary["best_train_loss"] < summary["first_train_loss"]
