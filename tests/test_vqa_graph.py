@@ -357,11 +357,19 @@ def test_scenes_are_seeded_and_answers_balanced():
     assert first.train.texts != first.val.texts  # separate random streams
 
 
+def read_relation(objects: list[dict], shape: str, phrase: str, ref_color: str, ref_shape: str) -> tuple[dict, list]:
+    """Brute force: the named reference object (unique) and the objects of ``shape`` <phrase> it."""
+    refs = [o for o in objects if o["color"] == ref_color and o["shape"] == ref_shape]
+    assert len(refs) == 1, (ref_color, ref_shape)
+    rel = {v: k for k, v in RELATION_PHRASE.items()}[phrase]
+    return refs[0], [o for o in objects if o is not refs[0] and o["shape"] == shape
+                     and relation_holds(rel, o, refs[0], 0.3)]
+
+
 def test_one_relation_colour_answers_agree_with_a_brute_force_reading_of_the_scene():
     rng = np.random.default_rng(3)
     scenes, questions = generate(220, rng, min_objects=4, max_objects=7, near_distance=0.3,
                                  two_relation_fraction=0.0, questions_per_scene=3)
-    phrase_to_rel = {v: k for k, v in RELATION_PHRASE.items()}
     checked = 0
     for q in questions:
         match = QUESTION_PATTERN.match(q["question"])
@@ -369,14 +377,11 @@ def test_one_relation_colour_answers_agree_with_a_brute_force_reading_of_the_sce
             continue
         shape, phrase, ref_color, ref_shape = match.groups()
         objects = scenes[q["scene"]]
-        refs = [o for o in objects if o["color"] == ref_color and o["shape"] == ref_shape]
-        assert len(refs) == 1, q
-        hits = [o for o in objects if o is not refs[0] and o["shape"] == shape
-                and relation_holds(phrase_to_rel[phrase], o, refs[0], 0.3)]
+        ref, hits = read_relation(objects, shape, phrase, ref_color, ref_shape)
         assert len(hits) == 1 and hits[0]["color"] == q["answer"], q
         assert objects[q["answer_object"]] is hits[0], q  # the recorded answer object is that object
         # Without the relation the question is ambiguous: another object of that shape is in the scene.
-        assert sum(o["shape"] == shape for o in objects if o is not refs[0]) >= 2, q
+        assert sum(o["shape"] == shape for o in objects if o is not ref) >= 2, q
         checked += 1
     assert checked >= 50
     for q in questions:  # every answer object carries its answer; yes/no questions have none
@@ -395,19 +400,14 @@ def test_two_relation_questions_need_both_relations():
     rng = np.random.default_rng(4)
     scenes, questions = generate(60, rng, min_objects=5, max_objects=8, near_distance=0.3,
                                  two_relation_fraction=1.0, questions_per_scene=2)
-    phrase_to_rel = {v: k for k, v in RELATION_PHRASE.items()}
     checked = 0
     for q in questions:
         match = TWO_RELATIONS.match(q["question"])
         if not match:
             continue
         shape, phrase2, color2, shape2, phrase3, color3, shape3 = match.groups()
-        objects = scenes[q["scene"]]
-        groups = []
-        for phrase, color, ref_shape in ((phrase2, color2, shape2), (phrase3, color3, shape3)):
-            ref = next(o for o in objects if o["color"] == color and o["shape"] == ref_shape)
-            groups.append([o for o in objects if o is not ref and o["shape"] == shape
-                           and relation_holds(phrase_to_rel[phrase], o, ref, 0.3)])
+        groups = [read_relation(scenes[q["scene"]], shape, *relation)[1]
+                  for relation in ((phrase2, color2, shape2), (phrase3, color3, shape3))]
         both = [o for o in groups[0] if any(o is other for other in groups[1])]
         assert len(both) == 1 and both[0]["color"] == q["answer"], q
         assert len(groups[0]) >= 2 and len(groups[1]) >= 2, q  # neither relation alone singles it out
