@@ -292,8 +292,11 @@ def test_sigterm_and_ctrl_c_end_the_run_interrupted_with_the_resume_command(tmp_
     params = tmp_path / "params.yaml"
     runs.write_yaml(params, cfg.to_dict())
     (tmp_path / "child.py").write_text(SIGNAL_CHILD)
+    # As from a terminal: a shell's background job starts with SIGINT ignored, and Python then
+    # installs no Ctrl-C handler (a run started with nohup … & rightly ignores Ctrl-C).
     proc = subprocess.run([sys.executable, str(tmp_path / "child.py"), str(params), signal_name],
-                          capture_output=True, text=True, timeout=300, check=False)
+                          capture_output=True, text=True, timeout=300, check=False,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     (run_dir,) = list((tmp_path / "runs" / "hard").iterdir())
     assert proc.returncode == 128 + getattr(signal, signal_name), proc.stderr[-2000:]
     assert f"interrupted by {signal_name}" in proc.stderr
