@@ -188,6 +188,8 @@ def test_gqa_accuracy_per_structural_type_matches_a_brute_force_count():
     ({"name": "vqa_aoa", "hidden_dim": 8, "aoa_layers": 1, "num_heads": 2}, {"inputs": "regions", "features": "features"}),
     ({"name": "vqa_ban", "hidden_dim": 8, "glimpses": 2, "use_counter": True},
      {"inputs": "regions", "features": "features", "max_boxes": 4}),
+    ({"name": "vqa_subgraph", "embed_dim": 8, "general_hidden_dim": 8, "mgat_layers": 1, "num_heads": 2},
+     {"inputs": "regions", "features": "features", "max_boxes": 4}),
 ])
 def test_models_train_on_the_gqa_fixture(gqa_root, tmp_path, model, data):
     cfg = build_config({"experiment": "gqa", "runs_root": str(tmp_path / "runs"), "model": model,
