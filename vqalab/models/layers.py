@@ -147,6 +147,12 @@ def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.
     return torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=dim)
 
 
+def real_regions(regions: torch.Tensor) -> torch.Tensor:
+    """(B, N, D) region features → (B, N) bool, False at all-zero regions (the padding of region
+    features, as ban-vqa treats it)."""
+    return regions.abs().sum(dim=-1) > 0
+
+
 class SpatialGate(nn.Module):
     """Sigmoid spatial attention (the lab's model 3): a 1×1 convolution scores each position of the
     image map, its sigmoid weights the position, positions are averaged: (B, D, h, w) → (B, D).
@@ -291,7 +297,7 @@ class BilinearAttentionMap(nn.Module):
         v_ = self.dropout(self.v_proj(v))  # (B, N, joint)
         logits = torch.einsum("gk,bnk,btk->bgnt", self.glimpse_vectors, v_, self.q_proj(q))
         logits = logits + self.glimpse_bias[None, :, None, None]  # (B, G, N, T)
-        regions = v.abs().sum(dim=-1) > 0  # (B, N)
+        regions = real_regions(v)  # (B, N)
         regions = regions | ~regions.any(dim=1, keepdim=True)  # an all-zero image keeps every region
         pairs = regions[:, None, :, None] & mask[:, None, None, :]  # (B, 1, N, T)
         logits = logits.masked_fill(~pairs, float("-inf"))

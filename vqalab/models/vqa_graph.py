@@ -26,7 +26,7 @@ from torch import nn
 
 from vqalab.models import register_model
 from vqalab.models.encoders import build_question_encoder
-from vqalab.models.layers import ACTIVATIONS, mlp
+from vqalab.models.layers import ACTIVATIONS, masked_softmax, mlp, real_regions
 from vqalab.models.vqa import (
     SMALL_CNN_CHANNELS,
     ActivationName,
@@ -372,7 +372,7 @@ class QuestionInstructions(nn.Module):
         instructions = []
         for query in self.queries:
             logits = (states @ query(q).unsqueeze(-1)).squeeze(-1) / states.shape[-1] ** 0.5  # (B, T)
-            weights = torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=1)
+            weights = masked_softmax(logits, mask, dim=1)
             instructions.append(self.out((weights.unsqueeze(-1) * states).sum(dim=1)))
         return instructions
 
@@ -454,7 +454,7 @@ class SubgraphVQA(nn.Module):
         (src, dst, relation vectors (E', H)), from a scene graph or from region features."""
         if self.reads_regions:
             regions = image_regions(graph["image"])  # (B, N, image_dim)
-            node_mask = regions.abs().sum(dim=-1) > 0  # padding regions are all zero
+            node_mask = real_regions(regions)
             nodes = self.region_encoder(regions)
             if not self.mgat:
                 return nodes, node_mask, None

@@ -42,7 +42,7 @@ from vqalab.report.pages import (
     skipped_page,
 )
 from vqalab.report.presets import RUNS_ROOT_PARAM, plan_studies
-from vqalab.report.since import SUMMARY_FILE, last_week_summary, read_summary, since_last_week
+from vqalab.report.since import SUMMARY_FILE, figures_since, last_week_summary, read_summary
 from vqalab.report.weeks import check_week, iso_week
 from vqalab.runs import environment, folder_lock
 from vqalab.sweep import FRESH_ENV, RUN_LOG_ENV
@@ -188,8 +188,7 @@ def _run_locked(*, plan: list[dict], statuses: dict[str, dict | None], week: str
         summary = {"week": week, "generated": dt.datetime.now().isoformat(timespec="seconds"),
                    "environment": env, "studies": studies}
         write_text(week_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
-        since = since_last_week(reports_dir, week, studies)
-        render_week(week_dir, summary, since)
+        render_week(week_dir, summary, figures_since(last_week, studies))  # last week read once, above
 
     failed = [s["name"] for s in plan if studies[s["name"]]["status"] in (STATUS_FAILED, STATUS_TIMED_OUT)]
     skipped = [s["name"] for s in plan if studies[s["name"]]["status"] == STATUS_SKIPPED]

@@ -33,7 +33,11 @@ def since_last_week(reports_dir: Path, week: str, studies: dict[str, dict]) -> d
 
     Returns ``{"week": earlier week, "rows": [{study, figure, before, now, change}]}`` or None.
     """
-    last = last_week_summary(reports_dir, week)
+    return figures_since(last_week_summary(reports_dir, week), studies)
+
+
+def figures_since(last: tuple[str, dict] | None, studies: dict[str, dict]) -> dict | None:
+    """``since_last_week`` against an already read ``last_week_summary`` (None: no earlier week)."""
     if last is None:
         return None
     before_week, before_summary = last
