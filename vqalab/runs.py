@@ -23,6 +23,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -89,7 +90,7 @@ def folder_lock(folder: Path, what: str, lock_file: Path | None = None) -> Itera
         yield  # the ranks of one torchrun job share their run folder: rank 0 holds its lock
         return
     path = lock_file or folder / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = open_no_follow(path, os.O_RDWR, "lock file")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -102,6 +103,52 @@ def folder_lock(folder: Path, what: str, lock_file: Path | None = None) -> Itera
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+# A symlink at the path is not followed (O_NOFOLLOW); a new file is created with O_EXCL, so nothing
+# slipped in at that name between a check and the open is written through.
+NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # O_NONBLOCK: a FIFO there cannot hang the open
+
+
+def open_no_follow(path: Path, flags: int, what: str) -> int:
+    """File descriptor of ``path`` opened with ``flags`` (``os.O_RDWR``, ``os.O_WRONLY | os.O_APPEND``):
+    created new with ``O_EXCL`` when missing, else opened without following a symbolic link.
+
+    A symbolic link, a folder or anything but a regular file at ``path`` is refused with a
+    ConfigError naming it (``what``: "lock file", "log file"): on a shared machine a link planted
+    there would otherwise have its target overwritten with this user's rights.
+    """
+    for _ in range(2):  # the file may vanish between the two opens: then create it again
+        try:
+            fd = os.open(path, flags | NO_FOLLOW | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            try:
+                fd = os.open(path, flags | NO_FOLLOW)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                raise ConfigError(_refused_file(path, what, err)) from None
+        except OSError as err:
+            raise ConfigError(_refused_file(path, what, err)) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ConfigError(f"{what} {path} is not a regular file: remove it (the file is created anew)")
+        return fd
+    raise ConfigError(f"{what} {path} kept disappearing while it was opened: is another process removing it?")
+
+
+def _refused_file(path: Path, what: str, err: OSError) -> str:
+    if err.errno == errno.ELOOP:
+        return f"{what} {path} is a symbolic link: not followed; remove it (the file is created anew)"
+    if err.errno == errno.EISDIR:
+        return f"{what} {path} is a folder, not a file: remove it (the file is created anew)"
+    if err.errno == errno.ENXIO:  # a FIFO or socket with no reader
+        return f"{what} {path} is not a regular file: remove it (the file is created anew)"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{what} {path} cannot be written by this user ({err.strerror})"
+    if err.errno == errno.ENOTDIR:
+        return f"{what} {path}: a part of the path is a file, not a folder"
+    return f"{what} {path}: {err.strerror or err}"
 
 
 def check_writable_folder(path: str | Path, what: str) -> Path:
@@ -195,7 +242,7 @@ def atomic_write_bytes(path: Path, write) -> None:
 def append_text(path: Path, text: str) -> None:
     """Append to a file (e.g. a metrics row), reporting a full disk like ``atomic_write_bytes``."""
     try:
-        with open(path, "a", newline="") as f:
+        with os.fdopen(open_no_follow(path, os.O_WRONLY | os.O_APPEND, "file"), "a", newline="") as f:
             f.write(text)
     except OSError as err:
         if is_disk_full(err, path.parent):
