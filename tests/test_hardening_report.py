@@ -168,3 +168,217 @@ def test_report_cli_names_a_week_folder_that_is_a_file(tmp_path, monkeypatch, ca
     assert cli_main(["report", "--preset", "quick", "--week", WEEK]) == 2
     assert one_line_error(capsys) == (f"error: week folder {root / 'reports' / WEEK} is a file, not a folder: "
                                       "move it away (the report creates the folder)")
+
+
+# --- CSS of notebook outputs ----------------------------------------------------------------------
+
+HOST = "http://127.0.0.1:9/x"  # never contacted: these tests only read the cleaned text
+# style attribute values that load something, escaped as a browser would still read them
+FETCHING_DECLARATIONS = [
+    f"background:url({HOST})",
+    f"background:URL( '{HOST}' )",
+    f"background:u\\72l({HOST})",
+    f"background:\\000075rl({HOST})",
+    f"background:u\\rl({HOST})",
+    f"b\\61ckground:u\\72 l({HOST})",
+    f"background-image:image-set('{HOST}' 1x)",
+    f"background-image:-webkit-image-set('{HOST}' 1x)",
+    f"background-image:\\2d webkit-image-set(url({HOST}) 1x)",
+    f"background-image:linear-gradient(red, blue), url({HOST})",
+    f"border-image:url({HOST}) 30",
+    f"list-style-image:url({HOST})",
+    f"cursor:url({HOST}), auto",
+    f"mask-image:url({HOST})",
+    f"--x:url({HOST})",
+    "behavior:url(x.htc)",
+    "-moz-binding:url(x.xml#b)",
+    "width:expression(alert(1))",
+    "background:src(x)",
+]
+FETCHING_STYLESHEETS = [
+    f"@import url({HOST});",
+    f"@import '{HOST}';",
+    f"@\\69mport '{HOST}';",
+    f"@\\000069mport url({HOST});",
+    f"@font-face {{ font-family: f; src: url({HOST}) }} p {{ font-family: f }}",
+    f"@f\\6fnt-face {{ font-family: f; src: url({HOST}) }}",
+    f"@media all {{ p {{ background: url({HOST}) }} }}",
+    f"@supports (color: red) {{ p {{ background: url({HOST}) }} }}",
+    f"@namespace url({HOST});",
+    f"p {{ background: u\\72l({HOST}) }}",
+    f"p {{ color: red; background-image: -webkit-image-set('{HOST}' 1x) }}",
+]
+
+
+def fetches(css_text: str) -> list[str]:
+    """Every url token, function (other than plain colour/gradient ones) or at-rule in ``css_text``,
+    read back by tinycss2 as a browser would."""
+    import tinycss2
+
+    from vqalab.report.html import ALLOWED_CSS_FUNCTIONS
+
+    found = []
+
+    def walk(tokens):
+        for token in tokens or []:
+            if token.type in ("url", "at-rule", "at-keyword"):
+                found.append(tinycss2.serialize([token]))
+            if token.type == "function" and token.lower_name not in ALLOWED_CSS_FUNCTIONS:
+                found.append(token.lower_name)
+            for part in ("arguments", "content", "prelude", "value"):
+                if isinstance(getattr(token, part, None), list):
+                    walk(getattr(token, part))
+
+    walk(tinycss2.parse_stylesheet(css_text))
+    walk(tinycss2.parse_blocks_contents(css_text))
+    return found
+
+
+@pytest.mark.parametrize("declaration", FETCHING_DECLARATIONS)
+def test_style_attributes_that_fetch_lose_that_declaration_only(declaration):
+    from vqalab.report.html import clean_declarations
+
+    cleaned = clean_declarations(f"color: red; {declaration}; font-weight: bold")
+    assert cleaned == "color: red; font-weight: bold"
+    assert fetches(f"{declaration};") != []  # the checker sees what the cleaner removed
+
+
+@pytest.mark.parametrize("stylesheet", FETCHING_STYLESHEETS)
+def test_style_blocks_that_fetch_keep_no_at_rule_and_no_url(stylesheet):
+    from vqalab.report.html import clean_stylesheet
+
+    cleaned = clean_stylesheet(f"td {{ color: blue }} {stylesheet}", scope="vqalab-scope-a-1")
+    assert fetches(cleaned) == [] and fetches(stylesheet) != []
+    assert cleaned.startswith(".vqalab-scope-a-1 td { color: blue }")
+
+
+@pytest.mark.parametrize("declaration, kept", [
+    ("position: fixed", ""), ("position: absolute", ""), ("position: sticky", ""), ("p\\6fsition: fixed", ""),
+    ("z-index: 2147483647", ""), ("inset: 0", ""), ("top: 0", ""), ("transform: translate(0, -900px)", ""),
+    ("margin-top: -900px", ""), ("margin: 0 0 -1px 0", ""), ("margin: 4px 8px", "margin: 4px 8px"),
+    ("background: rgb(0, 255, 0)", "background: rgb(0, 255, 0)"), ("width: 100%", "width: 100%"),
+    ("color: red !important", "color: red !important"), ("font-family: \"</style><b>\"", "font-family: \"\\3c /style>\\3c b>\""),
+])
+def test_nothing_can_be_placed_over_the_page(declaration, kept):
+    from vqalab.report.html import clean_declarations
+
+    assert clean_declarations(declaration) == kept
+
+
+@pytest.mark.parametrize("selector, scoped", [
+    ("td", ".vqalab-scope-a-1 td"),
+    ("#T_ab12_row0_col1", ".vqalab-scope-a-1 #T_ab12_row0_col1"),
+    ("#T_ab tbody tr:nth-child(odd) > th.col_heading", ".vqalab-scope-a-1 #T_ab tbody tr:nth-child(odd) > th.col_heading"),
+    (".dataframe thead th, td[align=left]", ".vqalab-scope-a-1 .dataframe thead th, .vqalab-scope-a-1 td[align=left]"),
+    ("~ .status-failed", None), ("+ p", None), ("> .x", None), ("td::before", None), (":root", None),
+    ("& .x", None), (":has(.x)", None), ("*|td", None),
+])
+def test_selectors_are_scoped_to_their_output(selector, scoped):
+    from vqalab.report.html import clean_stylesheet
+
+    expected = f"{scoped} {{ color: red }}" if scoped else ""
+    assert clean_stylesheet(f"{selector} {{ color: red }}", scope="vqalab-scope-a-1") == expected
+
+
+def test_pandas_styler_tables_keep_every_style_in_their_scope():
+    import re
+
+    import pandas as pd
+
+    from vqalab.report.html import sanitize_html
+
+    frame = pd.DataFrame({"a": [1, 2, 3], "b": [0.1, 0.5, 0.9]})
+    styler = frame.style.background_gradient(subset=["a"]).bar(subset=["b"]).highlight_max(color="yellow")
+    html = styler.set_table_styles([{"selector": "th", "props": "text-align: left"}]).to_html()
+    cleaned = sanitize_html(html, scope="vqalab-scope-a-7")
+    assert cleaned.startswith('<div class="vqalab-scope-a-7"><style type="text/css">') and cleaned.endswith("</div>")
+    before = re.findall(r"^(#T_\w+(?: th)?) \{$", html, flags=re.MULTILINE)
+    after = re.findall(r"^\.vqalab-scope-a-7 (#T_\w+(?: th)?) \{", cleaned.split("</style>")[0].split(">", 2)[2],
+                       flags=re.MULTILINE)
+    assert after == before and len(before) == 7  # every rule kept, in order
+    declarations = re.findall(r"^  ([\w-]+: [^;]+);$", html, flags=re.MULTILINE)
+    assert all(d in cleaned for d in declarations) and len(declarations) >= 14  # every value unchanged
+    assert cleaned.count('id="T_') == html.count('id="T_')
+
+
+def test_a_cleaned_page_keeps_only_scoped_rules_when_cleaned_again():
+    from vqalab.report.html import sanitize_html
+
+    once = sanitize_html("<style>td { color: red }</style><table><tr><td>x</td></tr></table>", scope="vqalab-scope-a-1")
+    assert sanitize_html(once) == once  # the whole-body pass changes nothing it cleaned
+    assert sanitize_html("<style>.status-failed { display: none }</style>") == "<style></style>"
+
+
+def render(cells_outputs: list[list[str]]) -> str:
+    """A study page rendered from an executed notebook whose code cells show these HTML outputs."""
+    import nbformat
+
+    from vqalab.report.pages import render_study
+
+    nb = nbformat.v4.new_notebook()
+    for outputs in cells_outputs:
+        cell = nbformat.v4.new_code_cell("display(HTML(...))")
+        cell.outputs = [nbformat.v4.new_output("display_data", data={"text/html": html}) for html in outputs]
+        nb.cells.append(cell)
+    record = {"title": "T", "name": "study", "preset": "quick", "status": "ok", "error": None, "data": None}
+    return render_study(nb, record, "2026-W10")
+
+
+def body_text_outside_styles(page: str) -> str:
+    from html.parser import HTMLParser
+
+    text = []
+
+    class Text(HTMLParser):
+        in_style = False
+
+        def handle_starttag(self, tag, attrs):
+            self.in_style |= tag == "style"
+
+        def handle_endtag(self, tag):
+            self.in_style &= tag != "style"
+
+        def handle_data(self, data):
+            if not self.in_style:
+                text.append(data)
+
+    Text().feed(page.split("<body", 1)[1])
+    return " ".join(text)
+
+
+@pytest.mark.parametrize("unclosed", ["<math><mtext><table><mglyph><style>", "<table><tr><td><style>",
+                                      "<style>", "<textarea>", "<div><p><b title='"])
+def test_an_unclosed_element_in_one_output_does_not_swallow_the_next(unclosed):
+    page = render([[f"{unclosed}<p>rest of the first</p>", "<p>second output</p>"], ["<p>next cell</p>"]])
+    text = body_text_outside_styles(page)
+    assert "second output" in text and "next cell" in text
+
+
+POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+def policy_before_styles(page: str) -> str | None:
+    """The Content-Security-Policy of a page's <meta>, when it comes before any <style> of the head."""
+    from html.parser import HTMLParser
+
+    found = []
+
+    class Head(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            attrs = dict(attrs)
+            if tag == "style":
+                found.append(None)
+            if tag == "meta" and (attrs.get("http-equiv") or "").lower() == "content-security-policy":
+                found.append(attrs.get("content"))
+
+    Head().feed(page.split("</head>", 1)[0])
+    return found[0] if found else None
+
+
+def test_every_page_carries_the_content_security_policy():
+    from vqalab.report.pages import error_page, skipped_page
+
+    record = {"title": "T", "name": "s", "error": "boom",
+              "data": {"name": "rafdb", "root": "/x", "expected": "files"}}
+    for page in (render([["<p>x</p>"]]), error_page(record, "2026-W10"), skipped_page(record, "2026-W10")):
+        assert policy_before_styles(page) == POLICY
