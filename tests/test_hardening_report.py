@@ -382,3 +382,15 @@ def test_every_page_carries_the_content_security_policy():
               "data": {"name": "rafdb", "root": "/x", "expected": "files"}}
     for page in (render([["<p>x</p>"]]), error_page(record, "2026-W10"), skipped_page(record, "2026-W10")):
         assert policy_before_styles(page) == POLICY
+
+
+def test_a_run_named_style_shows_as_text_and_the_table_goes_on():
+    import pandas as pd
+
+    from vqalab.report.html import sanitize_html
+
+    names = ["<style>", "<STYLE title='x'>", "a run after it"]
+    html = pd.DataFrame({"run": names, "val_acc": [0.5] * 3}).style.format(precision=3).to_html()
+    text = body_text_outside_styles("<body>" + sanitize_html(html, scope="vqalab-scope-a-1"))
+    assert "<style>" in text and "<STYLE title='x'>" in text and "a run after it" in text
+    assert text.count("0.500") == 3

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from test_hardening_report import POLICY, policy_before_styles
+from test_hardening_report import POLICY, body_text_outside_styles, policy_before_styles
 from test_report import PLOT_RGB, Tags, shared_report
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -260,28 +260,31 @@ class CountingServer:
 
 
 def fetch_project(root: Path, base: str) -> Path:
-    """One study that shows every payload the ways notebooks show data (a Styler table of run names,
-    HTML outputs, a Markdown cell and a Markdown output), then fails on purpose."""
+    """Two studies. ``fetch`` shows every payload the ways notebooks show data (a Styler table of run
+    names, HTML outputs, a Markdown cell and a Markdown output), then fails on purpose; ``unclosed``
+    lists a run named ``<style>`` and an unclosed ``<style>`` in MathML before a later output."""
     import nbformat
     from conftest import write_notebook
 
     payloads = fetch_payloads(base)
     (root / "notebooks").mkdir(parents=True)
     (root / "params").mkdir()
+    show = ("import pandas as pd\nfrom IPython.display import HTML, Markdown, display\n"
+            "display(pd.DataFrame({'run': names, 'val_acc': [0.5] * len(names)}).style.format(precision=3))\n")
     path = root / "notebooks" / "fetch.ipynb"
     write_notebook(path, "Fetch payloads", "n: int = 1  # unused",
-                   "import pandas as pd\nfrom IPython.display import HTML, Markdown, display\n"
-                   f"names = {payloads + [overlay(base), '<style>', HIDE_FAILURE]!r}\n"
-                   "display(pd.DataFrame({'run': names, 'val_acc': [0.5] * len(names)}).style.format(precision=3))\n"
-                   "for name in names:\n    display(HTML(name))\n"
-                   "display(Markdown('\\n\\n'.join(names)))",
-                   "display(HTML('<math><mtext><table><mglyph><style>'))",
-                   "display(HTML('<p>after the unclosed style</p>'))",
+                   f"names = {payloads + [overlay(base), HIDE_FAILURE]!r}\n" + show
+                   + "for name in names:\n    display(HTML(name))\ndisplay(Markdown('\\n\\n'.join(names)))",
                    "raise ValueError('planned failure')")
     nb = nbformat.read(path, as_version=4)
     nb.cells.insert(1, nbformat.v4.new_markdown_cell("\n\n".join([*payloads, f"![image]({base}/markdown-image)"])))
     nbformat.write(nb, path)
-    (root / "params" / "fetch.yaml").write_text("presets:\n  quick: {n: 1}\n  cpu: {n: 1}\n  gpu: {n: 1}\n")
+    write_notebook(root / "notebooks" / "unclosed.ipynb", "Unclosed elements", "n: int = 1  # unused",
+                   "names = ['<style>', 'a run after it']\n" + show,
+                   "display(HTML('<math><mtext><table><mglyph><style>'))",
+                   "display(HTML('<p>after the unclosed style</p>'))")
+    for name in ("fetch", "unclosed"):
+        (root / "params" / f"{name}.yaml").write_text("presets:\n  quick: {n: 1}\n  cpu: {n: 1}\n  gpu: {n: 1}\n")
     return root
 
 
@@ -305,7 +308,7 @@ def fetch_week(tmp_path_factory):
 def test_opening_every_page_fetches_nothing(fetch_week, tmp_path):
     week_dir, server = fetch_week
     pages = sorted(p.name for p in week_dir.glob("*.html"))
-    assert pages == ["fetch.html", "index.html", "report.html"]
+    assert pages == ["fetch.html", "index.html", "report.html", "unclosed.html"]
     assert len(fetch_payloads(server.base)) == 33
     for page in pages:
         # the DOM after the load event and 3 s of page time, then a full paint of a tall window
@@ -313,6 +316,8 @@ def test_opening_every_page_fetches_nothing(fetch_week, tmp_path):
                        "--virtual-time-budget=3000")
         assert dom.returncode == 0 and "2026-W10" in dom.stdout, dom.stderr[-2000:]
         assert policy_before_styles(dom.stdout) == POLICY
+        if page in ("fetch.html", "report.html"):  # the payloads are on the page, as tables and text
+            assert "six-digit escaped url" in dom.stdout and "0.500" in dom.stdout
         screenshot(week_dir / page, tmp_path)
     assert server.paths == []
 
@@ -326,5 +331,17 @@ def test_no_output_covers_the_page_or_restyles_its_failure(fetch_week, tmp_path)
     assert overlay_pixels < shot.width * shot.height * 0.05  # a line of the table, not the page
     assert sum(c for c, rgb in colours if rgb == ERROR_RGB) >= MIN_ERROR_PIXELS  # failed still reads failed
     dom = chromium((week_dir / "report.html").as_uri(), tmp_path / "profile", "--dump-dom").stdout
-    assert 'class="status status-failed">failed</span>' in dom
-    assert "after the unclosed style" in dom and "planned failure" in dom  # later outputs are not swallowed
+    assert 'class="status status-failed">failed</span>' in dom and "planned failure" in dom
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", ["unclosed.html", "report.html"])
+def test_a_run_named_style_and_an_unclosed_style_swallow_nothing_after_them(fetch_week, tmp_path, page):
+    import json
+
+    week_dir, _ = fetch_week
+    record = json.loads((week_dir / "summary.json").read_text())["studies"]["unclosed"]
+    assert record["status"] == "ok" and record["error"] is None  # its page rendered
+    # the DOM as the browser built it: the later output is page text, not the text of a <style>
+    text = body_text_outside_styles(chromium((week_dir / page).as_uri(), tmp_path / "profile", "--dump-dom").stdout)
+    assert "a run after it" in text and "after the unclosed style" in text

@@ -15,6 +15,7 @@ CSS (style attributes and ``<style>`` blocks) is parsed by ``tinycss2``, which d
 plain keywords, numbers, colours, strings and a few functions (``rgb()``, ``calc()``, gradients) are
 kept: no ``url()``/``image-set()``, no at-rule (``@import``, ``@font-face``, ``@media`` ...), no
 ``position``, ``z-index``, ``transform`` or negative margins (nothing can be laid over the page).
+A ``<style>`` whose text holds tags (a run named ``<style>`` in a table cell) is shown as text.
 Each output is cleaned on its own (``scope``): its tags are balanced, so an unclosed element cannot
 swallow the next output, and it is wrapped in ``<div class="vqalab-scope-...">`` with every selector
 of its ``<style>`` blocks prefixed by that class, so its styles apply inside that output only.
@@ -51,6 +52,8 @@ ALLOWED_ATTRIBUTE_PREFIXES = {"data-"}
 LINK_SCHEMES = {"http", "https", "mailto"}  # following a link is the reader's choice
 EMBEDDED_IMAGE = re.compile(r"data:image/(?:png|jpeg|gif|webp);base64,[A-Za-z0-9+/=\s]*", re.IGNORECASE)
 STYLE_BLOCK = re.compile(r"(<style\b[^>]*>)(.*?)(</style>)", re.IGNORECASE | re.DOTALL)
+STYLE_START, STYLE_END = re.compile(r"<style(?=[\s/>])", re.IGNORECASE), re.compile(r"</style", re.IGNORECASE)
+MARKUP = re.compile(r"<[A-Za-z/!?]")  # never in real CSS: the start of a tag, end tag or comment
 
 # CSS: properties that colour, size and align boxes and text in the flow. Nothing that positions a
 # box out of the flow or over others (position, inset, top/left, z-index, transform, translate) and
@@ -201,6 +204,23 @@ def _no_markup(css: str) -> str:
     return css.replace("<", "\\3c ")
 
 
+def _style_tags_holding_markup_as_text(fragment: str) -> str:
+    """``fragment`` with each ``<style`` start tag whose text (up to ``</style``) holds markup written
+    as text (``&lt;style``): a run named ``<style>`` in a table cell would otherwise turn the rest of
+    the output into a stylesheet. A real stylesheet (pandas puts one before its table) holds no tags."""
+    parts, done = [], 0
+    for start in STYLE_START.finditer(fragment):
+        if start.start() < done:
+            continue
+        tag_end = fragment.find(">", start.end())
+        end = STYLE_END.search(fragment, start.end())
+        text = fragment[tag_end + 1:end.start() if end else len(fragment)] if tag_end >= 0 else ""
+        if MARKUP.search(text):
+            parts.append(fragment[done:start.start()] + "&lt;" + start.group()[1:])
+            done = start.end()
+    return "".join(parts) + fragment[done:]
+
+
 def _filter_attribute(tag: str, attribute: str, value: str) -> str | None:
     """nh3 attribute filter: the value to keep, or None to drop the attribute."""
     if tag == "img" and attribute == "src":
@@ -222,7 +242,7 @@ def sanitize_html(fragment: str, scope: str | None = None) -> str:
     if scope is not None and not re.fullmatch(rf"{SCOPE_PREFIX}[A-Za-z0-9_-]+", scope):
         raise ValueError(f"scope {scope!r}: expected {SCOPE_PREFIX} followed by letters, digits, - or _")
     cleaned = nh3.clean(
-        fragment,
+        _style_tags_holding_markup_as_text(fragment),
         tags=ALLOWED_TAGS,
         clean_content_tags=DROPPED_WITH_CONTENT,
         attributes=ALLOWED_ATTRIBUTES,
