@@ -394,3 +394,36 @@ def test_a_run_named_style_shows_as_text_and_the_table_goes_on():
     text = body_text_outside_styles("<body>" + sanitize_html(html, scope="vqalab-scope-a-1"))
     assert "<style>" in text and "<STYLE title='x'>" in text and "a run after it" in text
     assert text.count("0.500") == 3
+
+
+# --- the week's index while a re-run is under way -------------------------------------------------
+
+def test_a_week_keeps_its_index_report_and_summary_while_a_study_runs_again(tmp_path, monkeypatch):
+    """What a SIGKILL in the middle of a re-run would leave: the earlier index, report and summary,
+    whole (each later one replaces it by a rename); copies of them are also in previous/."""
+    import json
+
+    from test_report import WEEK, make_project
+
+    from vqalab.report import build, run_report
+
+    root = make_project(tmp_path / "project")
+    week_dir = root / "reports" / WEEK
+    assert run_report(root=root, preset="quick", week=WEEK, only=["broken"]) == 1
+    before = {f: (week_dir / f).read_bytes() for f in ("index.html", "report.html", "summary.json")}
+    seen = {}
+
+    def killed(study, **kwargs):
+        seen.update({f: (week_dir / f).read_bytes() for f in before if (week_dir / f).is_file()})
+        raise KeyboardInterrupt  # the run ends here, as SIGTERM or SIGKILL would end it
+
+    monkeypatch.setattr(build, "run_study", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_report(root=root, preset="quick", week=WEEK, only=["broken"], force=True)
+    assert seen == before  # during the re-run
+    assert {f: (week_dir / f).read_bytes() for f in before} == before  # and after it was killed
+    assert json.loads(before["summary.json"])["studies"]["broken"]["status"] == "failed"
+    (archived,) = (week_dir / "previous").iterdir()
+    assert {f: (archived / f).read_bytes() for f in before} == before
+    assert sorted(p.name for p in archived.iterdir()) == ["broken.html", "broken.ipynb", "broken.log", "index.html",
+                                                          "report.html", "summary.json"]
