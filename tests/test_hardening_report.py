@@ -34,11 +34,12 @@ def one_line_error(capsys) -> str:
 def test_a_symlinked_week_lock_is_refused_and_its_target_untouched(tmp_path, victim):
     from test_report import WEEK, make_project
 
+    from vqalab.report import run_report
+
     root = make_project(tmp_path / "project")
     lock = root / "reports" / f".{WEEK}.lock"
     lock.parent.mkdir()
     lock.symlink_to(victim)
-    from vqalab.report import run_report
 
     with pytest.raises(ConfigError, match=rf"lock file {lock} is a symbolic link: not followed; remove it"):
         run_report(root=root, preset="quick", week=WEEK, only=["broken"])
@@ -104,6 +105,7 @@ def test_a_symlinked_study_log_is_not_written_through(tmp_path, victim):
                                "(the file is created anew)")
 
 
+@pytest.mark.slow  # runs a notebook
 def test_a_study_log_symlink_from_an_earlier_run_moves_to_previous(tmp_path, victim):
     """A re-run moves the earlier log away (the link itself, not its target) and writes a new one."""
     from test_report import WEEK, make_project
@@ -123,6 +125,7 @@ def test_a_study_log_symlink_from_an_earlier_run_moves_to_previous(tmp_path, vic
     assert (archived / "broken.log").is_symlink()
 
 
+@pytest.mark.slow  # runs a notebook
 def test_an_output_notebook_symlink_is_replaced_not_written_through(tmp_path, victim):
     from test_report import WEEK, make_project
 
@@ -398,6 +401,7 @@ def test_a_run_named_style_shows_as_text_and_the_table_goes_on():
 
 # --- the week's index while a re-run is under way -------------------------------------------------
 
+@pytest.mark.slow  # runs a notebook
 def test_a_week_keeps_its_index_report_and_summary_while_a_study_runs_again(tmp_path, monkeypatch):
     """What a SIGKILL in the middle of a re-run would leave: the earlier index, report and summary,
     whole (each later one replaces it by a rename); copies of them are also in previous/."""
