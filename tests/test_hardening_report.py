@@ -259,6 +259,9 @@ def test_style_blocks_that_fetch_keep_no_at_rule_and_no_url(stylesheet):
     ("position: fixed", ""), ("position: absolute", ""), ("position: sticky", ""), ("p\\6fsition: fixed", ""),
     ("z-index: 2147483647", ""), ("inset: 0", ""), ("top: 0", ""), ("transform: translate(0, -900px)", ""),
     ("margin-top: -900px", ""), ("margin: 0 0 -1px 0", ""), ("margin: 4px 8px", "margin: 4px 8px"),
+    ("letter-spacing: -50px", ""), ("outline: 5000px solid lime", ""), ("box-shadow: 0 0 0 5000px lime", ""),
+    ("text-shadow: 0 -900px lime", ""), ("opacity: 0.99", ""), ("filter: blur(0)", ""), ("will-change: opacity", ""),
+    ("clip-path: inset(0)", ""), ("mix-blend-mode: multiply", ""),
     ("background: rgb(0, 255, 0)", "background: rgb(0, 255, 0)"), ("width: 100%", "width: 100%"),
     ("color: red !important", "color: red !important"), ("font-family: \"</style><b>\"", "font-family: \"\\3c /style>\\3c b>\""),
 ])

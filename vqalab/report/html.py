@@ -14,7 +14,8 @@ CSS (style attributes and ``<style>`` blocks) is parsed by ``tinycss2``, which d
 (``u\\72l(`` is ``url(``) as a browser does, and only allow-listed properties whose values hold
 plain keywords, numbers, colours, strings and a few functions (``rgb()``, ``calc()``, gradients) are
 kept: no ``url()``/``image-set()``, no at-rule (``@import``, ``@font-face``, ``@media`` ...), no
-``position``, ``z-index``, ``transform`` or negative margins (nothing can be laid over the page).
+``position``, ``z-index``, ``transform``, ``opacity``, outlines, shadows or negative margins (nothing
+can be laid over the page).
 A ``<style>`` whose text holds tags (a run named ``<style>`` in a table cell) is shown as text.
 Each output is cleaned on its own (``scope``): its tags are balanced, so an unclosed element cannot
 swallow the next output, and it is wrapped in ``<div class="vqalab-scope-...">`` with every selector
@@ -56,18 +57,19 @@ STYLE_START, STYLE_END = re.compile(r"<style(?=[\s/>])", re.IGNORECASE), re.comp
 MARKUP = re.compile(r"<[A-Za-z/!?]")  # never in real CSS: the start of a tag, end tag or comment
 
 # CSS: properties that colour, size and align boxes and text in the flow. Nothing that positions a
-# box out of the flow or over others (position, inset, top/left, z-index, transform, translate) and
-# nothing whose value is a resource (cursor, list-style-image, content, mask, filter, behavior).
+# box out of the flow or over others (position, inset, top/left, z-index, transform, translate), that
+# paints outside its box or above the page's content (outline, box-shadow, text-shadow; opacity and
+# filter lift a box above the flow) and nothing whose value is a resource (cursor, list-style-image,
+# content, mask, behavior).
 ALLOWED_CSS_PROPERTIES = {
     "color", "background", "background-color", "background-image", "background-position", "background-size",
-    "background-repeat", "background-clip", "opacity", "visibility", "display", "float", "clear", "box-sizing",
+    "background-repeat", "background-clip", "visibility", "display", "float", "clear", "box-sizing",
     "width", "height", "min-width", "min-height", "max-width", "max-height",
     "margin", "margin-top", "margin-right", "margin-bottom", "margin-left",
     "padding", "padding-top", "padding-right", "padding-bottom", "padding-left",
     "border", "border-top", "border-right", "border-bottom", "border-left", "border-color", "border-style",
     "border-width", "border-radius", "border-collapse", "border-spacing",
     *(f"border-{side}-{part}" for side in ("top", "right", "bottom", "left") for part in ("color", "style", "width")),
-    "outline", "outline-color", "outline-style", "outline-width", "box-shadow", "text-shadow",
     "font", "font-family", "font-size", "font-style", "font-weight", "font-variant", "line-height",
     "letter-spacing", "word-spacing", "text-align", "text-decoration", "text-transform", "vertical-align",
     "white-space", "word-break", "overflow-wrap", "word-wrap", "text-overflow", "direction",
@@ -104,6 +106,9 @@ def _tokens_are_plain(tokens, literals=VALUE_LITERALS) -> bool:
     return True
 
 
+NO_NEGATIVE = ("margin", "letter-spacing", "word-spacing")  # a negative one moves content over its neighbours
+
+
 def _negative(tokens) -> bool:
     return any(t.type in ("number", "dimension", "percentage") and t.value < 0 for t in tokens)
 
@@ -117,7 +122,7 @@ def clean_declarations(css) -> str:
             continue
         name = item.lower_name  # escapes decoded: b\61ckground is background
         if (name not in ALLOWED_CSS_PROPERTIES or not _tokens_are_plain(item.value)
-                or (name.startswith("margin") and _negative(item.value))):
+                or (name.startswith(NO_NEGATIVE) and _negative(item.value))):
             continue
         value = tinycss2.serialize(item.value).strip()
         kept.append(f"{name}: {value}{' !important' if item.important else ''}")
