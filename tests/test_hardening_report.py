@@ -310,9 +310,9 @@ def test_pandas_styler_tables_keep_every_style_in_their_scope():
 def test_an_output_cannot_take_the_id_of_a_report_section():
     from vqalab.report.html import sanitize_html
 
-    taken = "".join(f'<p id="{i}">x</p>' for i in ("contents", "study-broken", " Parameters ", "environment"))
+    taken = "".join(f'<p id="{i}">x</p>' for i in ("contents", "study-broken", " parameters ", "environment"))
     assert sanitize_html(taken) == "<p>x</p>" * 4
-    assert sanitize_html('<td id="T_ab_row0_col0">x</td><h2 id="Results">r</h2>') == 'x<h2 id="Results">r</h2>'
+    assert sanitize_html('<td id="T_ab_row0_col0">x</td><h2 id="Study-results">r</h2>') == 'x<h2 id="Study-results">r</h2>'
 
 
 def test_a_cleaned_page_keeps_only_scoped_rules_when_cleaned_again():

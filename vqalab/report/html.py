@@ -53,7 +53,7 @@ ALLOWED_ATTRIBUTE_PREFIXES = {"data-"}
 LINK_SCHEMES = {"http", "https", "mailto"}  # following a link is the reader's choice
 EMBEDDED_IMAGE = re.compile(r"data:image/(?:png|jpeg|gif|webp);base64,[A-Za-z0-9+/=\s]*", re.IGNORECASE)
 # ids of the report's own sections (report_templates): an output taking one would receive its links
-PAGE_IDS = re.compile(r"contents|environment|parameters|since-last-week|study-.*", re.IGNORECASE | re.DOTALL)
+PAGE_IDS = re.compile(r"contents|environment|parameters|since-last-week|study-.*", re.DOTALL)  # ids match by case
 STYLE_BLOCK = re.compile(r"(<style\b[^>]*>)(.*?)(</style>)", re.IGNORECASE | re.DOTALL)
 STYLE_START, STYLE_END = re.compile(r"<style(?=[\s/>])", re.IGNORECASE), re.compile(r"</style", re.IGNORECASE)
 MARKUP = re.compile(r"<[A-Za-z/!?]")  # never in real CSS: the start of a tag, end tag or comment
