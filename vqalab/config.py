@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vqalab.data import DATASETS, PROVIDED_BY_DATA
+from vqalab.data import DATASETS, PROVIDED_BY_DATA, declared_targets
 from vqalab.models import MODELS
 from vqalab.registry import ConfigError, did_you_mean, short_repr
 
@@ -222,6 +222,23 @@ class RunConfig(Section):
 
 SECTIONS = {"optim": OptimConfig, "schedule": ScheduleConfig, "train": TrainConfig}
 
+# Keys a run reads only when another key has one of the values given; otherwise they are inert
+# and left out of the config hash (``runs.config_hash``): a sweep over one trains a single run.
+READ_ONLY_WITH = {
+    "optim.betas": ("optim.name", ("adam", "adamw")),
+    "optim.eps": ("optim.name", ("adam", "adamw")),
+    "optim.momentum": ("optim.name", ("sgd",)),
+    "schedule.step_size": ("schedule.name", ("step",)),
+    "schedule.gamma": ("schedule.name", ("step",)),
+    "schedule.min_lr_ratio": ("schedule.name", ("cosine",)),
+    "train.max_memory_fraction": ("train.batch_size", ("auto",)),
+}
+
+
+def inert_keys(flat: dict[str, Any]) -> list[str]:
+    """The keys of a flattened config (``{"optim.name": "adam", ...}``) that its run never reads."""
+    return [key for key, (other, values) in READ_ONLY_WITH.items() if key in flat and flat.get(other) not in values]
+
 
 def _valid_keys(model_cls: type[BaseModel], prefix: str = "") -> list[str]:
     keys = []
@@ -290,7 +307,25 @@ def build_config(values: dict | None = None, source: str = "<params>") -> RunCon
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
     check_builders(cfg, source)
+    check_settings(cfg, source)
     return cfg
+
+
+def check_settings(cfg: RunConfig, source: str) -> None:
+    """Settings that would be ignored or fail at the first step, refused before any data is read:
+    bce on a data set without soft answer scores, cross-entropy on segmentation masks, label
+    smoothing with bce (the data set's declared ``targets``, ``vqalab.data.TARGETS``)."""
+    name, targets = cfg.data.get("name"), declared_targets(cfg.data)
+    if cfg.train.loss != "bce" and targets == "mask":
+        raise ConfigError(f"{source}: train.loss = {cfg.train.loss!r}: data '{name}' is a segmentation data set "
+                          "(binary cross-entropy on its masks): set train.loss to 'bce'")
+    if cfg.train.loss == "bce" and targets == "class":
+        raise ConfigError(f"{source}: train.loss = 'bce': bce trains on soft answer scores and data set "
+                          f"'{name}' has none (one class per item): set train.loss to 'ce', or use a data "
+                          "set with soft scores (vqa_v2)")
+    if cfg.train.loss == "bce" and cfg.train.label_smoothing > 0:
+        raise ConfigError(f"{source}: train.label_smoothing = {cfg.train.label_smoothing}: label smoothing "
+                          "applies to cross-entropy (train.loss 'ce'), not to bce: set it to 0")
 
 
 def check_builders(cfg: RunConfig, source: str) -> None:

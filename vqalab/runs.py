@@ -36,10 +36,11 @@ import torch
 import yaml
 
 from vqalab import distributed
-from vqalab.config import RunConfig
+from vqalab.config import RunConfig, inert_keys
 from vqalab.data import DATASETS
-from vqalab.models import MODELS, create_model
-from vqalab.paths import project_root, resolve
+from vqalab.models import MODELS, WEIGHT_FILE_KEYS, create_model, weight_files_off
+from vqalab.paths import project_root, resolve, resolve_data
+from vqalab.provenance import file_digest
 from vqalab.registry import ConfigError
 
 CHECKPOINT_DIR = "checkpoints"
@@ -268,12 +269,21 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model from the checkpoint alone (its registry name and resolved kwargs)."""
+    """Rebuild the model from the checkpoint alone (its registry name, resolved kwargs and
+    weights): no weights file is read (``weight_files_off``), so it loads on a machine without
+    the files the model was first built from."""
     ckpt = load_checkpoint(path)
-    model = create_model(ckpt["model_name"], **ckpt["model_kwargs"])
+    with weight_files_off():
+        model = create_model(ckpt["model_name"], **ckpt["model_kwargs"])
     model.load_state_dict(ckpt["model_state"])
     model.eval()
     return model, ckpt
+
+
+def weight_file_digests(model: dict) -> dict[str, str | None]:
+    """SHA-256 of each weights file a model section (or a model's kwargs) names, by key (None: the
+    file is missing). Recorded in checkpoints; the config hash holds them instead of the paths."""
+    return {key: file_digest(resolve_data(model[key])) for key in WEIGHT_FILE_KEYS if model.get(key)}
 
 
 def checkpoint_path(run_dir: Path, epoch: int) -> Path:
@@ -365,9 +375,20 @@ def with_builder_defaults(section: dict, registry) -> dict:
     return json.loads(json.dumps({**defaults, **named}, default=str))  # tuples → lists, as to_dict
 
 
+def device_type(name: str) -> str:
+    """``train.device`` as the kind of device a run trains on here: auto → cuda when available,
+    else cpu; cuda:1 → cuda."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name).type
+
+
 def config_hash(cfg: RunConfig | dict) -> str:
-    """Identity of what a run trains: equal for two configs that differ only in HASH_FREE_KEYS or
-    in spelling out a model / data builder's default.
+    """Identity of what a run trains: equal for two configs that differ only in HASH_FREE_KEYS, in
+    spelling out a model / data builder's default, or in keys the run never reads
+    (``config.inert_keys``: momentum with adam…). The device enters as the type it resolves to
+    here (cpu, cuda), a weights file by the digest of its bytes (a file replaced in place is a new
+    run; the same file moved is not).
 
     ``cfg``: a RunConfig or its ``to_dict()`` form (e.g. a run's ``params.yaml``).
     """
@@ -375,7 +396,14 @@ def config_hash(cfg: RunConfig | dict) -> str:
     for section, registry in (("model", MODELS), ("data", DATASETS)):
         if isinstance(tree.get(section), dict):
             tree[section] = with_builder_defaults(tree[section], registry)
+    if isinstance(tree.get("model"), dict):
+        tree["model"] = {**tree["model"], **{key: {"sha256": digest}
+                                             for key, digest in weight_file_digests(tree["model"]).items()}}
     flat = {k: v for k, v in flatten(tree).items() if k not in HASH_FREE_KEYS}
+    for key in inert_keys(flat):
+        del flat[key]
+    if isinstance(flat.get("train.device"), str):
+        flat["train.device"] = device_type(flat["train.device"])
     text = json.dumps(flat, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
