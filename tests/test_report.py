@@ -221,7 +221,7 @@ def test_a_second_run_keeps_an_unchanged_study(week, tmp_path):
     before = _files(week_dir)
     earlier = json.loads(before["summary.json"])["studies"]["plot"]
     assert len(earlier["freeze_key"]) == 12
-    assert set(earlier["freeze_inputs"]) == {"notebook", "preset", "code", "data"}
+    assert set(earlier["freeze_inputs"]) == {"notebook", "preset", "code", "study", "templates", "data"}
 
     # same notebook, preset values (runs_root included), code and data: nothing runs, nothing moves
     assert run(root, only=["plot"], runs_root=week["runs_root"]) == 0

@@ -36,7 +36,8 @@ NOT_RESULT_CODE = {
 }
 
 HASH_CHUNK = 1 << 20  # bytes read at a time when hashing a file
-_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) → SHA-256
+_DIGESTS: dict[tuple, str] = {}  # (path, size, mtime_ns, inode) → SHA-256
+_IMPORTS: dict[tuple, list[str]] = {}  # (path, size, mtime_ns, inode) → the vqalab modules it imports
 
 
 def _source_files(entry: Path) -> list[Path]:
@@ -107,8 +108,18 @@ def import_closure(names, package_dir: Path | None = None) -> list[Path]:
         seen.add(path)
         parts = name.split(".")
         todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # importing a.b.c runs a and a.b
-        todo += imported_names(path.read_text(encoding="utf-8"))
+        todo += _file_imports(path)
     return sorted(seen)
+
+
+def _file_imports(path: Path) -> list[str]:
+    """``imported_names`` of a source file, cached by path, size and modification time (parsing is
+    the slow part: a report reads the same modules for every study)."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _IMPORTS:
+        _IMPORTS[key] = imported_names(path.read_text(encoding="utf-8"))
+    return _IMPORTS[key]
 
 
 def source_fingerprint(names, package_dir: Path | None = None) -> str:
@@ -124,7 +135,7 @@ def file_digest(path: Path) -> str | None:
         stat = os.stat(path)
     except OSError:
         return None
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
     if key not in _DIGESTS:
         digest = hashlib.sha256()
         with open(path, "rb") as f:
