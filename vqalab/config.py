@@ -174,8 +174,8 @@ class TrainConfig(Section):
                                        "the chosen batch may use at its peak (lab note 001)", json_schema_extra=_range("0.5 … 0.95"))
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step", json_schema_extra=_range("1 … 8"))
     clip_norm: Optional[float] = Field(None, gt=0, description="clip the global gradient norm to this (None: off)", json_schema_extra=_range("0.25 … 5"))
-    loss: Literal["ce", "bce"] = Field("ce", description="ce: cross-entropy on the target class; bce: on soft scores (VQA v2)")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing", json_schema_extra=_range("0 … 0.2"))
+    loss: Literal["ce", "bce"] = Field("ce", description="ce: cross-entropy on the target class; bce: on soft scores (VQA v2; refused on a data set without them) or on segmentation masks (required there)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing (train.loss ce; refused with bce)", json_schema_extra=_range("0 … 0.2"))
     mixup_alpha: float = Field(0.0, ge=0, description="mixup Beta(α, α) of images and labels, image classification only (0: off)", json_schema_extra=_range("0.1 … 0.4"))
     amp: Literal["off", "bf16", "fp16"] = Field("off", description="mixed precision on CUDA (fp16 uses a GradScaler); ignored on the CPU")
     channels_last: bool = Field(False, description="store convolution weights and images NHWC (faster convolutions with AMP on recent GPUs)")
@@ -423,6 +423,8 @@ def yaml_inline(value: Any) -> str:
 def type_text(annotation: Any) -> str:
     """A field's type for readers: ``one of adam, adamw, sgd``, ``int or None``, ``tuple[float, float]``."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:  # Annotated[float, Field(ge=0)]: the bounds are in the range column
+        return type_text(args[0])
     if origin is typing.Literal:
         return "one of " + ", ".join(str(a) for a in args)
     if origin in (typing.Union, types.UnionType):
@@ -463,6 +465,13 @@ def parameters_markdown() -> str:
         "Generated from `vqalab.config.parameter_table()`; regenerate with",
         "`.venv/bin/python -m vqalab.config --parameters-doc docs/PARAMETERS.md`.",
         "`model` and `data` also take the keyword arguments of the registered builder they name.",
+        "",
+        "A key that a run never reads, given the others, is accepted and left out of the config hash",
+        "(so a sweep over it trains one run and reuses it for the other values):",
+        *(f"- `{key}`: read only when `{other}` is {' or '.join(values)}" for key, (other, values) in READ_ONLY_WITH.items()),
+        "",
+        "The config hash holds `train.device` as the type it resolves to (cpu, cuda) and each weights",
+        "file a model loads (`model.*_weights`) as the SHA-256 of its bytes, not its path.",
         "",
         "| key | default | type | meaning | range |",
         "| --- | --- | --- | --- | --- |",
