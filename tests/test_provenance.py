@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from vqalab import provenance, runs, train
 from vqalab.config import build_config
-from vqalab.data import DATASETS, build_data, declared_targets
+from vqalab.data import build_data, declared_targets
 from vqalab.registry import ConfigError
 from vqalab.report.freeze import freeze_inputs
 from vqalab.runs import config_hash, load_checkpoint, model_from_checkpoint

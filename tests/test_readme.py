@@ -94,7 +94,7 @@ def test_every_preset_the_readme_names_is_where_it_says():
     presets = study_presets()
     assert set(FER_STUDIES) < set(presets)
     named = set(re.findall(r"--preset ([\w-]+)", README))
-    params_line = re.search(r"holds each notebook's presets \((.*?)\);", README, re.S).group(1)
+    params_line = re.search(r"holds each notebook's presets \((.*?)\);", README, re.DOTALL).group(1)
     named |= set(re.findall(r"`([\w-]+)`", params_line)) - {"vqa_models"}
     assert named == {"quick", "cpu", "gpu", "gpu-smoke", "rafdb-24gb", "rafdb-80gb", "vqa2-24gb", "vqa2-80gb",
                      "scenes-cpu"}
