@@ -240,6 +240,14 @@ def test_bce_on_a_data_set_without_soft_scores_is_refused_naming_key_and_data_se
     assert build_config({"data": {"name": "vqa_v2"}, "train": {"loss": "bce"}}).train.loss == "bce"
 
 
+def test_bce_on_loaded_data_without_soft_scores_is_refused_before_the_first_step(tmp_path):
+    """Data passed in (a sweep loads it once) is checked too, before any run folder or step."""
+    cfg = build_config({**base(tmp_path / "runs"), "data": {"name": "vqa_v2"}, "train": {"loss": "bce", "device": "cpu"}})
+    with pytest.raises(ConfigError, match=r"train\.loss = 'bce': data 'vqa_v2' has no soft answer scores"):
+        fit(cfg, data=build_data(DATA_SPEC))  # easy-VQA items: a class each, no soft_target
+    assert not list(tmp_path.rglob("params.yaml"))
+
+
 def test_label_smoothing_with_bce_is_refused():
     with pytest.raises(ConfigError, match=r"train\.label_smoothing = 0\.1: label smoothing applies to cross-entropy"):
         build_config({"data": {"name": "vqa_v2"}, "train": {"loss": "bce", "label_smoothing": 0.1}})

@@ -92,7 +92,8 @@ def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str 
     week stay in the index. ``week``: ``YYYY-Www`` folder (default: the current ISO week).
     A week runs again incrementally, as Quarto's freeze does (``vqalab.report.freeze``): a study
     reported earlier this week whose run succeeded and whose notebook file, preset values (and files
-    they name), ``vqalab`` source and data identity are unchanged (its ``freeze_key`` in ``summary.json``) keeps its files,
+    they name), training code, own code, templates and data identity are unchanged (its ``freeze_key`` in
+    ``summary.json``) keeps its files,
     and the index says "kept from <time>"; any other study runs again, its earlier files first moved
     to ``previous/<timestamp>/`` with the index, report and summary they belonged to. Nothing already
     written is lost, and a second run in a week is never refused for what it holds.
@@ -184,7 +185,7 @@ def _run_locked(*, plan: list[dict], statuses: dict[str, dict | None], week: str
         name, status = study["name"], statuses[study["name"]]
         if name in kept:
             record = kept[name]
-            log.info("%s: kept from %s (notebook, preset, code and data unchanged)", name, record[KEPT_FROM])
+            log.info("%s: kept from %s (notebook, preset, code, templates and data unchanged)", name, record[KEPT_FROM])
         else:
             if not force and name in earlier_records:
                 log.info("%s: runs again: %s", name, rerun_reason(earlier_records[name], inputs[name]))
