@@ -18,6 +18,16 @@ TINY = {
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(autouse=True)
+def cpu_unless_marked_cuda(request, monkeypatch):
+    """Tests not marked ``cuda`` run on the CPU, on a CUDA machine too: ``train.device: auto`` (and
+    every other "CUDA when available" choice in vqalab) resolves through $VQALAB_DEVICE, which
+    subprocesses, notebook kernels and torchrun workers inherit. tests/test_device_neutral.py
+    checks it with CUDA reported as available."""
+    if request.node.get_closest_marker("cuda") is None:
+        monkeypatch.setenv("VQALAB_DEVICE", "cpu")
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return REPO

@@ -36,6 +36,7 @@ import yaml
 
 from vqalab import distributed
 from vqalab.config import RunConfig
+from vqalab.devices import auto_device_name
 from vqalab.data import DATASETS
 from vqalab.models import MODELS, create_model
 from vqalab.paths import project_root, resolve
@@ -357,10 +358,10 @@ def environment(device: torch.device | None = None, root: Path | None = None) ->
     git commit and whether tracked files differ from it. Recorded in every run's summary and in
     the weekly report.
 
-    device: the device used (None: CUDA when available, else the CPU).
+    device: the device used (None: what ``train.device: auto`` means here, ``devices.auto_device_name``).
     root: the project folder whose git commit is recorded (None: the project root).
     """
-    device = device if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device if device is not None else torch.device(auto_device_name())
     root = root if root is not None else project_root()
     on_gpu = device.type == "cuda"
     return {

@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import pickle
 import random
 import signal
@@ -46,6 +47,7 @@ from torch.utils.data import DataLoader
 from vqalab import distributed, runs
 from vqalab.config import RunConfig, read_yaml
 from vqalab.data import DataSplits, build_data, data_status
+from vqalab.devices import DEVICE_ENV, auto_device_name
 from vqalab.metrics import IOU_THRESHOLD, iou_counts
 from vqalab.models import MODELS, create_model
 from vqalab.monitor import RunMonitor
@@ -132,19 +134,25 @@ def seed_everything(seed: int) -> None:
 
 
 def select_device(name: str) -> torch.device:
-    """``train.device`` as a torch device; refused (before any data is loaded) when not present here."""
+    """``train.device`` as a torch device; refused (before any data is loaded) when not present here.
+
+    auto: ``$VQALAB_DEVICE`` when set, else CUDA when available, else the CPU (``devices``).
+    """
+    asked = f"train.device = {name!r}"
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = auto_device_name()
+        if os.environ.get(DEVICE_ENV):
+            asked = f"train.device = 'auto' (${DEVICE_ENV} = {name!r})"
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"train.device = {name!r}: CUDA is not available on this machine "
+            raise ConfigError(f"{asked}: CUDA is not available on this machine "
                               "(no GPU or no CUDA build of torch): use train.device=cpu or auto")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"train.device = {name!r}: this machine has {torch.cuda.device_count()} "
+            raise ConfigError(f"{asked}: this machine has {torch.cuda.device_count()} "
                               f"GPU(s), numbered 0-{torch.cuda.device_count() - 1}")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"train.device = {name!r}: Apple MPS is not available on this machine: use cpu or auto")
+        raise ConfigError(f"{asked}: Apple MPS is not available on this machine: use cpu or auto")
     return device
 
 
