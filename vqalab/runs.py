@@ -36,8 +36,8 @@ import yaml
 
 from vqalab import distributed
 from vqalab.config import RunConfig
-from vqalab.devices import auto_device_name
 from vqalab.data import DATASETS
+from vqalab.devices import auto_device_name
 from vqalab.models import MODELS, create_model
 from vqalab.paths import project_root, resolve
 from vqalab.registry import ConfigError
