@@ -1,6 +1,6 @@
 """The suite is device-neutral: a test not marked ``cuda`` runs on the CPU on a CUDA machine too.
 
-conftest.py's autouse fixture sets ``VQALAB_DEVICE=cpu`` for such tests; here CUDA is reported as
+conftest.py sets ``VQALAB_DEVICE=cpu`` for such tests (and for fixtures of every scope); here CUDA is reported as
 available (``torch.cuda.is_available`` patched) and every way a test reaches a device must still
 give the CPU: ``train.device: auto`` in-process, in a child process, the run environment, every
 params file and every notebook's quick preset."""
@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, SHELL_DEVICE
 
 from vqalab import runs
 from vqalab.config import load_config
@@ -20,7 +20,6 @@ from vqalab.devices import DEVICE_ENV, auto_device_name
 from vqalab.registry import ConfigError
 from vqalab.train import select_device
 
-OUTER_DEVICE_ENV = os.environ.get(DEVICE_ENV)  # before any fixture ran: the shell's own setting
 CPU = torch.device("cpu")
 
 
@@ -85,5 +84,17 @@ def test_a_cuda_variable_without_a_gpu_names_where_cuda_came_from(monkeypatch):
 
 @pytest.mark.cuda
 def test_a_cuda_marked_test_is_not_pinned():
-    assert os.environ.get(DEVICE_ENV) == OUTER_DEVICE_ENV
+    assert os.environ.get(DEVICE_ENV) == SHELL_DEVICE
 
+
+
+@pytest.fixture(scope="module")
+def device_of_a_module_fixture():
+    """As a module-scoped reference run sees it: set up before any function-scoped fixture."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(torch.cuda, "is_available", lambda: True)
+        return select_device("auto")
+
+
+def test_fixtures_of_wider_scope_are_pinned_too(device_of_a_module_fixture):
+    assert device_of_a_module_fixture == CPU

@@ -173,7 +173,7 @@ def suggest(lrs, losses) -> dict[str, float]:
 def training_batches(data: DataSplits, cfg: RunConfig, device: torch.device) -> Iterator[dict]:
     """Training batches in the training loop's order, on ``device``, epoch after epoch, without end."""
     for batch in loader_batches(data, cfg, device, cfg.train.batch_size):
-        yield to_device(batch, device)
+        yield to_device(batch, device, cfg.train.channels_last)
 
 
 def lr_range_test(cfg: RunConfig, *, min_lr: float = DEFAULT_MIN_LR, max_lr: float = DEFAULT_MAX_LR,
@@ -207,7 +207,7 @@ def lr_range_test(cfg: RunConfig, *, min_lr: float = DEFAULT_MIN_LR, max_lr: flo
             cfg.train.batch_size = choose_batch_size(cfg, data, device)["batch_size"]
         if model is None:
             seed_everything(cfg.seed)
-            model = build_model(cfg, data, device)
+            model = build_model(cfg, data, device)  # channels_last and torch.compile as configured
             optimizer = build_optimizer(model, cfg)
 
         # Exact restore: deep copies, since state_dict() returns the live tensors.

@@ -169,11 +169,26 @@ def torch_threads(num_threads: int | None):
         torch.set_num_threads(before)
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast_context(device: torch.device, amp: str):
-    """bf16/fp16 autocast on CUDA; full precision on the CPU (where AMP is not the point)."""
-    if device.type != "cuda" or amp == "off":
+    """bf16/fp16 autocast on the run's device, CUDA and the CPU alike; nothing for ``amp`` off."""
+    if amp == "off":
         return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
+def precision_name(amp: str) -> str:
+    """What ran, for summary.json: fp32, bf16-autocast or fp16-autocast+scaler."""
+    return {"off": "fp32", "bf16": "bf16-autocast", "fp16": "fp16-autocast+scaler"}[amp]
+
+
+def execution_fields(cfg: RunConfig) -> dict:
+    """How the run computes, recorded in summary.json: precision, memory format and compilation."""
+    return {"precision": precision_name(cfg.train.amp),
+            "memory_format": "channels_last" if cfg.train.channels_last else "contiguous",
+            "compile": cfg.train.compile, "compile_mode": cfg.train.compile_mode if cfg.train.compile else None}
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -259,25 +274,34 @@ def model_spec(cfg: RunConfig, data: DataSplits) -> tuple[str, dict]:
     return name, {**spec, **data.model_kwargs}
 
 
-def build_model(cfg: RunConfig, data: DataSplits, device: torch.device, *, channels_last: bool = False,
-                compile_model: bool = False) -> torch.nn.Module:
-    """The configured model, with the keywords the data fixes, on ``device``.
+def build_model(cfg: RunConfig, data: DataSplits, device: torch.device, *, channels_last: bool | None = None,
+                compile_model: bool | None = None) -> torch.nn.Module:
+    """The configured model, with the keywords the data fixes, on ``device``: the one place where a
+    model is built for training, bench and lr-find.
 
-    channels_last: store 4-D weights as NHWC (faster convolutions on recent GPUs).
-    compile_model: wrap in ``torch.compile`` (the first, warm-up calls compile).
+    channels_last: store 4-D weights as NHWC (None: ``train.channels_last``).
+    compile_model: wrap in ``torch.compile`` with ``train.compile_mode`` (None: ``train.compile``);
+        the first calls compile. ``uncompiled`` gives the module itself (its parameters are shared).
     """
     name, kwargs = model_spec(cfg, data)
     model = create_model(name, **kwargs).to(device)
-    if channels_last:
+    if cfg.train.channels_last if channels_last is None else channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if compile_model:
-        model = torch.compile(model)
+    if cfg.train.compile if compile_model is None else compile_model:
+        model = torch.compile(model, mode=cfg.train.compile_mode)
     return model
 
 
+def uncompiled(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a ``torch.compile`` wrapper (else ``model``): checkpoints hold its
+    state_dict, whose keys have no ``_orig_mod.`` prefix, so they load into a plain model."""
+    return getattr(model, "_orig_mod", model)
+
+
 def make_grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
-    """Loss scaling for fp16 on CUDA; elsewhere a disabled scaler, which passes everything through."""
-    return torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp == "fp16")
+    """Loss scaling for fp16 (CUDA and the CPU alike); otherwise a disabled scaler, which passes
+    everything through."""
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
 
 def micro_batch_loss(model: torch.nn.Module, batch: dict, *, input_keys, cfg: RunConfig, device: torch.device,
@@ -543,7 +567,8 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
         torch.cuda.reset_peak_memory_stats(device)  # this run's peak, not an earlier run's or the measurement's
 
     model_name, model_kwargs = model_spec(cfg, data)  # recorded in every checkpoint
-    model = build_model(cfg, data, device, channels_last=cfg.train.channels_last)
+    model = build_model(cfg, data, device)  # channels_last and torch.compile as configured
+    module = uncompiled(model)  # what checkpoints save and load
     optimizer = build_optimizer(model, cfg)
     scaler = make_grad_scaler(device, cfg.train.amp)
 
@@ -571,7 +596,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "data": data.info, "task": data.task, "data_identity": data_status(cfg.data).identity(),
             "code_fingerprint": code_fingerprint(), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **environment(device),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **execution_fields(cfg), **environment(device),
             **distributed.summary_fields(cfg.train.batch_size, cfg.train.grad_accum_steps),
         }
     else:
@@ -585,9 +610,12 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
                 raise ConfigError(f"resume: {metrics_file} is missing (checkpoint {point.checkpoint} "
                                   f"is at epoch {ckpt['epoch']}): restore it, or start the run again")
             history = check_history(metrics_file, read_metrics_rows(metrics_file), point.checkpoint, ckpt)
-            model.load_state_dict(ckpt["model_state"])
+            module.load_state_dict(ckpt["model_state"])
             optimizer.load_state_dict(ckpt["optimizer_state"])
             scheduler.load_state_dict(ckpt["scheduler_state"])
+            if scaler.is_enabled() and not ckpt["scaler_state"]:
+                raise ConfigError(f"resume: checkpoint {point.checkpoint} holds no fp16 loss-scaler state (it was "
+                                  "written when train.amp fp16 did not apply on the CPU): start the run again")
             scaler.load_state_dict(ckpt["scaler_state"])
             step, start_epoch = ckpt["step"], ckpt["epoch"] + 1
             best_confusion = ckpt.get("best_confusion")
@@ -596,7 +624,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
             stale.unlink(missing_ok=True)  # a save cut short by the interruption
         for stale_key in ("interrupted_by", "resume_command"):
             summary.pop(stale_key, None)  # from the interruption being resumed
-        summary.update(status="running", error=None, **environment(device),
+        summary.update(status="running", error=None, **execution_fields(cfg), **environment(device),
                        **distributed.summary_fields(cfg.train.batch_size, cfg.train.grad_accum_steps))
         summary.setdefault("resumed", []).append(
             {"from_epoch": start_epoch - 1, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -639,7 +667,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
                 if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs or done:
                     runs.save_checkpoint(runs.checkpoint_path(run_dir, epoch), {
                         "model_name": model_name, "model_kwargs": model_kwargs,
-                        "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                        "model_state": module.state_dict(), "optimizer_state": optimizer.state_dict(),
                         "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
                         "rng_state": rng_state(), "epoch": epoch, "step": step, "config": asked.to_dict(),
                         "class_names": data.class_names, "vocab": data.vocab, "metrics": row,

@@ -1,0 +1,125 @@
+"""``train.compile``: one function (``train.build_model``) wraps the model in ``torch.compile`` for
+fit, bench and lr-find alike; checkpoints hold the plain module's weights. The real inductor runs
+once per model family on the CPU (slow: each compile takes CPU time)."""
+
+import shutil
+
+import pytest
+import torch
+from conftest import TINY
+from device_checks import interrupt_in_epoch
+from torch import nn
+
+from vqalab import bench, lr_find, runs, train
+from vqalab.config import build_config
+from vqalab.data import build_data
+from vqalab.registry import ConfigError
+
+FER_DATA = {"name": "synthetic_faces", "num_train": 16, "num_val": 8, "image_size": 16}
+FER_MODEL = {"name": "ir_cls", "backbone_depth": 18, "width": 0.125, "depth": 1}
+
+
+class FakeCompiled(nn.Module):
+    """Stands for ``torch.compile``'s OptimizedModule: the module as ``_orig_mod`` (state_dict keys
+    prefixed ``_orig_mod.``), calls passed through."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self._orig_mod = model
+
+    def forward(self, *args, **kwargs):
+        return self._orig_mod(*args, **kwargs)
+
+
+@pytest.fixture
+def compile_calls(monkeypatch):
+    calls = []
+
+    def fake_compile(model, *, mode=None, **kwargs):
+        calls.append(mode)
+        return FakeCompiled(model)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    return calls
+
+
+def compiled_config(tmp_path, mode="reduce-overhead", **train_overrides):
+    return build_config({**TINY, "runs_root": str(tmp_path / "runs"), "experiment": "compile",
+                         "train": {**TINY["train"], "compile": True, "compile_mode": mode, "epochs": 1,
+                                   "max_steps": 2, "num_threads": 1, "progress": False, "tensorboard": False,
+                                   **train_overrides}})
+
+
+def test_fit_compiles_records_it_and_saves_plain_weights(tmp_path, compile_calls, data):
+    result = train.fit(compiled_config(tmp_path), data=data)
+    assert compile_calls == ["reduce-overhead"]
+    assert (result.summary["compile"], result.summary["compile_mode"]) == (True, "reduce-overhead")
+    path = runs.latest_checkpoint(result.run_dir)
+    keys = runs.load_checkpoint(path)["model_state"].keys()
+    assert keys and not any(k.startswith("_orig_mod.") for k in keys)
+    plain, _ = runs.model_from_checkpoint(path)  # an uncompiled model takes the weights as they are
+    assert not isinstance(plain, FakeCompiled) and plain.state_dict().keys() == keys
+
+
+def test_a_compiled_run_resumes_into_the_compiled_model(tmp_path, compile_calls, data, monkeypatch):
+    cfg = compiled_config(tmp_path, mode="default", epochs=2, max_steps=None)
+    with monkeypatch.context() as patch:
+        interrupt_in_epoch(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            train.fit(cfg, data=data)
+    (run_dir,) = (tmp_path / "runs" / "compile").iterdir()
+    resumed = train.fit(cfg, data=data, resume=run_dir)  # plain keys load into the module inside
+    assert resumed.summary["status"] == "completed" and compile_calls == ["default", "default"]
+
+
+def test_bench_and_lr_find_compile_through_the_same_function(tmp_path, compile_calls, data):
+    cfg = compiled_config(tmp_path, mode="max-autotune")
+    rows = bench.throughput_sweep(cfg, batch_sizes=[4], warmup_steps=0, timed_steps=1, rounds=1,
+                                  end_to_end=False, data=data)
+    assert compile_calls == ["max-autotune"] and rows["compile"].tolist() == [True]
+    lr_find.lr_range_test(cfg, num_steps=3, data=data)
+    assert compile_calls == ["max-autotune"] * 2
+    bench.flops_report(cfg, data=data)  # FLOPs are counted on the eager model
+    assert len(compile_calls) == 2
+    off = bench.throughput_sweep(cfg, batch_sizes=[4], warmup_steps=0, timed_steps=1, rounds=1,
+                                 end_to_end=False, compile_model=False, data=data)
+    assert len(compile_calls) == 2 and off["compile"].tolist() == [False]
+
+
+def test_compile_mode_is_validated():
+    with pytest.raises(ConfigError, match=r"train\.compile_mode = 'fast'.*'default', 'reduce-overhead' or 'max-autotune'"):
+        build_config({"train": {"compile": True, "compile_mode": "fast"}})
+
+
+needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile's inductor needs a C compiler (cc)")
+
+
+@pytest.mark.slow
+@needs_cc
+@pytest.mark.parametrize("family", ["vqa", "fer"])
+def test_inductor_trains_like_eager_on_the_cpu(tmp_path, family):
+    """A real torch.compile (inductor, CPU) of one model per family: dynamo made graphs, the losses
+    match the eager run, and the checkpoint loaded into a plain model gives the validation loss the
+    compiled model recorded."""
+    if family == "vqa":
+        tree = {**TINY, "data": {**TINY["data"], "max_train_samples": 16, "max_val_samples": 8}}
+    else:
+        tree = {"model": FER_MODEL, "data": FER_DATA}
+    tree = {**tree, "runs_root": str(tmp_path / "runs"), "experiment": family, "seed": 1,
+            "train": {"batch_size": 8, "epochs": 1, "device": "cpu", "num_threads": 1, "progress": False,
+                      "tensorboard": False}}
+    cfg = build_config(tree)
+    data = build_data(cfg.data)
+    eager = train.fit(cfg, data=data)
+    torch._dynamo.reset()
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    compiled = train.fit(build_config({**tree, "train": {**tree["train"], "compile": True}}), data=data)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs_before
+    assert compiled.summary["compile"] is True and compiled.summary["compile_mode"] == "default"
+    (want,) = runs.read_metrics_rows(eager.run_dir / "metrics.csv")
+    (got,) = runs.read_metrics_rows(compiled.run_dir / "metrics.csv")
+    for column in ("train_loss", "val_loss"):
+        assert got[column] == pytest.approx(want[column], rel=1e-4, abs=1e-6), column
+    plain, _ = runs.model_from_checkpoint(runs.latest_checkpoint(compiled.run_dir))
+    val_loss, _, _ = train.evaluate(plain, data, cfg, torch.device("cpu"))
+    assert val_loss == pytest.approx(got["val_loss"], rel=1e-4, abs=1e-6)
