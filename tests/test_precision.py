@@ -61,10 +61,10 @@ def resume_config(tmp_path, **train_overrides):
     return build_config({
         "experiment": "resume", "name": "fp16", "seed": 3, "runs_root": str(tmp_path / "runs"),
         "model": {"name": "vqa_mean_mlp", "cnn_channels": [4, 8], "embed_dim": 8, "hidden_dim": 16, "dropout": 0.3},
-        "data": {"name": "easy_vqa", "max_train_samples": 96, "max_val_samples": 32},
+        "data": {"name": "easy_vqa", "max_train_samples": 48, "max_val_samples": 16},
         "optim": {"name": "adamw", "lr": 3e-3, "weight_decay": 0.01},
         "schedule": {"name": "cosine", "warmup_steps": 2},
-        "train": {"epochs": 3, "batch_size": 16, "grad_accum_steps": 4, "clip_norm": 1.0, "amp": "fp16",
+        "train": {"epochs": 3, "batch_size": 16, "grad_accum_steps": 2, "clip_norm": 1.0, "amp": "fp16",
                   "device": "cpu", "num_threads": 1, "progress": False, "tensorboard": False, **train_overrides},
     })
 
