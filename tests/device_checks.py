@@ -21,7 +21,8 @@ class StepWatch:
 
     linear_dtypes: dtypes of the Linear outputs seen in train mode (bf16/fp16 under autocast).
     conv_inputs_nhwc, conv_weights_nhwc: per Conv2d call in train mode, whether its input and its
-    weight were stored channels_last.
+    weight were stored channels_last; left out where both layouts are the same (1×1 kernels,
+    1×1 maps, one channel).
     """
 
     def __init__(self, model: nn.Module):
@@ -40,8 +41,10 @@ class StepWatch:
 
     def _conv(self, module, inputs, output):
         if module.training:
-            self.conv_inputs_nhwc.append(inputs[0].is_contiguous(memory_format=torch.channels_last))
-            self.conv_weights_nhwc.append(module.weight.is_contiguous(memory_format=torch.channels_last))
+            for tensor, seen in ((inputs[0], self.conv_inputs_nhwc), (module.weight, self.conv_weights_nhwc)):
+                nhwc = tensor.is_contiguous(memory_format=torch.channels_last)
+                if nhwc != tensor.is_contiguous():  # else the layouts coincide
+                    seen.append(nhwc)
 
 
 def fit_watched(monkeypatch, cfg: RunConfig, data=None, *, resume=None) -> tuple[train.RunResult, StepWatch]:
@@ -70,7 +73,7 @@ def assert_autocast_ran(watch: StepWatch, amp: str) -> None:
 
 def assert_memory_format_ran(watch: StepWatch, channels_last: bool) -> None:
     """Every convolution of the training steps read NHWC inputs and weights, or NCHW ones when off."""
-    assert watch.conv_inputs_nhwc, "no convolution ran in train mode"
+    assert watch.conv_inputs_nhwc and watch.conv_weights_nhwc, "no convolution ran in train mode"
     assert set(watch.conv_inputs_nhwc) == {channels_last}, "convolution inputs"
     assert set(watch.conv_weights_nhwc) == {channels_last}, "convolution weights"
 
@@ -142,26 +145,33 @@ def assert_same_tensors(a, b, where: str = "") -> None:
         assert a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)), where
 
 
-def assert_exact_resume(monkeypatch, cfg: RunConfig, data=None, *, interrupt_epoch: int) -> dict:
-    """A run interrupted when it starts ``interrupt_epoch`` and resumed ends bitwise equal to the
-    same run uninterrupted: weights, optimizer, scheduler and GradScaler states and the metrics.
-    Returns the last checkpoint (its scaler state for the caller's own checks)."""
+def assert_exact_resume(monkeypatch, cfg: RunConfig, data=None, *, interrupt_epoch: int, exact: bool = True) -> dict:
+    """A run interrupted when it starts ``interrupt_epoch`` and resumed ends as the same run
+    uninterrupted: weights, optimizer, scheduler and GradScaler states and the metrics, bitwise
+    (``exact``, the CPU) or with the same step count and scaler state and tensors within fp16 noise
+    (CUDA: cuDNN autotuning and atomic adds need not repeat bitwise).
+    Returns the resumed run's last checkpoint."""
     reference = train.fit(cfg, data=data)
     assert reference.summary["status"] == "completed"
     with monkeypatch.context() as patch:
         interrupt_in_epoch(patch, interrupt_epoch)
         with pytest.raises(KeyboardInterrupt):
             train.fit(cfg, data=data)
-    run_dir = max((p for p in reference.run_dir.parent.iterdir() if p != reference.run_dir),
-                  key=lambda p: p.stat().st_mtime)
+    (run_dir,) = [p for p in reference.run_dir.parent.iterdir() if p != reference.run_dir]
     resumed = train.fit(cfg, data=data, resume=run_dir)
     assert resumed.summary["status"] == "completed"
     assert [r["from_epoch"] for r in resumed.summary["resumed"]] == [interrupt_epoch - 1]
     got = runs.load_checkpoint(runs.latest_checkpoint(resumed.run_dir))
     want = runs.load_checkpoint(runs.latest_checkpoint(reference.run_dir))
-    for key in ("epoch", "step", "model_state", "optimizer_state", "scheduler_state", "scaler_state"):
-        assert_same_tensors(got[key], want[key], key)
     rows = runs.read_metrics_rows(resumed.run_dir / "metrics.csv")
     want_rows = runs.read_metrics_rows(reference.run_dir / "metrics.csv")
-    assert [[r[c] for c in EXACT_COLUMNS] for r in rows] == [[r[c] for c in EXACT_COLUMNS] for r in want_rows]
+    assert (got["epoch"], got["step"]) == (want["epoch"], want["step"])
+    assert got["scaler_state"] == want["scaler_state"]
+    if exact:
+        for key in ("model_state", "optimizer_state", "scheduler_state"):
+            assert_same_tensors(got[key], want[key], key)
+        assert [[r[c] for c in EXACT_COLUMNS] for r in rows] == [[r[c] for c in EXACT_COLUMNS] for r in want_rows]
+    else:
+        torch.testing.assert_close(got["model_state"], want["model_state"], rtol=1e-2, atol=1e-3)
+        assert [r["val_loss"] for r in rows] == pytest.approx([r["val_loss"] for r in want_rows], rel=1e-2)
     return got

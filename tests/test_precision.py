@@ -20,6 +20,9 @@ from vqalab.config import build_config
 from vqalab.registry import ConfigError
 
 CPU = torch.device("cpu")
+# The tiniest FER model on 32 px synthetic faces: the IR-18 backbone ends at 2×2 maps.
+FER_MODEL = {"name": "ir_cls", "backbone_depth": 18, "width": 0.125, "depth": 1}
+FER_DATA = {"name": "synthetic_faces", "num_train": 8, "num_val": 4, "image_size": 32}
 
 
 def short_run(tmp_path, **train_overrides):
@@ -39,6 +42,19 @@ def test_amp_and_memory_format_apply_in_the_cpu_training_step(tmp_path, monkeypa
     assert_summary_records(result.summary, amp=amp, channels_last=channels_last, device_type="cpu")
     ckpt = runs.load_checkpoint(runs.latest_checkpoint(result.run_dir))
     assert bool(ckpt["scaler_state"]) == (amp == "fp16")  # the CPU GradScaler ran and was saved
+
+
+@pytest.mark.parametrize(("amp", "channels_last"), [("bf16", True), ("off", False)])
+def test_the_fer_model_computes_in_the_amp_dtype_and_nhwc_throughout(tmp_path, monkeypatch, amp, channels_last):
+    """IR backbone convolutions (NHWC kept through BN, PReLU and the residual adds) and the CLS blocks' Linears."""
+    cfg = build_config({"runs_root": str(tmp_path / "runs"), "model": FER_MODEL, "data": FER_DATA,
+                        "train": {"epochs": 1, "max_steps": 1, "batch_size": 8, "device": "cpu", "num_threads": 1,
+                                  "progress": False, "tensorboard": False, "amp": amp,
+                                  "channels_last": channels_last}})
+    result, watch = fit_watched(monkeypatch, cfg)
+    assert_autocast_ran(watch, amp)
+    assert_memory_format_ran(watch, channels_last)
+    assert_summary_records(result.summary, amp=amp, channels_last=channels_last, device_type="cpu")
 
 
 def test_summary_names_the_precision_memory_format_and_compilation():
