@@ -77,8 +77,9 @@ def test_bench_and_lr_find_compile_through_the_same_function(tmp_path, compile_c
     rows = bench.throughput_sweep(cfg, batch_sizes=[4], warmup_steps=0, timed_steps=1, rounds=1,
                                   end_to_end=False, data=data)
     assert compile_calls == ["max-autotune"] and rows["compile"].tolist() == [True]
-    lr_find.lr_range_test(cfg, num_steps=3, data=data)
+    found = lr_find.lr_range_test(cfg, num_steps=3, data=data)
     assert compile_calls == ["max-autotune"] * 2
+    assert (found.settings["compile"], found.settings["compile_mode"]) == (True, "max-autotune")
     bench.flops_report(cfg, data=data)  # FLOPs are counted on the eager model
     assert len(compile_calls) == 2
     off = bench.throughput_sweep(cfg, batch_sizes=[4], warmup_steps=0, timed_steps=1, rounds=1,

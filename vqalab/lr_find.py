@@ -41,6 +41,7 @@ from vqalab.registry import ConfigError
 from vqalab.train import (
     build_model,
     build_optimizer,
+    execution_fields,
     make_grad_scaler,
     seed_everything,
     select_device,
@@ -265,7 +266,7 @@ def lr_range_test(cfg: RunConfig, *, min_lr: float = DEFAULT_MIN_LR, max_lr: flo
     settings = {"model": cfg.model["name"], "optimizer": cfg.optim.name, "batch_size": cfg.train.batch_size,
                 "min_lr": min_lr, "max_lr": max_lr, "num_steps": num_steps, "beta": beta,
                 "diverge_factor": diverge_factor, "centred_window_decades": CENTRED_WINDOW_DECADES,
-                "device": str(device), "seed": cfg.seed}
+                "device": str(device), "seed": cfg.seed, **execution_fields(cfg)}
     return LRFindResult(history=history, suggestions=suggestions, stop_reason=stop_reason, settings=settings)
 
 
