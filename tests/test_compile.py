@@ -61,15 +61,21 @@ def test_fit_compiles_records_it_and_saves_plain_weights(tmp_path, compile_calls
     assert not isinstance(plain, FakeCompiled) and plain.state_dict().keys() == keys
 
 
-def test_a_compiled_run_resumes_into_the_compiled_model(tmp_path, compile_calls, data, monkeypatch):
-    cfg = compiled_config(tmp_path, mode="default", epochs=2, max_steps=None)
-    with monkeypatch.context() as patch:
-        interrupt_in_epoch(patch, 2)
-        with pytest.raises(KeyboardInterrupt):
-            train.fit(cfg, data=data)
-    (run_dir,) = (tmp_path / "runs" / "compile").iterdir()
-    resumed = train.fit(cfg, data=data, resume=run_dir)  # plain keys load into the module inside
-    assert resumed.summary["status"] == "completed" and compile_calls == ["default", "default"]
+def test_a_compiled_run_resumes_compiled_or_not(tmp_path, compile_calls, data, monkeypatch):
+    """The checkpoint's plain keys load into the module inside the wrapper; a resume may also drop
+    torch.compile (a machine without a C compiler), and summary.json then says so."""
+    for resume_compiled in (True, False):
+        cfg = compiled_config(tmp_path / str(resume_compiled), mode="default", epochs=2, max_steps=None)
+        with monkeypatch.context() as patch:
+            interrupt_in_epoch(patch, 2)
+            with pytest.raises(KeyboardInterrupt):
+                train.fit(cfg, data=data)
+        (run_dir,) = (tmp_path / str(resume_compiled) / "runs" / "compile").iterdir()
+        again = cfg.model_copy(deep=True)
+        again.train.compile = resume_compiled
+        resumed = train.fit(again, data=data, resume=run_dir)
+        assert resumed.summary["status"] == "completed" and resumed.summary["compile"] is resume_compiled
+    assert compile_calls == ["default", "default", "default"]
 
 
 def test_bench_and_lr_find_compile_through_the_same_function(tmp_path, compile_calls, data):

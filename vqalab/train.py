@@ -73,8 +73,10 @@ from vqalab.schedules import lr_factor
 
 log = logging.getLogger(__name__)
 
-# Keys allowed to differ between a run and its resumption (e.g. continue on another GPU).
-RESUME_FREE_KEYS = ("train.progress", "train.device", "train.tensorboard", "train.log_every_steps")
+# Keys allowed to differ between a run and its resumption (e.g. continue on another GPU, or
+# without torch.compile on a machine with no C compiler: the same computation, not the same kernels).
+RESUME_FREE_KEYS = ("train.progress", "train.device", "train.tensorboard", "train.log_every_steps",
+                    "train.compile", "train.compile_mode")
 
 # Mixup draws from its own random stream, a pure function of (seed, epoch, this tag).
 MIXUP_STREAM = 0x6D69
