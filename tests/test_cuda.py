@@ -84,7 +84,6 @@ def test_throughput_on_cuda_reports_allocator_peaks(tmp_path):
                                    channels_last=True)
     assert list(table["status"]) == ["ok", "ok"] and set(table["memory_kind"]) == {"cuda_max_allocated"}
     assert (table["peak_memory_mb"] > 0).all() and set(table["amp"]) == {"bf16"}
-    assert (table["peak_memory_mb"].diff().dropna() > 0).all()  # a larger batch holds more
 
 
 def test_batch_size_auto_is_held_under_a_memory_cap_that_binds(tmp_path, monkeypatch):
