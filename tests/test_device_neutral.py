@@ -43,7 +43,10 @@ def test_without_the_variable_auto_would_take_cuda(pretend_cuda, monkeypatch):
 
 def test_child_processes_inherit_the_cpu(tmp_path):
     """Subprocesses, notebook kernels and torchrun workers inherit the environment, not a patch."""
-    code = ("import torch; torch.cuda.is_available = lambda: True\n"
+    # a stand-in torch whose CUDA is available (and a quick child: no real torch to import)
+    code = ("import sys, types\n"
+            "torch = sys.modules['torch'] = types.ModuleType('torch')\n"
+            "torch.cuda = types.SimpleNamespace(is_available=lambda: True)\n"
             "from vqalab.devices import auto_device_name; print(auto_device_name())")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
