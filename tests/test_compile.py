@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+import yaml
 from conftest import TINY
 from device_checks import interrupt_in_epoch
 from torch import nn
@@ -76,6 +77,23 @@ def test_a_compiled_run_resumes_compiled_or_not(tmp_path, compile_calls, data, m
         resumed = train.fit(again, data=data, resume=run_dir)
         assert resumed.summary["status"] == "completed" and resumed.summary["compile"] is resume_compiled
     assert compile_calls == ["default", "default", "default"]
+
+
+def test_a_run_started_before_train_compile_existed_resumes(tmp_path, data, monkeypatch):
+    cfg = compiled_config(tmp_path, compile=False, epochs=2, max_steps=None)
+    with monkeypatch.context() as patch:
+        interrupt_in_epoch(patch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            train.fit(cfg, data=data)
+    (run_dir,) = (tmp_path / "runs" / "compile").iterdir()
+    params = yaml.safe_load((run_dir / "params.yaml").read_text())
+    del params["train"]["compile"], params["train"]["compile_mode"]  # as an older vqalab wrote it
+    (run_dir / "params.yaml").write_text(yaml.safe_dump(params))
+    assert train.fit(build_config(params), data=data, resume=run_dir).summary["status"] == "completed"
+    params["train"]["clip_norm"] = 2.0
+    (run_dir / "params.yaml").write_text(yaml.safe_dump(params))  # a real difference is still refused
+    with pytest.raises(ConfigError, match=r"train\.clip_norm: run has 2\.0, config has None"):
+        train.prepare_resume(cfg, run_dir)
 
 
 def test_bench_and_lr_find_compile_through_the_same_function(tmp_path, compile_calls, data):

@@ -488,7 +488,8 @@ def prepare_resume(cfg: RunConfig, resume: str | Path) -> ResumePoint:
     params_file = run_dir / "params.yaml"
     if not params_file.is_file():
         raise ConfigError(f"resume {run_dir}: not a run folder (no params.yaml)")
-    saved = flatten(read_yaml(params_file))
+    # a key added to RunConfig after the run started (train.compile…) is missing there: its default
+    saved = {**flatten(RunConfig().to_dict()), **flatten(read_yaml(params_file))}
     wanted = flatten(cfg.to_dict())
     differ = [f"{k}: run has {short_repr(saved.get(k))}, config has {short_repr(wanted.get(k))}"
               for k in sorted(set(saved) | set(wanted))
