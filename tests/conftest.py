@@ -18,6 +18,26 @@ TINY = {
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+# Tests not marked ``cuda`` run on the CPU, on a CUDA machine too: ``train.device: auto`` (and every
+# other "CUDA when available" choice in vqalab) resolves through $VQALAB_DEVICE, which subprocesses,
+# notebook kernels and torchrun workers inherit. Set here, before any fixture of any scope runs (a
+# module-scoped reference run too); tests/test_device_neutral.py checks it with CUDA reported as available.
+SHELL_DEVICE = os.environ.get("VQALAB_DEVICE")  # the shell's own setting, for the tests marked cuda
+os.environ["VQALAB_DEVICE"] = "cpu"
+
+
+@pytest.fixture(autouse=True)
+def cpu_unless_marked_cuda(request, monkeypatch):
+    """Unmarked tests: $VQALAB_DEVICE = cpu (again, should an earlier test have changed it);
+    tests marked ``cuda``: the shell's own setting."""
+    if request.node.get_closest_marker("cuda") is None:
+        monkeypatch.setenv("VQALAB_DEVICE", "cpu")
+    elif SHELL_DEVICE is None:
+        monkeypatch.delenv("VQALAB_DEVICE", raising=False)
+    else:
+        monkeypatch.setenv("VQALAB_DEVICE", SHELL_DEVICE)
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return REPO

@@ -240,8 +240,8 @@ def test_synchronize_waits_for_cuda_only(monkeypatch):
     assert calls == [torch.device("cuda", 0)]
 
 
-def test_amp_is_off_on_the_cpu_and_checked():
-    assert bench.effective_amp("bf16", torch.device("cpu")) == "off"
+def test_amp_applies_on_the_cpu_too_and_is_checked():
+    assert bench.effective_amp("bf16", torch.device("cpu")) == "bf16"
     assert bench.effective_amp("fp16", torch.device("cuda")) == "fp16"
     with pytest.raises(ConfigError, match="amp = 'fp8'"):
         bench.effective_amp("fp8", torch.device("cpu"))
@@ -306,8 +306,8 @@ def test_sweep_records_oom_and_stops_going_up(monkeypatch, cfg, data, make_error
     # each round's throughput is the batch over its mean step time; the row gives their median
     assert ok["samples_per_s"].tolist() == pytest.approx([np.median(r) for r in ok["samples_per_s_rounds"]])
     assert set(ok["memory_kind"]) == {"cpu_peak_rss"}  # reset per batch size on Linux
-    # options are recorded in every row, AMP as actually used (none on the CPU)
-    assert set(rows["amp"]) == {"off"} and set(rows["channels_last"]) == {False} and set(rows["compile"]) == {False}
+    # options are recorded in every row, AMP as actually used (CPU autocast)
+    assert set(rows["amp"]) == {"bf16"} and set(rows["channels_last"]) == {False} and set(rows["compile"]) == {False}
     assert set(rows["cpu_threads"]) == {torch.get_num_threads()}
     # the model that ran out of memory was released
     assert built[4]() is None
@@ -341,8 +341,8 @@ def test_sweep_rejects_bad_arguments_before_compute(cfg):
 def test_training_step_updates_the_weights(cfg, data):
     model = train.build_model(cfg, data, torch.device("cpu"))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = train.make_grad_scaler(torch.device("cpu"), "fp16")
-    assert not scaler.is_enabled()  # loss scaling is for CUDA fp16 only
+    scaler = train.make_grad_scaler(torch.device("cpu"), "off")
+    assert not scaler.is_enabled()  # loss scaling is for fp16 only
     batch = bench.fixed_batch(data, 4, cfg.seed)
     before = [p.detach().clone() for p in model.parameters()]
     loss, grad_norm = train.training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, task=data.task,

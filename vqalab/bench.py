@@ -160,12 +160,10 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 
 
 def effective_amp(amp: str, device: torch.device) -> str:
-    """The AMP dtype actually used: autocast runs on CUDA only (``train.autocast_context``)."""
+    """The AMP setting the step runs with: autocast applies on CUDA and the CPU alike
+    (``train.autocast_context``); refused when unknown."""
     if amp not in AMP_CHOICES:
         raise ConfigError(f"amp = {amp!r}: expected one of {', '.join(AMP_CHOICES)}")
-    if amp != "off" and device.type != "cuda":
-        log.warning("amp=%s ignored on %s: timing in full precision", amp, device)
-        return "off"
     return amp
 
 
@@ -329,8 +327,8 @@ def summarise_batch_size(batch_size: int, model_rounds: list[dict], e2e_rounds: 
 def throughput_sweep(cfg: RunConfig, *, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
                      warmup_steps: int = 3, timed_steps: int = 10, rounds: int = DEFAULT_ROUNDS,
                      max_rounds: int | None = None, fraction: float = RECOMMEND_FRACTION,
-                     end_to_end: bool = True, amp: str | None = None, channels_last: bool = False,
-                     compile_model: bool = False, data: DataSplits | None = None) -> pd.DataFrame:
+                     end_to_end: bool = True, amp: str | None = None, channels_last: bool | None = None,
+                     compile_model: bool | None = None, data: DataSplits | None = None) -> pd.DataFrame:
     """Training throughput for each batch size, smallest first: one row per batch size.
 
     cfg: the run config giving model, data, optimizer, loss, seed and device.
@@ -347,8 +345,8 @@ def throughput_sweep(cfg: RunConfig, *, batch_sizes: Sequence[int] = DEFAULT_BAT
         ``SETTLED_AGREEMENT`` of bootstrap resamples of the rounds, or ``max_rounds`` is reached.
     end_to_end: also time the step fed by the real loader with host-to-device copies (columns
         ``e2e_*``, and ``input_share``: the share of an end-to-end step spent outside the model step).
-    amp: off, bf16 or fp16 (CUDA only; None: ``cfg.train.amp``).
-    channels_last, compile_model: see ``build_model``.
+    amp: off, bf16 or fp16 (None: ``cfg.train.amp``).
+    channels_last, compile_model: see ``build_model`` (None: ``train.channels_last``, ``train.compile``).
     data: loaded splits to reuse (None: built from ``cfg.data``).
     Every row records the device, the effective AMP dtype, channels_last, compile and the number
     of torch CPU threads.
@@ -366,6 +364,8 @@ def throughput_sweep(cfg: RunConfig, *, batch_sizes: Sequence[int] = DEFAULT_BAT
         raise ConfigError(f"max_rounds = {max_rounds!r}: expected None or an integer ≥ rounds ({rounds})")
     device = select_device(cfg.train.device)
     amp = effective_amp(cfg.train.amp if amp is None else amp, device)
+    channels_last = cfg.train.channels_last if channels_last is None else channels_last
+    compile_model = cfg.train.compile if compile_model is None else compile_model
     data = data or build_data(cfg.data)
     check_model_fits_data(cfg, data)
     if device.type == "cuda":
@@ -633,13 +633,14 @@ def choose_batch_size(cfg: RunConfig, data: DataSplits, device: torch.device) ->
     """
     cap = cfg.train.max_memory_fraction * device_memory_mb(device)
     key = json.dumps([cfg.model, cfg.data, cfg.optim.name, cfg.train.loss, cfg.train.amp, cfg.train.clip_norm,
-                      cfg.train.channels_last, str(device), cap], sort_keys=True, default=str)
+                      cfg.train.channels_last, cfg.train.compile, cfg.train.compile_mode, str(device), cap],
+                     sort_keys=True, default=str)
     if key not in _AUTO_CHOICES:
         sizes = [b for b in AUTO_BATCH_SIZES if b <= len(data.train)] or [len(data.train)]
         # one short round of model steps: the choice is among sizes far apart in memory
         table = throughput_sweep(cfg, batch_sizes=sizes, warmup_steps=AUTO_WARMUP_STEPS,
                                  timed_steps=AUTO_TIMED_STEPS, rounds=1, end_to_end=False,
-                                 channels_last=cfg.train.channels_last, data=data)
+                                 data=data)  # amp, channels_last and compile as the run's
         release_memory(device)
         choice = auto_batch_size(table, memory_cap_mb=cap)
         columns = ["batch_size", "status", "samples_per_s", "peak_memory_mb", "memory_kind"]
@@ -752,7 +753,7 @@ def flops_report(cfg: RunConfig, *, batch_size: int = 1, data: DataSplits | None
     data = data or build_data(cfg.data)
     seed_everything(cfg.seed)
     device = select_device(cfg.train.device)  # counts do not depend on it; only the time taken does
-    model = build_model(cfg, data, device)
+    model = build_model(cfg, data, device, compile_model=False)  # the counter sees the eager ops
     batch = to_device(fixed_batch(data, batch_size, cfg.seed), device)
     flops = model_flops(model, batch, data.input_keys, cfg, data.task)
     return {
@@ -769,8 +770,8 @@ def flops_report(cfg: RunConfig, *, batch_size: int = 1, data: DataSplits | None
 
 def efficiency_table(configs: Mapping[str, RunConfig] | Sequence[RunConfig], *, batch_size: int = 32,
                      flops_batch_size: int = 1, latency_batch_size: int = 1, warmup_steps: int = 3,
-                     timed_steps: int = 10, rounds: int = 1, amp: str | None = None, channels_last: bool = False,
-                     compile_model: bool = False) -> pd.DataFrame:
+                     timed_steps: int = 10, rounds: int = 1, amp: str | None = None,
+                     channels_last: bool | None = None, compile_model: bool | None = None) -> pd.DataFrame:
     """One row per model: params, FLOPs per sample, latency, training throughput and peak memory.
 
     configs: label → run config (or a list; labelled by ``name`` if unique, else by model name).
@@ -796,16 +797,19 @@ def efficiency_table(configs: Mapping[str, RunConfig] | Sequence[RunConfig], *, 
             flops = flops_report(cfg, batch_size=flops_batch_size, data=data)
             device = select_device(cfg.train.device)
             used_amp = effective_amp(cfg.train.amp if amp is None else amp, device)
+            used_channels_last = cfg.train.channels_last if channels_last is None else channels_last
+            used_compile = cfg.train.compile if compile_model is None else compile_model
             seed_everything(cfg.seed)
-            model = build_model(cfg, data, device, channels_last=channels_last, compile_model=compile_model)
-            latency_inputs = batch_on_device(fixed_batch(data, latency_batch_size, cfg.seed), device, channels_last)
+            model = build_model(cfg, data, device, channels_last=used_channels_last, compile_model=used_compile)
+            latency_inputs = batch_on_device(fixed_batch(data, latency_batch_size, cfg.seed), device,
+                                             used_channels_last)
             latency = measure_latency(model, {k: latency_inputs[k] for k in data.input_keys}, device,
                                       warmup=warmup_steps, repeats=timed_steps, amp=used_amp)
             del model, latency_inputs
             sweep = throughput_sweep(cfg, batch_sizes=[batch_size], warmup_steps=warmup_steps,
                                      timed_steps=timed_steps, rounds=rounds, end_to_end=False, amp=used_amp,
-                                     channels_last=channels_last,
-                                     compile_model=compile_model, data=data).iloc[0]
+                                     channels_last=used_channels_last, compile_model=used_compile,
+                                     data=data).iloc[0]
         rows.append({
             "name": label, "model": cfg.model["name"],
             "params_total": flops["params_total"], "params_trainable": flops["params_trainable"],
@@ -817,6 +821,6 @@ def efficiency_table(configs: Mapping[str, RunConfig] | Sequence[RunConfig], *, 
             "spread": sweep["spread"],
             "step_time_median_s": sweep["step_time_median_s"], "peak_memory_mb": sweep["peak_memory_mb"],
             "memory_kind": sweep["memory_kind"], "device": str(device), "amp": used_amp,
-            "channels_last": channels_last, "compile": compile_model,
+            "channels_last": used_channels_last, "compile": used_compile,
         })
     return pd.DataFrame(rows)

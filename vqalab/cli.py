@@ -98,7 +98,8 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
     else:
         print(format_throughput_table(table))
         print(f"device {table['device'].iloc[0]} (torch CPU threads {table['cpu_threads'].iloc[0]}), amp "
-              f"{table['amp'].iloc[0]}, channels_last {args.channels_last}, compile {args.compile}; "
+              f"{table['amp'].iloc[0]}, channels_last {table['channels_last'].iloc[0]}, "
+              f"compile {table['compile'].iloc[0]}; "
               f"{int(table['rounds'].max())} rounds of {args.warmup} warm-up + {args.steps} timed steps per batch size")
         print(choice["sentence"])
         if limit is not None:
@@ -282,9 +283,11 @@ def build_parser() -> argparse.ArgumentParser:
             b.add_argument("--model-only", action="store_true",
                            help="time the model step only, not also end to end with the real loader")
             b.add_argument("--amp", choices=["off", "bf16", "fp16"], default=None,
-                           help="mixed precision on CUDA (default: train.amp)")
-            b.add_argument("--channels-last", action="store_true", help="NHWC memory format")
-            b.add_argument("--compile", action="store_true", help="torch.compile the model")
+                           help="mixed precision, CUDA or CPU (default: train.amp)")
+            b.add_argument("--channels-last", action="store_true", default=None,
+                           help="NHWC memory format (default: train.channels_last)")
+            b.add_argument("--compile", action="store_true", default=None,
+                           help="torch.compile the model with train.compile_mode (default: train.compile)")
             b.add_argument("--fraction", type=float, default=0.90,
                            help="sizes within this share of the best throughput, or within the measured noise "
                                 "if that is wider, count as equally fast; the smallest is recommended")

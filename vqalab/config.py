@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vqalab.data import DATASETS, PROVIDED_BY_DATA, declared_targets
+from vqalab.devices import DEVICE_PATTERN
 from vqalab.models import MODELS
 from vqalab.registry import ConfigError, did_you_mean, short_repr
 
@@ -127,7 +128,6 @@ def _range(text: str) -> dict:
 
 # Integers beyond this do not fit torch's int64 (and nothing sensible is that large).
 MAX_INT = 2**63 - 1
-DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 UnitInterval = Annotated[float, Field(ge=0, lt=1)]
 
 
@@ -177,9 +177,11 @@ class TrainConfig(Section):
     loss: Literal["ce", "bce"] = Field("ce", description="ce: cross-entropy on the target class; bce: on soft scores (VQA v2; refused on a data set without them) or on segmentation masks (required there)")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing (train.loss ce; refused with bce)", json_schema_extra=_range("0 … 0.2"))
     mixup_alpha: float = Field(0.0, ge=0, description="mixup Beta(α, α) of images and labels, image classification only (0: off)", json_schema_extra=_range("0.1 … 0.4"))
-    amp: Literal["off", "bf16", "fp16"] = Field("off", description="mixed precision on CUDA (fp16 uses a GradScaler); ignored on the CPU")
+    amp: Literal["off", "bf16", "fp16"] = Field("off", description="mixed precision: bf16 or fp16 autocast on the run's device, CUDA or CPU alike (fp16 with a GradScaler)")
     channels_last: bool = Field(False, description="store convolution weights and images NHWC (faster convolutions with AMP on recent GPUs)")
-    device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda, cuda:N, mps")
+    compile: bool = Field(False, description="torch.compile the model in training, bench and lr-find (the first steps compile; checkpoints hold the plain model's weights)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field("default", description="torch.compile mode, with train.compile")
+    device: str = Field("auto", description="auto ($VQALAB_DEVICE when set, else CUDA when available, else CPU), cpu, cuda, cuda:N, mps")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes", json_schema_extra=_range("0 … CPU cores"))
     num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads during the run (None: torch's default); 1 is often fastest for small models on a shared CPU", json_schema_extra=_range("1 … CPU cores"))
     early_stop_patience: Optional[int] = Field(None, ge=1, description="stop after this many epochs without improvement (None: off)")

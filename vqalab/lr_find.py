@@ -41,6 +41,7 @@ from vqalab.registry import ConfigError
 from vqalab.train import (
     build_model,
     build_optimizer,
+    execution_fields,
     make_grad_scaler,
     seed_everything,
     select_device,
@@ -173,7 +174,7 @@ def suggest(lrs, losses) -> dict[str, float]:
 def training_batches(data: DataSplits, cfg: RunConfig, device: torch.device) -> Iterator[dict]:
     """Training batches in the training loop's order, on ``device``, epoch after epoch, without end."""
     for batch in loader_batches(data, cfg, device, cfg.train.batch_size):
-        yield to_device(batch, device)
+        yield to_device(batch, device, cfg.train.channels_last)
 
 
 def lr_range_test(cfg: RunConfig, *, min_lr: float = DEFAULT_MIN_LR, max_lr: float = DEFAULT_MAX_LR,
@@ -207,7 +208,7 @@ def lr_range_test(cfg: RunConfig, *, min_lr: float = DEFAULT_MIN_LR, max_lr: flo
             cfg.train.batch_size = choose_batch_size(cfg, data, device)["batch_size"]
         if model is None:
             seed_everything(cfg.seed)
-            model = build_model(cfg, data, device)
+            model = build_model(cfg, data, device)  # channels_last and torch.compile as configured
             optimizer = build_optimizer(model, cfg)
 
         # Exact restore: deep copies, since state_dict() returns the live tensors.
@@ -265,7 +266,7 @@ def lr_range_test(cfg: RunConfig, *, min_lr: float = DEFAULT_MIN_LR, max_lr: flo
     settings = {"model": cfg.model["name"], "optimizer": cfg.optim.name, "batch_size": cfg.train.batch_size,
                 "min_lr": min_lr, "max_lr": max_lr, "num_steps": num_steps, "beta": beta,
                 "diverge_factor": diverge_factor, "centred_window_decades": CENTRED_WINDOW_DECADES,
-                "device": str(device), "seed": cfg.seed}
+                "device": str(device), "seed": cfg.seed, **execution_fields(cfg)}
     return LRFindResult(history=history, suggestions=suggestions, stop_reason=stop_reason, settings=settings)
 
 

@@ -38,6 +38,7 @@ import yaml
 from vqalab import distributed
 from vqalab.config import RunConfig, inert_keys
 from vqalab.data import DATASETS
+from vqalab.devices import auto_device_name
 from vqalab.models import MODELS, WEIGHT_FILE_KEYS, create_model, weight_files_off
 from vqalab.paths import project_root, resolve, resolve_data
 from vqalab.provenance import file_digest
@@ -432,10 +433,10 @@ def environment(device: torch.device | None = None, root: Path | None = None) ->
     git commit and whether tracked files differ from it. Recorded in every run's summary and in
     the weekly report.
 
-    device: the device used (None: CUDA when available, else the CPU).
+    device: the device used (None: what ``train.device: auto`` means here, ``devices.auto_device_name``).
     root: the project folder whose git commit is recorded (None: the project root).
     """
-    device = device if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device if device is not None else torch.device(auto_device_name())
     root = root if root is not None else project_root()
     on_gpu = device.type == "cuda"
     return {

@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import pickle
 import random
 import signal
@@ -46,6 +47,7 @@ from torch.utils.data import DataLoader
 from vqalab import distributed, runs
 from vqalab.config import RunConfig, read_yaml
 from vqalab.data import DataSplits, build_data, data_status
+from vqalab.devices import DEVICE_ENV, auto_device_name
 from vqalab.metrics import IOU_THRESHOLD, iou_counts
 from vqalab.models import MODELS, create_model, weight_files_off
 from vqalab.monitor import RunMonitor
@@ -71,8 +73,10 @@ from vqalab.schedules import lr_factor
 
 log = logging.getLogger(__name__)
 
-# Keys allowed to differ between a run and its resumption (e.g. continue on another GPU).
-RESUME_FREE_KEYS = ("train.progress", "train.device", "train.tensorboard", "train.log_every_steps")
+# Keys allowed to differ between a run and its resumption (e.g. continue on another GPU, or
+# without torch.compile on a machine with no C compiler: the same computation, not the same kernels).
+RESUME_FREE_KEYS = ("train.progress", "train.device", "train.tensorboard", "train.log_every_steps",
+                    "train.compile", "train.compile_mode")
 
 # Mixup draws from its own random stream, a pure function of (seed, epoch, this tag).
 MIXUP_STREAM = 0x6D69
@@ -132,19 +136,25 @@ def seed_everything(seed: int) -> None:
 
 
 def select_device(name: str) -> torch.device:
-    """``train.device`` as a torch device; refused (before any data is loaded) when not present here."""
+    """``train.device`` as a torch device; refused (before any data is loaded) when not present here.
+
+    auto: ``$VQALAB_DEVICE`` when set, else CUDA when available, else the CPU (``devices``).
+    """
+    asked = f"train.device = {name!r}"
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = auto_device_name()
+        if os.environ.get(DEVICE_ENV):
+            asked = f"train.device = 'auto' (${DEVICE_ENV} = {name!r})"
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError(f"train.device = {name!r}: CUDA is not available on this machine "
+            raise ConfigError(f"{asked}: CUDA is not available on this machine "
                               "(no GPU or no CUDA build of torch): use train.device=cpu or auto")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"train.device = {name!r}: this machine has {torch.cuda.device_count()} "
+            raise ConfigError(f"{asked}: this machine has {torch.cuda.device_count()} "
                               f"GPU(s), numbered 0-{torch.cuda.device_count() - 1}")
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(f"train.device = {name!r}: Apple MPS is not available on this machine: use cpu or auto")
+        raise ConfigError(f"{asked}: Apple MPS is not available on this machine: use cpu or auto")
     return device
 
 
@@ -161,11 +171,26 @@ def torch_threads(num_threads: int | None):
         torch.set_num_threads(before)
 
 
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def autocast_context(device: torch.device, amp: str):
-    """bf16/fp16 autocast on CUDA; full precision on the CPU (where AMP is not the point)."""
-    if device.type != "cuda" or amp == "off":
+    """bf16/fp16 autocast on the run's device, CUDA and the CPU alike; nothing for ``amp`` off."""
+    if amp == "off":
         return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp])
+
+
+def precision_name(amp: str) -> str:
+    """What ran, for summary.json: fp32, bf16-autocast or fp16-autocast+scaler."""
+    return {"off": "fp32", "bf16": "bf16-autocast", "fp16": "fp16-autocast+scaler"}[amp]
+
+
+def execution_fields(cfg: RunConfig) -> dict:
+    """How the run computes, recorded in summary.json: precision, memory format and compilation."""
+    return {"precision": precision_name(cfg.train.amp),
+            "memory_format": "channels_last" if cfg.train.channels_last else "contiguous",
+            "compile": cfg.train.compile, "compile_mode": cfg.train.compile_mode if cfg.train.compile else None}
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -260,25 +285,34 @@ def model_spec(cfg: RunConfig, data: DataSplits) -> tuple[str, dict]:
     return name, {**spec, **data.model_kwargs}
 
 
-def build_model(cfg: RunConfig, data: DataSplits, device: torch.device, *, channels_last: bool = False,
-                compile_model: bool = False) -> torch.nn.Module:
-    """The configured model, with the keywords the data fixes, on ``device``.
+def build_model(cfg: RunConfig, data: DataSplits, device: torch.device, *, channels_last: bool | None = None,
+                compile_model: bool | None = None) -> torch.nn.Module:
+    """The configured model, with the keywords the data fixes, on ``device``: the one place where a
+    model is built for training, bench and lr-find.
 
-    channels_last: store 4-D weights as NHWC (faster convolutions on recent GPUs).
-    compile_model: wrap in ``torch.compile`` (the first, warm-up calls compile).
+    channels_last: store 4-D weights as NHWC (None: ``train.channels_last``).
+    compile_model: wrap in ``torch.compile`` with ``train.compile_mode`` (None: ``train.compile``);
+        the first calls compile. ``uncompiled`` gives the module itself (its parameters are shared).
     """
     name, kwargs = model_spec(cfg, data)
     model = create_model(name, **kwargs).to(device)
-    if channels_last:
+    if cfg.train.channels_last if channels_last is None else channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if compile_model:
-        model = torch.compile(model)
+    if cfg.train.compile if compile_model is None else compile_model:
+        model = torch.compile(model, mode=cfg.train.compile_mode)
     return model
 
 
+def uncompiled(model: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a ``torch.compile`` wrapper (else ``model``): checkpoints hold its
+    state_dict, whose keys have no ``_orig_mod.`` prefix, so they load into a plain model."""
+    return getattr(model, "_orig_mod", model)
+
+
 def make_grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
-    """Loss scaling for fp16 on CUDA; elsewhere a disabled scaler, which passes everything through."""
-    return torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp == "fp16")
+    """Loss scaling for fp16 (CUDA and the CPU alike); otherwise a disabled scaler, which passes
+    everything through."""
+    return torch.amp.GradScaler(device.type, enabled=amp == "fp16")
 
 
 def micro_batch_loss(model: torch.nn.Module, batch: dict, *, input_keys, task: str, cfg: RunConfig,
@@ -463,7 +497,8 @@ def prepare_resume(cfg: RunConfig, resume: str | Path) -> ResumePoint:
     params_file = run_dir / "params.yaml"
     if not params_file.is_file():
         raise ConfigError(f"resume {run_dir}: not a run folder (no params.yaml)")
-    saved = flatten(read_yaml(params_file))
+    # a key added to RunConfig after the run started (train.compile…) is missing there: its default
+    saved = {**flatten(RunConfig().to_dict()), **flatten(read_yaml(params_file))}
     wanted = flatten(cfg.to_dict())
     differ = [f"{k}: run has {short_repr(saved.get(k))}, config has {short_repr(wanted.get(k))}"
               for k in sorted(set(saved) | set(wanted))
@@ -547,7 +582,8 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
     weight_files = runs.weight_file_digests(model_kwargs)  # what the weights files held, recorded too
     # A resumed run's weights come from its checkpoint: no weights file is read (it may be gone).
     with weight_files_off() if point is not None and point.checkpoint is not None else nullcontext():
-        model = build_model(cfg, data, device, channels_last=cfg.train.channels_last)
+        model = build_model(cfg, data, device)  # channels_last and torch.compile as configured
+    module = uncompiled(model)  # what checkpoints save and load
     optimizer = build_optimizer(model, cfg)
     scaler = make_grad_scaler(device, cfg.train.amp)
 
@@ -575,7 +611,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "data": data.info, "task": data.task, "data_identity": data_status(cfg.data).identity(),
             "code_fingerprint": code_fingerprint(), "weight_files": weight_files, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **environment(device),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **execution_fields(cfg), **environment(device),
             **distributed.summary_fields(cfg.train.batch_size, cfg.train.grad_accum_steps),
         }
     else:
@@ -589,9 +625,12 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
                 raise ConfigError(f"resume: {metrics_file} is missing (checkpoint {point.checkpoint} "
                                   f"is at epoch {ckpt['epoch']}): restore it, or start the run again")
             history = check_history(metrics_file, read_metrics_rows(metrics_file), point.checkpoint, ckpt)
-            model.load_state_dict(ckpt["model_state"])
+            module.load_state_dict(ckpt["model_state"])
             optimizer.load_state_dict(ckpt["optimizer_state"])
             scheduler.load_state_dict(ckpt["scheduler_state"])
+            if scaler.is_enabled() and not ckpt["scaler_state"]:
+                raise ConfigError(f"resume: checkpoint {point.checkpoint} holds no fp16 loss-scaler state (it was "
+                                  "written when train.amp fp16 did not apply on the CPU): start the run again")
             scaler.load_state_dict(ckpt["scaler_state"])
             step, start_epoch = ckpt["step"], ckpt["epoch"] + 1
             best_confusion = ckpt.get("best_confusion")
@@ -600,7 +639,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
             stale.unlink(missing_ok=True)  # a save cut short by the interruption
         for stale_key in ("interrupted_by", "resume_command"):
             summary.pop(stale_key, None)  # from the interruption being resumed
-        summary.update(status="running", error=None, **environment(device),
+        summary.update(status="running", error=None, **execution_fields(cfg), **environment(device),
                        **distributed.summary_fields(cfg.train.batch_size, cfg.train.grad_accum_steps))
         summary.setdefault("resumed", []).append(
             {"from_epoch": start_epoch - 1, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -643,7 +682,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
                 if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs or done:
                     runs.save_checkpoint(runs.checkpoint_path(run_dir, epoch), {
                         "model_name": model_name, "model_kwargs": model_kwargs, "weight_files": weight_files,
-                        "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
+                        "model_state": module.state_dict(), "optimizer_state": optimizer.state_dict(),
                         "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
                         "rng_state": rng_state(), "epoch": epoch, "step": step, "config": asked.to_dict(),
                         "class_names": data.class_names, "vocab": data.vocab, "metrics": row,

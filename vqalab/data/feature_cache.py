@@ -56,6 +56,7 @@ from vqalab.data import (
     register_status,
     short_hash,
 )
+from vqalab.devices import auto_device_name
 from vqalab.models.encoders import build_image_encoder
 from vqalab.paths import cache_dir, resolve_data
 from vqalab.registry import ConfigError
@@ -287,7 +288,7 @@ def frozen_features(
     if weights and not resolve_data(weights).is_file():
         raise ConfigError(f"data.weights: weights file not found: {resolve_data(weights)}")
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = auto_device_name()
 
     data = DATASETS.get(name)(**checked)
     if "image_dim" in data.model_kwargs:
