@@ -206,15 +206,19 @@ def predict_memory(cfg: RunConfig, *, batch_size: int | None = None, amp: str | 
     return result
 
 
+def _mb(value: float) -> str:
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
+
+
 def format_prediction(result: dict) -> str:
     """The prediction as a few lines for the terminal."""
-    parts = ", ".join(f"{name.replace('_', ' ')} {mb:,.0f}" for name, mb in result["parts_mb"].items() if mb >= 0.5)
+    parts = ", ".join(f"{name.replace('_', ' ')} {_mb(mb)}" for name, mb in result["parts_mb"].items() if mb > 0)
     head = (f"{result['model']} at batch {result['batch_size']} (×{result['grad_accum_steps']} accumulated), "
-            f"{result['precision']}, {result['optimizer']}: predicted CUDA peak {result['peak_mb']:,.0f} MiB")
+            f"{result['precision']}, {result['optimizer']}: predicted CUDA peak {_mb(result['peak_mb'])} MiB")
     lines = [head, f"  parts (MiB): {parts}"]
     if result["device_memory_mb"] is not None:
         verdict = "fits" if result["fits"] else "does NOT fit"
-        lines.append(f"  {verdict} in {result['max_memory_fraction']:.0%} of {result['device_memory_mb']:,.0f} MiB "
-                     f"= {result['memory_cap_mb']:,.0f} MiB (train.max_memory_fraction)")
+        lines.append(f"  {verdict} in {result['max_memory_fraction']:.0%} of {_mb(result['device_memory_mb'])} MiB "
+                     f"= {_mb(result['memory_cap_mb'])} MiB (train.max_memory_fraction)")
     lines.append(f"  predicted in {result['predicted_in_s']:.1f} s on the CPU")
     return "\n".join(lines)
