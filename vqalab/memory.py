@@ -56,6 +56,11 @@ CUDA_FP32_FUNCTIONS = frozenset({
 DEVICE_MEMORY_UNITS = {"": 1, "mb": 1, "mib": 1, "gb": 1024, "gib": 1024}
 
 
+def predicted_column(batch_size: int) -> str:
+    """The label of a table column of predicted peaks: a prediction, at the batch size it is for."""
+    return f"predicted CUDA MiB @ batch {batch_size}"
+
+
 def parse_device_memory(text: str) -> float:
     """``24GB`` → MiB. GPU memory sizes are binary: a "24 GB" card holds 24 GiB (24,576 MiB)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
