@@ -75,6 +75,25 @@ def test_cuda_autocast_policy_on_the_cpu():
         assert seen == {"0": low, "1": torch.float32, "2": torch.float32}, precision
 
 
+def test_integer_tensors_keep_their_values_under_fake_tensors():
+    """unique, nonzero and boolean indexing have shapes that depend on values: the batch's integer
+    tensors, and integer tensors made from nothing, keep theirs."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    from vqalab.memory import IndexValues
+
+    ids, mask = torch.tensor([5, 3, 5, 5, 9]), torch.tensor([True, False, True, True, False])
+    with FakeTensorMode(allow_non_fake_inputs=True) as fake:
+        fake_ids, fake_mask = fake.from_tensor(ids), fake.from_tensor(mask)
+        features = torch.zeros(5, 4)  # a float tensor: fake, no values needed
+        with IndexValues(fake, [(fake_ids, ids), (fake_mask, mask)]):
+            unique, inverse = torch.unique(fake_ids, return_inverse=True)
+            picked = (fake_ids + torch.arange(5))[fake_mask]
+            rows = features[inverse]
+    assert isinstance(unique, FakeTensor) and isinstance(rows, FakeTensor)
+    assert unique.shape == (3,) and inverse.shape == (5,) and picked.shape == (3,) and rows.shape == (5, 4)
+
+
 @pytest.mark.parametrize("text, mb", [("24GB", 24 * 1024), ("80gib", 80 * 1024), ("8192MB", 8192), ("1.5GB", 1536)])
 def test_device_memory_sizes_are_binary(text, mb):
     assert parse_device_memory(text) == mb

@@ -18,6 +18,11 @@ What stands in for CUDA, since no GPU is needed:
 - Optimizers take CUDA's default multi-tensor (``foreach``) path and its temporaries.
 - A GradScaler's loss scaling holds a few scalars: left out (fake tensors cannot say whether a
   gradient is finite, so the predicted step always steps).
+- The batch's integer tensors (token ids, lengths, image ids) keep their values through the ops
+  that read only them (``IndexValues``): ``torch.unique`` of the image ids (each image encoded once)
+  has a shape that depends on them. Recurrent question encoders run over the padded questions
+  (``padded_recurrences``): a packed sequence's shape depends on the lengths inside the model, and a
+  padded run holds at least the packed run's memory.
 Not counted: the CUDA context and cuDNN/cuBLAS workspaces (a few hundred MiB, outside PyTorch's
 allocator), the caching allocator's 512-byte rounding and fragmentation. ``train.max_memory_fraction``
 of the device leaves room for them. Lab note 002 measured IR-50 + ViT blocks at 21,580 MiB and
@@ -33,6 +38,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.utils._pytree import tree_flatten, tree_map_only, tree_unflatten
 
 from vqalab.config import RunConfig
 from vqalab.data import DataSplits, build_data
@@ -87,6 +93,62 @@ class CudaFp32Ops(torch.overrides.TorchFunctionMode):
             args = tuple(to_fp32(a) for a in args)
             kwargs = {k: to_fp32(v) for k, v in kwargs.items()}
         return func(*args, **kwargs)
+
+
+class IndexValues(torch.overrides.TorchFunctionMode):
+    """Integer tensors keep their values: the batch's (token ids, lengths, masks, image ids), those
+    made from nothing (``arange``, ``zeros``) and the results of ops that read only such tensors run
+    on real values, wrapped in fake tensors. Fake tensors carry no values, but some integer ops
+    have shapes that depend on them (``unique`` of the image ids, a mask's ``nonzero``, boolean
+    indexing of edges). These small tensors run outside the fake mode: their memory is not counted."""
+
+    def __init__(self, fake_mode, pairs):
+        super().__init__()
+        self.fake_mode = fake_mode
+        self.real = {id(fake): (fake, real) for fake, real in pairs}  # the fake kept alive: ids stay unique
+
+    def _keep(self, real: torch.Tensor) -> torch.Tensor:
+        fake = self.fake_mode.from_tensor(real)
+        self.real[id(fake)] = (fake, real)
+        return fake
+
+    def _known(self, t: torch.Tensor) -> bool:
+        return self.real.get(id(t), (None,))[0] is t
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+        kwargs = kwargs or {}
+        flat, spec = tree_flatten((args, kwargs))
+        tensors = [x for x in flat if torch.is_tensor(x)]
+        if not tensors:  # a tensor made from nothing: real values too when it holds integers
+            out = func(*args, **kwargs)
+            made = [t for t in tree_flatten(out)[0] if torch.is_tensor(t)]
+            if not made or any(t.is_floating_point() or t.is_complex() for t in made):
+                return out
+            with unset_fake_temporarily():
+                return tree_map_only(torch.Tensor, self._keep, func(*args, **kwargs))
+        if not all(self._known(t) for t in tensors):
+            return func(*args, **kwargs)
+        real_args, real_kwargs = tree_unflatten([self.real[id(x)][1] if torch.is_tensor(x) else x for x in flat], spec)
+        with unset_fake_temporarily():
+            out = func(*real_args, **real_kwargs)
+        return tree_map_only(torch.Tensor, self._keep, out)
+
+
+@contextlib.contextmanager
+def padded_recurrences():
+    """The question encoders' LSTM/GRU over the padded questions instead of packed ones: packing
+    needs the lengths inside the model, and the packed recurrence its batch sizes, as values."""
+    from vqalab.models import encoders
+
+    saved = encoders.pack_padded_sequence, encoders.pad_packed_sequence
+    encoders.pack_padded_sequence = lambda x, lengths, batch_first=False, enforce_sorted=True: x
+    encoders.pad_packed_sequence = lambda x, batch_first=False, padding_value=0.0, total_length=None: (x, None)
+    try:
+        yield
+    finally:
+        encoders.pack_padded_sequence, encoders.pad_packed_sequence = saved
 
 
 def peak_tracker():
@@ -178,9 +240,10 @@ def predict_memory(cfg: RunConfig, *, batch_size: int | None = None, amp: str | 
     real_batch = to_device(fixed_batch(data, batch_size, cfg.seed), cpu, cfg.train.channels_last)
     with FakeTensorMode(allow_non_fake_inputs=True) as fake:
         batch = {k: fake.from_tensor(v) if torch.is_tensor(v) else v for k, v in real_batch.items()}
+        integers = [(batch[k], v) for k, v in real_batch.items() if torch.is_tensor(v) and not v.is_floating_point()]
         tracker = peak_tracker()
         tracker.track_external(model, optimizer, [v for v in batch.values() if torch.is_tensor(v)])
-        with tracker:
+        with tracker, IndexValues(fake, integers), padded_recurrences():
             for _ in range(PREDICTED_STEPS):
                 optimizer.zero_grad(set_to_none=True)
                 for _ in range(accum):
@@ -188,8 +251,8 @@ def predict_memory(cfg: RunConfig, *, batch_size: int | None = None, amp: str | 
                         loss = micro_batch_loss(model, batch, input_keys=data.input_keys, cfg=cfg, device=cpu,
                                                 amp="off")  # autocast: precision_context
                     scaler.scale(loss / accum).backward()
+                    tracker.reset_mod_stats()  # MemTracker follows one forward of the model at a time
                 optimizer_step(model, optimizer, scaler, cfg.train.clip_norm)
-                tracker.reset_mod_stats()  # MemTracker tracks one pass of each module at a time
         peak = next(iter(tracker.get_tracker_snapshot("peak").values()), {})
     by_kind = {str(kind.value) if hasattr(kind, "value") else str(kind): size for kind, size in peak.items()}
     parts = {part: by_kind.get(kind, 0) / MIB for part, kind in PARTS.items()}
