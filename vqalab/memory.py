@@ -26,8 +26,8 @@ What stands in for CUDA, since no GPU is needed:
 Not counted: the CUDA context and cuDNN/cuBLAS workspaces (a few hundred MiB, outside PyTorch's
 allocator), the caching allocator's 512-byte rounding and fragmentation. ``train.max_memory_fraction``
 of the device leaves room for them. Lab note 002 measured IR-50 + ViT blocks at 21,580 MiB and
-IR-50 + CLS blocks at 18,479 MiB (depth 8, 112 px, batch 256, fp32, Adam); this predicts 21,368 and
-18,954 MiB (``tests/test_memory.py``).
+IR-50 + CLS blocks at 18,479 MiB (depth 8, 112 px, batch 256, fp32, Adam); this predicts 21,404 and
+18,991 MiB, the batch included (``tests/test_memory.py``).
 """
 
 from __future__ import annotations
@@ -281,8 +281,9 @@ def _mb(value: float) -> str:
 def format_prediction(result: dict) -> str:
     """The prediction as a few lines for the terminal."""
     parts = ", ".join(f"{name.replace('_', ' ')} {_mb(mb)}" for name, mb in result["parts_mb"].items() if mb > 0)
-    head = (f"{result['model']} at batch {result['batch_size']} (×{result['grad_accum_steps']} accumulated), "
-            f"{result['precision']}, {result['optimizer']}: predicted CUDA peak {_mb(result['peak_mb'])} MiB")
+    accum = f" ({result['grad_accum_steps']} micro-batches per step)" if result["grad_accum_steps"] > 1 else ""
+    head = (f"{result['model']} at batch {result['batch_size']}{accum}, {result['precision']}, {result['optimizer']}: "
+            f"predicted CUDA peak {_mb(result['peak_mb'])} MiB")
     lines = [head, f"  parts (MiB): {parts}"]
     if result["device_memory_mb"] is not None:
         verdict = "fits" if result["fits"] else "does NOT fit"
