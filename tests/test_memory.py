@@ -260,11 +260,22 @@ def test_lab_presets_fit_their_gpu(repo_root, tmp_path, monkeypatch, preset, stu
     else:
         values = notebook_values(repo_root, study, preset)
         configs = vqa_preset_configs(values, tmp_path) if study == "vqa_models" else fer_preset_configs(values)
-    device_mb = MEMORY_CLASS_GB[preset] * GIB_MB
     for cfg in configs:
-        result = cached_prediction(cfg, device_memory_mb=device_mb)
+        result = cached_prediction(cfg, device_memory_mb=MEMORY_CLASS_GB[preset] * GIB_MB)
         assert result["peak_mb"] > 0 and not math.isnan(result["peak_mb"])
-        assert result["fits"], (
-            f"preset {preset} ({study}, {cfg.model['name']}, batch {result['batch_size']}, {result['precision']}): "
-            f"predicted {result['peak_mb']:,.0f} MiB > {cfg.train.max_memory_fraction:.0%} of its "
-            f"{MEMORY_CLASS_GB[preset]} GB class ({result['memory_cap_mb']:,.0f} MiB)")
+        check_fits(preset, study, result)
+
+
+def check_fits(preset, study, result):
+    assert result["fits"], (
+        f"preset {preset} ({study}, {result['model']}, batch {result['batch_size']}, {result['precision']}): "
+        f"predicted {result['peak_mb']:,.0f} MiB > {result['max_memory_fraction']:.0%} of its "
+        f"{MEMORY_CLASS_GB[preset]} GB class ({result['memory_cap_mb']:,.0f} MiB)")
+
+
+def test_a_preset_that_does_not_fit_is_named_with_its_prediction_and_class():
+    result = {"fits": False, "model": "ir_vit", "batch_size": 512, "precision": "fp32", "peak_mb": 42_000.0,
+              "max_memory_fraction": 0.9, "memory_cap_mb": 0.9 * 24 * GIB_MB}
+    with pytest.raises(AssertionError, match=r"preset rafdb-24gb \(cls_vs_baseline, ir_vit, batch 512, fp32\): "
+                                             r"predicted 42,000 MiB > 90% of its 24 GB class \(22,118 MiB\)"):
+        check_fits("rafdb-24gb", "cls_vs_baseline", result)
