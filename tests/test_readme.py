@@ -28,6 +28,8 @@ def readme_commands() -> list[list[str]]:
     for line in README.splitlines():
         if line.startswith("```"):
             in_block = not in_block
+        elif in_block and lines and lines[-1].endswith("\\"):
+            lines[-1] = lines[-1][:-1] + line.strip()  # a command continued on the next line
         elif in_block:
             lines.append(line)
     lines += re.findall(r"`(\.venv/bin/vqalab [^`]+)`", README)

@@ -9,6 +9,8 @@ import pytest
 import yaml
 
 from vqalab.bench import recommend_batch_size
+from vqalab.config import build_config
+from vqalab.memory import predict_memory
 from vqalab.registry import ConfigError
 from vqalab.studies import (
     adam_eps_beta,
@@ -350,6 +352,17 @@ def test_cls_vs_baseline_findings_every_branch():
                                                  models=MODELS, bench_batch_size=8)
     assert text[1] == "One seed per point: the seed noise is unknown, so no gap can be called beyond it."
     assert math.isnan(headline["ir50_cls best val_acc"]) and headline["ir50_cls wins"] == 0
+
+
+@pytest.mark.slow  # two small models measured, and three CUDA steps predicted at batch 256 (seconds each)
+def test_cls_vs_baseline_efficiency_predicts_cuda_memory_at_the_lab_batch_size():
+    base = fer_base_config(study="cls", dataset="synthetic_faces", **{**FER, "depth": 1, "num_train": 8, "num_val": 8})
+    eff = cls_vs_baseline.efficiency(base, ["ir_vit", "ir_cls"], batch_size=2, timed_steps=1).set_index("name")
+    column = cls_vs_baseline.PREDICTED_COLUMN
+    assert column == "predicted CUDA MiB @ batch 256" and column in cls_vs_baseline.EFFICIENCY_COLUMNS
+    cls = predict_memory(build_config(with_values(base, model={"name": "ir_cls"})), batch_size=256)
+    assert eff.loc["ir_cls", column] == cls["peak_mb"]
+    assert eff.loc["ir_vit", column] != eff.loc["ir_cls", column]  # each row its own model
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import math
 import pandas as pd
 import pytest
 
+from vqalab.config import read_yaml
 from vqalab.models import create_model
 from vqalab.registry import ConfigError
 from vqalab.studies import variants as study
@@ -87,7 +88,7 @@ def test_best_iou_per_ms_leaves_diverged_variants_out():
     assert text[3].startswith("IoU@0.50 understates a: 0.410 at threshold 0.30 against 0.300")
 
 
-def test_trained_variants_table_matches_the_runs_and_the_models(tmp_path):
+def test_trained_variants_table_matches_the_runs_and_the_models(tmp_path, repo_root):
     configs = study.variant_configs(["cvt", "cvt_io_v2_5"], tiny(tmp_path))
     data = study.study_data(configs)
     runs, curves = study.mark_divergence(study.train_variants(configs, data))
@@ -101,6 +102,12 @@ def test_trained_variants_table_matches_the_runs_and_the_models(tmp_path):
     assert row["iou@0.50"] == runs.set_index("variant").loc["cvt_io_v2_5", "best_val_acc"]
     assert row["iou_per_ms"] == pytest.approx(row["iou@0.50"] / row["latency_ms"])
     assert (table["gflops"] > 0).all() and (table["latency_batch_size"] == 2).all()
+    # The predicted CUDA step holds at least the weights and Adam's two moments (and the step's activations).
+    assert study.PREDICTED_COLUMN == "predicted CUDA MiB @ batch 16"
+    weights_mb = 4 * sum(p.numel() for p in expected_params.parameters()) / 2**20
+    assert row[study.PREDICTED_COLUMN] > 3 * weights_mb
+    assert table[study.PREDICTED_COLUMN].nunique() == 2  # each variant its own prediction
+    assert {read_yaml(f)["train"]["batch_size"] for f in (repo_root / "params" / "train").glob("cvt*.yaml")} == {16}
     sweep = study.iou_by_threshold(runs, data)
     # One epoch: the last checkpoint is the best epoch, so its IoU@0.50 is the run's.
     assert sweep.loc["cvt", "iou@0.50"] == pytest.approx(runs.set_index("variant").loc["cvt", "best_val_acc"])

@@ -1,4 +1,4 @@
-"""Command line: ``vqalab train | report | data | bench | lr-find | runs | tb | sweep``. Entry point configures logging once."""
+"""Command line: ``vqalab train | report | data | bench (throughput | flops | memory) | lr-find | runs | tb | sweep``. Entry point configures logging once."""
 
 from __future__ import annotations
 
@@ -115,6 +115,19 @@ def cmd_bench_flops(args: argparse.Namespace) -> int:
     report = flops_report(_bench_config(args), batch_size=args.batch_size)
     print(json.dumps(report, indent=2, default=str))
     return 0
+
+
+def cmd_bench_memory(args: argparse.Namespace) -> int:
+    import json
+
+    from vqalab.memory import format_prediction, parse_device_memory, precision_of, predict_memory
+
+    cfg = _bench_config(args)  # every input checked before the model is built
+    device_memory = parse_device_memory(args.device_memory) if args.device_memory is not None else None
+    precision_of(args.amp or cfg.train.amp)
+    result = predict_memory(cfg, batch_size=args.batch_size, amp=args.amp, device_memory_mb=device_memory)
+    print(json.dumps(result, indent=2) if args.json else format_prediction(result))
+    return 0 if result["fits"] is not False else 1
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
@@ -261,10 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit with status 1 when this data set is missing (repeatable)")
     p.set_defaults(func=cmd_data)
 
-    p = sub.add_parser("bench", help="measure models: training throughput per batch size, params and FLOPs")
+    p = sub.add_parser("bench", help="measure models: training throughput per batch size, params and FLOPs, predicted CUDA memory")
     bench = p.add_subparsers(dest="bench_command", required=True)
     for name, helptext in (("throughput", "time the training step over batch sizes; recommend one"),
-                           ("flops", "params and FLOPs per sample of one model, as JSON")):
+                           ("flops", "params and FLOPs per sample of one model, as JSON"),
+                           ("memory", "predict the peak CUDA memory of a training step, without a GPU")):
         b = bench.add_parser(name, help=helptext)
         b.add_argument("--params", default=None, help="params YAML giving model, data and optimizer (default: library defaults)")
         b.add_argument("--model", default=None, metavar="NAME", help="registered model name (overrides the params file)")
@@ -293,9 +307,18 @@ def build_parser() -> argparse.ArgumentParser:
                                 "if that is wider, count as equally fast; the smallest is recommended")
             b.add_argument("--json", action="store_true", help="print rows and recommendation as JSON")
             b.set_defaults(func=cmd_bench_throughput)
-        else:
+        elif name == "flops":
             b.add_argument("--batch-size", type=int, default=1, help="items in the counted batch")
             b.set_defaults(func=cmd_bench_flops)
+        else:
+            b.add_argument("--batch-size", type=int, default=None, help="items per micro-batch (default: train.batch_size)")
+            b.add_argument("--amp", choices=["fp32", "off", "bf16", "fp16"], default=None,
+                           help="precision of the predicted step (default: train.amp; off = fp32)")
+            b.add_argument("--device-memory", default=None, metavar="SIZE",
+                           help="the GPU's memory, e.g. 24GB (binary: 24 GiB): says whether the peak fits within "
+                                "train.max_memory_fraction of it (exit status 1 if not)")
+            b.add_argument("--json", action="store_true", help="print the prediction and its parts as JSON")
+            b.set_defaults(func=cmd_bench_memory)
 
     p = sub.add_parser("lr-find", help="learning-rate range test; writes a new folder with CSV, JSON and plot")
     p.add_argument("params", help="params YAML file (model, data, optimizer, batch size)")

@@ -9,13 +9,18 @@ import pandas as pd
 
 from vqalab.bench import efficiency_table
 from vqalab.config import build_config
+from vqalab.data import build_data
+from vqalab.memory import predict_memory, predicted_column
 from vqalab.studies.common import best_per_group, diverged_sentence, noise_verdict, with_values
 from vqalab.sweep import format_stat, gap_vs_noise, seed_stats
 
+LAB_BATCH_SIZE = 256  # lab note 002's efficiency table: peak CUDA memory at batch 256
+PREDICTED_COLUMN = predicted_column(LAB_BATCH_SIZE)
 EFFICIENCY_COLUMNS = ["name", "params_m", "forward_gflops_per_sample", "train_gflops_per_sample", "latency_ms",
-                      "samples_per_s", "peak_memory_mb", "memory_kind", "device", "status"]
+                      "samples_per_s", "peak_memory_mb", "memory_kind", PREDICTED_COLUMN, "device", "status"]
 EFFICIENCY_FORMAT = {"params_m": "{:.3f}", "forward_gflops_per_sample": "{:.4f}", "train_gflops_per_sample": "{:.4f}",
-                     "latency_ms": "{:.2f}", "samples_per_s": "{:.1f}", "peak_memory_mb": "{:.0f}"}
+                     "latency_ms": "{:.2f}", "samples_per_s": "{:.1f}", "peak_memory_mb": "{:.0f}",
+                     PREDICTED_COLUMN: "{:.0f}"}
 
 
 def gap_column(models: list) -> str:
@@ -54,11 +59,17 @@ def style_winner_table(table: pd.DataFrame, models: list):
 
 
 def efficiency(base: dict, models: list, *, batch_size: int, timed_steps: int) -> pd.DataFrame:
-    """``bench.efficiency_table`` of each model built from ``base`` (with the runs' threads)."""
+    """``bench.efficiency_table`` of each model built from ``base`` (with the runs' threads), and
+    beside the peak memory measured on this device the CUDA peak predicted at the lab's batch size
+    (``PREDICTED_COLUMN``, ``memory.predict_memory``) at the runs' precision."""
     configs = {m: build_config(with_values(base, model={"name": m})) for m in models}
     # FLOPs counted on 2 samples: BatchNorm in training mode needs more than one value per channel.
-    return efficiency_table(configs, batch_size=batch_size, flops_batch_size=2, warmup_steps=2,
-                            timed_steps=timed_steps)
+    table = efficiency_table(configs, batch_size=batch_size, flops_batch_size=2, warmup_steps=2,
+                             timed_steps=timed_steps)
+    data = build_data(configs[models[0]].data)  # both models train on the base's data
+    table[PREDICTED_COLUMN] = [predict_memory(configs[name], batch_size=LAB_BATCH_SIZE, data=data)["peak_mb"]
+                               for name in table["name"]]
+    return table
 
 
 def findings_of(df: pd.DataFrame, table: pd.DataFrame, eff: pd.DataFrame, *, models: list,

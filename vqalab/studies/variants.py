@@ -24,6 +24,7 @@ import torch
 from vqalab.bench import fixed_batch, flops_report, measure_latency
 from vqalab.config import build_config, merge, read_yaml
 from vqalab.data import DataSplits, build_data
+from vqalab.memory import predict_memory, predicted_column
 from vqalab.metrics import IOU_SWEEP_THRESHOLDS, iou_counts
 from vqalab.paths import resolve
 from vqalab.registry import ConfigError
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 VARIANTS_DIR = "params/train"
 EXPLOSION_FACTOR = 10.0
 UNINFORMED_BCE = math.log(2)  # binary cross-entropy of p = 0.5 on every cell
+LAB_BATCH_SIZE = 16  # the batch size of lab note 004's params files (params/train/cvt*.yaml)
+PREDICTED_COLUMN = predicted_column(LAB_BATCH_SIZE)
 
 
 def variant_config(name: str, overrides: dict, *, lr: float | None = None) -> dict:
@@ -137,8 +140,9 @@ def cost_table(runs: pd.DataFrame, configs: dict[str, dict], data: DataSplits, *
                device: str, warmup: int = 3, repeats: int = 10) -> pd.DataFrame:
     """Lab note 004's table: IoU@0.50 (best epoch), parameters, forward GFLOPs per sample (attention
     included) and inference latency (median ms at ``latency_batch_size`` on ``device``), with
-    ``iou_per_ms``. Costs are measured on each variant's config, untrained (they do not depend on
-    the weights)."""
+    ``iou_per_ms``, and the CUDA training-step peak predicted at the lab's batch size
+    (``PREDICTED_COLUMN``, ``memory.predict_memory``). Costs are measured on each variant's config,
+    untrained (they do not depend on the weights)."""
     rows = []
     for _, run in runs.iterrows():
         cfg = build_config(merge(configs[run["variant"]], {"train": {"device": device}}))
@@ -152,6 +156,7 @@ def cost_table(runs: pd.DataFrame, configs: dict[str, dict], data: DataSplits, *
                      "diverged_at_step": run["diverged_at"], "iou@0.50": run["best_val_acc"],
                      "params_k": flops["params_total"] / 1e3, "gflops": flops["forward_gflops_per_sample"],
                      "latency_ms": latency["latency_ms"], "latency_batch_size": latency_batch_size,
+                     PREDICTED_COLUMN: predict_memory(cfg, batch_size=LAB_BATCH_SIZE, data=data)["peak_mb"],
                      "device": str(dev)})
     table = pd.DataFrame(rows)
     table["iou_per_ms"] = table["iou@0.50"] / table["latency_ms"]
