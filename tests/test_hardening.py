@@ -4,6 +4,7 @@ file, key or value; signals, locks, disk full and damaged run files end in a cle
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -509,3 +510,129 @@ def test_a_sweep_checks_runs_root_before_loading_data_and_stops_on_a_full_disk(t
     with pytest.raises(runs.DiskFullError, match="no space left on device while writing"):
         sweep_module.sweep(tiny_config(tmp_path / "runs").to_dict(), {"optim.lr": [1e-3, 1e-2]}, data=data)
     assert len(calls) == 1  # not once per point
+
+
+# --- resume is the run it claims ----------------------------------------------------------------
+
+def resume_cli(run_dir, capsys):
+    """``vqalab train --resume RUN``: the config is the folder's own params.yaml."""
+    code = cli_main(["train", "--resume", str(run_dir), "--no-progress"])
+    return code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("key, value, recorded", [
+    ("data.max_train_samples", 4, 32),
+    ("optim.lr", 0.5, 0.001),
+])
+def test_an_edited_params_yaml_is_refused_on_resume_naming_key_and_both_values(finished, tmp_path, data,
+                                                                             monkeypatch, capsys, key, value, recorded):
+    from vqalab.config import set_dotted
+
+    run_dir = unfinished_copy(finished, tmp_path)
+    params = load_config(run_dir / "params.yaml").to_dict()
+    set_dotted(params, key, value)
+    runs.write_yaml(run_dir / "params.yaml", params)
+    monkeypatch.setattr(train, "build_data", lambda *a, **k: pytest.fail("data loaded before the check"))
+    code, err = resume_cli(run_dir, capsys)
+    assert code == 2 and "\n" not in err and "Traceback" not in err
+    assert err == (f"error: resume {run_dir}: params.yaml differs from what the run trained with (checkpoint "
+                   f"epoch_003.pt): {key} is {value!r} in params.yaml but {recorded!r} in the checkpoint: restore "
+                   "params.yaml, or start a new run")
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"  # nothing rewritten
+
+
+@pytest.fixture(scope="module")
+def other_runs(data, tmp_path_factory):
+    """One-epoch runs of another seed and of another model, whose files get copied into a run."""
+    root = tmp_path_factory.mktemp("others")
+    seed = tiny_config(root, epochs=1).model_copy(update={"seed": 2})
+    model = build_config({**tiny_config(root, epochs=1).to_dict(),
+                          "model": {**tiny_config(root).model, "name": "vqa_lstm_mlp"}})
+    return {"seed": train.fit(seed, data=data).run_dir, "model.name": train.fit(model, data=data).run_dir}
+
+
+@pytest.mark.parametrize("key, ours, theirs", [("seed", 1, 2), ("model.name", "vqa_mean_mlp", "vqa_lstm_mlp")])
+def test_another_runs_checkpoint_and_metrics_copied_in_are_refused(finished, other_runs, tmp_path, data, key,
+                                                                   ours, theirs):
+    import shutil
+
+    run_dir = unfinished_copy(finished, tmp_path)
+    shutil.rmtree(run_dir / "checkpoints")
+    shutil.copytree(other_runs[key] / "checkpoints", run_dir / "checkpoints")
+    shutil.copy(other_runs[key] / "metrics.csv", run_dir / "metrics.csv")
+    with pytest.raises(ConfigError, match=rf"resume {run_dir}: params.yaml differs from what the run trained with "
+                                          r"\(checkpoint epoch_001\.pt\): .*"
+                                          rf"{key} is {ours!r} in params.yaml but {theirs!r} in the checkpoint"):
+        train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+
+
+def test_another_runs_summary_copied_in_is_refused(finished, other_runs, tmp_path, data):
+    import shutil
+
+    run_dir = unfinished_copy(finished, tmp_path)
+    shutil.copy(other_runs["seed"] / "summary.json", run_dir / "summary.json")
+    with pytest.raises(ConfigError, match=rf"resume {run_dir}: seed is 1 in params.yaml but 2 in summary\.json "
+                                          r"\(recorded at the start\)"):
+        train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+
+
+def test_an_edited_params_yaml_without_a_checkpoint_is_refused_by_the_recorded_hash(finished, tmp_path, data):
+    import shutil
+
+    run_dir = unfinished_copy(finished, tmp_path)
+    shutil.rmtree(run_dir / "checkpoints")  # killed before its first checkpoint
+    edited = tiny_config(finished.run_dir.parents[1], epochs=5)
+    runs.write_yaml(run_dir / "params.yaml", edited.to_dict())
+    with pytest.raises(ConfigError, match=rf"resume {run_dir}: params.yaml was edited after the run started: its "
+                                          rf"config_hash is {runs.config_hash(edited)}, summary.json recorded "
+                                          rf"{runs.config_hash(tiny_config('x'))}"):
+        train.fit(edited, data=data, resume=run_dir)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("delete", "summary.json is missing"),
+    ("garbage", r"summary.json: not valid JSON \(Expecting value at line 1 column 1\)"),
+    ("stripped", "summary.json lacks experiment, name, seed, model, config_hash"),
+])
+def test_a_missing_or_corrupt_summary_is_rebuilt_from_the_checkpoint(finished, tmp_path, data, damage, reason):
+    from vqalab.results import runs_table
+
+    run_dir = unfinished_copy(finished, tmp_path)
+    summary_file = run_dir / "summary.json"
+    if damage == "delete":
+        summary_file.unlink()
+    else:
+        summary_file.write_text("garbage{" if damage == "garbage" else '{"status": "running"}')
+    result = train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+    rebuilt = json.loads(summary_file.read_text())
+    assert rebuilt["status"] == "completed" and rebuilt["epochs"] == 3
+    expected = finished.summary
+    for key in ("experiment", "name", "seed", "model", "config_hash", "params", "steps_per_epoch", "best_val_acc"):
+        assert rebuilt[key] == expected[key], key
+    assert re.search(reason, rebuilt["summary_rebuilt"]) and "rebuilt from epoch_003.pt" in rebuilt["summary_rebuilt"]
+    assert result.summary["summary_rebuilt"] == rebuilt["summary_rebuilt"] and set(result.summary) == set(rebuilt)
+    table = runs_table([run_dir])
+    assert table["name"].tolist() == ["tiny"] and table["model"].tolist() == ["vqa_mean_mlp"]
+
+
+def test_a_corrupt_summary_without_a_checkpoint_is_refused(finished, tmp_path, data):
+    import shutil
+
+    run_dir = unfinished_copy(finished, tmp_path)
+    shutil.rmtree(run_dir / "checkpoints")
+    (run_dir / "summary.json").write_text("[1, 2")
+    with pytest.raises(ConfigError, match=rf"resume {run_dir}: {run_dir}/summary\.json: not valid JSON .* and there "
+                                          r"is no checkpoint to rebuild it from: start the run again"):
+        train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+
+
+def test_a_non_number_in_metrics_csv_is_named_on_resume(finished, tmp_path, data):
+    run_dir = unfinished_copy(finished, tmp_path)
+    metrics = run_dir / "metrics.csv"
+    lines = metrics.read_text().splitlines()
+    cells = lines[2].split(",")
+    cells[2] = "oops"  # train_loss of epoch 2
+    lines[2] = ",".join(cells)
+    metrics.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=rf"^{metrics}: line 3: train_loss = 'oops': expected a number"):
+        train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
