@@ -636,3 +636,222 @@ def test_a_non_number_in_metrics_csv_is_named_on_resume(finished, tmp_path, data
     metrics.write_text("\n".join(lines) + "\n")
     with pytest.raises(ConfigError, match=rf"^{metrics}: line 3: train_loss = 'oops': expected a number"):
         train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+
+
+# --- params files past any sane size -------------------------------------------------------------
+
+def test_deep_nesting_is_refused_with_the_limit_not_a_recursion_error(tmp_path):
+    from vqalab.config import MAX_NESTING
+
+    for depth in (20_000, MAX_NESTING + 5):  # past Python's recursion limit, and just past ours
+        path = write(tmp_path, "train: {epochs: " + "[" * depth + "1" + "]" * depth + "}\n")
+        message = refused(rf"^{path}: values nested more than {MAX_NESTING} levels deep", path)
+        assert "valid YAML" not in message
+    with pytest.raises(ConfigError, match="nested more than"):
+        load_config(None, ["model.cnn_channels=" + "[" * 5000 + "]" * 5000])
+
+
+def test_a_params_file_over_the_size_limit_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    from vqalab import config
+
+    path = write(tmp_path, "optim:\n  lr: 0.001\n" + "# padding\n" * 20)
+    monkeypatch.setattr(config, "MAX_PARAMS_BYTES", 100)
+    monkeypatch.setattr(config, "load_yaml_text", lambda text: pytest.fail("parsed before the size check"))
+    refused(rf"^{path}: {path.stat().st_size:,} bytes; a params file is at most 100 bytes", path)
+
+
+def test_a_long_list_without_aliases_is_refused_for_its_size_not_for_aliases(tmp_path):
+    path = write(tmp_path, "experiment: [" + ", ".join(["1"] * 20_000) + "]\n")
+    message = refused(rf"^{path}: more than 10000 values \(a params file needs far fewer\)$", path)
+    assert "alias" not in message[len(str(path)):]
+
+
+def test_a_huge_run_name_is_refused_naming_the_limit(tmp_path):
+    path = write(tmp_path, "name: " + "x" * 5000 + "\n")
+    message = refused(r"name = 'xxx.*': String should have at most 200 characters", path)
+    assert len(message) < 400
+    refused(r"experiment = .*at most 200 characters", overrides=["experiment=" + "e" * 201])
+
+
+# --- sweep settings ------------------------------------------------------------------------------
+
+def sweep_spec_file(tmp_path, text):
+    return write(tmp_path, textwrap.dedent(text), name="spec.yaml")
+
+
+@pytest.mark.parametrize("heartbeat, grace, match", [
+    (0, 60, r"--heartbeat 0: expected at least 0\.5 s"),
+    (float("nan"), 60, r"--heartbeat nan: expected at least 0\.5 s"),
+    (0.5, 0, r"--grace 0: expected at least 4 × --heartbeat = 2 s"),
+    (10, 30, r"--grace 30: expected at least 4 × --heartbeat = 40 s"),
+])
+def test_heartbeat_and_grace_below_their_bounds_are_refused_before_the_storage_opens(tmp_path, capsys, heartbeat,
+                                                                                     grace, match):
+    journal = tmp_path / "x.journal"
+    code = cli_main(["sweep", "work", "x", "--storage", str(journal), "--heartbeat", str(heartbeat),
+                     "--grace", str(grace)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and re.fullmatch(rf"error: {match}.*", err) and "\n" not in err
+    assert not journal.exists()
+
+
+def test_queueing_reads_the_queue_once_not_once_per_point(tmp_path, monkeypatch):
+    import optuna
+
+    from vqalab.sweep_queue import SweepSpec, create_sweep
+
+    spec = SweepSpec(name="big", base={"experiment": "q", "runs_root": str(tmp_path / "runs")},
+                     grid={"optim.lr": [1e-4 * (i + 1) for i in range(6)], "optim.weight_decay": [0.0, 0.1, 0.2]},
+                     seeds=[0, 1])
+    reads = []
+    real = optuna.Study.get_trials
+    monkeypatch.setattr(optuna.Study, "get_trials", lambda self, *a, **k: reads.append(1) or real(self, *a, **k))
+    storage = tmp_path / "big.journal"
+    assert create_sweep(spec, storage)[1] == 36
+    assert len(reads) == 1  # enqueue_trial(skip_if_exists=True) read them all again for each of 36 points
+    spec.grid["optim.weight_decay"].append(0.3)  # a grown grid queues only its new points
+    spec._points = None
+    assert create_sweep(spec, storage)[1] == 12
+    study = optuna.load_study(study_name="big", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(storage))))
+    keys = [json.dumps(t.system_attrs["fixed_params"], sort_keys=True) for t in study.get_trials()]
+    assert len(keys) == len(set(keys)) == 48
+
+
+@pytest.mark.parametrize("grid, seeds, match", [
+    ({"optim.lr": [0.001, 1.0e-3]}, [0], r"sweep grid: optim\.lr lists 0\.001 twice: keep one"),
+    ({"optim.lr": [0.1, 0.01], "model.cnn_channels": [[4, 8], [4, 8]]}, [0],
+     r"sweep grid: model\.cnn_channels lists \(4, 8\) twice: keep one"),
+    ({"optim.lr": [0.1]}, [0, 1, 0], r"sweep seeds lists 0 twice: keep one"),
+])
+def test_a_value_listed_twice_in_a_grid_is_refused_naming_key_and_value(grid, seeds, match):
+    from vqalab.sweep import expand_grid
+
+    with pytest.raises(ConfigError, match=match):
+        expand_grid({}, grid, seeds)
+
+
+def test_a_spec_base_that_is_not_a_params_file_is_never_echoed(tmp_path):
+    from vqalab.sweep_queue import load_spec
+
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\nalice:SECRET-TOKEN:1000:1000::/home/alice:/bin/sh\n")
+    spec = sweep_spec_file(tmp_path, f"base: {secret}\ngrid: {{optim.lr: [0.1]}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_spec(spec)
+    assert str(err.value) == (f"{spec}: base = '{secret}': expected a params file (a mapping of params keys), "
+                              "but the file holds a str")
+    secret.write_text("a: b: SECRET-TOKEN\n")  # not YAML either: the message says where, not what
+    with pytest.raises(ConfigError, match=r"not valid YAML: mapping values are not allowed here at line 1, "
+                                          r"column 5$") as err:
+        load_spec(spec)
+    assert "SECRET" not in str(err.value)
+
+
+def closed_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when this returns: nothing listens there
+
+
+@pytest.mark.parametrize("command", ["status", "table", "work"])
+@pytest.mark.parametrize("url, match", [
+    ("postgresql://lab:hunter2@127.0.0.1:{port}/sweeps",
+     r"cannot open the database: connection to server at \"127\.0\.0\.1\", port \d+ failed: Connection refused"),
+    ("mysql://lab:hunter2@127.0.0.1/sweeps", r"no database driver for mysql:// is installed"),
+    ("postgresql://lab:hunter2@127.0.0.1:notaport/sweeps", r"the port is not a number"),
+    ("postgresql://lab:hunter2@127.0.0.1:70000/sweeps", r"port 70000 is out of range \(1-65535\)"),
+])
+def test_a_storage_url_that_cannot_be_opened_is_one_line_with_the_password_masked(capsys, command, url, match):
+    url = url.format(port=closed_port())
+    assert cli_main(["sweep", command, "grid", "--storage", url]) == 2
+    out = capsys.readouterr()
+    err = out.err.strip()
+    assert "hunter2" not in out.out + out.err and "\n" not in err
+    assert re.fullmatch(rf"error: storage {re.escape(url.replace(':hunter2@', ':***@'))}: {match}.*", err), err
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda p: p.mkdir(), r"is a folder; expected an Optuna journal file"),
+    (lambda p: p.write_bytes(b"\x00garbage{{\n" * 3), r"not an Optuna journal file \(its first line is not a journal record\)"),
+    (lambda p: None, r"no such journal file"),
+])
+@pytest.mark.parametrize("command", ["status", "table", "work"])
+def test_a_journal_that_is_missing_a_folder_or_garbage_is_refused_and_never_created(tmp_path, capsys, make, match,
+                                                                                   command):
+    journal = tmp_path / "typo.journal"
+    make(journal)
+    before = {p: p.is_dir() or p.read_bytes() for p in tmp_path.rglob("*")}
+    assert cli_main(["sweep", command, "grid", "--storage", str(journal)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(rf"error: storage {journal}: {match}.*", err) and "\n" not in err
+    assert {p: p.is_dir() or p.read_bytes() for p in tmp_path.rglob("*")} == before  # nothing made or written
+
+
+def test_the_storage_password_is_masked_in_every_output(tmp_path, capsys, caplog):
+    import logging
+
+    from vqalab.registry import mask_secrets
+
+    assert mask_secrets("postgresql://lab:p4ss/w0rd@db.lab:5432/sweeps and sqlite:///x.db") == \
+        "postgresql://lab:***@db.lab:5432/sweeps and sqlite:///x.db"
+    assert mask_secrets("postgresql://lab@db/sweeps") == "postgresql://lab@db/sweeps"  # no password: unchanged
+    url = f"postgresql://lab:hunter2@127.0.0.1:{closed_port()}/sweeps"
+    spec = sweep_spec_file(tmp_path, f"""\
+        base: {{experiment: q, runs_root: {tmp_path / 'runs'}}}
+        grid: {{optim.lr: [0.1]}}
+    """)
+    with caplog.at_level(logging.DEBUG):
+        assert cli_main(["sweep", "create", str(spec), "--storage", url]) == 2
+    out = capsys.readouterr()
+    assert "hunter2" not in out.out + out.err + caplog.text and "lab:***@" in out.err
+
+
+# --- hostile data files --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("file_key, entries_key, index, key, value, match", [
+    ("v2_mscoco_train2014_annotations.json", "annotations", 3, "answers", [{"answer": 2}] * 10,
+     r"annotations entry 3 \(question_id \d+\): answer = 2: expected a string"),
+    ("v2_mscoco_train2014_annotations.json", "annotations", 1, "multiple_choice_answer", 7,
+     r"annotations entry 1 \(question_id \d+\): multiple_choice_answer = 7: expected a string"),
+    ("v2_OpenEnded_mscoco_train2014_questions.json", "questions", 2, "question", None,
+     r"questions entry 2 \(question_id \d+\): question = None: expected a string"),
+    ("v2_OpenEnded_mscoco_train2014_questions.json", "questions", 0, "image_id", "25",
+     r"questions entry 0: image_id = '25': expected an integer"),
+    ("v2_mscoco_train2014_annotations.json", "annotations", 0, "question_id", 1.5,
+     r"annotations entry 0: question_id = 1\.5: expected an integer"),
+])
+def test_vqa_v2_entries_of_the_wrong_type_name_the_file_and_entry(vqa_root, file_key, entries_key, index, key, value,
+                                                                   match):
+    path = vqa_root / file_key
+    content = json.loads(path.read_text())
+    content[entries_key][index][key] = value
+    path.write_text(json.dumps(content))
+    with pytest.raises(ConfigError, match=rf"^vqa_v2: {path}: {match}"):
+        load_vqa_v2(vqa_root)
+
+
+@pytest.mark.parametrize("limit_factor", [0.3, 0.7])  # PIL raises past 2 × the limit, only warns below that
+def test_decompression_bomb_images_are_refused_naming_the_image(tmp_path, vqa_root, monkeypatch, limit_factor):
+    from PIL import Image
+
+    from vqalab.data import build_data
+
+    image = vqa_root / "train2014" / "COCO_train2014_000000000025.jpg"
+    with Image.open(image) as img:
+        pixels = img.width * img.height
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", int(pixels * limit_factor))
+    data = load_vqa_v2(vqa_root)
+    with pytest.raises(ConfigError, match=rf"^vqa_v2: {image}: cannot read the image \(image_id 25\): more than "
+                                          r"[\d,]+ pixels \(PIL\.Image\.MAX_IMAGE_PIXELS\), so it is refused as a "
+                                          r"possible decompression bomb$"):
+        data.train[data.train.image_ids.index(25)]
+    root = rafdb_root(tmp_path)
+    face = next((root / "Image" / "aligned").glob("train_00001*"))
+    monkeypatch.undo()
+    with Image.open(face) as img:
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", int(img.width * img.height * limit_factor))
+    with pytest.raises(ConfigError, match=rf"^{face}: cannot read the image \(RAF-DB image {face.name}\): more than"):
+        build_data({"name": "rafdb", "root": str(root), "image_size": 32, "use_cache": False})

@@ -151,7 +151,7 @@ def test_a_finished_point_is_reused_not_trained(tmp_path, monkeypatch):
         raise AssertionError("a finished point was trained again")
 
     monkeypatch.setattr(subprocess, "Popen", no_training)
-    assert Worker("grid", storage, heartbeat_s=0.2).run() == 1
+    assert Worker("grid", storage, heartbeat_s=0.5).run() == 1
     table = sweep_table("grid", storage)
     assert table.loc[0, "reused"] and table.loc[0, "run_dir"] == done.loc[0, "run_dir"]
     assert table.loc[0, "best_val_acc"] == done.loc[0, "best_val_acc"]

@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 
-from vqalab.registry import ConfigError
+from vqalab.registry import ConfigError, mask_secrets
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -177,7 +177,7 @@ def cmd_sweep_create(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)  # every point validated before the storage is touched
     storage, added = create_sweep(spec, args.storage)
     print(f"sweep {spec.name}: {len(spec.points())} points, {added} newly queued")
-    print(f"storage: {storage}")
+    print(f"storage: {mask_secrets(storage)}")
     print(spec.name)  # last line: the sweep name, for scripts
     return 0
 
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {mask_secrets(err)}", file=sys.stderr)
         return 2
     except OSError as err:
         if err.errno != errno.ENOSPC:

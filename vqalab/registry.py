@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 import reprlib
 from typing import Any, Callable
 
@@ -30,6 +31,15 @@ def short_repr(value: Any) -> str:
     """``repr`` of a user value, cut to a readable size (nested and long values are elided)."""
     text = _echo.repr(value)
     return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS - 3] + "..."
+
+
+# The password of ``scheme://user:password@host``: never printed or logged.
+URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^@\s]*@")
+
+
+def mask_secrets(text: Any) -> str:
+    """``text`` with the password of every storage URL in it replaced by ``***``."""
+    return URL_PASSWORD.sub(r"\1***@", str(text))
 
 
 def nearest(name: str, choices) -> str | None:
