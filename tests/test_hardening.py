@@ -855,3 +855,132 @@ def test_decompression_bomb_images_are_refused_naming_the_image(tmp_path, vqa_ro
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", int(img.width * img.height * limit_factor))
     with pytest.raises(ConfigError, match=rf"^{face}: cannot read the image \(RAF-DB image {face.name}\): more than"):
         build_data({"name": "rafdb", "root": str(root), "image_size": 32, "use_cache": False})
+
+
+# --- a run folder removed or made read-only while the run trains ---------------------------------
+
+def after_epoch(monkeypatch, epoch, action):
+    """Run ``action(run_dir)`` when ``epoch`` starts training."""
+    real = train.train_one_epoch
+
+    def wrapped(*args, **kwargs):
+        if args[7] == epoch:  # train_one_epoch(model, opt, sched, scaler, data, cfg, device, epoch, step)
+            action()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", wrapped)
+
+
+def test_a_run_folder_removed_mid_training_ends_in_one_line_and_is_not_made_again(tmp_path, data, monkeypatch,
+                                                                                  capsys):
+    import shutil
+
+    root = tmp_path / "runs"
+    after_epoch(monkeypatch, 2, lambda: shutil.rmtree(next((root / "hard").iterdir())))
+    params = tmp_path / "params.yaml"
+    runs.write_yaml(params, tiny_config(root).to_dict())
+    monkeypatch.setattr(train, "build_data", lambda spec, seed=0: data)
+    assert cli_main(["train", str(params), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(rf"error: run folder {root}/hard/\S+-tiny was removed while the run trained \(after 1 "
+                        r"epoch\(s\)\): nothing more is recorded; start the run again", err), err
+    assert list((root / "hard").iterdir()) == []  # no half folder of confusion matrix and headerless metrics
+
+
+def test_a_run_folder_made_read_only_mid_training_says_so_and_that_its_status_could_not_be_recorded(
+        tmp_path, data, monkeypatch, capsys):
+    read_only = []
+
+    def refuse_writes(real):
+        def write(path, *args):
+            if read_only:
+                raise OSError(errno.EROFS, "Read-only file system", str(path))
+            return real(path, *args)
+        return write
+
+    monkeypatch.setattr(runs, "atomic_write_bytes", refuse_writes(runs.atomic_write_bytes))
+    monkeypatch.setattr(runs, "append_text", refuse_writes(runs.append_text))
+    after_epoch(monkeypatch, 2, lambda: read_only.append(True))
+    root = tmp_path / "runs"
+    params = tmp_path / "params.yaml"
+    runs.write_yaml(params, tiny_config(root).to_dict())
+    monkeypatch.setattr(train, "build_data", lambda spec, seed=0: data)
+    assert cli_main(["train", str(params), "--no-progress"]) == 1
+    (run_dir,) = list((root / "hard").iterdir())
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: run folder {run_dir} cannot be written any more (Read-only file system: "
+                   f"{run_dir}/summary.json; read-only or removed?): the run stopped, and its summary.json still "
+                   "says 'running', not 'failed'")
+    monkeypatch.undo()  # once writable again, the folder resumes from its last checkpoint
+    assert train.fit(tiny_config(root), data=data, resume=run_dir).summary["status"] == "completed"
+
+
+@pytest.mark.parametrize("kind", ["npy", "npz"])
+def test_a_nan_in_a_feature_file_names_the_file(vqa_root, kind):
+    import numpy as np
+    from test_vqa_v2 import SPLITS, write_region_files
+
+    if kind == "npz":
+        write_region_files(vqa_root)
+    else:
+        for split, ids in SPLITS.items():
+            (vqa_root / f"regions_{split}").mkdir()
+            for image_id in ids:
+                np.save(vqa_root / f"regions_{split}" / f"COCO_{split}2014_{image_id:012d}.npy",
+                        np.ones((5, 8), np.float32))
+    bad = vqa_root / "regions_train" / f"COCO_train2014_000000000025.{kind}"
+    if kind == "npz":
+        stored = dict(np.load(bad))
+        stored["features"][1, 2] = np.nan
+        np.savez(bad, **stored)
+    else:
+        features = np.ones((5, 8), np.float32)
+        features[1, 2] = np.inf
+        np.save(bad, features)
+    data = load_vqa_v2(vqa_root, train_features="regions_train", val_features="regions_val")
+    with pytest.raises(ConfigError, match=rf"^{bad}: features hold 1 non-finite value\(s\) \(NaN or infinity; the "
+                                          r"first at index \(1, 2\)\): recompute or replace the file$"):
+        data.train[data.train.image_ids.index(25)]
+
+
+# --- vqalab runs and vqalab tb -------------------------------------------------------------------
+
+@pytest.mark.parametrize("diff", [False, True])
+def test_a_corrupt_summary_is_named_by_vqalab_runs(finished, other_runs, tmp_path, capsys, diff):
+    run_dir = unfinished_copy(finished, tmp_path)
+    (run_dir / "summary.json").write_text('{"status": "completed", ')
+    args = ["runs", "--diff", str(run_dir), str(other_runs["seed"])] if diff else ["runs", str(run_dir)]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {run_dir}/summary.json: not valid JSON (Expecting property name enclosed in double " \
+                  "quotes at line 1 column 25)"
+
+
+def test_runs_diff_of_an_experiment_says_how_many_runs_it_holds(other_runs, capsys):
+    experiment = other_runs["seed"].parent
+    assert cli_main(["runs", "--diff", str(experiment), str(other_runs["seed"])]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: --diff takes exactly two run folders; {experiment} "
+                                               f"{other_runs['seed']} are 3 runs")
+
+
+@pytest.mark.parametrize("port", [0, 70000, -1])
+def test_tb_port_out_of_range_is_refused(finished, capsys, port):
+    assert cli_main(["tb", str(finished.run_dir), "--port", str(port)]) == 2
+    out = capsys.readouterr()
+    assert out.err.strip() == (f"error: --port {port}: expected a port number from 1 to 65535 (or no --port: "
+                               "a free one)") and "http" not in out.out
+
+
+def test_tb_port_taken_by_another_server_is_refused_without_printing_its_url(finished, capsys, monkeypatch):
+    import socket
+
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("TensorBoard started on a taken port"))
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        assert cli_main(["tb", str(finished.run_dir), "--port", str(port)]) == 2
+    out = capsys.readouterr()
+    assert re.fullmatch(rf"error: --port {port}: cannot listen on 127\.0\.0\.1:{port} \(Address already in use; "
+                        r"another server may be using it\): pick another port, or leave --port out", out.err.strip())
+    assert f":{port}" not in out.out

@@ -73,6 +73,13 @@ class DiskFullError(OSError):
         return self.strerror
 
 
+class RunFolderLost(OSError):
+    """The run folder was removed, or became unwritable (e.g. remounted read-only), while the run trained."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
 class FolderBusy(ConfigError):
     """Another process holds the folder's lock."""
 

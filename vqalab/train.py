@@ -702,6 +702,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
                 if not math.isfinite(val_loss):
                     raise Diverged(step, optimizer.param_groups[0]["lr"], "validation loss", epoch)
                 row.update(val_loss=val_loss, val_acc=val_acc, peak_memory_mb=peak_memory_mb(device))
+                check_run_folder(run_dir, epoch)  # the writes below would make a removed folder again
                 history.append(row)
                 if val_pred is not None and summarise(history, cfg.train.early_stop_metric)["best_epoch"] == epoch:
                     best_confusion = confusion_matrix(torch.as_tensor(data.val.targets), val_pred, len(data.class_names))
@@ -739,8 +740,32 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
             monitor.close()
             summary.update(summarise(history, cfg.train.early_stop_metric), wall_time_s=time.perf_counter() - t_run,
                            finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            runs.write_json(run_dir / "summary.json", summary)
+            record_end(run_dir, summary, len(history))
     return RunResult(run_dir=run_dir, summary=summary)
+
+
+def check_run_folder(run_dir: Path, epoch: int) -> None:
+    """Stop (the run fails) when the run folder was removed while it trained."""
+    if not run_dir.is_dir():
+        raise runs.RunFolderLost(f"run folder {run_dir} was removed while the run trained (in epoch {epoch}): "
+                                 "nothing more is recorded; start the run again")
+
+
+def record_end(run_dir: Path, summary: dict, epochs_done: int) -> None:
+    """Write the final summary.json; a folder removed or made read-only meanwhile is said in one
+    line (``runs.RunFolderLost``) instead of a traceback, and never made again."""
+    if not run_dir.is_dir():
+        raise runs.RunFolderLost(f"run folder {run_dir} was removed while the run trained (after {epochs_done} "
+                                 "epoch(s)): nothing more is recorded; start the run again")
+    try:
+        runs.write_json(run_dir / "summary.json", summary)
+    except runs.DiskFullError:
+        raise
+    except OSError as err:
+        raise runs.RunFolderLost(
+            f"run folder {run_dir} cannot be written any more ({err.strerror or err}: {err.filename or run_dir}; "
+            f"read-only or removed?): the run stopped, and its summary.json still says 'running', not "
+            f"'{summary['status']}'") from err
 
 
 def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: RunConfig,

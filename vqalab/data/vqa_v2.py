@@ -53,7 +53,7 @@ from vqalab.data import (
     short_hash,
 )
 from vqalab.data.easy_vqa import collate_vqa
-from vqalab.data.regions import REGION_INPUT_KEYS, boxes_of, read_regions
+from vqalab.data.regions import REGION_INPUT_KEYS, boxes_of, check_finite, read_regions
 from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, open_rgb
 from vqalab.metrics import clean_whitespace, normalize_answer, vqa_accuracy
 from vqalab.paths import cache_dir, resolve_data
@@ -194,6 +194,7 @@ def load_features(path: Path) -> torch.Tensor:
     else:
         array = np.load(path) if path.suffix == ".npy" else torch.load(path, map_location="cpu", weights_only=True)
     features = torch.as_tensor(array, dtype=torch.float32)
+    check_finite(path, features.numpy())
     if features.ndim == 1:
         return features[:, None, None]
     if features.ndim == 2:
