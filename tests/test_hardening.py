@@ -984,3 +984,51 @@ def test_tb_port_taken_by_another_server_is_refused_without_printing_its_url(fin
     assert re.fullmatch(rf"error: --port {port}: cannot listen on 127\.0\.0\.1:{port} \(Address already in use; "
                         r"another server may be using it\): pick another port, or leave --port out", out.err.strip())
     assert f":{port}" not in out.out
+
+
+PG_PASSWORD = "hunter2-pg"
+
+
+@pytest.fixture(scope="module")
+def password_server():
+    """A PostgreSQL server asking for the password over TCP; yields its port."""
+    from test_sweep_queue import postgres_server
+
+    with postgres_server(password=PG_PASSWORD) as port:
+        yield port
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("password, database, match", [
+    ("wrong", "postgres", r'password authentication failed for user "postgres"'),
+    (PG_PASSWORD, "no_such_db", r'database "no_such_db" does not exist'),
+])
+def test_postgresql_wrong_password_or_missing_database_is_one_line_with_the_password_masked(
+        password_server, capsys, password, database, match):
+    url = f"postgresql://postgres:{password}@127.0.0.1:{password_server}/{database}"
+    assert cli_main(["sweep", "status", "grid", "--storage", url]) == 2
+    out = capsys.readouterr()
+    assert password not in out.out + out.err
+    masked = url.replace(f":{password}@", ":***@")
+    assert re.fullmatch(rf"error: storage {re.escape(masked)}: cannot open the database: .*{match}.*", out.err.strip())
+
+
+@pytest.mark.slow
+def test_a_created_sweep_prints_and_logs_its_storage_with_the_password_masked(password_server, tmp_path, capsys,
+                                                                              caplog):
+    import logging
+
+    url = f"postgresql://postgres:{PG_PASSWORD}@127.0.0.1:{password_server}/postgres"
+    spec = sweep_spec_file(tmp_path, f"""\
+        name: masked
+        base: {{experiment: q, runs_root: {tmp_path / 'runs'}}}
+        grid: {{optim.lr: [0.1, 0.2]}}
+    """)
+    with caplog.at_level(logging.INFO):
+        assert cli_main(["sweep", "create", str(spec), "--storage", url]) == 0
+        assert cli_main(["sweep", "status", "masked", "--storage", url]) == 0
+        assert cli_main(["sweep", "table", "masked", "--storage", url]) == 0
+    out = capsys.readouterr()
+    assert PG_PASSWORD not in out.out + out.err + caplog.text
+    assert f"storage: postgresql://postgres:***@127.0.0.1:{password_server}/postgres" in out.out
+    assert "2 waiting" in out.out
