@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -260,21 +261,58 @@ def create_sweep(spec: SweepSpec, storage: str | Path | None = None) -> tuple[st
                           f"reuse setting: give the spec another name")
     elif stored["grid"] != wanted["grid"]:
         study.set_user_attr(SPEC_ATTR, wanted)  # a grown grid: its new points are queued below
-    # One read of what is queued, then one write per new point: linear in the grid's size
+    # One read of what is queued, then the new points: linear in the grid's size
     # (enqueue_trial(skip_if_exists=True) reads every trial again for every point).
     queued = {_point_key(t.system_attrs["fixed_params"]) for t in study.get_trials(deepcopy=False)
               if "fixed_params" in t.system_attrs}
     added = 0
-    for point in points:
-        params = point_params(point)
-        if _point_key(params) in queued:
-            continue
-        study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": params},
-                                                  user_attrs={"name": point.cfg.name}))
-        queued.add(_point_key(params))
-        added += 1
+    with batched_journal_writes(study):
+        for point in points:
+            params = point_params(point)
+            if _point_key(params) in queued:
+                continue
+            study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": params},
+                                                      user_attrs={"name": point.cfg.name}))
+            queued.add(_point_key(params))
+            added += 1
     log.info("sweep %s: %d points, %d newly queued in %s", spec.name, len(points), added, mask_secrets(storage))
     return storage, added
+
+
+class _HeldAppends:
+    """A journal backend stand-in that holds appended records until ``batched_journal_writes`` ends."""
+
+    def __init__(self, backend):
+        self.backend, self.held = backend, []
+
+    def append_logs(self, logs: list[dict]) -> None:
+        self.held.extend(logs)
+
+    def read_logs(self, log_number_from: int):
+        return self.backend.read_logs(log_number_from)
+
+
+@contextmanager
+def batched_journal_writes(study: optuna.Study):
+    """Within the block, a journal storage's records are appended at the end in one write (one
+    lock, one fsync) instead of one each: queueing 10,000 points otherwise spends minutes in fsync.
+    Only trials are created inside (their ids are not read back); RDB storages write as usual."""
+    storage = study._storage
+    backend = getattr(storage, "_backend", None)
+    if not isinstance(storage, optuna.storages.JournalStorage) or backend is None:
+        yield
+        return
+    holder = _HeldAppends(backend)
+    replay = storage._replay_result  # read by create_new_trial after each (here empty) sync
+    replay._last_created_trial_id_by_this_process = getattr(replay, "_last_created_trial_id_by_this_process", -1)
+    storage._backend = holder
+    try:
+        yield
+    finally:
+        storage._backend = backend
+    if holder.held:
+        backend.append_logs(holder.held)  # atomic under the journal's lock: other workers see all or none
+    storage._sync_with_backend()
 
 
 def load_sweep(name: str, storage: str | Path | None = None, **storage_kw) -> tuple[optuna.Study, SweepSpec]:
