@@ -645,8 +645,12 @@ def test_deep_nesting_is_refused_with_the_limit_not_a_recursion_error(tmp_path):
 
     for depth in (20_000, MAX_NESTING + 5):  # past Python's recursion limit, and just past ours
         path = write(tmp_path, "train: {epochs: " + "[" * depth + "1" + "]" * depth + "}\n")
-        message = refused(rf"^{path}: values nested more than {MAX_NESTING} levels deep", path)
+        message = refused(rf"^{path}: values nested more than {MAX_NESTING} levels deep \(at line 1\)", path)
         assert "valid YAML" not in message
+    block = "".join(f"{'  ' * i}k{i}:\n" for i in range(MAX_NESTING + 2)) + "  " * (MAX_NESTING + 2) + "v: 1\n"
+    refused(rf"levels deep \(at line {MAX_NESTING + 1}\)", write(tmp_path, block))  # block style alike
+    anchored = "a: &deep " + "[" * 40 + "1" + "]" * 40 + "\nb: " + "[" * 40 + "*deep" + "]" * 40 + "\n"
+    refused(r"levels deep", write(tmp_path, anchored))  # an alias nests its anchor's levels too
     with pytest.raises(ConfigError, match="nested more than"):
         load_config(None, ["model.cnn_channels=" + "[" * 5000 + "]" * 5000])
 
@@ -661,7 +665,7 @@ def test_a_params_file_over_the_size_limit_is_refused_before_it_is_parsed(tmp_pa
 
 
 def test_a_long_list_without_aliases_is_refused_for_its_size_not_for_aliases(tmp_path):
-    path = write(tmp_path, "experiment: [" + ", ".join(["1"] * 20_000) + "]\n")
+    path = write(tmp_path, "experiment: [" + ", ".join(["1"] * 10_001) + "]\n")
     message = refused(rf"^{path}: more than 10000 values \(a params file needs far fewer\)$", path)
     assert "alias" not in message[len(str(path)):]
 

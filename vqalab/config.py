@@ -74,27 +74,29 @@ class YamlTooLarge(yaml.YAMLError):
 def expanded_size(node: yaml.Node, limit: int) -> int:
     """Nodes in the tree once every alias is expanded, counted without expanding (stops past ``limit``).
 
-    Raises ``yaml.YAMLError`` for a tree nested deeper than MAX_NESTING.
+    Raises ``YamlTooLarge`` for a tree nested deeper than MAX_NESTING once expanded (an alias
+    nests its anchor's levels where it stands).
     """
-    sizes: dict[int, int] = {}
+    seen: dict[int, tuple[int, int]] = {}  # id(node) → (expanded size, levels below and including it)
 
-    def size(n: yaml.Node, depth: int) -> int:
-        if depth > MAX_NESTING:
+    def visit(n: yaml.Node, depth: int) -> tuple[int, int]:
+        if depth > MAX_NESTING:  # also bounds this recursion along a chain of aliases
             raise YamlTooLarge(f"values nested more than {MAX_NESTING} levels deep (at line "
-                                 f"{n.start_mark.line + 1}): a params file needs a few levels")
-        if id(n) in sizes:
-            return sizes[id(n)]
-        sizes[id(n)] = limit + 1  # a recursive alias counts as too large
-        if isinstance(n, yaml.MappingNode):
-            total = 1 + sum(size(k, depth + 1) + size(v, depth + 1) for k, v in n.value)
-        elif isinstance(n, yaml.SequenceNode):
-            total = 1 + sum(size(v, depth + 1) for v in n.value)
-        else:
-            total = 1
-        sizes[id(n)] = min(total, limit + 1)
-        return sizes[id(n)]
+                               f"{n.start_mark.line + 1}): a params file needs a few levels")
+        if id(n) not in seen:
+            seen[id(n)] = (limit + 1, MAX_NESTING + 1)  # a recursive alias counts as too large
+            children = ([c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode)
+                        else n.value if isinstance(n, yaml.SequenceNode) else [])
+            found = [visit(c, depth + 1) for c in children]
+            seen[id(n)] = (min(1 + sum(f[0] for f in found), limit + 1),
+                           1 + max((f[1] for f in found), default=0))
+        size, levels = seen[id(n)]
+        if depth + levels > MAX_NESTING + 1:
+            raise YamlTooLarge(f"values nested more than {MAX_NESTING} levels deep (at line "
+                               f"{n.start_mark.line + 1}): a params file needs a few levels")
+        return size, levels
 
-    return size(node, 0)
+    return visit(node, 0)[0]
 
 
 class _AliasCounter(YamlLoader):
@@ -108,9 +110,24 @@ class _AliasCounter(YamlLoader):
         return super().compose_node(parent, index)
 
 
+def check_nesting(text: str) -> None:
+    """Refuse nesting deeper than MAX_NESTING from the parser's events, stopping as soon as it is
+    reached: composing 20,000 levels would take seconds and end in a RecursionError."""
+    depth = 0
+    for event in yaml.parse(text, Loader=YamlLoader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_NESTING:
+                raise YamlTooLarge(f"values nested more than {MAX_NESTING} levels deep (at line "
+                                   f"{event.start_mark.line + 1}): a params file needs a few levels")
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
+
+
 def load_yaml_text(text: str) -> Any:
     """Parse YAML with ``YamlLoader``, refusing documents whose aliases expand past MAX_EXPANDED_NODES
     values and documents nested deeper than MAX_NESTING."""
+    check_nesting(text)
     loader = _AliasCounter(text)
     try:
         try:
