@@ -66,7 +66,7 @@ def test_model_flops_per_sample_and_gmacs():
 
     cfg = build_config({})
     batch = {"image": torch.randn(4, 4), "extra": torch.randn(4, 2), "target": torch.tensor([0, 1, 2, 3])}
-    flops = bench.model_flops(TwoInputs(), batch, ("image", "extra"), cfg)
+    flops = bench.model_flops(TwoInputs(), batch, ("image", "extra"), cfg, "classification")
     assert flops == {"forward_flops": 2 * 4 * 6 * 5, "train_flops": 2 * (2 * 4 * 6 * 5)}
     summary = bench.flops_summary(flops, batch_size=4)
     assert summary["forward_gflops_per_sample"] == pytest.approx(2 * 6 * 5 / 1e9)
@@ -345,8 +345,8 @@ def test_training_step_updates_the_weights(cfg, data):
     assert not scaler.is_enabled()  # loss scaling is for CUDA fp16 only
     batch = bench.fixed_batch(data, 4, cfg.seed)
     before = [p.detach().clone() for p in model.parameters()]
-    loss, grad_norm = train.training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, cfg=cfg,
-                                          device=torch.device("cpu"), amp="off")
+    loss, grad_norm = train.training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, task=data.task,
+                                          cfg=cfg, device=torch.device("cpu"), amp="off")
     assert torch.isfinite(loss) and torch.isfinite(grad_norm) and grad_norm > 0
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()) if p.requires_grad)
 

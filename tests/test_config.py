@@ -86,3 +86,12 @@ def test_parameter_table_documents_every_key():
     assert all(r["meaning"] for r in rows), [r["key"] for r in rows if not r["meaning"]]
     lr = next(r for r in rows if r["key"] == "optim.lr")
     assert lr["default"] == 1e-3 and lr["range"]
+
+
+def test_parameter_types_read_as_plain_types():
+    from vqalab.config import parameter_rows
+
+    types = {row["key"]: row["type"] for row in parameter_rows()}
+    assert types["optim.betas"] == "tuple[float, float]"
+    assert types["train.batch_size"] == "int or one of auto"
+    assert not [key for key, kind in types.items() if "Annotated" in kind or "metadata" in kind]

@@ -583,7 +583,8 @@ def test_an_edited_params_yaml_without_a_checkpoint_is_refused_by_the_recorded_h
     shutil.rmtree(run_dir / "checkpoints")  # killed before its first checkpoint
     edited = tiny_config(finished.run_dir.parents[1], epochs=5)
     runs.write_yaml(run_dir / "params.yaml", edited.to_dict())
-    with pytest.raises(ConfigError, match=rf"resume {run_dir}: params.yaml was edited after the run started: its "
+    with pytest.raises(ConfigError, match=rf"resume {run_dir}: params.yaml \(or a weights file it names\) changed after the "
+                                          rf"run started: its "
                                           rf"config_hash is {runs.config_hash(edited)}, summary.json recorded "
                                           rf"{runs.config_hash(tiny_config('x'))}"):
         train.fit(edited, data=data, resume=run_dir)

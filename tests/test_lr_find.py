@@ -118,8 +118,8 @@ def test_range_test_restores_model_and_optimizer_exactly(cfg, data):
     batch = bench.fixed_batch(data, 8, cfg.seed)
     scaler = train.make_grad_scaler(device, "off")
     for _ in range(2):
-        train.training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, cfg=cfg, device=device,
-                            amp="off")
+        train.training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, task=data.task, cfg=cfg,
+                            device=device, amp="off")
     model.eval()
     before = state_snapshot(model, optimizer)
 

@@ -469,17 +469,22 @@ def test_san_dropout_sites_and_the_labs_mlp_classifier():
 
 # --- BAN's counting module (Zhang et al. 2018; ban-vqa counting.py) -------------------------------------
 
-def test_ban_counter_parameter_count_per_layer_group():
-    # ban-vqa: one Counter(objects=10) with 16 PiecewiseLin(16) (8 of them used; we build those 8),
-    # and per glimpse c_prj = FCNet([objects + 1, num_hid], 'ReLU', 0).
-    objects, pieces, used_functions = 10, 16, 8
+@pytest.mark.parametrize("weight_norm", [False, True])
+def test_ban_counter_parameter_count_per_layer_group(weight_norm):
+    # ban-vqa counting.py: one Counter(objects=10) with [PiecewiseLin(16) for _ in range(16)] (8 of
+    # them read by its forward), and per glimpse c_prj = FCNet([objects + 1, num_hid], 'ReLU', 0).
+    objects, pieces, functions = 10, 16, 16
     with torch.device("meta"):
         model = create_model("vqa_ban", vocab_size=VOCAB, num_answers=3129, image_dim=2048, embed_dim=8,
-                             question_dim=1280, hidden_dim=1280, glimpses=8, weight_norm=True, use_counter=True)
+                             question_dim=1280, hidden_dim=1280, glimpses=8, weight_norm=weight_norm,
+                             use_counter=True)
     counts = group_counts(model, {**BAN_GROUPS, "counter": "counter.", "count_update": "count_update."})
-    assert counts == {**ban_reference_groups(v_dim=2048, num_hid=1280, gamma=8, num_answers=3129, weight_norm=True),
-                      "counter": used_functions * (pieces + 1),
-                      "count_update": 8 * linear_params([(objects + 1, 1280)], weight_norm=True)}
+    assert counts == {**ban_reference_groups(v_dim=2048, num_hid=1280, gamma=8, num_answers=3129,
+                                             weight_norm=weight_norm),
+                      "counter": functions * (pieces + 1),
+                      "count_update": 8 * linear_params([(objects + 1, 1280)], weight_norm=weight_norm)}
+    # 16 × 17 + 8 × (11 × 1280 + 1280) = 123,152; weight norm (dim=None) adds one scale per c_prj matrix
+    assert counts["counter"] + counts["count_update"] == 123_152 + (8 if weight_norm else 0)
 
 
 def boxes_for(batch: dict, seed: int = 0) -> torch.Tensor:
@@ -497,7 +502,9 @@ def test_ban_with_counter_forward_backward_and_the_boxes_it_needs():
     logits = model(**batch)
     assert logits.shape == (4, ANSWERS) and torch.isfinite(logits).all()
     logits.sum().backward()
-    assert all(p.grad is not None for p in model.parameters())
+    unused = {id(f.weight) for f in model.counter.f[8:]}  # allocated as in ban-vqa, never read
+    assert len(unused) == 8 and all(not f.weight.requires_grad for f in model.counter.f[8:])
+    assert all(p.grad is not None for p in model.parameters() if id(p) not in unused)
     assert model.counter.f[7].weight.grad.abs().sum() > 0  # the confidence reaches the loss
     with torch.no_grad():  # the boxes change the answer
         assert not torch.allclose(model.eval()(**batch), model(**{**batch, "boxes": boxes_for(batch, seed=1)}))

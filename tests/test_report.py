@@ -221,7 +221,7 @@ def test_a_second_run_keeps_an_unchanged_study(week, tmp_path):
     before = _files(week_dir)
     earlier = json.loads(before["summary.json"])["studies"]["plot"]
     assert len(earlier["freeze_key"]) == 12
-    assert set(earlier["freeze_inputs"]) == {"notebook", "preset", "code", "data"}
+    assert set(earlier["freeze_inputs"]) == {"notebook", "preset", "code", "study", "templates", "data"}
 
     # same notebook, preset values (runs_root included), code and data: nothing runs, nothing moves
     assert run(root, only=["plot"], runs_root=week["runs_root"]) == 0
@@ -423,10 +423,11 @@ def test_sanitize_html_keeps_tables_images_and_styles_and_drops_scripts_and_fetc
                 '<style type="text/css">#T_1_row0_col0 { background-color: #ff0000; }</style>'
                 '<table id="T_1" class="dataframe" border="1"><tr style="text-align: right;">'
                 '<td id="T_1_row0_col0" class="data row0 col0">0.5</td></tr></table>')
-    out = sanitize_html(fragment)
+    out = sanitize_html(fragment, scope="vqalab-scope-t-1")  # one output, its styles kept to it
     parser = Tags()
     parser.feed(out)
-    tags = parser.tags
+    assert parser.tags[0] == ("div", {"class": "vqalab-scope-t-1"})
+    tags = parser.tags[1:]
     assert [t for t, _ in tags] == ["p", "img", "a", "a", "style", "img", "style", "table", "tbody", "tr", "td"]
     assert "onclick" not in tags[0][1] and "alert" not in out  # the script is gone with its content
     assert "src" not in tags[1][1] and "href" not in tags[2][1]
@@ -434,9 +435,9 @@ def test_sanitize_html_keeps_tables_images_and_styles_and_drops_scripts_and_fetc
     assert "@import" not in out
     assert tags[5][1] == {"src": "data:image/png;base64,AAAA", "alt": "plot"}
     # a pandas Styler table keeps its CSS, ids, classes and inline styles
-    assert "#T_1_row0_col0 { background-color: #ff0000; }" in out
+    assert ".vqalab-scope-t-1 #T_1_row0_col0 { background-color: #ff0000 }" in out
     assert tags[7][1] == {"id": "T_1", "class": "dataframe", "border": "1"}
-    assert tags[9][1] == {"style": "text-align: right;"}
+    assert tags[9][1] == {"style": "text-align: right"}
     assert tags[10][1] == {"id": "T_1_row0_col0", "class": "data row0 col0"}
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_hardening_report import POLICY, body_text_outside_styles, policy_before_styles
 from test_report import PLOT_RGB, Tags, shared_report
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
@@ -166,3 +167,193 @@ def test_hostile_run_names_have_no_script_effect_in_the_browser(hostile_week, tm
             assert not value.startswith("javascript:"), (tag, attrs)
             assert not value.startswith("data:") or value.startswith("data:image/png;base64,"), (tag, attrs)
     assert console_messages(result.stderr) == []
+
+
+# --- fetch payloads: opening a page reaches no server; no output restyles or covers the page ------
+
+OVERLAY_RGB = (0, 255, 0)  # the full-page overlay link's colour, looked for in screenshots
+ERROR_RGB = (0xff, 0xeb, 0xe9)  # background of the failed badge and error box (style.css)
+MIN_ERROR_PIXELS = 5000  # the failed study's error box alone is ~1000x30 px
+
+
+def fetch_payloads(base: str) -> list[str]:
+    """HTML and CSS that make a browser fetch ``base/<n>`` when the page opens, escaped and not.
+    Each payload asks for its own path, so the server's log names the ones that got through."""
+    payloads = [
+        '<div style="background:url({u})">style url</div>',
+        '<div style="background:u\\72l({u})">escaped url</div>',
+        '<div style="background:\\000075rl({u})">six-digit escaped url</div>',
+        '<div style="b\\61 ckground:u\\rl({u})">escaped property and url</div>',
+        '<div style="background:url(&quot;{u}&quot;)">entity-quoted url</div>',
+        "<div style=\"background-image:image-set('{u}' 1x)\">image-set</div>",
+        "<div style=\"background-image:-webkit-image-set('{u}' 1x)\">-webkit-image-set</div>",
+        '<div style="background-image:-webkit-image-set(url({u}) 1x)">-webkit-image-set url</div>',
+        '<div style="border:30px solid;border-image:url({u}) 30">border-image</div>',
+        '<div style="mask-image:url({u});-webkit-mask-image:url({u})">mask-image</div>',
+        '<ul style="list-style-image:url({u})"><li>list-style-image</li></ul>',
+        "<style>@import url({u});</style>",
+        "<style>@\\69mport '{u}';</style>",
+        "<style>@f\\6fnt-face{{font-family:f1;src:url({u})}} .ff{{font-family:f1}}</style><p class=ff>font</p>",
+        "<style>@f\\6fnt-face{{font-family:f2;src:u\\72l({u})}} .f2{{font-family:f2}}</style><p class=f2>font</p>",
+        "<style>@media all {{ .mq {{ background:url({u}) }} }}</style><p class=mq>media</p>",
+        "<style>.sv {{ background:u\\72l({u}) }}</style><p class=sv>style block url</p>",
+        "<style>.cv {{ --x: url({u}) }} .cv {{ background-image: var(--x) }}</style><p class=cv>custom property</p>",
+        '<img src="{u}">',
+        '<img srcset="{u} 1x">',
+        '<picture><source srcset="{u}"><img alt="picture"></picture>',
+        '<link rel="stylesheet" href="{u}">',
+        '<link rel="prefetch" href="{u}">',
+        '<table background="{u}"><tr><td>background attribute</td></tr></table>',
+        '<video poster="{u}"></video>',
+        '<audio src="{u}" autoplay></audio>',
+        '<input type="image" src="{u}">',
+        '<object data="{u}"></object>',
+        '<embed src="{u}">',
+        '<iframe src="{u}"></iframe>',
+        '<script src="{u}"></script>',
+        '<svg><image href="{u}"/></svg>',
+        '<base href="{u}/"><img src="relative.png">',
+        '<meta http-equiv="refresh" content="0;url={u}">',
+    ]
+    return [p.format(u=f"{base}/{n}") for n, p in enumerate(payloads)]
+
+
+def overlay(base: str) -> str:
+    """A run name that covers the whole page with a fake login link (the issue's case)."""
+    return (f'<a href="{base}/login" style="position:fixed;top:0;left:0;width:100%;height:100%;z-index:2147483647;'
+            f'display:block;background:rgb{OVERLAY_RGB}">Session expired: log in</a>')
+
+
+# restyles the page's own "failed" badge and error box (and a study page's failure banner)
+HIDE_FAILURE = ("<style>.status-failed, .error, .vqalab-failed, .status { display: none !important; "
+                "background: #dafbe1 !important }</style>")
+
+
+class CountingServer:
+    """An HTTP server on 127.0.0.1 (a free port) that records the path of every request."""
+
+    def __init__(self):
+        import http.server
+        import threading
+
+        paths = self.paths = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                paths.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.end_headers()
+
+            do_POST = do_HEAD = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def fetch_project(root: Path, base: str) -> Path:
+    """Two studies. ``fetch`` shows every payload the ways notebooks show data (a Styler table of run
+    names, HTML outputs, a Markdown cell and a Markdown output), then fails on purpose; ``unclosed``
+    lists a run named ``<style>`` and an unclosed ``<style>`` in MathML before a later output."""
+    import nbformat
+    from conftest import write_notebook
+
+    payloads = fetch_payloads(base)
+    (root / "notebooks").mkdir(parents=True)
+    (root / "params").mkdir()
+    show = ("import pandas as pd\nfrom IPython.display import HTML, Markdown, display\n"
+            "display(pd.DataFrame({'run': names, 'val_acc': [0.5] * len(names)}).style.format(precision=3))\n")
+    path = root / "notebooks" / "fetch.ipynb"
+    write_notebook(path, "Fetch payloads", "n: int = 1  # unused",
+                   f"names = {payloads + [overlay(base), HIDE_FAILURE]!r}\n" + show
+                   + "for name in names:\n    display(HTML(name))\ndisplay(Markdown('\\n\\n'.join(names)))",
+                   "raise ValueError('planned failure')")
+    nb = nbformat.read(path, as_version=4)
+    nb.cells.insert(1, nbformat.v4.new_markdown_cell("\n\n".join([*payloads, f"![image]({base}/markdown-image)"])))
+    nbformat.write(nb, path)
+    write_notebook(root / "notebooks" / "unclosed.ipynb", "Unclosed elements", "n: int = 1  # unused",
+                   "names = ['<style>', 'a run after it']\n" + show,
+                   "display(HTML('<math><mtext><table><mglyph><style>'))",
+                   "display(HTML('<p>after the unclosed style</p>'))")
+    for name in ("fetch", "unclosed"):
+        (root / "params" / f"{name}.yaml").write_text("presets:\n  quick: {n: 1}\n  cpu: {n: 1}\n  gpu: {n: 1}\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def fetch_week(tmp_path_factory):
+    """(week folder, the counting server) of a report built by the real builder from the payloads."""
+    from test_report import WEEK
+
+    from vqalab.report import run_report
+
+    server = CountingServer()
+    try:
+        root = fetch_project(tmp_path_factory.mktemp("fetch") / "project", server.base)
+        assert run_report(root=root, preset="quick", week=WEEK) == 1  # the study fails on purpose
+        yield root / "reports" / WEEK, server
+    finally:
+        server.close()
+
+
+@pytest.mark.slow
+def test_opening_every_page_fetches_nothing(fetch_week, tmp_path):
+    week_dir, server = fetch_week
+    pages = sorted(p.name for p in week_dir.glob("*.html"))
+    assert pages == ["fetch.html", "index.html", "report.html", "unclosed.html"]
+    assert len(fetch_payloads(server.base)) == 34
+    for page in pages:
+        # the DOM after the load event and 3 s of page time, then a full paint of a tall window
+        dom = chromium((week_dir / page).as_uri(), tmp_path / f"profile-{page}", "--dump-dom",
+                       "--virtual-time-budget=3000")
+        assert dom.returncode == 0 and "2026-W10" in dom.stdout, dom.stderr[-2000:]
+        assert policy_before_styles(dom.stdout) == POLICY
+        if page in ("fetch.html", "report.html"):  # the payloads are on the page, as tables and text
+            assert "six-digit escaped url" in dom.stdout and "0.500" in dom.stdout
+        screenshot(week_dir / page, tmp_path)
+    assert server.paths == []
+
+
+@pytest.fixture(scope="module")
+def report_shot(fetch_week, tmp_path_factory):
+    """Colour → pixel count of a screenshot of the payload report's report.html."""
+    week_dir, _ = fetch_week
+    shot = screenshot(week_dir / "report.html", tmp_path_factory.mktemp("shot"))
+    return {rgb: count for count, rgb in shot.getcolors(maxcolors=1 << 24)}, shot.width * shot.height
+
+
+@pytest.mark.slow
+def test_no_output_covers_the_page(report_shot):
+    colours, pixels = report_shot
+    assert colours.get(OVERLAY_RGB, 0) < pixels * 0.05  # a line of the table, not the page
+
+
+@pytest.mark.slow
+def test_a_failed_study_still_reads_failed_whatever_its_outputs_style(fetch_week, report_shot, tmp_path):
+    week_dir, _ = fetch_week
+    colours, _ = report_shot
+    assert colours.get(ERROR_RGB, 0) >= MIN_ERROR_PIXELS  # its badge and error box are painted
+    dom = chromium((week_dir / "report.html").as_uri(), tmp_path / "profile", "--dump-dom").stdout
+    assert 'class="status status-failed">failed</span>' in dom and "planned failure" in dom
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("page", ["unclosed.html", "report.html"])
+def test_a_run_named_style_and_an_unclosed_style_swallow_nothing_after_them(fetch_week, tmp_path, page):
+    import json
+
+    week_dir, _ = fetch_week
+    record = json.loads((week_dir / "summary.json").read_text())["studies"]["unclosed"]
+    assert record["status"] == "ok" and record["error"] is None  # its page rendered
+    # the DOM as the browser built it: the later output is page text, not the text of a <style>
+    text = body_text_outside_styles(chromium((week_dir / page).as_uri(), tmp_path / "profile", "--dump-dom").stdout)
+    assert "a run after it" in text and "after the unclosed style" in text

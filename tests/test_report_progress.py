@@ -61,7 +61,6 @@ def test_log_grows_while_running_and_budget_stops_a_study(tmp_path):
     slow, nxt = summary["studies"]["a_slow"], summary["studies"]["b_next"]
     assert slow["status"] == "timed_out"
     assert slow["error"] == "stopped after its time budget of 12 s; the log up to then is logs/a_slow.log"
-    assert 12 <= slow["duration_s"] < 60
     assert nxt["status"] == "ok"  # the next study ran after the timed-out one
     assert (week_dir / "logs" / "b_next.log").read_text() == "next study ran hello\n"
     index = (week_dir / "index.html").read_text()

@@ -44,8 +44,8 @@ def base(runs_root):
 def nan_at_high_lr(monkeypatch):
     original = train.compute_loss
 
-    def loss(logits, batch, cfg):
-        value = original(logits, batch, cfg)
+    def loss(logits, batch, cfg, task):
+        value = original(logits, batch, cfg, task)
         return value * math.nan if cfg.optim.lr == NAN_LR else value
 
     monkeypatch.setattr(train, "compute_loss", loss)

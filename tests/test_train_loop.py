@@ -240,8 +240,8 @@ def test_forced_nan_loss_stops_the_run_as_diverged_with_step_and_lr(tmp_path, da
     original = train.compute_loss
     calls = []
 
-    def nan_on_tenth_training_call(logits, batch, c):
-        loss = original(logits, batch, c)
+    def nan_on_tenth_training_call(logits, batch, c, task):
+        loss = original(logits, batch, c, task)
         if torch.is_grad_enabled():
             calls.append(1)
             if len(calls) == 10:

@@ -261,8 +261,8 @@ def measure_training(cfg: RunConfig, batch_size: int, *, data: DataSplits, devic
                                for b in training_batches_at(data, batch_size, cfg.seed, num_batches)])
 
     def step():
-        training_step(model, optimizer, scaler, next(batches), input_keys=data.input_keys, cfg=cfg,
-                      device=device, amp=amp)
+        training_step(model, optimizer, scaler, next(batches), input_keys=data.input_keys, task=data.task,
+                      cfg=cfg, device=device, amp=amp)
 
     was_reset = reset_peak_memory(device)
     times = time_calls(step, device, warmup=warmup_steps, repeats=timed_steps)
@@ -284,7 +284,8 @@ def measure_end_to_end(cfg: RunConfig, batch_size: int, *, data: DataSplits, dev
 
     def step():
         batch = batch_on_device(next(batches), device, channels_last)
-        training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, cfg=cfg, device=device, amp=amp)
+        training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, task=data.task, cfg=cfg,
+                      device=device, amp=amp)
 
     try:
         return time_calls(step, device, warmup=warmup_steps, repeats=timed_steps)
@@ -690,8 +691,10 @@ def count_flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def model_flops(model: nn.Module, batch: dict, input_keys: Sequence[str], cfg: RunConfig) -> dict[str, int]:
-    """FLOPs of one forward pass (no grad) and of forward + loss + backward.
+def model_flops(model: nn.Module, batch: dict, input_keys: Sequence[str], cfg: RunConfig,
+                task: str) -> dict[str, int]:
+    """FLOPs of one forward pass (no grad) and of forward + loss + backward (``task``: the data set's,
+    which picks the loss).
 
     Both are counted in eval mode: BatchNorm then uses its running statistics, so a batch of one
     works even where a feature map is 1×1, and the counted matrix work is the same as in training
@@ -705,7 +708,7 @@ def model_flops(model: nn.Module, batch: dict, input_keys: Sequence[str], cfg: R
         forward = count_flops(lambda: model(**inputs))
 
     def forward_backward():
-        compute_loss(model(**inputs), batch, cfg).backward()
+        compute_loss(model(**inputs), batch, cfg, task).backward()
 
     train = count_flops(forward_backward)
     model.zero_grad(set_to_none=True)
@@ -751,7 +754,7 @@ def flops_report(cfg: RunConfig, *, batch_size: int = 1, data: DataSplits | None
     device = select_device(cfg.train.device)  # counts do not depend on it; only the time taken does
     model = build_model(cfg, data, device)
     batch = to_device(fixed_batch(data, batch_size, cfg.seed), device)
-    flops = model_flops(model, batch, data.input_keys, cfg)
+    flops = model_flops(model, batch, data.input_keys, cfg, data.task)
     return {
         "model": cfg.model["name"], "model_kwargs": {k: v for k, v in cfg.model.items() if k != "name"},
         "data": cfg.data.get("name"), "batch_size": batch_size,

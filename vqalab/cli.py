@@ -243,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="+", default=None, metavar="NAME", help="run only these notebooks")
     p.add_argument("--week", default=None, help="ISO week folder, e.g. 2026-W48 (default: this week)")
     p.add_argument("--force", action="store_true", help="re-run every study, also those reported this week "
-                   "whose notebook, preset, code and data are unchanged (kept otherwise); earlier files move "
+                   "whose notebook, preset, code, study code, templates and data are unchanged (kept otherwise); earlier files move "
                    "to reports/<week>/previous/<time>/")
     p.add_argument("--data", default=None, metavar="NAME",
                    help="run the studies of this data set's family on it: rafdb (the FER studies) or vqa_v2 "

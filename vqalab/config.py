@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from vqalab.data import DATASETS, PROVIDED_BY_DATA
+from vqalab.data import DATASETS, PROVIDED_BY_DATA, declared_targets
 from vqalab.models import MODELS
 from vqalab.registry import ConfigError, did_you_mean, short_repr
 
@@ -240,8 +240,8 @@ class TrainConfig(Section):
                                        "the chosen batch may use at its peak (lab note 001)", json_schema_extra=_range("0.5 … 0.95"))
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step", json_schema_extra=_range("1 … 8"))
     clip_norm: Optional[float] = Field(None, gt=0, description="clip the global gradient norm to this (None: off)", json_schema_extra=_range("0.25 … 5"))
-    loss: Literal["ce", "bce"] = Field("ce", description="ce: cross-entropy on the target class; bce: on soft scores (VQA v2)")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing", json_schema_extra=_range("0 … 0.2"))
+    loss: Literal["ce", "bce"] = Field("ce", description="ce: cross-entropy on the target class; bce: on soft scores (VQA v2; refused on a data set without them) or on segmentation masks (required there)")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing (train.loss ce; refused with bce)", json_schema_extra=_range("0 … 0.2"))
     mixup_alpha: float = Field(0.0, ge=0, description="mixup Beta(α, α) of images and labels, image classification only (0: off)", json_schema_extra=_range("0.1 … 0.4"))
     amp: Literal["off", "bf16", "fp16"] = Field("off", description="mixed precision on CUDA (fp16 uses a GradScaler); ignored on the CPU")
     channels_last: bool = Field(False, description="store convolution weights and images NHWC (faster convolutions with AMP on recent GPUs)")
@@ -287,6 +287,23 @@ class RunConfig(Section):
 
 
 SECTIONS = {"optim": OptimConfig, "schedule": ScheduleConfig, "train": TrainConfig}
+
+# Keys a run reads only when another key has one of the values given; otherwise they are inert
+# and left out of the config hash (``runs.config_hash``): a sweep over one trains a single run.
+READ_ONLY_WITH = {
+    "optim.betas": ("optim.name", ("adam", "adamw")),
+    "optim.eps": ("optim.name", ("adam", "adamw")),
+    "optim.momentum": ("optim.name", ("sgd",)),
+    "schedule.step_size": ("schedule.name", ("step",)),
+    "schedule.gamma": ("schedule.name", ("step",)),
+    "schedule.min_lr_ratio": ("schedule.name", ("cosine",)),
+    "train.max_memory_fraction": ("train.batch_size", ("auto",)),
+}
+
+
+def inert_keys(flat: dict[str, Any]) -> list[str]:
+    """The keys of a flattened config (``{"optim.name": "adam", ...}``) that its run never reads."""
+    return [key for key, (other, values) in READ_ONLY_WITH.items() if key in flat and flat.get(other) not in values]
 
 
 def _valid_keys(model_cls: type[BaseModel], prefix: str = "") -> list[str]:
@@ -356,7 +373,25 @@ def build_config(values: dict | None = None, source: str = "<params>") -> RunCon
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
     check_builders(cfg, source)
+    check_settings(cfg, source)
     return cfg
+
+
+def check_settings(cfg: RunConfig, source: str) -> None:
+    """Settings that would be ignored or fail at the first step, refused before any data is read:
+    bce on a data set without soft answer scores, cross-entropy on segmentation masks, label
+    smoothing with bce (the data set's declared ``targets``, ``vqalab.data.TARGETS``)."""
+    name, targets = cfg.data.get("name"), declared_targets(cfg.data)
+    if cfg.train.loss != "bce" and targets == "mask":
+        raise ConfigError(f"{source}: train.loss = {cfg.train.loss!r}: data '{name}' is a segmentation data set "
+                          "(binary cross-entropy on its masks): set train.loss to 'bce'")
+    if cfg.train.loss == "bce" and targets == "class":
+        raise ConfigError(f"{source}: train.loss = 'bce': bce trains on soft answer scores and data set "
+                          f"'{name}' has none (one class per item): set train.loss to 'ce', or use a data "
+                          "set with soft scores (vqa_v2)")
+    if cfg.train.loss == "bce" and cfg.train.label_smoothing > 0:
+        raise ConfigError(f"{source}: train.label_smoothing = {cfg.train.label_smoothing}: label smoothing "
+                          "applies to cross-entropy (train.loss 'ce'), not to bce: set it to 0")
 
 
 def check_builders(cfg: RunConfig, source: str) -> None:
@@ -454,6 +489,8 @@ def yaml_inline(value: Any) -> str:
 def type_text(annotation: Any) -> str:
     """A field's type for readers: ``one of adam, adamw, sgd``, ``int or None``, ``tuple[float, float]``."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:  # Annotated[float, Field(ge=0)]: the bounds are in the range column
+        return type_text(args[0])
     if origin is typing.Literal:
         return "one of " + ", ".join(str(a) for a in args)
     if origin in (typing.Union, types.UnionType):
@@ -494,6 +531,13 @@ def parameters_markdown() -> str:
         "Generated from `vqalab.config.parameter_table()`; regenerate with",
         "`.venv/bin/python -m vqalab.config --parameters-doc docs/PARAMETERS.md`.",
         "`model` and `data` also take the keyword arguments of the registered builder they name.",
+        "",
+        "A key that a run never reads, given the others, is accepted and left out of the config hash",
+        "(so a sweep over it trains one run and reuses it for the other values):",
+        *(f"- `{key}`: read only when `{other}` is {' or '.join(values)}" for key, (other, values) in READ_ONLY_WITH.items()),
+        "",
+        "The config hash holds `train.device` as the type it resolves to (cpu, cuda) and each weights",
+        "file a model loads (`model.*_weights`) as the SHA-256 of its bytes, not its path.",
         "",
         "| key | default | type | meaning | range |",
         "| --- | --- | --- | --- | --- |",

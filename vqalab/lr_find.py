@@ -231,7 +231,7 @@ def lr_range_test(cfg: RunConfig, *, min_lr: float = DEFAULT_MIN_LR, max_lr: flo
                 # The training loop's step, clipping included (it shapes which learning rates
                 # survive). The step after a stopping loss does no harm: the model is restored.
                 loss, grad_norm = training_step(model, optimizer, scaler, batch, input_keys=data.input_keys,
-                                                cfg=cfg, device=device, amp=cfg.train.amp)
+                                                task=data.task, cfg=cfg, device=device, amp=cfg.train.amp)
                 value = loss.item()
                 if not math.isfinite(value):
                     rows.append({"step": step, "lr": float(lr), "loss": value, "smoothed_loss": math.nan})

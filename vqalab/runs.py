@@ -23,6 +23,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -35,10 +36,11 @@ import torch
 import yaml
 
 from vqalab import distributed
-from vqalab.config import RunConfig
+from vqalab.config import RunConfig, inert_keys
 from vqalab.data import DATASETS
-from vqalab.models import MODELS, create_model
-from vqalab.paths import project_root, resolve
+from vqalab.models import MODELS, WEIGHT_FILE_KEYS, create_model, weight_files_off
+from vqalab.paths import project_root, resolve, resolve_data
+from vqalab.provenance import file_digest
 from vqalab.registry import ConfigError, short_repr
 
 CHECKPOINT_DIR = "checkpoints"
@@ -96,7 +98,7 @@ def folder_lock(folder: Path, what: str, lock_file: Path | None = None) -> Itera
         yield  # the ranks of one torchrun job share their run folder: rank 0 holds its lock
         return
     path = lock_file or folder / LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = open_no_follow(path, os.O_RDWR, "lock file")
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -109,6 +111,52 @@ def folder_lock(folder: Path, what: str, lock_file: Path | None = None) -> Itera
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+# A symlink at the path is not followed (O_NOFOLLOW); a new file is created with O_EXCL, so nothing
+# slipped in at that name between a check and the open is written through.
+NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # O_NONBLOCK: a FIFO there cannot hang the open
+
+
+def open_no_follow(path: Path, flags: int, what: str) -> int:
+    """File descriptor of ``path`` opened with ``flags`` (``os.O_RDWR``, ``os.O_WRONLY | os.O_APPEND``):
+    created new with ``O_EXCL`` when missing, else opened without following a symbolic link.
+
+    A symbolic link, a folder or anything but a regular file at ``path`` is refused with a
+    ConfigError naming it (``what``: "lock file", "log file"): on a shared machine a link planted
+    there would otherwise have its target overwritten with this user's rights.
+    """
+    for _ in range(2):  # the file may vanish between the two opens: then create it again
+        try:
+            fd = os.open(path, flags | NO_FOLLOW | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            try:
+                fd = os.open(path, flags | NO_FOLLOW)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                raise ConfigError(_refused_file(path, what, err)) from None
+        except OSError as err:
+            raise ConfigError(_refused_file(path, what, err)) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ConfigError(f"{what} {path} is not a regular file: remove it (the file is created anew)")
+        return fd
+    raise ConfigError(f"{what} {path} kept disappearing while it was opened: is another process removing it?")
+
+
+def _refused_file(path: Path, what: str, err: OSError) -> str:
+    if err.errno == errno.ELOOP:
+        return f"{what} {path} is a symbolic link: not followed; remove it (the file is created anew)"
+    if err.errno == errno.EISDIR:
+        return f"{what} {path} is a folder, not a file: remove it (the file is created anew)"
+    if err.errno == errno.ENXIO:  # a FIFO or socket with no reader
+        return f"{what} {path} is not a regular file: remove it (the file is created anew)"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{what} {path} cannot be written by this user ({err.strerror})"
+    if err.errno == errno.ENOTDIR:
+        return f"{what} {path}: a part of the path is a file, not a folder"
+    return f"{what} {path}: {err.strerror or err}"
 
 
 def check_writable_folder(path: str | Path, what: str) -> Path:
@@ -202,7 +250,7 @@ def atomic_write_bytes(path: Path, write) -> None:
 def append_text(path: Path, text: str) -> None:
     """Append to a file (e.g. a metrics row), reporting a full disk like ``atomic_write_bytes``."""
     try:
-        with open(path, "a", newline="") as f:
+        with os.fdopen(open_no_follow(path, os.O_WRONLY | os.O_APPEND, "file"), "a", newline="") as f:
             f.write(text)
     except OSError as err:
         if is_disk_full(err, path.parent):
@@ -228,12 +276,21 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model from the checkpoint alone (its registry name and resolved kwargs)."""
+    """Rebuild the model from the checkpoint alone (its registry name, resolved kwargs and
+    weights): no weights file is read (``weight_files_off``), so it loads on a machine without
+    the files the model was first built from."""
     ckpt = load_checkpoint(path)
-    model = create_model(ckpt["model_name"], **ckpt["model_kwargs"])
+    with weight_files_off():
+        model = create_model(ckpt["model_name"], **ckpt["model_kwargs"])
     model.load_state_dict(ckpt["model_state"])
     model.eval()
     return model, ckpt
+
+
+def weight_file_digests(model: dict) -> dict[str, str | None]:
+    """SHA-256 of each weights file a model section (or a model's kwargs) names, by key (None: the
+    file is missing). Recorded in checkpoints; the config hash holds them instead of the paths."""
+    return {key: file_digest(resolve_data(model[key])) for key in WEIGHT_FILE_KEYS if model.get(key)}
 
 
 def checkpoint_path(run_dir: Path, epoch: int) -> Path:
@@ -352,9 +409,20 @@ def with_builder_defaults(section: dict, registry) -> dict:
     return json.loads(json.dumps({**defaults, **named}, default=str))  # tuples → lists, as to_dict
 
 
+def device_type(name: str) -> str:
+    """``train.device`` as the kind of device a run trains on here: auto → cuda when available,
+    else cpu; cuda:1 → cuda."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name).type
+
+
 def config_hash(cfg: RunConfig | dict) -> str:
-    """Identity of what a run trains: equal for two configs that differ only in HASH_FREE_KEYS or
-    in spelling out a model / data builder's default.
+    """Identity of what a run trains: equal for two configs that differ only in HASH_FREE_KEYS, in
+    spelling out a model / data builder's default, or in keys the run never reads
+    (``config.inert_keys``: momentum with adam…). The device enters as the type it resolves to
+    here (cpu, cuda), a weights file by the digest of its bytes (a file replaced in place is a new
+    run; the same file moved is not).
 
     ``cfg``: a RunConfig or its ``to_dict()`` form (e.g. a run's ``params.yaml``).
     """
@@ -362,7 +430,14 @@ def config_hash(cfg: RunConfig | dict) -> str:
     for section, registry in (("model", MODELS), ("data", DATASETS)):
         if isinstance(tree.get(section), dict):
             tree[section] = with_builder_defaults(tree[section], registry)
+    if isinstance(tree.get("model"), dict):
+        tree["model"] = {**tree["model"], **{key: {"sha256": digest}
+                                             for key, digest in weight_file_digests(tree["model"]).items()}}
     flat = {k: v for k, v in flatten(tree).items() if k not in HASH_FREE_KEYS}
+    for key in inert_keys(flat):
+        del flat[key]
+    if isinstance(flat.get("train.device"), str):
+        flat["train.device"] = device_type(flat["train.device"])
     text = json.dumps(flat, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -4,10 +4,11 @@
 combination of the grid values (dotted params keys, as in ``--set``) for every seed and returns one
 pandas DataFrame row per run. A point that already finished (status ``completed`` or
 ``diverged``, found under ``runs_root/experiment``) is reused, not retrained, when three things
-match: its config hash, the fingerprint of the ``vqalab`` source that trained it
-(``vqalab.provenance.code_fingerprint``) and the identity of its data set (name, root, counts and
-fingerprint of the files, ``vqalab.data.data_status``). Any edit to the package or to the data
-retrains; re-running an unchanged report is cheap. ``reuse=False``, or the environment variable
+match: its config hash (weights files by content, the device by its type, inert keys left out:
+``runs.config_hash``), the fingerprint of the code that trained it (the modules ``fit`` imports:
+``vqalab.provenance.code_fingerprint``) and the identity of its data set (name, root, counts and
+fingerprint of the files, ``vqalab.data.data_status``). An edit to that code or to the data
+retrains, an edit to the report, the CLI or a study does not; re-running an unchanged report is cheap. ``reuse=False``, or the environment variable
 ``VQALAB_FRESH=1`` (set by ``vqalab report --fresh``), retrains everything. A diverged run is a
 row with status ``diverged`` (step and LR recorded) and the sweep goes on; the helpers below show
 it as diverged, never as a missing point.

@@ -47,7 +47,7 @@ from vqalab import distributed, runs
 from vqalab.config import RunConfig, read_yaml
 from vqalab.data import DataSplits, build_data, data_status
 from vqalab.metrics import IOU_THRESHOLD, iou_counts
-from vqalab.models import MODELS, create_model
+from vqalab.models import MODELS, create_model, weight_files_off
 from vqalab.monitor import RunMonitor
 from vqalab.paths import resolve
 from vqalab.provenance import code_fingerprint
@@ -187,8 +187,12 @@ def build_optimizer(model: torch.nn.Module, cfg: RunConfig) -> torch.optim.Optim
     return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
 
 
-def compute_loss(logits: torch.Tensor, batch: dict, cfg: RunConfig) -> torch.Tensor:
-    if "mask" in batch:  # segmentation: mean over mask cells (check_task requires loss bce)
+def compute_loss(logits: torch.Tensor, batch: dict, cfg: RunConfig, task: str) -> torch.Tensor:
+    """The loss the data set's ``task`` (``DataSplits.task``) trains with: segmentation: binary
+    cross-entropy per mask cell, the mean (``check_task`` requires train.loss bce); classification:
+    ``train.loss``, cross-entropy on the class or bce on the soft scores (``check_task``: the data
+    has them)."""
+    if task == "segmentation":
         return F.binary_cross_entropy_with_logits(logits.float(), batch["mask"])
     if cfg.train.loss == "bce":
         # Soft VQA scores; scaled by the number of answers as in the bottom-up-attention recipe.
@@ -197,8 +201,13 @@ def compute_loss(logits: torch.Tensor, batch: dict, cfg: RunConfig) -> torch.Ten
 
 
 def check_task(cfg: RunConfig, data: DataSplits) -> None:
-    """Segmentation trains with binary cross-entropy on the mask; the class-label options do not apply."""
+    """Segmentation trains with binary cross-entropy on the mask; the class-label options do not
+    apply. Classification with bce needs soft scores in the items (``config.check_settings`` refused
+    a data set declared without them before loading; this checks the loaded data)."""
     if data.task != "segmentation":
+        if cfg.train.loss == "bce" and len(data.train) and "soft_target" not in data.train[0]:
+            raise ConfigError(f"train.loss = 'bce': data '{cfg.data.get('name')}' has no soft answer scores "
+                              "(soft_target) to train on: set train.loss to 'ce'")
         return
     wrong = [(key, value, expected) for key, value, expected in (
         ("train.loss", cfg.train.loss, "bce"), ("train.label_smoothing", cfg.train.label_smoothing, 0.0))
@@ -272,18 +281,18 @@ def make_grad_scaler(device: torch.device, amp: str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp == "fp16")
 
 
-def micro_batch_loss(model: torch.nn.Module, batch: dict, *, input_keys, cfg: RunConfig, device: torch.device,
-                     amp: str, mix: tuple[float, torch.Tensor] | None = None) -> torch.Tensor:
-    """Forward pass under autocast and the loss of one micro-batch.
+def micro_batch_loss(model: torch.nn.Module, batch: dict, *, input_keys, task: str, cfg: RunConfig,
+                     device: torch.device, amp: str, mix: tuple[float, torch.Tensor] | None = None) -> torch.Tensor:
+    """Forward pass under autocast and the loss of one micro-batch (``task``: the data set's).
 
     mix: ``(lam, perm)`` of a mixup batch (``mix_batch``): the loss mixes the targets alike.
     """
     with autocast_context(device, amp):
         logits = model(**{k: batch[k] for k in input_keys})
-    loss = compute_loss(logits, batch, cfg)
+    loss = compute_loss(logits, batch, cfg, task)
     if mix is not None:
         lam, perm = mix
-        loss = lam * loss + (1 - lam) * compute_loss(logits, {**batch, "target": batch["target"][perm]}, cfg)
+        loss = lam * loss + (1 - lam) * compute_loss(logits, {**batch, "target": batch["target"][perm]}, cfg, task)
     return loss
 
 
@@ -304,12 +313,12 @@ def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sca
 
 
 def training_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                  batch: dict, *, input_keys, cfg: RunConfig, device: torch.device,
+                  batch: dict, *, input_keys, task: str, cfg: RunConfig, device: torch.device,
                   amp: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on one micro-batch, as the training loop takes it (without accumulation
     and mixup): forward, loss, backward, then ``optimizer_step``. Returns the loss and the norm."""
     optimizer.zero_grad(set_to_none=True)
-    loss = micro_batch_loss(model, batch, input_keys=input_keys, cfg=cfg, device=device, amp=amp)
+    loss = micro_batch_loss(model, batch, input_keys=input_keys, task=task, cfg=cfg, device=device, amp=amp)
     scaler.scale(loss).backward()
     return loss.detach(), optimizer_step(model, optimizer, scaler, cfg.train.clip_norm)
 
@@ -350,7 +359,7 @@ def evaluate(model, data: DataSplits, cfg: RunConfig, device: torch.device) -> t
         with autocast_context(device, cfg.train.amp):
             logits = model(**{k: batch[k] for k in data.input_keys})
         n = logits.shape[0]
-        loss_sum += compute_loss(logits, batch, cfg).item() * n
+        loss_sum += compute_loss(logits, batch, cfg, data.task).item() * n
         count += n
         if data.task == "segmentation":
             inter, uni = iou_counts(torch.sigmoid(logits.float()), batch["mask"], IOU_THRESHOLD)
@@ -521,10 +530,13 @@ def prepare_resume(cfg: RunConfig, resume: str | Path) -> ResumePoint:
         if summary is None:
             raise ConfigError(f"resume {run_dir}: {unusable} and there is no checkpoint to rebuild it "
                               "from: start the run again")
-        if summary["config_hash"] != config_hash(saved):
-            raise ConfigError(f"resume {run_dir}: params.yaml was edited after the run started: its "
-                              f"config_hash is {config_hash(saved)}, summary.json recorded "
-                              f"{summary['config_hash']}: restore params.yaml, or start a new run")
+        # The hash holds the device type the run resolved: that of summary.json's device, or here.
+        on_recorded_device = {**saved, "train": {**saved.get("train", {}), "device": summary.get("device", "auto")}}
+        hashes = {config_hash(saved), config_hash(on_recorded_device)}
+        if summary["config_hash"] not in hashes:
+            raise ConfigError(f"resume {run_dir}: params.yaml (or a weights file it names) changed after the run "
+                              f"started: its config_hash is {config_hash(saved)}, summary.json recorded "
+                              f"{summary['config_hash']}: restore it, or start a new run")
         return point
     ckpt = load_resume_checkpoint(checkpoint)
     differ = config_differences(saved, ckpt.get("config") or saved)
@@ -612,7 +624,10 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
         torch.cuda.reset_peak_memory_stats(device)  # this run's peak, not an earlier run's or the measurement's
 
     model_name, model_kwargs = model_spec(cfg, data)  # recorded in every checkpoint
-    model = build_model(cfg, data, device, channels_last=cfg.train.channels_last)
+    weight_files = runs.weight_file_digests(model_kwargs)  # what the weights files held, recorded too
+    # A resumed run's weights come from its checkpoint: no weights file is read (it may be gone).
+    with weight_files_off() if point is not None and point.checkpoint is not None else nullcontext():
+        model = build_model(cfg, data, device, channels_last=cfg.train.channels_last)
     optimizer = build_optimizer(model, cfg)
     scaler = make_grad_scaler(device, cfg.train.amp)
 
@@ -637,7 +652,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
             **({"batch_size_auto": auto_batch} if auto_batch is not None else {}), "model": model_name, "seed": cfg.seed, "params": n_params,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "data": data.info, "task": data.task, "data_identity": data_status(cfg.data).identity(),
-            "code_fingerprint": code_fingerprint(), "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
+            "code_fingerprint": code_fingerprint(), "weight_files": weight_files, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **environment(device),
             **distributed.summary_fields(cfg.train.batch_size, cfg.train.grad_accum_steps),
         }
@@ -712,7 +727,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
                 done = should_stop_early(history, cfg) or bool(max_steps and step >= max_steps)
                 if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs or done:
                     runs.save_checkpoint(runs.checkpoint_path(run_dir, epoch), {
-                        "model_name": model_name, "model_kwargs": model_kwargs,
+                        "model_name": model_name, "model_kwargs": model_kwargs, "weight_files": weight_files,
                         "model_state": model.state_dict(), "optimizer_state": optimizer.state_dict(),
                         "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
                         "rng_state": rng_state(), "epoch": epoch, "step": step, "config": asked.to_dict(),
@@ -800,8 +815,8 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
         if mix_rng is not None:
             batch, lam, perm = mix_batch(batch, mix_rng, alpha)
             mix = (lam, perm)
-        loss = micro_batch_loss(model, batch, input_keys=data.input_keys, cfg=cfg, device=device,
-                                amp=cfg.train.amp, mix=mix)
+        loss = micro_batch_loss(model, batch, input_keys=data.input_keys, task=data.task, cfg=cfg,
+                                device=device, amp=cfg.train.amp, mix=mix)
         lr = optimizer.param_groups[0]["lr"]
         if not distributed.all_finite(loss):  # every rank stops at the same step
             raise Diverged(step, lr, "loss", epoch)

@@ -82,17 +82,34 @@ class DataStatus:
 
 STATUS_CHECKS: dict[str, Callable[[dict], DataStatus]] = {}
 FAMILIES: dict[str, str] = {}  # data set → the studies it serves: "faces" (FER) or "vqa"
+# What a data set's items carry to train on, declared before any loading: "class" (the class index,
+# ``target``), "soft" (also soft answer scores, ``soft_target``: what train.loss bce needs) or "mask"
+# (a segmentation mask, ``task`` segmentation); a function of the spec for a wrapper (frozen_features).
+TARGETS: dict[str, str | Callable[[dict], str]] = {}
+TARGET_KINDS = ("class", "soft", "mask")
 
 
-def register_status(name: str, *, family: str):
+def register_status(name: str, *, family: str, targets: str | Callable[[dict], str] = "class"):
     """Register the status check of data set ``name``: ``fn(spec) -> DataStatus``, where ``spec``
     holds every keyword of the builder (its defaults filled in). ``family``: the kind of study the
-    data set serves ("faces", "vqa"); ``vqalab report --data NAME`` runs the studies of its family."""
+    data set serves ("faces", "vqa"); ``vqalab report --data NAME`` runs the studies of its family.
+    ``targets``: what its items carry to train on (``TARGETS``)."""
+    if isinstance(targets, str) and targets not in TARGET_KINDS:
+        raise ValueError(f"register_status({name!r}): targets = {targets!r}: expected one of {TARGET_KINDS}")
+
     def register(fn: Callable[[dict], DataStatus]) -> Callable[[dict], DataStatus]:
         STATUS_CHECKS[name] = fn
         FAMILIES[name] = family
+        TARGETS[name] = targets
         return fn
     return register
+
+
+def declared_targets(spec: dict | str) -> str:
+    """What the items of the data set a ``data`` section names carry to train on (``TARGETS``)."""
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+    targets = TARGETS.get(spec.get("name"), "class")
+    return targets(spec) if callable(targets) else targets
 
 
 def short_hash(parts) -> str:

@@ -51,6 +51,7 @@ from vqalab.data import (
     DataSplits,
     DataStatus,
     data_status,
+    declared_targets,
     register_dataset,
     register_status,
     short_hash,
@@ -312,7 +313,8 @@ def frozen_features(
     )
 
 
-@register_status("frozen_features", family="vqa")
+@register_status("frozen_features", family="vqa",
+                 targets=lambda spec: declared_targets(spec.get("source") or {}))
 def frozen_features_status(spec: dict) -> DataStatus:
     """The source data set's status; the fingerprint also covers the encoder and its weights file."""
     if not spec.get("source"):

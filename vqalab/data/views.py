@@ -226,7 +226,7 @@ def synthetic_views(
     )
 
 
-@register_status("synthetic_views", family="views")
+@register_status("synthetic_views", family="views", targets="mask")
 def synthetic_views_status(spec: dict) -> DataStatus:
     """Always there: drawn on use; the fingerprint covers every keyword the scenes depend on."""
     return DataStatus(name="synthetic_views", found=True, where="generated on use (no files)",

@@ -386,7 +386,7 @@ def count_split(questions_path: Path, annotations_path: Path) -> tuple[int, set[
     return len(questions), {normalize_answer(a["answer"]) for ann in annotations for a in ann["answers"]}
 
 
-@register_status("vqa_v2", family="vqa")
+@register_status("vqa_v2", family="vqa", targets="soft")
 def vqa_v2_status(spec: dict) -> DataStatus:
     """Found when the four JSON files and both image (or feature) folders are there.
 

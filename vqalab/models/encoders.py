@@ -17,6 +17,7 @@ import torchvision
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from vqalab.models import weight_files_on
 from vqalab.paths import resolve_data
 from vqalab.text import PAD_INDEX
 
@@ -86,7 +87,10 @@ class PrecomputedFeatures(nn.Module):
 
 
 def load_state_file(module: nn.Module, path: str) -> None:
-    """Load weights from a local ``.pth`` state dict (never from a hub); the classifier may differ."""
+    """Load weights from a local ``.pth`` state dict (never from a hub); the classifier may differ.
+    Inside ``weight_files_off`` (a checkpoint's weights come next) nothing is read."""
+    if not weight_files_on():
+        return
     file = resolve_data(path)
     if not Path(file).is_file():
         raise FileNotFoundError(f"weights file not found: {file}")
@@ -151,8 +155,11 @@ def load_embedding_file(embed: nn.Embedding, path: str) -> None:
 
     The file holds a tensor (``.pt``/``.pth``, or a dict with key ``weight``) or a NumPy array
     (``.npy``) whose row i is the vector of the data's token i (``DataSplits.vocab`` order);
-    ``embedding_matrix_from_text`` builds one from a word-vector text file.
+    ``embedding_matrix_from_text`` builds one from a word-vector text file. Inside
+    ``weight_files_off`` (a checkpoint's weights come next) nothing is read.
     """
+    if not weight_files_on():
+        return
     file = resolve_data(path)
     if not file.is_file():
         raise FileNotFoundError(f"embedding weights file not found: {file}")

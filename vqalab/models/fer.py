@@ -26,7 +26,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from vqalab.models import MODELS, register_model
+from vqalab.models import MODELS, register_model, weight_files_on
 from vqalab.models.layers import (
     LAYER_NORM_EPS,
     VIT_INIT_STD,
@@ -187,7 +187,10 @@ def load_backbone_weights(backbone: IRBackbone, path: str) -> None:
 
     Keys may carry a ``backbone.`` or ``module.`` prefix; face.evoLVe's ``output_layer`` is ignored.
     Every trunk tensor must be present with the right shape, else the error names the differences.
+    Inside ``weight_files_off`` (a checkpoint's weights come next) nothing is read.
     """
+    if not weight_files_on():
+        return
     file = resolve_data(path)
     if not Path(file).is_file():
         raise FileNotFoundError(f"backbone_weights: file not found: {file}")

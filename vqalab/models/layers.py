@@ -329,7 +329,7 @@ class BilinearPooling(nn.Module):
 
 class PiecewiseLinear(nn.Module):
     """Monotone piecewise-linear map of [0, 1] onto [0, 1] with ``pieces`` equal-width segments
-    (Zhang et al. 2018, the f_1 … f_8 of the counting module). The segment slopes are the
+    (Zhang et al. 2018, ``PiecewiseLin``: the functions of the counting module). The segment slopes are the
     normalised absolute weights, so f(1) = 1 and f is non-decreasing; the first weight is 0
     and stays 0 (|w| has zero gradient there), so f(0) = 0; the initial weights make f the identity. pieces: number of segments (16 in the paper).
     """
@@ -362,13 +362,20 @@ class CountingModule(nn.Module):
 
     boxes (B, K, 4) as (x1, y1, x2, y2), attention logits (B, K) → (B, objects + 1).
     objects: largest count (ban-vqa: 10). pieces: segments of each piecewise-linear f.
-    ban-vqa allocates 16 functions of which 8 are used; the 8 used are built here.
+    As in Zhang et al.'s and ban-vqa's ``counting.py`` (``[PiecewiseLin(16) for _ in range(16)]``)
+    there are ``FUNCTIONS`` = 16 functions, of which the forward pass reads the first ``USED`` = 8:
+    the others are kept so the parameters (and a state dict) match the reference, and frozen, as
+    they never get a gradient (DDP refuses trainable parameters that get none).
     """
+
+    FUNCTIONS, USED = 16, 8
 
     def __init__(self, *, objects: int = 10, pieces: int = 16):
         super().__init__()
         self.objects = objects
-        self.f = nn.ModuleList(PiecewiseLinear(pieces=pieces) for _ in range(8))
+        self.f = nn.ModuleList(PiecewiseLinear(pieces=pieces) for _ in range(self.FUNCTIONS))
+        for unused in self.f[self.USED:]:
+            unused.requires_grad_(False)
 
     def forward(self, boxes: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         keep = min(self.objects, attention.shape[1])

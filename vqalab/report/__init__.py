@@ -11,8 +11,8 @@ The week's folder holds, per study, ``<name>.ipynb`` (executed) and ``<name>.htm
 ``index.html`` (environment, one section per study with its headline findings),
 ``report.html`` (every study in one self-contained file, for mail) and ``summary.json`` (the
 headline figures, read back next week for the "since last week" section). Nothing is
-overwritten: running a week again keeps each study whose notebook, preset, code and data are
-unchanged (``freeze``), re-runs the others (all with ``force``), and their earlier files move to
+overwritten: running a week again keeps each study whose notebook, preset, training code, own code,
+templates and data are unchanged (``freeze``), re-runs the others (all with ``force``), and their earlier files move to
 ``previous/<timestamp>/`` first.
 
 One job per module: ``weeks`` (ISO weeks), ``presets`` (studies and their checked presets),

@@ -12,13 +12,14 @@ from pathlib import Path
 
 from vqalab.paths import project_root
 from vqalab.provenance import code_fingerprint
-from vqalab.report.archive import archive_outputs, write_text
+from vqalab.registry import ConfigError
+from vqalab.report.archive import PREVIOUS_DIR, archive_outputs, write_text
 from vqalab.report.data import check_study_data, choose_data, data_record, read_run_log
 from vqalab.report.execute import (
     LOGS_DIR,
     STATUS_FAILED,
-    STATUS_TIMED_OUT,
     STATUS_SKIPPED,
+    STATUS_TIMED_OUT,
     check_kernel,
     execute_study,
     read_findings,
@@ -91,7 +92,8 @@ def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str 
     week stay in the index. ``week``: ``YYYY-Www`` folder (default: the current ISO week).
     A week runs again incrementally, as Quarto's freeze does (``vqalab.report.freeze``): a study
     reported earlier this week whose run succeeded and whose notebook file, preset values (and files
-    they name), ``vqalab`` source and data identity are unchanged (its ``freeze_key`` in ``summary.json``) keeps its files,
+    they name), training code, own code, templates and data identity are unchanged (its ``freeze_key`` in
+    ``summary.json``) keeps its files,
     and the index says "kept from <time>"; any other study runs again, its earlier files first moved
     to ``previous/<timestamp>/`` with the index, report and summary they belonged to. Nothing already
     written is lost, and a second run in a week is never refused for what it holds.
@@ -111,6 +113,7 @@ def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str 
     params_dir = Path(params_dir) if params_dir is not None else root / "params"
     reports_dir = Path(reports_dir) if reports_dir is not None else root / "reports"
     week = check_week(week) if week else iso_week()
+    check_week_folder(reports_dir, week)
     plan = plan_studies(preset=preset, only=only, notebooks_dir=notebooks_dir, params_dir=params_dir,
                         runs_root=runs_root)
     if data is not None:
@@ -127,6 +130,21 @@ def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str 
     with week_lock(reports_dir, week):
         return _run_locked(plan=plan, statuses=statuses, week=week, week_dir=week_dir, reports_dir=reports_dir,
                            root=root, preset=preset, force=force, fresh=fresh)
+
+
+def check_week_folder(reports_dir: Path, week: str) -> None:
+    """Refuse, before anything runs, a week folder (or its ``logs/``, ``previous/``) that is a file or
+    a symbolic link: the report writes only into real folders of its own (a link planted there
+    would send the week's files into another user's folder)."""
+    week_dir = reports_dir / week
+    if reports_dir.exists() and not reports_dir.is_dir():
+        raise ConfigError(f"reports folder {reports_dir} is a file, not a folder: move it away or pass another one")
+    for path in (week_dir, week_dir / LOGS_DIR, week_dir / PREVIOUS_DIR):
+        if path.is_symlink():
+            raise ConfigError(f"week folder {path} is a symbolic link: not followed; remove it (the report "
+                              "creates the folder)")
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"week folder {path} is a file, not a folder: move it away (the report creates the folder)")
 
 
 def week_lock(reports_dir: Path, week: str):
@@ -148,12 +166,12 @@ def _run_locked(*, plan: list[dict], statuses: dict[str, dict | None], week: str
         if (record := kept_record(earlier_records.get(s["name"]), freeze_key(inputs[s["name"]]), week_dir))}
     to_run = [s for s in plan if s["name"] not in kept]
     earlier = [week_dir / f"{s['name']}{ext}" for s in to_run for ext in (".ipynb", ".html")]
-    earlier = [p for p in earlier if p.exists()]
+    earlier = [p for p in earlier if os.path.lexists(p)]  # a dangling symlink moves away too
     if earlier:
-        derived = [week_dir / f for f in (INDEX_FILE, REPORT_FILE, SUMMARY_FILE) if (week_dir / f).exists()]
         logs = [week_dir / LOGS_DIR / f"{study['name']}.log" for study in to_run]
-        derived += [path for path in logs if path.exists()]
-        moved = archive_outputs(week_dir, earlier + derived)
+        # index, report and summary are copied: the week keeps them until the new ones replace them
+        derived = [week_dir / f for f in (INDEX_FILE, REPORT_FILE, SUMMARY_FILE) if (week_dir / f).is_file()]
+        moved = archive_outputs(week_dir, earlier + [p for p in logs if os.path.lexists(p)], copies=derived)
         log.info("earlier outputs of this week moved to %s", moved)
     week_dir.mkdir(parents=True, exist_ok=True)
 
@@ -167,7 +185,7 @@ def _run_locked(*, plan: list[dict], statuses: dict[str, dict | None], week: str
         name, status = study["name"], statuses[study["name"]]
         if name in kept:
             record = kept[name]
-            log.info("%s: kept from %s (notebook, preset, code and data unchanged)", name, record[KEPT_FROM])
+            log.info("%s: kept from %s (notebook, preset, code, templates and data unchanged)", name, record[KEPT_FROM])
         else:
             if not force and name in earlier_records:
                 log.info("%s: runs again: %s", name, rerun_reason(earlier_records[name], inputs[name]))

@@ -5,6 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
+import shutil
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -12,6 +15,7 @@ from pathlib import Path
 from vqalab.notebook import FINDINGS_MIME
 from vqalab.registry import ConfigError
 from vqalab.report.progress import DEFAULT_TIME_BUDGET_S, ProgressLine, format_seconds, watch
+from vqalab.runs import atomic_write_bytes, open_no_follow
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +61,16 @@ def execute_study(study: dict, *, out_dir: Path, cwd: Path, preset: str, runs_ro
     log.info("running %s (preset %s), cell output in %s", study["notebook"], preset, log_file)
     outcome: dict = {}
 
+    # papermill writes its output notebook by path (following a symlink there) as the cells run: it
+    # writes into a private folder, and the finished notebook replaces ``output`` by a rename.
+    private = Path(tempfile.mkdtemp(prefix=f"vqalab-{name}-"))
+    written = private / output.name
+
     def execute() -> None:
         try:
-            with open(log_file, "a", encoding="utf-8", buffering=1) as stream:
-                papermill.execute_notebook(str(study["notebook"]), str(output), parameters=study["parameters"],
+            log_fd = open_no_follow(log_file, os.O_WRONLY | os.O_APPEND, "log file")
+            with open(log_fd, "a", encoding="utf-8", buffering=1) as stream:
+                papermill.execute_notebook(str(study["notebook"]), str(written), parameters=study["parameters"],
                                            kernel_name=KERNEL_NAME, cwd=str(cwd), progress_bar=False,
                                            stdout_file=stream, stderr_file=stream)
         except PapermillExecutionError as err:
@@ -75,6 +85,11 @@ def execute_study(study: dict, *, out_dir: Path, cwd: Path, preset: str, runs_ro
     line = line or ProgressLine()
     timed_out = watch(name, thread, budget=budget, runs_root=runs_root, last_duration=last_duration, line=line)
     record["duration_s"] = round(time.perf_counter() - start, 2)
+    try:
+        if written.is_file():
+            atomic_write_bytes(output, lambda f: f.write(written.read_bytes()))
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
     if timed_out:
         record["status"] = STATUS_TIMED_OUT
         record["error"] = (f"stopped after its time budget of {format_seconds(budget)}; "

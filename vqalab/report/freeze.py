@@ -2,8 +2,11 @@
 
 A study's freeze key hashes what its pages depend on: the notebook file, the preset (its name, the
 parameter values passed to the notebook, and the contents of project files those values name, such
-as a ``params_file``), the ``vqalab`` source (``code_fingerprint``) and the identity of its data set
-(name, root, counts, fingerprint; ``vqalab.data.data_status``). Each
+as a ``params_file``), the code that trains (``code_fingerprint``), the study's own code (its
+``vqalab.studies`` module and every ``vqalab`` module the notebook imports, read from the source:
+``provenance.source_fingerprint``), the page templates and style (``vqalab/report_templates/``) and
+the identity of its data set (name, root, counts, fingerprint; ``vqalab.data.data_status``). The
+report's own Python (``vqalab/report/``) is not in it: an edit there keeps every page. Each
 study's record in ``summary.json`` carries its key; the next run of the same week keeps a study
 whose key is unchanged and whose earlier run succeeded, with its files as they are. Any other
 study runs again (its earlier files move to ``previous/<time>/`` first); ``force`` runs them all.
@@ -15,12 +18,14 @@ import hashlib
 import json
 from pathlib import Path
 
+from vqalab import provenance
 from vqalab.provenance import FINGERPRINT_DIGITS
 from vqalab.report.execute import STATUS_OK
 
 FREEZE_KEY, FREEZE_INPUTS = "freeze_key", "freeze_inputs"  # keys of a study's record
 KEPT_FROM = "kept_from"  # a kept study's record: when its pages were made
 DATA_IDENTITY_KEYS = ("name", "root", "counts", "fingerprint", "found")
+TEMPLATES = "report_templates"  # under the package: the pages' Jinja and nbconvert templates, style.css
 
 
 def _digest(data: bytes) -> str:
@@ -43,8 +48,27 @@ def named_files(value, root: Path) -> dict[str, str]:
     return {}
 
 
+def notebook_imports(notebook: Path) -> list[str]:
+    """The ``vqalab`` modules a notebook's code cells import (cells that are not Python, such as
+    ``%magic`` lines, are read without those lines)."""
+    cells = json.loads(Path(notebook).read_text(encoding="utf-8")).get("cells", [])
+    names = []
+    for cell in cells:
+        if cell.get("cell_type") != "code":
+            continue
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else source
+        lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+        try:
+            names += provenance.imported_names("\n".join(lines))
+        except SyntaxError:
+            continue
+    return names
+
+
 def freeze_inputs(study: dict, *, preset: str, data: dict | None, code: str, root: Path) -> dict[str, str]:
-    """A short hash of each thing a study's pages depend on: notebook, preset, code, data.
+    """A short hash of each thing a study's pages depend on: notebook, preset, code, the study's
+    own code, the templates, data.
 
     study: a study of ``plan_studies``; data: its ``data_record`` (None: it names no data set);
     code: ``code_fingerprint()``; root: the notebooks' working folder (relative file names start there).
@@ -53,7 +77,9 @@ def freeze_inputs(study: dict, *, preset: str, data: dict | None, code: str, roo
     preset_tree = {"preset": preset, "parameters": study["parameters"],
                    "files": named_files(study["parameters"], Path(root))}
     return {"notebook": _digest(Path(study["notebook"]).read_bytes()), "preset": _json_digest(preset_tree),
-            "code": code, "data": _json_digest(identity)}
+            "code": code, "study": provenance.source_fingerprint(notebook_imports(study["notebook"])),
+            "templates": provenance.tree_fingerprint(provenance.PACKAGE_DIR / TEMPLATES),
+            "data": _json_digest(identity)}
 
 
 def freeze_key(inputs: dict[str, str]) -> str:

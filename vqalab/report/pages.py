@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import itertools
 import math
 import re
 from pathlib import Path
@@ -10,7 +12,7 @@ from typing import Any
 
 from vqalab.config import parameter_rows, yaml_inline
 from vqalab.report.archive import PREVIOUS_DIR, write_text
-from vqalab.report.html import sanitize_html
+from vqalab.report.html import SCOPE_PREFIX, sanitize_html
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "report_templates"
 STUDY_TEMPLATE = "vqalab_study"  # nbconvert template: lab page without CDN scripts
@@ -19,11 +21,20 @@ REPORT_FILE = "report.html"
 BODY_START, BODY_END = "<!-- vqalab:body-start -->", "<!-- vqalab:body-end -->"
 
 
-def _study_exporter():
+def _study_exporter(study: str):
+    """nbconvert's exporter with its ``clean_html`` step (applied to each HTML or Markdown output and
+    each Markdown cell on its own) replaced by ``sanitize_html`` with a scope per output."""
     from nbconvert import HTMLExporter
 
+    prefix = f"{SCOPE_PREFIX}{hashlib.sha256(study.encode()).hexdigest()[:8]}-"  # unique per study in report.html
+    outputs = itertools.count()
+
+    def clean_output(html: str) -> str:
+        return sanitize_html(str(html), scope=f"{prefix}{next(outputs)}")
+
     return HTMLExporter(extra_template_basedirs=[str(TEMPLATE_DIR)], template_name=STUDY_TEMPLATE,
-                        exclude_input_prompt=True, exclude_output_prompt=True, embed_images=True)
+                        exclude_input_prompt=True, exclude_output_prompt=True, embed_images=True,
+                        sanitize_html=True, filters={"clean_html": clean_output})
 
 
 def render_study(notebook, record: dict, week: str) -> str:
@@ -39,11 +50,12 @@ def render_study(notebook, record: dict, week: str) -> str:
                             "status": record["status"], "error": record.get("error"),
                             "data": data_line(record.get("data")),
                             "alt": f"figure of {record['title']}"}}
-    page, _ = _study_exporter().from_notebook_node(nb, resources=resources)
+    page, _ = _study_exporter(record["name"]).from_notebook_node(nb, resources=resources)
     start, end = page.find(BODY_START), page.rfind(BODY_END)
     if start < 0 or end < start:
         raise RuntimeError(f"{TEMPLATE_DIR / STUDY_TEMPLATE}: body markers missing from the rendered page")
     start += len(BODY_START)
+    # once more over the whole body: anything the template let through unscoped is dropped here
     return page[:start] + sanitize_html(page[start:end]) + page[end:]
 
 

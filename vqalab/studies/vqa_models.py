@@ -65,8 +65,8 @@ def model_configs(*, models: list, model_kwargs: dict, dataset: str, dataset_kwa
 
 
 def train_models(configs: list[RunConfig], *, reuse: bool = True) -> list[Path]:
-    """Train every config, or reuse its finished run as sweeps do: same config hash, ``vqalab`` source
-    and data identity (``vqalab.sweep.reuse_key``; ``reuse=False`` or ``VQALAB_FRESH=1`` retrains).
+    """Train every config, or reuse its finished run as sweeps do: same config hash, training code
+    (``code_fingerprint``) and data identity (``vqalab.sweep.reuse_key``; ``reuse=False`` or ``VQALAB_FRESH=1`` retrains).
     Each distinct data section is loaded once, and only if some model trains. The run folders, in
     config order; every model is a line of the report's run log (reused or trained)."""
     reuse = reuse and not fresh_requested()
