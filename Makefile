@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PRESET ?= cpu
 
-.PHONY: report test venv lint clean-venv
+.PHONY: report test test-heavy venv lint clean-venv
 
 # The stamp is rebuilt whenever the package's dependencies change.
 $(VENV)/.installed: pyproject.toml
@@ -21,8 +21,12 @@ venv: $(VENV)/.installed
 report: venv
 	$(BIN)/vqalab report --preset $(PRESET) $(if $(FORCE),--force) $(if $(WEEK),--week $(WEEK))
 
+# The suite in minutes; the lab-size checks (marker `heavy`) run apart, in CI after this.
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not heavy"
+
+test-heavy: venv
+	$(BIN)/python -m pytest -q -m heavy
 
 lint: venv
 	$(BIN)/ruff check vqalab tests benchmarks

@@ -66,3 +66,12 @@ def write_notebook(path: Path, title: str, parameters: str, *cells: str) -> None
     nb.cells += [nbformat.v4.new_code_cell(source) for source in cells]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """Say which lab-size checks `make test` left to `make test-heavy`, so none is left out silently."""
+    if "not heavy" in (config.option.markexpr or ""):
+        heavy = [item for item in terminalreporter.stats.get("deselected", []) if item.get_closest_marker("heavy")]
+        if heavy:
+            terminalreporter.write_line(f"{len(heavy)} heavy tests (lab-size GPU memory predictions, real torch.compile) "
+                                        "not run here: `make test-heavy` runs them, as CI does after `make test`")

@@ -119,7 +119,7 @@ def test_compile_mode_is_validated():
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="torch.compile's inductor needs a C compiler (cc)")
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @needs_cc
 @pytest.mark.parametrize("family", ["vqa", "fer"])
 def test_inductor_steps_like_eager_on_the_cpu(family):

@@ -160,7 +160,7 @@ def fer_config(model, *, depth=8, image_size=112, backbone_depth=50, width=1.0, 
                          "train": {"device": "cpu", "amp": amp, "batch_size": batch_size}})
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 @pytest.mark.parametrize("model, measured_mb", [("ir_vit", 21_580), ("ir_cls", 18_479)])
 def test_lab_note_002_efficiency_table(model, measured_mb):
     """IR-50 + 8 blocks at 112 px, batch 256, fp32, Adam: lab note 002's CUDA peak, within ±10 %."""
@@ -237,7 +237,7 @@ def lab_preset_cases():
     fer = [(preset, study) for preset in ("rafdb-24gb", "rafdb-80gb", "gpu-smoke") for study in FER_STUDIES]
     others = [("gpu-smoke", "batch_size_throughput"), ("vqa2-24gb", "vqa_models"), ("vqa2-80gb", "vqa_models"),
               ("gpu-smoke", "vqa_models"), ("gqa_subgraph_8gb.yaml", "gqa"), ("gqa_subgraph_24gb.yaml", "gqa")]
-    return [pytest.param(preset, study, id=f"{preset}:{study}", marks=pytest.mark.slow) for preset, study in fer + others]
+    return [pytest.param(preset, study, id=f"{preset}:{study}", marks=pytest.mark.heavy) for preset, study in fer + others]
 
 
 @pytest.mark.parametrize("preset, study", lab_preset_cases())
