@@ -198,6 +198,14 @@ def write_json_list(path: Path, head: dict, key: str, entries) -> None:
         f.write("]}")
 
 
+def write_json_object(path: Path, items) -> None:
+    """A JSON object of the ``(key, value)`` pairs ``items``, written pair by pair (GQA's id → entry files)."""
+    with open(path, "w") as f:
+        f.write("{")
+        f.writelines((", " if i else "") + json.dumps(key) + ": " + json.dumps(value) for i, (key, value) in enumerate(items))
+        f.write("}")
+
+
 def write_npy_vectors(folder: Path, names: list[str], dim: int, rng: np.random.Generator) -> None:
     """One ``.npy`` file of a (dim,) float32 vector per name (ResNet-18 pooled features are 512-d)."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -19,9 +19,12 @@ those arrays in one ``.npz`` entry under ``vqalab.paths.cache_dir()/prepared/``:
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import hashlib
 import io
+import itertools
 import json
 import logging
 import zipfile
@@ -56,6 +59,19 @@ def code_digest(*module_files: str) -> str:
         path = Path(name)
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def paused_gc():
+    """The cyclic garbage collector paused: parsing a full-size JSON file makes millions of
+    containers, and each collection would walk them all again (none of them is garbage yet)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def strings_array(strings: Sequence[str]) -> np.ndarray:
@@ -135,7 +151,7 @@ class Ragged(Sequence):
         lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
         offsets = np.zeros(len(rows) + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        flat = np.fromiter((v for r in rows for v in r), dtype=dtype, count=int(offsets[-1]))
+        flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=dtype, count=int(offsets[-1]))
         return cls(flat, offsets, table)
 
     def __len__(self) -> int:
@@ -152,6 +168,16 @@ class Ragged(Sequence):
 
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
+
+    def take(self, rows: np.ndarray) -> Ragged:
+        """The given rows (int array), in that order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        starts, lengths = self.offsets[rows], np.diff(self.offsets)[rows]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        # Output position j of row r reads flat[starts[r] + (j - offsets[r])].
+        positions = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1], dtype=np.int64)
+        return Ragged(self.flat[positions], offsets, self.table)
 
 
 class Coded(Sequence):

@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import operator
 import os
 import re
 from collections import Counter
@@ -72,6 +73,7 @@ from vqalab.data.prepared import (
     code_digest,
     file_fingerprint,
     load_entry,
+    paused_gc,
     store_entry,
     strings_array,
     strings_of,
@@ -79,7 +81,7 @@ from vqalab.data.prepared import (
 from vqalab.data.prepared import entry_path as prepared_entry_path
 from vqalab.data.regions import REGION_INPUT_KEYS, boxes_of, read_regions
 from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from vqalab.metrics import accuracy_of_matches, clean_whitespace, normalize_answer
+from vqalab.metrics import accuracy_of_matches, clean_whitespace, normalize_answer, vqa_accuracy
 from vqalab.paths import cache_dir, resolve_data
 from vqalab.registry import ConfigError
 from vqalab.text import Vocabulary
@@ -137,7 +139,10 @@ def check_entries(entries: list, path: Path, what: str, keys: tuple[str, ...]) -
 
 
 class StringTable:
-    """Each distinct string once (the human answers repeat millions of times): string ↔ code."""
+    """Each distinct string once (the human answers repeat millions of times): string ↔ code.
+
+    Equal codes mean equal strings, so the answers of a whole split compare as integer arrays.
+    """
 
     def __init__(self, strings: list[str] | None = None):
         self.strings: list[str] = list(strings or [])
@@ -150,19 +155,25 @@ class StringTable:
             self.strings.append(text)
         return code
 
+    def codes_of(self, texts: list[str]) -> np.ndarray:
+        """(len(texts),) int32 codes, new strings added in order of first appearance."""
+        for text in dict.fromkeys(texts):
+            self.code(text)
+        return np.fromiter(map(self.codes.__getitem__, texts), dtype=np.int32, count=len(texts))
+
 
 @dataclass
 class ListedSplit:
     """One split's questions joined with their annotations, in the questions file's order.
 
-    Strings other than the question are codes into the shared ``StringTable``; ``answers[i]``:
+    Strings other than the question are codes into the shared ``StringTable``; ``answers`` row i:
     the codes of question i's human answers as given.
     """
 
     question_ids: np.ndarray  # (N,) int64
     image_ids: np.ndarray  # (N,) int64
     texts: list[str]
-    answers: list[tuple[int, ...]]
+    answers: Ragged  # N rows of int32 codes
     multiple_choice: np.ndarray  # (N,) int32 codes
     answer_types: np.ndarray  # (N,) int32 codes
     question_types: np.ndarray  # (N,) int32 codes
@@ -172,34 +183,44 @@ class ListedSplit:
             return self
         index = np.asarray(rows, dtype=np.int64)
         return ListedSplit(self.question_ids[index], self.image_ids[index], [self.texts[i] for i in rows],
-                           [self.answers[i] for i in rows], self.multiple_choice[index], self.answer_types[index],
+                           self.answers.take(index), self.multiple_choice[index], self.answer_types[index],
                            self.question_types[index])
 
 
+def first_difference(a: list, b: list) -> int:
+    return next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+
+
 def load_split(questions_path: Path, annotations_path: Path, strings: StringTable) -> ListedSplit:
-    """Questions joined with their annotations, in the questions file's order (one pass, no per-question dict)."""
+    """Questions joined with their annotations, in the questions file's order.
+
+    One pass per field over the parsed entries; no Python object is made per question or answer
+    beyond what the JSON parser made.
+    """
     questions = read_official_json(questions_path, "questions", "questions")
     annotations = read_official_json(annotations_path, "annotations", "annotations")
-    code = strings.code
-    question_ids, image_ids, texts, answers, multiple_choice, answer_types, question_types = [], [], [], [], [], [], []
+    get_answer = operator.itemgetter("answer")
     try:
         by_question = {a["question_id"]: a for a in annotations}
-        for q in questions:
-            question_id, image_id = q["question_id"], q["image_id"]
-            ann = by_question.get(question_id)
-            if ann is None:
-                raise ConfigError(f"vqa_v2: {annotations_path}: no annotation for question_id {question_id} "
-                                  f"of {questions_path}")
-            if ann["image_id"] != image_id:
-                raise ConfigError(f"vqa_v2: question_id {question_id}: image_id {image_id} in {questions_path} "
-                                  f"but {ann['image_id']} in {annotations_path}")
-            question_ids.append(question_id)
-            image_ids.append(image_id)
-            texts.append(q["question"])
-            answers.append(tuple([code(a["answer"]) for a in ann["answers"]]))
-            multiple_choice.append(code(ann.get("multiple_choice_answer", "")))
-            answer_types.append(code(ann.get("answer_type", "")))
-            question_types.append(code(ann.get("question_type", "")))
+        question_ids = [q["question_id"] for q in questions]
+        image_ids = [q["image_id"] for q in questions]
+        texts = [q["question"] for q in questions]
+        joined = list(map(by_question.get, question_ids))
+        if None in joined:
+            question_id = question_ids[joined.index(None)]
+            raise ConfigError(f"vqa_v2: {annotations_path}: no annotation for question_id {question_id} "
+                              f"of {questions_path}")
+        annotated_images = [a["image_id"] for a in joined]
+        if annotated_images != image_ids:
+            row = first_difference(annotated_images, image_ids)
+            raise ConfigError(f"vqa_v2: question_id {question_ids[row]}: image_id {image_ids[row]} in {questions_path} "
+                              f"but {annotated_images[row]} in {annotations_path}")
+        given = [a["answers"] for a in joined]
+        lengths = np.fromiter(map(len, given), dtype=np.int64, count=len(given))
+        flat = [answer for answers in given for answer in map(get_answer, answers)]
+        multiple_choice = [a.get("multiple_choice_answer", "") for a in joined]
+        answer_types = [a.get("answer_type", "") for a in joined]
+        question_types = [a.get("question_type", "") for a in joined]
     except (KeyError, TypeError, AttributeError):
         # A malformed entry: say which one, as the checks name it.
         check_entries(questions, questions_path, "questions", QUESTION_KEYS)
@@ -209,66 +230,109 @@ def load_split(questions_path: Path, annotations_path: Path, strings: StringTabl
         ids = np.array(question_ids, dtype=np.int64), np.array(image_ids, dtype=np.int64)
     except (TypeError, ValueError, OverflowError):
         raise ConfigError(f"vqa_v2: {questions_path}: question_id and image_id must be integers") from None
-    return ListedSplit(*ids, texts, answers, np.array(multiple_choice, np.int32), np.array(answer_types, np.int32),
-                       np.array(question_types, np.int32))
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return ListedSplit(*ids, texts, Ragged(strings.codes_of(flat), offsets), strings.codes_of(multiple_choice),
+                       strings.codes_of(answer_types), strings.codes_of(question_types))
+
+
+def match_patterns(matched: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of the (m, L) bool array and each row's number among them (``np.unique``
+    by rows, through each row's bits as one integer: sorting integers is fast)."""
+    if matched.shape[1] > 62:
+        return np.unique(matched, axis=0, return_inverse=True)
+    bits = matched.astype(np.int64) @ (np.int64(1) << np.arange(matched.shape[1], dtype=np.int64))
+    _, first, inverse = np.unique(bits, return_index=True, return_inverse=True)
+    return matched[first], inverse
 
 
 class AnswerScorer:
-    """``soft_scores`` of many questions, each distinct string normalised once.
+    """Soft scores and best answers of whole splits, as ``soft_scores`` and ``best_answer`` give
+    them question by question, with each distinct string normalised once.
 
-    The steps are those of ``metrics.vqa_accuracy`` for every candidate answer, but
-    ``normalize_answer`` is memoised per string and the result per list of human answers (the same
-    ten answers recur, e.g. ten "yes"); the accuracy of a match pattern is
-    ``metrics.accuracy_of_matches``, which ``vqa_accuracy`` returns too, so the floats are the same.
+    Strings are codes of one ``StringTable``, so "equal after normalisation" is an integer
+    comparison: ``cleaned[c]`` / ``normalised[c]`` is the code of ``clean_whitespace`` /
+    ``normalize_answer`` of string c. The accuracy of each pattern of matching annotators is
+    ``metrics.accuracy_of_matches``, the function ``vqa_accuracy`` returns, so the floats are the same.
     """
 
-    def __init__(self, answer_index: dict[str, int]):
-        self.answer_index = answer_index
-        self.normalised: dict[str, str] = {}
-        self.by_answers: dict[tuple, tuple[tuple[int, ...], tuple[float, ...]]] = {}
+    def __init__(self, strings: StringTable):
+        self.strings = strings
+        self.normalised_text: dict[str, str] = {}
+        raw = len(strings.strings)  # the strings as given; normalising them adds more
+        self.cleaned = np.array([strings.code(clean_whitespace(s)) for s in strings.strings[:raw]], dtype=np.int64)
+        self.normalised = np.array([strings.code(self.normalize(s)) for s in strings.strings[:raw]], dtype=np.int64)
+        self.answer_index: dict[str, int] = {}
 
     def normalize(self, text: str) -> str:
-        out = self.normalised.get(text)
+        out = self.normalised_text.get(text)
         if out is None:
-            out = self.normalised[text] = normalize_answer(text)
+            out = self.normalised_text[text] = normalize_answer(text)
         return out
 
-    def score(self, answers: list[str]) -> tuple[tuple[int, ...], tuple[float, ...]]:
-        """(answer indices in increasing order, their official accuracy) for the indices scoring > 0."""
-        human = [clean_whitespace(a) for a in answers]
-        varied = len(set(human)) > 1  # the metric normalises only when the human answers differ
-        if varied:
-            human = [self.normalize(a) for a in human]
-        candidates = {self.normalize(a) for a in answers} | {clean_whitespace(a) for a in answers}
-        scores = {}
-        for answer in candidates:
-            index = self.answer_index.get(answer)
-            if index is None:
-                continue
-            pred = self.normalize(clean_whitespace(answer)) if varied else clean_whitespace(answer)
-            score = accuracy_of_matches(tuple(a == pred for a in human))
-            if score > 0:
-                scores[index] = score
-        ordered = sorted(scores)
-        return tuple(ordered), tuple(scores[i] for i in ordered)
+    def answer_vocab(self, answer_codes: np.ndarray, top_k: int | None, min_count: int) -> list[str]:
+        """``build_answer_vocab`` of the answers with these codes (counts summed per normalised string)."""
+        counts = np.bincount(self.normalised[answer_codes], minlength=len(self.strings.strings))
+        by_text = {self.strings.strings[c]: int(n) for c in np.flatnonzero(counts) for n in (counts[c],)}
+        by_text.pop("", None)
+        kept = sorted((a for a, c in by_text.items() if c >= min_count), key=lambda a: (-by_text[a], a))
+        return kept[:top_k] if top_k is not None else kept
 
-    def score_codes(self, codes: tuple[int, ...], strings: list[str]) -> tuple[tuple[int, ...], tuple[float, ...]]:
-        """``score`` of the answers with these string codes, memoised on the codes."""
-        result = self.by_answers.get(codes)
-        if result is None:
-            result = self.by_answers[codes] = self.score([strings[c] for c in codes])
-        return result
+    def set_vocabulary(self, answers: list[str]) -> None:
+        """Answer index of each code (-1: not an answer), and each answer's code as a prediction."""
+        self.answer_index = {a: i for i, a in enumerate(answers)}
+        codes = [self.strings.code(a) for a in answers]
+        as_clean = [self.strings.code(clean_whitespace(a)) for a in answers]
+        as_normalised = [self.strings.code(self.normalize(a)) for a in answers]
+        size = len(self.strings.strings)
+        self.index_of = np.full(size, -1, dtype=np.int64)
+        self.index_of[codes] = np.arange(len(answers))
+        # A prediction is compared cleaned (when the ten answers agree) or normalised.
+        self.pred_clean = np.full(size, -1, dtype=np.int64)
+        self.pred_clean[codes] = as_clean
+        self.pred_normalised = np.full(size, -1, dtype=np.int64)
+        self.pred_normalised[codes] = as_normalised
 
+    def score(self, answers: Ragged, multiple_choice: np.ndarray) -> dict[str, np.ndarray]:
+        """Per question with a vocabulary answer scoring > 0: its scores (CSR, indices increasing) and best answer.
 
-def answer_vocab_from_counts(raw_counts: dict[str, int], top_k: int | None, min_count: int,
-                             normalize=normalize_answer) -> list[str]:
-    """``build_answer_vocab`` from the count of each answer as given (each string normalised once)."""
-    counts: Counter = Counter()
-    for answer, count in raw_counts.items():
-        counts[normalize(answer)] += count
-    counts.pop("", None)
-    kept = sorted((a for a, c in counts.items() if c >= min_count), key=lambda a: (-counts[a], a))
-    return kept[:top_k] if top_k is not None else kept
+        Returns ``kept`` (rows), ``score_index``, ``score_value``, ``score_offsets`` and ``targets``.
+        """
+        lengths = answers.lengths()
+        rows_of, index_of, value_of = [], [], []
+        for length in np.unique(lengths[lengths > 0]).tolist():
+            rows = np.flatnonzero(lengths == length)
+            given = answers.flat[answers.offsets[rows][:, None] + np.arange(length)]  # (n, L) codes as given
+            cleaned, normalised = self.cleaned[given], self.normalised[given]
+            varied = (cleaned != cleaned[:, :1]).any(axis=1)  # the metric normalises only then
+            human = np.where(varied[:, None], normalised, cleaned)
+            candidates = np.concatenate([normalised, cleaned], axis=1)  # (n, 2L): normalised and as given
+            row, column = np.nonzero(self.index_of[candidates] >= 0)
+            candidate = candidates[row, column]
+            pred = np.where(varied[row], self.pred_normalised[candidate], self.pred_clean[candidate])
+            matched = human[row] == pred[:, None]  # (m, L): which annotators gave the prediction
+            patterns, inverse = match_patterns(matched)
+            accuracy = np.array([accuracy_of_matches(tuple(p)) for p in patterns.tolist()], dtype=np.float64)
+            rows_of.append(rows[row])
+            index_of.append(self.index_of[candidate])
+            value_of.append(accuracy[inverse.reshape(-1)])
+        num_answers = max(len(self.answer_index), 1)
+        row = np.concatenate(rows_of) if rows_of else np.zeros(0, np.int64)
+        index = np.concatenate(index_of) if index_of else np.zeros(0, np.int64)
+        value = np.concatenate(value_of) if value_of else np.zeros(0, np.float64)
+        positive = value > 0
+        row, index, value = row[positive], index[positive], value[positive]
+        # One entry per (question, answer), sorted: a candidate met twice scores the same both times.
+        _, first = np.unique(row * num_answers + index, return_index=True)
+        row, index, value = row[first], index[first], value[first]
+        kept, counts = np.unique(row, return_counts=True)
+        offsets = np.zeros(len(kept) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        # best_answer: the highest score; ties to the multiple-choice answer, then the lower index.
+        preferred = self.index_of[self.normalised[multiple_choice]]
+        order = np.lexsort((index, index != preferred[row], -value, row))
+        targets = index[order[offsets[:-1]]]
+        return {"kept": kept, "score_index": index, "score_value": value, "score_offsets": offsets, "targets": targets}
 
 
 def build_answer_vocab(answer_lists: list[list[str]], top_k: int | None, min_count: int) -> list[str]:
@@ -278,7 +342,10 @@ def build_answer_vocab(answer_lists: list[list[str]], top_k: int | None, min_cou
     (None: no limit). min_count: keep answers given at least this many times. The empty answer
     (e.g. "the" normalised) is never kept.
     """
-    return answer_vocab_from_counts(Counter(a for answers in answer_lists for a in answers), top_k, min_count)
+    counts = Counter(normalize_answer(a) for answers in answer_lists for a in answers)
+    counts.pop("", None)
+    kept = sorted((a for a, c in counts.items() if c >= min_count), key=lambda a: (-counts[a], a))
+    return kept[:top_k] if top_k is not None else kept
 
 
 def soft_scores(answers: list[str], answer_index: dict[str, int]) -> dict[int, float]:
@@ -287,7 +354,14 @@ def soft_scores(answers: list[str], answer_index: dict[str, int]) -> dict[int, f
     The candidates are the human answers normalised and as given (the metric leaves them as
     given when all 10 agree), restricted to the vocabulary.
     """
-    return dict(zip(*AnswerScorer(answer_index).score(list(answers))))
+    candidates = {normalize_answer(a) for a in answers} | {clean_whitespace(a) for a in answers}
+    scores = {}
+    for answer in candidates:
+        if answer in answer_index:
+            score = vqa_accuracy(answer, answers)
+            if score > 0:
+                scores[answer_index[answer]] = score
+    return scores
 
 
 def best_answer(scores: dict[int, float], preferred: int | None) -> int:
@@ -320,44 +394,27 @@ SPLIT_ARRAYS = ("question_ids", "image_ids", "tokens", "token_offsets", "answer_
                 "listed_question_ids", "listed_image_ids")
 
 
-def prepare_split(listed: ListedSplit, strings: StringTable, scorer: AnswerScorer, vocab: Vocabulary,
+def prepare_split(listed: ListedSplit, scorer: AnswerScorer, vocab: Vocabulary,
                   max_question_len: int | None) -> dict[str, np.ndarray]:
     """Soft scores, best answers and token ids of the questions with a vocabulary answer scoring > 0."""
-    kept, score_index, score_value, score_lengths, targets = [], [], [], [], []
-    preferred_of: dict[int, int | None] = {}  # multiple-choice answer code → its answer index
-    for row, codes in enumerate(listed.answers):
-        indices, values = scorer.score_codes(codes, strings.strings)
-        if not indices:
-            continue  # no vocabulary answer scores above 0: nothing the model could get right
-        choice = int(listed.multiple_choice[row])
-        if choice not in preferred_of:
-            preferred_of[choice] = scorer.answer_index.get(scorer.normalize(strings.strings[choice]))
-        kept.append(row)
-        score_index.extend(indices)
-        score_value.extend(values)
-        score_lengths.append(len(indices))
-        targets.append(best_answer(dict(zip(indices, values)), preferred_of[choice]))
+    scored = scorer.score(listed.answers, listed.multiple_choice)
+    kept = scored.pop("kept")
     encoded: dict[str, list[int]] = {}  # question text → token ids (questions repeat too)
     token_rows = []
-    for row in kept:
+    for row in kept.tolist():
         text = listed.texts[row]
         ids = encoded.get(text)
         if ids is None:
             ids = encoded[text] = vocab.encode(text)[:max_question_len]
         token_rows.append(ids)
-    rows = np.array(kept, dtype=np.int64)
     tokens = Ragged.from_lists(token_rows)
-    answers = Ragged.from_lists([listed.answers[r] for r in kept])
-    score_offsets = np.zeros(len(kept) + 1, dtype=np.int64)
-    np.cumsum(np.array(score_lengths, dtype=np.int64), out=score_offsets[1:])
+    answers = listed.answers.take(kept)
     return {
-        "question_ids": listed.question_ids[rows], "image_ids": listed.image_ids[rows],
+        "question_ids": listed.question_ids[kept], "image_ids": listed.image_ids[kept],
         "tokens": tokens.flat, "token_offsets": tokens.offsets,
         "answer_codes": answers.flat, "answer_offsets": answers.offsets,
-        "answer_types": listed.answer_types[rows], "question_types": listed.question_types[rows],
-        "score_index": np.array(score_index, dtype=np.int64), "score_value": np.array(score_value, dtype=np.float64),
-        "score_offsets": score_offsets, "targets": np.array(targets, dtype=np.int64),
-        "listed_question_ids": listed.question_ids, "listed_image_ids": listed.image_ids,
+        "answer_types": listed.answer_types[kept], "question_types": listed.question_types[kept],
+        **scored, "listed_question_ids": listed.question_ids, "listed_image_ids": listed.image_ids,
     }
 
 
@@ -500,6 +557,14 @@ def vqa_v2(
     use_cache: keep the prepared splits under the cache folder (``vqalab.data.prepared``) and reuse
         them while the JSON files and the preparing code are unchanged.
     """
+    with paused_gc():
+        return build_vqa_v2(**locals())
+
+
+def build_vqa_v2(*, root, train_questions, train_annotations, train_images, val_questions, val_annotations,
+                 val_images, train_features, val_features, image_size, answer_top_k, answer_min_count,
+                 max_question_len, max_train_samples, max_val_samples, group_by_image, use_cache) -> DataSplits:
+    """``vqa_v2`` (see there), run with the garbage collector paused."""
     base = resolve_data(root)
     if (train_features is None) != (val_features is None):
         raise ConfigError(f"vqa_v2: train_features = {train_features!r}, val_features = {val_features!r}: give both or neither")
@@ -541,16 +606,13 @@ def vqa_v2(
         arrays = {split: {name: stored[f"{split}/{name}"] for name in SPLIT_ARRAYS} for split in sources}
         dropped = {split: int(stored[f"{split}/dropped"]) for split in sources}
     else:
-        train_codes = np.fromiter((c for codes in listed["train"].answers for c in codes), dtype=np.int64)
-        raw_counts = np.bincount(train_codes, minlength=len(strings.strings))
-        scorer = AnswerScorer({})
-        answers = answer_vocab_from_counts({strings.strings[c]: int(n) for c, n in enumerate(raw_counts) if n},
-                                           answer_top_k, answer_min_count, normalize=scorer.normalize)
+        scorer = AnswerScorer(strings)
+        answers = scorer.answer_vocab(listed["train"].answers.flat, answer_top_k, answer_min_count)
         if not answers:
             raise ConfigError(f"vqa_v2: no training answer is given {answer_min_count} or more times: lower answer_min_count")
-        scorer.answer_index = {a: i for i, a in enumerate(answers)}
+        scorer.set_vocabulary(answers)
         vocab = Vocabulary.build(listed["train"].texts)
-        arrays = {split: prepare_split(listed[split], strings, scorer, vocab, max_question_len) for split in sources}
+        arrays = {split: prepare_split(listed[split], scorer, vocab, max_question_len) for split in sources}
         dropped = {split: len(listed[split].texts) - len(arrays[split]["targets"]) for split in sources}
         del listed  # the per-question Python lists: only the arrays are kept
         if entry is not None:
