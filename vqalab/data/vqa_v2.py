@@ -481,6 +481,21 @@ class VQAv2Split(Dataset):
             item["boxes"] = boxes_of(item["image"])
         return item
 
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """The items of a batch, each distinct image read once: batches grouped by image
+        (``group_by_image``) hold about five questions per image."""
+        images: dict[int, torch.Tensor] = {}
+        items = []
+        for index in indices:
+            image_id = self.image_ids[index]
+            if image_id not in images:
+                images[image_id] = self.load_image(image_id)
+            item = {**self.item_without_image(index), "image": images[image_id]}
+            if self.with_boxes:
+                item["boxes"] = boxes_of(item["image"])
+            items.append(item)
+        return items
+
     def image_fingerprint(self) -> str:
         """Hash of the image files used (path, size, modification time): changes when an image does."""
         digest = hashlib.sha1()
