@@ -1,6 +1,7 @@
 """Prepared splits at scale: the fast VQA v2 path gives exactly the old answers, soft scores and
 targets, the cached entry gives exactly the same splits, and a stale or damaged entry is rebuilt."""
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from test_vqa_v2 import FIXTURE_IMAGE_SIZE, write_vqa_v2_fixture
 from vqalab.data import build_data, prepared, vqa_v2
 from vqalab.data.fixtures import write_vqa_v2_stand_in
 from vqalab.metrics import clean_whitespace, normalize_answer
+from vqalab.registry import ConfigError
 
 MID_SCALE = 0.004  # ~1,800 train and ~860 val questions over ~500 images
 FEATURES = {"train_features": "train2014_features", "val_features": "val2014_features"}
@@ -186,3 +188,72 @@ def test_entry_arrays_round_trip_strings_and_ragged_rows(tmp_path):
     assert list(prepared.Ragged(arrays["flat"], arrays["offsets"])) == rows
     assert prepared.strings_of(arrays["strings"]) == strings
     assert prepared.load_entry(path, {**key, "files": [[str(path), 1, 3]]}) is None  # another file date
+
+
+# --- GQA: the same prepared-splits cache -----------------------------------------------------------
+
+def gqa_fixture(tmp_path: Path) -> Path:
+    from test_gqa import QUESTIONS, SCENE_GRAPHS, write_regions
+
+    root = tmp_path / "gqa"
+    (root / "features").mkdir(parents=True)
+    for split in ("train", "val"):
+        (root / f"{split}_balanced_questions.json").write_text(json.dumps(QUESTIONS[split]))
+        (root / f"{split}_sceneGraphs.json").write_text(json.dumps(SCENE_GRAPHS[split]))
+    for seed, (image_id, k, w, h) in enumerate([("100", 5, 200, 100), ("101", 2, 100, 100), ("200", 4, 100, 50)]):
+        write_regions(root / "features", image_id, k, w, h, seed)
+    return root
+
+
+def assert_same_gqa(a, b) -> None:
+    assert a.class_names == b.class_names and a.vocab == b.vocab and a.model_kwargs == b.model_kwargs
+    for split in ("train", "val"):
+        x, y = getattr(a, split), getattr(b, split)
+        assert x.targets == y.targets and x.image_ids == y.image_ids and x.question_ids == y.question_ids
+        assert list(x.questions) == list(y.questions) and list(x.answers) == list(y.answers)
+        assert list(x.structural_types) == list(y.structural_types) and x.image_names == y.image_names
+        for i in range(len(x)):
+            p, q = x[i], y[i]
+            for name in ("graph", "image", "boxes"):
+                if name == "graph" and name in q:
+                    assert all(torch.equal(p[name][k], q[name][k]) for k in q[name])
+                elif name in q:
+                    assert torch.equal(p[name], q[name])
+
+
+@pytest.mark.parametrize("inputs", ["scene_graph", "regions"])
+def test_gqa_splits_are_identical_with_and_without_the_cache(tmp_path, inputs):
+    from vqalab.data.gqa import graph_nodes
+    from vqalab.data.graphs import encode_graph
+    from vqalab.text import Vocabulary
+
+    root = gqa_fixture(tmp_path)
+    spec = {"name": "gqa", "root": str(root), "inputs": inputs, "features": "features", "max_boxes": 4}
+    fresh = build_data({**spec, "use_cache": False})
+    stored, cached = build_data(spec), build_data(spec)
+    assert not stored.info["prepared_from_cache"] and cached.info["prepared_from_cache"]
+    assert_same_gqa(fresh, stored)
+    assert_same_gqa(fresh, cached)
+    if inputs == "scene_graph":  # the packed graphs read back as encode_graph's tensors
+        graphs = json.loads((root / "train_sceneGraphs.json").read_text())
+        train = cached.train
+        for i in range(len(train)):
+            name = train.image_names[train.image_ids[i]]
+            expected = encode_graph(graph_nodes(root, name, graphs[name], 4), Vocabulary(cached.vocab))
+            assert all(torch.equal(train[i]["graph"][k], v) and train[i]["graph"][k].dtype == v.dtype
+                       for k, v in expected.items())
+    else:  # a region file removed after caching is still named
+        (root / "features" / "101.npz").unlink()
+        with pytest.raises(ConfigError, match=r"question t3: image 101 has no region file"):
+            build_data(spec)
+
+
+def test_gqa_entry_is_rebuilt_when_a_question_file_changes(tmp_path):
+    root = gqa_fixture(tmp_path)
+    spec = {"name": "gqa", "root": str(root)}
+    assert build_data(spec).class_names == ["yes", "brown", "no", "white"]
+    path = root / "train_balanced_questions.json"
+    path.write_text(path.read_text().replace('"brown"', '"beige"'))
+    changed = build_data(spec)
+    assert not changed.info["prepared_from_cache"] and "beige" in changed.class_names
+    assert build_data(spec).info["prepared_from_cache"]

@@ -196,3 +196,27 @@ class Coded(Sequence):
 
     def __eq__(self, other) -> bool:
         return list(self) == list(other)
+
+
+class StringTable:
+    """Each distinct string once (the human answers repeat millions of times): string ↔ code.
+
+    Equal codes mean equal strings, so the answers of a whole split compare as integer arrays.
+    """
+
+    def __init__(self, strings: list[str] | None = None):
+        self.strings: list[str] = list(strings or [])
+        self.codes: dict[str, int] = {s: i for i, s in enumerate(self.strings)}
+
+    def code(self, text: str) -> int:
+        code = self.codes.get(text)
+        if code is None:
+            code = self.codes[text] = len(self.strings)
+            self.strings.append(text)
+        return code
+
+    def codes_of(self, texts: list[str]) -> np.ndarray:
+        """(len(texts),) int32 codes, new strings added in order of first appearance."""
+        for text in dict.fromkeys(texts):
+            self.code(text)
+        return np.fromiter(map(self.codes.__getitem__, texts), dtype=np.int32, count=len(texts))

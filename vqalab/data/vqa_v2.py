@@ -70,6 +70,7 @@ from vqalab.data.easy_vqa import collate_vqa
 from vqalab.data.prepared import (
     Coded,
     Ragged,
+    StringTable,
     code_digest,
     file_fingerprint,
     load_entry,
@@ -136,30 +137,6 @@ def check_entries(entries: list, path: Path, what: str, keys: tuple[str, ...]) -
                                           and all(isinstance(a, dict) and "answer" in a for a in entry["answers"])):
             raise ConfigError(f"vqa_v2: {path}: annotations entry {index} (question_id {entry['question_id']!r}): "
                               "'answers' must be a list of objects with an 'answer'")
-
-
-class StringTable:
-    """Each distinct string once (the human answers repeat millions of times): string ↔ code.
-
-    Equal codes mean equal strings, so the answers of a whole split compare as integer arrays.
-    """
-
-    def __init__(self, strings: list[str] | None = None):
-        self.strings: list[str] = list(strings or [])
-        self.codes: dict[str, int] = {s: i for i, s in enumerate(self.strings)}
-
-    def code(self, text: str) -> int:
-        code = self.codes.get(text)
-        if code is None:
-            code = self.codes[text] = len(self.strings)
-            self.strings.append(text)
-        return code
-
-    def codes_of(self, texts: list[str]) -> np.ndarray:
-        """(len(texts),) int32 codes, new strings added in order of first appearance."""
-        for text in dict.fromkeys(texts):
-            self.code(text)
-        return np.fromiter(map(self.codes.__getitem__, texts), dtype=np.int32, count=len(texts))
 
 
 @dataclass
