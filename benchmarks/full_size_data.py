@@ -4,6 +4,9 @@ Generates stand-ins in the official layouts at the official counts × ``--scale`
 folder, or ``--root`` where they are kept for the next run), then measures, each load in a fresh
 subprocess (so its peak RSS is its own):
 
+Every measuring process imports torch and ``vqalab.data`` first (0.7-0.9 GB of RSS), the official
+readers' too, so peak RSS compares like for like; the growth during the load is reported as well.
+
 - vqa_v2: ``build_data`` with feature files (``{train,val}2014_features/``, 512-d ``.npy``), cold
   (no prepared entry: the JSON files are parsed and prepared, and the entry stored) and warm
   (the entry read back); the official VQA API's load (``VQA(annotation_file, question_file)``,
@@ -65,7 +68,7 @@ def write_gqa(root: Path, scale: float, seed: int = 0) -> None:
         words = rng.integers(0, 1800, (n_questions, 3)).tolist()
         kinds = rng.integers(0, 5, n_questions).tolist()
 
-        def questions():
+        def questions(image_ids=image_ids, per_image=per_image, words=words, kinds=kinds):
             row = 0
             for image, count in zip(image_ids, per_image):
                 for _ in range(count):
@@ -82,8 +85,8 @@ def write_gqa(root: Path, scale: float, seed: int = 0) -> None:
                         "fullAnswer": f"Yes, the {a} is {b}."}
                     row += 1
 
-        def graphs():
-            names = rng.integers(0, 1800, (n_images, 8)).tolist()
+        def graphs(image_ids=image_ids):
+            names = rng.integers(0, 1800, (len(image_ids), 8)).tolist()
             for i, image in enumerate(image_ids):
                 objects = {}
                 for k in range(8):
@@ -178,6 +181,10 @@ def official_vqa(annotation_file: Path, question_file: Path) -> dict:
 
 def measure(kind: str, root: Path, threads: int | None) -> dict:
     """One measurement in this (fresh) process: seconds, peak RSS and RSS before the load (MiB)."""
+    import torch
+
+    import vqalab.data  # noqa: F401 (every process starts from the same imports, so RSS compares like for like)
+
     if kind.endswith("official"):
         baseline = rss_mb()
         t0 = time.perf_counter()
@@ -192,8 +199,6 @@ def measure(kind: str, root: Path, threads: int | None) -> dict:
         seconds = time.perf_counter() - t0
         return {"seconds": seconds, "peak_rss_mb": rss_mb("VmHWM"),
                 "rss_before_mb": baseline, "held": len(kept)}
-
-    import torch
 
     from vqalab.data import build_data
 
@@ -246,7 +251,7 @@ def in_subprocess(kind: str, root: Path, threads: int | None, env: dict) -> dict
     command = [sys.executable, str(BENCH), "--measure", kind, "--root", str(root)]
     if threads:
         command += ["--threads", str(threads)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, check=False, env=env, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"{kind} failed:\n{done.stderr[-3000:]}")
@@ -256,7 +261,7 @@ def in_subprocess(kind: str, root: Path, threads: int | None, env: dict) -> dict
 def data_cli(root: Path, env: dict) -> dict:
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "vqalab", "data"], env={**env, "VQALAB_DATA": str(root)},
+    done = subprocess.run([sys.executable, "-m", "vqalab", "data"], check=False, env={**env, "VQALAB_DATA": str(root)},
                           capture_output=True, text=True)
     return {"seconds": time.perf_counter() - t0, "load_avg_1min": load, "exit": done.returncode,
             "lines": [line for line in done.stdout.splitlines() if line.split()[:1] in (["vqa_v2"], ["gqa"], ["rafdb"])]}
@@ -282,6 +287,10 @@ def run(args: argparse.Namespace, root: Path) -> dict:
             result["cold_over_official_time"] = result["cold"]["seconds"] / official_s
             result["warm_over_official_time"] = result["warm"]["seconds"] / official_s
             result["cold_over_official_rss"] = result["cold"]["peak_rss_mb"] / official_rss
+            official_growth = max(r["peak_rss_mb"] - r["rss_before_mb"] for r in (result["official_before"],
+                                                                                   result["official_after"]))
+            result["cold_over_official_rss_growth"] = \
+                (result["cold"]["peak_rss_mb"] - result["cold"]["rss_before_mb"]) / official_growth
         out[name] = result
     if "vqa_v2" in datasets:
         out["vqa_v2"]["goals"] = {"cold_time": GOAL_COLD, "peak_rss": GOAL_RSS, "warm_time": GOAL_WARM}
