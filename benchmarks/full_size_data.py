@@ -49,6 +49,7 @@ GOAL_RSS = 1.3
 GOAL_WARM = 0.3
 GOAL_EPOCH = 1.5
 GOAL_DATA_CLI_S = 5.0
+LINKS_PER_FILE = 60_000
 VQA_FEATURES = {"train_features": "train2014_features", "val_features": "val2014_features"}
 
 
@@ -128,10 +129,13 @@ def link_coco_images(vqa_root: Path) -> None:
     for split in ("train", "val"):
         folder = vqa_root / f"{split}2014"
         folder.mkdir(exist_ok=True)
-        source = vqa_root / f".{split}_image.jpg"
-        Image.new("RGB", (8, 8)).save(source)
-        for path in (vqa_root / f"{split}2014_features").iterdir():
-            os.link(source, folder / (path.stem + ".jpg"))
+        for i, path in enumerate(sorted((vqa_root / f"{split}2014_features").iterdir())):
+            source = vqa_root / f".{split}_image_{i // LINKS_PER_FILE}.jpg"  # a file takes 65,000 links at most
+            if i % LINKS_PER_FILE == 0:
+                Image.new("RGB", (8, 8)).save(source)
+            target = folder / (path.stem + ".jpg")
+            if not target.exists():
+                os.link(source, target)
 
 
 def generate(root: Path, scale: float, datasets: list[str]) -> dict:
