@@ -49,11 +49,12 @@ def reference_accuracy(prediction: str, answers: list[str]) -> float:
     return sum(per_subset) / len(per_subset)
 
 
-def reference_splits(data, top_k: int = 3000) -> dict:
-    """Answer vocabulary, then per kept question its soft scores and best answer, from the human answers."""
-    counts = Counter(normalize_answer(a) for answers in data.train.answers for a in answers)
+def reference_splits(data, root: Path, top_k: int | None = 3000) -> dict:
+    """Answer vocabulary from the training file's human answers, then per kept question its soft scores."""
+    annotations = json.loads((root / "v2_mscoco_train2014_annotations.json").read_text())["annotations"]
+    counts = Counter(normalize_answer(a["answer"]) for ann in annotations for a in ann["answers"])
     counts.pop("", None)
-    vocab = sorted(counts, key=lambda a: (-counts[a], a))[:top_k]
+    vocab = sorted(counts, key=lambda a: (-counts[a], a))[:top_k]  # top_k None: all
     index = {a: i for i, a in enumerate(vocab)}
     out = {"vocab": vocab}
     for split in ("train", "val"):
@@ -85,7 +86,7 @@ def assert_same_splits(a, b) -> None:
 def test_fast_path_gives_the_old_formulas_soft_scores_and_targets_exactly(mid_root):
     data = load(mid_root, use_cache=False)
     assert len(data.train) > 1700 and len(data.val) > 800
-    reference = reference_splits(data)
+    reference = reference_splits(data, mid_root)
     assert data.class_names == reference["vocab"]
     assert len({a for answers in data.train.answers for a in answers}) > 500  # many distinct strings
     for split in ("train", "val"):
@@ -257,3 +258,49 @@ def test_gqa_entry_is_rebuilt_when_a_question_file_changes(tmp_path):
     changed = build_data(spec)
     assert not changed.info["prepared_from_cache"] and "beige" in changed.class_names
     assert build_data(spec).info["prepared_from_cache"]
+
+
+# Answer lists where the metric's details matter: whitespace, all-equal before or after cleaning,
+# punctuation and numbers, contractions, articles, empty answers, and not always ten annotators.
+TRICKY_ANSWERS = [
+    ["yes"] * 10, ["Yes"] * 10, ["yes"] * 9 + ["yes "], [" yes\t"] * 10, ["yes\n"] * 5 + ["Yes!"] * 5,
+    ["two"] * 4 + ["2"] * 3 + ["Two."] * 3, ["1,000"] * 3 + ["1000"] * 3 + ["1.000"] * 4, ["2.5"] * 6 + ["2.5."] * 4,
+    ["dont"] * 5 + ["don't"] * 5, ["the dog"] * 3 + ["a dog"] * 3 + ["dog"] * 2 + ["dogs"] * 2, ["the"] * 10,
+    ["", "a", "an", "the", "", "x", "x", "x", "y", "y"], ["red"] * 9, ["red", "Red", "RED"] * 4, ["no"],
+    ["a/b"] * 5 + ["a b"] * 5, ["(left)"] * 10, ["left side"] * 3 + ["left"] * 7, ["none"] * 5 + ["0"] * 5, [],
+]
+
+
+def write_tricky_vqa(root: Path) -> Path:
+    root.mkdir(parents=True)
+    for split, offset in (("train", 0), ("val", 1)):
+        features = root / f"{split}2014_features"
+        features.mkdir()
+        questions, annotations = [], []
+        for k, answers in enumerate(TRICKY_ANSWERS[offset:] + TRICKY_ANSWERS[:offset]):
+            image_id = 10 + k
+            np.save(features / f"COCO_{split}2014_{image_id:012d}.npy", np.zeros(4, np.float32))
+            questions.append({"image_id": image_id, "question": f"What is {k}?", "question_id": k})
+            annotations.append({"image_id": image_id, "question_id": k, "multiple_choice_answer": (answers or [""])[-1],
+                                "answer_type": "other", "question_type": "what is",
+                                "answers": [{"answer": a, "answer_id": j + 1} for j, a in enumerate(answers)]})
+        (root / f"v2_OpenEnded_mscoco_{split}2014_questions.json").write_text(json.dumps({"questions": questions}))
+        (root / f"v2_mscoco_{split}2014_annotations.json").write_text(json.dumps({"annotations": annotations}))
+    return root
+
+
+def test_fast_path_matches_the_metric_on_tricky_answers(tmp_path):
+    from vqalab.data.vqa_v2 import best_answer
+
+    root = write_tricky_vqa(tmp_path / "vqa_v2")
+    data = load(root, use_cache=False, answer_top_k=None)
+    reference = reference_splits(data, root, top_k=None)
+    assert data.class_names == reference["vocab"]
+    index = {a: i for i, a in enumerate(data.class_names)}
+    for split in ("train", "val"):
+        ds = getattr(data, split)
+        assert len(ds) + data.info[f"{split}_dropped_no_vocab_answer"] == len(TRICKY_ANSWERS)
+        for i in range(len(ds)):
+            assert ds.scores_of(i) == reference[split][i], ds.answers[i]
+            preferred = index.get(normalize_answer(ds.answers[i][-1] if ds.answers[i] else ""))
+            assert ds.targets[i] == best_answer(reference[split][i], preferred)
