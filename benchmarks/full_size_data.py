@@ -259,7 +259,9 @@ def in_subprocess(kind: str, root: Path, threads: int | None, env: dict) -> dict
     lines = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"{kind} failed:\n{done.stderr[-3000:]}")
-    return {**json.loads(lines[-1][len(RESULT):]), "load_avg_1min": load}
+    result = {**json.loads(lines[-1][len(RESULT):]), "load_avg_1min": load}
+    print(kind, json.dumps(result), file=sys.stderr, flush=True)  # progress: each figure as it comes
+    return result
 
 
 def data_cli(root: Path, env: dict) -> dict:
