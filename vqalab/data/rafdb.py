@@ -171,8 +171,8 @@ def rafdb_status(spec: dict) -> DataStatus:
         layout, splits = read_splits(folder, spec["layout"], spec["aligned"])
     except ConfigError as err:
         return DataStatus(name="rafdb", found=False, where=str(folder), expected=f"{err}; expected {EXPECTED_FILES}")
-    files = [(p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns, t)
-             for items in splits.values() for p, t in items]
+    files = [(p.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns, t)
+             for items in splits.values() for p, t in items for stat in (p.stat(),)]  # one stat per image
     classes = {t for items in splits.values() for _, t in items}
     return DataStatus(name="rafdb", found=True, where=str(folder), fingerprint=short_hash([layout, files]),
                       counts={"train_images": len(splits["train"]), "test_images": len(splits["test"]),
