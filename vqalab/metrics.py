@@ -19,6 +19,7 @@ Map-view segmentation (lab note 004) is scored by IoU: predicted probabilities c
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import defaultdict
@@ -119,9 +120,17 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     if len(set(human)) > 1:
         human = [normalize_answer(a) for a in human]
         pred = normalize_answer(pred)
-    matches = sum(a == pred for a in human)
+    return accuracy_of_matches(tuple(a == pred for a in human))
+
+
+@functools.lru_cache(maxsize=4096)
+def accuracy_of_matches(matched: tuple[bool, ...]) -> float:
+    """The official accuracy given which human answers match the prediction (``matched[i]``:
+    annotator i gave it). A function of this pattern alone, so loaders can reuse it for every
+    question and candidate with the same pattern and get the same float."""
+    matches = sum(matched)
     # Leaving out annotator i removes one match exactly when annotator i gave the prediction.
-    per_subset = [min(1.0, (matches - (a == pred)) / MATCHES_FOR_FULL_CREDIT) for a in human]
+    per_subset = [min(1.0, (matches - m) / MATCHES_FOR_FULL_CREDIT) for m in matched]
     return sum(per_subset) / len(per_subset)
 
 

@@ -57,7 +57,6 @@ from vqalab.data import (
     short_hash,
 )
 from vqalab.devices import auto_device_name
-from vqalab.models.encoders import build_image_encoder
 from vqalab.paths import cache_dir, resolve_data
 from vqalab.registry import ConfigError
 
@@ -141,6 +140,14 @@ class FeatureCache:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return folder
+
+
+def build_image_encoder(name: str, **kwargs) -> torch.nn.Module:
+    """``vqalab.models.encoders.build_image_encoder``, imported on first use: the models import
+    torchvision, slow to import, and a status check or a cache hit needs none of it."""
+    from vqalab.models.encoders import build_image_encoder as build
+
+    return build(name, **kwargs)
 
 
 def file_sha1(path: Path) -> str:

@@ -14,6 +14,7 @@ VQA image shows a coloured square and some circles, and its questions ask about 
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -149,3 +150,151 @@ def write_lab_data(data_root: Path, *, rafdb_layout: str = "official") -> Path:
     writer(data_root / RAFDB_DIR)
     write_vqa_v2(data_root / VQA_V2_DIR)
     return data_root
+
+
+# --- Full-size stand-ins (benchmarks/full_size_data.py; a small scale in the loader tests) ---------
+
+# The official counts: (questions, images) per split.
+VQA_V2_COUNTS = {"train": (443_757, 82_783), "val": (214_354, 40_504)}
+GQA_COUNTS = {"train": (943_000, 72_140), "val": (132_062, 10_234)}  # balanced questions
+RAFDB_COUNTS = {"train": 12_271, "test": 3_068}
+HUMAN_ANSWERS = 10
+# VQA v2's answer types, their share of the questions, and a question template of each kind.
+ANSWER_TYPES = (("yes/no", 0.38), ("number", 0.12), ("other", 0.50))
+SYLLABLES = [c + v for c in "bcdfghjklmnprstvwxz" for v in "aeiou"]
+
+
+def pseudo_word(i: int) -> str:
+    """A pronounceable made-up word for index i (distinct for distinct i)."""
+    out = ""
+    i += len(SYLLABLES)  # at least two syllables
+    while i:
+        i, r = divmod(i, len(SYLLABLES))
+        out += SYLLABLES[r]
+    return out
+
+
+def scaled(count: int, scale: float) -> int:
+    return max(1, round(count * scale))
+
+
+def spread(questions: int, images: int, rng: np.random.Generator) -> np.ndarray:
+    """How many questions each image gets: at least one, the rest spread at random (sums to ``questions``)."""
+    base = min(3, questions // images)
+    return base + rng.multinomial(questions - base * images, np.full(images, 1 / images))
+
+
+def zipf_index(rng: np.random.Generator, size, pool: int, exponent: float = 1.05) -> np.ndarray:
+    """Indices in [0, pool) drawn with a Zipf-like frequency (a few answers dominate, a long tail)."""
+    weights = 1.0 / np.arange(1, pool + 1) ** exponent
+    return rng.choice(pool, size=size, p=weights / weights.sum())
+
+
+def write_json_list(path: Path, head: dict, key: str, entries) -> None:
+    """``{**head, key: [entries…]}`` written entry by entry (a full-size list is never one string)."""
+    with open(path, "w") as f:
+        f.write(json.dumps(head)[:-1] + (", " if head else "") + json.dumps(key) + ": [")
+        f.writelines((", " if i else "") + json.dumps(entry) for i, entry in enumerate(entries))
+        f.write("]}")
+
+
+def write_json_object(path: Path, items) -> None:
+    """A JSON object of the ``(key, value)`` pairs ``items``, written pair by pair (GQA's id → entry files)."""
+    with open(path, "w") as f:
+        f.write("{")
+        f.writelines((", " if i else "") + json.dumps(key) + ": " + json.dumps(value) for i, (key, value) in enumerate(items))
+        f.write("}")
+
+
+def write_npy_vectors(folder: Path, names: list[str], dim: int, rng: np.random.Generator) -> None:
+    """One ``.npy`` file of a (dim,) float32 vector per name (ResNet-18 pooled features are 512-d)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    template = io.BytesIO()
+    np.save(template, np.zeros(dim, np.float32))
+    header = template.getvalue()[: -dim * 4]  # the .npy header of every file; the vector follows
+    for start in range(0, len(names), 4096):
+        block = rng.standard_normal((min(4096, len(names) - start), dim), dtype=np.float32)
+        for name, row in zip(names[start:start + 4096], block):
+            (folder / name).write_bytes(header + row.tobytes())
+
+
+def write_vqa_v2_stand_in(root: Path, *, scale: float = 1.0, feature_dim: int = 512, seed: int = 0) -> Path:
+    """VQA v2 at the official counts × ``scale`` in the official layout, with feature files for images.
+
+    The four official JSON files (every field of the release) and ``{train,val}2014_features/``
+    holding one ``COCO_<split>2014_<id>.npy`` (feature_dim,) vector per image. Answers: yes/no, a
+    number or a made-up word drawn Zipf-like from a pool growing with the scale (about 20,000
+    distinct normalised answers at full size), given by 10 annotators who mostly agree, some in
+    spellings the official normalisation maps together ("Two", "two!", "the dog").
+    """
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    pool = max(30, round(40_000 * scale))
+    numbers = [str(n) for n in range(21)]
+    first_id = {"train": 9, "val": 42}
+    for split, (n_questions, n_images) in VQA_V2_COUNTS.items():
+        n_questions, n_images = scaled(n_questions, scale), scaled(n_images, scale)
+        image_ids = np.sort(rng.choice(np.arange(first_id[split], 600_000, 2), n_images, replace=False))
+        per_image = spread(n_questions, n_images, rng)
+        kinds = rng.choice(len(ANSWER_TYPES), n_questions, p=[p for _, p in ANSWER_TYPES])
+        truth = np.where(kinds == 0, rng.integers(0, 2, n_questions),
+                         np.where(kinds == 1, zipf_index(rng, n_questions, len(numbers), 1.5),
+                                  zipf_index(rng, n_questions, pool)))
+        # Per annotator: 0 the answer as given, 1 a variant spelling, 2 another answer of the kind.
+        choice = rng.choice(3, (n_questions, HUMAN_ANSWERS), p=[0.7, 0.15, 0.15])
+        variant = rng.integers(0, 4, (n_questions, HUMAN_ANSWERS))
+        other = zipf_index(rng, (n_questions, HUMAN_ANSWERS), pool)
+        nouns = zipf_index(rng, n_questions, 3000, 0.9)
+
+        def answer_text(kind: int, value: int) -> str:
+            if kind == 0:
+                return ("no", "yes")[value % 2]
+            if kind == 1:
+                return numbers[value % len(numbers)]
+            return pseudo_word(value) if value % 7 else f"{pseudo_word(value)} and {pseudo_word(value + 1)}"
+
+        def spelled(text: str, kind: int, how: int) -> str:
+            if how == 0:
+                return text.capitalize()
+            if how == 1:
+                return text + ("!" if kind == 0 else ".")
+            if kind == 1:
+                return NUMBER_WORDS.get(int(text), text) if how == 2 else f"{text} "
+            return f"the {text}" if how == 2 else f"{text}?"
+
+        questions, annotations = [], []
+        row = 0
+        for image_id, count in zip(image_ids.tolist(), per_image.tolist()):
+            for k in range(count):
+                kind, noun = int(kinds[row]), pseudo_word(int(nouns[row]))
+                given = answer_text(kind, int(truth[row]))
+                answers = []
+                for j in range(HUMAN_ANSWERS):
+                    how = int(choice[row, j])
+                    answers.append(given if how == 0 else spelled(given, kind, int(variant[row, j])) if how == 1
+                                   else answer_text(kind, int(other[row, j]) if kind == 2 else int(other[row, j]) % 21))
+                text, question_type = (
+                    (f"Is the {noun} on the left?", "is the") if kind == 0 else
+                    (f"How many {noun}s are there?", "how many") if kind == 1 else
+                    (f"What is the {noun} made of?", "what is the"))
+                question_id = image_id * 1000 + k
+                questions.append({"image_id": image_id, "question": text, "question_id": question_id})
+                annotations.append({
+                    "question_type": question_type, "multiple_choice_answer": given,
+                    "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": j + 1}
+                                for j, a in enumerate(answers)],
+                    "image_id": image_id, "answer_type": ANSWER_TYPES[kind][0], "question_id": question_id})
+                row += 1
+        subtype = f"{split}2014"
+        info = {"description": "VQA v2 stand-in (generated)", "version": "2.0"}
+        write_json_list(root / f"v2_OpenEnded_mscoco_{subtype}_questions.json",
+                        {"info": info, "task_type": "Open-Ended", "data_type": "mscoco", "license": {},
+                         "data_subtype": subtype}, "questions", questions)
+        del questions
+        write_json_list(root / f"v2_mscoco_{subtype}_annotations.json",
+                        {"info": info, "license": {}, "data_subtype": subtype, "data_type": "mscoco"},
+                        "annotations", annotations)
+        del annotations
+        write_npy_vectors(root / f"{subtype}_features", [f"COCO_{subtype}_{i:012d}.npy" for i in image_ids.tolist()],
+                          feature_dim, rng)
+    return root

@@ -41,17 +41,38 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vqalab.data import DataSplits, DataStatus, fixed_subset, register_dataset, register_status, short_hash
-from vqalab.data.easy_vqa import collate_vqa
-from vqalab.data.graphs import (
-    GRAPH_INPUT_KEYS,
-    collate_graph_vqa,
-    encode_graph,
-    vocabulary_with_labels,
+import vqalab.data as data_package
+import vqalab.data.graphs as graphs_module
+import vqalab.text as text_module
+from vqalab.data import (
+    SUBSET_SEED,
+    DataSplits,
+    DataStatus,
+    fixed_subset,
+    prepared,
+    register_dataset,
+    register_status,
+    short_hash,
 )
+from vqalab.data.easy_vqa import collate_vqa
+from vqalab.data.graphs import GRAPH_INPUT_KEYS, collate_graph_vqa, vocabulary_with_labels
+from vqalab.data.prepared import (
+    Coded,
+    Ragged,
+    StringTable,
+    code_digest,
+    file_fingerprint,
+    load_entry,
+    paused_gc,
+    store_entry,
+    strings_array,
+    strings_of,
+)
+from vqalab.data.prepared import entry_path as prepared_entry_path
 from vqalab.data.regions import REGION_INPUT_KEYS, boxes_of, read_regions
 from vqalab.paths import resolve_data
 from vqalab.registry import ConfigError
+from vqalab.text import UNK, Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -127,35 +148,113 @@ def load_regions(path: Path, max_boxes: int) -> torch.Tensor:
     return torch.from_numpy(padded).t()[:, :, None].contiguous()  # (D + 4, max_boxes, 1)
 
 
+def pack_graphs(graphs: list[list[dict]], vocab) -> dict[str, np.ndarray]:
+    """``encode_graph`` of each graph (a list of ``graph_nodes`` nodes), all in flat arrays.
+
+    Graph g's nodes are rows ``node_offsets[g]:node_offsets[g + 1]`` of ``names`` (int64) and
+    ``boxes`` (float32, 4 columns); its attributes are ``attr_width[g]`` columns per node from
+    ``attrs[attr_offsets[g]:]``; its edges rows ``edge_offsets[g]:edge_offsets[g + 1]`` of ``edges``
+    ([src, dst, label], int64). ``GQASplit.graph`` turns them back into ``encode_graph``'s tensors.
+    """
+    unk = vocab.index[UNK]
+    index = vocab.index
+    names, boxes, attrs, edges = [], [], [], []
+    node_counts, widths, edge_counts = [], [], []
+    for objects in graphs:
+        width = max([len(o["attributes"]) for o in objects] + [1])
+        for i, o in enumerate(objects):
+            names.append(index.get(o["name"], unk))
+            boxes.append(o["box"])
+            row = [index.get(a, unk) for a in o["attributes"]]
+            attrs.extend(row + [0] * (width - len(row)))
+            edges.extend((i, j, index.get(label, unk)) for label, j in o["relations"])
+        node_counts.append(len(objects))
+        widths.append(width)
+        edge_counts.append(sum(len(o["relations"]) for o in objects))
+
+    def offsets(counts) -> np.ndarray:
+        out = np.zeros(len(counts) + 1, dtype=np.int64)
+        np.cumsum(np.asarray(counts, dtype=np.int64), out=out[1:])
+        return out
+
+    node_counts_array, widths_array = np.asarray(node_counts, dtype=np.int64), np.asarray(widths, dtype=np.int64)
+    return {"graph_names": np.array(names, dtype=np.int64),
+            "graph_boxes": np.array(boxes, dtype=np.float32).reshape(len(names), 4),
+            "graph_attrs": np.array(attrs, dtype=np.int64), "graph_attr_width": widths_array,
+            "graph_attr_offsets": offsets(node_counts_array * widths_array),
+            "graph_node_offsets": offsets(node_counts),
+            "graph_edges": np.array(edges, dtype=np.int64).reshape(len(edges), 3),
+            "graph_edge_offsets": offsets(edge_counts)}
+
+
 class GQASplit(Dataset):
     """One split. Items: question token ids, image_id (an index: ``image_names[image_id]`` is GQA's
     id), target answer index, and ``graph`` (inputs scene_graph) or ``image`` and ``boxes`` (inputs regions).
     Per question, in item order: ``targets``, ``image_ids``, ``question_ids``, ``structural_types``,
-    ``answers``."""
+    ``answers``. The questions and graphs are held as flat arrays (``pack_graphs``, ``prepared.Ragged``)."""
 
-    def __init__(self, *, records: list[dict], questions: list[list[int]], targets: list[int],
-                 graphs: dict[str, dict] | None, feature_files: dict[str, Path] | None, max_boxes: int):
-        self.questions, self.targets, self.max_boxes = questions, targets, max_boxes
-        self.image_names = sorted({r["image_id"] for r in records})
-        number = {name: i for i, name in enumerate(self.image_names)}
-        self.image_ids = [number[r["image_id"]] for r in records]
-        self.question_ids = [r["question_id"] for r in records]
-        self.structural_types = [r["structural"] for r in records]
-        self.answers = [r["answer"] for r in records]
-        self.graphs, self.feature_files = graphs, feature_files
+    def __init__(self, *, arrays: dict[str, np.ndarray], strings: list[str], feature_files: dict[str, Path] | None,
+                 max_boxes: int):
+        self.arrays, self.max_boxes = arrays, max_boxes
+        self.questions = Ragged(arrays["tokens"], arrays["token_offsets"])
+        self.targets = arrays["targets"].tolist()
+        self.image_names = strings_of(arrays["image_names"])
+        self.image_ids = arrays["image_index"].tolist()
+        self.question_ids = strings_of(arrays["question_ids"])
+        self.structural_types = Coded(arrays["structural"], strings)
+        self.answers = Coded(arrays["answers"], strings)
+        self.feature_files = feature_files
 
     def __len__(self) -> int:
-        return len(self.questions)
+        return len(self.targets)
+
+    def graph(self, image: int) -> dict:
+        """The scene graph of image ``image`` (an index) as ``encode_graph`` gives it."""
+        a = self.arrays
+        start, end = a["graph_node_offsets"][image:image + 2]
+        width, attrs_start = int(a["graph_attr_width"][image]), a["graph_attr_offsets"][image]
+        edges_start, edges_end = a["graph_edge_offsets"][image:image + 2]
+        return {"names": torch.from_numpy(a["graph_names"][start:end]),
+                "attrs": torch.from_numpy(a["graph_attrs"][attrs_start:attrs_start + (end - start) * width]
+                                          .reshape(end - start, width)),
+                "boxes": torch.from_numpy(a["graph_boxes"][start:end]),
+                "edges": torch.from_numpy(a["graph_edges"][edges_start:edges_end])}
 
     def __getitem__(self, index: int) -> dict:
-        name = self.image_names[self.image_ids[index]]
-        item = {"question": self.questions[index], "image_id": self.image_ids[index], "target": self.targets[index]}
-        if self.graphs is not None:
-            item["graph"] = self.graphs[name]
+        image = self.image_ids[index]
+        item = {"question": self.questions[index], "image_id": image, "target": self.targets[index]}
+        if self.feature_files is None:
+            item["graph"] = self.graph(image)
         else:
-            item["image"] = load_regions(self.feature_files[name], self.max_boxes)
+            item["image"] = load_regions(self.feature_files[self.image_names[image]], self.max_boxes)
             item["boxes"] = boxes_of(item["image"])
         return item
+
+
+# What the prepared arrays depend on besides the files and the arguments (see vqa_v2.PREPARED_VERSION).
+PREPARED_VERSION = 1
+
+
+def preparing_code() -> str:
+    return code_digest(__file__, graphs_module.__file__, text_module.__file__, data_package.__file__, prepared.__file__)
+
+
+def first_of_each(values: list[str], ids: list[str]) -> tuple[list[str], list[str]]:
+    """The distinct ``values`` in order of first appearance, and the id where each first appears."""
+    first: dict[str, str] = {}
+    for value, ident in zip(values, ids):
+        first.setdefault(value, ident)
+    return list(first), list(first.values())
+
+
+def check_region_files(folder: Path, q_path: Path, images: list[str], first_question: list[str]) -> dict[str, Path]:
+    files = {}
+    for image, question_id in zip(images, first_question):
+        path = folder / f"{image}.npz"
+        if not path.is_file():
+            raise ConfigError(f"gqa: {q_path}: question {question_id}: image {image} has no region file {path}")
+        files[image] = path
+    return files
 
 
 @register_dataset
@@ -175,6 +274,7 @@ def gqa(
     max_train_samples: int | None = None,
     max_val_samples: int | None = None,
     group_by_image: bool = True,
+    use_cache: bool = True,
 ) -> DataSplits:
     """GQA balanced questions with scene graphs (inputs scene_graph) or region features (regions).
 
@@ -191,7 +291,17 @@ def gqa(
     answer_min_count: keep answers given at least this many times in the training split.
     max_train_samples / max_val_samples: use a fixed random subset of questions (None: all).
     group_by_image: batch the questions of one image together.
+    use_cache: keep the prepared splits under the cache folder (``vqalab.data.prepared``) and reuse
+        them while the JSON files and the preparing code are unchanged.
     """
+    with paused_gc():
+        return build_gqa(**locals())
+
+
+def build_gqa(*, root, train_questions, val_questions, train_scene_graphs, val_scene_graphs, features, inputs,
+              question_len, max_boxes, answer_top_k, answer_min_count, max_train_samples, max_val_samples,
+              group_by_image, use_cache) -> DataSplits:
+    """``gqa`` (see there), run with the garbage collector paused."""
     base = resolve_data(root)
     for key, value in (("question_len", question_len), ("max_boxes", max_boxes), ("answer_min_count", answer_min_count),
                        ("answer_top_k", answer_top_k)):
@@ -200,63 +310,100 @@ def gqa(
     if inputs == "regions" and features is None:
         raise ConfigError("gqa: inputs = 'regions' needs features: the folder of <image id>.npz region files")
 
-    splits = {}
-    for split, q_file, g_file, limit in (("train", train_questions, train_scene_graphs, max_train_samples),
-                                         ("val", val_questions, val_scene_graphs, max_val_samples)):
-        q_path = base / q_file
-        records = load_questions(q_path)
-        records = [records[i] for i in fixed_subset(len(records), limit)]
-        graphs, files = None, None
-        if inputs == "scene_graph":
-            g_path = base / g_file
-            scene_graphs = read_json_object(g_path, "scene graphs")
-            graphs = {}
-            for r in records:
-                if r["image_id"] not in scene_graphs:
-                    raise ConfigError(f"gqa: {q_path}: question {r['question_id']}: image {r['image_id']} has no "
-                                      f"scene graph in {g_path}")
-                if r["image_id"] not in graphs:
-                    graphs[r["image_id"]] = graph_nodes(g_path, r["image_id"], scene_graphs[r["image_id"]], max_boxes)
-        else:
-            folder = base / features
-            files = {}
-            for r in records:
-                path = folder / f"{r['image_id']}.npz"
-                if not path.is_file():
-                    raise ConfigError(f"gqa: {q_path}: question {r['question_id']}: image {r['image_id']} has no "
-                                      f"region file {path}")
-                files[r["image_id"]] = path
-        splits[split] = (records, graphs, files)
+    sources = {"train": (base / train_questions, base / train_scene_graphs, max_train_samples),
+               "val": (base / val_questions, base / val_scene_graphs, max_val_samples)}
+    json_paths = [q for q, _, _ in sources.values()] + ([g for _, g, _ in sources.values()] if inputs == "scene_graph" else [])
+    arguments = {"inputs": inputs, "question_len": question_len, "max_boxes": max_boxes, "answer_top_k": answer_top_k,
+                 "answer_min_count": answer_min_count, "max_train_samples": max_train_samples,
+                 "max_val_samples": max_val_samples, "subset_seed": SUBSET_SEED}
+    entry, key, stored = None, None, None
+    if use_cache and all(path.is_file() for path in json_paths):
+        entry = prepared_entry_path("gqa", [str(base), [p.name for p in json_paths], arguments])
+        key = {"dataset": "gqa", "version": PREPARED_VERSION, "code": preparing_code(),
+               "files": file_fingerprint(json_paths), "arguments": arguments}
+        stored = load_entry(entry, key)
 
-    train_records = splits["train"][0]
-    counts = Counter(r["answer"] for r in train_records)
-    answers = sorted((a for a, c in counts.items() if c >= answer_min_count), key=lambda a: (-counts[a], a))[:answer_top_k]
-    if not answers:
-        raise ConfigError(f"gqa: no training answer is given {answer_min_count} or more times: lower answer_min_count")
-    answer_index = {a: i for i, a in enumerate(answers)}
-    train_graphs = splits["train"][1] or {}
-    labels = [label for nodes in train_graphs.values() for n in nodes
-              for label in (n["name"], *n["attributes"], *(rel for rel, _ in n["relations"]))]
-    vocab = vocabulary_with_labels((r["question"] for r in train_records), labels)
+    files = {}
+    if stored is not None:
+        strings = strings_of(stored["strings"])
+        answers, vocab = strings_of(stored["answer_vocab"]), Vocabulary(strings_of(stored["question_vocab"]))
+        arrays = {split: {name[len(split) + 1:]: a for name, a in stored.items() if name.startswith(split + "/")}
+                  for split in sources}
+        dropped = {split: int(arrays[split].pop("dropped")) for split in sources}
+        if inputs == "regions":
+            for split, (q_path, _, _) in sources.items():
+                files[split] = check_region_files(base / features, q_path, strings_of(arrays[split]["listed_images"]),
+                                                  strings_of(arrays[split]["listed_first_question"]))
+    else:
+        splits = {}
+        for split, (q_path, g_path, limit) in sources.items():
+            records = load_questions(q_path)
+            records = [records[i] for i in fixed_subset(len(records), limit)]
+            listed = first_of_each([r["image_id"] for r in records], [r["question_id"] for r in records])
+            nodes = None
+            if inputs == "scene_graph":
+                scene_graphs = read_json_object(g_path, "scene graphs")
+                nodes = {}
+                for r in records:
+                    if r["image_id"] not in nodes:
+                        if r["image_id"] not in scene_graphs:
+                            raise ConfigError(f"gqa: {q_path}: question {r['question_id']}: image {r['image_id']} "
+                                              f"has no scene graph in {g_path}")
+                        nodes[r["image_id"]] = graph_nodes(g_path, r["image_id"], scene_graphs[r["image_id"]], max_boxes)
+                del scene_graphs
+            else:
+                files[split] = check_region_files(base / features, q_path, *listed)
+            splits[split] = (records, nodes, listed)
 
-    def make(split: str) -> tuple[GQASplit, int]:
-        records, graphs, files = splits[split]
-        kept = [r for r in records if r["answer"] in answer_index]
-        encoded = {name: encode_graph(nodes, vocab) for name, nodes in graphs.items()} if graphs is not None else None
-        dataset = GQASplit(records=kept, questions=[vocab.encode(r["question"])[:question_len] for r in kept],
-                           targets=[answer_index[r["answer"]] for r in kept], graphs=encoded, feature_files=files,
-                           max_boxes=max_boxes)
-        return dataset, len(records) - len(kept)
+        train_records = splits["train"][0]
+        counts = Counter(r["answer"] for r in train_records)
+        answers = sorted((a for a, c in counts.items() if c >= answer_min_count), key=lambda a: (-counts[a], a))[:answer_top_k]
+        if not answers:
+            raise ConfigError(f"gqa: no training answer is given {answer_min_count} or more times: lower answer_min_count")
+        answer_index = {a: i for i, a in enumerate(answers)}
+        train_nodes = splits["train"][1] or {}
+        labels = [label for nodes in train_nodes.values() for n in nodes
+                  for label in (n["name"], *n["attributes"], *(rel for rel, _ in n["relations"]))]
+        vocab = vocabulary_with_labels((r["question"] for r in train_records), labels)
+        table = StringTable()
+        arrays, dropped = {}, {}
+        for split, (records, nodes, listed) in splits.items():
+            kept = [r for r in records if r["answer"] in answer_index]
+            image_names = sorted({r["image_id"] for r in kept})
+            number = {name: i for i, name in enumerate(image_names)}
+            tokens = Ragged.from_lists([vocab.encode(r["question"])[:question_len] for r in kept])
+            arrays[split] = {
+                "tokens": tokens.flat, "token_offsets": tokens.offsets,
+                "targets": np.array([answer_index[r["answer"]] for r in kept], dtype=np.int64),
+                "image_names": strings_array(image_names),
+                "image_index": np.array([number[r["image_id"]] for r in kept], dtype=np.int64),
+                "question_ids": strings_array([r["question_id"] for r in kept]),
+                "structural": table.codes_of([r["structural"] for r in kept]),
+                "answers": table.codes_of([r["answer"] for r in kept]),
+                "listed_images": strings_array(listed[0]), "listed_first_question": strings_array(listed[1]),
+            }
+            if nodes is not None:
+                arrays[split].update(pack_graphs([nodes[name] for name in image_names], vocab))
+            dropped[split] = len(records) - len(kept)
+        strings = table.strings
+        del splits
+        if entry is not None:
+            payload = {f"{split}/{name}": a for split, split_arrays in arrays.items() for name, a in split_arrays.items()}
+            payload.update({f"{split}/dropped": np.array(n) for split, n in dropped.items()})
+            payload.update(strings=strings_array(strings), answer_vocab=strings_array(answers),
+                           question_vocab=strings_array(vocab.tokens))
+            store_entry(entry, key, payload)
 
-    train, train_dropped = make("train")
-    val, val_dropped = make("val")
+    train, val = (GQASplit(arrays=arrays[split], strings=strings, feature_files=files.get(split), max_boxes=max_boxes)
+                  for split in ("train", "val"))
     if len(val) == 0:
         raise ConfigError(f"gqa: no validation answer is among the {len(answers)} training answers: "
                           f"raise answer_top_k or lower answer_min_count")
     model_kwargs = {"vocab_size": len(vocab), "num_answers": len(answers)}
     if inputs == "regions":
         model_kwargs["image_dim"] = int(val[0]["image"].shape[0])
-    log.info("gqa: %d train / %d val questions, %d answers, %d tokens", len(train), len(val), len(answers), len(vocab))
+    log.info("gqa: %d train / %d val questions, %d answers, %d tokens%s", len(train), len(val), len(answers), len(vocab),
+             " (prepared data from the cache)" if stored is not None else "")
     return DataSplits(
         train=train, val=val,
         collate=collate_graph_vqa if inputs == "scene_graph" else collate_vqa,
@@ -264,9 +411,10 @@ def gqa(
         model_kwargs=model_kwargs, class_names=answers,
         train_groups=train.image_ids if group_by_image else None, vocab=vocab.tokens,
         info={"dataset": "gqa", "root": str(base), "inputs": inputs, "train_questions": len(train),
-              "val_questions": len(val), "train_dropped_no_vocab_answer": train_dropped,
-              "val_dropped_no_vocab_answer": val_dropped, "val_kept_fraction": len(val) / (len(val) + val_dropped),
-              "num_answers": len(answers), "question_len": question_len, "max_boxes": max_boxes},
+              "val_questions": len(val), "train_dropped_no_vocab_answer": dropped["train"],
+              "val_dropped_no_vocab_answer": dropped["val"], "val_kept_fraction": len(val) / (len(val) + dropped["val"]),
+              "num_answers": len(answers), "question_len": question_len, "max_boxes": max_boxes,
+              "prepared_from_cache": stored is not None},
     )
 
 

@@ -10,7 +10,8 @@ Two layouts are read:
 
 RAF-DB has no validation split; the test split is the validation split, as in the literature.
 Classes are always reported in ``EXPRESSIONS`` order (label k → class index k - 1). Decoded images
-are cached under ``vqalab.paths.cache_dir()``, keyed by the file list, sizes, dates and image size.
+are cached under ``vqalab.paths.cache_dir()``, keyed by the file list, sizes, dates and image size,
+and memory-mapped when read back (a full-size split is 577 MB at 112 px).
 """
 
 from __future__ import annotations
@@ -171,8 +172,8 @@ def rafdb_status(spec: dict) -> DataStatus:
         layout, splits = read_splits(folder, spec["layout"], spec["aligned"])
     except ConfigError as err:
         return DataStatus(name="rafdb", found=False, where=str(folder), expected=f"{err}; expected {EXPECTED_FILES}")
-    files = [(p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns, t)
-             for items in splits.values() for p, t in items]
+    files = [(p.relative_to(folder).as_posix(), stat.st_size, stat.st_mtime_ns, t)
+             for items in splits.values() for p, t in items for stat in (p.stat(),)]  # one stat per image
     classes = {t for items in splits.values() for _, t in items}
     return DataStatus(name="rafdb", found=True, where=str(folder), fingerprint=short_hash([layout, files]),
                       counts={"train_images": len(splits["train"]), "test_images": len(splits["test"]),
@@ -182,11 +183,17 @@ def rafdb_status(spec: dict) -> DataStatus:
 
 def decode_images(paths: list[Path], size: int, use_cache: bool = True) -> np.ndarray:
     """uint8 (N, 3, size, size), resized with a bicubic filter; cached on disk after the first call."""
-    stats = [f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in paths]
+    folders: dict[Path, Path] = {}  # each folder resolved once (15,339 files share two folders)
+    stats = []
+    for p in paths:
+        folder = folders.get(p.parent) or folders.setdefault(p.parent, p.parent.resolve())
+        stat = p.stat()
+        stats.append(f"{folder / p.name}:{stat.st_size}:{stat.st_mtime_ns}")
     key = hashlib.sha1("|".join([str(size), str(DECODE_VERSION), *stats]).encode()).hexdigest()[:16]
     cached = cache_dir() / "rafdb" / f"{size}px-{len(paths)}-{key}.npy"
     if use_cache and cached.is_file():
-        return np.load(cached)
+        # Memory-mapped copy-on-write: pages are read when a batch needs them, not all up front.
+        return np.load(cached, mmap_mode="c")
     array = np.empty((len(paths), 3, size, size), dtype=np.uint8)
     for i, path in enumerate(paths):
         with open_rgb(path, f"RAF-DB image {path.name}") as img:

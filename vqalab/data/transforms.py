@@ -15,7 +15,6 @@ from typing import Literal
 
 import torch
 from PIL import Image
-from torchvision.transforms.v2 import functional as TF
 
 # ImageNet statistics (torchvision's pretrained weights expect them).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -94,6 +93,9 @@ class ImageTransform:
         height, width = image.shape[-2:]
         if self.crop_scale is not None:
             top, left, h, w = random_resized_crop_box(height, width, self.crop_scale)
+            # Imported on use: torchvision is slow to import (a status check needs none of it).
+            from torchvision.transforms.v2 import functional as TF
+
             image = TF.resized_crop(image, top, left, h, w, [height, width], antialias=True)
         if self.flip and torch.rand(()).item() < FLIP_PROB:
             image = image.flip(-1)

@@ -27,6 +27,13 @@ human answers)`` (0, 0.3, 0.6, 0.9, 1 for 0, 1, 2, 3, ≥4 annotators), for ``tr
 answer in the vocabulary cannot be answered right and are left out; ``info`` records how many.
 Because their accuracy is 0 whatever the model predicts, the official accuracy over all
 validation questions is ``val_acc × info["val_kept_fraction"]`` exactly.
+
+At full size (443,757 + 214,354 questions, 6.6 million human answers) the loader keeps one copy
+of each distinct string (``StringTable``), normalises each once (``AnswerScorer``) and holds the
+splits as arrays, not one Python object per question. The prepared splits are stored under the
+cache folder (``vqalab.data.prepared``), keyed by the JSON files' paths, sizes and dates, the
+arguments and a digest of the preparing code: a second load of unchanged files reads them back
+(``info["prepared_from_cache"]``); ``use_cache: false`` prepares the files every time.
 """
 
 from __future__ import annotations
@@ -34,9 +41,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import operator
 import os
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,18 +53,36 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+import vqalab.data as data_package
+import vqalab.text as text_module
+from vqalab import metrics
 from vqalab.data import (
+    SUBSET_SEED,
     DataSplits,
     DataStatus,
     fixed_subset,
+    prepared,
     register_dataset,
     register_status,
     short_hash,
 )
 from vqalab.data.easy_vqa import collate_vqa
+from vqalab.data.prepared import (
+    Coded,
+    Ragged,
+    StringTable,
+    code_digest,
+    file_fingerprint,
+    load_entry,
+    paused_gc,
+    store_entry,
+    strings_array,
+    strings_of,
+)
+from vqalab.data.prepared import entry_path as prepared_entry_path
 from vqalab.data.regions import REGION_INPUT_KEYS, boxes_of, check_finite, read_regions
 from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, open_rgb
-from vqalab.metrics import clean_whitespace, normalize_answer, vqa_accuracy
+from vqalab.metrics import accuracy_of_matches, clean_whitespace, normalize_answer, vqa_accuracy
 from vqalab.paths import cache_dir, resolve_data
 from vqalab.registry import ConfigError, short_repr
 from vqalab.text import Vocabulary
@@ -126,29 +153,191 @@ def check_entries(entries: list, path: Path, what: str, keys: tuple[str, ...]) -
                                       '(the official files quote every answer, e.g. "2")')
 
 
-def load_split(questions_path: Path, annotations_path: Path) -> list[dict]:
-    """Questions joined with their annotations, in the questions file's order."""
+@dataclass
+class ListedSplit:
+    """One split's questions joined with their annotations, in the questions file's order.
+
+    Strings other than the question are codes into the shared ``StringTable``; ``answers`` row i:
+    the codes of question i's human answers as given.
+    """
+
+    question_ids: np.ndarray  # (N,) int64
+    image_ids: np.ndarray  # (N,) int64
+    texts: list[str]
+    answers: Ragged  # N rows of int32 codes
+    multiple_choice: np.ndarray  # (N,) int32 codes
+    answer_types: np.ndarray  # (N,) int32 codes
+    question_types: np.ndarray  # (N,) int32 codes
+
+    def take(self, rows: list[int]) -> ListedSplit:
+        if len(rows) == len(self.texts):
+            return self
+        index = np.asarray(rows, dtype=np.int64)
+        return ListedSplit(self.question_ids[index], self.image_ids[index], [self.texts[i] for i in rows],
+                           self.answers.take(index), self.multiple_choice[index], self.answer_types[index],
+                           self.question_types[index])
+
+
+def all_of(kind: type, *columns: list) -> bool:
+    """Every value of every column is exactly ``kind`` (``bool`` is no ``int`` here), as the official
+    files have them: checked in one cheap pass, so the per-entry checks run only on a bad file."""
+    return all(type(value) is kind for column in columns for value in column)
+
+
+def first_difference(a: list, b: list) -> int:
+    return next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+
+
+def load_split(questions_path: Path, annotations_path: Path, strings: StringTable) -> ListedSplit:
+    """Questions joined with their annotations, in the questions file's order.
+
+    One pass per field over the parsed entries; no Python object is made per question or answer
+    beyond what the JSON parser made.
+    """
     questions = read_official_json(questions_path, "questions", "questions")
     annotations = read_official_json(annotations_path, "annotations", "annotations")
-    check_entries(questions, questions_path, "questions", QUESTION_KEYS)
-    check_entries(annotations, annotations_path, "annotations", ANNOTATION_KEYS)
-    by_question = {a["question_id"]: a for a in annotations}
-    records = []
-    for q in questions:
-        ann = by_question.get(q["question_id"])
-        if ann is None:
-            raise ConfigError(f"vqa_v2: {annotations_path}: no annotation for question_id {q['question_id']} "
+    get_answer = operator.itemgetter("answer")
+    try:
+        question_ids = [q["question_id"] for q in questions]
+        image_ids = [q["image_id"] for q in questions]
+        texts = [q["question"] for q in questions]
+        annotated_ids = [a["question_id"] for a in annotations]
+        if not (all_of(int, question_ids, image_ids, annotated_ids) and all_of(str, texts)):
+            raise TypeError("an id or a question of the wrong type")  # named by check_entries below
+        by_question = dict(zip(annotated_ids, annotations))
+        joined = list(map(by_question.get, question_ids))
+        if None in joined:
+            question_id = question_ids[joined.index(None)]
+            raise ConfigError(f"vqa_v2: {annotations_path}: no annotation for question_id {question_id} "
                               f"of {questions_path}")
-        if ann["image_id"] != q["image_id"]:
-            raise ConfigError(f"vqa_v2: question_id {q['question_id']}: image_id {q['image_id']} in {questions_path} "
-                              f"but {ann['image_id']} in {annotations_path}")
-        records.append({
-            "question_id": q["question_id"], "image_id": q["image_id"], "question": q["question"],
-            "answers": [a["answer"] for a in ann["answers"]],
-            "multiple_choice_answer": ann.get("multiple_choice_answer", ""),
-            "answer_type": ann.get("answer_type", ""), "question_type": ann.get("question_type", ""),
-        })
-    return records
+        annotated_images = [a["image_id"] for a in joined]
+        if not all_of(int, annotated_images):
+            raise TypeError("an image_id of the wrong type")
+        if annotated_images != image_ids:
+            row = first_difference(annotated_images, image_ids)
+            raise ConfigError(f"vqa_v2: question_id {question_ids[row]}: image_id {image_ids[row]} in {questions_path} "
+                              f"but {annotated_images[row]} in {annotations_path}")
+        given = [a["answers"] for a in joined]
+        lengths = np.fromiter(map(len, given), dtype=np.int64, count=len(given))
+        flat = [answer for answers in given for answer in map(get_answer, answers)]
+        multiple_choice = [a.get("multiple_choice_answer", "") for a in joined]
+        answer_types = [a.get("answer_type", "") for a in joined]
+        question_types = [a.get("question_type", "") for a in joined]
+        if not all_of(str, flat, multiple_choice):
+            raise TypeError("an answer of the wrong type")
+    except (KeyError, TypeError, AttributeError):
+        # A malformed entry: say which one, as the checks name it.
+        check_entries(questions, questions_path, "questions", QUESTION_KEYS)
+        check_entries(annotations, annotations_path, "annotations", ANNOTATION_KEYS)
+        raise ConfigError(f"vqa_v2: {questions_path} or {annotations_path}: an entry of the wrong shape "
+                          "(expected the official files' keys and types)") from None
+    try:
+        ids = np.array(question_ids, dtype=np.int64), np.array(image_ids, dtype=np.int64)
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(f"vqa_v2: {questions_path}: question_id and image_id must be integers") from None
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return ListedSplit(*ids, texts, Ragged(strings.codes_of(flat), offsets), strings.codes_of(multiple_choice),
+                       strings.codes_of(answer_types), strings.codes_of(question_types))
+
+
+def match_patterns(matched: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of the (m, L) bool array and each row's number among them (``np.unique``
+    by rows, through each row's bits as one integer: sorting integers is fast)."""
+    if matched.shape[1] > 62:
+        return np.unique(matched, axis=0, return_inverse=True)
+    bits = matched.astype(np.int64) @ (np.int64(1) << np.arange(matched.shape[1], dtype=np.int64))
+    _, first, inverse = np.unique(bits, return_index=True, return_inverse=True)
+    return matched[first], inverse
+
+
+class AnswerScorer:
+    """Soft scores and best answers of whole splits, as ``soft_scores`` and ``best_answer`` give
+    them question by question, with each distinct string normalised once.
+
+    Strings are codes of one ``StringTable``, so "equal after normalisation" is an integer
+    comparison: ``cleaned[c]`` / ``normalised[c]`` is the code of ``clean_whitespace`` /
+    ``normalize_answer`` of string c. The accuracy of each pattern of matching annotators is
+    ``metrics.accuracy_of_matches``, the function ``vqa_accuracy`` returns, so the floats are the same.
+    """
+
+    def __init__(self, strings: StringTable):
+        self.strings = strings
+        self.normalised_text: dict[str, str] = {}
+        raw = len(strings.strings)  # the strings as given; normalising them adds more
+        self.cleaned = np.array([strings.code(clean_whitespace(s)) for s in strings.strings[:raw]], dtype=np.int64)
+        self.normalised = np.array([strings.code(self.normalize(s)) for s in strings.strings[:raw]], dtype=np.int64)
+        self.answer_index: dict[str, int] = {}
+
+    def normalize(self, text: str) -> str:
+        out = self.normalised_text.get(text)
+        if out is None:
+            out = self.normalised_text[text] = normalize_answer(text)
+        return out
+
+    def answer_vocab(self, answer_codes: np.ndarray, top_k: int | None, min_count: int) -> list[str]:
+        """``build_answer_vocab`` of the answers with these codes (counts summed per normalised string)."""
+        counts = np.bincount(self.normalised[answer_codes], minlength=len(self.strings.strings))
+        by_text = {self.strings.strings[c]: int(n) for c in np.flatnonzero(counts) for n in (counts[c],)}
+        by_text.pop("", None)
+        kept = sorted((a for a, c in by_text.items() if c >= min_count), key=lambda a: (-by_text[a], a))
+        return kept[:top_k] if top_k is not None else kept
+
+    def set_vocabulary(self, answers: list[str]) -> None:
+        """Answer index of each code (-1: not an answer), and each answer's code as a prediction."""
+        self.answer_index = {a: i for i, a in enumerate(answers)}
+        codes = [self.strings.code(a) for a in answers]
+        as_clean = [self.strings.code(clean_whitespace(a)) for a in answers]
+        as_normalised = [self.strings.code(self.normalize(a)) for a in answers]
+        size = len(self.strings.strings)
+        self.index_of = np.full(size, -1, dtype=np.int64)
+        self.index_of[codes] = np.arange(len(answers))
+        # A prediction is compared cleaned (when the ten answers agree) or normalised.
+        self.pred_clean = np.full(size, -1, dtype=np.int64)
+        self.pred_clean[codes] = as_clean
+        self.pred_normalised = np.full(size, -1, dtype=np.int64)
+        self.pred_normalised[codes] = as_normalised
+
+    def score(self, answers: Ragged, multiple_choice: np.ndarray) -> dict[str, np.ndarray]:
+        """Per question with a vocabulary answer scoring > 0: its scores (CSR, indices increasing) and best answer.
+
+        Returns ``kept`` (rows), ``score_index``, ``score_value``, ``score_offsets`` and ``targets``.
+        """
+        lengths = answers.lengths()
+        rows_of, index_of, value_of = [], [], []
+        for length in np.unique(lengths[lengths > 0]).tolist():
+            rows = np.flatnonzero(lengths == length)
+            given = answers.flat[answers.offsets[rows][:, None] + np.arange(length)]  # (n, L) codes as given
+            cleaned, normalised = self.cleaned[given], self.normalised[given]
+            varied = (cleaned != cleaned[:, :1]).any(axis=1)  # the metric normalises only then
+            human = np.where(varied[:, None], normalised, cleaned)
+            candidates = np.concatenate([normalised, cleaned], axis=1)  # (n, 2L): normalised and as given
+            row, column = np.nonzero(self.index_of[candidates] >= 0)
+            candidate = candidates[row, column]
+            pred = np.where(varied[row], self.pred_normalised[candidate], self.pred_clean[candidate])
+            matched = human[row] == pred[:, None]  # (m, L): which annotators gave the prediction
+            patterns, inverse = match_patterns(matched)
+            accuracy = np.array([accuracy_of_matches(tuple(p)) for p in patterns.tolist()], dtype=np.float64)
+            rows_of.append(rows[row])
+            index_of.append(self.index_of[candidate])
+            value_of.append(accuracy[inverse.reshape(-1)])
+        num_answers = max(len(self.answer_index), 1)
+        row = np.concatenate(rows_of) if rows_of else np.zeros(0, np.int64)
+        index = np.concatenate(index_of) if index_of else np.zeros(0, np.int64)
+        value = np.concatenate(value_of) if value_of else np.zeros(0, np.float64)
+        positive = value > 0
+        row, index, value = row[positive], index[positive], value[positive]
+        # One entry per (question, answer), sorted: a candidate met twice scores the same both times.
+        _, first = np.unique(row * num_answers + index, return_index=True)
+        row, index, value = row[first], index[first], value[first]
+        kept, counts = np.unique(row, return_counts=True)
+        offsets = np.zeros(len(kept) + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        # best_answer: the highest score; ties to the multiple-choice answer, then the lower index.
+        preferred = self.index_of[self.normalised[multiple_choice]]
+        order = np.lexsort((index, index != preferred[row], -value, row))
+        targets = index[order[offsets[:-1]]]
+        return {"kept": kept, "score_index": index, "score_value": value, "score_offsets": offsets, "targets": targets}
 
 
 def build_answer_vocab(answer_lists: list[list[str]], top_k: int | None, min_count: int) -> list[str]:
@@ -204,35 +393,73 @@ def load_features(path: Path) -> torch.Tensor:
     raise ValueError(f"{path}: expected features of shape (D,), (K, D) or (D, h, w), got {tuple(features.shape)}")
 
 
+# The arrays of one prepared split (``prepare_split``), by name; all but the last two cover the
+# kept questions only. ``listed_*``: every question of the (sub)set, for the image-file check.
+SPLIT_ARRAYS = ("question_ids", "image_ids", "tokens", "token_offsets", "answer_codes", "answer_offsets",
+                "answer_types", "question_types", "score_index", "score_value", "score_offsets", "targets",
+                "listed_question_ids", "listed_image_ids")
+
+
+def prepare_split(listed: ListedSplit, scorer: AnswerScorer, vocab: Vocabulary,
+                  max_question_len: int | None) -> dict[str, np.ndarray]:
+    """Soft scores, best answers and token ids of the questions with a vocabulary answer scoring > 0."""
+    scored = scorer.score(listed.answers, listed.multiple_choice)
+    kept = scored.pop("kept")
+    encoded: dict[str, list[int]] = {}  # question text → token ids (questions repeat too)
+    token_rows = []
+    for row in kept.tolist():
+        text = listed.texts[row]
+        ids = encoded.get(text)
+        if ids is None:
+            ids = encoded[text] = vocab.encode(text)[:max_question_len]
+        token_rows.append(ids)
+    tokens = Ragged.from_lists(token_rows)
+    answers = listed.answers.take(kept)
+    return {
+        "question_ids": listed.question_ids[kept], "image_ids": listed.image_ids[kept],
+        "tokens": tokens.flat, "token_offsets": tokens.offsets,
+        "answer_codes": answers.flat, "answer_offsets": answers.offsets,
+        "answer_types": listed.answer_types[kept], "question_types": listed.question_types[kept],
+        **scored, "listed_question_ids": listed.question_ids, "listed_image_ids": listed.image_ids,
+    }
+
+
 class VQAv2Split(Dataset):
     """One split. Items: image (3, S, S) normalised, or features (D, h, w); question token ids;
     image_id; target (best answer index); soft_target (num_answers,) official accuracies.
 
     Also kept per question, in item order: ``targets``, ``image_ids``, ``question_ids``,
-    ``answers`` (the human answers as given), ``answer_types``, ``question_types``.
+    ``questions`` (token ids), ``answers`` (the human answers as given), ``answer_types``,
+    ``question_types``; ``scores_of(i)`` is question i's {answer index: accuracy}. The ragged
+    lists are arrays (``prepared.Ragged``, ``prepared.Coded``): a full-size split holds no Python
+    object per question and answer.
     """
 
-    def __init__(self, *, records: list[dict], questions: list[list[int]], scores: list[dict[int, float]],
-                 targets: list[int], num_answers: int, files: dict[int, Path], image_size: int | None):
-        self.questions = questions
-        self.scores = scores
-        self.targets = targets
+    def __init__(self, *, arrays: dict[str, np.ndarray], strings: list[str], num_answers: int,
+                 files: dict[int, Path], image_size: int | None):
+        self.arrays = arrays
+        self.questions = Ragged(arrays["tokens"], arrays["token_offsets"])
+        self.answers = Ragged(arrays["answer_codes"], arrays["answer_offsets"], table=strings)
+        self.answer_types = Coded(arrays["answer_types"], strings)
+        self.question_types = Coded(arrays["question_types"], strings)
+        self.targets = arrays["targets"].tolist()
+        self.image_ids = arrays["image_ids"].tolist()
+        self.question_ids = arrays["question_ids"].tolist()
         self.num_answers = num_answers
         self.files = files
         self.image_size = image_size  # None: the files hold precomputed features
         self.with_boxes = all(path.suffix == ".npz" for path in files.values())  # region files with boxes
-        self.image_ids = [r["image_id"] for r in records]
-        self.question_ids = [r["question_id"] for r in records]
-        self.answers = [r["answers"] for r in records]
-        self.answer_types = [r["answer_type"] for r in records]
-        self.question_types = [r["question_type"] for r in records]
         self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
         # Read by the feature cache: what was done to the pixels.
         self.transform_key = f"resize {image_size}x{image_size} bilinear, ImageNet mean/std {IMAGENET_MEAN}/{IMAGENET_STD}"
 
     def __len__(self) -> int:
-        return len(self.questions)
+        return len(self.targets)
+
+    def scores_of(self, index: int) -> dict[int, float]:
+        start, end = self.arrays["score_offsets"][index:index + 2]
+        return dict(zip(self.arrays["score_index"][start:end].tolist(), self.arrays["score_value"][start:end].tolist()))
 
     def load_image(self, image_id: int) -> torch.Tensor:
         path = self.files[image_id]
@@ -247,9 +474,10 @@ class VQAv2Split(Dataset):
         return (image - self.mean) / self.std
 
     def item_without_image(self, index: int) -> dict:
-        soft = torch.zeros(self.num_answers)
-        for answer, score in self.scores[index].items():
-            soft[answer] = score
+        start, end = self.arrays["score_offsets"][index:index + 2]
+        soft = torch.zeros(self.num_answers)  # float32, as the loss reads it
+        soft[torch.from_numpy(self.arrays["score_index"][start:end])] = \
+            torch.from_numpy(self.arrays["score_value"][start:end]).float()
         return {"question": self.questions[index], "image_id": self.image_ids[index],
                 "target": self.targets[index], "soft_target": soft}
 
@@ -259,6 +487,21 @@ class VQAv2Split(Dataset):
             item["boxes"] = boxes_of(item["image"])
         return item
 
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        """The items of a batch, each distinct image read once: batches grouped by image
+        (``group_by_image``) hold about five questions per image."""
+        images: dict[int, torch.Tensor] = {}
+        items = []
+        for index in indices:
+            image_id = self.image_ids[index]
+            if image_id not in images:
+                images[image_id] = self.load_image(image_id)
+            item = {**self.item_without_image(index), "image": images[image_id]}
+            if self.with_boxes:
+                item["boxes"] = boxes_of(item["image"])
+            items.append(item)
+        return items
+
     def image_fingerprint(self) -> str:
         """Hash of the image files used (path, size, modification time): changes when an image does."""
         digest = hashlib.sha1()
@@ -267,6 +510,35 @@ class VQAv2Split(Dataset):
             stat = path.stat()
             digest.update(f"{image_id}:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns};".encode())
         return digest.hexdigest()
+
+
+def check_image_files(question_ids: np.ndarray, image_ids: np.ndarray, files: dict[int, Path], folder: Path,
+                      use_features: bool) -> None:
+    """Every listed question's image has a file; else name the first question without one."""
+    present = np.fromiter(files, dtype=np.int64, count=len(files))
+    missing = ~np.isin(image_ids, present)
+    if missing.any():
+        row = int(np.flatnonzero(missing)[0])
+        image_id, question_id = int(image_ids[row]), int(question_ids[row])
+        expected = f"a file ending in {image_id:012d}.npy/.pt/.npz" if use_features else \
+            f"COCO_{folder.name}_{image_id:012d}.jpg"
+        raise ConfigError(f"vqa_v2: image_id {image_id} (question_id {question_id}) has no "
+                          f"{'feature file' if use_features else 'image'} in {folder} (expected {expected})")
+
+
+# What the prepared arrays depend on besides the files and the arguments: this code. Bump the
+# version for a change of meaning the source digest would not show (e.g. a data file it reads).
+PREPARED_VERSION = 1
+
+
+def preparing_code() -> str:
+    """Digest of the modules that turn the official files into the prepared arrays."""
+    return code_digest(__file__, metrics.__file__, text_module.__file__, data_package.__file__, prepared.__file__)
+
+
+def prepared_key(json_paths: list[Path], arguments: dict) -> dict:
+    return {"dataset": "vqa_v2", "version": PREPARED_VERSION, "code": preparing_code(),
+            "files": file_fingerprint(json_paths), "arguments": arguments}
 
 
 @register_dataset
@@ -288,6 +560,7 @@ def vqa_v2(
     max_train_samples: int | None = None,
     max_val_samples: int | None = None,
     group_by_image: bool = True,
+    use_cache: bool = True,
 ) -> DataSplits:
     """VQA v2 from the official questions/annotations JSON files and COCO images (or feature files).
 
@@ -302,7 +575,17 @@ def vqa_v2(
     max_question_len: truncate questions to this many tokens (None: keep all; lab note 001 used 12).
     max_train_samples / max_val_samples: use a fixed random subset of questions (None: all).
     group_by_image: batch the questions of one image together so the encoder runs once per image.
+    use_cache: keep the prepared splits under the cache folder (``vqalab.data.prepared``) and reuse
+        them while the JSON files and the preparing code are unchanged.
     """
+    with paused_gc():
+        return build_vqa_v2(**locals())
+
+
+def build_vqa_v2(*, root, train_questions, train_annotations, train_images, val_questions, val_annotations,
+                 val_images, train_features, val_features, image_size, answer_top_k, answer_min_count,
+                 max_question_len, max_train_samples, max_val_samples, group_by_image, use_cache) -> DataSplits:
+    """``vqa_v2`` (see there), run with the garbage collector paused."""
     base = resolve_data(root)
     if (train_features is None) != (val_features is None):
         raise ConfigError(f"vqa_v2: train_features = {train_features!r}, val_features = {val_features!r}: give both or neither")
@@ -311,57 +594,66 @@ def vqa_v2(
         if value is not None and value < 1:
             raise ConfigError(f"vqa_v2: {key} = {value}: expected at least 1")
     use_features = train_features is not None
+    sources = {
+        "train": (base / train_questions, base / train_annotations, base / (train_features or train_images),
+                  max_train_samples),
+        "val": (base / val_questions, base / val_annotations, base / (val_features or val_images), max_val_samples),
+    }
+    arguments = {"answer_top_k": answer_top_k, "answer_min_count": answer_min_count,
+                 "max_question_len": max_question_len, "max_train_samples": max_train_samples,
+                 "max_val_samples": max_val_samples, "subset_seed": SUBSET_SEED}
+    json_paths = [path for q_path, a_path, _, _ in sources.values() for path in (q_path, a_path)]
+    entry, key, stored = None, None, None
+    if use_cache and all(path.is_file() for path in json_paths):
+        entry = prepared_entry_path("vqa_v2", [str(base), [p.name for p in json_paths], arguments])
+        key = prepared_key(json_paths, arguments)
+        stored = load_entry(entry, key)
 
-    splits = {}
-    for split, (q_file, a_file, images, features, limit) in {
-        "train": (train_questions, train_annotations, train_images, train_features, max_train_samples),
-        "val": (val_questions, val_annotations, val_images, val_features, max_val_samples),
-    }.items():
-        records = load_split(base / q_file, base / a_file)
-        records = [records[i] for i in fixed_subset(len(records), limit)]
-        folder = base / (features if use_features else images)
-        files = index_files(folder, FEATURE_FILE if use_features else IMAGE_FILE,
-                            "feature" if use_features else "image")
-        for r in records:
-            if r["image_id"] not in files:
-                expected = f"a file ending in {r['image_id']:012d}.npy/.pt/.npz" if use_features else \
-                    f"COCO_{folder.name}_{r['image_id']:012d}.jpg"
-                raise ConfigError(f"vqa_v2: image_id {r['image_id']} (question_id {r['question_id']}) has no "
-                                  f"{'feature file' if use_features else 'image'} in {folder} (expected {expected})")
-        splits[split] = (records, files)
+    files, listed = {}, {}
+    strings = StringTable(strings_of(stored["strings"]) if stored is not None else None)
+    for split, (q_path, a_path, folder, limit) in sources.items():
+        if stored is None:
+            listed[split] = load_split(q_path, a_path, strings)
+            listed[split] = listed[split].take(fixed_subset(len(listed[split].texts), limit))
+            listed_ids = listed[split].question_ids, listed[split].image_ids
+        else:
+            listed_ids = stored[f"{split}/listed_question_ids"], stored[f"{split}/listed_image_ids"]
+        files[split] = index_files(folder, FEATURE_FILE if use_features else IMAGE_FILE,
+                                   "feature" if use_features else "image")
+        check_image_files(*listed_ids, files[split], folder, use_features)
 
-    train_records = splits["train"][0]
-    answers = build_answer_vocab([r["answers"] for r in train_records], answer_top_k, answer_min_count)
-    if not answers:
-        raise ConfigError(f"vqa_v2: no training answer is given {answer_min_count} or more times: lower answer_min_count")
-    answer_index = {a: i for i, a in enumerate(answers)}
-    vocab = Vocabulary.build(r["question"] for r in train_records)
+    if stored is not None:
+        answers, vocab = strings_of(stored["answer_vocab"]), Vocabulary(strings_of(stored["question_vocab"]))
+        arrays = {split: {name: stored[f"{split}/{name}"] for name in SPLIT_ARRAYS} for split in sources}
+        dropped = {split: int(stored[f"{split}/dropped"]) for split in sources}
+    else:
+        scorer = AnswerScorer(strings)
+        answers = scorer.answer_vocab(listed["train"].answers.flat, answer_top_k, answer_min_count)
+        if not answers:
+            raise ConfigError(f"vqa_v2: no training answer is given {answer_min_count} or more times: lower answer_min_count")
+        scorer.set_vocabulary(answers)
+        vocab = Vocabulary.build(listed["train"].texts)
+        arrays = {split: prepare_split(listed[split], scorer, vocab, max_question_len) for split in sources}
+        dropped = {split: len(listed[split].texts) - len(arrays[split]["targets"]) for split in sources}
+        del listed  # the per-question Python lists: only the arrays are kept
+        if entry is not None:
+            payload = {f"{split}/{name}": a for split, split_arrays in arrays.items() for name, a in split_arrays.items()}
+            payload.update({f"{split}/dropped": np.array(n) for split, n in dropped.items()})
+            payload.update(strings=strings_array(strings.strings), answer_vocab=strings_array(answers),
+                           question_vocab=strings_array(vocab.tokens))
+            store_entry(entry, key, payload)
 
-    def make(split: str) -> tuple[VQAv2Split, int]:
-        records, files = splits[split]
-        kept, scores, targets = [], [], []
-        for r in records:
-            s = soft_scores(r["answers"], answer_index)
-            if not s:
-                continue  # no vocabulary answer scores above 0: nothing the model could get right
-            kept.append(r)
-            scores.append(s)
-            targets.append(best_answer(s, answer_index.get(normalize_answer(r["multiple_choice_answer"]))))
-        questions = [vocab.encode(r["question"])[:max_question_len] for r in kept]
-        dataset = VQAv2Split(records=kept, questions=questions, scores=scores, targets=targets,
-                             num_answers=len(answers), files=files, image_size=None if use_features else image_size)
-        return dataset, len(records) - len(kept)
-
-    train, train_dropped = make("train")
-    val, val_dropped = make("val")
+    train, val = (VQAv2Split(arrays=arrays[split], strings=strings.strings, num_answers=len(answers),
+                             files=files[split], image_size=None if use_features else image_size)
+                  for split in ("train", "val"))
     if len(train) == 0 or len(val) == 0:
         raise ConfigError(f"vqa_v2: no {'training' if len(train) == 0 else 'validation'} question has an answer in "
                           f"the vocabulary of {len(answers)} answers: raise answer_top_k or lower answer_min_count")
     model_kwargs = {"vocab_size": len(vocab), "num_answers": len(answers)}
     if use_features:
         model_kwargs["image_dim"] = int(val.load_image(val.image_ids[0]).shape[0])
-    log.info("vqa_v2: %d train / %d val questions, %d answers, %d question tokens",
-             len(train), len(val), len(answers), len(vocab))
+    log.info("vqa_v2: %d train / %d val questions, %d answers, %d question tokens%s",
+             len(train), len(val), len(answers), len(vocab), " (prepared data from the cache)" if stored is not None else "")
     return DataSplits(
         train=train, val=val, collate=collate_vqa,
         input_keys=REGION_INPUT_KEYS if train.with_boxes and val.with_boxes else
@@ -370,9 +662,10 @@ def vqa_v2(
         train_groups=train.image_ids if group_by_image else None,
         vocab=vocab.tokens,
         info={"dataset": "vqa_v2", "root": str(base), "train_questions": len(train), "val_questions": len(val),
-              "train_dropped_no_vocab_answer": train_dropped, "val_dropped_no_vocab_answer": val_dropped,
-              "val_kept_fraction": len(val) / (len(val) + val_dropped), "num_answers": len(answers),
-              "image_size": None if use_features else image_size, "features": use_features},
+              "train_dropped_no_vocab_answer": dropped["train"], "val_dropped_no_vocab_answer": dropped["val"],
+              "val_kept_fraction": len(val) / (len(val) + dropped["val"]), "num_answers": len(answers),
+              "image_size": None if use_features else image_size, "features": use_features,
+              "prepared_from_cache": stored is not None},
     )
 
 
@@ -383,7 +676,8 @@ def count_split(questions_path: Path, annotations_path: Path) -> tuple[int, set[
     """(questions, the distinct normalised answers) of one split's official files."""
     questions = read_official_json(questions_path, "questions", "questions")
     annotations = read_official_json(annotations_path, "annotations", "annotations")
-    return len(questions), {normalize_answer(a["answer"]) for ann in annotations for a in ann["answers"]}
+    given = {a["answer"] for ann in annotations for a in ann["answers"]}  # each distinct string normalised once
+    return len(questions), {normalize_answer(a) for a in given}
 
 
 @register_status("vqa_v2", family="vqa", targets="soft")
