@@ -8,17 +8,22 @@ not installed (`.ci/run` installs both).
 from __future__ import annotations
 
 import json
+import re
 import logging
 import os
 import shutil
 import subprocess
 
 import pytest
+import yaml
 from conftest import write_notebook
 
 from vqalab.report import run_report
-from vqalab.report.build import print_week
+from vqalab.report.build import publish_week
+from vqalab.registry import ConfigError
 from vqalab.report.pdf import PDF_FILE
+from vqalab.report.post import markdown_text
+from vqalab.report.presets import load_report_section
 
 WEEK = "2026-W11"
 HOSTILE = '<img src=x onerror=alert(1)>|cell'  # a user-typed name, in a table and a finding
@@ -26,8 +31,6 @@ POPPLER = shutil.which("pdftotext") and shutil.which("pdfimages")
 needs_printing = pytest.mark.skipif(
     not (shutil.which("chromium") or os.path.exists("/usr/bin/chromium")) or not POPPLER,
     reason="needs Debian's chromium and poppler-utils (apt-get install -y chromium poppler-utils)")
-
-pytestmark = pytest.mark.slow
 
 STUDIES = {"alpha": "Alpha study", "beta": "Beta study"}
 
@@ -63,6 +66,7 @@ def week(tmp_path_factory):
     return root / "reports" / WEEK
 
 
+@pytest.mark.slow
 @needs_printing
 def test_pdf_has_every_study_title_and_a_figure_per_study_page(week):
     pdf = week / PDF_FILE
@@ -86,6 +90,7 @@ def test_pdf_has_every_study_title_and_a_figure_per_study_page(week):
         assert image_pages & set(range(starts[name] + 1, last + 1)), (name, image_pages, starts)  # 1-based
 
 
+@pytest.mark.slow
 @needs_printing
 def test_pdf_of_an_existing_week_runs_no_study(week, capsys):
     notebook_mtime = (week / "alpha.ipynb").stat().st_mtime_ns
@@ -94,7 +99,7 @@ def test_pdf_of_an_existing_week_runs_no_study(week, capsys):
     target = week / "elsewhere.pdf"
     target.write_bytes(b"not to be touched")
     os.symlink(target, old)  # a link planted where the PDF goes is replaced, never followed
-    code = print_week(week=WEEK, reports_dir=week.parent)
+    code = publish_week(week=WEEK, reports_dir=week.parent)
     assert code == 0
     assert not old.is_symlink() and old.read_bytes().startswith(b"%PDF")
     assert target.read_bytes() == b"not to be touched"
@@ -102,6 +107,7 @@ def test_pdf_of_an_existing_week_runs_no_study(week, capsys):
     assert str(old) in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_pdf_is_skipped_with_a_reason_without_chromium(week, tmp_path, monkeypatch, caplog):
     from vqalab.report import pdf
 
@@ -112,8 +118,95 @@ def test_pdf_is_skipped_with_a_reason_without_chromium(week, tmp_path, monkeypat
     monkeypatch.setattr(pdf.Path, "exists", lambda self: False if str(self) == "/usr/bin/chromium" else
                         os.path.exists(self))
     with caplog.at_level(logging.WARNING):
-        code = print_week(week=WEEK, reports_dir=copy.parent)
+        code = publish_week(week=WEEK, reports_dir=copy.parent)
     assert code == 1
     assert "chromium is not installed" in caplog.text
     summary = json.loads((copy / "summary.json").read_text())
     assert summary["pdf"]["file"] is None and "chromium is not installed" in summary["pdf"]["skipped"]
+
+
+def rendered_tags(markdown: str) -> list[tuple[str, dict]]:
+    """Start tags of the Markdown as mistune (nbconvert's renderer) renders it, raw HTML allowed as
+    a blog's "unsafe" mode would: only the post's own escaping keeps user text as text."""
+    from html.parser import HTMLParser
+
+    import mistune
+
+    tags = []
+
+    class Tags(HTMLParser):
+        def handle_starttag(self, tag, attrs):
+            tags.append((tag, dict(attrs)))
+
+    html = mistune.create_markdown(escape=False, plugins=["table"])(markdown)
+    html = re.sub(r">\s+<", "><", re.sub(r"\n\s*", "\n", html))
+    Tags().feed(html)
+    return tags, html
+
+
+@pytest.mark.slow
+def test_post_front_matter_findings_tables_and_figures(week):
+    text = (week / "post" / "index.md").read_text()
+    assert text.startswith("---\n")
+    _, head, body = text.split("---\n", 2)
+    meta = yaml.safe_load(head)
+    assert meta["title"] == f"Weekly lab report {WEEK}"
+    assert str(meta["date"]).startswith(json.loads((week / "summary.json").read_text())["generated"][:10])
+    assert meta["categories"] == ["lab meeting"] and meta["tags"] == ["fer", "alpha", "beta"]
+    for title in STUDIES.values():
+        assert f"## {title}" in body
+    # every image link resolves to a PNG beside the post; each study has its figure
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", body)
+    assert sorted(links) == ["alpha-1.png", "beta-1.png"]
+    for link in links:
+        assert (week / "post" / link).read_bytes().startswith(b"\x89PNG")
+    tags, html = rendered_tags(body)
+    # Markdown only: what renders is the post's own structure, the user's <img> stays text
+    assert {tag for tag, _ in tags} <= {"h2", "p", "em", "ul", "li", "table", "thead", "tbody", "tr", "th", "td",
+                                        "img"}
+    assert [attrs["src"] for tag, attrs in tags if tag == "img"] == links
+    assert "onerror" not in str(tags)
+    hostile = "&lt;img src=x onerror=alert(1)&gt;|cell"
+    assert f"<li>experiment {hostile} scored 0.5</li>" in html  # the finding, as text
+    assert f"<td>{hostile}</td>" in html  # the notebook's table: one cell, the | kept inside it
+    assert "<td>0.5 ± 0.01</td>" in html and "<td>0.6 ± 0.01</td>" in html  # headline figures with noise
+
+
+@pytest.mark.slow
+def test_post_replaces_a_planted_link_without_following_it(week, tmp_path):
+    from vqalab.report.post import write_post
+
+    copy = tmp_path / WEEK
+    shutil.copytree(week, copy, symlinks=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.rmtree(copy / "post")
+    os.symlink(elsewhere, copy / "post")
+    write_post(copy, json.loads((copy / "summary.json").read_text()))
+    assert not (copy / "post").is_symlink() and (copy / "post" / "index.md").is_file()
+    assert list(elsewhere.iterdir()) == []
+    assert [p.name for p in copy.iterdir() if p.name.startswith(".post")] == []  # nothing left behind
+
+
+def test_markdown_text_escapes_markup():
+    assert markdown_text("a <b>|[x](javascript:y) *z*\n") == "a \\<b\\>\\|\\[x\\]\\(javascript:y\\) \\*z\\*"
+
+
+@pytest.mark.parametrize(("section", "message"), [
+    ("report: [fer]", "'report' must map categories and tags"),
+    ("report: {tag: [fer]}", "unknown key 'report.tag'"),
+    ("report: {tags: fer}", "report.tags = 'fer': expected a list of non-empty strings"),
+    ("report: {categories: [1]}", "report.categories = [1]: expected a list"),
+])
+def test_report_section_is_checked(tmp_path, section, message):
+    params = tmp_path / "study.yaml"
+    params.write_text(f"presets: {{quick: {{}}}}\n{section}\n")
+    with pytest.raises(ConfigError, match=re.escape(message)) as err:
+        load_report_section(params)
+    assert str(params) in str(err.value)
+
+
+def test_report_section_is_optional(tmp_path):
+    params = tmp_path / "study.yaml"
+    params.write_text("presets: {quick: {}}\n")
+    assert load_report_section(params) == {"categories": [], "tags": []}

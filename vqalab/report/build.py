@@ -43,6 +43,7 @@ from vqalab.report.pages import (
     skipped_page,
 )
 from vqalab.report.pdf import PDF_FILE, write_pdf
+from vqalab.report.post import write_post
 from vqalab.report.presets import REPORT_KEY, RUNS_ROOT_PARAM, plan_studies
 from vqalab.report.since import SUMMARY_FILE, figures_since, last_week_summary, read_summary
 from vqalab.report.weeks import check_week, iso_week
@@ -209,6 +210,7 @@ def _run_locked(*, plan: list[dict], statuses: dict[str, dict | None], week: str
         write_text(week_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
         render_week(week_dir, summary, figures_since(last_week, studies))  # last week read once, above
 
+    write_post(week_dir, summary)
     summary["pdf"] = write_pdf(week_dir)
     write_text(week_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
 
@@ -224,12 +226,14 @@ def _run_locked(*, plan: list[dict], statuses: dict[str, dict | None], week: str
     return EXIT_OK
 
 
-def print_week(*, week: str | None = None, root: str | Path | None = None,
-               reports_dir: str | Path | None = None) -> int:
-    """``vqalab report --pdf``: write ``report.pdf`` of an already reported week (no study runs).
+def publish_week(*, week: str | None = None, pdf: bool = True, post: bool = False, root: str | Path | None = None,
+                 reports_dir: str | Path | None = None) -> int:
+    """``vqalab report --pdf`` / ``--post``: write ``report.pdf`` and/or ``post/`` of an already
+    reported week from its files (no study runs).
 
-    Returns ``EXIT_OK``, or ``EXIT_FAILED`` when Chromium is missing or failed (the reason is
-    logged and kept under ``pdf`` in ``summary.json``). ConfigError when the week has no report.
+    Returns ``EXIT_OK``, or ``EXIT_FAILED`` when the PDF was asked for and Chromium is missing or
+    failed (the reason is logged and kept under ``pdf`` in ``summary.json``). ConfigError when the
+    week has no report.
     """
     root = Path(root).resolve() if root is not None else project_root()
     reports_dir = Path(reports_dir) if reports_dir is not None else root / "reports"
@@ -237,16 +241,20 @@ def print_week(*, week: str | None = None, root: str | Path | None = None,
     check_week_folder(reports_dir, week)
     week_dir = reports_dir / week
     if not (week_dir / REPORT_FILE).is_file() or not (week_dir / SUMMARY_FILE).is_file():
-        raise ConfigError(f"{week_dir}: no {REPORT_FILE} and {SUMMARY_FILE} to print: run `vqalab report "
+        raise ConfigError(f"{week_dir}: no {REPORT_FILE} and {SUMMARY_FILE} to publish: run `vqalab report "
                           f"--week {week}` first")
     with week_lock(reports_dir, week):
         summary = read_summary(week_dir / SUMMARY_FILE)
-        summary["pdf"] = write_pdf(week_dir)
-        write_text(week_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
-    if summary["pdf"]["file"] is None:
+        if post:
+            print(write_post(week_dir, summary))
+        if pdf:
+            summary["pdf"] = write_pdf(week_dir)
+            write_text(week_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
+    if pdf and summary["pdf"]["file"] is None:
         log.error("%s not written: %s", PDF_FILE, summary["pdf"]["skipped"])
         return EXIT_FAILED
-    print(week_dir / PDF_FILE)
+    if pdf:
+        print(week_dir / PDF_FILE)
     return EXIT_OK
 
 
