@@ -8,9 +8,9 @@ not installed (`.ci/run` installs both).
 from __future__ import annotations
 
 import json
-import re
 import logging
 import os
+import re
 import shutil
 import subprocess
 
@@ -18,9 +18,9 @@ import pytest
 import yaml
 from conftest import write_notebook
 
+from vqalab.registry import ConfigError
 from vqalab.report import run_report
 from vqalab.report.build import publish_week
-from vqalab.registry import ConfigError
 from vqalab.report.pdf import PDF_FILE
 from vqalab.report.post import markdown_text
 from vqalab.report.presets import load_report_section
@@ -56,6 +56,16 @@ def make_week(root):
             "report:\n"
             f"  categories: [lab meeting]\n  tags: [fer, {name}]\n")
     return root
+
+
+@pytest.fixture(scope="module", autouse=True)
+def printing():
+    """The real ``write_pdf`` (conftest gives other report tests a stand-in)."""
+    from vqalab.report import build, pdf
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(build, "write_pdf", pdf.write_pdf)
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ def format_value(value) -> str:
 class _TableReader(HTMLParser):
     """The text of each ``<table>``'s cells (row by row); everything else, markup included, is dropped."""
 
-    SKIPPED = {"style", "script", "template", "title"}
+    SKIPPED = ("style", "script", "template", "title")
 
     def __init__(self):
         super().__init__(convert_charrefs=True)
@@ -176,8 +176,8 @@ def write_post(week_dir: Path, summary: dict) -> Path:
     building = Path(tempfile.mkdtemp(dir=week_dir, prefix=f".{POST_DIR}-"))
     try:
         os.chmod(building, file_mode() | (file_mode() & 0o444) >> 2)  # as mkdir would (mkdtemp: 0700)
-        lines = [front_matter(summary, studies), f"The studies of week {summary['week']}, as the weekly report "
-                 "shows them (figures beside this file).", ""]
+        intro = f"The studies of week {summary['week']}, as the weekly report shows them (figures beside this file)."
+        lines = [front_matter(summary, studies), intro, ""]
         for record in studies:
             lines += study_section(record, week_dir, building)
         text = "\n".join(lines).rstrip() + "\n"
