@@ -13,6 +13,7 @@ from typing import Any
 from vqalab.config import parameter_rows, yaml_inline
 from vqalab.report.archive import PREVIOUS_DIR, write_text
 from vqalab.report.html import SCOPE_PREFIX, sanitize_html
+from vqalab.report.trend import week_trends
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "report_templates"
 STUDY_TEMPLATE = "vqalab_study"  # nbconvert template: lab page without CDN scripts
@@ -120,7 +121,8 @@ def format_duration(seconds: float | None) -> str:
 
 
 def render_week(week_dir: Path, summary: dict, since: dict | None) -> None:
-    """Write ``index.html`` and ``report.html`` of a week from its summary and executed notebooks."""
+    """Write ``index.html`` and ``report.html`` of a week from its summary and executed notebooks
+    (with the trends over every earlier week in ``week_dir``'s parent)."""
     env = _jinja()
     studies = [summary["studies"][name] for name in sorted(summary["studies"])]
     sections, styles = [], ""
@@ -133,6 +135,7 @@ def render_week(week_dir: Path, summary: dict, since: dict | None) -> None:
     previous = week_dir / PREVIOUS_DIR
     archived = sorted(p.name for p in previous.iterdir() if p.is_dir()) if previous.is_dir() else []
     context = {"summary": summary, "studies": studies, "since": since, "parameters": parameter_rows(),
+               "trends": week_trends(week_dir.parent, summary["week"], summary),
                "generated": summary["generated"], "environment": summary["environment"],
                "archived": [f"{PREVIOUS_DIR}/{name}/" for name in archived]}
     write_text(week_dir / INDEX_FILE, env.get_template("index.html.j2").render(**context))
