@@ -220,3 +220,57 @@ def test_report_section_is_optional(tmp_path):
     params = tmp_path / "study.yaml"
     params.write_text("presets: {quick: {}}\n")
     assert load_report_section(params) == {"categories": [], "tags": []}
+
+
+def executed_cell(source: str, start: str, end: str, *outputs):
+    import nbformat
+
+    cell = nbformat.v4.new_code_cell(source)
+    cell.metadata["papermill"] = {"start_time": f"2026-03-02T10:00:{start}+00:00",
+                                  "end_time": f"2026-03-02T10:00:{end}+00:00"}
+    cell.outputs = list(outputs)
+    return cell
+
+
+def test_figures_and_tables_name_the_runs_of_the_latest_sweep_before_them():
+    import base64
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nbformat
+
+    from vqalab.report.pages import render_study
+
+    fig = plt.figure(figsize=(1, 1))
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    png = nbformat.v4.new_output("display_data", data={"image/png": base64.b64encode(buffer.getvalue()).decode()})
+    table = nbformat.v4.new_output("display_data", data={"text/html": "<table><tr><td>1</td></tr></table>"})
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_markdown_cell("# Runs study"),
+                executed_cell("setup()", "00", "01", table),  # before any sweep: names nothing
+                executed_cell("sweep_a()", "01", "05"),
+                executed_cell("plot_a()", "05", "06", png, table),
+                executed_cell("sweep_b(); plot_b()", "06", "09", png)]
+    hostile = "runs/<b>x</b>"
+    points = [{"run_dir": "runs/a-1", "logged": "2026-03-02T10:00:04+00:00"},
+              {"run_dir": hostile, "logged": "2026-03-02T10:00:04+00:00"},
+              {"run_dir": "runs/b-1", "logged": "2026-03-02T10:00:08+00:00"}]
+    record = {"name": "runs_study", "title": "Runs study", "preset": "quick", "status": "ok", "error": None,
+              "run_points": points}
+    page = render_study(nb, record, "2026-W10")
+    lists = page.split('<details class="vqalab-runs">')[1:]
+    assert len(lists) == 3  # the figure and table of plot_a, the figure of sweep_b's cell
+    for part in lists[:2]:
+        part = part.split("</details>")[0]
+        assert "2 run folders behind this" in part
+        assert "<code>runs/a-1</code>" in part and "<code>runs/&lt;b&gt;x&lt;/b&gt;</code>" in part
+        assert "<code>vqalab train runs/a-1/params.yaml</code>" in part
+        assert "runs/b-1" not in part
+    last = lists[2].split("</details>")[0]
+    assert "1 run folder behind this" in last and "<code>vqalab train runs/b-1/params.yaml</code>" in last
+    assert "<b>x</b>" not in page

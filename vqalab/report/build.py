@@ -14,7 +14,13 @@ from vqalab.paths import project_root
 from vqalab.provenance import code_fingerprint
 from vqalab.registry import ConfigError
 from vqalab.report.archive import PREVIOUS_DIR, archive_outputs, write_text
-from vqalab.report.data import check_study_data, choose_data, data_record, read_run_log
+from vqalab.report.data import (
+    check_study_data,
+    choose_data,
+    data_record,
+    read_run_log,
+    read_run_points,
+)
 from vqalab.report.execute import (
     LOGS_DIR,
     STATUS_FAILED,
@@ -37,6 +43,7 @@ from vqalab.report.freeze import (
 from vqalab.report.pages import (
     INDEX_FILE,
     REPORT_FILE,
+    RUN_POINTS,
     error_page,
     render_study,
     render_week,
@@ -271,6 +278,7 @@ def run_study(study: dict, *, week_dir: Path, cwd: Path, preset: str, fresh: boo
             record = execute_study(study, out_dir=week_dir, cwd=cwd, preset=preset, runs_root=runs_root,
                                    last_duration=last_duration)
         record["runs"] = read_run_log(run_log)
+        record[RUN_POINTS] = read_run_points(run_log)
     return record
 
 
