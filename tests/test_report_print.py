@@ -199,7 +199,9 @@ def test_post_replaces_a_planted_link_without_following_it(week, tmp_path):
 
 
 def test_markdown_text_escapes_markup():
-    assert markdown_text("a <b>|[x](javascript:y) *z*\n") == "a \\<b\\>\\|\\[x\\]\\(javascript:y\\) \\*z\\*"
+    assert markdown_text("a <b>|[x](javascript:y) *z*\n") == r"a \<b\>\|\[x\](javascript:y) \*z\*"
+    assert markdown_text("# not a heading") == r"\# not a heading"
+    assert markdown_text("- 1 (t-test) & #2") == r"\- 1 (t-test) \& #2"
 
 
 @pytest.mark.parametrize(("section", "message"), [

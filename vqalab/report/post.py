@@ -31,14 +31,17 @@ log = logging.getLogger(__name__)
 POST_DIR = "post"
 POST_FILE = "index.md"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Backslash-escaped in text: CommonMark's markup characters (links, emphasis, tables, HTML, entities).
-MARKDOWN_SPECIAL = set("\\`*_{}[]<>()#+!|&~")
+# Backslash-escaped in text: CommonMark's markup characters (links and images, emphasis, code, tables,
+# HTML, entities); parentheses need none once brackets and ``<`` are escaped.
+MARKDOWN_SPECIAL = set("\\`*_{}[]<>!|&~")
+LINE_START_SPECIAL = set("#+-=")  # a heading, list or rule only where a line's text begins
 
 
 def markdown_text(value) -> str:
     """``value`` as one line of Markdown text: every markup character escaped."""
     text = " ".join(str(value).split())
-    return "".join(f"\\{c}" if c in MARKDOWN_SPECIAL else c for c in text)
+    escaped = "".join(f"\\{c}" if c in MARKDOWN_SPECIAL else c for c in text)
+    return f"\\{escaped}" if escaped[:1] in LINE_START_SPECIAL else escaped
 
 
 def format_value(value) -> str:
