@@ -11,7 +11,7 @@ from PIL import Image
 
 from vqalab.cli import main
 from vqalab.report.pages import render_week
-from vqalab.report.trend import trend_rows, week_summaries
+from vqalab.report.trend import trend_plot, trend_rows, week_summaries
 from vqalab.runs import environment
 
 ENVIRONMENT = {**environment(), "preset": "cpu"}
@@ -87,3 +87,8 @@ def test_one_week_shows_no_trends(tmp_path):
     summary = {**json.loads((tmp_path / "2026-W10" / "summary.json").read_text()), "environment": ENVIRONMENT}
     render_week(only / "2026-W10", summary, None)
     assert 'id="trends"' not in (only / "2026-W10" / "index.html").read_text()
+
+
+def test_a_dollar_in_a_figure_name_is_plotted_as_text():
+    row = {"figure": "$ per run $x^", "values": [1.0, 1.5], "noise": [None, 0.1]}
+    assert trend_plot(["2026-W10", "2026-W11"], row).startswith("data:image/png;base64,")

@@ -102,7 +102,7 @@ def trend_plot(weeks: list[str], row: dict) -> str:
         ax.plot(x, values, marker="o", markersize=3, color="#1f77b4")
         ax.set_xticks(x, [w.split("-", 1)[-1] for w in weeks], fontsize=7)
         ax.tick_params(axis="y", labelsize=7)
-        ax.set_ylabel(row["figure"], fontsize=7)
+        ax.set_ylabel(row["figure"].replace("$", r"\$"), fontsize=7)  # a typed "$" is text, not mathtext
         ax.margins(x=0.1)
         fig.tight_layout()
         buffer = io.BytesIO()
