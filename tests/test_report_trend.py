@@ -90,5 +90,5 @@ def test_one_week_shows_no_trends(tmp_path):
 
 
 def test_a_dollar_in_a_figure_name_is_plotted_as_text():
-    row = {"figure": "$ per run $x^", "values": [1.0, 1.5], "noise": [None, 0.1]}
+    row = {"figure": "cost $x^$ per run", "values": [1.0, 1.5], "noise": [None, 0.1]}
     assert trend_plot(["2026-W10", "2026-W11"], row).startswith("data:image/png;base64,")
