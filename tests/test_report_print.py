@@ -168,6 +168,8 @@ def test_post_front_matter_findings_tables_and_figures(week):
     # every image link resolves to a PNG beside the post; each study has its figure
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", body)
     assert sorted(links) == ["alpha-1.png", "beta-1.png"]
+    alpha = body.split("## Beta study")[0]
+    assert alpha.index("(alpha-1.png)") < alpha.index("| name | score |")  # in the notebook's order
     for link in links:
         assert (week / "post" / link).read_bytes().startswith(b"\x89PNG")
     tags, html = rendered_tags(body)

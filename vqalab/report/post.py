@@ -108,10 +108,11 @@ def markdown_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def notebook_outputs(notebook) -> tuple[list[bytes], list[list[list[str]]]]:
-    """(PNG images, tables) of an executed notebook's outputs, in cell order; findings left out
-    (the post writes them from the summary)."""
-    images, tables = [], []
+def notebook_outputs(notebook) -> list[tuple[str, object]]:
+    """The figures (``("png", bytes)``) and tables (``("table", rows)``) of an executed notebook's
+    outputs, in the order the notebook shows them; findings left out (the post writes them from
+    the summary)."""
+    shown: list[tuple[str, object]] = []
     for cell in notebook.cells if notebook is not None else []:
         for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
             data = output.get("data", {})
@@ -124,13 +125,13 @@ def notebook_outputs(notebook) -> tuple[list[bytes], list[list[list[str]]]]:
                 except (binascii.Error, ValueError):
                     decoded = b""
                 if decoded.startswith(PNG_SIGNATURE):
-                    images.append(decoded)
+                    shown.append(("png", decoded))
             html = data.get("text/html")
             if isinstance(html, list):
                 html = "".join(html)
             if isinstance(html, str):
-                tables += html_tables(html)
-    return images, tables
+                shown += [("table", rows) for rows in html_tables(html)]
+    return shown
 
 
 def front_matter(summary: dict, studies: list[dict]) -> str:
@@ -158,13 +159,15 @@ def study_section(record: dict, week_dir: Path, folder: Path) -> list[str]:
             for name, value in headline.items()]
         lines += [markdown_table(rows), ""]
     notebook = read_notebook(week_dir / record["notebook"]) if record.get("notebook") else None
-    images, tables = notebook_outputs(notebook)
-    for rows in tables:
-        lines += [markdown_table(rows), ""]
-    for number, png in enumerate(images, start=1):
-        name = f"{record['name']}-{number}.png"
-        atomic_write_bytes(folder / name, lambda f, png=png: f.write(png))
-        lines += [f"![{markdown_text(f'Figure {number} of ' + record['title'])}]({name})", ""]
+    figures = 0
+    for kind, content in notebook_outputs(notebook):
+        if kind == "table":
+            lines += [markdown_table(content), ""]
+            continue
+        figures += 1
+        name = f"{record['name']}-{figures}.png"
+        atomic_write_bytes(folder / name, lambda f, png=content: f.write(png))
+        lines += [f"![{markdown_text(f'Figure {figures} of ' + record['title'])}]({name})", ""]
     return lines
 
 
