@@ -38,6 +38,17 @@ def cpu_unless_marked_cuda(request, monkeypatch):
         monkeypatch.setenv("VQALAB_DEVICE", SHELL_DEVICE)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_report_pdf():
+    """A report's PDF costs a Chromium start (seconds on 2 cores) per ``run_report``: tests that do
+    not read it get a stand-in record; tests/test_report_print.py prints for real."""
+    from vqalab.report import build
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(build, "write_pdf", lambda week_dir: {"file": None, "skipped": "not printed in tests"})
+        yield
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return REPO

@@ -40,6 +40,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from vqalab.report import run_report
+    from vqalab.report.build import publish_week
+
+    if args.trend:
+        from vqalab.paths import project_root
+        from vqalab.report.trend import trend_table, week_summaries
+
+        print(trend_table(week_summaries(project_root() / "reports")))
+        return 0
+    if args.pdf or args.post:
+        return publish_week(week=args.week, pdf=args.pdf, post=args.post)
 
     return run_report(preset=args.preset, only=args.only, week=args.week, force=args.force, data=args.data,
                       fresh=args.fresh)
@@ -265,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true",
                    help="retrain every sweep point instead of reusing finished runs of the same config, code and "
                         "data (implies --force)")
+    p.add_argument("--pdf", action="store_true",
+                   help="only print the week's report.html to report.pdf (headless Chromium); no study runs")
+    p.add_argument("--trend", action="store_true",
+                   help="only print each study's headline figure over every week in reports/ as a table; no study runs")
+    p.add_argument("--post", action="store_true",
+                   help="only write the week's blog post reports/<week>/post/ from its notebooks; no study runs")
     p.epilog = ("exit status: 0 every study ran; 1 a study failed; 2 bad command line or params file (nothing "
                 "run); 3 a study was skipped because its data set is missing (see `vqalab data`)")
     p.set_defaults(func=cmd_report)

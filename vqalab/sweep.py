@@ -17,6 +17,7 @@ it as diverged, never as a missing point.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import itertools
 import json
 import logging
@@ -263,11 +264,14 @@ def log_points(rows: list[dict]) -> None:
     path = os.environ.get(RUN_LOG_ENV)
     if not path:
         return
+    # "logged" (UTC, as papermill's cell times): the report finds the cell whose sweep ran the point
+    logged = dt.datetime.now(dt.timezone.utc).isoformat()
     with open(path, "a") as f:
         for row in rows:
             finished = row.get("finished")
             f.write(json.dumps({"run_dir": row["run_dir"], "status": row["status"], "reused": row["reused"],
-                                "finished": finished if isinstance(finished, str) else None}) + "\n")
+                                "finished": finished if isinstance(finished, str) else None,
+                                "logged": logged}) + "\n")
 
 
 def load_curves(df: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.DataFrame:

@@ -10,14 +10,16 @@ no script, style or font fetched from the network). A failing notebook does not 
 The week's folder holds, per study, ``<name>.ipynb`` (executed) and ``<name>.html``, plus
 ``index.html`` (environment, one section per study with its headline findings),
 ``report.html`` (every study in one self-contained file, for mail) and ``summary.json`` (the
-headline figures, read back next week for the "since last week" section). Nothing is
+headline figures, read back next week for the "since last week" section and the trends), ``report.pdf``
+(``report.html`` printed by headless Chromium, when installed) and ``post/`` (the week as a blog
+post in Markdown with its figures as PNG files). Nothing is
 overwritten: running a week again keeps each study whose notebook, preset, training code, own code,
 templates and data are unchanged (``freeze``), re-runs the others (all with ``force``), and their earlier files move to
 ``previous/<timestamp>/`` first.
 
 One job per module: ``weeks`` (ISO weeks), ``presets`` (studies and their checked presets),
 ``execute`` (papermill, findings read back), ``pages`` (nbconvert export, index and report pages),
-``html`` (cleaning notebook outputs), ``since`` (since last week), ``archive`` (writing and
+``html`` (cleaning notebook outputs), ``since`` (since last week), ``trend`` (every week), ``pdf``, ``post``, ``archive`` (writing and
 keeping earlier files), ``freeze`` (which studies a re-run keeps), ``build`` (``run_report``). Where it ran: ``vqalab.runs.environment``.
 """
 

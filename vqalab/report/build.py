@@ -14,7 +14,13 @@ from vqalab.paths import project_root
 from vqalab.provenance import code_fingerprint
 from vqalab.registry import ConfigError
 from vqalab.report.archive import PREVIOUS_DIR, archive_outputs, write_text
-from vqalab.report.data import check_study_data, choose_data, data_record, read_run_log
+from vqalab.report.data import (
+    check_study_data,
+    choose_data,
+    data_record,
+    read_run_log,
+    read_run_points,
+)
 from vqalab.report.execute import (
     LOGS_DIR,
     STATUS_FAILED,
@@ -37,12 +43,15 @@ from vqalab.report.freeze import (
 from vqalab.report.pages import (
     INDEX_FILE,
     REPORT_FILE,
+    RUN_POINTS,
     error_page,
     render_study,
     render_week,
     skipped_page,
 )
-from vqalab.report.presets import RUNS_ROOT_PARAM, plan_studies
+from vqalab.report.pdf import PDF_FILE, write_pdf
+from vqalab.report.post import write_post
+from vqalab.report.presets import REPORT_KEY, RUNS_ROOT_PARAM, plan_studies
 from vqalab.report.since import SUMMARY_FILE, figures_since, last_week_summary, read_summary
 from vqalab.report.weeks import check_week, iso_week
 from vqalab.runs import environment, folder_lock
@@ -170,7 +179,7 @@ def _run_locked(*, plan: list[dict], statuses: dict[str, dict | None], week: str
     if earlier:
         logs = [week_dir / LOGS_DIR / f"{study['name']}.log" for study in to_run]
         # index, report and summary are copied: the week keeps them until the new ones replace them
-        derived = [week_dir / f for f in (INDEX_FILE, REPORT_FILE, SUMMARY_FILE) if (week_dir / f).is_file()]
+        derived = [week_dir / f for f in (INDEX_FILE, REPORT_FILE, PDF_FILE, SUMMARY_FILE) if (week_dir / f).is_file()]
         moved = archive_outputs(week_dir, earlier + [p for p in logs if os.path.lexists(p)], copies=derived)
         log.info("earlier outputs of this week moved to %s", moved)
     week_dir.mkdir(parents=True, exist_ok=True)
@@ -201,12 +210,17 @@ def _run_locked(*, plan: list[dict], statuses: dict[str, dict | None], week: str
                 record.update(environment=env, data=status)
                 render_study_page(record, week_dir, week)
             record.update({FREEZE_KEY: freeze_key(inputs[name]), FREEZE_INPUTS: inputs[name]})
+        record[REPORT_KEY] = study.get(REPORT_KEY) or {}  # the post's front matter words, also for a kept study
         studies[record["name"]] = record
         # summary and index after every study: an interrupted run still shows what finished
         summary = {"week": week, "generated": dt.datetime.now().isoformat(timespec="seconds"),
                    "environment": env, "studies": studies}
         write_text(week_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
         render_week(week_dir, summary, figures_since(last_week, studies))  # last week read once, above
+
+    write_post(week_dir, summary)
+    summary["pdf"] = write_pdf(week_dir)
+    write_text(week_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
 
     failed = [s["name"] for s in plan if studies[s["name"]]["status"] in (STATUS_FAILED, STATUS_TIMED_OUT)]
     skipped = [s["name"] for s in plan if studies[s["name"]]["status"] == STATUS_SKIPPED]
@@ -217,6 +231,38 @@ def _run_locked(*, plan: list[dict], statuses: dict[str, dict | None], week: str
     if skipped:
         log.error("skipped (data set missing): %s; `vqalab data` says what goes where", ", ".join(skipped))
         return EXIT_SKIPPED
+    return EXIT_OK
+
+
+def publish_week(*, week: str | None = None, pdf: bool = True, post: bool = False, root: str | Path | None = None,
+                 reports_dir: str | Path | None = None) -> int:
+    """``vqalab report --pdf`` / ``--post``: write ``report.pdf`` and/or ``post/`` of an already
+    reported week from its files (no study runs).
+
+    Returns ``EXIT_OK``, or ``EXIT_FAILED`` when the PDF was asked for and Chromium is missing or
+    failed (the reason is logged and kept under ``pdf`` in ``summary.json``). ConfigError when the
+    week has no report.
+    """
+    root = Path(root).resolve() if root is not None else project_root()
+    reports_dir = Path(reports_dir) if reports_dir is not None else root / "reports"
+    week = check_week(week) if week else iso_week()
+    check_week_folder(reports_dir, week)
+    week_dir = reports_dir / week
+    if not (week_dir / REPORT_FILE).is_file() or not (week_dir / SUMMARY_FILE).is_file():
+        raise ConfigError(f"{week_dir}: no {REPORT_FILE} and {SUMMARY_FILE} to publish: run `vqalab report "
+                          f"--week {week}` first")
+    with week_lock(reports_dir, week):
+        summary = read_summary(week_dir / SUMMARY_FILE)
+        if post:
+            print(write_post(week_dir, summary))
+        if pdf:
+            summary["pdf"] = write_pdf(week_dir)
+            write_text(week_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
+    if pdf and summary["pdf"]["file"] is None:
+        log.error("%s not written: %s", PDF_FILE, summary["pdf"]["skipped"])
+        return EXIT_FAILED
+    if pdf:
+        print(week_dir / PDF_FILE)
     return EXIT_OK
 
 
@@ -233,6 +279,7 @@ def run_study(study: dict, *, week_dir: Path, cwd: Path, preset: str, fresh: boo
             record = execute_study(study, out_dir=week_dir, cwd=cwd, preset=preset, runs_root=runs_root,
                                    last_duration=last_duration)
         record["runs"] = read_run_log(run_log)
+        record[RUN_POINTS] = read_run_points(run_log)
     return record
 
 

@@ -110,3 +110,10 @@ def read_run_log(path: Path) -> dict:
     dates = sorted(e["finished"][:10] for e in reused if e.get("finished"))
     return {"runs": len(entries), "reused": len(reused), "trained": len(entries) - len(reused),
             "reused_from": dates[0] if dates else None, "reused_to": dates[-1] if dates else None}
+
+
+def read_run_points(path: Path) -> list[dict]:
+    """Each sweep point a study's notebook ran or reused: ``{"run_dir", "logged"}`` (when its sweep
+    logged it, UTC), in the order logged; the study page names them under its figures and tables."""
+    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return [{"run_dir": str(e["run_dir"]), "logged": e.get("logged")} for e in entries]

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import hashlib
+import html
 import itertools
 import math
 import re
 from pathlib import Path
 from typing import Any
 
+import nbformat
+
 from vqalab.config import parameter_rows, yaml_inline
 from vqalab.report.archive import PREVIOUS_DIR, write_text
 from vqalab.report.html import SCOPE_PREFIX, sanitize_html
+from vqalab.report.trend import week_trends
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "report_templates"
 STUDY_TEMPLATE = "vqalab_study"  # nbconvert template: lab page without CDN scripts
 INDEX_FILE = "index.html"
 REPORT_FILE = "report.html"
 BODY_START, BODY_END = "<!-- vqalab:body-start -->", "<!-- vqalab:body-end -->"
+RUN_POINTS = "run_points"  # a study record's sweep points: [{"run_dir", "logged"}]
+RUNS_MIME = "text/html"  # the runs list added under a figure or table goes through sanitize_html too
 
 
 def _study_exporter(study: str):
@@ -45,6 +52,7 @@ def render_study(notebook, record: dict, week: str) -> str:
             raised = any(o.get("output_type") == "error" for o in cell.get("outputs", []))
             # nbconvert drops a cell's source when this flag is set; the failing cell stays readable
             cell.metadata.setdefault("transient", {})["remove_source"] = not raised
+    add_run_lists(nb, record.get(RUN_POINTS) or [])
     nb.metadata["title"] = f"{record['title']} · {week}"
     resources = {"vqalab": {"week": week, "name": record["name"], "preset": record["preset"],
                             "status": record["status"], "error": record.get("error"),
@@ -57,6 +65,52 @@ def render_study(notebook, record: dict, week: str) -> str:
     start += len(BODY_START)
     # once more over the whole body: anything the template let through unscoped is dropped here
     return page[:start] + sanitize_html(page[start:end]) + page[end:]
+
+
+def _cell_time(cell, key: str) -> dt.datetime | None:
+    value = cell.metadata.get("papermill", {}).get(key)
+    try:
+        return dt.datetime.fromisoformat(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _is_figure_or_table(output) -> bool:
+    data = output.get("data", {})
+    markup = data.get("text/html")
+    markup = "".join(markup) if isinstance(markup, list) else markup
+    return "image/png" in data or (isinstance(markup, str) and "<table" in markup.lower())
+
+
+def runs_list(points: list[dict]) -> str:
+    """The collapsed list naming the run folders behind a figure or table, and how to redo one."""
+    folders = list(dict.fromkeys(p["run_dir"] for p in points))
+    items = "".join(f"<li><code>{html.escape(f)}</code></li>" for f in folders)
+    command = html.escape(f"vqalab train {folders[0]}/params.yaml")
+    return (f'<details class="vqalab-runs"><summary>{len(folders)} run folder{"s" if len(folders) != 1 else ""} '
+            f"behind this (the latest sweep before it)</summary><ul>{items}</ul>"
+            f"<p>One point again: <code>{command}</code></p></details>")
+
+
+def add_run_lists(nb, points: list[dict]) -> None:
+    """Under each figure and table output, the run folders of the latest sweep that ran before or in
+    its cell: each point is matched to the cell whose papermill start/end times hold its log time."""
+    logged = [(dt.datetime.fromisoformat(p["logged"]), p) for p in points if p.get("logged")]
+    latest: list[dict] = []
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        start, end = _cell_time(cell, "start_time"), _cell_time(cell, "end_time")
+        own = [p for t, p in logged if start is not None and end is not None and start <= t <= end]
+        latest = own or latest
+        if not latest:
+            continue
+        outputs = []
+        for output in cell.get("outputs", []):
+            outputs.append(output)
+            if _is_figure_or_table(output):
+                outputs.append(nbformat.v4.new_output("display_data", data={RUNS_MIME: runs_list(latest)}))
+        cell.outputs = outputs
 
 
 def split_page(page: str) -> tuple[str, str]:
@@ -120,7 +174,8 @@ def format_duration(seconds: float | None) -> str:
 
 
 def render_week(week_dir: Path, summary: dict, since: dict | None) -> None:
-    """Write ``index.html`` and ``report.html`` of a week from its summary and executed notebooks."""
+    """Write ``index.html`` and ``report.html`` of a week from its summary and executed notebooks
+    (with the trends over every earlier week in ``week_dir``'s parent)."""
     env = _jinja()
     studies = [summary["studies"][name] for name in sorted(summary["studies"])]
     sections, styles = [], ""
@@ -133,6 +188,7 @@ def render_week(week_dir: Path, summary: dict, since: dict | None) -> None:
     previous = week_dir / PREVIOUS_DIR
     archived = sorted(p.name for p in previous.iterdir() if p.is_dir()) if previous.is_dir() else []
     context = {"summary": summary, "studies": studies, "since": since, "parameters": parameter_rows(),
+               "trends": week_trends(week_dir.parent, summary["week"], summary),
                "generated": summary["generated"], "environment": summary["environment"],
                "archived": [f"{PREVIOUS_DIR}/{name}/" for name in archived]}
     write_text(week_dir / INDEX_FILE, env.get_template("index.html.j2").render(**context))

@@ -12,7 +12,11 @@ from vqalab.report.data import DATASET_KWARGS_PARAM, DATASET_PARAM, notebook_def
 
 log = logging.getLogger(__name__)
 
-PARAMS_FILE_KEYS = ("presets",)
+PARAMS_FILE_KEYS = ("presets", "report")
+# The optional ``report:`` section of a study's params file: front matter of the week's blog post
+# (``post/index.md``), lists of words (the post takes each study's, in order, once).
+REPORT_KEY = "report"
+REPORT_FIELDS = ("categories", "tags")
 RUNS_ROOT_PARAM = "runs_root"
 # A preset key that is not a notebook parameter: seconds after which the study is stopped.
 TIME_BUDGET_KEY = "time_budget_s"
@@ -99,6 +103,30 @@ def load_preset(params_file: Path, preset: str, notebook_params: dict[str, dict]
     return values
 
 
+def load_report_section(params_file: Path) -> dict[str, list[str]]:
+    """``report: {categories: [...], tags: [...]}`` of ``params_file`` (both optional; each a list of
+    non-empty strings). ConfigError names the file and key otherwise."""
+    tree = read_yaml(params_file)
+    section = tree.get(REPORT_KEY) if isinstance(tree, dict) else None
+    if section is None:
+        return {field: [] for field in REPORT_FIELDS}
+    if not isinstance(section, dict):
+        raise ConfigError(f"{params_file}: '{REPORT_KEY}' must map {' and '.join(REPORT_FIELDS)} to lists of "
+                          f"words, got {type(section).__name__}")
+    for key in section:
+        if key not in REPORT_FIELDS:
+            raise ConfigError(f"{params_file}: unknown key '{REPORT_KEY}.{key}': "
+                              f"{did_you_mean(str(key), REPORT_FIELDS)}")
+    values = {}
+    for field in REPORT_FIELDS:
+        words = section.get(field) or []
+        if not isinstance(words, list) or not all(isinstance(w, str) and w.strip() for w in words):
+            raise ConfigError(f"{params_file}: {REPORT_KEY}.{field} = {words!r}: expected a list of non-empty "
+                              f"strings, e.g. [lab meeting]")
+        values[field] = [w.strip() for w in words]
+    return values
+
+
 def has_preset(params_file: Path, preset: str) -> bool:
     """Whether ``params_file`` defines ``presets.<preset>`` (malformed files are checked later)."""
     try:
@@ -165,5 +193,5 @@ def plan_studies(*, preset: str, only: list[str] | None, notebooks_dir: Path, pa
         defaults = {k: notebook_default(p) for k, p in notebook_params.items()
                     if k in (DATASET_PARAM, DATASET_KWARGS_PARAM)}  # which data set the study uses
         plan.append({"name": name, "title": title, "notebook": notebook, "params_file": params_file,
-                     "parameters": parameters, "defaults": defaults, "time_budget_s": time_budget_s})
+                     "parameters": parameters, "report": load_report_section(params_file), "defaults": defaults, "time_budget_s": time_budget_s})
     return plan
