@@ -69,6 +69,7 @@ from vqalab.config import RunConfig
 from vqalab.data import DataSplits, build_data
 from vqalab.data.samplers import epoch_batches
 from vqalab.registry import ConfigError
+from vqalab.threads import choose_threads
 from vqalab.train import (
     autocast_context,
     build_model,
@@ -369,11 +370,12 @@ def throughput_sweep(cfg: RunConfig, *, batch_sizes: Sequence[int] = DEFAULT_BAT
     check_model_fits_data(cfg, data)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as in training: fixed shapes, fastest kernels
-    with torch_threads(cfg.train.num_threads):  # as many CPU threads as a run of this config
+    threads = choose_threads(cfg.train.num_threads)  # as a run of this config would choose them
+    with torch_threads(threads.threads):
         options = {"model": cfg.model["name"], "device": str(device), "amp": amp,
                    "channels_last": channels_last, "compile": compile_model,
                    "warmup_steps": warmup_steps, "timed_steps": timed_steps,
-                   "cpu_threads": torch.get_num_threads()}  # on a shared CPU, fewer threads can be faster
+                   "cpu_threads": torch.get_num_threads(), "threads_reason": threads.reason}
         settings = {"data": data, "device": device, "amp": amp, "channels_last": channels_last,
                     "compile_model": compile_model, "warmup_steps": warmup_steps, "timed_steps": timed_steps}
         model_rounds: dict[int, list[dict]] = {b: [] for b in sizes}
@@ -789,7 +791,8 @@ def efficiency_table(configs: Mapping[str, RunConfig] | Sequence[RunConfig], *, 
         if key not in data_cache:
             data_cache[key] = build_data(cfg.data)
         data = data_cache[key]
-        with torch_threads(cfg.train.num_threads):  # as many CPU threads as a run of this config
+        threads = choose_threads(cfg.train.num_threads)  # as a run of this config would choose them
+        with torch_threads(threads.threads):
             flops = flops_report(cfg, batch_size=flops_batch_size, data=data)
             device = select_device(cfg.train.device)
             used_amp = effective_amp(cfg.train.amp if amp is None else amp, device)
