@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 SHARE_ENV = "VQALAB_CPU_SHARE"  # n runs share this machine's cores: each takes cores // n
@@ -137,3 +138,20 @@ def set_interop_threads(threads: int = 1) -> int:
         except RuntimeError:  # already set, or inter-op work already ran: keep what there is
             pass
     return torch.get_num_interop_threads()
+
+
+@contextmanager
+def torch_threads(num_threads: int | None):
+    """Run the block with ``num_threads`` torch CPU threads (None: torch's current setting), then
+    restore the caller's setting: the thread count is process-wide. ``choose_threads`` decides the
+    count; inter-op threads are set to 1 the first time (once per process)."""
+    import torch
+
+    set_interop_threads(1)
+    before = torch.get_num_threads()
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -68,7 +68,7 @@ from vqalab.runs import (
     write_metrics,
 )
 from vqalab.schedules import lr_factor
-from vqalab.threads import choose_threads, set_interop_threads
+from vqalab.threads import choose_threads, set_interop_threads, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -147,21 +147,6 @@ def select_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"train.device = {name!r}: Apple MPS is not available on this machine: use cpu or auto")
     return device
-
-
-@contextmanager
-def torch_threads(num_threads: int | None):
-    """Run the block with ``num_threads`` torch CPU threads (None: torch's current setting), then
-    restore the caller's setting: the thread count is process-wide. ``vqalab.threads.choose_threads``
-    decides the count; inter-op threads are set to 1 the first time (once per process)."""
-    set_interop_threads(1)
-    before = torch.get_num_threads()
-    if num_threads:
-        torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def autocast_context(device: torch.device, amp: str):
