@@ -68,22 +68,42 @@ def read_cpu_times(path: str = PROC_STAT) -> dict[int, tuple[int, int]] | None:
     return times or None
 
 
+@dataclass(frozen=True)
+class CpuSnapshot:
+    """Per-CPU clock ticks, this process's CPU time and the wall clock at one moment."""
+
+    ticks: dict[int, tuple[int, int]]
+    own_s: float
+    wall_s: float
+
+
+def cpu_snapshot() -> CpuSnapshot | None:
+    """Now, for ``others_busy_since``; None where ``/proc/stat`` cannot be read."""
+    ticks = read_cpu_times()
+    return None if ticks is None else CpuSnapshot(ticks, time.process_time(), time.perf_counter())
+
+
+def others_busy_since(before: CpuSnapshot | None, cores: set[int]) -> float | None:
+    """How many of ``cores`` other processes kept busy since ``before`` (this process's own CPU
+    time taken out: its threads, not its child processes); None without a reading."""
+    after = cpu_snapshot()
+    if before is None or after is None or after.wall_s <= before.wall_s:
+        return None
+    busy = 0.0
+    for cpu in cores & before.ticks.keys() & after.ticks.keys():
+        total = after.ticks[cpu][1] - before.ticks[cpu][1]
+        if total > 0:
+            busy += (after.ticks[cpu][0] - before.ticks[cpu][0]) / total
+    return max(0.0, busy - (after.own_s - before.own_s) / (after.wall_s - before.wall_s))
+
+
 def busy_cores(cores: set[int], sample_s: float = SAMPLE_S) -> float | None:
-    """How many of ``cores`` other processes kept busy over the next ``sample_s`` seconds (this
-    process's own CPU time taken out); None where ``/proc/stat`` cannot be read."""
-    before, own_before, t_before = read_cpu_times(), time.process_time(), time.perf_counter()
+    """How many of ``cores`` other processes keep busy, over the next ``sample_s`` seconds."""
+    before = cpu_snapshot()
     if before is None:
         return None
     time.sleep(sample_s)
-    after, own, wall = read_cpu_times(), time.process_time() - own_before, time.perf_counter() - t_before
-    if after is None:
-        return None
-    busy = 0.0
-    for cpu in cores & before.keys() & after.keys():
-        total = after[cpu][1] - before[cpu][1]
-        if total > 0:
-            busy += (after[cpu][0] - before[cpu][0]) / total
-    return max(0.0, busy - own / wall)
+    return others_busy_since(before, cores)
 
 
 def load_average() -> float | None:
