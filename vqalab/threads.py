@@ -70,7 +70,7 @@ def read_cpu_times(path: str = PROC_STAT) -> dict[int, tuple[int, int]] | None:
 
 @dataclass(frozen=True)
 class CpuSnapshot:
-    """Per-CPU clock ticks, this process's CPU time and the wall clock at one moment."""
+    """Per-CPU clock ticks, this process's CPU time (with its ended children's) and the wall clock."""
 
     ticks: dict[int, tuple[int, int]]
     own_s: float
@@ -80,12 +80,15 @@ class CpuSnapshot:
 def cpu_snapshot() -> CpuSnapshot | None:
     """Now, for ``others_busy_since``; None where ``/proc/stat`` cannot be read."""
     ticks = read_cpu_times()
-    return None if ticks is None else CpuSnapshot(ticks, time.process_time(), time.perf_counter())
+    if ticks is None:
+        return None
+    t = os.times()  # this process and its finished child processes (e.g. DataLoader workers)
+    return CpuSnapshot(ticks, t.user + t.system + t.children_user + t.children_system, time.perf_counter())
 
 
 def others_busy_since(before: CpuSnapshot | None, cores: set[int]) -> float | None:
     """How many of ``cores`` other processes kept busy since ``before`` (this process's own CPU
-    time taken out: its threads, not its child processes); None without a reading."""
+    time taken out: its threads, and its child processes once they have ended); None without a reading."""
     after = cpu_snapshot()
     if before is None or after is None or after.wall_s <= before.wall_s:
         return None
