@@ -27,8 +27,9 @@ often bootstrap resamples of the rounds give the same choice; with ``max_rounds`
 rounds until that agreement reaches ``SETTLED_AGREEMENT``. A choice that is not settled is not
 made: the recommendation is then ``None`` with the reason, never a confident wrong size. The same
 holds when the machine was over-subscribed while it was timed: each measurement records how many
-cores other processes kept busy (``/proc/stat``, ``others_busy_max``), and when those plus the
-sweep's threads exceed the cores by more than ``OVERSUBSCRIBED_SLACK`` the timings are those of
+cores other processes kept busy (``/proc/stat``; ``others_busy_median``, ``_max``), and when the
+median of those plus the sweep's threads exceed the cores by more than ``OVERSUBSCRIBED_SLACK``
+(a busy spell in one measurement is the rounds' noise; a steady load is not) the timings are those of
 threads waiting for each other, which favour large batches (the same sweep beside one busy process
 once chose 512 where the quiet machine gave 128).
 
@@ -327,7 +328,9 @@ def summarise_batch_size(batch_size: int, model_rounds: list[dict], e2e_rounds: 
            "peak_memory_mb": max(r["peak_memory_mb"] for r in model_rounds),
            "memory_kind": model_rounds[0]["memory_kind"], "error": ""}
     others = [r["others_busy"] for r in model_rounds if r.get("others_busy") is not None]
-    row["others_busy_max"] = max(others) if others else math.nan  # cores other processes kept busy
+    # cores other processes kept busy during this size's measurements
+    row["others_busy_median"] = float(np.median(others)) if others else math.nan
+    row["others_busy_max"] = max(others) if others else math.nan
     if e2e_rounds:
         row.update(throughput_stats(batch_size, e2e_rounds, prefix="e2e_"))
         # share of an end-to-end step spent outside the model step: loading, augmentation, copies
@@ -520,17 +523,19 @@ def recommendation_agreement(table: pd.DataFrame, fraction: float = RECOMMEND_FR
 
 def oversubscribed_reason(table: pd.DataFrame) -> str | None:
     """Why the timings are not those of the cores the sweep had, if other processes kept more of
-    them busy than the sweep's threads left free (``OVERSUBSCRIBED_SLACK``); None otherwise or
-    without load readings (hand-made tables, no ``/proc/stat``)."""
-    needed = {"others_busy_max", "cpu_threads", "cpu_cores"}
-    if not needed <= set(table.columns) or table["others_busy_max"].isna().all():
+    them busy (the median over the batch sizes of each one's median reading) than the sweep's
+    threads left free (``OVERSUBSCRIBED_SLACK``); None otherwise or without load readings
+    (hand-made tables, no ``/proc/stat``)."""
+    needed = {"others_busy_median", "cpu_threads", "cpu_cores"}
+    if not needed <= set(table.columns) or table["others_busy_median"].isna().all():
         return None
-    busy, threads, cores = float(table["others_busy_max"].max()), int(table["cpu_threads"].max()), int(table["cpu_cores"].max())
+    busy = float(table["others_busy_median"].median())
+    threads, cores = int(table["cpu_threads"].max()), int(table["cpu_cores"].max())
     if busy + threads <= cores + OVERSUBSCRIBED_SLACK:
         return None
-    return (f"other processes kept up to {busy:.1f} of the {cores} cores busy while {threads} thread(s) were "
-            "timed, so the threads waited for each other and the timings favour large batches; measure again "
-            "on a quieter machine (or with a lower train.num_threads)")
+    return (f"other processes kept {busy:.1f} of the {cores} cores busy (median of the measurements) while "
+            f"{threads} thread(s) were timed, so the threads waited for each other and the timings favour large "
+            "batches; measure again on a quieter machine (or with a lower train.num_threads)")
 
 
 def neighbour_agreement(table: pd.DataFrame, fraction: float = RECOMMEND_FRACTION) -> float:
@@ -744,7 +749,7 @@ def choose_batch_size(cfg: RunConfig, data: DataSplits, device: torch.device) ->
         choice = auto_batch_size(table, memory_cap_mb=cap)
         # with the load readings: the recorded rows give the recorded choice, settled or not
         columns = ["batch_size", "status", "samples_per_s", "peak_memory_mb", "memory_kind",
-                   "others_busy_max", "cpu_threads", "cpu_cores"]
+                   "others_busy_median", "others_busy_max", "cpu_threads", "cpu_cores"]
         choice["rows"] = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
                           for row in table[columns].to_dict(orient="records")]  # JSON-ready, exact floats
         _AUTO_CHOICES[key] = choice
