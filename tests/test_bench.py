@@ -652,6 +652,12 @@ def test_efficiency_table_has_one_row_per_model(cfg):
     assert extra_macs == pytest.approx((in_dim + out_dim) * 48)
 
 
+def test_efficiency_table_records_the_thread_choice(cfg):
+    one = build_config({**TINY, "name": "one", "train": {**TINY["train"], "num_threads": 1}})
+    row = bench.efficiency_table({"one": one}, batch_size=4, warmup_steps=0, timed_steps=1).iloc[0]
+    assert (row["cpu_threads"], row["threads_reason"]) == (1, "train.num_threads = 1 (set in the config)")
+
+
 def test_flops_per_sample_at_batch_one_for_an_image_model():
     # A tiny FER model whose last feature map is 1×1: BatchNorm in training mode could not take
     # a batch of one; counting in eval mode can. Without shared images, cost per sample is flat.

@@ -924,5 +924,6 @@ def efficiency_table(configs: Mapping[str, RunConfig] | Sequence[RunConfig], *, 
             "step_time_median_s": sweep["step_time_median_s"], "peak_memory_mb": sweep["peak_memory_mb"],
             "memory_kind": sweep["memory_kind"], "device": str(device), "amp": used_amp,
             "channels_last": channels_last, "compile": compile_model,
+            "cpu_threads": sweep["cpu_threads"], "threads_reason": sweep["threads_reason"],
         })
     return pd.DataFrame(rows)
