@@ -534,8 +534,9 @@ def oversubscribed_reason(table: pd.DataFrame) -> str | None:
     if busy + threads <= cores + OVERSUBSCRIBED_SLACK:
         return None
     return (f"other processes kept {busy:.1f} of the {cores} cores busy (median of the measurements) while "
-            f"{threads} thread(s) were timed, so the threads waited for each other and the timings favour large "
-            "batches; measure again on a quieter machine (or with a lower train.num_threads)")
+            f"{threads} thread(s) were timed: the sweep's threads waited for CPU time, which slows the many short "
+            "steps of small batches most, so the timings favour large batches; measure again on a quieter machine "
+            "(or with a lower train.num_threads)")
 
 
 def neighbour_agreement(table: pd.DataFrame, fraction: float = RECOMMEND_FRACTION) -> float:
