@@ -4,8 +4,9 @@ throughput sweep and the LR range test, recorded with its reason (``summary.json
 
 Asking for every core on a machine others use is the slow choice: torch's intra-op threads meet at
 the end of every parallel operation, so one thread descheduled behind another process stalls the
-others at each of the thousands of small operations of a step (a study on 2 cores beside one busy
-process ran ~25× slower, not 2×). A run therefore takes the cores free to it, in this order:
+others at each of the thousands of small operations of a step (the vqa_models study on 2 cores
+under a load of 4-5 ran ~25× slower than quiet, not ~2.5×). A run therefore takes the cores free
+to it, in this order:
 
 1. ``train.num_threads`` when the config sets it;
 2. a fixed share, ``cores // n``, when n runs share the machine on purpose (``VQALAB_CPU_SHARE=n``,
