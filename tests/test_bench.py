@@ -21,6 +21,7 @@ from vqalab.data.samplers import epoch_batches
 from vqalab.models import create_model
 from vqalab.models.layers import ClassAttention, SelfAttention
 from vqalab.registry import ConfigError
+from vqalab.threads import ThreadChoice
 
 # Lab note 002's batch-size table (images/s): the lab picked 256 by eye.
 LAB_NOTE_002 = {1: 125, 2: 248, 4: 509, 8: 959, 16: 1279, 32: 1359, 64: 1449, 128: 1543, 256: 1591, 512: 1602}
@@ -292,6 +293,7 @@ def failing_allocator(monkeypatch, make_error):
                                         lambda: RuntimeError("CUDA error: out of memory")])
 def test_sweep_records_oom_and_stops_going_up(monkeypatch, cfg, data, make_error):
     built = failing_allocator(monkeypatch, make_error)
+    monkeypatch.setattr(bench, "choose_threads", lambda requested: ThreadChoice(1, "1 free (a fake machine)"))
     rows = bench.throughput_sweep(cfg, batch_sizes=[16, 1, 4, 8, 32], warmup_steps=1, timed_steps=2,
                                   rounds=2, amp="bf16", data=data)
     assert rows["batch_size"].tolist() == [1, 4, 8]  # sorted; 16 and 32 never tried
@@ -308,7 +310,7 @@ def test_sweep_records_oom_and_stops_going_up(monkeypatch, cfg, data, make_error
     assert set(ok["memory_kind"]) == {"cpu_peak_rss"}  # reset per batch size on Linux
     # options are recorded in every row, AMP as actually used (CPU autocast)
     assert set(rows["amp"]) == {"bf16"} and set(rows["channels_last"]) == {False} and set(rows["compile"]) == {False}
-    assert set(rows["cpu_threads"]) == {torch.get_num_threads()}
+    assert set(rows["cpu_threads"]) == {1} and set(rows["threads_reason"]) == {"1 free (a fake machine)"}
     # the model that ran out of memory was released
     assert built[4]() is None
     assert bench.recommend_batch_size(rows)["sentence"].endswith("Batch size 8 ran out of memory.")
@@ -410,7 +412,25 @@ def test_agreement_says_whether_the_choice_is_settled():
     edge = noisy_table({32: 2000, 64: 4050, 128: 4500}, rng, rounds=9, jitter=0.08)
     agreement = bench.recommendation_agreement(edge)
     assert agreement < 0.9
-    assert "not settled, more rounds (or a quieter machine) would be needed" in bench.recommend_batch_size(edge)["sentence"]
+    # the resamples split between 128 (all rounds' choice) and its neighbour 64: settled within a step
+    choices = bench.resampled_choices(edge)
+    assert set(choices) == {64, 128} and np.mean(choices == 128) == pytest.approx(agreement)
+    near = bench.recommend_batch_size(edge)
+    assert near["batch_size"] == 128 and near["settled"] and bench.neighbour_agreement(edge) == 1.0
+    assert near["sentence"].endswith(f"Resampling the rounds gives the same choice {agreement:.0%} of the time, "
+                                     "it or a neighbour 100%.")
+    # heavy noise on a knee: the resamples stray two steps and more, so no size at all, the reason instead
+    blurred = noisy_table(KNEE, np.random.default_rng(5), jitter=0.3)
+    unsettled = bench.recommend_batch_size(blurred)
+    assert unsettled["batch_size"] is None and unsettled["best_batch_size"] is None and not unsettled["settled"]
+    near_share = bench.neighbour_agreement(blurred)
+    assert near_share < 0.9
+    sizes, counts = np.unique(bench.resampled_choices(blurred), return_counts=True)
+    assert unsettled["reason"] == (
+        f"resampling the 5 rounds gives the same size or a neighbour only {near_share:.0%} of the time (resamples "
+        f"choose {', '.join(f'{b} ({c / counts.sum():.0%})' for b, c in zip(sizes, counts))}): the measurement "
+        "noise blurs the plateau's edge; more rounds (--max-rounds) or a quieter machine would settle it")
+    assert unsettled["sentence"] == f"Not settled, so no batch size is recommended: {unsettled['reason']}."
     assert math.isnan(bench.recommendation_agreement(table(LAB_NOTE_002)))  # one round: nothing to resample
     # the vectorised shares of a resample are those of the resampled table
     per_round = np.array(edge["samples_per_s_rounds"].tolist())
@@ -419,6 +439,41 @@ def test_agreement_says_whether_the_choice_is_settled():
     resampled = edge.assign(samples_per_s=np.median(per_round[:, draw], axis=1), samples_per_s_rounds=list(per_round[:, draw]))
     expected_share, expected_noise = bench.relative_to_best(resampled)
     assert share[0] == pytest.approx(expected_share.to_numpy()) and noise[0] == pytest.approx(expected_noise)
+
+
+def with_load(rows: pd.DataFrame, others_busy: float, threads: int = 1, cores: int = 2) -> pd.DataFrame:
+    """A hand-made sweep table with the load readings ``throughput_sweep`` records."""
+    return rows.assign(others_busy_median=others_busy, others_busy_max=others_busy + 0.5, cpu_threads=threads,
+                       cpu_cores=cores)
+
+
+def test_a_clear_plateau_is_recommended_beside_one_busy_core():
+    rng = np.random.default_rng(3)
+    clear = noisy_table(KNEE, rng, jitter=0.02)
+    # one core kept busy by another process, one thread timed on the other: a fair measurement (a burst
+    # to 1.5 cores in some measurement, others_busy_max, is noise the rounds absorb)
+    choice = bench.recommend_batch_size(with_load(clear, others_busy=1.0))
+    assert choice["batch_size"] == 64 and choice["settled"] and choice["reason"] is None
+    assert choice == bench.recommend_batch_size(clear)  # no readings (hand-made table): the same rule
+
+
+def test_an_oversubscribed_sweep_recommends_no_size():
+    # two threads beside one busy core: small batches stall most, so the curve keeps rising and the
+    # rule alone would confidently pick 512 (the quiet machine's answer is 128)
+    rising = noisy_table({32: 1500, 64: 2300, 128: 3000, 256: 3600, 512: 4200}, np.random.default_rng(4),
+                         jitter=0.01, load=0.05)
+    assert bench.recommend_batch_size(rising)["batch_size"] == 512
+    choice = bench.recommend_batch_size(with_load(rising, others_busy=1.02, threads=2))
+    assert choice["batch_size"] is None and choice["best_batch_size"] is None and not choice["settled"]
+    assert choice["reason"].startswith("other processes kept 1.0 of the 2 cores busy (median of the measurements) "
+                                       "while 2 thread(s) were timed")
+    assert choice["sentence"].startswith("Not settled, so no batch size is recommended: other processes kept")
+    # within the slack (half a core) the timings stand
+    assert bench.recommend_batch_size(with_load(rising, others_busy=0.45, threads=2))["batch_size"] == 512
+    # an out-of-memory row is still reported
+    with_oom = pd.concat([with_load(rising, 1.5), pd.DataFrame([{"batch_size": 1024, "status": "oom",
+                                                                  "samples_per_s": math.nan}])])
+    assert bench.recommend_batch_size(with_oom)["sentence"].endswith("Batch size 1024 ran out of memory.")
 
 
 def fake_measurements(monkeypatch, samples_per_s: dict, jitter: float, seed: int = 0) -> None:
@@ -449,10 +504,14 @@ def test_sweep_adds_rounds_until_the_choice_is_settled(monkeypatch, cfg, data):
 def test_recommendation_picks_a_clearly_best_size_through_heavy_noise():
     clear = {16: 1000, 32: 1500, 64: 1600, 128: 2600, 256: 1500}
     rng = np.random.default_rng(1)
-    for _ in range(100):
-        choice = bench.recommend_batch_size(noisy_table(clear, rng, load=0.5, jitter=0.1))
-        assert choice["batch_size"] == 128 == choice["best_batch_size"]
-        assert "it gives the best throughput" in choice["sentence"]
+    choices = [bench.recommend_batch_size(noisy_table(clear, rng, load=0.5, jitter=0.1)) for _ in range(100)]
+    for choice in choices:  # 128 whenever the five rounds settle it, never another size
+        if choice["settled"]:
+            assert choice["batch_size"] == 128 == choice["best_batch_size"]
+            assert "it gives the best throughput" in choice["sentence"]
+        else:
+            assert choice["batch_size"] is None and "resampling the 5 rounds" in choice["reason"]
+    assert sum(c["settled"] for c in choices) == 96
 
 
 def test_noise_widens_the_band_of_sizes_counted_as_equally_fast():
@@ -539,7 +598,8 @@ def test_bench_flops_cli_prints_json(capsys):
     assert 2 * report["forward_flops"] < report["train_flops"] <= 3 * report["forward_flops"]
 
 
-def test_bench_throughput_cli_json(capsys):
+def test_bench_throughput_cli_json(capsys, monkeypatch):
+    monkeypatch.setattr(bench, "others_busy_since", lambda snapshot, cores: 0.0)  # a quiet machine
     argv = ["bench", "throughput", "--model", "vqa_mean_mlp", "--set", "model.cnn_channels=[4,8,8]",
             "--set", "data.max_train_samples=32", "--set", "train.device=cpu", "--batch-sizes", "4", "2",
             "--warmup", "0", "--steps", "1", "--rounds", "2", "--json"]
@@ -552,6 +612,26 @@ def test_bench_throughput_cli_json(capsys):
     assert out["recommendation"]["best_batch_size"] == best["batch_size"]
     assert out["limit"]["batch_size"] == out["recommendation"]["batch_size"]
     assert out["limit"]["limit"] in {"model step", "input pipeline"}
+
+
+def test_bench_throughput_cli_json_says_not_settled_with_no_size(capsys, monkeypatch):
+    fake_measurements(monkeypatch, {2: 100.0, 4: 190.0}, jitter=0.0)
+    monkeypatch.setattr(bench, "others_busy_since", lambda snapshot, cores: 1.7)  # a busy machine
+    monkeypatch.setattr(bench, "choose_threads", lambda requested: ThreadChoice(1, "1 free (a fake machine)"))
+    monkeypatch.setattr(bench, "affinity_cores", lambda: {0, 1})
+    argv = ["bench", "throughput", "--model", "vqa_mean_mlp", "--set", "model.cnn_channels=[4,8,8]",
+            "--set", "data.max_train_samples=32", "--set", "train.device=cpu", "--batch-sizes", "4", "2",
+            "--warmup", "0", "--steps", "1", "--rounds", "2", "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["recommended_batch_size"] is None and out["recommendation"]["batch_size"] is None
+    assert out["reason"] == out["recommendation"]["reason"]
+    assert out["reason"].startswith("other processes kept 1.7 of the 2 cores busy (median of the measurements) "
+                                    "while 1 thread(s)")
+    assert out["limit"] is None
+    assert [(r["others_busy_median"], r["others_busy_max"]) for r in out["rows"]] == [(1.7, 1.7)] * 2
+    assert main(argv[:-1]) == 0  # the text form says so in its sentence
+    assert "Not settled, so no batch size is recommended: other processes kept" in capsys.readouterr().out
 
 
 def test_bench_cli_rejects_a_model_without_matching_data(capsys):
@@ -570,6 +650,12 @@ def test_efficiency_table_has_one_row_per_model(cfg):
     assert extra_params == (in_dim + out_dim + 1) * 48
     extra_macs = (rows["forward_gmacs_per_sample"].iloc[1] - rows["forward_gmacs_per_sample"].iloc[0]) * 1e9
     assert extra_macs == pytest.approx((in_dim + out_dim) * 48)
+
+
+def test_efficiency_table_records_the_thread_choice(cfg):
+    one = build_config({**TINY, "name": "one", "train": {**TINY["train"], "num_threads": 1}})
+    row = bench.efficiency_table({"one": one}, batch_size=4, warmup_steps=0, timed_steps=1).iloc[0]
+    assert (row["cpu_threads"], row["threads_reason"]) == (1, "train.num_threads = 1 (set in the config)")
 
 
 def test_flops_per_sample_at_batch_one_for_an_image_model():
@@ -612,6 +698,20 @@ def test_auto_batch_size_is_the_largest_on_the_plateau_under_the_memory_cap():
     assert auto_batch_size(table, memory_cap_mb=120)["batch_size"] == 8
     with pytest.raises(ConfigError, match="no batch size .* fits under 50 MiB .*the smallest needs 100 MiB"):
         auto_batch_size(table, memory_cap_mb=50)
+
+
+def test_auto_batch_size_falls_back_to_the_default_when_the_timings_are_not_settled():
+    table = _table([(64, "ok", 100.0, 100.0), (128, "ok", 150.0, 150.0), (256, "ok", 200.0, 250.0),
+                    (512, "ok", 260.0, 450.0)]).assign(others_busy_median=1.6, cpu_threads=1, cpu_cores=2)
+    choice = auto_batch_size(table, memory_cap_mb=1000)  # the timings would say 512
+    assert choice["batch_size"] == 128 and not choice["settled"]  # the default train.batch_size
+    assert choice["reason"].startswith("other processes kept 1.6 of the 2 cores busy")
+    assert choice["sentence"].startswith("batch size 128: the timings are not settled (other processes")
+    assert "the default train.batch_size (128) or the largest measured size below it" in choice["sentence"]
+    assert auto_batch_size(table[table["batch_size"] != 128], memory_cap_mb=1000)["batch_size"] == 64
+    assert auto_batch_size(table[table["batch_size"] > 128], memory_cap_mb=1000)["batch_size"] == 256
+    settled = auto_batch_size(table.assign(others_busy_median=0.2), memory_cap_mb=1000)
+    assert settled["batch_size"] == 512 and settled["settled"] and settled["reason"] is None
 
 
 def test_batch_size_auto_is_measured_before_training_and_recorded(tmp_path, monkeypatch, data):

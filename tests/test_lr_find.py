@@ -148,9 +148,13 @@ def test_range_test_runs_with_the_configured_threads_and_restores_them(cfg, data
     model = train.build_model(cfg, data, torch.device("cpu"))
     model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
     one = build_config({**TINY, "train": {**TINY["train"], "num_threads": threads}})
-    lr_find.lr_range_test(one, num_steps=2, data=data, model=model, optimizer=torch.optim.SGD(model.parameters()))
+    result = lr_find.lr_range_test(one, num_steps=2, data=data, model=model,
+                                   optimizer=torch.optim.SGD(model.parameters()))
     assert seen == [threads, threads]
     assert torch.get_num_threads() == before
+    # the record says how many and why
+    assert result.settings["threads"] == threads
+    assert result.settings["threads_reason"] == f"train.num_threads = {threads} (set in the config)"
 
 
 def test_range_test_stops_when_the_loss_explodes(cfg, data):

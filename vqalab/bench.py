@@ -24,7 +24,14 @@ treats sizes whose median ratio lies within the measured noise of those ratios a
 and takes the smallest of them. Repeating the measurement then gives the same answer unless a
 size's true throughput sits near the edge of that band. The sentence states the noise and how
 often bootstrap resamples of the rounds give the same choice; with ``max_rounds`` the sweep adds
-rounds until that agreement reaches ``SETTLED_AGREEMENT``.
+rounds until that agreement reaches ``SETTLED_AGREEMENT``. A choice that is not settled is not
+made: the recommendation is then ``None`` with the reason, never a confident wrong size. The same
+holds when the machine was over-subscribed while it was timed: each measurement records how many
+cores other processes kept busy (``/proc/stat``; ``others_busy_median``, ``_max``), and when the
+median of those plus the sweep's threads exceed the cores by more than ``OVERSUBSCRIBED_SLACK``
+(a busy spell in one measurement is the rounds' noise; a steady load is not) the timings are those of
+threads waiting for each other, which favour large batches (the same sweep beside one busy process
+once chose 512 where the quiet machine gave 128).
 
 Memory: on a GPU the CUDA allocator's ``max_memory_allocated`` after ``reset_peak_memory_stats``
 (tensors only, not the allocator's cache); on the CPU the process's peak resident set size
@@ -65,10 +72,11 @@ from torch.utils.flop_counter import (
     sdpa_flop_count,
 )
 
-from vqalab.config import RunConfig
+from vqalab.config import RunConfig, TrainConfig
 from vqalab.data import DataSplits, build_data
 from vqalab.data.samplers import epoch_batches
 from vqalab.registry import ConfigError
+from vqalab.threads import affinity_cores, choose_threads, cpu_snapshot, others_busy_since
 from vqalab.train import (
     autocast_context,
     build_model,
@@ -94,7 +102,8 @@ DEFAULT_BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 RECOMMEND_FRACTION = 0.90
 DEFAULT_ROUNDS = 5  # interleaved timing rounds per batch size: enough for a median and an IQR
 BOOTSTRAP_RESAMPLES = 200  # resamples of the rounds that judge how settled a recommendation is
-SETTLED_AGREEMENT = 0.9  # with max_rounds: stop adding rounds once this share of resamples agrees
+SETTLED_AGREEMENT = 0.9  # a choice is settled when this share of resamples agrees (max_rounds: stop there)
+OVERSUBSCRIBED_SLACK = 0.5  # cores: others' load + the sweep's threads above cores + this: not settled
 REPRESENTATIVE_BATCHES = 8  # distinct training batches cycled through when timing the model step
 AMP_CHOICES = ("off", "bf16", "fp16")
 P95 = 95  # percentile reported next to the median step time
@@ -317,6 +326,10 @@ def summarise_batch_size(batch_size: int, model_rounds: list[dict], e2e_rounds: 
            "step_time_mean_s": float(np.mean(times)),
            "peak_memory_mb": max(r["peak_memory_mb"] for r in model_rounds),
            "memory_kind": model_rounds[0]["memory_kind"], "error": ""}
+    others = [r["others_busy"] for r in model_rounds if r.get("others_busy") is not None]
+    # cores other processes kept busy during this size's measurements
+    row["others_busy_median"] = float(np.median(others)) if others else math.nan
+    row["others_busy_max"] = max(others) if others else math.nan
     if e2e_rounds:
         row.update(throughput_stats(batch_size, e2e_rounds, prefix="e2e_"))
         # share of an end-to-end step spent outside the model step: loading, augmentation, copies
@@ -370,11 +383,13 @@ def throughput_sweep(cfg: RunConfig, *, batch_sizes: Sequence[int] = DEFAULT_BAT
     check_model_fits_data(cfg, data)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as in training: fixed shapes, fastest kernels
-    with torch_threads(cfg.train.num_threads):  # as many CPU threads as a run of this config
+    threads = choose_threads(cfg.train.num_threads)  # as a run of this config would choose them
+    with torch_threads(threads.threads):
         options = {"model": cfg.model["name"], "device": str(device), "amp": amp,
                    "channels_last": channels_last, "compile": compile_model,
                    "warmup_steps": warmup_steps, "timed_steps": timed_steps,
-                   "cpu_threads": torch.get_num_threads()}  # on a shared CPU, fewer threads can be faster
+                   "cpu_threads": torch.get_num_threads(), "threads_reason": threads.reason,
+                   "cpu_cores": len(affinity_cores())}
         settings = {"data": data, "device": device, "amp": amp, "channels_last": channels_last,
                     "compile_model": compile_model, "warmup_steps": warmup_steps, "timed_steps": timed_steps}
         model_rounds: dict[int, list[dict]] = {b: [] for b in sizes}
@@ -403,8 +418,10 @@ def throughput_sweep(cfg: RunConfig, *, batch_sizes: Sequence[int] = DEFAULT_BAT
                     continue
                 failure = ""
                 try:
+                    snapshot = cpu_snapshot()  # the load of other processes during this measurement
                     measured = measure_training(cfg, batch_size, **settings)
                     e2e = measure_end_to_end(cfg, batch_size, **settings) if end_to_end else None
+                    measured["others_busy"] = others_busy_since(snapshot, affinity_cores())
                 except Exception as err:
                     if not is_out_of_memory(err):
                         raise
@@ -473,23 +490,87 @@ def recommended_row(ok: pd.DataFrame, fraction: float) -> tuple[Any, pd.Series, 
     return ok.loc[tied, "batch_size"].idxmin(), share, noise, tolerance
 
 
-def recommendation_agreement(table: pd.DataFrame, fraction: float = RECOMMEND_FRACTION, *,
-                             resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> float:
-    """How settled the recommendation is: the share of bootstrap resamples of the rounds (drawn with
-    replacement, the same rounds for every batch size, so pairs stay paired) that choose the same
-    batch size as all rounds do. NaN without per-round values or with fewer than two rounds."""
+def resampled_choices(table: pd.DataFrame, fraction: float = RECOMMEND_FRACTION, *,
+                      resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> np.ndarray | None:
+    """The batch size each bootstrap resample of the rounds would recommend (rounds drawn with
+    replacement, the same rounds for every batch size, so pairs stay paired), shape (resamples,).
+    None without per-round values or with fewer than two rounds."""
     ok = table[(table["status"] == "ok") & table["samples_per_s"].notna()].sort_values("batch_size")
     if ok.empty or "samples_per_s_rounds" not in ok or len({len(r) for r in ok["samples_per_s_rounds"]}) != 1:
-        return math.nan
+        return None
     per_round = np.array(ok["samples_per_s_rounds"].tolist(), dtype=float)  # (sizes, rounds)
     if per_round.shape[1] < 2:
-        return math.nan
-    chosen = ok.index.get_loc(recommended_row(ok, fraction)[0])
+        return None
     draws = np.random.default_rng(seed).integers(0, per_round.shape[1], (resamples, per_round.shape[1]))
     share, noise = paired_shares(per_round[:, draws].transpose(1, 0, 2))  # (resamples, sizes), (resamples,)
     tolerance = np.maximum(1 - fraction, noise)
     tied = share >= 1 - tolerance[:, None] - 1e-12
-    return float(np.mean(np.argmax(tied, axis=1) == chosen))  # sizes ascending: the first tied is the smallest
+    sizes = ok["batch_size"].to_numpy()
+    return sizes[np.argmax(tied, axis=1)]  # sizes ascending: the first tied is the smallest
+
+
+def recommendation_agreement(table: pd.DataFrame, fraction: float = RECOMMEND_FRACTION, *,
+                             resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> float:
+    """How settled the recommendation is: the share of bootstrap resamples of the rounds
+    (``resampled_choices``) that choose the same batch size as all rounds do. NaN without
+    per-round values or with fewer than two rounds."""
+    choices = resampled_choices(table, fraction, resamples=resamples, seed=seed)
+    if choices is None:
+        return math.nan
+    ok = table[(table["status"] == "ok") & table["samples_per_s"].notna()].sort_values("batch_size")
+    chosen = ok.loc[recommended_row(ok, fraction)[0], "batch_size"]
+    return float(np.mean(choices == chosen))
+
+
+def oversubscribed_reason(table: pd.DataFrame) -> str | None:
+    """Why the timings are not those of the cores the sweep had, if other processes kept more of
+    them busy (the median over the batch sizes of each one's median reading) than the sweep's
+    threads left free (``OVERSUBSCRIBED_SLACK``); None otherwise or without load readings
+    (hand-made tables, no ``/proc/stat``)."""
+    needed = {"others_busy_median", "cpu_threads", "cpu_cores"}
+    if not needed <= set(table.columns) or table["others_busy_median"].isna().all():
+        return None
+    busy = float(table["others_busy_median"].median())
+    threads, cores = int(table["cpu_threads"].max()), int(table["cpu_cores"].max())
+    if busy + threads <= cores + OVERSUBSCRIBED_SLACK:
+        return None
+    return (f"other processes kept {busy:.1f} of the {cores} cores busy (median of the measurements) while "
+            f"{threads} thread(s) were timed: the sweep's threads waited for CPU time, which slows the many short "
+            "steps of small batches most, so the timings favour large batches; measure again on a quieter machine "
+            "(or with a lower train.num_threads)")
+
+
+def neighbour_agreement(table: pd.DataFrame, fraction: float = RECOMMEND_FRACTION) -> float:
+    """The share of bootstrap resamples of the rounds (``resampled_choices``) that choose the same
+    batch size as all rounds do or a neighbour of it on the measured ladder (the next smaller or
+    larger size timed). NaN without per-round values or with fewer than two rounds."""
+    choices = resampled_choices(table, fraction)
+    if choices is None:
+        return math.nan
+    ok = table[(table["status"] == "ok") & table["samples_per_s"].notna()].sort_values("batch_size")
+    ladder = ok["batch_size"].tolist()
+    at = ladder.index(ok.loc[recommended_row(ok, fraction)[0], "batch_size"])
+    return float(np.isin(choices, ladder[max(0, at - 1):at + 2]).mean())
+
+
+def unsettled_reason(table: pd.DataFrame, fraction: float = RECOMMEND_FRACTION) -> str | None:
+    """Why no batch size can be recommended from these timings, or None when the choice is settled:
+    the machine was over-subscribed while timed, or fewer than ``SETTLED_AGREEMENT`` of the
+    bootstrap resamples of the rounds choose the same size or a neighbour of it
+    (``neighbour_agreement``: the plateau's edge is lost in the noise, so a second sweep could land
+    two steps away)."""
+    loaded = oversubscribed_reason(table)
+    if loaded is not None:
+        return loaded
+    near = neighbour_agreement(table, fraction)
+    if not math.isfinite(near) or near >= SETTLED_AGREEMENT:
+        return None
+    sizes, counts = np.unique(resampled_choices(table, fraction), return_counts=True)
+    spread = ", ".join(f"{int(b)} ({c / counts.sum():.0%})" for b, c in zip(sizes, counts))
+    rounds = int(table["rounds"].max()) if "rounds" in table else 1
+    return (f"resampling the {rounds} rounds gives the same size or a neighbour only {near:.0%} of the "
+            f"time (resamples choose {spread}): the measurement noise blurs the plateau's edge; more rounds "
+            "(--max-rounds) or a quieter machine would settle it")
 
 
 def recommend_batch_size(table: pd.DataFrame, fraction: float = RECOMMEND_FRACTION) -> dict:
@@ -501,17 +582,30 @@ def recommend_batch_size(table: pd.DataFrame, fraction: float = RECOMMEND_FRACTI
     optimizer steps). ``tolerance`` is the larger of the measured noise of the shares and
     ``1 - fraction`` (the share of the best throughput worth giving up even without noise).
     Returns the choice, the best point, the noise, how settled the choice is
-    (``recommendation_agreement``) and a sentence saying so.
+    (``recommendation_agreement``) and a sentence saying so. When it is not settled
+    (``unsettled_reason``: the resamples of the rounds stray beyond the chosen size's neighbours,
+    or the machine was over-subscribed while timed),
+    ``batch_size`` and ``best_batch_size`` are None, ``settled`` is False and ``reason`` says why.
     """
     if not 0 < fraction <= 1:
         raise ConfigError(f"fraction = {fraction}: expected 0 < fraction ≤ 1")
     ok = table[(table["status"] == "ok") & table["samples_per_s"].notna()].sort_values("batch_size")
     if ok.empty:
+        reason = "no batch size completed a training step"
         return {"batch_size": None, "samples_per_s": math.nan, "best_batch_size": None,
                 "best_samples_per_s": math.nan, "fraction_of_best": math.nan, "threshold": fraction,
-                "noise": math.nan, "tolerance": math.nan, "agreement": math.nan,
-                "sentence": "No batch size completed a training step, so none is recommended."}
+                "noise": math.nan, "tolerance": math.nan, "agreement": math.nan, "settled": False,
+                "reason": reason, "sentence": "No batch size completed a training step, so none is recommended."}
     index, share, noise, tolerance = recommended_row(ok, fraction)
+    oom = table[table["status"] == "oom"]
+    oom_text = f" Batch size {int(oom['batch_size'].iloc[0])} ran out of memory." if not oom.empty else ""
+    reason = unsettled_reason(table, fraction)
+    if reason is not None:  # no size at all: a confident wrong one is worse than none
+        return {"batch_size": None, "samples_per_s": math.nan, "best_batch_size": None,
+                "best_samples_per_s": math.nan, "fraction_of_best": math.nan, "threshold": fraction,
+                "noise": noise, "tolerance": tolerance, "agreement": recommendation_agreement(ok, fraction),
+                "settled": False, "reason": reason,
+                "sentence": f"Not settled, so no batch size is recommended: {reason}.{oom_text}"}
     chosen, best = ok.loc[index], ok.loc[ok["samples_per_s"].idxmax()]
     chosen_share = float(share[index])
     agreement = recommendation_agreement(ok, fraction)
@@ -530,14 +624,12 @@ def recommend_batch_size(table: pd.DataFrame, fraction: float = RECOMMEND_FRACTI
     if math.isfinite(agreement):
         sentence += (f" Resampling the rounds gives the same choice {agreement:.0%} of the time"
                      + ("." if agreement >= SETTLED_AGREEMENT else
-                        ": not settled, more rounds (or a quieter machine) would be needed."))
-    oom = table[table["status"] == "oom"]
-    if not oom.empty:
-        sentence += f" Batch size {int(oom['batch_size'].iloc[0])} ran out of memory."
+                        f", it or a neighbour {neighbour_agreement(ok, fraction):.0%}."))
+    sentence += oom_text
     return {"batch_size": int(chosen["batch_size"]), "samples_per_s": float(chosen["samples_per_s"]),
             "best_batch_size": int(best["batch_size"]), "best_samples_per_s": float(best["samples_per_s"]),
             "fraction_of_best": chosen_share, "threshold": fraction, "noise": noise, "tolerance": tolerance,
-            "agreement": agreement, "sentence": sentence}
+            "agreement": agreement, "settled": True, "reason": None, "sentence": sentence}
 
 
 def format_throughput_table(table: pd.DataFrame) -> str:
@@ -602,6 +694,10 @@ def auto_batch_size(table: pd.DataFrame, *, memory_cap_mb: float, fraction: floa
     The plateau: batch sizes reaching ``fraction`` of the best throughput among those that fit
     under ``memory_cap_mb``. Past the plateau's start a larger batch costs little speed, and the
     largest one that fits keeps the lab's large-batch settings where the memory allows them.
+    When the machine was over-subscribed while timed (``oversubscribed_reason``) the plateau cannot
+    be placed: the default ``train.batch_size`` is taken instead (or the largest measured size
+    below it that fits; the smallest that fits if none is below), with ``settled`` False and the
+    reason in the choice (the run's ``summary.json``) and the log.
     """
     ok = table[(table["status"] == "ok") & table["samples_per_s"].notna()]
     fits = ok[ok["peak_memory_mb"] <= memory_cap_mb].sort_values("batch_size")
@@ -611,11 +707,22 @@ def auto_batch_size(table: pd.DataFrame, *, memory_cap_mb: float, fraction: floa
                           f"{memory_cap_mb:.0f} MiB (train.max_memory_fraction of the device; the smallest "
                           f"needs {smallest}): raise train.max_memory_fraction or set train.batch_size")
     best = float(fits["samples_per_s"].max())
+    reason = oversubscribed_reason(table)
+    if reason is not None:  # the timings cannot place the plateau; the memory readings still hold
+        default = TrainConfig.model_fields["batch_size"].default
+        below = fits[fits["batch_size"] <= default]
+        chosen = (below if len(below) else fits).iloc[-1 if len(below) else 0]
+        return {"batch_size": int(chosen["batch_size"]), "samples_per_s": float(chosen["samples_per_s"]),
+                "peak_memory_mb": float(chosen["peak_memory_mb"]), "best_samples_per_s": best,
+                "memory_cap_mb": float(memory_cap_mb), "fraction": fraction, "settled": False, "reason": reason,
+                "sentence": f"batch size {int(chosen['batch_size'])}: the timings are not settled ({reason}), so "
+                            f"the default train.batch_size ({default}) or the largest measured size below it that "
+                            f"fits under {memory_cap_mb:.0f} MiB ({float(chosen['peak_memory_mb']):.0f} MiB at its peak)"}
     plateau = fits[fits["samples_per_s"] >= fraction * best]
     chosen = plateau.iloc[-1]
     return {"batch_size": int(chosen["batch_size"]), "samples_per_s": float(chosen["samples_per_s"]),
             "peak_memory_mb": float(chosen["peak_memory_mb"]), "best_samples_per_s": best,
-            "memory_cap_mb": float(memory_cap_mb), "fraction": fraction,
+            "memory_cap_mb": float(memory_cap_mb), "fraction": fraction, "settled": True, "reason": None,
             "sentence": f"batch size {int(chosen['batch_size'])}: the largest within {fraction:.0%} of the best "
                         f"throughput ({best:.0f} samples/s) using at most {memory_cap_mb:.0f} MiB at its peak "
                         f"({float(chosen['peak_memory_mb']):.0f} MiB)"}
@@ -643,11 +750,13 @@ def choose_batch_size(cfg: RunConfig, data: DataSplits, device: torch.device) ->
                                  data=data)  # amp, channels_last and compile as the run's
         release_memory(device)
         choice = auto_batch_size(table, memory_cap_mb=cap)
-        columns = ["batch_size", "status", "samples_per_s", "peak_memory_mb", "memory_kind"]
+        # with the load readings: the recorded rows give the recorded choice, settled or not
+        columns = ["batch_size", "status", "samples_per_s", "peak_memory_mb", "memory_kind",
+                   "others_busy_median", "others_busy_max", "cpu_threads", "cpu_cores"]
         choice["rows"] = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
                           for row in table[columns].to_dict(orient="records")]  # JSON-ready, exact floats
         _AUTO_CHOICES[key] = choice
-        log.info("train.batch_size auto: %s", choice["sentence"])
+        (log.info if choice["settled"] else log.warning)("train.batch_size auto: %s", choice["sentence"])
     return dict(_AUTO_CHOICES[key])
 
 
@@ -793,7 +902,8 @@ def efficiency_table(configs: Mapping[str, RunConfig] | Sequence[RunConfig], *, 
         if key not in data_cache:
             data_cache[key] = build_data(cfg.data)
         data = data_cache[key]
-        with torch_threads(cfg.train.num_threads):  # as many CPU threads as a run of this config
+        threads = choose_threads(cfg.train.num_threads)  # as a run of this config would choose them
+        with torch_threads(threads.threads):
             flops = flops_report(cfg, batch_size=flops_batch_size, data=data)
             device = select_device(cfg.train.device)
             used_amp = effective_amp(cfg.train.amp if amp is None else amp, device)
@@ -822,5 +932,6 @@ def efficiency_table(configs: Mapping[str, RunConfig] | Sequence[RunConfig], *, 
             "step_time_median_s": sweep["step_time_median_s"], "peak_memory_mb": sweep["peak_memory_mb"],
             "memory_kind": sweep["memory_kind"], "device": str(device), "amp": used_amp,
             "channels_last": used_channels_last, "compile": used_compile,
+            "cpu_threads": sweep["cpu_threads"], "threads_reason": sweep["threads_reason"],
         })
     return pd.DataFrame(rows)

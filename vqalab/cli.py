@@ -102,13 +102,15 @@ def cmd_bench_throughput(args: argparse.Namespace) -> int:
     limit = (limiting_part(table, choice["batch_size"])
              if choice["batch_size"] is not None and not args.model_only else None)
     if args.json:
-        print(json.dumps({"rows": json.loads(table.to_json(orient="records")), "recommendation": choice,
+        # recommended_batch_size is null when the choice is not settled; reason then says why
+        print(json.dumps({"recommended_batch_size": choice["batch_size"], "reason": choice["reason"],
+                          "rows": json.loads(table.to_json(orient="records")), "recommendation": choice,
                           "limit": limit}, indent=2))
     else:
         print(format_throughput_table(table))
-        print(f"device {table['device'].iloc[0]} (torch CPU threads {table['cpu_threads'].iloc[0]}), amp "
-              f"{table['amp'].iloc[0]}, channels_last {table['channels_last'].iloc[0]}, "
-              f"compile {table['compile'].iloc[0]}; "
+        print(f"device {table['device'].iloc[0]} (torch CPU threads {table['cpu_threads'].iloc[0]}: "
+              f"{table['threads_reason'].iloc[0]}), amp {table['amp'].iloc[0]}, "
+              f"channels_last {table['channels_last'].iloc[0]}, compile {table['compile'].iloc[0]}; "
               f"{int(table['rounds'].max())} rounds of {args.warmup} warm-up + {args.steps} timed steps per batch size")
         print(choice["sentence"])
         if limit is not None:

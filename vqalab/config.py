@@ -249,7 +249,7 @@ class TrainConfig(Section):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field("default", description="torch.compile mode, with train.compile")
     device: str = Field("auto", description="auto ($VQALAB_DEVICE when set, else CUDA when available, else CPU), cpu, cuda, cuda:N, mps")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes", json_schema_extra=_range("0 … CPU cores"))
-    num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads during the run (None: torch's default); 1 is often fastest for small models on a shared CPU", json_schema_extra=_range("1 … CPU cores"))
+    num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads during the run (None: the cores free to it: affinity less other processes' load, or its share of the machine; recorded in summary.json)", json_schema_extra=_range("1 … CPU cores"))
     early_stop_patience: Optional[int] = Field(None, ge=1, description="stop after this many epochs without improvement (None: off)")
     early_stop_metric: Literal["val_acc", "val_loss"] = Field("val_acc", description="metric watched for the best epoch and early stopping")
     checkpoint_every: int = Field(1, ge=1, description="write a checkpoint every N epochs (and always at the last)")

@@ -38,6 +38,7 @@ from vqalab.bench import choose_batch_size, loader_batches
 from vqalab.config import RunConfig
 from vqalab.data import DataSplits, build_data
 from vqalab.registry import ConfigError
+from vqalab.threads import choose_threads
 from vqalab.train import (
     build_model,
     build_optimizer,
@@ -201,7 +202,8 @@ def lr_range_test(cfg: RunConfig, *, min_lr: float = DEFAULT_MIN_LR, max_lr: flo
         raise ValueError("pass both model and optimizer, or neither")
     # A given model stays where it is; a built one goes to the configured device.
     device = select_device(cfg.train.device) if model is None else next(model.parameters()).device
-    with torch_threads(cfg.train.num_threads):  # as many CPU threads as a run of this config
+    threads = choose_threads(cfg.train.num_threads)  # as a run of this config would choose them
+    with torch_threads(threads.threads):
         data = data or build_data(cfg.data)
         if cfg.train.batch_size == "auto":  # the batch size the run would train with
             cfg = cfg.model_copy(deep=True)
@@ -266,7 +268,7 @@ def lr_range_test(cfg: RunConfig, *, min_lr: float = DEFAULT_MIN_LR, max_lr: flo
     settings = {"model": cfg.model["name"], "optimizer": cfg.optim.name, "batch_size": cfg.train.batch_size,
                 "min_lr": min_lr, "max_lr": max_lr, "num_steps": num_steps, "beta": beta,
                 "diverge_factor": diverge_factor, "centred_window_decades": CENTRED_WINDOW_DECADES,
-                "device": str(device), "seed": cfg.seed, **execution_fields(cfg)}
+                "device": str(device), "seed": cfg.seed, **execution_fields(cfg), **threads.record()}
     return LRFindResult(history=history, suggestions=suggestions, stop_reason=stop_reason, settings=settings)
 
 

@@ -50,6 +50,7 @@ from vqalab.config import RunConfig, read_yaml
 from vqalab.paths import resolve
 from vqalab.registry import ConfigError, mask_secrets, short_repr
 from vqalab.sweep import SweepPoint, expand_grid, find_finished, finished_runs, sweep_row
+from vqalab.threads import SHARE_ENV, affinity_cores
 from vqalab.train import FINISHED_STATUSES
 
 log = logging.getLogger(__name__)
@@ -396,8 +397,10 @@ def make_lanes(devices: list[str] | None, slots: int) -> list[Lane]:
         return [Lane(f"cuda:{d}", {"CUDA_VISIBLE_DEVICES": str(d)}) for d in devices]
     if slots < 1:
         raise ConfigError(f"--slots {slots}: expected at least 1")
-    threads = max(1, (os.cpu_count() or 1) // slots)  # the slots share the cores, none oversubscribed
-    return [Lane(f"cpu{i}", {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+    # The slots share the cores, none oversubscribed: each run takes its share (vqalab.threads).
+    threads = max(1, len(affinity_cores()) // slots)
+    return [Lane(f"cpu{i}", {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+                             SHARE_ENV: str(slots)})
             for i in range(slots)]
 
 

@@ -70,6 +70,7 @@ from vqalab.runs import (
     write_metrics,
 )
 from vqalab.schedules import lr_factor
+from vqalab.threads import choose_threads, set_interop_threads, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -156,19 +157,6 @@ def select_device(name: str) -> torch.device:
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"{asked}: Apple MPS is not available on this machine: use cpu or auto")
     return device
-
-
-@contextmanager
-def torch_threads(num_threads: int | None):
-    """Run the block with ``num_threads`` torch CPU threads (None: torch's current setting), then
-    restore the caller's setting: the thread count is process-wide."""
-    before = torch.get_num_threads()
-    if num_threads:
-        torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -678,6 +666,9 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
         optimizer, lambda step: lr_factor(step, cfg.schedule, steps_per_epoch, total_steps))
 
     n_params = sum(p.numel() for p in model.parameters())
+    threads = choose_threads(cfg.train.num_threads)  # the cores free to this run, and why
+    thread_fields = {**threads.record(), "interop_threads": set_interop_threads(1)}
+    log.info("CPU threads: %d (%s)", threads.threads, threads.reason)
     history: list[dict] = []
     best_confusion: torch.Tensor | None = None
     step, start_epoch = 0, 1
@@ -690,7 +681,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "data": data.info, "task": data.task, "data_identity": data_status(cfg.data).identity(),
             "code_fingerprint": code_fingerprint(), "weight_files": weight_files, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **execution_fields(cfg), **environment(device),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **execution_fields(cfg), **environment(device), **thread_fields,
             **distributed.summary_fields(cfg.train.batch_size, cfg.train.grad_accum_steps),
         }
 
@@ -724,7 +715,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
             stale.unlink(missing_ok=True)  # a save cut short by the interruption
         for stale_key in ("interrupted_by", "resume_command"):
             summary.pop(stale_key, None)  # from the interruption being resumed
-        summary.update(status="running", error=None, **execution_fields(cfg), **environment(device),
+        summary.update(status="running", error=None, **execution_fields(cfg), **environment(device), **thread_fields,
                        **distributed.summary_fields(cfg.train.batch_size, cfg.train.grad_accum_steps))
         summary.setdefault("resumed", []).append(
             {"from_epoch": start_epoch - 1, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -745,7 +736,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
     t_run = time.perf_counter()
     monitor = RunMonitor(run_dir, every_n_steps=cfg.train.log_every_steps,
                          enabled=cfg.train.tensorboard and distributed.is_main(), start_step=step)
-    with torch_threads(cfg.train.num_threads):
+    with torch_threads(threads.threads):
         try:
             done = bool(history) and (should_stop_early(history, cfg) or bool(max_steps and step >= max_steps))
             for epoch in range(start_epoch, cfg.train.epochs + 1):

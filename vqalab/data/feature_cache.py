@@ -59,6 +59,7 @@ from vqalab.data import (
 from vqalab.devices import auto_device_name
 from vqalab.paths import cache_dir, resolve_data
 from vqalab.registry import ConfigError
+from vqalab.threads import choose_threads, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +216,11 @@ def cached_image_features(dataset: Dataset, *, split: str, source_name: str, enc
         net.to(dev)
         t0 = time.perf_counter()
         shape = tuple(net(dataset[first[int(ids[0])]]["image"][None].to(dev)).shape[1:])  # (D, h, w)
-        folder = cache.store(key, ids, shape, lambda out: encode_images(dataset, first, ids, net, out, batch_size, dev))
+        threads = choose_threads()  # on a shared machine the encoder takes only the free cores
+        log.info("feature cache: %d CPU threads (%s)", threads.threads, threads.reason)
+        with torch_threads(threads.threads):
+            folder = cache.store(key, ids, shape,
+                                 lambda out: encode_images(dataset, first, ids, net, out, batch_size, dev))
         log.info("feature cache: encoded %d %s images with %s in %.1f s -> %s", len(ids), split, encoder,
                  time.perf_counter() - t0, folder)
         stored = cache.load(key)
