@@ -586,10 +586,14 @@ def resolve_auto_batch(cfg: RunConfig, data: DataSplits, device: torch.device,
     if cfg.train.batch_size != "auto":
         return None
     if point is not None and point.summary.get("batch_size_auto"):
-        return point.summary["batch_size_auto"]
-    from vqalab.bench import choose_batch_size  # bench builds on this module's training step
+        choice = point.summary["batch_size_auto"]
+    elif distributed.is_main():
+        from vqalab.bench import choose_batch_size  # bench builds on this module's training step
 
-    return choose_batch_size(cfg, data, device)
+        choice = choose_batch_size(cfg, data, device)
+    else:
+        choice = None  # measured on rank 0 only: every rank must train the same number of steps
+    return distributed.from_main(choice)
 
 
 def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | None = None,
@@ -622,6 +626,7 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
             if point.summary is not None and point.summary.get("status") in FINISHED_STATUSES:
                 log.info("run %s already %s: nothing to resume", point.run_dir, point.summary["status"])
                 return RunResult(run_dir=point.run_dir, summary=point.summary)
+            distributed.check_resume(point.run_dir, point.summary)  # the same number of processes
         else:
             runs.check_writable_folder(cfg.runs_root, "runs_root")
         return _train(cfg, data, device, point, held, on_start)
@@ -653,6 +658,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
     with weight_files_off() if point is not None and point.checkpoint is not None else nullcontext():
         model = build_model(cfg, data, device)  # channels_last and torch.compile as configured
     module = uncompiled(model)  # what checkpoints save and load
+    distributed.sync_batchnorm(module, device, model_name)  # under DDP: SyncBatchNorm, in place (or refused)
     optimizer = build_optimizer(model, cfg)
     scaler = make_grad_scaler(device, cfg.train.amp)
 
@@ -826,6 +832,8 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
     model.train()
     accum = cfg.train.grad_accum_steps
     batches = distributed.epoch_batches(len(data.train), cfg.train.batch_size, cfg.seed, epoch, data.train_groups)
+    # this rank's share of each global batch (1.0 in one process): the DDP step is the global mean's
+    weights = distributed.loss_weights(len(data.train), cfg.train.batch_size, cfg.seed, epoch, data.train_groups)
     loader = make_loader(data.train, batches, data, cfg, device)
     alpha = cfg.train.mixup_alpha
     mix_rng = np.random.default_rng([cfg.seed, epoch, MIXUP_STREAM]) if alpha > 0 else None
@@ -846,12 +854,13 @@ def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: 
         if mix_rng is not None:
             batch, lam, perm = mix_batch(batch, mix_rng, alpha)
             mix = (lam, perm)
-        loss = micro_batch_loss(model, batch, input_keys=data.input_keys, task=data.task, cfg=cfg,
-                                device=device, amp=cfg.train.amp, mix=mix)
-        lr = optimizer.param_groups[0]["lr"]
-        if not distributed.all_finite(loss):  # every rank stops at the same step
-            raise Diverged(step, lr, "loss", epoch)
-        scaler.scale(loss / (group_end - group_start)).backward()
+        with distributed.no_sync(model, sync=i + 1 == group_end):  # one gradient all-reduce per step
+            loss = micro_batch_loss(model, batch, input_keys=data.input_keys, task=data.task, cfg=cfg,
+                                    device=device, amp=cfg.train.amp, mix=mix)
+            lr = optimizer.param_groups[0]["lr"]
+            if not distributed.all_finite(loss):  # every rank stops at the same step
+                raise Diverged(step, lr, "loss", epoch)
+            scaler.scale(loss * weights[i] / (group_end - group_start)).backward()
         n = batch[data.input_keys[0]].shape[0]  # items in this micro-batch (segmentation has no targets)
         loss_value = loss.item()
         loss_sum += loss_value * n
