@@ -180,12 +180,13 @@ def from_main(value):
     return box[0]
 
 
-def check_resume(run_dir: Path, summary: dict) -> None:
+def check_resume(run_dir: Path, summary: dict | None) -> None:
     """Refuse to resume ``run_dir`` with another number of processes than it started with: the
     global batch, the batch order and the LR schedule's steps per epoch would change mid-run.
 
     Checked before the process group is joined (torchrun's ``WORLD_SIZE``). A summary without
-    ``world_size`` (written before DDP runs recorded it) was one process.
+    ``world_size`` (written before DDP runs recorded it) was one process; none (missing, rebuilt
+    from the checkpoint on resume): nothing to check against.
     """
     if not summary:
         return
