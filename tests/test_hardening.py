@@ -616,6 +616,14 @@ def test_a_missing_or_corrupt_summary_is_rebuilt_from_the_checkpoint(finished, t
     assert table["name"].tolist() == ["tiny"] and table["model"].tolist() == ["vqa_mean_mlp"]
 
 
+def test_a_lost_summary_of_an_auto_batch_run_is_refused_not_measured_again(tmp_path, data):
+    """The batch size ``auto`` chose lived in summary.json: measuring again could choose another."""
+    point = train.ResumePoint(run_dir=tmp_path, summary=None, checkpoint=tmp_path / "checkpoints" / "epoch_001.pt")
+    with pytest.raises(ConfigError, match=rf"resume {tmp_path}: summary.json held the batch size .* and it is lost: "
+                                          "set train.batch_size"):
+        train.resolve_auto_batch(tiny_config(tmp_path, batch_size="auto"), data, torch.device("cpu"), point)
+
+
 def test_a_corrupt_summary_without_a_checkpoint_is_refused(finished, tmp_path, data):
     import shutil
 

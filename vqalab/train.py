@@ -585,6 +585,11 @@ def resolve_auto_batch(cfg: RunConfig, data: DataSplits, device: torch.device,
     the batch size it started with, so its batch order is unchanged. None for a fixed batch size."""
     if cfg.train.batch_size != "auto":
         return None
+    if point is not None and point.summary is None and point.checkpoint is not None:
+        # The choice lived in the lost summary.json; measuring again may choose another size,
+        # which would change the batch order and the schedule mid-run.
+        raise ConfigError(f"resume {point.run_dir}: summary.json held the batch size train.batch_size auto chose, "
+                          "and it is lost: set train.batch_size to the size the run trained with, or start again")
     if point is not None and point.summary.get("batch_size_auto"):
         choice = point.summary["batch_size_auto"]
     elif distributed.is_main():
