@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from vqalab import bench, runs, train
+from vqalab import bench, engine, runs, train
 from vqalab.config import RunConfig
 
 EXACT_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_acc", "lr"]
@@ -67,7 +67,7 @@ def fit_watched(monkeypatch, cfg: RunConfig, data=None, *, resume=None) -> tuple
 
 def assert_autocast_ran(watch: StepWatch, amp: str) -> None:
     """Every Linear of the training steps computed in the AMP dtype (fp32 with amp off)."""
-    want = train.AMP_DTYPES.get(amp, torch.float32)
+    want = engine.AMP_DTYPES.get(amp, torch.float32)
     assert watch.linear_dtypes == {want}, f"amp {amp}: Linear outputs were {watch.linear_dtypes}"
 
 
@@ -85,7 +85,7 @@ def assert_summary_records(summary: dict, *, amp: str, channels_last: bool, devi
 
 
 def assert_scaler_skips_an_inf_step(cfg: RunConfig, data, device: torch.device) -> None:
-    """The loop's fp16 step (``train.training_step``) with an inf gradient: the enabled GradScaler
+    """The loop's fp16 step (``engine.training_step``) with an inf gradient: the enabled GradScaler
     skips it (parameters and optimizer state untouched), halves its scale and restarts its growth
     count; the next, finite step applies at the lowered scale."""
     train.seed_everything(cfg.seed)
@@ -100,7 +100,7 @@ def assert_scaler_skips_an_inf_step(cfg: RunConfig, data, device: torch.device) 
     scale = scaler.get_scale()
 
     def step():
-        return train.training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, task=data.task, cfg=cfg,
+        return engine.training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, task=data.task, cfg=cfg,
                                    device=device, amp="fp16")
 
     loss, grad_norm = step()

@@ -11,7 +11,7 @@ from conftest import TINY
 from device_checks import interrupt_in_epoch
 from torch import nn
 
-from vqalab import bench, lr_find, runs, train
+from vqalab import bench, engine, lr_find, runs, train
 from vqalab.config import build_config
 from vqalab.data import build_data
 from vqalab.registry import ConfigError
@@ -142,7 +142,7 @@ def test_inductor_steps_like_eager_on_the_cpu(family):
         model = train.build_model(cfg, data, torch.device("cpu"), compile_model=compiled)
         optimizer = train.build_optimizer(model, cfg)
         graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        loss, grad_norm = train.training_step(model, optimizer, train.make_grad_scaler(torch.device("cpu"), "off"),
+        loss, grad_norm = engine.training_step(model, optimizer, train.make_grad_scaler(torch.device("cpu"), "off"),
                                               batch, input_keys=data.input_keys, task=data.task, cfg=cfg, device=torch.device("cpu"),
                                               amp="off")
         assert (torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs_before) == compiled

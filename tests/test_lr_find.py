@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 from conftest import TINY
-from vqalab import bench, lr_find, train
+
+from vqalab import bench, engine, lr_find, train
 from vqalab.cli import main
 from vqalab.config import build_config
 from vqalab.registry import ConfigError
@@ -118,7 +119,7 @@ def test_range_test_restores_model_and_optimizer_exactly(cfg, data):
     batch = bench.fixed_batch(data, 8, cfg.seed)
     scaler = train.make_grad_scaler(device, "off")
     for _ in range(2):
-        train.training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, task=data.task, cfg=cfg,
+        engine.training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, task=data.task, cfg=cfg,
                             device=device, amp="off")
     model.eval()
     before = state_snapshot(model, optimizer)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from vqalab import runs, train
+from vqalab import engine, runs, train
 from vqalab.cli import main as cli_main
 from vqalab.config import build_config
 from vqalab.data import build_data
@@ -111,6 +111,7 @@ def test_reference_run_writes_a_complete_run_folder(reference):
 
 CHILD = textwrap.dedent("""
     import json, os, signal, sys
+    import vqalab.engine as engine
     import vqalab.train as train
     from vqalab.config import build_config
 
@@ -127,7 +128,7 @@ CHILD = textwrap.dedent("""
 
     def epoch_then_kill(*args, **kwargs):
         if args[7] == kill_epoch:  # train_one_epoch(model, opt, sched, scaler, data, cfg, device, epoch, step)
-            train.compute_loss = killing_loss
+            engine.compute_loss = train.compute_loss = killing_loss  # the step's and validation's
         return original_epoch(*args, **kwargs)
 
     train.train_one_epoch = epoch_then_kill
@@ -248,7 +249,8 @@ def test_forced_nan_loss_stops_the_run_as_diverged_with_step_and_lr(tmp_path, da
                 return loss * math.nan
         return loss
 
-    monkeypatch.setattr(train, "compute_loss", nan_on_tenth_training_call)
+    monkeypatch.setattr(engine, "compute_loss", nan_on_tenth_training_call)  # the training step's
+    monkeypatch.setattr(train, "compute_loss", nan_on_tenth_training_call)  # validation's
     result = fit(cfg, data=data)
     s = json.loads((result.run_dir / "summary.json").read_text())
     assert s["status"] == "diverged"

@@ -8,7 +8,7 @@ Two throughputs per batch size:
   the number of distinct images per batch (VQA models encode each distinct image once) are what
   training sees, not those of one repeated batch. If B exceeds the training split, indices wrap
   around and a warning says so.
-- end to end: the same step fed by the training loop's own loader (``train.make_loader``:
+- end to end: the same step fed by the training loop's own loader (``engine.make_loader``:
   loading, augmentation, collation, ``train.num_workers``) and the host-to-device copy.
 The gap between the two is the share of an end-to-end step spent outside the model step; the
 table says which one limits. Gradient accumulation and mixup are not applied (one micro-batch is
@@ -68,8 +68,7 @@ from torch.utils.flop_counter import (
 from vqalab.config import RunConfig
 from vqalab.data import DataSplits, build_data
 from vqalab.data.samplers import epoch_batches
-from vqalab.registry import ConfigError
-from vqalab.train import (
+from vqalab.engine import (
     autocast_context,
     build_model,
     build_optimizer,
@@ -84,6 +83,7 @@ from vqalab.train import (
     torch_threads,
     training_step,
 )
+from vqalab.registry import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 
 def effective_amp(amp: str, device: torch.device) -> str:
     """The AMP setting the step runs with: autocast applies on CUDA and the CPU alike
-    (``train.autocast_context``); refused when unknown."""
+    (``engine.autocast_context``); refused when unknown."""
     if amp not in AMP_CHOICES:
         raise ConfigError(f"amp = {amp!r}: expected one of {', '.join(AMP_CHOICES)}")
     return amp

@@ -37,11 +37,9 @@ from vqalab import runs
 from vqalab.bench import choose_batch_size, loader_batches
 from vqalab.config import RunConfig
 from vqalab.data import DataSplits, build_data
-from vqalab.registry import ConfigError
-from vqalab.train import (
+from vqalab.engine import (
     build_model,
     build_optimizer,
-    execution_fields,
     make_grad_scaler,
     seed_everything,
     select_device,
@@ -49,6 +47,8 @@ from vqalab.train import (
     torch_threads,
     training_step,
 )
+from vqalab.registry import ConfigError
+from vqalab.train import execution_fields
 
 log = logging.getLogger(__name__)
 

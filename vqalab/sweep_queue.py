@@ -48,7 +48,7 @@ from vqalab import runs
 from vqalab.config import RunConfig, read_yaml
 from vqalab.paths import resolve
 from vqalab.registry import ConfigError
-from vqalab.sweep import SweepPoint, expand_grid, find_finished, finished_runs, sweep_row
+from vqalab.sweep_points import SweepPoint, expand_grid, find_finished, finished_runs, sweep_row
 from vqalab.train import FINISHED_STATUSES
 
 log = logging.getLogger(__name__)
