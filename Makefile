@@ -24,8 +24,10 @@ report: venv
 test: venv
 	$(BIN)/python -m pytest -q
 
+# ruff, then the layers of docs/ARCHITECTURE.md (import-linter contracts in pyproject.toml)
 lint: venv
 	$(BIN)/ruff check vqalab tests benchmarks
+	$(BIN)/lint-imports
 
 clean-venv:
 	rm -rf $(VENV)

@@ -33,6 +33,7 @@ NOT_RESULT_CODE = {
     "monitor.py": "TensorBoard view of a run (metrics.csv and summary.json are written by train.py and runs.py)",
     "provenance.py": "computes this fingerprint",
     "bench.py": "imported only for batch_size auto, whose measured choice is recorded in the run's summary",
+    "devices.py": "what train.device auto means here; the config hash holds the resolved device type",
 }
 
 HASH_CHUNK = 1 << 20  # bytes read at a time when hashing a file

@@ -41,7 +41,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from vqalab.data import DataSplits, DataStatus, fixed_subset, register_dataset, register_status, short_hash
+from vqalab.data import (
+    DataSplits,
+    DataStatus,
+    fixed_subset,
+    register_dataset,
+    register_status,
+    short_hash,
+)
 from vqalab.data.easy_vqa import collate_vqa
 from vqalab.data.graphs import (
     GRAPH_INPUT_KEYS,
