@@ -186,7 +186,7 @@ class PassThroughScaler:
         pass
 
     def is_enabled(self) -> bool:
-        return True  # train.optimizer_step then steps without testing the norm
+        return True  # engine.optimizer_step then steps without testing the norm
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         optimizer.step()
