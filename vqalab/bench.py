@@ -150,10 +150,6 @@ def loader_batches(data: DataSplits, cfg: RunConfig, device: torch.device, batch
         epoch += 1
 
 
-def batch_on_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
-    return to_device(batch, device, channels_last)
-
-
 def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"params_total": sum(p.numel() for p in model.parameters()),
             "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
@@ -255,7 +251,7 @@ def measure_training(cfg: RunConfig, batch_size: int, *, data: DataSplits, devic
     Returns the step times (s), the peak memory (MiB) and what that memory measures.
     """
     model, optimizer, scaler = fresh_training_state(cfg, data, device, amp, channels_last, compile_model)
-    batches = itertools.cycle([batch_on_device(b, device, channels_last)
+    batches = itertools.cycle([to_device(b, device, channels_last)
                                for b in training_batches_at(data, batch_size, cfg.seed, num_batches)])
 
     def step():
@@ -281,7 +277,7 @@ def measure_end_to_end(cfg: RunConfig, batch_size: int, *, data: DataSplits, dev
     batches = loader_batches(data, cfg, device, batch_size)
 
     def step():
-        batch = batch_on_device(next(batches), device, channels_last)
+        batch = to_device(next(batches), device, channels_last)
         training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, task=data.task, cfg=cfg,
                       device=device, amp=amp)
 
@@ -801,7 +797,7 @@ def efficiency_table(configs: Mapping[str, RunConfig] | Sequence[RunConfig], *, 
             used_compile = cfg.train.compile if compile_model is None else compile_model
             seed_everything(cfg.seed)
             model = build_model(cfg, data, device, channels_last=used_channels_last, compile_model=used_compile)
-            latency_inputs = batch_on_device(fixed_batch(data, latency_batch_size, cfg.seed), device,
+            latency_inputs = to_device(fixed_batch(data, latency_batch_size, cfg.seed), device,
                                              used_channels_last)
             latency = measure_latency(model, {k: latency_inputs[k] for k in data.input_keys}, device,
                                       warmup=warmup_steps, repeats=timed_steps, amp=used_amp)

@@ -62,7 +62,6 @@ from vqalab.registry import ConfigError
 
 log = logging.getLogger(__name__)
 
-STRUCTURAL_TYPES = ("verify", "query", "choose", "logical", "compare")
 OBJECT_KEYS = {"name": str, "x": (int, float), "y": (int, float), "w": (int, float), "h": (int, float)}
 
 
