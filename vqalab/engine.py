@@ -3,8 +3,9 @@
 (``build_model``: the one model builder), the GradScaler, one micro-batch's loss, the optimizer step
 (unscale → clip → step), ``training_step``, batches to the device and the loader.
 
-It sits below the training loop and the measurement tools alike, so that ``train`` can call
-``bench`` (``batch_size: auto``) and ``bench`` can time this step without either importing the other.
+It sits below the training loop and the measurement tools alike: ``bench`` times the loop's own
+step without importing ``train``, and ``train`` calls ``bench.choose_batch_size`` for
+``batch_size: auto`` without an import circle (docs/ARCHITECTURE.md, "Layers").
 """
 
 from __future__ import annotations

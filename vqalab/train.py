@@ -341,7 +341,7 @@ def resolve_auto_batch(cfg: RunConfig, data: DataSplits, device: torch.device,
         return None
     if point is not None and point.summary.get("batch_size_auto"):
         return point.summary["batch_size_auto"]
-    from vqalab.bench import choose_batch_size  # bench builds on this module's training step
+    from vqalab.bench import choose_batch_size  # bench (pandas, FLOP counting) loads only for auto
 
     return choose_batch_size(cfg, data, device)
 
