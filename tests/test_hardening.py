@@ -4,6 +4,7 @@ file, key or value; signals, locks, disk full and damaged run files end in a cle
 import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -509,3 +510,530 @@ def test_a_sweep_checks_runs_root_before_loading_data_and_stops_on_a_full_disk(t
     with pytest.raises(runs.DiskFullError, match="no space left on device while writing"):
         sweep_module.sweep(tiny_config(tmp_path / "runs").to_dict(), {"optim.lr": [1e-3, 1e-2]}, data=data)
     assert len(calls) == 1  # not once per point
+
+
+# --- resume is the run it claims ----------------------------------------------------------------
+
+def resume_cli(run_dir, capsys):
+    """``vqalab train --resume RUN``: the config is the folder's own params.yaml."""
+    code = cli_main(["train", "--resume", str(run_dir), "--no-progress"])
+    return code, capsys.readouterr().err.strip()
+
+
+@pytest.mark.parametrize("key, value, recorded", [
+    ("data.max_train_samples", 4, 32),
+    ("optim.lr", 0.5, 0.001),
+])
+def test_an_edited_params_yaml_is_refused_on_resume_naming_key_and_both_values(finished, tmp_path, data,
+                                                                             monkeypatch, capsys, key, value, recorded):
+    from vqalab.config import set_dotted
+
+    run_dir = unfinished_copy(finished, tmp_path)
+    params = load_config(run_dir / "params.yaml").to_dict()
+    set_dotted(params, key, value)
+    runs.write_yaml(run_dir / "params.yaml", params)
+    monkeypatch.setattr(train, "build_data", lambda *a, **k: pytest.fail("data loaded before the check"))
+    code, err = resume_cli(run_dir, capsys)
+    assert code == 2 and "\n" not in err and "Traceback" not in err
+    assert err == (f"error: resume {run_dir}: params.yaml differs from what the run trained with (checkpoint "
+                   f"epoch_003.pt): {key} is {value!r} in params.yaml but {recorded!r} in the checkpoint: restore "
+                   "params.yaml, or start a new run")
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"  # nothing rewritten
+
+
+@pytest.fixture(scope="module")
+def other_runs(data, tmp_path_factory):
+    """One-epoch runs of another seed and of another model, whose files get copied into a run."""
+    root = tmp_path_factory.mktemp("others")
+    seed = tiny_config(root, epochs=1).model_copy(update={"seed": 2})
+    model = build_config({**tiny_config(root, epochs=1).to_dict(),
+                          "model": {**tiny_config(root).model, "name": "vqa_lstm_mlp"}})
+    return {"seed": train.fit(seed, data=data).run_dir, "model.name": train.fit(model, data=data).run_dir}
+
+
+@pytest.mark.parametrize("key, ours, theirs", [("seed", 1, 2), ("model.name", "vqa_mean_mlp", "vqa_lstm_mlp")])
+def test_another_runs_checkpoint_and_metrics_copied_in_are_refused(finished, other_runs, tmp_path, data, key,
+                                                                   ours, theirs):
+    import shutil
+
+    run_dir = unfinished_copy(finished, tmp_path)
+    shutil.rmtree(run_dir / "checkpoints")
+    shutil.copytree(other_runs[key] / "checkpoints", run_dir / "checkpoints")
+    shutil.copy(other_runs[key] / "metrics.csv", run_dir / "metrics.csv")
+    with pytest.raises(ConfigError, match=rf"resume {run_dir}: params.yaml differs from what the run trained with "
+                                          r"\(checkpoint epoch_001\.pt\): .*"
+                                          rf"{key} is {ours!r} in params.yaml but {theirs!r} in the checkpoint"):
+        train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+
+
+def test_another_runs_summary_copied_in_is_refused(finished, other_runs, tmp_path, data):
+    import shutil
+
+    run_dir = unfinished_copy(finished, tmp_path)
+    shutil.copy(other_runs["seed"] / "summary.json", run_dir / "summary.json")
+    with pytest.raises(ConfigError, match=rf"resume {run_dir}: seed is 1 in params.yaml but 2 in summary\.json "
+                                          r"\(recorded at the start\)"):
+        train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+
+
+def test_an_edited_params_yaml_without_a_checkpoint_is_refused_by_the_recorded_hash(finished, tmp_path, data):
+    import shutil
+
+    run_dir = unfinished_copy(finished, tmp_path)
+    shutil.rmtree(run_dir / "checkpoints")  # killed before its first checkpoint
+    edited = tiny_config(finished.run_dir.parents[1], epochs=5)
+    runs.write_yaml(run_dir / "params.yaml", edited.to_dict())
+    with pytest.raises(ConfigError, match=rf"resume {run_dir}: params.yaml \(or a weights file it names\) changed after the "
+                                          rf"run started: its "
+                                          rf"config_hash is {runs.config_hash(edited)}, summary.json recorded "
+                                          rf"{runs.config_hash(tiny_config('x'))}"):
+        train.fit(edited, data=data, resume=run_dir)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    ("delete", "summary.json is missing"),
+    ("garbage", r"summary.json: not valid JSON \(Expecting value at line 1 column 1\)"),
+    ("stripped", "summary.json lacks experiment, name, seed, model, config_hash"),
+])
+def test_a_missing_or_corrupt_summary_is_rebuilt_from_the_checkpoint(finished, tmp_path, data, damage, reason):
+    from vqalab.results import runs_table
+
+    run_dir = unfinished_copy(finished, tmp_path)
+    summary_file = run_dir / "summary.json"
+    if damage == "delete":
+        summary_file.unlink()
+    else:
+        summary_file.write_text("garbage{" if damage == "garbage" else '{"status": "running"}')
+    result = train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+    rebuilt = json.loads(summary_file.read_text())
+    assert rebuilt["status"] == "completed" and rebuilt["epochs"] == 3
+    expected = finished.summary
+    for key in ("experiment", "name", "seed", "model", "config_hash", "params", "steps_per_epoch", "best_val_acc"):
+        assert rebuilt[key] == expected[key], key
+    assert re.search(reason, rebuilt["summary_rebuilt"]) and "rebuilt from epoch_003.pt" in rebuilt["summary_rebuilt"]
+    assert result.summary["summary_rebuilt"] == rebuilt["summary_rebuilt"] and set(result.summary) == set(rebuilt)
+    table = runs_table([run_dir])
+    assert table["name"].tolist() == ["tiny"] and table["model"].tolist() == ["vqa_mean_mlp"]
+
+
+def test_a_corrupt_summary_without_a_checkpoint_is_refused(finished, tmp_path, data):
+    import shutil
+
+    run_dir = unfinished_copy(finished, tmp_path)
+    shutil.rmtree(run_dir / "checkpoints")
+    (run_dir / "summary.json").write_text("[1, 2")
+    with pytest.raises(ConfigError, match=rf"resume {run_dir}: {run_dir}/summary\.json: not valid JSON .* and there "
+                                          r"is no checkpoint to rebuild it from: start the run again"):
+        train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+
+
+def test_a_non_number_in_metrics_csv_is_named_on_resume(finished, tmp_path, data):
+    run_dir = unfinished_copy(finished, tmp_path)
+    metrics = run_dir / "metrics.csv"
+    lines = metrics.read_text().splitlines()
+    cells = lines[2].split(",")
+    cells[2] = "oops"  # train_loss of epoch 2
+    lines[2] = ",".join(cells)
+    metrics.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ConfigError, match=rf"^{metrics}: line 3: train_loss = 'oops': expected a number"):
+        train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
+
+
+# --- params files past any sane size -------------------------------------------------------------
+
+def test_deep_nesting_is_refused_with_the_limit_not_a_recursion_error(tmp_path):
+    from vqalab.config import MAX_NESTING
+
+    for depth in (20_000, MAX_NESTING + 5):  # past Python's recursion limit, and just past ours
+        path = write(tmp_path, "train: {epochs: " + "[" * depth + "1" + "]" * depth + "}\n")
+        message = refused(rf"^{path}: values nested more than {MAX_NESTING} levels deep \(at line 1\)", path)
+        assert "valid YAML" not in message
+    block = "".join(f"{'  ' * i}k{i}:\n" for i in range(MAX_NESTING + 2)) + "  " * (MAX_NESTING + 2) + "v: 1\n"
+    refused(rf"levels deep \(at line {MAX_NESTING + 1}\)", write(tmp_path, block))  # block style alike
+    anchored = "a: &deep " + "[" * 40 + "1" + "]" * 40 + "\nb: " + "[" * 40 + "*deep" + "]" * 40 + "\n"
+    refused(r"levels deep", write(tmp_path, anchored))  # an alias nests its anchor's levels too
+    with pytest.raises(ConfigError, match="nested more than"):
+        load_config(None, ["model.cnn_channels=" + "[" * 5000 + "]" * 5000])
+
+
+def test_a_params_file_over_the_size_limit_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
+    from vqalab import config
+
+    path = write(tmp_path, "optim:\n  lr: 0.001\n" + "# padding\n" * 20)
+    monkeypatch.setattr(config, "MAX_PARAMS_BYTES", 100)
+    monkeypatch.setattr(config, "load_yaml_text", lambda text: pytest.fail("parsed before the size check"))
+    refused(rf"^{path}: {path.stat().st_size:,} bytes; a params file is at most 100 bytes", path)
+
+
+def test_a_long_list_without_aliases_is_refused_for_its_size_not_for_aliases(tmp_path):
+    path = write(tmp_path, "experiment: [" + ", ".join(["1"] * 10_001) + "]\n")
+    message = refused(rf"^{path}: more than 10000 values \(a params file needs far fewer\)$", path)
+    assert "alias" not in message[len(str(path)):]
+
+
+def test_a_huge_run_name_is_refused_naming_the_limit(tmp_path):
+    path = write(tmp_path, "name: " + "x" * 5000 + "\n")
+    message = refused(r"name = 'xxx.*': String should have at most 200 characters", path)
+    assert len(message) < 400
+    refused(r"experiment = .*at most 200 characters", overrides=["experiment=" + "e" * 201])
+
+
+# --- sweep settings ------------------------------------------------------------------------------
+
+def sweep_spec_file(tmp_path, text):
+    return write(tmp_path, textwrap.dedent(text), name="spec.yaml")
+
+
+@pytest.mark.parametrize("heartbeat, grace, match", [
+    (0, 60, r"--heartbeat 0: expected at least 0\.5 s"),
+    (float("nan"), 60, r"--heartbeat nan: expected at least 0\.5 s"),
+    (0.5, 0, r"--grace 0: expected at least 4 × --heartbeat = 2 s"),
+    (10, 30, r"--grace 30: expected at least 4 × --heartbeat = 40 s"),
+])
+def test_heartbeat_and_grace_below_their_bounds_are_refused_before_the_storage_opens(tmp_path, capsys, heartbeat,
+                                                                                     grace, match):
+    journal = tmp_path / "x.journal"
+    code = cli_main(["sweep", "work", "x", "--storage", str(journal), "--heartbeat", str(heartbeat),
+                     "--grace", str(grace)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and re.fullmatch(rf"error: {match}.*", err) and "\n" not in err
+    assert not journal.exists()
+
+
+def test_queueing_reads_the_queue_once_not_once_per_point(tmp_path, monkeypatch):
+    import optuna
+
+    from vqalab.sweep_queue import SweepSpec, create_sweep
+
+    spec = SweepSpec(name="big", base={"experiment": "q", "runs_root": str(tmp_path / "runs")},
+                     grid={"optim.lr": [1e-4 * (i + 1) for i in range(6)], "optim.weight_decay": [0.0, 0.1, 0.2]},
+                     seeds=[0, 1])
+    reads = []
+    real = optuna.Study.get_trials
+    monkeypatch.setattr(optuna.Study, "get_trials", lambda self, *a, **k: reads.append(1) or real(self, *a, **k))
+    storage = tmp_path / "big.journal"
+    assert create_sweep(spec, storage)[1] == 36
+    assert len(reads) == 1  # enqueue_trial(skip_if_exists=True) read them all again for each of 36 points
+    spec.grid["optim.weight_decay"].append(0.3)  # a grown grid queues only its new points
+    spec._points = None
+    assert create_sweep(spec, storage)[1] == 12
+    study = optuna.load_study(study_name="big", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(storage))))
+    keys = [json.dumps(t.system_attrs["fixed_params"], sort_keys=True) for t in study.get_trials()]
+    assert len(keys) == len(set(keys)) == 48
+
+
+@pytest.mark.parametrize("grid, seeds, match", [
+    ({"optim.lr": [0.001, 1.0e-3]}, [0], r"sweep grid: optim\.lr lists 0\.001 twice: keep one"),
+    ({"optim.lr": [0.1, 0.01], "model.cnn_channels": [[4, 8], [4, 8]]}, [0],
+     r"sweep grid: model\.cnn_channels lists \(4, 8\) twice: keep one"),
+    ({"optim.lr": [0.1]}, [0, 1, 0], r"sweep seeds lists 0 twice: keep one"),
+])
+def test_a_value_listed_twice_in_a_grid_is_refused_naming_key_and_value(grid, seeds, match):
+    from vqalab.sweep import expand_grid
+
+    with pytest.raises(ConfigError, match=match):
+        expand_grid({}, grid, seeds)
+
+
+def test_a_spec_base_that_is_not_a_params_file_is_never_echoed(tmp_path):
+    from vqalab.sweep_queue import load_spec
+
+    secret = tmp_path / "passwd"
+    secret.write_text("root:x:0:0:root:/root:/bin/bash\nalice:SECRET-TOKEN:1000:1000::/home/alice:/bin/sh\n")
+    spec = sweep_spec_file(tmp_path, f"base: {secret}\ngrid: {{optim.lr: [0.1]}}\n")
+    with pytest.raises(ConfigError) as err:
+        load_spec(spec)
+    assert str(err.value) == (f"{spec}: base = '{secret}': expected a params file (a mapping of params keys), "
+                              "but the file holds a str")
+    secret.write_text("a: b: SECRET-TOKEN\n")  # not YAML either: the message says where, not what
+    with pytest.raises(ConfigError, match=r"not valid YAML: mapping values are not allowed here at line 1, "
+                                          r"column 5$") as err:
+        load_spec(spec)
+    assert "SECRET" not in str(err.value)
+
+
+def closed_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again when this returns: nothing listens there
+
+
+@pytest.mark.parametrize("command", ["status", "table", "work"])
+@pytest.mark.parametrize("url, match", [
+    ("postgresql://lab:hunter2@127.0.0.1:{port}/sweeps",
+     r"cannot open the database: connection to server at \"127\.0\.0\.1\", port \d+ failed: Connection refused"),
+    ("mysql://lab:hunter2@127.0.0.1/sweeps", r"no database driver for mysql:// is installed"),
+    ("postgresql://lab:hunter2@127.0.0.1:notaport/sweeps", r"the port is not a number"),
+    ("postgresql://lab:hunter2@127.0.0.1:70000/sweeps", r"port 70000 is out of range \(1-65535\)"),
+])
+def test_a_storage_url_that_cannot_be_opened_is_one_line_with_the_password_masked(capsys, command, url, match):
+    url = url.format(port=closed_port())
+    assert cli_main(["sweep", command, "grid", "--storage", url]) == 2
+    out = capsys.readouterr()
+    err = out.err.strip()
+    assert "hunter2" not in out.out + out.err and "\n" not in err
+    assert re.fullmatch(rf"error: storage {re.escape(url.replace(':hunter2@', ':***@'))}: {match}.*", err), err
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda p: p.mkdir(), r"is a folder; expected an Optuna journal file"),
+    (lambda p: p.write_bytes(b"\x00garbage{{\n" * 3), r"not an Optuna journal file \(its first line is not a journal record\)"),
+    (lambda p: None, r"no such journal file"),
+])
+@pytest.mark.parametrize("command", ["status", "table", "work"])
+def test_a_journal_that_is_missing_a_folder_or_garbage_is_refused_and_never_created(tmp_path, capsys, make, match,
+                                                                                   command):
+    journal = tmp_path / "typo.journal"
+    make(journal)
+    before = {p: p.is_dir() or p.read_bytes() for p in tmp_path.rglob("*")}
+    assert cli_main(["sweep", command, "grid", "--storage", str(journal)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(rf"error: storage {journal}: {match}.*", err) and "\n" not in err
+    assert {p: p.is_dir() or p.read_bytes() for p in tmp_path.rglob("*")} == before  # nothing made or written
+
+
+def test_the_storage_password_is_masked_in_every_output(tmp_path, capsys, caplog):
+    import logging
+
+    from vqalab.registry import mask_secrets
+
+    assert mask_secrets("postgresql://lab:p4ss/w0rd@db.lab:5432/sweeps and sqlite:///x.db") == \
+        "postgresql://lab:***@db.lab:5432/sweeps and sqlite:///x.db"
+    assert mask_secrets("postgresql://lab@db/sweeps") == "postgresql://lab@db/sweeps"  # no password: unchanged
+    url = f"postgresql://lab:hunter2@127.0.0.1:{closed_port()}/sweeps"
+    spec = sweep_spec_file(tmp_path, f"""\
+        base: {{experiment: q, runs_root: {tmp_path / 'runs'}}}
+        grid: {{optim.lr: [0.1]}}
+    """)
+    with caplog.at_level(logging.DEBUG):
+        assert cli_main(["sweep", "create", str(spec), "--storage", url]) == 2
+    out = capsys.readouterr()
+    assert "hunter2" not in out.out + out.err + caplog.text and "lab:***@" in out.err
+
+
+# --- hostile data files --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("file_key, entries_key, index, key, value, match", [
+    ("v2_mscoco_train2014_annotations.json", "annotations", 3, "answers", [{"answer": 2}] * 10,
+     r"annotations entry 3 \(question_id \d+\): answer = 2: expected a string"),
+    ("v2_mscoco_train2014_annotations.json", "annotations", 1, "multiple_choice_answer", 7,
+     r"annotations entry 1 \(question_id \d+\): multiple_choice_answer = 7: expected a string"),
+    ("v2_OpenEnded_mscoco_train2014_questions.json", "questions", 2, "question", None,
+     r"questions entry 2 \(question_id \d+\): question = None: expected a string"),
+    ("v2_OpenEnded_mscoco_train2014_questions.json", "questions", 0, "image_id", "25",
+     r"questions entry 0: image_id = '25': expected an integer"),
+    ("v2_mscoco_train2014_annotations.json", "annotations", 0, "question_id", 1.5,
+     r"annotations entry 0: question_id = 1\.5: expected an integer"),
+])
+def test_vqa_v2_entries_of_the_wrong_type_name_the_file_and_entry(vqa_root, file_key, entries_key, index, key, value,
+                                                                   match):
+    path = vqa_root / file_key
+    content = json.loads(path.read_text())
+    content[entries_key][index][key] = value
+    path.write_text(json.dumps(content))
+    with pytest.raises(ConfigError, match=rf"^vqa_v2: {path}: {match}"):
+        load_vqa_v2(vqa_root)
+
+
+@pytest.mark.parametrize("limit_factor", [0.3, 0.7])  # PIL raises past 2 × the limit, only warns below that
+def test_decompression_bomb_images_are_refused_naming_the_image(tmp_path, vqa_root, monkeypatch, limit_factor):
+    from PIL import Image
+
+    from vqalab.data import build_data
+
+    image = vqa_root / "train2014" / "COCO_train2014_000000000025.jpg"
+    with Image.open(image) as img:
+        pixels = img.width * img.height
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", int(pixels * limit_factor))
+    data = load_vqa_v2(vqa_root)
+    with pytest.raises(ConfigError, match=rf"^vqa_v2: {image}: cannot read the image \(image_id 25\): more than "
+                                          r"[\d,]+ pixels \(PIL\.Image\.MAX_IMAGE_PIXELS\), so it is refused as a "
+                                          r"possible decompression bomb$"):
+        data.train[data.train.image_ids.index(25)]
+    root = rafdb_root(tmp_path)
+    face = next((root / "Image" / "aligned").glob("train_00001*"))
+    monkeypatch.undo()
+    with Image.open(face) as img:
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", int(img.width * img.height * limit_factor))
+    with pytest.raises(ConfigError, match=rf"^{face}: cannot read the image \(RAF-DB image {face.name}\): more than"):
+        build_data({"name": "rafdb", "root": str(root), "image_size": 32, "use_cache": False})
+
+
+# --- a run folder removed or made read-only while the run trains ---------------------------------
+
+def after_epoch(monkeypatch, epoch, action):
+    """Run ``action(run_dir)`` when ``epoch`` starts training."""
+    real = train.train_one_epoch
+
+    def wrapped(*args, **kwargs):
+        if args[7] == epoch:  # train_one_epoch(model, opt, sched, scaler, data, cfg, device, epoch, step)
+            action()
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", wrapped)
+
+
+def test_a_run_folder_removed_mid_training_ends_in_one_line_and_is_not_made_again(tmp_path, data, monkeypatch,
+                                                                                  capsys):
+    import shutil
+
+    root = tmp_path / "runs"
+    after_epoch(monkeypatch, 2, lambda: shutil.rmtree(next((root / "hard").iterdir())))
+    params = tmp_path / "params.yaml"
+    runs.write_yaml(params, tiny_config(root).to_dict())
+    monkeypatch.setattr(train, "build_data", lambda spec, seed=0: data)
+    assert cli_main(["train", str(params), "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(rf"error: run folder {root}/hard/\S+-tiny was removed while the run trained \(after 1 "
+                        r"epoch\(s\)\): nothing more is recorded; start the run again", err), err
+    assert list((root / "hard").iterdir()) == []  # no half folder of confusion matrix and headerless metrics
+
+
+def test_a_run_folder_made_read_only_mid_training_says_so_and_that_its_status_could_not_be_recorded(
+        tmp_path, data, monkeypatch, capsys):
+    read_only = []
+
+    def refuse_writes(real):
+        def write(path, *args):
+            if read_only:
+                raise OSError(errno.EROFS, "Read-only file system", str(path))
+            return real(path, *args)
+        return write
+
+    monkeypatch.setattr(runs, "atomic_write_bytes", refuse_writes(runs.atomic_write_bytes))
+    monkeypatch.setattr(runs, "append_text", refuse_writes(runs.append_text))
+    after_epoch(monkeypatch, 2, lambda: read_only.append(True))
+    root = tmp_path / "runs"
+    params = tmp_path / "params.yaml"
+    runs.write_yaml(params, tiny_config(root).to_dict())
+    monkeypatch.setattr(train, "build_data", lambda spec, seed=0: data)
+    assert cli_main(["train", str(params), "--no-progress"]) == 1
+    (run_dir,) = list((root / "hard").iterdir())
+    err = capsys.readouterr().err.strip()
+    assert err == (f"error: run folder {run_dir} cannot be written any more (Read-only file system: "
+                   f"{run_dir}/summary.json; read-only or removed?): the run stopped, and its summary.json still "
+                   "says 'running', not 'failed'")
+    monkeypatch.undo()  # once writable again, the folder resumes from its last checkpoint
+    assert train.fit(tiny_config(root), data=data, resume=run_dir).summary["status"] == "completed"
+
+
+@pytest.mark.parametrize("kind", ["npy", "npz"])
+def test_a_nan_in_a_feature_file_names_the_file(vqa_root, kind):
+    import numpy as np
+    from test_vqa_v2 import SPLITS, write_region_files
+
+    if kind == "npz":
+        write_region_files(vqa_root)
+    else:
+        for split, ids in SPLITS.items():
+            (vqa_root / f"regions_{split}").mkdir()
+            for image_id in ids:
+                np.save(vqa_root / f"regions_{split}" / f"COCO_{split}2014_{image_id:012d}.npy",
+                        np.ones((5, 8), np.float32))
+    bad = vqa_root / "regions_train" / f"COCO_train2014_000000000025.{kind}"
+    if kind == "npz":
+        stored = dict(np.load(bad))
+        stored["features"][1, 2] = np.nan
+        np.savez(bad, **stored)
+    else:
+        features = np.ones((5, 8), np.float32)
+        features[1, 2] = np.inf
+        np.save(bad, features)
+    data = load_vqa_v2(vqa_root, train_features="regions_train", val_features="regions_val")
+    with pytest.raises(ConfigError, match=rf"^{bad}: features hold 1 non-finite value\(s\) \(NaN or infinity; the "
+                                          r"first at index \(1, 2\)\): recompute or replace the file$"):
+        data.train[data.train.image_ids.index(25)]
+
+
+# --- vqalab runs and vqalab tb -------------------------------------------------------------------
+
+@pytest.mark.parametrize("diff", [False, True])
+def test_a_corrupt_summary_is_named_by_vqalab_runs(finished, other_runs, tmp_path, capsys, diff):
+    run_dir = unfinished_copy(finished, tmp_path)
+    (run_dir / "summary.json").write_text('{"status": "completed", ')
+    args = ["runs", "--diff", str(run_dir), str(other_runs["seed"])] if diff else ["runs", str(run_dir)]
+    assert cli_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {run_dir}/summary.json: not valid JSON (Expecting property name enclosed in double " \
+                  "quotes at line 1 column 25)"
+
+
+def test_runs_diff_of_an_experiment_says_how_many_runs_it_holds(other_runs, capsys):
+    experiment = other_runs["seed"].parent
+    assert cli_main(["runs", "--diff", str(experiment), str(other_runs["seed"])]) == 2
+    assert capsys.readouterr().err.strip() == (f"error: --diff takes exactly two run folders; {experiment} "
+                                               f"{other_runs['seed']} are 3 runs")
+
+
+@pytest.mark.parametrize("port", [0, 70000, -1])
+def test_tb_port_out_of_range_is_refused(finished, capsys, port):
+    assert cli_main(["tb", str(finished.run_dir), "--port", str(port)]) == 2
+    out = capsys.readouterr()
+    assert out.err.strip() == (f"error: --port {port}: expected a port number from 1 to 65535 (or no --port: "
+                               "a free one)") and "http" not in out.out
+
+
+def test_tb_port_taken_by_another_server_is_refused_without_printing_its_url(finished, capsys, monkeypatch):
+    import socket
+
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("TensorBoard started on a taken port"))
+    with socket.socket() as other:
+        other.bind(("127.0.0.1", 0))
+        other.listen()
+        port = other.getsockname()[1]
+        assert cli_main(["tb", str(finished.run_dir), "--port", str(port)]) == 2
+    out = capsys.readouterr()
+    assert re.fullmatch(rf"error: --port {port}: cannot listen on 127\.0\.0\.1:{port} \(Address already in use; "
+                        r"another server may be using it\): pick another port, or leave --port out", out.err.strip())
+    assert f":{port}" not in out.out
+
+
+PG_PASSWORD = "hunter2-pg"
+
+
+@pytest.fixture(scope="module")
+def password_server():
+    """A PostgreSQL server asking for the password over TCP; yields its port."""
+    from test_sweep_queue import postgres_server
+
+    with postgres_server(password=PG_PASSWORD) as port:
+        yield port
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("password, database, match", [
+    ("wrong", "postgres", r'password authentication failed for user "postgres"'),
+    (PG_PASSWORD, "no_such_db", r'database "no_such_db" does not exist'),
+])
+def test_postgresql_wrong_password_or_missing_database_is_one_line_with_the_password_masked(
+        password_server, capsys, password, database, match):
+    url = f"postgresql://postgres:{password}@127.0.0.1:{password_server}/{database}"
+    assert cli_main(["sweep", "status", "grid", "--storage", url]) == 2
+    out = capsys.readouterr()
+    assert password not in out.out + out.err
+    masked = url.replace(f":{password}@", ":***@")
+    assert re.fullmatch(rf"error: storage {re.escape(masked)}: cannot open the database: .*{match}.*", out.err.strip())
+
+
+@pytest.mark.slow
+def test_a_created_sweep_prints_and_logs_its_storage_with_the_password_masked(password_server, tmp_path, capsys,
+                                                                              caplog):
+    import logging
+
+    url = f"postgresql://postgres:{PG_PASSWORD}@127.0.0.1:{password_server}/postgres"
+    spec = sweep_spec_file(tmp_path, f"""\
+        name: masked
+        base: {{experiment: q, runs_root: {tmp_path / 'runs'}}}
+        grid: {{optim.lr: [0.1, 0.2]}}
+    """)
+    with caplog.at_level(logging.INFO):
+        assert cli_main(["sweep", "create", str(spec), "--storage", url]) == 0
+        assert cli_main(["sweep", "status", "masked", "--storage", url]) == 0
+        assert cli_main(["sweep", "table", "masked", "--storage", url]) == 0
+    out = capsys.readouterr()
+    assert PG_PASSWORD not in out.out + out.err + caplog.text
+    assert f"storage: postgresql://postgres:***@127.0.0.1:{password_server}/postgres" in out.out
+    assert "2 waiting" in out.out

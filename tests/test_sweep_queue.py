@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -151,7 +152,7 @@ def test_a_finished_point_is_reused_not_trained(tmp_path, monkeypatch):
         raise AssertionError("a finished point was trained again")
 
     monkeypatch.setattr(subprocess, "Popen", no_training)
-    assert Worker("grid", storage, heartbeat_s=0.2).run() == 1
+    assert Worker("grid", storage, heartbeat_s=0.5).run() == 1
     table = sweep_table("grid", storage)
     assert table.loc[0, "reused"] and table.loc[0, "run_dir"] == done.loc[0, "run_dir"]
     assert table.loc[0, "best_val_acc"] == done.loc[0, "best_val_acc"]
@@ -259,9 +260,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def postgres_url():
-    """A throw-away PostgreSQL server in a temporary folder (Debian's binaries), stopped afterwards."""
+@contextmanager
+def postgres_server(password: str | None = None):
+    """A throw-away PostgreSQL server in a temporary folder (Debian's binaries), stopped afterwards;
+    yields its port on 127.0.0.1. ``password``: asked for over TCP (None: no password, trust)."""
     if not (PG_BIN / "initdb").is_file():
         pytest.skip(f"PostgreSQL server binaries not found at {PG_BIN} (apt-get install postgresql)")
     pytest.importorskip("psycopg2", reason="psycopg2 (psycopg2-binary) is not installed")
@@ -273,15 +275,27 @@ def postgres_url():
         as_user = ["runuser", "-u", "postgres", "--"]
         shutil.chown(folder, "postgres")
     data, port = folder / "data", free_port()
-    subprocess.run([*as_user, str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"],
+    auth = ["-A", "trust"]
+    if password is not None:
+        (folder / "pw").write_text(password + "\n")
+        if as_user:
+            shutil.chown(folder / "pw", "postgres")
+        auth = ["--auth-host=scram-sha-256", "--auth-local=trust", f"--pwfile={folder / 'pw'}"]
+    subprocess.run([*as_user, str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", *auth],
                    check=True, capture_output=True)
     subprocess.run([*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-l", str(folder / "log"),
                     "-o", f"-p {port} -k {folder} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield port
     finally:
         subprocess.run([*as_user, str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True, check=False)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url():
+    with postgres_server() as port:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
 
 
 @pytest.mark.slow

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import signal
 import sys
 
-from vqalab.registry import ConfigError
+from vqalab.registry import ConfigError, mask_secrets
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -149,14 +148,14 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
     try:
         if args.diff:
-            a, b = run_folders(args.diff, args.runs_root)
-            table = diff_runs(a, b)
+            pair = run_folders(args.diff, args.runs_root)
+            if len(pair) != 2:
+                raise ConfigError(f"--diff takes exactly two run folders; {' '.join(args.diff)} are {len(pair)} runs")
+            table = diff_runs(*pair)
         else:
             table = runs_overview(run_folders(args.targets, args.runs_root))
     except FileNotFoundError as err:
         raise ConfigError(str(err)) from None
-    except ValueError:
-        raise ConfigError("--diff takes exactly two run folders") from None
     if args.json:
         print(json.dumps(json.loads(table.to_json(orient="records")), indent=2))
     elif table.empty:
@@ -176,6 +175,7 @@ def cmd_tb(args: argparse.Namespace) -> int:
     if not run_dirs:
         raise ConfigError(f"no runs under {args.runs_root} to show")
     server = start_tensorboard(run_dirs, port=args.port)
+    server.wait_ready()  # the URL printed is this server's, answering
     print(f"TensorBoard over {len(run_dirs)} runs: {server.url}  (Ctrl-C stops it)", flush=True)
     try:
         return server.process.wait()
@@ -191,7 +191,7 @@ def cmd_sweep_create(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec)  # every point validated before the storage is touched
     storage, added = create_sweep(spec, args.storage)
     print(f"sweep {spec.name}: {len(spec.points())} points, {added} newly queued")
-    print(f"storage: {storage}")
+    print(f"storage: {mask_secrets(storage)}")
     print(spec.name)  # last line: the sweep name, for scripts
     return 0
 
@@ -385,12 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {mask_secrets(err)}", file=sys.stderr)
         return 2
-    except OSError as err:
-        if err.errno != errno.ENOSPC:
+    except OSError as err:  # disk full, a run folder removed or read-only, a file that cannot be read
+        if args.verbose:
             raise
-        print(f"error: {err}", file=sys.stderr)  # runs.DiskFullError names the file
+        print(f"error: {mask_secrets(err)}", file=sys.stderr)  # each names its file
         return 1
     except KeyboardInterrupt as err:  # Ctrl-C; SIGTERM arrives as train.Terminated / RunInterrupted
         name = getattr(err, "signal_name", "SIGINT")

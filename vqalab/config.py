@@ -27,6 +27,12 @@ from vqalab.registry import ConfigError, did_you_mean, short_repr
 # Anchors and aliases share one object per anchor, but echoing or walking the expanded tree can
 # blow up ("billion laughs"): a params file expanding to more nodes than this is refused.
 MAX_EXPANDED_NODES = 10_000
+# Deeper nesting than this is no params file (and would exhaust Python's recursion while parsing).
+MAX_NESTING = 64
+# A params file (or sweep spec) larger than this is refused before it is read: real ones are a few KB.
+MAX_PARAMS_BYTES = 2**20
+# Longest run name or experiment: they name folders and are copied into every record and checkpoint.
+MAX_NAME_CHARS = 200
 
 
 class YamlLoader(yaml.SafeLoader):
@@ -62,45 +68,103 @@ YamlLoader.add_implicit_resolver(
 )
 
 
+class YamlTooLarge(yaml.YAMLError):
+    """Valid YAML, but past a limit no params file comes near (size, nesting, alias expansion)."""
+
+
 def expanded_size(node: yaml.Node, limit: int) -> int:
-    """Nodes in the tree once every alias is expanded, counted without expanding (stops past ``limit``)."""
-    sizes: dict[int, int] = {}
+    """Nodes in the tree once every alias is expanded, counted without expanding (stops past ``limit``).
 
-    def size(n: yaml.Node) -> int:
-        if id(n) in sizes:
-            return sizes[id(n)]
-        sizes[id(n)] = limit + 1  # a recursive alias counts as too large
-        if isinstance(n, yaml.MappingNode):
-            total = 1 + sum(size(k) + size(v) for k, v in n.value)
-        elif isinstance(n, yaml.SequenceNode):
-            total = 1 + sum(size(v) for v in n.value)
-        else:
-            total = 1
-        sizes[id(n)] = min(total, limit + 1)
-        return sizes[id(n)]
+    Raises ``YamlTooLarge`` for a tree nested deeper than MAX_NESTING once expanded (an alias
+    nests its anchor's levels where it stands).
+    """
+    seen: dict[int, tuple[int, int]] = {}  # id(node) → (expanded size, levels below and including it)
 
-    return size(node)
+    def visit(n: yaml.Node, depth: int) -> tuple[int, int]:
+        if depth > MAX_NESTING:  # also bounds this recursion along a chain of aliases
+            raise YamlTooLarge(f"values nested more than {MAX_NESTING} levels deep (at line "
+                               f"{n.start_mark.line + 1}): a params file needs a few levels")
+        if id(n) not in seen:
+            seen[id(n)] = (limit + 1, MAX_NESTING + 1)  # a recursive alias counts as too large
+            children = ([c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode)
+                        else n.value if isinstance(n, yaml.SequenceNode) else [])
+            found = [visit(c, depth + 1) for c in children]
+            seen[id(n)] = (min(1 + sum(f[0] for f in found), limit + 1),
+                           1 + max((f[1] for f in found), default=0))
+        size, levels = seen[id(n)]
+        if depth + levels > MAX_NESTING + 1:
+            raise YamlTooLarge(f"values nested more than {MAX_NESTING} levels deep (at line "
+                               f"{n.start_mark.line + 1}): a params file needs a few levels")
+        return size, levels
+
+    return visit(node, 0)[0]
+
+
+class _AliasCounter(YamlLoader):
+    """Counts the aliases it composes (to tell a large file from an alias bomb)."""
+
+    aliases = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+        return super().compose_node(parent, index)
+
+
+def check_nesting(text: str) -> None:
+    """Refuse nesting deeper than MAX_NESTING from the parser's events, stopping as soon as it is
+    reached: composing 20,000 levels would take seconds and end in a RecursionError."""
+    depth = 0
+    for event in yaml.parse(text, Loader=YamlLoader):
+        if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            depth += 1
+            if depth > MAX_NESTING:
+                raise YamlTooLarge(f"values nested more than {MAX_NESTING} levels deep (at line "
+                                   f"{event.start_mark.line + 1}): a params file needs a few levels")
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            depth -= 1
 
 
 def load_yaml_text(text: str) -> Any:
-    """Parse YAML with ``YamlLoader``, refusing documents whose aliases expand past MAX_EXPANDED_NODES."""
-    loader = YamlLoader(text)
+    """Parse YAML with ``YamlLoader``, refusing documents whose aliases expand past MAX_EXPANDED_NODES
+    values and documents nested deeper than MAX_NESTING."""
+    check_nesting(text)
+    loader = _AliasCounter(text)
     try:
-        node = loader.get_single_node()
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise YamlTooLarge(f"values nested more than {MAX_NESTING} levels deep: a params file "
+                                 "needs a few levels") from None
         if node is None:
             return None
         if expanded_size(node, MAX_EXPANDED_NODES) > MAX_EXPANDED_NODES:
-            raise yaml.YAMLError(f"anchors and aliases expand to more than {MAX_EXPANDED_NODES} values "
-                                 "(a params file needs far fewer: write the values out)")
+            if loader.aliases:
+                raise YamlTooLarge(f"anchors and aliases expand to more than {MAX_EXPANDED_NODES} values "
+                                     "(a params file needs far fewer: write the values out)")
+            raise YamlTooLarge(f"more than {MAX_EXPANDED_NODES} values (a params file needs far fewer)")
         return loader.construct_document(node)
     finally:
         loader.dispose()
+
+
+def yaml_problem(err: yaml.YAMLError) -> str:
+    """One line saying what is wrong and where, without quoting the file (it may be anything)."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
+        mark = err.problem_mark
+        context = f" ({err.context})" if err.context else ""
+        return f"{err.problem}{context} at line {mark.line + 1}, column {mark.column + 1}"
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def read_yaml(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: params file not found")
+    size = path.stat().st_size
+    if size > MAX_PARAMS_BYTES:
+        raise ConfigError(f"{path}: {size:,} bytes; a params file is at most {MAX_PARAMS_BYTES:,} bytes "
+                          "(config.MAX_PARAMS_BYTES): is this the right file?")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -108,8 +172,10 @@ def read_yaml(path: str | Path) -> Any:
                           "save the file as UTF-8") from None
     try:
         return load_yaml_text(text)
+    except YamlTooLarge as err:
+        raise ConfigError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_problem(err)}") from None
 
 
 def parse_value(text: str, key: str = "") -> Any:
@@ -117,7 +183,7 @@ def parse_value(text: str, key: str = "") -> Any:
     try:
         return load_yaml_text(text)
     except yaml.YAMLError as err:
-        problem = getattr(err, "problem", None) or str(err)
+        problem = getattr(err, "problem", None) or yaml_problem(err)
         raise ConfigError(f"--set {key}: value {short_repr(text)} is not valid YAML ({problem}); "
                           "quote lists and strings, e.g. --set 'model.cnn_channels=[16, 32]'") from None
 
@@ -208,8 +274,8 @@ class TrainConfig(Section):
 
 
 class RunConfig(Section):
-    experiment: str = Field("default", min_length=1, description="runs/<experiment>/ groups related runs")
-    name: str = Field("run", min_length=1, description="short run name, the suffix of the run folder")
+    experiment: str = Field("default", min_length=1, max_length=MAX_NAME_CHARS, description="runs/<experiment>/ groups related runs")
+    name: str = Field("run", min_length=1, max_length=MAX_NAME_CHARS, description="short run name, the suffix of the run folder")
     seed: int = Field(0, ge=0, lt=2**32, description="seed for Python, NumPy and torch; always recorded")
     runs_root: str = Field("runs", description="folder holding all runs (relative to the project root)")
     model: dict[str, Any] = Field(default_factory=lambda: {"name": "vqa_mean_mlp"}, description="registry name and keyword arguments of the model")

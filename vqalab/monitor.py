@@ -14,7 +14,6 @@ files under ``<run>/tb/`` are a view for TensorBoard while a run is going. Each 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -32,7 +31,8 @@ import pandas as pd
 import yaml
 
 from vqalab.paths import resolve
-from vqalab.runs import flatten
+from vqalab.registry import ConfigError
+from vqalab.runs import flatten, read_json_record
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,23 @@ class TensorBoardServer:
     url: str
     logdir: Path  # the folder of links; removed by ``stop``
 
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Return once the server answers on its port; refuse (naming why) if it ended instead."""
+        port = int(self.url.rsplit(":", 1)[1].strip("/"))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                tail = (self.process.stderr.read() or "").strip().splitlines()[-1:] or [f"exit code {self.process.returncode}"]
+                self.stop()
+                raise ConfigError(f"TensorBoard did not start on 127.0.0.1:{port}: {tail[0]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise ConfigError(f"TensorBoard did not answer on 127.0.0.1:{port} within {timeout_s:g} s")
+
     def stop(self) -> None:
         if self.process.poll() is None:
             self.process.terminate()
@@ -190,8 +207,22 @@ class TensorBoardServer:
         shutil.rmtree(self.logdir, ignore_errors=True)
 
 
+def check_port(port: int) -> None:
+    """Refuse a port out of range, or one another program already listens on (its URL is not ours)."""
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port {port}: expected a port number from 1 to 65535 (or no --port: a free one)")
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError as err:
+            raise ConfigError(f"--port {port}: cannot listen on 127.0.0.1:{port} ({err.strerror}; another "
+                              "server may be using it): pick another port, or leave --port out") from None
+
+
 def start_tensorboard(run_dirs: list[Path], *, port: int | None = None) -> TensorBoardServer:
     """Start TensorBoard (this environment's) on localhost over ``run_dirs``."""
+    if port is not None:
+        check_port(port)
     port = port or free_port()
     logdir = link_logdir(run_dirs, Path(tempfile.mkdtemp(prefix="vqalab-tb-")))
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
@@ -227,7 +258,7 @@ def runs_overview(run_dirs: list[Path]) -> pd.DataFrame:
     differ = differing_params(params)
     rows = []
     for run_dir, p in zip(run_dirs, params):
-        summary = json.loads((run_dir / "summary.json").read_text())
+        summary = read_json_record(run_dir / "summary.json")
         rows.append({
             "run": run_dir.name,
             "status": summary.get("status"),
@@ -247,7 +278,7 @@ def diff_runs(run_a: Path, run_b: Path) -> pd.DataFrame:
     """Two runs side by side: every parameter that differs, then their final figures."""
     pa, pb = flat_params(run_a), flat_params(run_b)
     rows = [{"key": k, run_a.name: pa.get(k), run_b.name: pb.get(k)} for k in differing_params([pa, pb])]
-    sa, sb = (json.loads((d / "summary.json").read_text()) for d in (run_a, run_b))
+    sa, sb = (read_json_record(d / "summary.json") for d in (run_a, run_b))
     for key in ("status", *HPARAM_METRICS, "wall_time_s"):
         rows.append({"key": f"summary.{key}", run_a.name: sa.get(key), run_b.name: sb.get(key)})
     return pd.DataFrame(rows, columns=["key", run_a.name, run_b.name])

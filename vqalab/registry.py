@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import re
 import reprlib
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +34,15 @@ def short_repr(value: Any) -> str:
     return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS - 3] + "..."
 
 
+# The password of ``scheme://user:password@host``: never printed or logged.
+URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^@\s]*@")
+
+
+def mask_secrets(text: Any) -> str:
+    """``text`` with the password of every storage URL in it replaced by ``***``."""
+    return URL_PASSWORD.sub(r"\1***@", str(text))
+
+
 def nearest(name: str, choices) -> str | None:
     match = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return match[0] if match else None
@@ -43,11 +53,26 @@ def did_you_mean(name: str, choices) -> str:
     return f"did you mean '{hint}'?" if hint else f"valid: {', '.join(sorted(choices))}"
 
 
+_ADAPTERS: dict[Any, TypeAdapter] = {}
+
+
+def type_adapter(annotation: Any) -> TypeAdapter:
+    """A pydantic ``TypeAdapter`` per annotation, built once (building one costs far more than using it)."""
+    try:
+        adapter = _ADAPTERS.get(annotation)
+    except TypeError:  # an unhashable annotation
+        return TypeAdapter(annotation)
+    if adapter is None:
+        adapter = _ADAPTERS[annotation] = TypeAdapter(annotation)
+    return adapter
+
+
 class Registry:
     def __init__(self, kind: str):
         self.kind = kind
         self._builders: dict[str, Callable[..., Any]] = {}
         self._aliases: dict[str, str] = {}  # former name → registered name
+        self._signatures: dict[Callable[..., Any], Any] = {}  # builder → its parameters
 
     def register(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         if fn.__name__ in self._builders:
@@ -77,7 +102,10 @@ class Registry:
         return self._builders[name]
 
     def parameters(self, name: str) -> dict[str, inspect.Parameter]:
-        return dict(inspect.signature(self.get(name), eval_str=True).parameters)
+        builder = self.get(name)
+        if builder not in self._signatures:  # read once: a sweep checks thousands of points
+            self._signatures[builder] = inspect.signature(builder, eval_str=True).parameters
+        return dict(self._signatures[builder])
 
     def check_kwargs(self, name: str, kwargs: dict, where: str, provided: tuple[str, ...] = ()) -> dict:
         """Validate ``kwargs`` against the builder's signature; return them coerced to its types.
@@ -100,7 +128,7 @@ class Registry:
                 checked[key] = value
                 continue
             try:
-                checked[key] = TypeAdapter(annotation).validate_python(value)
+                checked[key] = type_adapter(annotation).validate_python(value)
             except ValidationError as err:
                 expected = annotation.__name__ if isinstance(annotation, type) else str(annotation).replace("typing.", "")
                 reason = err.errors()[0]["msg"]

@@ -5,19 +5,19 @@ Metrics live in files (``metrics.csv``, ``summary.json``); nothing is scraped fr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
-from vqalab.runs import METRICS_FILE
+from vqalab.runs import METRICS_FILE, read_json_record
 
 # Epochs of rising validation loss (while training loss falls) before a run is flagged overfitting.
 OVERFIT_PATIENCE = 2
 
 
 def read_summary(run_dir: str | Path) -> dict:
-    return json.loads((Path(run_dir) / "summary.json").read_text())
+    """A run's summary.json (a damaged one is refused naming the file)."""
+    return read_json_record(Path(run_dir) / "summary.json")
 
 
 def metrics_table(run_dir: str | Path) -> pd.DataFrame:

@@ -42,7 +42,7 @@ from vqalab.devices import auto_device_name
 from vqalab.models import MODELS, WEIGHT_FILE_KEYS, create_model, weight_files_off
 from vqalab.paths import project_root, resolve, resolve_data
 from vqalab.provenance import file_digest
-from vqalab.registry import ConfigError
+from vqalab.registry import ConfigError, short_repr
 
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".lock"
@@ -74,6 +74,13 @@ class DiskFullError(OSError):
 
     def __str__(self) -> str:
         return self.strerror
+
+
+class RunFolderLost(OSError):
+    """The run folder was removed, or became unwritable (e.g. remounted read-only), while the run trained."""
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 class FolderBusy(ConfigError):
@@ -307,10 +314,37 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 
 def read_metrics_rows(path: Path) -> list[dict]:
-    """Rows of a run's ``metrics.csv`` with numbers parsed (floats round-trip exactly through repr)."""
+    """Rows of a run's ``metrics.csv`` with numbers parsed (floats round-trip exactly through repr).
+
+    A cell that is not a number is refused naming the file, line and column.
+    """
+    rows = []
     with open(path, newline="") as f:
-        return [{k: (int(v) if k in INT_COLUMNS else float(v) if v != "" else math.nan) for k, v in row.items()}
-                for row in csv.DictReader(f)]
+        reader = csv.DictReader(f)
+        for row in reader:
+            parsed = {}
+            for key, value in row.items():
+                try:
+                    parsed[key] = int(value) if key in INT_COLUMNS else float(value) if value != "" else math.nan
+                except (TypeError, ValueError):
+                    raise ConfigError(f"{path}: line {reader.line_num}: {key} = {short_repr(value)}: expected "
+                                      f"{'an integer' if key in INT_COLUMNS else 'a number'} (restore "
+                                      "metrics.csv, or start the run again)") from None
+            rows.append(parsed)
+    return rows
+
+
+def read_json_record(path: Path) -> dict:
+    """A JSON record of a run (``summary.json``), refused naming the file when it is not a JSON object."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
+    if not isinstance(record, dict):
+        raise ConfigError(f"{path}: expected a JSON object, got {type(record).__name__}")
+    return record
 
 
 def write_csv(path: Path, rows: list[list]) -> None:

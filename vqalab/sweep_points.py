@@ -22,7 +22,7 @@ from vqalab.config import RunConfig, build_config, set_dotted
 from vqalab.data import data_status
 from vqalab.paths import resolve
 from vqalab.provenance import code_fingerprint
-from vqalab.registry import ConfigError
+from vqalab.registry import ConfigError, short_repr
 from vqalab.runs import FINISHED_STATUSES, config_hash
 
 # Figures copied from each run's summary.json into its row (missing ones are NaN / None).
@@ -71,10 +71,12 @@ def expand_grid(base: RunConfig | dict, grid: dict[str, Sequence], seeds: Sequen
         if key == "seed":
             raise ConfigError("sweep grid: 'seed' is not a grid key: pass seeds=[...]")
         if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
-            raise ConfigError(f"sweep grid: {key} = {values!r}: expected a non-empty list of values")
+            raise ConfigError(f"sweep grid: {key} = {short_repr(values)}: expected a non-empty list of values")
+        refuse_repeats(f"sweep grid: {key}", values)
     seeds = list(seeds)
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-        raise ConfigError(f"sweep seeds = {seeds!r}: expected a non-empty list of integers ≥ 0")
+        raise ConfigError(f"sweep seeds = {short_repr(seeds)}: expected a non-empty list of integers ≥ 0")
+    refuse_repeats("sweep seeds", seeds)
     base_name = base_tree.get("name", "run")
     points = []
     for combo in itertools.product(*grid.values()):
@@ -90,6 +92,16 @@ def expand_grid(base: RunConfig | dict, grid: dict[str, Sequence], seeds: Sequen
             points.append(SweepPoint(values={k: _hashable(v) for k, v in values.items()}, seed=seed,
                                      cfg=cfg, hash=config_hash(cfg)))
     return points
+
+
+def refuse_repeats(where: str, values: Sequence) -> None:
+    """A value listed twice would train (or show) the same point twice: refused, naming it."""
+    seen: list = []
+    for value in values:
+        value = _hashable(value)
+        if value in seen:  # equality, so 1 and 1.0 (the same learning rate) are one value
+            raise ConfigError(f"{where} lists {short_repr(value)} twice: keep one")
+        seen.append(value)
 
 
 def reuse_key(config_hash: str, code: str, data_fingerprint: str) -> str:

@@ -35,6 +35,7 @@ import tempfile
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +48,7 @@ from optuna.trial import FrozenTrial, TrialState
 from vqalab import runs
 from vqalab.config import RunConfig, read_yaml
 from vqalab.paths import resolve
-from vqalab.registry import ConfigError
+from vqalab.registry import ConfigError, mask_secrets, short_repr
 from vqalab.sweep_points import SweepPoint, expand_grid, find_finished, finished_runs, sweep_row
 from vqalab.train import FINISHED_STATUSES
 
@@ -61,6 +62,11 @@ SPEC_KEYS = ("name", "base", "grid", "seeds", "reuse")
 JOURNAL_DIR = "sweeps"  # under runs_root/experiment: <name>.journal
 HEARTBEAT_S = 10.0
 GRACE_S = 60.0  # a running trial without a beat for this long belonged to a dead worker
+# Each beat is a storage write per lane: faster than this floods the journal or the database.
+MIN_HEARTBEAT_S = 0.5
+# A healthy worker that misses this many beats in a row (a slow storage, a busy machine) must not
+# be taken for dead: the grace period spans at least this many beats.
+GRACE_BEATS = 4
 MAX_RETRIES = 3  # times a point is queued again after its worker died
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -76,7 +82,10 @@ class SweepSpec:
     reuse: bool = True
 
     def points(self) -> list[SweepPoint]:
-        return expand_grid(self.base, self.grid, self.seeds)
+        """Every point, validated; expanded once (a 10,000-point grid takes seconds)."""
+        if getattr(self, "_points", None) is None:
+            self._points = expand_grid(self.base, self.grid, self.seeds)
+        return self._points
 
 
 def load_spec(path: str | Path) -> SweepSpec:
@@ -100,9 +109,15 @@ def load_spec(path: str | Path) -> SweepSpec:
         if not base_file.is_file():
             raise ConfigError(f"{path}: base = {base!r}: no such params file (looked beside the spec "
                               f"and under the project root)")
-        base = read_yaml(base_file) or {}  # the file's content is stored: later edits do not leak in
+        try:
+            base = read_yaml(base_file) or {}  # the file's content is stored: later edits do not leak in
+        except ConfigError as err:
+            raise ConfigError(f"{path}: base = {base!r}: {err}") from None
+        if not isinstance(base, dict):  # never echo the file: it may be anything (/etc/passwd)
+            raise ConfigError(f"{path}: base = {str(base_file)!r}: expected a params file (a mapping of "
+                              f"params keys), but the file holds a {type(base).__name__}")
     if not isinstance(base, dict):
-        raise ConfigError(f"{path}: base = {base!r}: expected a params file name or a params mapping")
+        raise ConfigError(f"{path}: base = {short_repr(base)}: expected a params file name or a params mapping")
     seeds = tree.get("seeds", [0])
     reuse = tree.get("reuse", True)
     if not isinstance(reuse, bool):
@@ -143,22 +158,88 @@ def is_rdb_url(storage: str | Path) -> bool:
     return "://" in str(storage)
 
 
+def check_timing(heartbeat_s: float, grace_s: float) -> None:
+    """Refuse beats that would flood the storage and a grace period a healthy worker can outlast."""
+    if not heartbeat_s >= MIN_HEARTBEAT_S:  # also NaN
+        raise ConfigError(f"--heartbeat {heartbeat_s:g}: expected at least {MIN_HEARTBEAT_S:g} s (each beat "
+                          "is a write to the sweep's storage)")
+    if not grace_s >= GRACE_BEATS * heartbeat_s:
+        raise ConfigError(f"--grace {grace_s:g}: expected at least {GRACE_BEATS} × --heartbeat = "
+                          f"{GRACE_BEATS * heartbeat_s:g} s, so that a healthy worker missing a beat or two is "
+                          "not taken for dead")
+
+
 def open_storage(storage: str | Path, *, heartbeat_s: float = HEARTBEAT_S, grace_s: float = GRACE_S,
-                 max_retries: int = MAX_RETRIES) -> optuna.storages.BaseStorage:
+                 max_retries: int = MAX_RETRIES, create: bool = False) -> optuna.storages.BaseStorage:
     """An RDB URL (``postgresql://...``) → ``RDBStorage`` with heartbeat; anything else is the path
-    of a journal file."""
+    of a journal file (made when ``create``: a missing journal is refused otherwise).
+
+    Every way of not opening it (no server, wrong password, missing database, no driver for the
+    URL's scheme, a port that is not a number, a journal that is a folder or not a journal) is a
+    ``ConfigError`` naming the storage, its password masked.
+    """
     if is_rdb_url(storage):
-        url = str(storage)
-        if url.startswith("postgresql://"):  # SQLAlchemy ≥ 2.1 would pick psycopg 3; we ship psycopg2
-            url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+        return open_rdb(str(storage), heartbeat_s=heartbeat_s, grace_s=grace_s, max_retries=max_retries)
+    path = Path(storage)
+    if path.is_dir():
+        raise ConfigError(f"storage {path}: is a folder; expected an Optuna journal file")
+    if path.exists():
+        check_journal(path)
+    elif not create:
+        raise ConfigError(f"storage {path}: no such journal file (create the sweep with `vqalab sweep create`, "
+                          "or check the path)")
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def check_journal(path: Path) -> None:
+    """Refuse a file whose first record is not an Optuna journal record (never echoing it)."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(2**20)
+    except OSError as err:
+        raise ConfigError(f"storage {path}: cannot be read ({err.strerror})") from None
+    if not first:
+        return  # empty: a journal nothing was written to yet
+    try:
+        record = json.loads(first)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        record = None
+    if not isinstance(record, dict) or "op_code" not in record:
+        raise ConfigError(f"storage {path}: not an Optuna journal file (its first line is not a journal "
+                          "record): pass the journal of the sweep, or a new file name to `sweep create`")
+
+
+def open_rdb(url: str, *, heartbeat_s: float, grace_s: float, max_retries: int) -> optuna.storages.RDBStorage:
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+
+    shown = mask_secrets(url)
+    try:
+        port = make_url(url).port
+    except sqlalchemy.exc.ArgumentError:
+        raise ConfigError(f"storage {shown}: not a database URL (expected e.g. "
+                          "postgresql://user:password@host:5432/database)") from None
+    except ValueError:
+        raise ConfigError(f"storage {shown}: the port is not a number (expected e.g. "
+                          "postgresql://user:password@host:5432/database)") from None
+    if port is not None and not 0 < port < 65536:
+        raise ConfigError(f"storage {shown}: port {port} is out of range (1-65535)")
+    if url.startswith("postgresql://"):  # SQLAlchemy ≥ 2.1 would pick psycopg 3; we ship psycopg2
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+    try:
         with warnings.catch_warnings():  # RDB heartbeat arguments are still marked experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(
                 url, heartbeat_interval=max(1, round(heartbeat_s)), grace_period=max(1, round(grace_s)),
                 heartbeat_stale_trial_callback=lambda study, trial: requeue(study, trial, max_retries=max_retries))
-    path = Path(storage)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    except ImportError:
+        raise ConfigError(f"storage {shown}: no database driver for {url.split('://')[0]}:// is installed "
+                          "(postgresql:// is supported, or use a journal file)") from None
+    except sqlalchemy.exc.SQLAlchemyError as err:
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+        raise ConfigError(f"storage {shown}: cannot open the database: {mask_secrets(reason)}") from None
 
 
 def create_sweep(spec: SweepSpec, storage: str | Path | None = None) -> tuple[str, int]:
@@ -169,23 +250,69 @@ def create_sweep(spec: SweepSpec, storage: str | Path | None = None) -> tuple[st
     """
     points = spec.points()
     storage = str(storage or default_storage(spec))
-    study = optuna.create_study(study_name=spec.name, storage=open_storage(storage), load_if_exists=True,
+    study = optuna.create_study(study_name=spec.name, storage=open_storage(storage, create=True), load_if_exists=True,
                                 direction="maximize")
     wanted = json.loads(json.dumps(asdict(spec)))
     stored = study.user_attrs.get(SPEC_ATTR)
     if stored is None:
         study.set_user_attr(SPEC_ATTR, wanted)
     elif {k: v for k, v in stored.items() if k != "grid"} != {k: v for k, v in wanted.items() if k != "grid"}:
-        raise ConfigError(f"sweep {spec.name!r} in {storage} already exists with another base, seeds or "
+        raise ConfigError(f"sweep {spec.name!r} in {mask_secrets(storage)} already exists with another base, seeds or "
                           f"reuse setting: give the spec another name")
     elif stored["grid"] != wanted["grid"]:
         study.set_user_attr(SPEC_ATTR, wanted)  # a grown grid: its new points are queued below
-    before = len(study.get_trials(deepcopy=False))
-    for point in points:
-        study.enqueue_trial(point_params(point), user_attrs={"name": point.cfg.name}, skip_if_exists=True)
-    added = len(study.get_trials(deepcopy=False)) - before
-    log.info("sweep %s: %d points, %d newly queued in %s", spec.name, len(points), added, storage)
+    # One read of what is queued, then the new points: linear in the grid's size
+    # (enqueue_trial(skip_if_exists=True) reads every trial again for every point).
+    queued = {_point_key(t.system_attrs["fixed_params"]) for t in study.get_trials(deepcopy=False)
+              if "fixed_params" in t.system_attrs}
+    added = 0
+    with batched_journal_writes(study):
+        for point in points:
+            params = point_params(point)
+            if _point_key(params) in queued:
+                continue
+            study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": params},
+                                                      user_attrs={"name": point.cfg.name}))
+            queued.add(_point_key(params))
+            added += 1
+    log.info("sweep %s: %d points, %d newly queued in %s", spec.name, len(points), added, mask_secrets(storage))
     return storage, added
+
+
+class _HeldAppends:
+    """A journal backend stand-in that holds appended records until ``batched_journal_writes`` ends."""
+
+    def __init__(self, backend):
+        self.backend, self.held = backend, []
+
+    def append_logs(self, logs: list[dict]) -> None:
+        self.held.extend(logs)
+
+    def read_logs(self, log_number_from: int):
+        return self.backend.read_logs(log_number_from)
+
+
+@contextmanager
+def batched_journal_writes(study: optuna.Study):
+    """Within the block, a journal storage's records are appended at the end in one write (one
+    lock, one fsync) instead of one each: queueing 10,000 points otherwise spends minutes in fsync.
+    Only trials are created inside (their ids are not read back); RDB storages write as usual."""
+    storage = study._storage
+    backend = getattr(storage, "_backend", None)
+    if not isinstance(storage, optuna.storages.JournalStorage) or backend is None:
+        yield
+        return
+    holder = _HeldAppends(backend)
+    replay = storage._replay_result  # read by create_new_trial after each (here empty) sync
+    replay._last_created_trial_id_by_this_process = getattr(replay, "_last_created_trial_id_by_this_process", -1)
+    storage._backend = holder
+    try:
+        yield
+    finally:
+        storage._backend = backend
+    if holder.held:
+        backend.append_logs(holder.held)  # atomic under the journal's lock: other workers see all or none
+    storage._sync_with_backend()
 
 
 def load_sweep(name: str, storage: str | Path | None = None, **storage_kw) -> tuple[optuna.Study, SweepSpec]:
@@ -193,10 +320,11 @@ def load_sweep(name: str, storage: str | Path | None = None, **storage_kw) -> tu
     try:
         study = optuna.load_study(study_name=name, storage=open_storage(storage, **storage_kw))
     except KeyError:
-        raise ConfigError(f"sweep {name!r}: no such study in {storage} (create it with `vqalab sweep create`)")
+        raise ConfigError(f"sweep {name!r}: no such study in {mask_secrets(storage)} (create it with "
+                          "`vqalab sweep create`)") from None
     stored = study.user_attrs.get(SPEC_ATTR)
     if stored is None:
-        raise ConfigError(f"study {name!r} in {storage} was not created by `vqalab sweep create`")
+        raise ConfigError(f"study {name!r} in {mask_secrets(storage)} was not created by `vqalab sweep create`")
     return study, SweepSpec(**stored)
 
 
@@ -279,6 +407,7 @@ class Worker:
     def __init__(self, name: str, storage: str | Path | None = None, *, devices: list[str] | None = None,
                  slots: int = 1, max_trials: int | None = None, heartbeat_s: float = HEARTBEAT_S,
                  grace_s: float = GRACE_S, max_retries: int = MAX_RETRIES):
+        check_timing(heartbeat_s, grace_s)  # before the storage is opened
         self.study, self.spec = load_sweep(name, storage, heartbeat_s=heartbeat_s, grace_s=grace_s,
                                            max_retries=max_retries)
         self.points = {_point_key(point_params(p)): p for p in self.spec.points()}

@@ -35,7 +35,7 @@ import time
 import zipfile
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -309,28 +309,109 @@ def same_number(a: float, b: float) -> bool:
 
 @dataclass
 class ResumePoint:
+    """An interrupted run checked against its own records, ready to continue (``prepare_resume``).
+
+    summary: its ``summary.json``; None when that is missing or unreadable (``rebuilt`` says which):
+        ``_train`` then writes a whole new record, as for a new run, noting that it was rebuilt.
+    checkpoint, ckpt, history: its last checkpoint (None: killed before the first) and what it
+        holds, and the ``metrics.csv`` rows up to it.
+    """
+
     run_dir: Path
-    summary: dict
+    summary: dict | None
     checkpoint: Path | None
+    ckpt: dict | None = None
+    history: list[dict] = field(default_factory=list)
+    rebuilt: str | None = None
+
+
+# What a run records about itself at its start (summary.json) and must still hold on resume.
+RECORDED_KEYS = ("experiment", "name", "seed")
+
+
+def config_differences(have: dict, want: dict) -> list[tuple[str, object, object]]:
+    """(dotted key, value in ``have``, value in ``want``) of every key that differs, the keys a
+    resumption may change (``RESUME_FREE_KEYS``) left out. A key added to RunConfig after the run
+    started (train.compile…) is missing from its record: it counts at its default."""
+    defaults = flatten(RunConfig().to_dict())
+    a, b = {**defaults, **flatten(have)}, {**defaults, **flatten(want)}
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b))
+            if k not in RESUME_FREE_KEYS and json.dumps(a.get(k)) != json.dumps(b.get(k))]
+
+
+def read_summary_for_resume(summary_file: Path) -> tuple[dict | None, str | None]:
+    """The run's summary, or (None, why it cannot be used)."""
+    if not summary_file.is_file():
+        return None, f"{summary_file} is missing"
+    try:
+        summary = runs.read_json_record(summary_file)
+    except ConfigError as err:
+        return None, str(err)
+    missing = [k for k in (*RECORDED_KEYS, "model", "config_hash") if k not in summary]
+    if missing:
+        return None, f"{summary_file} lacks {', '.join(missing)}"
+    return summary, None
 
 
 def prepare_resume(cfg: RunConfig, resume: str | Path) -> ResumePoint:
-    """Check that ``resume`` is a run folder of this same config and find its last checkpoint."""
+    """Check that ``resume`` is a run folder of this same config, as the run recorded it at its
+    start, and read its last checkpoint and metrics; any difference is refused naming the key.
+
+    ``cfg`` is compared with the folder's ``params.yaml``, and ``params.yaml`` with the config in
+    the last checkpoint (written by the run itself) and with the experiment, name, seed, model and
+    config hash in ``summary.json``. A missing or unreadable ``summary.json`` is rebuilt from the
+    checkpoint, or refused when there is none.
+    """
     run_dir = resolve(resume)
     params_file = run_dir / "params.yaml"
     if not params_file.is_file():
         raise ConfigError(f"resume {run_dir}: not a run folder (no params.yaml)")
-    # a key added to RunConfig after the run started (train.compile…) is missing there: its default
-    saved = {**flatten(RunConfig().to_dict()), **flatten(read_yaml(params_file))}
-    wanted = flatten(cfg.to_dict())
-    differ = [f"{k}: run has {short_repr(saved.get(k))}, config has {short_repr(wanted.get(k))}"
-              for k in sorted(set(saved) | set(wanted))
-              if k not in RESUME_FREE_KEYS and json.dumps(saved.get(k)) != json.dumps(wanted.get(k))]
+    saved = read_yaml(params_file)
+    if not isinstance(saved, dict):
+        raise ConfigError(f"resume {run_dir}: {params_file} is not a params mapping")
+    differ = [f"{k}: run has {short_repr(a)}, config has {short_repr(b)}"
+              for k, a, b in config_differences(saved, cfg.to_dict())]
     if differ:
         raise ConfigError(f"resume {run_dir}: the config differs from the run's params.yaml: " + "; ".join(differ))
-    summary_file = run_dir / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    return ResumePoint(run_dir=run_dir, summary=summary, checkpoint=latest_checkpoint(run_dir))
+    summary, unusable = read_summary_for_resume(run_dir / "summary.json")
+    checkpoint = latest_checkpoint(run_dir)
+    point = ResumePoint(run_dir=run_dir, summary=summary, checkpoint=checkpoint, rebuilt=unusable)
+    if summary is not None:
+        recorded = {**{k: summary[k] for k in RECORDED_KEYS}, "model.name": summary["model"]}
+        for key, value in recorded.items():
+            if json.dumps(flatten(saved).get(key)) != json.dumps(value):
+                raise ConfigError(f"resume {run_dir}: {key} is {short_repr(flatten(saved).get(key))} in "
+                                  f"params.yaml but {short_repr(value)} in summary.json (recorded at the "
+                                  "start): restore params.yaml, or start a new run")
+        if summary.get("status") in FINISHED_STATUSES:
+            return point
+    if checkpoint is None:
+        if summary is None:
+            raise ConfigError(f"resume {run_dir}: {unusable} and there is no checkpoint to rebuild it "
+                              "from: start the run again")
+        # The hash holds the device type the run resolved: that of summary.json's device, or here.
+        on_recorded_device = {**saved, "train": {**saved.get("train", {}), "device": summary.get("device", "auto")}}
+        hashes = {config_hash(saved), config_hash(on_recorded_device)}
+        if summary["config_hash"] not in hashes:
+            raise ConfigError(f"resume {run_dir}: params.yaml (or a weights file it names) changed after the run "
+                              f"started: its config_hash is {config_hash(saved)}, summary.json recorded "
+                              f"{summary['config_hash']}: restore it, or start a new run")
+        return point
+    ckpt = load_resume_checkpoint(checkpoint)
+    differ = config_differences(saved, ckpt.get("config") or saved)
+    if differ:
+        listed = "; ".join(f"{k} is {short_repr(a)} in params.yaml but {short_repr(b)} in the checkpoint"
+                           for k, a, b in differ[:4])
+        raise ConfigError(f"resume {run_dir}: params.yaml differs from what the run trained with (checkpoint "
+                          f"{checkpoint.name}): {listed}{'; …' if len(differ) > 4 else ''}: restore "
+                          "params.yaml, or start a new run")
+    metrics_file = run_dir / METRICS_FILE
+    if not metrics_file.is_file():
+        raise ConfigError(f"resume: {metrics_file} is missing (checkpoint {checkpoint} "
+                          f"is at epoch {ckpt['epoch']}): restore it, or start the run again")
+    point.ckpt = ckpt
+    point.history = check_history(metrics_file, read_metrics_rows(metrics_file), checkpoint, ckpt)
+    return point
 
 
 def resolve_auto_batch(cfg: RunConfig, data: DataSplits, device: torch.device,
@@ -373,7 +454,7 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
                 raise ConfigError(f"resume {run_dir}: not a run folder (no params.yaml)")
             held.enter_context(runs.folder_lock(run_dir, "run folder"))  # before reading its state
             point = prepare_resume(cfg, run_dir)
-            if point.summary.get("status") in FINISHED_STATUSES:
+            if point.summary is not None and point.summary.get("status") in FINISHED_STATUSES:
                 log.info("run %s already %s: nothing to resume", point.run_dir, point.summary["status"])
                 return RunResult(run_dir=point.run_dir, summary=point.summary)
         else:
@@ -423,11 +504,9 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
     history: list[dict] = []
     best_confusion: torch.Tensor | None = None
     step, start_epoch = 0, 1
-    if point is None:
-        run_dir = runs.new_run_dir(cfg.runs_root, cfg.experiment, cfg.name)
-        held.enter_context(runs.folder_lock(run_dir, "run folder"))
-        runs.write_yaml(run_dir / "params.yaml", asked.to_dict())
-        summary = {
+    def start_record(run_dir: Path) -> dict:
+        """summary.json of a run starting now: what it trains, on what data, code and machine."""
+        return {
             "status": "running", "experiment": cfg.experiment, "name": cfg.name, "run_dir": str(run_dir),
             "config_hash": config_hash(asked), "batch_size": cfg.train.batch_size,
             **({"batch_size_auto": auto_batch} if auto_batch is not None else {}), "model": model_name, "seed": cfg.seed, "params": n_params,
@@ -437,17 +516,23 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **execution_fields(cfg), **environment(device),
             **distributed.summary_fields(cfg.train.batch_size, cfg.train.grad_accum_steps),
         }
+
+    if point is None:
+        run_dir = runs.new_run_dir(cfg.runs_root, cfg.experiment, cfg.name)
+        held.enter_context(runs.folder_lock(run_dir, "run folder"))
+        runs.write_yaml(run_dir / "params.yaml", asked.to_dict())
+        summary = start_record(run_dir)
     else:
         run_dir, summary = point.run_dir, point.summary
-        if point.checkpoint is not None:
+        if summary is None:  # missing or unreadable: a whole record again, never a stripped one
+            summary = {**start_record(run_dir), "started": None,
+                       "summary_rebuilt": f"{point.rebuilt}: rebuilt from {point.checkpoint.name} on resume"}
+            log.warning("run %s: %s; summary.json rebuilt from %s", run_dir, point.rebuilt, point.checkpoint)
+        if point.ckpt is not None:
             # loaded onto the CPU: the states below are copied to the model's device, wherever
             # the run was before (the RNG states must stay CPU tensors)
-            ckpt = load_resume_checkpoint(point.checkpoint)
-            metrics_file = run_dir / METRICS_FILE
-            if not metrics_file.is_file():
-                raise ConfigError(f"resume: {metrics_file} is missing (checkpoint {point.checkpoint} "
-                                  f"is at epoch {ckpt['epoch']}): restore it, or start the run again")
-            history = check_history(metrics_file, read_metrics_rows(metrics_file), point.checkpoint, ckpt)
+            ckpt = point.ckpt
+            history = point.history
             module.load_state_dict(ckpt["model_state"])
             optimizer.load_state_dict(ckpt["optimizer_state"])
             scheduler.load_state_dict(ckpt["scheduler_state"])
@@ -495,6 +580,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
                 if not math.isfinite(val_loss):
                     raise Diverged(step, optimizer.param_groups[0]["lr"], "validation loss", epoch)
                 row.update(val_loss=val_loss, val_acc=val_acc, peak_memory_mb=peak_memory_mb(device))
+                check_run_folder(run_dir, epoch)  # the writes below would make a removed folder again
                 history.append(row)
                 if val_pred is not None and summarise(history, cfg.train.early_stop_metric)["best_epoch"] == epoch:
                     best_confusion = confusion_matrix(torch.as_tensor(data.val.targets), val_pred, len(data.class_names))
@@ -532,8 +618,32 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
             monitor.close()
             summary.update(summarise(history, cfg.train.early_stop_metric), wall_time_s=time.perf_counter() - t_run,
                            finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            runs.write_json(run_dir / "summary.json", summary)
+            record_end(run_dir, summary, len(history))
     return RunResult(run_dir=run_dir, summary=summary)
+
+
+def check_run_folder(run_dir: Path, epoch: int) -> None:
+    """Stop (the run fails) when the run folder was removed while it trained."""
+    if not run_dir.is_dir():
+        raise runs.RunFolderLost(f"run folder {run_dir} was removed while the run trained (in epoch {epoch}): "
+                                 "nothing more is recorded; start the run again")
+
+
+def record_end(run_dir: Path, summary: dict, epochs_done: int) -> None:
+    """Write the final summary.json; a folder removed or made read-only meanwhile is said in one
+    line (``runs.RunFolderLost``) instead of a traceback, and never made again."""
+    if not run_dir.is_dir():
+        raise runs.RunFolderLost(f"run folder {run_dir} was removed while the run trained (after {epochs_done} "
+                                 "epoch(s)): nothing more is recorded; start the run again")
+    try:
+        runs.write_json(run_dir / "summary.json", summary)
+    except runs.DiskFullError:
+        raise
+    except OSError as err:
+        raise runs.RunFolderLost(
+            f"run folder {run_dir} cannot be written any more ({err.strerror or err}: {err.filename or run_dir}; "
+            f"read-only or removed?): the run stopped, and its summary.json still says 'running', not "
+            f"'{summary['status']}'") from err
 
 
 def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: RunConfig,

@@ -32,6 +32,7 @@ from vqalab.data import (
     short_hash,
 )
 from vqalab.data.expressions import EXPRESSIONS, NUM_EXPRESSIONS, expression_splits
+from vqalab.data.transforms import open_rgb
 from vqalab.paths import cache_dir, resolve_data
 from vqalab.registry import ConfigError
 
@@ -188,14 +189,10 @@ def decode_images(paths: list[Path], size: int, use_cache: bool = True) -> np.nd
         return np.load(cached)
     array = np.empty((len(paths), 3, size, size), dtype=np.uint8)
     for i, path in enumerate(paths):
-        try:
-            with Image.open(path) as img:
-                img = img.convert("RGB")
-                if img.size != (size, size):
-                    img = img.resize((size, size), Image.Resampling.BICUBIC)
-                array[i] = np.asarray(img).transpose(2, 0, 1)
-        except OSError as err:
-            raise ConfigError(f"{path}: cannot read the image: {err}") from None
+        with open_rgb(path, f"RAF-DB image {path.name}") as img:
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BICUBIC)
+            array[i] = np.asarray(img).transpose(2, 0, 1)
     if use_cache:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_name(f".{cached.stem}.{id(array)}.tmp.npy")

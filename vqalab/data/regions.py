@@ -31,7 +31,19 @@ def read_regions(path: Path) -> np.ndarray:
     if features.ndim != 2 or boxes.shape != (len(features), BOX_DIM) or width <= 0 or height <= 0:
         raise ConfigError(f"{path}: expected features (K, D), boxes (K, 4) and a positive image_w, image_h; "
                           f"got features {features.shape}, boxes {boxes.shape}, image {width}×{height}")
+    for name, values in (("features", features), ("boxes", boxes)):
+        check_finite(path, values, name)
     return np.concatenate([features, boxes / np.array([width, height, width, height], np.float32)], axis=1)
+
+
+def check_finite(path: Path, values: np.ndarray, what: str = "features") -> None:
+    """Refuse a feature file holding NaN or infinity, naming it: training on it would only say
+    "diverged", without saying where the bad number came from."""
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ConfigError(f"{path}: {what} hold {int(bad.sum())} non-finite value(s) (NaN or infinity; the first "
+                          f"at index {first}): recompute or replace the file")
 
 
 def boxes_of(region_map: torch.Tensor) -> torch.Tensor:

@@ -8,9 +8,13 @@ crop) when asked. Randomness comes from torch's global generator, which the trai
 from __future__ import annotations
 
 import math
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Literal
 
 import torch
+from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
 # ImageNet statistics (torchvision's pretrained weights expect them).
@@ -21,6 +25,26 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 FACE_MEAN = (0.5, 0.5, 0.5)
 FACE_STD = (0.5, 0.5, 0.5)
 NORMALIZATIONS = {"face": (FACE_MEAN, FACE_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
+
+@contextmanager
+def open_rgb(path: Path, what: str = "image"):
+    """``path`` opened as an RGB PIL image; a damaged file or a decompression bomb (more pixels than
+    ``PIL.Image.MAX_IMAGE_PIXELS``, which PIL only warns about up to twice that) is refused as a
+    ``ConfigError`` naming the file (``what``: e.g. "image_id 25") before it is decoded."""
+    from vqalab.registry import ConfigError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                rgb = img.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ConfigError(f"{path}: cannot read the image ({what}): more than {Image.MAX_IMAGE_PIXELS:,} pixels "
+                          "(PIL.Image.MAX_IMAGE_PIXELS), so it is refused as a possible decompression bomb") from None
+    except OSError as err:  # a truncated or damaged file: name it (this may be mid-epoch)
+        raise ConfigError(f"{path}: cannot read the image ({what}): {err}") from None
+    yield rgb
+
 
 FLIP_PROB = 0.5  # horizontal flip: expressions are (nearly) mirror-symmetric
 CROP_SCALE = (0.8, 1.0)  # random resized crop keeps this fraction of the area: faces stay in view

@@ -53,11 +53,11 @@ from vqalab.data import (
     short_hash,
 )
 from vqalab.data.easy_vqa import collate_vqa
-from vqalab.data.regions import REGION_INPUT_KEYS, boxes_of, read_regions
-from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from vqalab.data.regions import REGION_INPUT_KEYS, boxes_of, check_finite, read_regions
+from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, open_rgb
 from vqalab.metrics import clean_whitespace, normalize_answer, vqa_accuracy
 from vqalab.paths import cache_dir, resolve_data
-from vqalab.registry import ConfigError
+from vqalab.registry import ConfigError, short_repr
 from vqalab.text import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -106,10 +106,24 @@ def check_entries(entries: list, path: Path, what: str, keys: tuple[str, ...]) -
             ident = f" (question_id {entry['question_id']!r})" if "question_id" in entry else ""
             raise ConfigError(f"vqa_v2: {path}: {what} entry {index}{ident} has no {', '.join(repr(k) for k in missing)} "
                               f"(every entry needs {', '.join(keys)})")
-        if what == "annotations" and not (isinstance(entry["answers"], list)
-                                          and all(isinstance(a, dict) and "answer" in a for a in entry["answers"])):
-            raise ConfigError(f"vqa_v2: {path}: annotations entry {index} (question_id {entry['question_id']!r}): "
-                              "'answers' must be a list of objects with an 'answer'")
+        where = f"vqa_v2: {path}: {what} entry {index}"
+        for key in ("question_id", "image_id"):
+            if not isinstance(entry[key], int) or isinstance(entry[key], bool):
+                raise ConfigError(f"{where}: {key} = {short_repr(entry[key])}: expected an integer")
+        where += f" (question_id {entry['question_id']})"
+        if what == "questions" and not isinstance(entry["question"], str):
+            raise ConfigError(f"{where}: question = {short_repr(entry['question'])}: expected a string")
+        if what == "annotations":
+            if not (isinstance(entry["answers"], list)
+                    and all(isinstance(a, dict) and "answer" in a for a in entry["answers"])):
+                raise ConfigError(f"{where}: 'answers' must be a list of objects with an 'answer'")
+            if not isinstance(entry.get("multiple_choice_answer", ""), str):
+                raise ConfigError(f"{where}: multiple_choice_answer = {short_repr(entry['multiple_choice_answer'])}: "
+                                  "expected a string")
+            for a in entry["answers"]:
+                if not isinstance(a["answer"], str):
+                    raise ConfigError(f"{where}: answer = {short_repr(a['answer'])}: expected a string "
+                                      '(the official files quote every answer, e.g. "2")')
 
 
 def load_split(questions_path: Path, annotations_path: Path) -> list[dict]:
@@ -180,6 +194,7 @@ def load_features(path: Path) -> torch.Tensor:
     else:
         array = np.load(path) if path.suffix == ".npy" else torch.load(path, map_location="cpu", weights_only=True)
     features = torch.as_tensor(array, dtype=torch.float32)
+    check_finite(path, features.numpy())
     if features.ndim == 1:
         return features[:, None, None]
     if features.ndim == 2:
@@ -224,10 +239,10 @@ class VQAv2Split(Dataset):
         if self.image_size is None:
             return load_features(path)
         try:
-            with Image.open(path) as img:
-                rgb = img.convert("RGB").resize((self.image_size, self.image_size), Image.BILINEAR)
-        except OSError as err:  # a truncated or damaged file: name it (this may be mid-epoch)
-            raise ConfigError(f"vqa_v2: {path}: cannot read the image (image_id {image_id}): {err}") from None
+            with open_rgb(path, f"image_id {image_id}") as img:
+                rgb = img.resize((self.image_size, self.image_size), Image.BILINEAR)
+        except ConfigError as err:
+            raise ConfigError(f"vqa_v2: {err}") from None
         image = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float().div_(255)  # (3, S, S)
         return (image - self.mean) / self.std
 
