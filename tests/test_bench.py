@@ -12,7 +12,7 @@ import yaml
 from conftest import TINY
 from torch import nn
 
-from vqalab import bench, engine, train
+from vqalab import bench, engine
 from vqalab.bench import auto_batch_size
 from vqalab.cli import main
 from vqalab.config import build_config
@@ -339,9 +339,9 @@ def test_sweep_rejects_bad_arguments_before_compute(cfg):
 
 
 def test_training_step_updates_the_weights(cfg, data):
-    model = train.build_model(cfg, data, torch.device("cpu"))
+    model = engine.build_model(cfg, data, torch.device("cpu"))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = train.make_grad_scaler(torch.device("cpu"), "off")
+    scaler = engine.make_grad_scaler(torch.device("cpu"), "off")
     assert not scaler.is_enabled()  # loss scaling is for fp16 only
     batch = bench.fixed_batch(data, 4, cfg.seed)
     before = [p.detach().clone() for p in model.parameters()]

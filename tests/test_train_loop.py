@@ -280,13 +280,13 @@ def test_optimizer_step_unscales_then_clips_then_steps():
     model, optimizer = two_weight_model()
     scaler = torch.amp.GradScaler("cpu", init_scale=8.0)  # stands for the CUDA fp16 scaler
     scaler.scale(model(torch.tensor([[3.0, 4.0]])).sum()).backward()  # gradient (3, 4) × 8
-    grad_norm = train.optimizer_step(model, optimizer, scaler, clip_norm=1.0)
+    grad_norm = engine.optimizer_step(model, optimizer, scaler, clip_norm=1.0)
     assert grad_norm.item() == pytest.approx(5.0)  # measured on the unscaled gradient
     # clipped to norm 1 before the step: (3, 4) / 5
     torch.testing.assert_close(model.weight.detach(), torch.tensor([[3.0 - 0.6, 4.0 - 0.8]]))
     model, optimizer = two_weight_model()
     model(torch.tensor([[3.0, 4.0]])).sum().backward()
-    assert train.optimizer_step(model, optimizer, train.make_grad_scaler(torch.device("cpu"), "off"),
+    assert engine.optimizer_step(model, optimizer, engine.make_grad_scaler(torch.device("cpu"), "off"),
                                 clip_norm=None).item() == pytest.approx(5.0)
     torch.testing.assert_close(model.weight.detach(), torch.tensor([[0.0, 0.0]]))  # None: not clipped
 
@@ -294,7 +294,7 @@ def test_optimizer_step_unscales_then_clips_then_steps():
 def test_optimizer_step_skips_a_non_finite_gradient():
     model, optimizer = two_weight_model()
     model(torch.tensor([[math.inf, 1.0]])).sum().backward()
-    grad_norm = train.optimizer_step(model, optimizer, train.make_grad_scaler(torch.device("cpu"), "off"), 1.0)
+    grad_norm = engine.optimizer_step(model, optimizer, engine.make_grad_scaler(torch.device("cpu"), "off"), 1.0)
     assert not torch.isfinite(grad_norm)
     torch.testing.assert_close(model.weight.detach(), torch.tensor([[3.0, 4.0]]))  # untouched
 
