@@ -28,8 +28,10 @@ test: venv
 test-heavy: venv
 	$(BIN)/python -m pytest -q -m heavy
 
+# ruff, then the layers of docs/ARCHITECTURE.md (import-linter contracts in pyproject.toml)
 lint: venv
 	$(BIN)/ruff check vqalab tests benchmarks
+	$(BIN)/lint-imports
 
 clean-venv:
 	rm -rf $(VENV)

@@ -27,8 +27,8 @@ from vqalab import bench
 from vqalab.config import load_config
 from vqalab.data import build_data
 from vqalab.data.samplers import epoch_batches
+from vqalab.engine import select_device
 from vqalab.models import create_model
-from vqalab.train import select_device
 
 
 def plain_samples_per_s(cfg, data, batch_size: int, warmup: int, steps: int) -> float:

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from vqalab import bench, runs, train
+from vqalab import bench, engine, runs, train
 from vqalab.config import RunConfig
 
 EXACT_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_acc", "lr"]
@@ -55,7 +55,7 @@ def fit_watched(monkeypatch, cfg: RunConfig, data=None, *, resume=None) -> tuple
 
     def build_and_watch(*args, **kwargs):
         model = real_build(*args, **kwargs)
-        watches.append(StepWatch(train.uncompiled(model)))
+        watches.append(StepWatch(engine.uncompiled(model)))
         return model
 
     with monkeypatch.context() as patch:
@@ -67,7 +67,7 @@ def fit_watched(monkeypatch, cfg: RunConfig, data=None, *, resume=None) -> tuple
 
 def assert_autocast_ran(watch: StepWatch, amp: str) -> None:
     """Every Linear of the training steps computed in the AMP dtype (fp32 with amp off)."""
-    want = train.AMP_DTYPES.get(amp, torch.float32)
+    want = engine.AMP_DTYPES.get(amp, torch.float32)
     assert watch.linear_dtypes == {want}, f"amp {amp}: Linear outputs were {watch.linear_dtypes}"
 
 
@@ -85,22 +85,22 @@ def assert_summary_records(summary: dict, *, amp: str, channels_last: bool, devi
 
 
 def assert_scaler_skips_an_inf_step(cfg: RunConfig, data, device: torch.device) -> None:
-    """The loop's fp16 step (``train.training_step``) with an inf gradient: the enabled GradScaler
+    """The loop's fp16 step (``engine.training_step``) with an inf gradient: the enabled GradScaler
     skips it (parameters and optimizer state untouched), halves its scale and restarts its growth
     count; the next, finite step applies at the lowered scale."""
-    train.seed_everything(cfg.seed)
-    model = train.build_model(cfg, data, device)
-    optimizer = train.build_optimizer(model, cfg)
-    scaler = train.make_grad_scaler(device, "fp16")
+    engine.seed_everything(cfg.seed)
+    model = engine.build_model(cfg, data, device)
+    optimizer = engine.build_optimizer(model, cfg)
+    scaler = engine.make_grad_scaler(device, "fp16")
     assert scaler.is_enabled()
-    batch = train.to_device(bench.fixed_batch(data, 8, cfg.seed), device, cfg.train.channels_last)
+    batch = engine.to_device(bench.fixed_batch(data, 8, cfg.seed), device, cfg.train.channels_last)
     weight = next(p for p in model.parameters() if p.dim() == 2)
     hook = weight.register_hook(lambda grad: torch.full_like(grad, math.inf))
     before = [p.detach().clone() for p in model.parameters()]
     scale = scaler.get_scale()
 
     def step():
-        return train.training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, task=data.task, cfg=cfg,
+        return engine.training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, task=data.task, cfg=cfg,
                                    device=device, amp="fp16")
 
     loss, grad_norm = step()

@@ -12,7 +12,7 @@ import yaml
 from conftest import TINY
 from torch import nn
 
-from vqalab import bench, train
+from vqalab import bench, engine
 from vqalab.bench import auto_batch_size
 from vqalab.cli import main
 from vqalab.config import build_config
@@ -262,7 +262,7 @@ def test_is_out_of_memory(err, expected):
 def test_model_and_data_mismatch_is_a_clear_error():
     cfg = build_config({"model": {"name": "ir50_vit"}, "data": {"name": "easy_vqa"}})
     with pytest.raises(ConfigError, match="model 'ir50_vit' does not take vocab_size, num_answers from data 'easy_vqa'"):
-        train.check_model_fits_data(cfg, SimpleNamespace(model_kwargs={"vocab_size": 9, "num_answers": 3}))
+        engine.check_model_fits_data(cfg, SimpleNamespace(model_kwargs={"vocab_size": 9, "num_answers": 3}))
 
 
 # --- the sweep -------------------------------------------------------------------------------
@@ -285,7 +285,7 @@ def failing_allocator(monkeypatch, make_error):
         built.append(weakref.ref(model))
         return model
 
-    monkeypatch.setattr(train, "create_model", create)
+    monkeypatch.setattr(engine, "create_model", create)
     return built
 
 
@@ -341,13 +341,13 @@ def test_sweep_rejects_bad_arguments_before_compute(cfg):
 
 
 def test_training_step_updates_the_weights(cfg, data):
-    model = train.build_model(cfg, data, torch.device("cpu"))
+    model = engine.build_model(cfg, data, torch.device("cpu"))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    scaler = train.make_grad_scaler(torch.device("cpu"), "off")
+    scaler = engine.make_grad_scaler(torch.device("cpu"), "off")
     assert not scaler.is_enabled()  # loss scaling is for fp16 only
     batch = bench.fixed_batch(data, 4, cfg.seed)
     before = [p.detach().clone() for p in model.parameters()]
-    loss, grad_norm = train.training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, task=data.task,
+    loss, grad_norm = engine.training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, task=data.task,
                                           cfg=cfg, device=torch.device("cpu"), amp="off")
     assert torch.isfinite(loss) and torch.isfinite(grad_norm) and grad_norm > 0
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()) if p.requires_grad)

@@ -1,4 +1,4 @@
-"""``train.compile``: one function (``train.build_model``) wraps the model in ``torch.compile`` for
+"""``train.compile``: one function (``engine.build_model``) wraps the model in ``torch.compile`` for
 fit, bench and lr-find alike; checkpoints hold the plain module's weights. The real inductor runs
 once per model family on the CPU (slow: each compile takes CPU time)."""
 
@@ -11,7 +11,7 @@ from conftest import TINY
 from device_checks import interrupt_in_epoch
 from torch import nn
 
-from vqalab import bench, lr_find, runs, train
+from vqalab import bench, engine, lr_find, runs, train
 from vqalab.config import build_config
 from vqalab.data import build_data
 from vqalab.registry import ConfigError
@@ -135,18 +135,18 @@ def test_inductor_steps_like_eager_on_the_cpu(family):
     cfg = build_config({**tree, "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.0},
                         "train": {"batch_size": 8, "device": "cpu", "compile": True}})
     data = build_data(cfg.data)
-    batch = train.to_device(bench.fixed_batch(data, 8, cfg.seed), torch.device("cpu"))
+    batch = engine.to_device(bench.fixed_batch(data, 8, cfg.seed), torch.device("cpu"))
     steps = {}
     for compiled in (False, True):
-        train.seed_everything(cfg.seed)
-        model = train.build_model(cfg, data, torch.device("cpu"), compile_model=compiled)
-        optimizer = train.build_optimizer(model, cfg)
+        engine.seed_everything(cfg.seed)
+        model = engine.build_model(cfg, data, torch.device("cpu"), compile_model=compiled)
+        optimizer = engine.build_optimizer(model, cfg)
         graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
-        loss, grad_norm = train.training_step(model, optimizer, train.make_grad_scaler(torch.device("cpu"), "off"),
+        loss, grad_norm = engine.training_step(model, optimizer, engine.make_grad_scaler(torch.device("cpu"), "off"),
                                               batch, input_keys=data.input_keys, task=data.task, cfg=cfg, device=torch.device("cpu"),
                                               amp="off")
         assert (torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs_before) == compiled
-        steps[compiled] = (loss, grad_norm, train.uncompiled(model).state_dict())
+        steps[compiled] = (loss, grad_norm, engine.uncompiled(model).state_dict())
     (eager_loss, eager_norm, eager_state), (loss, norm, state) = steps[False], steps[True]
     assert state.keys() == eager_state.keys()  # no _orig_mod. prefix: loads into a plain model
     torch.testing.assert_close(loss, eager_loss, rtol=1e-4, atol=1e-6)

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 from conftest import TINY
-from vqalab import bench, lr_find, train
+
+from vqalab import bench, engine, lr_find
 from vqalab.cli import main
 from vqalab.config import build_config
 from vqalab.registry import ConfigError
@@ -112,13 +113,13 @@ def assert_same_tree(a, b):
 
 def test_range_test_restores_model_and_optimizer_exactly(cfg, data):
     device = torch.device("cpu")
-    model = train.build_model(cfg, data, device)
+    model = engine.build_model(cfg, data, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
     # two real steps first, so the Adam moments and step counts and BatchNorm statistics are not empty
     batch = bench.fixed_batch(data, 8, cfg.seed)
-    scaler = train.make_grad_scaler(device, "off")
+    scaler = engine.make_grad_scaler(device, "off")
     for _ in range(2):
-        train.training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, task=data.task, cfg=cfg,
+        engine.training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, task=data.task, cfg=cfg,
                             device=device, amp="off")
     model.eval()
     before = state_snapshot(model, optimizer)
@@ -145,7 +146,7 @@ def test_range_test_runs_with_the_configured_threads_and_restores_them(cfg, data
     before = torch.get_num_threads()
     threads = 1 if before > 1 else 2
     seen = []
-    model = train.build_model(cfg, data, torch.device("cpu"))
+    model = engine.build_model(cfg, data, torch.device("cpu"))
     model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
     one = build_config({**TINY, "train": {**TINY["train"], "num_threads": threads}})
     result = lr_find.lr_range_test(one, num_steps=2, data=data, model=model,

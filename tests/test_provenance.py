@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vqalab import provenance, runs, train
+from vqalab import engine, provenance, runs, train
 from vqalab.config import build_config
 from vqalab.data import build_data, declared_targets
 from vqalab.registry import ConfigError
@@ -217,7 +217,7 @@ def test_a_checkpoint_loads_and_resumes_after_its_weights_file_is_gone(tmp_path,
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     assert frozen and all("embed" in n for n in frozen)  # built as trained: the embedding stays frozen
     with pytest.raises(FileNotFoundError, match="emb.pt"):  # a new model does need the file
-        train.build_model(cfg, data, torch.device("cpu"))
+        engine.build_model(cfg, data, torch.device("cpu"))
 
     resumed = fit(cfg, data=data, resume=stopped.run_dir)
     assert resumed.summary["status"] == "completed" and resumed.summary["epochs"] == 2
@@ -282,7 +282,7 @@ def test_the_loss_follows_the_task_not_a_mask_key_in_the_batch():
     cfg = build_config({})
     logits = torch.randn(4, 3)
     batch = {"target": torch.tensor([0, 1, 2, 0]), "mask": torch.ones(4, 3)}  # e.g. a token mask
-    torch.testing.assert_close(train.compute_loss(logits, batch, cfg, "classification"),
+    torch.testing.assert_close(engine.compute_loss(logits, batch, cfg, "classification"),
                                F.cross_entropy(logits, batch["target"]))
-    torch.testing.assert_close(train.compute_loss(logits, batch, cfg, "segmentation"),
+    torch.testing.assert_close(engine.compute_loss(logits, batch, cfg, "segmentation"),
                                F.binary_cross_entropy_with_logits(logits, batch["mask"]))

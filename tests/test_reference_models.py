@@ -593,7 +593,7 @@ def counter_reference(fw, boxes, logits, *, objects):
         bp, bq = boxes[keep[p]], boxes[keep[q]]
         iw = max(0.0, float(min(bp[2], bq[2]) - max(bp[0], bq[0])))
         ih = max(0.0, float(min(bp[3], bq[3]) - max(bp[1], bq[1])))
-        area = lambda bx: max(0.0, float(bx[2] - bx[0])) * max(0.0, float(bx[3] - bx[1]))  # noqa: E731
+        area = lambda bx: max(0.0, float(bx[2] - bx[0])) * max(0.0, float(bx[3] - bx[1]))
         return iw * ih / (area(bp) + area(bq) - iw * ih + 1e-12)
 
     rel = [[a[i] * a[j] for j in range(k)] for i in range(k)]

@@ -60,7 +60,7 @@ def test_run_folder_holds_params_metrics_summary_and_checkpoints(tmp_path, data)
     assert run.parent == tmp_path / "runs" / "unit" and run.name.endswith("-tiny")
     params = yaml.safe_load((run / "params.yaml").read_text())
     assert params["seed"] == 7 and params["model"]["cnn_channels"] == [4, 8, 8]
-    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    rows = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
     assert [int(r["epoch"]) for r in rows] == [1, 2]
     assert set(rows[0]) >= {"epoch", "train_loss", "val_loss", "val_acc", "epoch_time_s", "samples_per_s"}
     assert all(0 <= float(r["val_acc"]) <= 1 for r in rows)
@@ -70,7 +70,7 @@ def test_run_folder_holds_params_metrics_summary_and_checkpoints(tmp_path, data)
     assert summary["best_epoch"] == int(max(rows, key=lambda r: float(r["val_acc"]))["epoch"])
     assert summary["device"] == "cpu" and summary["torch"] == torch.__version__
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_001.pt", "epoch_002.pt"]
-    matrix = list(csv.reader(open(run / "confusion_matrix.csv")))
+    matrix = list(csv.reader((run / "confusion_matrix.csv").read_text().splitlines()))
     assert len(matrix) == 14 and sum(int(x) for r in matrix[1:] for x in r[1:]) == len(data.val)
 
 
@@ -125,7 +125,7 @@ def test_confusion_matrix_file_and_per_class_accuracy(tmp_path):
     matrix = runs.confusion_matrix(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 1]), 4)
     assert matrix.tolist() == [[1, 1, 0, 0], [0, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 0]]
     runs.write_confusion(tmp_path, ["a", "b", "c", "d"], matrix)
-    assert list(csv.reader(open(tmp_path / runs.CONFUSION_FILE))) == [
+    assert list(csv.reader((tmp_path / runs.CONFUSION_FILE).read_text().splitlines())) == [
         ["true\\predicted", "a", "b", "c", "d"], ["a", "1", "1", "0", "0"], ["b", "0", "1", "0", "0"],
         ["c", "0", "1", "0", "0"], ["d", "0", "0", "0", "0"]]
     recall = runs.per_class_accuracy(matrix, ["a", "b", "c", "d"])

@@ -29,7 +29,8 @@ from vqalab.studies.common import (
     spread_sentence,
     with_values,
 )
-from vqalab.sweep import FRESH_ENV, RUN_LOG_ENV, seed_stats
+from vqalab.sweep import RUN_LOG_ENV, seed_stats
+from vqalab.sweep_points import FRESH_ENV
 
 FER = {"experiment": "e", "runs_root": "runs", "model": "ir50_vit", "depth": 2, "img_size": 16, "backbone_depth": 18,
        "width": 0.125, "dataset_kwargs": {}, "num_train": 64, "num_val": 32, "face_options": {"clutter": 0},

@@ -11,7 +11,7 @@ import torch
 
 matplotlib.use("Agg")
 
-from vqalab import runs, train
+from vqalab import engine, runs, train
 from vqalab import sweep as sweep_module
 from vqalab.registry import ConfigError
 from vqalab.sweep import (
@@ -48,7 +48,8 @@ def nan_at_high_lr(monkeypatch):
         value = original(logits, batch, cfg, task)
         return value * math.nan if cfg.optim.lr == NAN_LR else value
 
-    monkeypatch.setattr(train, "compute_loss", loss)
+    monkeypatch.setattr(engine, "compute_loss", loss)  # the training step's
+    monkeypatch.setattr(train, "compute_loss", loss)  # validation's
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from vqalab import runs, train
+from vqalab import engine, runs, train
 from vqalab.cli import main as cli_main
 from vqalab.config import build_config
 from vqalab.data import build_data
@@ -111,6 +111,7 @@ def test_reference_run_writes_a_complete_run_folder(reference):
 
 CHILD = textwrap.dedent("""
     import json, os, signal, sys
+    import vqalab.engine as engine
     import vqalab.train as train
     from vqalab.config import build_config
 
@@ -127,7 +128,7 @@ CHILD = textwrap.dedent("""
 
     def epoch_then_kill(*args, **kwargs):
         if args[7] == kill_epoch:  # train_one_epoch(model, opt, sched, scaler, data, cfg, device, epoch, step)
-            train.compute_loss = killing_loss
+            engine.compute_loss = train.compute_loss = killing_loss  # the step's and validation's
         return original_epoch(*args, **kwargs)
 
     train.train_one_epoch = epoch_then_kill
@@ -248,7 +249,8 @@ def test_forced_nan_loss_stops_the_run_as_diverged_with_step_and_lr(tmp_path, da
                 return loss * math.nan
         return loss
 
-    monkeypatch.setattr(train, "compute_loss", nan_on_tenth_training_call)
+    monkeypatch.setattr(engine, "compute_loss", nan_on_tenth_training_call)  # the training step's
+    monkeypatch.setattr(train, "compute_loss", nan_on_tenth_training_call)  # validation's
     result = fit(cfg, data=data)
     s = json.loads((result.run_dir / "summary.json").read_text())
     assert s["status"] == "diverged"
@@ -278,13 +280,13 @@ def test_optimizer_step_unscales_then_clips_then_steps():
     model, optimizer = two_weight_model()
     scaler = torch.amp.GradScaler("cpu", init_scale=8.0)  # stands for the CUDA fp16 scaler
     scaler.scale(model(torch.tensor([[3.0, 4.0]])).sum()).backward()  # gradient (3, 4) × 8
-    grad_norm = train.optimizer_step(model, optimizer, scaler, clip_norm=1.0)
+    grad_norm = engine.optimizer_step(model, optimizer, scaler, clip_norm=1.0)
     assert grad_norm.item() == pytest.approx(5.0)  # measured on the unscaled gradient
     # clipped to norm 1 before the step: (3, 4) / 5
     torch.testing.assert_close(model.weight.detach(), torch.tensor([[3.0 - 0.6, 4.0 - 0.8]]))
     model, optimizer = two_weight_model()
     model(torch.tensor([[3.0, 4.0]])).sum().backward()
-    assert train.optimizer_step(model, optimizer, train.make_grad_scaler(torch.device("cpu"), "off"),
+    assert engine.optimizer_step(model, optimizer, engine.make_grad_scaler(torch.device("cpu"), "off"),
                                 clip_norm=None).item() == pytest.approx(5.0)
     torch.testing.assert_close(model.weight.detach(), torch.tensor([[0.0, 0.0]]))  # None: not clipped
 
@@ -292,7 +294,7 @@ def test_optimizer_step_unscales_then_clips_then_steps():
 def test_optimizer_step_skips_a_non_finite_gradient():
     model, optimizer = two_weight_model()
     model(torch.tensor([[math.inf, 1.0]])).sum().backward()
-    grad_norm = train.optimizer_step(model, optimizer, train.make_grad_scaler(torch.device("cpu"), "off"), 1.0)
+    grad_norm = engine.optimizer_step(model, optimizer, engine.make_grad_scaler(torch.device("cpu"), "off"), 1.0)
     assert not torch.isfinite(grad_norm)
     torch.testing.assert_close(model.weight.detach(), torch.tensor([[3.0, 4.0]]))  # untouched
 

@@ -8,7 +8,7 @@ Two throughputs per batch size:
   the number of distinct images per batch (VQA models encode each distinct image once) are what
   training sees, not those of one repeated batch. If B exceeds the training split, indices wrap
   around and a warning says so.
-- end to end: the same step fed by the training loop's own loader (``train.make_loader``:
+- end to end: the same step fed by the training loop's own loader (``engine.make_loader``:
   loading, augmentation, collation, ``train.num_workers``) and the host-to-device copy.
 The gap between the two is the share of an end-to-end step spent outside the model step; the
 table says which one limits. Gradient accumulation and mixup are not applied (one micro-batch is
@@ -75,9 +75,7 @@ from torch.utils.flop_counter import (
 from vqalab.config import RunConfig, TrainConfig
 from vqalab.data import DataSplits, build_data
 from vqalab.data.samplers import epoch_batches
-from vqalab.registry import ConfigError
-from vqalab.threads import affinity_cores, choose_threads, cpu_snapshot, others_busy_since
-from vqalab.train import (
+from vqalab.engine import (
     autocast_context,
     build_model,
     build_optimizer,
@@ -89,8 +87,15 @@ from vqalab.train import (
     seed_everything,
     select_device,
     to_device,
-    torch_threads,
     training_step,
+)
+from vqalab.registry import ConfigError
+from vqalab.threads import (
+    affinity_cores,
+    choose_threads,
+    cpu_snapshot,
+    others_busy_since,
+    torch_threads,
 )
 
 log = logging.getLogger(__name__)
@@ -159,10 +164,6 @@ def loader_batches(data: DataSplits, cfg: RunConfig, device: torch.device, batch
         epoch += 1
 
 
-def batch_on_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
-    return to_device(batch, device, channels_last)
-
-
 def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"params_total": sum(p.numel() for p in model.parameters()),
             "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
@@ -170,7 +171,7 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 
 def effective_amp(amp: str, device: torch.device) -> str:
     """The AMP setting the step runs with: autocast applies on CUDA and the CPU alike
-    (``train.autocast_context``); refused when unknown."""
+    (``engine.autocast_context``); refused when unknown."""
     if amp not in AMP_CHOICES:
         raise ConfigError(f"amp = {amp!r}: expected one of {', '.join(AMP_CHOICES)}")
     return amp
@@ -264,7 +265,7 @@ def measure_training(cfg: RunConfig, batch_size: int, *, data: DataSplits, devic
     Returns the step times (s), the peak memory (MiB) and what that memory measures.
     """
     model, optimizer, scaler = fresh_training_state(cfg, data, device, amp, channels_last, compile_model)
-    batches = itertools.cycle([batch_on_device(b, device, channels_last)
+    batches = itertools.cycle([to_device(b, device, channels_last)
                                for b in training_batches_at(data, batch_size, cfg.seed, num_batches)])
 
     def step():
@@ -290,7 +291,7 @@ def measure_end_to_end(cfg: RunConfig, batch_size: int, *, data: DataSplits, dev
     batches = loader_batches(data, cfg, device, batch_size)
 
     def step():
-        batch = batch_on_device(next(batches), device, channels_last)
+        batch = to_device(next(batches), device, channels_last)
         training_step(model, optimizer, scaler, batch, input_keys=data.input_keys, task=data.task, cfg=cfg,
                       device=device, amp=amp)
 
@@ -911,7 +912,7 @@ def efficiency_table(configs: Mapping[str, RunConfig] | Sequence[RunConfig], *, 
             used_compile = cfg.train.compile if compile_model is None else compile_model
             seed_everything(cfg.seed)
             model = build_model(cfg, data, device, channels_last=used_channels_last, compile_model=used_compile)
-            latency_inputs = batch_on_device(fixed_batch(data, latency_batch_size, cfg.seed), device,
+            latency_inputs = to_device(fixed_batch(data, latency_batch_size, cfg.seed), device,
                                              used_channels_last)
             latency = measure_latency(model, {k: latency_inputs[k] for k in data.input_keys}, device,
                                       warmup=warmup_steps, repeats=timed_steps, amp=used_amp)

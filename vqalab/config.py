@@ -14,7 +14,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -62,7 +62,7 @@ YamlLoader.add_implicit_resolver(
         |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
         |[-+]?\.(?:inf|Inf|INF)
         |\.(?:nan|NaN|NAN))$""",
-        re.X,
+        re.VERBOSE,
     ),
     list("-+0123456789."),
 )
@@ -231,7 +231,7 @@ class ScheduleConfig(Section):
 
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1, le=1_000_000, description="passes over the training split", json_schema_extra=_range("5 … 100"))
-    max_steps: Optional[int] = Field(None, ge=1, description="stop after this many optimizer steps (None: no limit)")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (None: no limit)")
     batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         128, description="samples per optimizer micro-batch; auto: the largest batch on the throughput plateau "
                          "whose peak memory fits train.max_memory_fraction, measured before training",
@@ -239,7 +239,7 @@ class TrainConfig(Section):
     max_memory_fraction: float = Field(0.9, gt=0, le=1, description="batch_size auto: share of the device's memory "
                                        "the chosen batch may use at its peak (lab note 001)", json_schema_extra=_range("0.5 … 0.95"))
     grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step", json_schema_extra=_range("1 … 8"))
-    clip_norm: Optional[float] = Field(None, gt=0, description="clip the global gradient norm to this (None: off)", json_schema_extra=_range("0.25 … 5"))
+    clip_norm: float | None = Field(None, gt=0, description="clip the global gradient norm to this (None: off)", json_schema_extra=_range("0.25 … 5"))
     loss: Literal["ce", "bce"] = Field("ce", description="ce: cross-entropy on the target class; bce: on soft scores (VQA v2; refused on a data set without them) or on segmentation masks (required there)")
     label_smoothing: float = Field(0.0, ge=0, lt=1, description="cross-entropy label smoothing (train.loss ce; refused with bce)", json_schema_extra=_range("0 … 0.2"))
     mixup_alpha: float = Field(0.0, ge=0, description="mixup Beta(α, α) of images and labels, image classification only (0: off)", json_schema_extra=_range("0.1 … 0.4"))
@@ -249,8 +249,8 @@ class TrainConfig(Section):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = Field("default", description="torch.compile mode, with train.compile")
     device: str = Field("auto", description="auto ($VQALAB_DEVICE when set, else CUDA when available, else CPU), cpu, cuda, cuda:N, mps")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes", json_schema_extra=_range("0 … CPU cores"))
-    num_threads: Optional[int] = Field(None, ge=1, description="torch CPU threads during the run (None: the cores free to it: affinity less other processes' load, or its share of the machine; recorded in summary.json)", json_schema_extra=_range("1 … CPU cores"))
-    early_stop_patience: Optional[int] = Field(None, ge=1, description="stop after this many epochs without improvement (None: off)")
+    num_threads: int | None = Field(None, ge=1, description="torch CPU threads during the run (None: the cores free to it: affinity less other processes' load, or its share of the machine; recorded in summary.json)", json_schema_extra=_range("1 … CPU cores"))
+    early_stop_patience: int | None = Field(None, ge=1, description="stop after this many epochs without improvement (None: off)")
     early_stop_metric: Literal["val_acc", "val_loss"] = Field("val_acc", description="metric watched for the best epoch and early stopping")
     checkpoint_every: int = Field(1, ge=1, description="write a checkpoint every N epochs (and always at the last)")
     progress: bool = Field(True, description="show tqdm progress bars")

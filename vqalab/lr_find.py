@@ -37,19 +37,18 @@ from vqalab import runs
 from vqalab.bench import choose_batch_size, loader_batches
 from vqalab.config import RunConfig
 from vqalab.data import DataSplits, build_data
-from vqalab.registry import ConfigError
-from vqalab.threads import choose_threads
-from vqalab.train import (
+from vqalab.engine import (
     build_model,
     build_optimizer,
-    execution_fields,
     make_grad_scaler,
     seed_everything,
     select_device,
     to_device,
-    torch_threads,
     training_step,
 )
+from vqalab.registry import ConfigError
+from vqalab.threads import choose_threads, torch_threads
+from vqalab.train import execution_fields
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ torch's ``FakeTensorMode``, where tensors have shapes, dtypes and strides but no
 step at batch 256 allocates nothing and does no arithmetic. torch's ``MemTracker``
 (``torch.distributed._tools.mem_tracker``) counts every storage the step creates by kind
 (parameters, gradients, optimizer state, activations, backward temporaries) and keeps the
-snapshot at the peak. The step is the training loop's own: ``train.micro_batch_loss`` per
-micro-batch (``train.grad_accum_steps`` of them), backward, ``train.optimizer_step`` (clip, step),
+snapshot at the peak. The step is the training loop's own: ``engine.micro_batch_loss`` per
+micro-batch (``train.grad_accum_steps`` of them), backward, ``engine.optimizer_step`` (clip, step),
 twice: Adam's state appears at the first step, the second is the steady state a run repeats.
 
 What stands in for CUDA, since no GPU is needed:
@@ -40,8 +40,17 @@ import torch
 import torch.nn.functional as F
 from torch.utils._pytree import tree_flatten, tree_map_only, tree_unflatten
 
+from vqalab.bench import fixed_batch
 from vqalab.config import RunConfig
 from vqalab.data import DataSplits, build_data
+from vqalab.engine import (
+    build_model,
+    build_optimizer,
+    micro_batch_loss,
+    optimizer_step,
+    seed_everything,
+    to_device,
+)
 from vqalab.registry import ConfigError
 
 PRECISIONS = {"off": "fp32", "fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}  # --amp / train.amp → precision
@@ -177,7 +186,7 @@ class PassThroughScaler:
         pass
 
     def is_enabled(self) -> bool:
-        return True  # train.optimizer_step then steps without testing the norm
+        return True  # engine.optimizer_step then steps without testing the norm
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         optimizer.step()
@@ -207,16 +216,6 @@ def predict_memory(cfg: RunConfig, *, batch_size: int | None = None, amp: str | 
     data fixes for the model (classes, vocabulary) matter.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
-
-    from vqalab.bench import fixed_batch
-    from vqalab.train import (
-        build_model,
-        build_optimizer,
-        micro_batch_loss,
-        optimizer_step,
-        seed_everything,
-        to_device,
-    )
 
     batch_size = cfg.train.batch_size if batch_size is None else batch_size
     if batch_size == "auto" or isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

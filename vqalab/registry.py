@@ -11,7 +11,8 @@ import difflib
 import inspect
 import re
 import reprlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 

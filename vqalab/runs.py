@@ -22,10 +22,8 @@ import math
 import os
 import platform
 import re
-import shutil
 import stat
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,6 +37,7 @@ from vqalab import distributed
 from vqalab.config import RunConfig, inert_keys
 from vqalab.data import DATASETS
 from vqalab.devices import auto_device_name
+from vqalab.files import DiskFullError, is_disk_full, write_atomically
 from vqalab.models import MODELS, WEIGHT_FILE_KEYS, create_model, weight_files_off
 from vqalab.paths import project_root, resolve, resolve_data
 from vqalab.provenance import file_digest
@@ -60,20 +59,7 @@ FINISHED_STATUSES = ("completed", "diverged")
 # Keys that do not change what is trained: left out of the config hash (sweep reuse).
 HASH_FREE_KEYS = ("name", "runs_root", "train.progress", "train.tensorboard", "train.log_every_steps")
 
-# A failed write with less free space than this on its file system is reported as "disk full":
-# torch's zip writer hides the ENOSPC behind "unexpected pos N vs M".
-DISK_FULL_BYTES = 16 * 2**20
 
-
-class DiskFullError(OSError):
-    """A write stopped because the device holding ``path`` is full (or the quota is exhausted)."""
-
-    def __init__(self, path: Path):
-        super().__init__(errno.ENOSPC, f"no space left on device while writing {path}")
-        self.path = path
-
-    def __str__(self) -> str:
-        return self.strerror
 
 
 class RunFolderLost(OSError):
@@ -173,28 +159,6 @@ def check_writable_folder(path: str | Path, what: str) -> Path:
     return folder
 
 
-def file_mode() -> int:
-    """Permissions of a newly created file under the current umask (``mkstemp`` forces 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def free_bytes(folder: Path) -> int:
-    return shutil.disk_usage(folder).free
-
-
-def is_disk_full(err: BaseException, folder: Path) -> bool:
-    if isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    if isinstance(err, RuntimeError) and ("unexpected pos" in str(err) or "No space left" in str(err)):
-        try:
-            return free_bytes(folder) < DISK_FULL_BYTES
-        except OSError:
-            return False
-    return False
-
-
 def safe_name(name: str) -> str:
     """Folder-safe version of a user-typed name (``<script>`` → ``script``)."""
     cleaned = re.sub(r"[^A-Za-z0-9._=+-]+", "_", name).strip("._")
@@ -222,30 +186,10 @@ def new_run_dir(runs_root: str | Path, experiment: str, name: str) -> Path:
 
 
 def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file, fsync it, then rename it over ``path``.
-
-    Under torchrun only rank 0 writes (the ranks hold the same state); the others skip the write.
-    """
-    if not distributed.is_main():
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, file_mode())
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except Exception as err:
-        disk_full = is_disk_full(err, path.parent)  # asked before the partial file frees its space
-        Path(tmp).unlink(missing_ok=True)
-        if disk_full:
-            raise DiskFullError(path) from err
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``files.write_atomically`` (temporary file, fsync, rename over ``path``) on rank 0 only:
+    under torchrun the ranks hold the same state, so the others skip the write."""
+    if distributed.is_main():
+        write_atomically(path, write)
 
 
 def append_text(path: Path, text: str) -> None:

@@ -16,172 +16,44 @@ it as diverged, never as a missing point.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
-import itertools
 import json
 import logging
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from vqalab import runs
-from vqalab.config import RunConfig, build_config, set_dotted
+from vqalab.config import RunConfig
 from vqalab.data import DataSplits, build_data, data_status
 from vqalab.monitor import write_hparams
-from vqalab.paths import resolve
 from vqalab.provenance import code_fingerprint
-from vqalab.registry import ConfigError, short_repr
+from vqalab.registry import ConfigError
 from vqalab.results import metrics_table
 from vqalab.runs import (
     FINISHED_STATUSES,
     METRICS_FILE,
     DiskFullError,
     check_writable_folder,
-    config_hash,
+)
+from vqalab.sweep_points import (
+    expand_grid,
+    finished_runs,
+    format_grid_value,
+    fresh_requested,
+    reuse_key,
+    sweep_row,
 )
 from vqalab.train import fit
 
 log = logging.getLogger(__name__)
 
-# Figures copied from each run's summary.json into its row (missing ones are NaN / None).
-SUMMARY_COLUMNS = ("best_val_acc", "best_epoch", "final_val_acc", "best_val_loss", "epochs", "steps",
-                   "diverged_step", "diverged_epoch", "diverged_lr", "wall_time_s", "params", "finished")
-FRESH_ENV = "VQALAB_FRESH"  # "1": sweeps retrain every point (vqalab report --fresh)
 # A file path: every sweep appends one JSON line per point (reused or not, and when that run
 # finished); the report sets it per study to say how many runs were reused and from when.
 RUN_LOG_ENV = "VQALAB_RUN_LOG"
 DIVERGED_COLOR = "tab:red"
-
-
-@dataclass
-class SweepPoint:
-    """One run of a sweep: its grid values, seed, resolved config and config hash."""
-
-    values: dict[str, Any]
-    seed: int
-    cfg: RunConfig
-    hash: str
-
-
-def format_grid_value(value: Any) -> str:
-    """Short text of a grid value for run names and labels (``1e-05``, ``4``, ``0.9-0.99``)."""
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (list, tuple)):
-        return "-".join(format_grid_value(v) for v in value)
-    return str(value)
-
-
-def _hashable(value: Any) -> Any:
-    """Grid values become DataFrame cells that groupby can use: lists → tuples."""
-    return tuple(_hashable(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
-def expand_grid(base: RunConfig | dict, grid: dict[str, Sequence], seeds: Sequence[int] = (0,)) -> list[SweepPoint]:
-    """Every grid combination × seed as a validated config; all errors raise before any training.
-
-    base: the config every point starts from (a RunConfig or a partial params tree).
-    grid: dotted params key → list of values, e.g. ``{"optim.lr": [1e-4, 1e-3], "model.depth": [2, 4]}``.
-        Keys vary in the given order, the last fastest. Setting ``model.name`` keeps the other model
-        keys (two models with the same keywords are compared at the same settings).
-    seeds: one run per seed at every point.
-    """
-    base_tree = base.to_dict() if isinstance(base, RunConfig) else copy.deepcopy(dict(base or {}))
-    if not isinstance(grid, dict):
-        raise ConfigError(f"sweep grid: expected a mapping of dotted keys to lists, got {type(grid).__name__}")
-    for key, values in grid.items():
-        if key == "seed":
-            raise ConfigError("sweep grid: 'seed' is not a grid key: pass seeds=[...]")
-        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or len(values) == 0:
-            raise ConfigError(f"sweep grid: {key} = {short_repr(values)}: expected a non-empty list of values")
-        refuse_repeats(f"sweep grid: {key}", values)
-    seeds = list(seeds)
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-        raise ConfigError(f"sweep seeds = {short_repr(seeds)}: expected a non-empty list of integers ≥ 0")
-    refuse_repeats("sweep seeds", seeds)
-    base_name = base_tree.get("name", "run")
-    points = []
-    for combo in itertools.product(*grid.values()):
-        values = dict(zip(grid, combo))
-        for seed in seeds:
-            label = "_".join(f"{k.split('.')[-1]}={format_grid_value(v)}" for k, v in values.items())
-            tree = copy.deepcopy(base_tree)
-            for key, value in values.items():
-                set_dotted(tree, key, copy.deepcopy(value))
-            tree["seed"] = seed
-            tree["name"] = runs.safe_name(f"{base_name}-{label}_s{seed}" if label else f"{base_name}_s{seed}")
-            cfg = build_config(tree, source=f"sweep point {label or '(base)'} seed {seed}")
-            points.append(SweepPoint(values={k: _hashable(v) for k, v in values.items()}, seed=seed,
-                                     cfg=cfg, hash=config_hash(cfg)))
-    return points
-
-
-def refuse_repeats(where: str, values: Sequence) -> None:
-    """A value listed twice would train (or show) the same point twice: refused, naming it."""
-    seen: list = []
-    for value in values:
-        value = _hashable(value)
-        if value in seen:  # equality, so 1 and 1.0 (the same learning rate) are one value
-            raise ConfigError(f"{where} lists {short_repr(value)} twice: keep one")
-        seen.append(value)
-
-
-def reuse_key(config_hash: str, code: str, data_fingerprint: str) -> str:
-    """What must match for a finished run to stand for a sweep point."""
-    return f"{config_hash}/{code}/{data_fingerprint}"
-
-
-def finished_runs(runs_root: str | Path, experiment: str) -> dict[str, Path]:
-    """Reuse key → folder of the latest finished (completed or diverged) run of an experiment.
-
-    Runs recorded without a code fingerprint or data identity (older runs) are never reused.
-    """
-    folder = resolve(runs_root) / runs.safe_name(experiment)
-    found: dict[str, Path] = {}
-    for summary_file in sorted(folder.glob("*/summary.json")):  # folder names sort by start time
-        try:
-            summary = json.loads(summary_file.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        identity = summary.get("data_identity") or {}
-        if summary.get("status") in FINISHED_STATUSES and summary.get("config_hash") and \
-                summary.get("code_fingerprint") and identity.get("fingerprint"):
-            key = reuse_key(summary["config_hash"], summary["code_fingerprint"], identity["fingerprint"])
-            found[key] = summary_file.parent
-    return found
-
-
-def fresh_requested() -> bool:
-    return os.environ.get(FRESH_ENV, "") not in ("", "0")
-
-
-def find_finished(point: SweepPoint, index: dict[str, Path], *, code: str | None = None,
-                  data_fingerprint: str | None = None) -> Path | None:
-    """The finished run that stands for ``point`` in a ``finished_runs`` index, or None.
-
-    code, data_fingerprint: the current code fingerprint and the fingerprint of the point's data
-    set, when the caller has them already (a sweep computes each once); else computed here.
-    """
-    if data_fingerprint is None:
-        data_fingerprint = data_status(point.cfg.data).fingerprint
-    return index.get(reuse_key(point.hash, code or code_fingerprint(), data_fingerprint))
-
-
-def sweep_row(point: SweepPoint, summary: dict, run_dir: Path | None, reused: bool) -> dict:
-    """One row of a sweep table: the point's grid values and seed, then its run's summary figures."""
-    row = {**point.values, "seed": point.seed, "status": summary.get("status", "failed")}
-    for key in SUMMARY_COLUMNS:
-        value = summary.get(key)
-        row[key] = math.nan if value is None else value
-    row.update(reused=reused, run_dir=str(run_dir) if run_dir else None, config_hash=point.hash,
-               error=summary.get("error"))
-    return row
 
 
 def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[int] = (0,),
@@ -210,7 +82,7 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
         if data is not None:
             raise ConfigError("sweep(data=...) with workers: each worker process loads its own data; "
                               "leave data=None")
-        from vqalab.sweep_queue import sweep_with_workers
+        from vqalab.sweep_queue import sweep_with_workers  # optuna loads only for worker sweeps
 
         return sweep_with_workers(base, grid, seeds=seeds, reuse=reuse, workers=workers, storage=storage)
     points = expand_grid(base, grid, seeds)

@@ -49,7 +49,7 @@ from vqalab import runs
 from vqalab.config import RunConfig, read_yaml
 from vqalab.paths import resolve
 from vqalab.registry import ConfigError, mask_secrets, short_repr
-from vqalab.sweep import SweepPoint, expand_grid, find_finished, finished_runs, sweep_row
+from vqalab.sweep_points import SweepPoint, expand_grid, find_finished, finished_runs, sweep_row
 from vqalab.threads import SHARE_ENV, affinity_cores
 from vqalab.train import FINISHED_STATUSES
 

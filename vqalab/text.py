@@ -27,7 +27,7 @@ class Vocabulary:
         self.index = {t: i for i, t in enumerate(self.tokens)}
 
     @classmethod
-    def build(cls, texts, min_count: int = 1) -> "Vocabulary":
+    def build(cls, texts, min_count: int = 1) -> Vocabulary:
         counts = Counter(tok for text in texts for tok in tokenize(text))
         # Sorted by count then token, so the same texts always give the same indices.
         kept = sorted((t for t, c in counts.items() if c >= min_count), key=lambda t: (-counts[t], t))

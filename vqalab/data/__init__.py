@@ -19,8 +19,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Optional
+from typing import Literal
 
 import torch
 from torch.utils.data import Dataset
@@ -49,8 +50,8 @@ class DataSplits:
     input_keys: tuple[str, ...]  # batch keys passed to model(**inputs)
     model_kwargs: dict  # e.g. {"vocab_size": 27, "num_answers": 13}
     class_names: list[str]  # answers (VQA) or expressions (FER), in model output order
-    train_groups: Optional[list[int]] = None  # group id per train sample for grouped batches
-    vocab: Optional[list[str]] = None  # question tokens, index order
+    train_groups: list[int] | None = None  # group id per train sample for grouped batches
+    vocab: list[str] | None = None  # question tokens, index order
     info: dict = field(default_factory=dict)  # sizes and provenance, recorded in summary.json
     task: Literal["classification", "segmentation"] = "classification"
 
@@ -147,4 +148,4 @@ def build_data(spec: dict) -> DataSplits:
 
 
 # Builders register themselves on import.
-from vqalab.data import easy_vqa, faces, feature_cache, gqa, rafdb, scenes, views, vqa_v2  # noqa: E402,F401
+from vqalab.data import easy_vqa, faces, feature_cache, gqa, rafdb, scenes, views, vqa_v2  # noqa: F401

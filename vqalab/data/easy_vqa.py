@@ -7,7 +7,6 @@ import copy
 import functools
 import hashlib
 from importlib import metadata
-from typing import Optional
 
 import numpy as np
 import torch
@@ -103,8 +102,8 @@ def collate_vqa(items: list[dict]) -> dict:
 @register_dataset
 def easy_vqa(
     *,
-    max_train_samples: Optional[int] = None,
-    max_val_samples: Optional[int] = None,
+    max_train_samples: int | None = None,
+    max_val_samples: int | None = None,
     group_by_image: bool = True,
 ) -> DataSplits:
     """easy-VQA from the installed package.

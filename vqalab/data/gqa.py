@@ -76,7 +76,6 @@ from vqalab.text import UNK, Vocabulary
 
 log = logging.getLogger(__name__)
 
-STRUCTURAL_TYPES = ("verify", "query", "choose", "logical", "compare")
 OBJECT_KEYS = {"name": str, "x": (int, float), "y": (int, float), "w": (int, float), "h": (int, float)}
 
 

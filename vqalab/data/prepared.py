@@ -14,7 +14,7 @@ those arrays in one ``.npz`` entry under ``vqalab.paths.cache_dir()/prepared/``:
   a damaged or truncated entry is ignored (a warning says so) and rebuilt, never used;
 - it is read with ``allow_pickle=False``: only plain arrays, never unpickled objects. Strings
   travel as JSON bytes (``strings_array``), ragged lists as flat arrays and offsets (``Ragged``);
-- it is written with ``runs.atomic_write_bytes``, so a reader never sees half an entry.
+- it is written with ``files.write_atomically``, so a reader never sees half an entry.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vqalab.files import write_atomically
 from vqalab.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -121,16 +122,13 @@ def load_entry(path: Path, key: dict) -> dict[str, np.ndarray] | None:
 
 def store_entry(path: Path, key: dict, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` with ``key`` and their checksum to ``path`` (atomically; uncompressed: fast to read)."""
-    # Imported here: vqalab.runs imports the data package.
-    from vqalab.runs import atomic_write_bytes
-
     payload = dict(arrays)
     payload[DIGEST_ARRAY] = np.frombuffer(arrays_digest(payload).encode(), dtype=np.uint8)
     payload[KEY_ARRAY] = np.frombuffer(json.dumps({**key, "format": FORMAT_VERSION}).encode(), dtype=np.uint8)
     buffer = io.BytesIO()
     np.savez(buffer, **payload)
     try:
-        atomic_write_bytes(path, lambda f: f.write(buffer.getbuffer()))
+        write_atomically(path, lambda f: f.write(buffer.getbuffer()))
     except OSError as err:  # a cache that cannot be written only costs the next load its time
         log.warning("prepared data %s could not be written (%s); the next load prepares the files again", path, err)
 

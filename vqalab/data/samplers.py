@@ -24,7 +24,3 @@ def epoch_batches(
         keys = list(members)
         order = [i for k in torch.randperm(len(keys), generator=gen).tolist() for i in members[keys[k]]]
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def eval_batches(num_samples: int, batch_size: int) -> list[list[int]]:
-    return [list(range(i, min(i + batch_size, num_samples))) for i in range(0, num_samples, batch_size)]

@@ -52,4 +52,4 @@ def list_models() -> list[str]:
 
 
 # Families register themselves on import.
-from vqalab.models import cvt, fer, vqa, vqa_graph  # noqa: E402,F401
+from vqalab.models import cvt, fer, vqa, vqa_graph  # noqa: F401

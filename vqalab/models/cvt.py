@@ -51,7 +51,6 @@ from vqalab.models.layers import (
     init_vit_weights,
 )
 
-BACKBONE_STRIDE = 4  # two stride-2 convolutions
 LATENT_MLP_RATIO = 4.0  # the latent blocks are standard ViT blocks
 
 

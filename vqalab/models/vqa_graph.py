@@ -304,7 +304,7 @@ def region_edges(node_mask: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Te
     for the edge j → i (zero on self-loops). node_mask (B, N) bool; boxes (B, N, 4) x1, y1, x2, y2.
     Returns src, dst (E',) flat node indices and geometry (E', 4).
     """
-    b, n = node_mask.shape
+    n = node_mask.shape[1]
     pairs = node_mask[:, :, None] & node_mask[:, None, :]  # (B, N_dst, N_src), self-loops included
     batch, dst, src = pairs.nonzero(as_tuple=True)
     size = (boxes[..., 2:] - boxes[..., :2]).clamp_min(MIN_BOX_SIDE)  # (B, N, 2) w, h

@@ -55,7 +55,8 @@ from vqalab.report.presets import REPORT_KEY, RUNS_ROOT_PARAM, plan_studies
 from vqalab.report.since import SUMMARY_FILE, figures_since, last_week_summary, read_summary
 from vqalab.report.weeks import check_week, iso_week
 from vqalab.runs import environment, folder_lock
-from vqalab.sweep import FRESH_ENV, RUN_LOG_ENV
+from vqalab.sweep import RUN_LOG_ENV
+from vqalab.sweep_points import FRESH_ENV
 
 log = logging.getLogger(__name__)
 

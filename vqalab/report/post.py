@@ -21,10 +21,11 @@ from pathlib import Path
 
 import yaml
 
+from vqalab.files import file_mode
 from vqalab.notebook import FINDINGS_MIME
 from vqalab.report.execute import read_notebook
 from vqalab.report.presets import REPORT_FIELDS, REPORT_KEY
-from vqalab.runs import atomic_write_bytes, file_mode
+from vqalab.runs import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

@@ -58,7 +58,7 @@ def current_run(runs_root: Path, since: float) -> RunProgress | None:
 
 
 def format_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)  # an int
     if seconds < 60:
         return f"{seconds} s"
     minutes, seconds = divmod(seconds, 60)

@@ -8,7 +8,7 @@ import math
 import pandas as pd
 
 from vqalab.studies.common import diverged_sentence, noise_verdict, with_values
-from vqalab.sweep import format_stat, format_grid_value, gap_vs_noise, seed_stats, sweep
+from vqalab.sweep import format_grid_value, format_stat, gap_vs_noise, seed_stats, sweep
 
 
 def regularisation_base(base: dict, *, optimizer: str, weight_decays: list, schedules: list, step_epochs: int,

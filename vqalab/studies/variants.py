@@ -24,13 +24,13 @@ import torch
 from vqalab.bench import fixed_batch, flops_report, measure_latency
 from vqalab.config import build_config, merge, read_yaml
 from vqalab.data import DataSplits, build_data
+from vqalab.engine import build_model, select_device, to_device
 from vqalab.memory import predict_memory, predicted_column
 from vqalab.metrics import IOU_SWEEP_THRESHOLDS, iou_counts
 from vqalab.paths import resolve
 from vqalab.registry import ConfigError
 from vqalab.runs import latest_checkpoint, model_from_checkpoint
 from vqalab.sweep import DIVERGED_COLOR, load_curves, sweep
-from vqalab.train import build_model, select_device, to_device
 
 log = logging.getLogger(__name__)
 
