@@ -713,20 +713,25 @@ def auto_batch_size(table: pd.DataFrame, *, memory_cap_mb: float, fraction: floa
         default = TrainConfig.model_fields["batch_size"].default
         below = fits[fits["batch_size"] <= default]
         chosen = (below if len(below) else fits).iloc[-1 if len(below) else 0]
-        return {"batch_size": int(chosen["batch_size"]), "samples_per_s": float(chosen["samples_per_s"]),
-                "peak_memory_mb": float(chosen["peak_memory_mb"]), "best_samples_per_s": best,
-                "memory_cap_mb": float(memory_cap_mb), "fraction": fraction, "settled": False, "reason": reason,
-                "sentence": f"batch size {int(chosen['batch_size'])}: the timings are not settled ({reason}), so "
-                            f"the default train.batch_size ({default}) or the largest measured size below it that "
-                            f"fits under {memory_cap_mb:.0f} MiB ({float(chosen['peak_memory_mb']):.0f} MiB at its peak)"}
+        return auto_choice(chosen, best, memory_cap_mb, fraction, reason,
+                           f"batch size {int(chosen['batch_size'])}: the timings are not settled ({reason}), so "
+                           f"the default train.batch_size ({default}) or the largest measured size below it that "
+                           f"fits under {memory_cap_mb:.0f} MiB ({float(chosen['peak_memory_mb']):.0f} MiB at its peak)")
     plateau = fits[fits["samples_per_s"] >= fraction * best]
     chosen = plateau.iloc[-1]
+    return auto_choice(chosen, best, memory_cap_mb, fraction, None,
+                       f"batch size {int(chosen['batch_size'])}: the largest within {fraction:.0%} of the best "
+                       f"throughput ({best:.0f} samples/s) using at most {memory_cap_mb:.0f} MiB at its peak "
+                       f"({float(chosen['peak_memory_mb']):.0f} MiB)")
+
+
+def auto_choice(chosen, best: float, memory_cap_mb: float, fraction: float, reason: str | None,
+                sentence: str) -> dict:
+    """The record of a ``batch_size: auto`` choice (``chosen``: its sweep row); settled unless ``reason``."""
     return {"batch_size": int(chosen["batch_size"]), "samples_per_s": float(chosen["samples_per_s"]),
             "peak_memory_mb": float(chosen["peak_memory_mb"]), "best_samples_per_s": best,
-            "memory_cap_mb": float(memory_cap_mb), "fraction": fraction, "settled": True, "reason": None,
-            "sentence": f"batch size {int(chosen['batch_size'])}: the largest within {fraction:.0%} of the best "
-                        f"throughput ({best:.0f} samples/s) using at most {memory_cap_mb:.0f} MiB at its peak "
-                        f"({float(chosen['peak_memory_mb']):.0f} MiB)"}
+            "memory_cap_mb": float(memory_cap_mb), "fraction": fraction, "settled": reason is None,
+            "reason": reason, "sentence": sentence}
 
 
 # Measured choices of this process: a sweep's points differ in LR or seed, not in step cost.
