@@ -13,7 +13,7 @@ virtual environment, ``make`` is told not to rebuild it (``-o .venv/.installed``
 editable install at the clone) and ``PYTHONPATH`` puts the clone's package first, also inside
 the notebook kernels.
 
-    .venv/bin/python benchmarks/report_time.py --venv /work/main/.venv
+    .venv/bin/python benchmarks/report_time.py --venv "$PWD/.venv"
 """
 
 from __future__ import annotations
