@@ -226,10 +226,10 @@ def one_epoch(data, batch_size: int = 512) -> dict:
     """Model 1 over the features: model step on representative batches, then one whole epoch."""
     import torch
 
-    from vqalab.bench import batch_on_device, fresh_training_state, measure_training
+    from vqalab.bench import fresh_training_state, measure_training
     from vqalab.config import build_config
     from vqalab.data.samplers import epoch_batches
-    from vqalab.train import make_loader, training_step
+    from vqalab.engine import make_loader, to_device, training_step
 
     cfg = build_config({"model": {"name": "vqa_mean_mlp"}, "data": {"name": "vqa_v2", **VQA_FEATURES},
                         "train": {"batch_size": batch_size, "device": "cpu", "loss": "bce", "progress": False}})
@@ -241,7 +241,7 @@ def one_epoch(data, batch_size: int = 512) -> dict:
     t0 = time.perf_counter()
     seen = 0
     for batch in make_loader(data.train, batches, data, cfg, device):
-        training_step(model, optimizer, scaler, batch_on_device(batch, device), input_keys=data.input_keys, cfg=cfg,
+        training_step(model, optimizer, scaler, to_device(batch, device), input_keys=data.input_keys, cfg=cfg,
                       device=device, amp="off")
         seen += len(batch["target"])
     epoch_s = time.perf_counter() - t0

@@ -1,0 +1,42 @@
+"""Benchmarks run by hand, so nothing else notices when a name they import from vqalab goes away.
+
+Every ``from vqalab… import name`` in ``benchmarks/*.py`` (inside functions too) must name a module
+that imports and an attribute it has.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py"))
+
+
+def vqalab_imports(path: Path) -> list[tuple[int, str, str]]:
+    """(line, module, name) of each ``from vqalab… import name`` in the file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "vqalab":
+            found.extend((node.lineno, node.module, alias.name) for alias in node.names)
+    return found
+
+
+def test_the_benchmarks_are_found():
+    assert len(BENCHMARKS) >= 5
+    assert any(vqalab_imports(path) for path in BENCHMARKS)
+
+
+@pytest.mark.parametrize("path", BENCHMARKS, ids=lambda p: p.name)
+def test_every_vqalab_name_a_benchmark_imports_exists(path):
+    missing = []
+    for line, module, name in vqalab_imports(path):
+        imported = importlib.import_module(module)
+        if not hasattr(imported, name):
+            try:  # a submodule of a package: `from vqalab.data import fixtures`
+                importlib.import_module(f"{module}.{name}")
+            except ModuleNotFoundError:
+                missing.append(f"{path.name}:{line}: {module}.{name}")
+    assert not missing, "benchmarks import names that no longer exist: " + ", ".join(missing)
