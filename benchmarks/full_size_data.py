@@ -241,8 +241,8 @@ def one_epoch(data, batch_size: int = 512) -> dict:
     t0 = time.perf_counter()
     seen = 0
     for batch in make_loader(data.train, batches, data, cfg, device):
-        training_step(model, optimizer, scaler, to_device(batch, device), input_keys=data.input_keys, cfg=cfg,
-                      device=device, amp="off")
+        training_step(model, optimizer, scaler, to_device(batch, device), input_keys=data.input_keys,
+                      task=data.task, cfg=cfg, device=device, amp="off")
         seen += len(batch["target"])
     epoch_s = time.perf_counter() - t0
     return {"model_step_samples_per_s": model_step, "end_to_end_samples_per_s": seen / epoch_s, "epoch_s": epoch_s,
