@@ -44,3 +44,11 @@ def test_grouped_batches_keep_images_together_and_depend_only_on_seed_and_epoch(
     assert all(len({groups[i] for i in b}) == 2 for b in batches)  # 8 questions = 2 whole images
     assert batches == epoch_batches(40, 8, seed=3, epoch=1, groups=groups)
     assert batches != epoch_batches(40, 8, seed=3, epoch=2, groups=groups)
+
+
+def test_pad_questions_pads_each_row_to_the_longest():
+    from vqalab.text import PAD_INDEX, pad_questions
+
+    padded, lengths = pad_questions([[4, 5, 6], [7], [8, 9]])
+    assert lengths.tolist() == [3, 1, 2] and padded.dtype == torch.long
+    assert padded.tolist() == [[4, 5, 6], [7, PAD_INDEX, PAD_INDEX], [8, 9, PAD_INDEX]]

@@ -304,3 +304,20 @@ def test_fast_path_matches_the_metric_on_tricky_answers(tmp_path):
             assert ds.scores_of(i) == reference[split][i], ds.answers[i]
             preferred = index.get(normalize_answer(ds.answers[i][-1] if ds.answers[i] else ""))
             assert ds.targets[i] == best_answer(reference[split][i], preferred)
+
+
+def test_a_batch_holds_exactly_the_items_one_by_one(mid_root):
+    data = load(mid_root, use_cache=False)
+    ds = data.train
+    indices = [5, 0, 17, 5, len(ds) - 1]  # a repeat and both ends
+    batch = ds.__getitems__(indices)
+    for index, item in zip(indices, batch):
+        expected = torch.zeros(len(data.class_names))
+        for k, v in ds.scores_of(index).items():
+            expected[k] = v
+        assert torch.equal(item["soft_target"], expected)
+        assert item["question"] == ds.questions[index] and item["target"] == ds.targets[index]
+        assert torch.equal(item["image"], ds[index]["image"])
+    collated = data.collate(batch)
+    assert torch.equal(collated["soft_target"][1], batch[1]["soft_target"])
+    assert collated["question_len"].tolist() == [len(ds.questions[i]) for i in indices]

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from vqalab.config import build_config
-from vqalab.data import build_data
+from vqalab.data import build_data, vqa_v2
 from vqalab.data.vqa_v2 import best_answer, build_answer_vocab, soft_scores
 from vqalab.metrics import vqa_accuracy, vqa_summary
 from vqalab.models import MODELS
@@ -247,3 +247,26 @@ def test_region_models_train_on_vqa_v2_region_files(vqa_root, tmp_path, model):
     summary = fit(cfg).summary
     assert summary["status"] == "completed", summary.get("error")
     assert summary["best_train_loss"] < summary["first_train_loss"]
+
+
+@pytest.mark.parametrize("array", [np.arange(7, dtype=np.float32), np.arange(12, dtype=np.float16).reshape(3, 4),
+                                   np.asfortranarray(np.arange(6, dtype=np.float64).reshape(2, 3))])
+def test_read_npy_gives_what_np_load_gives(tmp_path, array):
+    for name in ("a.npy", "b.npy"):  # the second file reuses the parsed header
+        np.save(tmp_path / name, array)
+        read = vqa_v2.read_npy(tmp_path / name)
+        assert read.dtype == array.dtype and read.shape == array.shape and np.array_equal(read, np.load(tmp_path / name))
+        assert read.flags.writeable
+
+
+def test_read_npy_refuses_truncated_and_object_files(tmp_path):
+    np.save(tmp_path / "full.npy", np.arange(8, dtype=np.float32))
+    (tmp_path / "short.npy").write_bytes((tmp_path / "full.npy").read_bytes()[:-4])
+    with pytest.raises(ValueError, match=r"short\.npy: 28 data bytes, expected 32"):
+        vqa_v2.read_npy(tmp_path / "short.npy")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="objects.npy: holds Python objects"):
+        vqa_v2.read_npy(tmp_path / "objects.npy")
+    (tmp_path / "text.npy").write_text("not numpy")
+    with pytest.raises(ValueError, match="text.npy: not a .npy file"):
+        vqa_v2.read_npy(tmp_path / "text.npy")

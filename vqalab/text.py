@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 
+import numpy as np
 import torch
 
 PAD, UNK = "<pad>", "<unk>"
@@ -43,8 +45,9 @@ class Vocabulary:
 
 def pad_questions(questions: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, T) padded token ids and (B,) lengths."""
-    lengths = torch.tensor([len(q) for q in questions], dtype=torch.long)
-    padded = torch.full((len(questions), int(lengths.max())), PAD_INDEX, dtype=torch.long)
-    for row, q in enumerate(questions):
-        padded[row, : len(q)] = torch.tensor(q, dtype=torch.long)
-    return padded, lengths
+    lengths = np.fromiter((len(q) for q in questions), dtype=np.int64, count=len(questions))
+    tokens = np.fromiter(itertools.chain.from_iterable(questions), dtype=np.int64, count=int(lengths.sum()))
+    padded = np.full((len(questions), int(lengths.max())), PAD_INDEX, dtype=np.int64)
+    # The mask's True cells, row by row, are the tokens in order: one copy, no loop per question.
+    padded[np.arange(padded.shape[1]) < lengths[:, None]] = tokens
+    return torch.from_numpy(padded), torch.from_numpy(lengths)

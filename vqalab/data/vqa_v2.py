@@ -375,13 +375,41 @@ def best_answer(scores: dict[int, float], preferred: int | None) -> int:
     return max(scores, key=lambda i: (scores[i], i == preferred, -i))
 
 
+# .npy header bytes → (dtype, shape, Fortran order): the feature files of a set share one layout,
+# and parsing each file's header (a Python literal) costs more than reading its 2 KB of data.
+NPY_LAYOUTS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
+
+
+def read_npy(path: Path) -> np.ndarray:
+    """``np.load`` of a small .npy file (no pickles), its header parsed once per distinct header."""
+    raw = bytearray(path.read_bytes())  # writable, so torch can share the array's memory
+    if raw[:6] != b"\x93NUMPY":
+        raise ValueError(f"{path}: not a .npy file")
+    header_end = 10 + int.from_bytes(raw[8:10], "little") if raw[6] == 1 else 12 + int.from_bytes(raw[8:12], "little")
+    header = bytes(raw[:header_end])
+    layout = NPY_LAYOUTS.get(header)
+    if layout is None:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = read_header(f)
+        if dtype.hasobject:
+            raise ValueError(f"{path}: holds Python objects (dtype {dtype}); expected numbers")
+        layout = NPY_LAYOUTS[header] = (dtype, shape, fortran_order)
+    dtype, shape, fortran_order = layout
+    count = int(np.prod(shape))
+    if len(raw) - header_end != count * dtype.itemsize:
+        raise ValueError(f"{path}: {len(raw) - header_end} data bytes, expected {count * dtype.itemsize} for {shape} {dtype}")
+    return np.frombuffer(raw, dtype=dtype, count=count, offset=header_end).reshape(shape, order="F" if fortran_order else "C")
+
+
 def load_features(path: Path) -> torch.Tensor:
     """A feature file as a (D, h, w) float tensor: (D,) → (D, 1, 1); (K, D) regions → (D, K, 1);
     ``.npz`` regions with boxes → (D + 4, K, 1)."""
     if path.suffix == ".npz":
         array = read_regions(path)
     else:
-        array = np.load(path) if path.suffix == ".npy" else torch.load(path, map_location="cpu", weights_only=True)
+        array = read_npy(path) if path.suffix == ".npy" else torch.load(path, map_location="cpu", weights_only=True)
     features = torch.as_tensor(array, dtype=torch.float32)
     check_finite(path, features.numpy())
     if features.ndim == 1:
@@ -439,6 +467,8 @@ class VQAv2Split(Dataset):
                  files: dict[int, Path], image_size: int | None):
         self.arrays = arrays
         self.questions = Ragged(arrays["tokens"], arrays["token_offsets"])
+        self.score_index = Ragged(arrays["score_index"], arrays["score_offsets"])
+        self.score_value = Ragged(arrays["score_value"], arrays["score_offsets"])
         self.answers = Ragged(arrays["answer_codes"], arrays["answer_offsets"], table=strings)
         self.answer_types = Coded(arrays["answer_types"], strings)
         self.question_types = Coded(arrays["question_types"], strings)
@@ -473,33 +503,40 @@ class VQAv2Split(Dataset):
         image = torch.from_numpy(np.asarray(rgb).copy()).permute(2, 0, 1).float().div_(255)  # (3, S, S)
         return (image - self.mean) / self.std
 
+    def soft_targets(self, indices: list[int]) -> torch.Tensor:
+        """(B, num_answers) float32 official accuracies of the given questions, in one scatter
+        (a full-size epoch builds half a million of them: no Python work per question)."""
+        rows = np.asarray(indices, dtype=np.int64)
+        answer_index, accuracy = self.score_index.take(rows), self.score_value.take(rows)
+        batch_row = np.repeat(np.arange(len(rows)), np.diff(answer_index.offsets))
+        soft = torch.zeros(len(rows), self.num_answers)
+        soft[torch.from_numpy(batch_row), torch.from_numpy(answer_index.flat.astype(np.int64))] = \
+            torch.from_numpy(accuracy.flat).float()
+        return soft
+
     def item_without_image(self, index: int) -> dict:
-        start, end = self.arrays["score_offsets"][index:index + 2]
-        soft = torch.zeros(self.num_answers)  # float32, as the loss reads it
-        soft[torch.from_numpy(self.arrays["score_index"][start:end])] = \
-            torch.from_numpy(self.arrays["score_value"][start:end]).float()
-        return {"question": self.questions[index], "image_id": self.image_ids[index],
-                "target": self.targets[index], "soft_target": soft}
+        return self.items_without_image([index])[0]
+
+    def items_without_image(self, indices: list[int]) -> list[dict]:
+        soft = self.soft_targets(indices)
+        return [{"question": self.questions[index], "image_id": self.image_ids[index], "target": self.targets[index],
+                 "soft_target": soft[row]} for row, index in enumerate(indices)]
 
     def __getitem__(self, index: int) -> dict:
-        item = {**self.item_without_image(index), "image": self.load_image(self.image_ids[index])}
-        if self.with_boxes:
-            item["boxes"] = boxes_of(item["image"])
-        return item
+        return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list[int]) -> list[dict]:
         """The items of a batch, each distinct image read once: batches grouped by image
         (``group_by_image``) hold about five questions per image."""
         images: dict[int, torch.Tensor] = {}
-        items = []
-        for index in indices:
-            image_id = self.image_ids[index]
+        items = self.items_without_image(indices)
+        for item in items:
+            image_id = item["image_id"]
             if image_id not in images:
                 images[image_id] = self.load_image(image_id)
-            item = {**self.item_without_image(index), "image": images[image_id]}
+            item["image"] = images[image_id]
             if self.with_boxes:
                 item["boxes"] = boxes_of(item["image"])
-            items.append(item)
         return items
 
     def image_fingerprint(self) -> str:
