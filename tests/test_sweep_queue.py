@@ -192,6 +192,9 @@ def test_a_finished_point_is_reused_not_trained(tmp_path, monkeypatch):
     assert table.loc[0, "reused"] and table.loc[0, "run_dir"] == done.loc[0, "run_dir"]
     assert table.loc[0, "best_val_acc"] == done.loc[0, "best_val_acc"]
     assert len(run_folders(tmp_path)) == 1
+    shutil.rmtree(done.loc[0, "run_dir"])  # the table needs no run folder
+    assert sweep_table("grid", storage).loc[0, "best_val_acc"] == done.loc[0, "best_val_acc"]
+    assert sweep_metrics("grid", storage)["epoch"].tolist() == [1, 2]  # metrics.csv rows, from the study
     status = sweep_status("grid", storage)
     assert status["counts"] == {"completed": 1} and status["points"][0]["reused"] and status["eta_s"] == 0.0
 
