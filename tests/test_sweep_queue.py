@@ -1,6 +1,7 @@
 """Sweeps on an Optuna study: each point queued once, trained once by whichever worker takes it,
-a dead worker's point queued again to resume its run folder, failures recorded and not retried,
-the table equal to the in-process sweep's. Tiny easy-VQA runs on the CPU."""
+a dead worker's point queued again to resume from its last checkpoint (in its folder, or on another
+machine from the artifact store), failures recorded and not retried, the table equal to the
+in-process sweep's and complete from the study alone. Tiny easy-VQA runs on the CPU."""
 
 import json
 import os
@@ -30,6 +31,8 @@ from vqalab.sweep_queue import (
     fail_stale_trials,
     load_spec,
     load_sweep,
+    retry_history,
+    sweep_metrics,
     sweep_status,
     sweep_table,
     take_waiting_trial,
@@ -52,6 +55,11 @@ def base(runs_root, epochs=2):
 
 def spec(runs_root, name="grid", lrs=(1e-3, 2e-3), seeds=(0,), epochs=2):
     return SweepSpec(name=name, base=base(runs_root, epochs), grid={"optim.lr": list(lrs)}, seeds=list(seeds))
+
+
+def point_trials(study, name=None):
+    """The study's trials of sweep points (not a trial ask() made when the queue had just emptied)."""
+    return [t for t in study.get_trials() if "point" in t.user_attrs and name in (None, t.user_attrs["name"])]
 
 
 def run_folders(runs_root):
@@ -106,14 +114,35 @@ def test_spec_base_file_is_read_beside_the_spec(tmp_path):
 def test_every_point_is_queued_once_and_a_grown_grid_adds_only_new_points(tmp_path):
     storage, added = create_sweep(spec(tmp_path, seeds=[0, 1]))
     assert added == 4 and Path(storage) == tmp_path / "queue" / "sweeps" / "grid.journal"
+    assert (tmp_path / "queue" / "sweeps" / "grid.artifacts").is_dir()  # the default artifact store, beside it
     assert create_sweep(spec(tmp_path, seeds=[0, 1]), storage)[1] == 0  # created again: nothing added
     assert create_sweep(spec(tmp_path, lrs=(1e-3, 2e-3, 4e-3), seeds=[0, 1]), storage)[1] == 2
     study, _ = load_sweep("grid", storage)
-    params = [t.system_attrs["fixed_params"] for t in study.get_trials()]
+    params = [json.loads(t.user_attrs["point"]) for t in study.get_trials()]
     assert len(params) == 6 and len({json.dumps(p, sort_keys=True) for p in params}) == 6
     assert {"optim.lr": 4e-3, "seed": 1} in params
+    assert [t.state for t in study.get_trials()] == [TrialState.WAITING] * 6
     with pytest.raises(ConfigError, match="already exists with another base, seeds"):
         create_sweep(spec(tmp_path, seeds=[0, 1, 2]), storage)
+    with pytest.raises(ConfigError, match=r"uploads to the artifact store .*grid\.artifacts, not .*elsewhere"):
+        create_sweep(spec(tmp_path, seeds=[0, 1]), storage, artifacts=tmp_path / "elsewhere")
+
+
+@pytest.mark.parametrize("location, match", [
+    ("gs://bucket", r"artifact store gs://bucket: expected a folder or s3://<bucket>"),
+    ("s3://bucket/prefix", r"artifact store s3://bucket/prefix: expected s3://<bucket> \(the bucket alone\)"),
+])
+def test_an_artifact_store_that_cannot_be_used_is_refused_before_anything_is_queued(tmp_path, location, match):
+    with pytest.raises(ConfigError, match=match):
+        create_sweep(spec(tmp_path), artifacts=location)
+    assert not (tmp_path / "queue").exists()
+
+
+def test_an_s3_artifact_store_without_boto3_names_the_missing_package(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "boto3", None)  # import boto3 → ImportError, installed or not
+    with pytest.raises(ConfigError, match=r"artifact store s3://lab-sweeps: an s3:// store needs boto3, which is "
+                                          r"not installed \(pip install boto3\)"):
+        create_sweep(spec(tmp_path), artifacts="s3://lab-sweeps")
 
 
 def test_a_dead_workers_trial_is_queued_again_once_to_resume_its_run(tmp_path):
@@ -121,25 +150,31 @@ def test_a_dead_workers_trial_is_queued_again_once_to_resume_its_run(tmp_path):
     study, _ = load_sweep("grid", storage)
     trial = take_waiting_trial(study)
     assert take_waiting_trial(study) is None  # one point: nobody else gets it
-    study._storage.set_trial_user_attr(trial._trial_id, "run_dir", "/runs/queue/dead")
-    study._storage.set_trial_user_attr(trial._trial_id, "heartbeat_at", time.time())
-    fail_stale_trials(study, grace_s=60, max_retries=3)  # beating: left alone
+    trial.set_user_attr("run_dir", "/runs/queue/dead")
+    trial.set_user_attr("checkpoint", {"epoch": 2, "artifact_id": "a1"})
+    time.sleep(0.6)  # the trial started longer ago than the grace period below ...
+    trial.set_user_attr("heartbeat_at", time.time())  # ... but beats
+    fail_stale_trials(study, grace_s=0.5, max_retries=3)  # beating: left alone
     assert [t.state for t in study.get_trials()] == [TrialState.RUNNING]
 
-    study._storage.set_trial_user_attr(trial._trial_id, "heartbeat_at", time.time() - 61)
+    trial.set_user_attr("heartbeat_at", time.time() - 61)
     other, _ = load_sweep("grid", storage)  # a second worker process reaps at the same time
-    fail_stale_trials(study, grace_s=60, max_retries=3)
-    fail_stale_trials(other, grace_s=60, max_retries=3)
+    fail_stale_trials(study, grace_s=0.5, max_retries=3)
+    fail_stale_trials(other, grace_s=0.5, max_retries=3)
     trials = study.get_trials()
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]  # one retry, not two
     retry = trials[1]
-    assert retry.user_attrs == {"name": "pt-lr=0.001_s0", "retries": 1, "retry_of": 0,
-                                "resume_from": "/runs/queue/dead"}
-    assert retry.system_attrs["fixed_params"] == trials[0].system_attrs["fixed_params"]
+    assert retry_history(retry) == [0]
+    assert {k: retry.user_attrs[k] for k in ("name", "point", "run_dir", "checkpoint")} == {
+        "name": "pt-lr=0.001_s0", "point": trials[0].user_attrs["point"], "run_dir": "/runs/queue/dead",
+        "checkpoint": {"epoch": 2, "artifact_id": "a1"}}  # what the next worker resumes from
+    assert sweep_status("grid", storage)["points"][0]["retries"] == 1
 
     taken = take_waiting_trial(study)  # the retry's worker dies as well, retries used up
-    study._storage.set_trial_user_attr(taken._trial_id, "heartbeat_at", time.time() - 61)
-    fail_stale_trials(study, grace_s=60, max_retries=1)
+    assert taken.number == 1
+    taken.set_user_attr("heartbeat_at", time.time() - 61)
+    time.sleep(0.6)
+    fail_stale_trials(study, grace_s=0.5, max_retries=1)
     assert [t.state for t in study.get_trials()] == [TrialState.FAIL, TrialState.FAIL]
     assert sweep_table("grid", storage).loc[0, ["status", "error"]].tolist() == ["failed", "worker lost"]
 
@@ -157,6 +192,9 @@ def test_a_finished_point_is_reused_not_trained(tmp_path, monkeypatch):
     assert table.loc[0, "reused"] and table.loc[0, "run_dir"] == done.loc[0, "run_dir"]
     assert table.loc[0, "best_val_acc"] == done.loc[0, "best_val_acc"]
     assert len(run_folders(tmp_path)) == 1
+    shutil.rmtree(done.loc[0, "run_dir"])  # the table needs no run folder
+    assert sweep_table("grid", storage).loc[0, "best_val_acc"] == done.loc[0, "best_val_acc"]
+    assert sweep_metrics("grid", storage)["epoch"].tolist() == [1, 2]  # metrics.csv rows, from the study
     status = sweep_status("grid", storage)
     assert status["counts"] == {"completed": 1} and status["points"][0]["reused"] and status["eta_s"] == 0.0
 
@@ -225,10 +263,10 @@ def test_three_workers_one_killed_every_point_once_and_equal_to_the_sequential_s
     assert row["run_dir"] == str(held_dir)  # continued in the dead worker's folder ...
     summary = json.loads((held_dir / "summary.json").read_text())
     assert [r["from_epoch"] for r in summary["resumed"]] == [1]  # ... from its epoch-1 checkpoint
-    trials = [t for t in study.get_trials() if t.user_attrs["name"] == held]
+    trials = point_trials(study, held)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
-    assert trials[1].user_attrs["retry_of"] == trials[0].number and trials[1].user_attrs["resume_from"] == str(held_dir)
-    assert len(study.get_trials()) == 10
+    assert retry_history(trials[1]) == [trials[0].number] and trials[1].user_attrs["run_dir"] == str(held_dir)
+    assert len(point_trials(study)) == 10
 
     reference = sweep(base(tmp_path / "sequential", epochs=3), {"optim.lr": [1e-3, 2e-3, 3e-3]}, seeds=[0, 1, 2])
     pd.testing.assert_frame_equal(table[["optim.lr", "seed", *FIGURES]], reference[["optim.lr", "seed", *FIGURES]])
@@ -310,6 +348,58 @@ def test_two_workers_on_postgresql_lose_and_duplicate_no_point(tmp_path, postgre
     assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 4
     taken = sorted(int(out.split("sweep grid: ")[1].split(" trials")[0]) for out in outputs)
     assert sum(taken) == 4  # every trial taken by exactly one of the two workers
+
+
+@pytest.mark.slow
+def test_two_machines_without_a_shared_disk_one_killed_mid_trial_resume_from_the_uploaded_checkpoint(
+        tmp_path, postgres_url):
+    """Two workers, each with its own project root (its own runs/, as on two machines), one
+    PostgreSQL storage and one artifact store. Worker A is SIGKILLed while it holds its point after
+    the epoch-1 checkpoint, and its whole disk is deleted; worker B continues that point from the
+    uploaded checkpoint. The table and the per-epoch metrics come from the study alone."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(HOLD_SITECUSTOMIZE)
+    machine_a, machine_b, flag = tmp_path / "machine_a", tmp_path / "machine_b", tmp_path / "held"
+    machine_a.mkdir()
+    machine_b.mkdir()
+    the_spec = spec("runs", lrs=(1e-3, 2e-3), epochs=3)  # runs/ of each machine's project root
+    held = the_spec.points()[0].cfg.name  # the first point queued: worker A takes it
+    create_sweep(the_spec, postgres_url, artifacts=tmp_path / "artifacts")
+    env_a = {**worker_env(site), "VQALAB_ROOT": str(machine_a), "VQALAB_TEST_HOLD": f"{held}|{flag}"}
+    worker_a = start_worker("grid", postgres_url, env_a)
+    worker_b = None
+    try:
+        study, _ = load_sweep("grid", postgres_url)
+        deadline = time.time() + 120
+        while True:  # A holds its point after epoch 1, once that checkpoint is uploaded
+            owner = [t for t in point_trials(study, held) if t.state == TrialState.RUNNING]
+            if flag.exists() and owner and owner[0].user_attrs.get("checkpoint", {}).get("epoch") == 1:
+                break
+            assert time.time() < deadline and worker_a.poll() is None, "worker A never uploaded its first checkpoint"
+            time.sleep(0.2)
+        worker_b = start_worker("grid", postgres_url, {**worker_env(), "VQALAB_ROOT": str(machine_b)})
+        worker_a.kill()
+        worker_a.wait()
+        shutil.rmtree(machine_a)  # nothing of A's disk is left to read
+        out_b = wait_all([worker_b], timeout=300)[0]
+    finally:
+        for w in (worker_a, worker_b):
+            if w is not None and w.poll() is None:
+                w.kill()
+
+    table = sweep_table("grid", postgres_url)
+    assert list(table["status"]) == ["completed", "completed"], out_b
+    assert all(Path(d).is_relative_to(machine_b / "runs") for d in table["run_dir"])
+    trials = point_trials(study, held)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    resumed = trials[1].user_attrs["summary"]["resumed"]
+    assert [r["from_epoch"] for r in resumed] == [1]  # from A's uploaded checkpoint, not from the start
+    metrics = sweep_metrics("grid", postgres_url)
+    assert metrics.groupby("name")["epoch"].apply(list).to_dict() == {p.cfg.name: [1, 2, 3] for p in the_spec.points()}
+
+    reference = sweep(base(tmp_path / "sequential", epochs=3), {"optim.lr": [1e-3, 2e-3]}, seeds=[0])
+    pd.testing.assert_frame_equal(table[["optim.lr", "seed", *FIGURES]], reference[["optim.lr", "seed", *FIGURES]])
 
 
 @pytest.mark.slow

@@ -201,7 +201,7 @@ def cmd_sweep_create(args: argparse.Namespace) -> int:
     from vqalab.sweep_queue import create_sweep, load_spec
 
     spec = load_spec(args.spec)  # every point validated before the storage is touched
-    storage, added = create_sweep(spec, args.storage)
+    storage, added = create_sweep(spec, args.storage, args.artifacts)
     print(f"sweep {spec.name}: {len(spec.points())} points, {added} newly queued")
     print(f"storage: {mask_secrets(storage)}")
     print(spec.name)  # last line: the sweep name, for scripts
@@ -237,9 +237,9 @@ def cmd_sweep_status(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep_table(args: argparse.Namespace) -> int:
-    from vqalab.sweep_queue import sweep_table
+    from vqalab.sweep_queue import sweep_metrics, sweep_table
 
-    df = sweep_table(args.name, args.storage)
+    df = (sweep_metrics if args.metrics else sweep_table)(args.name, args.storage)
     if args.csv:
         df.to_csv(args.csv, index=False)
         print(args.csv)
@@ -368,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sweep.add_parser("create", help="queue every point of a spec (base params, grid, seeds) once")
     s.add_argument("spec", help="sweep spec YAML: name, base (params file or mapping), grid, seeds")
     s.add_argument("--storage", default=None, help=storage_help)
+    s.add_argument("--artifacts", default=None, metavar="FOLDER|s3://BUCKET",
+                   help="where workers upload run files and checkpoints, for every machine (default: "
+                        "runs/<experiment>/sweeps/<name>.artifacts/)")
     s.set_defaults(func=cmd_sweep_create)
     s = sweep.add_parser("work", help="train queued points until none is left (one lane per GPU or CPU slot)")
     s.add_argument("name", help="sweep name (as printed by `vqalab sweep create`)")
@@ -389,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("name")
     s.add_argument("--storage", default=None, help=storage_help)
     s.add_argument("--csv", default=None, metavar="FILE", help="write the table as CSV instead of printing it")
+    s.add_argument("--metrics", action="store_true", help="every finished point's metrics.csv rows (one per epoch) "
+                                                          "instead of one row per point")
     s.set_defaults(func=cmd_sweep_table)
     return parser
 

@@ -1,23 +1,30 @@
 """Sweeps spread over processes, GPUs and machines: the points of a sweep queued in an Optuna study.
 
 ``create_sweep(spec)`` expands a spec (base config, grid, seeds: the grid of ``vqalab.sweep``) and
-enqueues every point once into an Optuna study (``enqueue_trial(..., skip_if_exists=True)``; no
-sampler picks points). ``work(name)`` runs worker lanes, one per GPU (``CUDA_VISIBLE_DEVICES``) or
-per CPU slot, on any number of machines sharing the storage: a lane takes a waiting trial, trains
-its point with ``fit`` in a subprocess (the usual run folder, recorded on the trial as ``run_dir``)
-and records the result. A point that already finished (same reuse key as ``sweep``) is not trained
-again. The run folders stay the record; ``sweep_table`` reads them back into the table ``sweep``
-returns.
+enqueues every point once into an Optuna study (``study.enqueue_trial``; no sampler picks points).
+``work(name)`` runs worker lanes, one per GPU (``CUDA_VISIBLE_DEVICES``) or per CPU slot, on any
+number of machines sharing the storage: a lane takes a waiting trial (``study.ask()``), trains its
+point with ``fit`` in a subprocess (the usual run folder, on the worker's own disk) and tells the
+result (``study.tell``). A point that already finished (same reuse key as ``sweep``) is not trained
+again. Only Optuna's public API is used.
+
+What other machines need lives in the study, so no disk is shared: a finished trial holds its
+``summary.json`` and its ``metrics.csv`` rows as user attributes (``sweep_table`` and
+``sweep_metrics`` read them from any machine), and the worker uploads the run's files and each new
+checkpoint with Optuna's artifact API into the sweep's artifact store (a folder, or an S3 bucket:
+``s3://bucket``), recorded on the trial.
 
 Storage: a journal file (``JournalFileBackend``; the default, under the experiment's folder: shared
 by the processes of one machine, or by machines sharing a file system) or an RDB URL such as
-``postgresql://user@host/db`` (``RDBStorage`` with its heartbeat) for several machines.
+``postgresql://user@host/db`` for several machines.
 
-A lane beats while its trial trains (the journal storage has no heartbeat of its own: the beat is
-the trial's ``heartbeat_at`` user attribute). A running trial whose beat is older than the grace
-period belonged to a worker that died: it is marked failed and a copy is queued (``retry_of``,
-``resume_from``) that continues the dead run in its folder from its last checkpoint. A point that
-fails by itself (an exception, a non-finite loss) is recorded failed or diverged and not retried.
+A lane beats while its trial trains (the trial's ``heartbeat_at`` user attribute, in both storages).
+A running trial whose beat is older than the grace period belonged to a worker that died: it is
+told failed and a copy is queued (``RetryHeartbeatStaleTrialCallback``, which keeps its user
+attributes: the run folder and the last uploaded checkpoint). The worker taking the copy continues
+the dead run from that checkpoint: in its folder when the folder is under its own runs root, else
+in a new folder of the same name rebuilt from the artifact store. A point that fails by itself (an
+exception, a non-finite loss) is recorded failed or diverged and not retried.
 """
 
 from __future__ import annotations
@@ -35,15 +42,23 @@ import tempfile
 import threading
 import time
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pandas as pd
+from optuna.artifacts import (
+    Boto3ArtifactStore,
+    FileSystemArtifactStore,
+    download_artifact,
+    upload_artifact,
+)
+from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.trial import FrozenTrial, TrialState
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.storages.journal import BaseJournalBackend, JournalFileBackend
+from optuna.trial import FrozenTrial, Trial, TrialState
 
 from vqalab import runs
 from vqalab.config import RunConfig, read_yaml
@@ -56,6 +71,8 @@ from vqalab.train import FINISHED_STATUSES
 log = logging.getLogger(__name__)
 
 SPEC_ATTR = "vqalab_sweep_spec"  # study user attribute: the spec every worker expands
+ARTIFACTS_ATTR = "vqalab_artifact_store"  # study user attribute: where run files and checkpoints go
+POINT_ATTR = "point"  # trial user attribute: the point's parameters as JSON (its key in the grid)
 # How often a worker looks for the run folder of a trial that just started: a retry can resume the
 # folder only once it is recorded on the trial.
 FOLDER_POLL_S = 0.1
@@ -69,6 +86,8 @@ MIN_HEARTBEAT_S = 0.5
 # be taken for dead: the grace period spans at least this many beats.
 GRACE_BEATS = 4
 MAX_RETRIES = 3  # times a point is queued again after its worker died
+# What a rebuilt run folder needs besides its checkpoint (metrics.csv comes from the checkpoint's history).
+START_FILES = ("params.yaml", "summary.json")
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -145,6 +164,36 @@ def default_storage(spec: SweepSpec) -> Path:
     return resolve(cfg.runs_root) / runs.safe_name(cfg.experiment) / JOURNAL_DIR / f"{spec.name}.journal"
 
 
+def default_artifacts(spec: SweepSpec) -> Path:
+    """``runs_root/experiment/sweeps/<name>.artifacts/`` of the spec's first point, beside the journal."""
+    return default_storage(spec).with_suffix(".artifacts")
+
+
+def open_artifact_store(location: str, *, create: bool = False):
+    """``s3://bucket`` → ``Boto3ArtifactStore`` (boto3 is needed only then; an S3-compatible server's
+    endpoint comes from ``$AWS_ENDPOINT_URL``, as boto3 reads it); anything else is a folder →
+    ``FileSystemArtifactStore`` (made when ``create``, refused when missing otherwise)."""
+    if location.startswith("s3://"):
+        bucket, _, rest = location[len("s3://"):].partition("/")
+        if not bucket or rest.strip("/"):
+            raise ConfigError(f"artifact store {location}: expected s3://<bucket> (the bucket alone)")
+        try:
+            import boto3
+        except ImportError:
+            raise ConfigError(f"artifact store {location}: an s3:// store needs boto3, which is not installed "
+                              "(pip install boto3)") from None
+        return Boto3ArtifactStore(bucket, client=boto3.client("s3"))
+    if "://" in location:
+        raise ConfigError(f"artifact store {location}: expected a folder or s3://<bucket>")
+    folder = Path(location)
+    if create:
+        folder.mkdir(parents=True, exist_ok=True)
+    if not folder.is_dir():
+        raise ConfigError(f"artifact store {folder}: no such folder on this machine (a folder serves several "
+                          "machines only on a shared file system: create the sweep with --artifacts s3://<bucket>)")
+    return FileSystemArtifactStore(folder)
+
+
 def find_storage(name: str, runs_root: str | Path = "runs") -> str:
     """The journal file of sweep ``name`` under ``runs_root/*/sweeps/`` (exactly one must exist)."""
     found = sorted(resolve(runs_root).glob(f"*/{JOURNAL_DIR}/{runs.safe_name(name)}.journal"))
@@ -170,17 +219,16 @@ def check_timing(heartbeat_s: float, grace_s: float) -> None:
                           "not taken for dead")
 
 
-def open_storage(storage: str | Path, *, heartbeat_s: float = HEARTBEAT_S, grace_s: float = GRACE_S,
-                 max_retries: int = MAX_RETRIES, create: bool = False) -> optuna.storages.BaseStorage:
-    """An RDB URL (``postgresql://...``) → ``RDBStorage`` with heartbeat; anything else is the path
-    of a journal file (made when ``create``: a missing journal is refused otherwise).
+def open_storage(storage: str | Path, *, create: bool = False) -> optuna.storages.BaseStorage:
+    """An RDB URL (``postgresql://...``) → ``RDBStorage``; anything else is the path of a journal
+    file (made when ``create``: a missing journal is refused otherwise).
 
     Every way of not opening it (no server, wrong password, missing database, no driver for the
     URL's scheme, a port that is not a number, a journal that is a folder or not a journal) is a
     ``ConfigError`` naming the storage, its password masked.
     """
     if is_rdb_url(storage):
-        return open_rdb(str(storage), heartbeat_s=heartbeat_s, grace_s=grace_s, max_retries=max_retries)
+        return open_rdb(str(storage))
     path = Path(storage)
     if path.is_dir():
         raise ConfigError(f"storage {path}: is a folder; expected an Optuna journal file")
@@ -191,7 +239,7 @@ def open_storage(storage: str | Path, *, heartbeat_s: float = HEARTBEAT_S, grace
                           "or check the path)")
     else:
         path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
 
 def check_journal(path: Path) -> None:
@@ -212,7 +260,7 @@ def check_journal(path: Path) -> None:
                           "record): pass the journal of the sweep, or a new file name to `sweep create`")
 
 
-def open_rdb(url: str, *, heartbeat_s: float, grace_s: float, max_retries: int) -> optuna.storages.RDBStorage:
+def open_rdb(url: str) -> optuna.storages.RDBStorage:
     import sqlalchemy.exc
     from sqlalchemy.engine import make_url
 
@@ -230,11 +278,7 @@ def open_rdb(url: str, *, heartbeat_s: float, grace_s: float, max_retries: int) 
     if url.startswith("postgresql://"):  # SQLAlchemy ≥ 2.1 would pick psycopg 3; we ship psycopg2
         url = "postgresql+psycopg2://" + url[len("postgresql://"):]
     try:
-        with warnings.catch_warnings():  # RDB heartbeat arguments are still marked experimental
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=max(1, round(heartbeat_s)), grace_period=max(1, round(grace_s)),
-                heartbeat_stale_trial_callback=lambda study, trial: requeue(study, trial, max_retries=max_retries))
+        return optuna.storages.RDBStorage(url)
     except ImportError:
         raise ConfigError(f"storage {shown}: no database driver for {url.split('://')[0]}:// is installed "
                           "(postgresql:// is supported, or use a journal file)") from None
@@ -243,14 +287,20 @@ def open_rdb(url: str, *, heartbeat_s: float, grace_s: float, max_retries: int) 
         raise ConfigError(f"storage {shown}: cannot open the database: {mask_secrets(reason)}") from None
 
 
-def create_sweep(spec: SweepSpec, storage: str | Path | None = None) -> tuple[str, int]:
+def create_sweep(spec: SweepSpec, storage: str | Path | None = None,
+                 artifacts: str | Path | None = None) -> tuple[str, int]:
     """Create (or extend) the study ``spec.name`` and enqueue every point not queued yet.
 
-    Returns the storage (URL or journal path) and the number of points newly queued. A study of
-    that name holding a different base, seeds or reuse setting is refused (pick another name).
+    ``artifacts``: where workers upload run files and checkpoints (a folder, or ``s3://bucket``),
+    recorded in the study for every worker; default: ``<name>.artifacts/`` beside the default
+    journal. Returns the storage (URL or journal path) and the number of points newly queued. A
+    study of that name holding a different base, seeds, reuse setting or artifact store is refused
+    (pick another name).
     """
     points = spec.points()
     storage = str(storage or default_storage(spec))
+    location = str(artifacts or default_artifacts(spec))
+    open_artifact_store(location, create=True)  # a bad location is refused before anything is queued
     study = optuna.create_study(study_name=spec.name, storage=open_storage(storage, create=True), load_if_exists=True,
                                 direction="maximize")
     wanted = json.loads(json.dumps(asdict(spec)))
@@ -262,64 +312,65 @@ def create_sweep(spec: SweepSpec, storage: str | Path | None = None) -> tuple[st
                           f"reuse setting: give the spec another name")
     elif stored["grid"] != wanted["grid"]:
         study.set_user_attr(SPEC_ATTR, wanted)  # a grown grid: its new points are queued below
+    stored_location = study.user_attrs.get(ARTIFACTS_ATTR)
+    if stored_location is None:
+        study.set_user_attr(ARTIFACTS_ATTR, location)
+    elif artifacts is not None and stored_location != location:
+        raise ConfigError(f"sweep {spec.name!r} in {mask_secrets(storage)} uploads to the artifact store "
+                          f"{stored_location}, not {location}: leave --artifacts out, or give the spec another name")
+    held = None
+    if not is_rdb_url(storage):
+        # One journal write for all new points: queueing 10,000 points one write (one lock, one
+        # fsync) each takes minutes.
+        held = HeldJournalBackend(JournalFileBackend(storage))
+        study = optuna.load_study(study_name=spec.name, storage=optuna.storages.JournalStorage(held))
     # One read of what is queued, then the new points: linear in the grid's size
     # (enqueue_trial(skip_if_exists=True) reads every trial again for every point).
-    queued = {_point_key(t.system_attrs["fixed_params"]) for t in study.get_trials(deepcopy=False)
-              if "fixed_params" in t.system_attrs}
+    queued = {t.user_attrs[POINT_ATTR] for t in study.get_trials(deepcopy=False) if POINT_ATTR in t.user_attrs}
     added = 0
-    with batched_journal_writes(study):
-        for point in points:
-            params = point_params(point)
-            if _point_key(params) in queued:
-                continue
-            study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={"fixed_params": params},
-                                                      user_attrs={"name": point.cfg.name}))
-            queued.add(_point_key(params))
-            added += 1
+    for point in points:
+        params = point_params(point)
+        key = _point_key(params)
+        if key in queued:
+            continue
+        study.enqueue_trial(params, user_attrs={"name": point.cfg.name, POINT_ATTR: key})
+        queued.add(key)
+        added += 1
+    if held is not None:
+        held.flush()
     log.info("sweep %s: %d points, %d newly queued in %s", spec.name, len(points), added, mask_secrets(storage))
     return storage, added
 
 
-class _HeldAppends:
-    """A journal backend stand-in that holds appended records until ``batched_journal_writes`` ends."""
+class HeldJournalBackend(BaseJournalBackend):
+    """A journal file read once, whose appended records are held in memory until ``flush`` writes
+    them in one append (atomic under the journal's lock: other workers see all or none).
 
-    def __init__(self, backend):
-        self.backend, self.held = backend, []
+    For queueing only: records appended by other processes meanwhile are not seen here, and the
+    held records create trials, whose ids every reader derives from the file's order."""
+
+    def __init__(self, backend: JournalFileBackend):
+        self.backend = backend
+        self.logs = list(backend.read_logs(0))
+        self.held: list[dict] = []
+
+    def read_logs(self, log_number_from: int) -> list[dict]:
+        return self.logs[log_number_from:]
 
     def append_logs(self, logs: list[dict]) -> None:
+        self.logs.extend(logs)
         self.held.extend(logs)
 
-    def read_logs(self, log_number_from: int):
-        return self.backend.read_logs(log_number_from)
+    def flush(self) -> None:
+        if self.held:
+            self.backend.append_logs(self.held)
+            self.held = []
 
 
-@contextmanager
-def batched_journal_writes(study: optuna.Study):
-    """Within the block, a journal storage's records are appended at the end in one write (one
-    lock, one fsync) instead of one each: queueing 10,000 points otherwise spends minutes in fsync.
-    Only trials are created inside (their ids are not read back); RDB storages write as usual."""
-    storage = study._storage
-    backend = getattr(storage, "_backend", None)
-    if not isinstance(storage, optuna.storages.JournalStorage) or backend is None:
-        yield
-        return
-    holder = _HeldAppends(backend)
-    replay = storage._replay_result  # read by create_new_trial after each (here empty) sync
-    replay._last_created_trial_id_by_this_process = getattr(replay, "_last_created_trial_id_by_this_process", -1)
-    storage._backend = holder
-    try:
-        yield
-    finally:
-        storage._backend = backend
-    if holder.held:
-        backend.append_logs(holder.held)  # atomic under the journal's lock: other workers see all or none
-    storage._sync_with_backend()
-
-
-def load_sweep(name: str, storage: str | Path | None = None, **storage_kw) -> tuple[optuna.Study, SweepSpec]:
+def load_sweep(name: str, storage: str | Path | None = None) -> tuple[optuna.Study, SweepSpec]:
     storage = storage or find_storage(name)
     try:
-        study = optuna.load_study(study_name=name, storage=open_storage(storage, **storage_kw))
+        study = optuna.load_study(study_name=name, storage=open_storage(storage))
     except KeyError:
         raise ConfigError(f"sweep {name!r}: no such study in {mask_secrets(storage)} (create it with "
                           "`vqalab sweep create`)") from None
@@ -329,59 +380,65 @@ def load_sweep(name: str, storage: str | Path | None = None, **storage_kw) -> tu
     return study, SweepSpec(**stored)
 
 
+def retry_history(trial: FrozenTrial) -> list[int]:
+    """The numbers of the dead workers' trials this one retries, oldest first (empty: not a retry)."""
+    with warnings.catch_warnings():  # the retry callback's helpers are marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retry_history(trial)
+
+
 def requeue(study: optuna.Study, trial: FrozenTrial, *, max_retries: int = MAX_RETRIES) -> None:
-    """Queue again the point of a trial whose worker died, to continue its run folder."""
-    retries = trial.user_attrs.get("retries", 0)
+    """Queue again the point of a trial whose worker died: a copy with its user attributes (run
+    folder, last uploaded checkpoint), so that the next worker continues the dead run."""
+    retries = len(retry_history(trial))
     if retries >= max_retries:
         log.error("trial %d (%s): worker lost %d times, not queued again", trial.number,
                   trial.user_attrs.get("name"), retries + 1)
         return
-    run_dir = trial.user_attrs.get("run_dir") or trial.user_attrs.get("resume_from")
-    user_attrs = {"name": trial.user_attrs.get("name"), "retries": retries + 1, "retry_of": trial.number}
-    if run_dir:
-        user_attrs["resume_from"] = run_dir
-    study.enqueue_trial(trial.system_attrs["fixed_params"], user_attrs=user_attrs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        RetryHeartbeatStaleTrialCallback(max_retry=max_retries)(study, trial)
+    uploaded = trial.user_attrs.get("checkpoint")
     log.warning("trial %d (%s): its worker stopped beating; queued again%s", trial.number,
-                trial.user_attrs.get("name"), f" to resume {run_dir}" if run_dir else "")
+                trial.user_attrs.get("name"), f" to resume from epoch {uploaded['epoch']}" if uploaded else "")
+
+
+def last_sign_of_life(trial: FrozenTrial) -> float:
+    """The trial's last beat, or its start: a retry carries the dead worker's last beat until its
+    own first one."""
+    return max(trial.user_attrs.get("heartbeat_at", 0.0), trial.datetime_start.timestamp())
 
 
 def fail_stale_trials(study: optuna.Study, *, grace_s: float, max_retries: int) -> None:
-    """Fail the running trials of dead workers and queue them again (one process wins each)."""
-    storage = study._storage
-    if isinstance(storage, optuna.storages.RDBStorage):
-        optuna.storages.fail_stale_trials(study)  # its heartbeat callback is ``requeue``
-        return
+    """Tell the running trials of dead workers failed and queue them again (one process wins each)."""
     now = time.time()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        beat = trial.user_attrs.get("heartbeat_at") or trial.datetime_start.timestamp()
-        if now - beat <= grace_s:
+        if POINT_ATTR not in trial.user_attrs or now - last_sign_of_life(trial) <= grace_s:
             continue
         try:
-            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-                continue
-        except UpdateFinishedTrialError:
-            continue  # another worker failed it first and queues the retry
-        requeue(study, study._storage.get_trial(trial._trial_id), max_retries=max_retries)
+            failed = study.tell(trial.number, state=TrialState.FAIL)
+        except (UpdateFinishedTrialError, ValueError):
+            continue  # another worker failed it first and queues the retry (or it just finished)
+        requeue(study, failed, max_retries=max_retries)
 
 
-def take_waiting_trial(study: optuna.Study) -> FrozenTrial | None:
-    """Move one waiting trial to running for this process (atomic in both storages), or None."""
-    storage = study._storage
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING):
-                return storage.get_trial(trial._trial_id)
-        except UpdateFinishedTrialError:
-            continue
-    return None
+def take_waiting_trial(study: optuna.Study) -> Trial | None:
+    """A waiting trial, now running for this process (``study.ask()``), or None when none is waiting."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        return None
+    trial = study.ask()
+    if POINT_ATTR not in trial.user_attrs:
+        # Another worker took the last waiting point first, so ask() made a new trial: close it.
+        trial.set_user_attr("unused", "no point was waiting any more")
+        study.tell(trial, state=TrialState.FAIL)
+        return None
+    return trial
 
 
-def beat(study: optuna.Study, trial_id: int) -> None:
-    storage = study._storage
-    if isinstance(storage, optuna.storages.RDBStorage):
-        storage.record_heartbeat(trial_id)
-    else:
-        storage.set_trial_user_attr(trial_id, "heartbeat_at", time.time())
+def beat(trial: Trial) -> None:
+    """Record that this trial's worker is alive; raises ``UpdateFinishedTrialError`` when others
+    took the worker for dead and told the trial failed."""
+    trial.set_user_attr("heartbeat_at", time.time())
 
 
 @dataclass
@@ -411,8 +468,12 @@ class Worker:
                  slots: int = 1, max_trials: int | None = None, heartbeat_s: float = HEARTBEAT_S,
                  grace_s: float = GRACE_S, max_retries: int = MAX_RETRIES):
         check_timing(heartbeat_s, grace_s)  # before the storage is opened
-        self.study, self.spec = load_sweep(name, storage, heartbeat_s=heartbeat_s, grace_s=grace_s,
-                                           max_retries=max_retries)
+        self.study, self.spec = load_sweep(name, storage)
+        location = self.study.user_attrs.get(ARTIFACTS_ATTR)
+        if location is None:
+            raise ConfigError(f"sweep {name!r} names no artifact store (it was created by an older vqalab): "
+                              "create it again under a new name")
+        self.store = open_artifact_store(location)
         self.points = {_point_key(point_params(p)): p for p in self.spec.points()}
         self.lanes = make_lanes(devices, slots)
         self.max_trials, self.heartbeat_s, self.grace_s, self.max_retries = max_trials, heartbeat_s, grace_s, max_retries
@@ -429,12 +490,13 @@ class Worker:
             thread.join()
         return self.taken
 
-    def claim(self) -> FrozenTrial | None:
+    def claim(self) -> Trial | None:
         with self.lock:
             if self.max_trials is not None and self.taken >= self.max_trials:
                 return None
             trial = take_waiting_trial(self.study)
             if trial is not None:
+                beat(trial)
                 self.taken += 1
             return trial
 
@@ -454,16 +516,11 @@ class Worker:
                 self.run_trial(trial, lane)
             except Exception as err:  # a storage hiccup must not leave the trial running forever
                 log.exception("trial %d: worker error", trial.number)
-                try:
-                    self.finish(trial, "failed", {"error": f"worker: {type(err).__name__}: {err}"}, None, False)
-                except UpdateFinishedTrialError:
-                    pass  # already failed as stale and queued again by another worker
+                self.finish(trial, "failed", {"error": f"worker: {type(err).__name__}: {err}"}, None, False)
 
-    def run_trial(self, trial: FrozenTrial, lane: Lane) -> None:
-        storage, tid = self.study._storage, trial._trial_id
-        storage.set_trial_user_attr(tid, "worker", f"{self.worker_id}/{lane.label}")
-        beat(self.study, tid)
-        point = self.points.get(_point_key(trial.system_attrs["fixed_params"]))
+    def run_trial(self, trial: Trial, lane: Lane) -> None:
+        trial.set_user_attr("worker", f"{self.worker_id}/{lane.label}")
+        point = self.points.get(trial.user_attrs[POINT_ATTR])
         if point is None:
             self.finish(trial, "failed", {"error": "point not in the sweep's grid"}, None, False)
             return
@@ -473,7 +530,7 @@ class Worker:
                 log.info("trial %d %s: reusing %s", trial.number, point.cfg.name, found)
                 self.finish(trial, None, json.loads((found / "summary.json").read_text()), found, True)
                 return
-        resume = trial.user_attrs.get("resume_from")
+        resume = self.resume_folder(trial, point)
         log.info("trial %d %s on %s: %s", trial.number, point.cfg.name, lane.label,
                  f"resuming {resume}" if resume else "training")
         with tempfile.TemporaryDirectory(prefix="vqalab-trial-") as tmp:
@@ -482,8 +539,8 @@ class Worker:
             command = [sys.executable, "-m", "vqalab.sweep_queue", "--config", str(config_file),
                        "--report", str(report_file), "--parent", str(os.getpid())]
             if resume:
-                command += ["--resume", resume]
-            run_dir = Path(resume) if resume else None
+                command += ["--resume", str(resume)]
+            run_dir = None
             with open(output_file, "wb") as output:
                 child = subprocess.Popen(command, env={**os.environ, **lane.env}, stdout=output,
                                          stderr=subprocess.STDOUT, cwd=resolve("."))
@@ -494,7 +551,7 @@ class Worker:
                         break
                     except subprocess.TimeoutExpired:
                         try:
-                            beat(self.study, tid)
+                            beat(trial)
                         except UpdateFinishedTrialError:  # others took this worker for dead: let go
                             log.error("trial %d: failed as stale while training here; stopping it", trial.number)
                             child.kill()
@@ -502,9 +559,12 @@ class Worker:
                             return
                         if run_dir is None and report_file.is_file():
                             run_dir = Path(json.loads(report_file.read_text())["run_dir"])
-                            storage.set_trial_user_attr(tid, "run_dir", str(run_dir))
+                            self.record_start(trial, run_dir)
+                        if run_dir is not None:
+                            self.upload_checkpoint(trial, run_dir)
             if run_dir is None and report_file.is_file():
                 run_dir = Path(json.loads(report_file.read_text())["run_dir"])
+                self.record_start(trial, run_dir)
             summary_file = run_dir / "summary.json" if run_dir else None
             summary = json.loads(summary_file.read_text()) if summary_file and summary_file.is_file() else {}
             if code != 0:
@@ -514,21 +574,85 @@ class Worker:
                 return
         self.finish(trial, None, summary, run_dir, False)
 
-    def finish(self, trial: FrozenTrial, status: str | None, summary: dict, run_dir: Path | None,
+    def upload(self, trial: Trial, path: Path) -> str:
+        return upload_artifact(artifact_store=self.store, file_path=str(path), study_or_trial=trial)
+
+    def record_start(self, trial: Trial, run_dir: Path) -> None:
+        """The run folder on the trial, and the files that, with a checkpoint, rebuild it elsewhere."""
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("run_files", {name: self.upload(trial, run_dir / name) for name in START_FILES})
+
+    def upload_checkpoint(self, trial: Trial, run_dir: Path) -> None:
+        """Upload the run's newest checkpoint when it is newer than the one the trial records (the
+        dead worker's, for a retry); the superseded one is removed from the store."""
+        latest = runs.latest_checkpoint(run_dir)
+        recorded = trial.user_attrs.get("checkpoint")
+        if latest is None:
+            return
+        epoch = int(latest.stem.split("_")[1])  # epoch_NNN.pt
+        if recorded is not None and recorded["epoch"] >= epoch:
+            return
+        trial.set_user_attr("checkpoint", {"epoch": epoch, "artifact_id": self.upload(trial, latest)})
+        if recorded is not None:
+            try:
+                self.store.remove(recorded["artifact_id"])
+            except ArtifactNotFound:
+                pass
+
+    def resume_folder(self, trial: Trial, point: SweepPoint) -> Path | None:
+        """Where a dead worker's point continues: its run folder when that is under this worker's
+        runs root, else a new folder of the same name rebuilt from the last uploaded checkpoint
+        (metrics.csv from the checkpoint's history). None: not a retry, or killed before a
+        checkpoint was uploaded (trained from the start)."""
+        dead = trial.user_attrs.get("run_dir")
+        if dead is None:
+            return None
+        runs_root = resolve(point.cfg.runs_root)
+        if Path(dead).is_dir() and Path(dead).is_relative_to(runs_root):
+            return Path(dead)
+        uploaded, files = trial.user_attrs.get("checkpoint"), trial.user_attrs.get("run_files", {})
+        if uploaded is None:
+            return None
+        run_dir = runs.new_folder(runs_root / runs.safe_name(point.cfg.experiment), Path(dead).name)
+        for name in START_FILES:
+            download_artifact(artifact_store=self.store, file_path=str(run_dir / name),
+                                               artifact_id=files[name])
+        checkpoint = runs.checkpoint_path(run_dir, uploaded["epoch"])
+        checkpoint.parent.mkdir()
+        download_artifact(artifact_store=self.store, file_path=str(checkpoint),
+                                           artifact_id=uploaded["artifact_id"])
+        runs.write_metrics(run_dir / runs.METRICS_FILE, runs.load_checkpoint(checkpoint)["history"])
+        log.info("trial %d: %s rebuilt from the checkpoint of epoch %d uploaded by %s", trial.number, run_dir,
+                 uploaded["epoch"], trial.user_attrs.get("worker"))
+        return run_dir
+
+    def finish(self, trial: Trial, status: str | None, summary: dict, run_dir: Path | None,
                reused: bool) -> None:
-        """Record a trial's outcome: completed → COMPLETE with its best_val_acc; diverged or failed → FAIL."""
-        storage, tid = self.study._storage, trial._trial_id
+        """Record a trial's outcome in the study (summary, metrics rows, run files uploaded), then
+        tell it: completed → COMPLETE with its best_val_acc; diverged or failed → FAIL."""
         status = status or summary.get("status", "failed")
-        if run_dir is not None:
-            storage.set_trial_user_attr(tid, "run_dir", str(run_dir))
-        storage.set_trial_user_attr(tid, "status", status)
-        storage.set_trial_user_attr(tid, "reused", reused)
-        if summary.get("error"):
-            storage.set_trial_user_attr(tid, "error", str(summary["error"]))
-        if status == "completed":
-            storage.set_trial_state_values(tid, TrialState.COMPLETE, [float(summary.get("best_val_acc") or 0.0)])
-        else:
-            storage.set_trial_state_values(tid, TrialState.FAIL)
+        try:
+            if run_dir is not None:
+                trial.set_user_attr("run_dir", str(run_dir))
+                if not reused:
+                    self.upload_checkpoint(trial, run_dir)
+                files = sorted(p for p in run_dir.iterdir() if p.is_file() and not p.name.startswith("."))  # not .lock
+                trial.set_user_attr("run_files", {p.name: self.upload(trial, p) for p in files})
+                metrics_file = run_dir / runs.METRICS_FILE
+                trial.set_user_attr("metrics", runs.read_metrics_rows(metrics_file) if metrics_file.is_file() else [])
+            trial.set_user_attr("summary", summary)
+            trial.set_user_attr("status", status)
+            trial.set_user_attr("reused", reused)
+            if summary.get("error"):
+                trial.set_user_attr("error", str(summary["error"]))
+            if status == "completed":
+                self.study.tell(trial, float(summary.get("best_val_acc") or 0.0))
+            else:
+                self.study.tell(trial, state=TrialState.FAIL)
+        except UpdateFinishedTrialError:
+            log.error("trial %d: told failed by another worker (taken for dead) before it finished here; its retry "
+                      "stands", trial.number)
+            return
         log.info("trial %d %s: %s%s", trial.number, trial.user_attrs.get("name"), status, " (reused)" if reused else "")
 
 
@@ -541,7 +665,8 @@ def latest_trials(study: optuna.Study) -> dict[str, FrozenTrial]:
     """Point key → its newest trial (a retry supersedes the trial of a dead worker)."""
     latest: dict[str, FrozenTrial] = {}
     for trial in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        latest[_point_key(trial.system_attrs["fixed_params"])] = trial
+        if POINT_ATTR in trial.user_attrs:  # not a trial ask() made when the queue had just emptied
+            latest[trial.user_attrs[POINT_ATTR]] = trial
     return latest
 
 
@@ -554,7 +679,9 @@ def trial_status(trial: FrozenTrial | None) -> str:
 
 
 def sweep_table(name: str, storage: str | Path | None = None) -> pd.DataFrame:
-    """The table ``sweep`` returns, read from the study and its run folders, in grid order.
+    """The table ``sweep`` returns, read from the study alone (each trial's summary), in grid order:
+    complete from any machine. ``run_dir`` is the folder on the machine that trained the point
+    (``sweep status`` names the worker).
 
     Points not finished yet are rows with status ``waiting`` / ``running`` and no figures.
     """
@@ -565,13 +692,30 @@ def sweep_table(name: str, storage: str | Path | None = None) -> pd.DataFrame:
         trial = latest.get(_point_key(point_params(point)))
         status = trial_status(trial)
         run_dir = trial.user_attrs.get("run_dir") if trial else None
-        summary_file = Path(run_dir) / "summary.json" if run_dir else None
-        summary = json.loads(summary_file.read_text()) if summary_file and summary_file.is_file() else {}
+        summary = trial.user_attrs.get("summary", {}) if trial else {}
         if status not in FINISHED_STATUSES:
             summary = {**{k: None for k in summary}, "status": status,
                        "error": trial.user_attrs.get("error", "worker lost") if status == "failed" else None}
         rows.append(sweep_row(point, summary, Path(run_dir) if run_dir else None,
                               reused=bool(trial and trial.user_attrs.get("reused"))))
+    df = pd.DataFrame(rows)
+    df.attrs["grid_keys"] = list(spec.grid)
+    return df
+
+
+def sweep_metrics(name: str, storage: str | Path | None = None) -> pd.DataFrame:
+    """Every finished point's ``metrics.csv`` rows, read from the study: one row per point and
+    epoch, led by the point's grid values, seed and run name (as ``results.metrics_table`` gives
+    for local run folders)."""
+    study, spec = load_sweep(name, storage)
+    latest = latest_trials(study)
+    rows = []
+    for point in spec.points():
+        trial = latest.get(_point_key(point_params(point)))
+        if trial is None or trial_status(trial) not in FINISHED_STATUSES:
+            continue
+        for epoch_row in trial.user_attrs.get("metrics", []):
+            rows.append({**point.values, "seed": point.seed, "name": point.cfg.name, **epoch_row})
     df = pd.DataFrame(rows)
     df.attrs["grid_keys"] = list(spec.grid)
     return df
@@ -588,7 +732,7 @@ def sweep_status(name: str, storage: str | Path | None = None) -> dict:
         status = trial_status(trial)
         points.append({"name": point.cfg.name, "status": status,
                        "reused": bool(trial and trial.user_attrs.get("reused")),
-                       "retries": trial.user_attrs.get("retries", 0) if trial else 0,
+                       "retries": len(retry_history(trial)) if trial else 0,
                        "worker": trial.user_attrs.get("worker") if trial else None,
                        "run_dir": trial.user_attrs.get("run_dir") if trial else None})
         if trial and trial.datetime_complete and trial.datetime_start and not trial.user_attrs.get("reused"):
