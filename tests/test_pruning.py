@@ -164,3 +164,16 @@ def test_plots_draw_pruned_points_apart():
     assert list(mean_line.get_ydata()) == pytest.approx([0.8, 0.65])  # depths 2 and 8: no pruned run in a mean
     heat = plot_heatmap(table(), index="model.depth", columns="optim.lr")
     assert "pruned (2/2)" in [t.get_text() for t in heat.texts]
+
+
+def test_a_queued_sweep_spec_naming_a_pruner_is_refused_before_anything_is_queued(tmp_path):
+    from vqalab.sweep_queue import load_spec
+
+    spec = tmp_path / "halving.yaml"
+    spec.write_text(json.dumps({"base": base(tmp_path), "grid": {"optim.lr": [GOOD_LR]}, "pruner": "asha"}))
+    with pytest.raises(ConfigError, match=r"halving.yaml: pruner = 'asha': queued sweeps do not prune yet"):
+        load_spec(spec)
+    spec.write_text(json.dumps({"base": base(tmp_path), "grid": {"optim.lr": [GOOD_LR]}, "pruner": "hyper"}))
+    with pytest.raises(ConfigError, match=r"pruner = 'hyper': expected one of asha, hyperband, median"):
+        load_spec(spec)
+    assert not (tmp_path / "halving").exists()
