@@ -55,6 +55,10 @@ EXACT_METRIC_COLUMNS = ("epoch", "step", "train_loss", "val_loss", "val_acc", "l
 
 # A run in one of these states is over: resuming it or re-running its sweep point changes nothing.
 FINISHED_STATUSES = ("completed", "diverged")
+# A run a sweep's pruner stopped early: over too (never resumed), but not a finished run of its
+# config (a sweep without that pruner trains the point in full).
+PRUNED_STATUS = "pruned"
+ENDED_STATUSES = (*FINISHED_STATUSES, PRUNED_STATUS)
 
 # Keys that do not change what is trained: left out of the config hash (sweep reuse).
 HASH_FREE_KEYS = ("name", "runs_root", "train.progress", "train.tensorboard", "train.log_every_steps")

@@ -12,6 +12,10 @@ retrains, an edit to the report, the CLI or a study does not; re-running an unch
 ``VQALAB_FRESH=1`` (set by ``vqalab report --fresh``), retrains everything. A diverged run is a
 row with status ``diverged`` (step and LR recorded) and the sweep goes on; the helpers below show
 it as diverged, never as a missing point.
+
+``pruner="asha"`` (``"hyperband"``, ``"median"``: ``vqalab.pruning``) stops hopeless points after a
+few epochs: such a row has status ``pruned`` and ``pruned_at_epoch``; the statistics and plots
+below keep pruned points out of means and winners and draw them apart.
 """
 
 from __future__ import annotations
@@ -30,11 +34,13 @@ from vqalab.config import RunConfig
 from vqalab.data import DataSplits, build_data, data_status
 from vqalab.monitor import write_hparams
 from vqalab.provenance import code_fingerprint
+from vqalab.pruning import SweepPruner, check_pruner
 from vqalab.registry import ConfigError
 from vqalab.results import metrics_table
 from vqalab.runs import (
     FINISHED_STATUSES,
     METRICS_FILE,
+    PRUNED_STATUS,
     DiskFullError,
     check_writable_folder,
 )
@@ -43,6 +49,7 @@ from vqalab.sweep_points import (
     finished_runs,
     format_grid_value,
     fresh_requested,
+    pruned_runs,
     reuse_key,
     sweep_row,
 )
@@ -54,11 +61,12 @@ log = logging.getLogger(__name__)
 # finished); the report sets it per study to say how many runs were reused and from when.
 RUN_LOG_ENV = "VQALAB_RUN_LOG"
 DIVERGED_COLOR = "tab:red"
+PRUNED_COLOR = "0.55"  # grey: a pruned point's accuracy is that of a shorter run
 
 
 def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[int] = (0,),
           data: DataSplits | None = None, reuse: bool = True, workers: int = 1,
-          storage: str | None = None) -> pd.DataFrame:
+          storage: str | None = None, pruner: str | None = None) -> pd.DataFrame:
     """Train (or reuse) one run per grid point and seed; one DataFrame row per run.
 
     base, grid, seeds: as in ``expand_grid``.
@@ -71,14 +79,21 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
         in this process.
     storage: Optuna storage URL of that study (e.g. ``postgresql://...``, so that ``vqalab sweep
         work`` on other machines can join); None: a journal file under the experiment's folder.
+    pruner: ``asha``, ``hyperband`` or ``median`` (``vqalab.pruning``): points report ``val_acc``
+        each epoch and the pruner stops hopeless ones; None: every point trains all its epochs.
+        A pruned run is reused only by a sweep with the same pruner that would prune it again.
 
-    Columns: the grid keys, ``seed``, ``status`` (completed / diverged / failed), the summary
-    figures (``best_val_acc``, ``best_epoch``, ``diverged_step``, ``diverged_lr``, …, ``finished``:
+    Columns: the grid keys, ``seed``, ``status`` (completed / pruned / diverged / failed), the summary
+    figures (``best_val_acc``, ``best_epoch``, ``pruned_at_epoch``, ``diverged_step``, ``diverged_lr``, …, ``finished``:
     when the run ended), ``reused``,
     ``run_dir``, ``config_hash``, ``error``. A run that raises (other than a config error) is a
     ``failed`` row and the sweep goes on. ``df.attrs["grid_keys"]`` lists the grid keys.
     """
+    check_pruner(pruner)
     if workers > 1 or storage is not None:
+        if pruner is not None:
+            raise ConfigError(f"sweep(pruner={pruner!r}) with workers: queued sweeps do not prune; run the "
+                              "pruned sweep in this process (workers=1, no storage)")
         if data is not None:
             raise ConfigError("sweep(data=...) with workers: each worker process loads its own data; "
                               "leave data=None")
@@ -91,6 +106,8 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
     indexes: dict[tuple[str, str], dict[str, Path]] = {}
     data_fingerprints: dict[str, str] = {}
     loaded: dict[str, DataSplits] = {}
+    pruning = SweepPruner(pruner, max(p.cfg.train.epochs for p in points)) if pruner else None
+    pruned_indexes: dict[tuple[str, str], dict[str, Path]] = {}
     rows = []
     for n, point in enumerate(points, 1):
         cfg = point.cfg
@@ -100,10 +117,24 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
         if reuse and data_key not in data_fingerprints:
             data_fingerprints[data_key] = data_status(cfg.data).fingerprint
         key = reuse_key(point.hash, code, data_fingerprints.get(data_key, ""))
+        trial = pruning.trial() if pruning else None  # one trial per point, in grid order
         run_dir = index.get(key) if reuse else None
+        if run_dir is None and reuse and pruning:
+            pruned = pruned_indexes.setdefault((cfg.runs_root, cfg.experiment),
+                                               pruned_runs(cfg.runs_root, cfg.experiment, pruner)).get(key)
+            if pruned is not None and trial.replay(pruned) is not None:
+                run_dir = pruned  # the pruner stops it again: training it would end the same way
+            elif pruned is not None:
+                log.info("sweep point %s: the pruner no longer stops %s (the sweep's history changed): "
+                         "training it again", cfg.name, pruned)
         if run_dir is not None:
             log.info("sweep point %d/%d %s: reusing %s", n, len(points), cfg.name, run_dir)
-            rows.append(sweep_row(point, json.loads((run_dir / "summary.json").read_text()), run_dir, reused=True))
+            summary = json.loads((run_dir / "summary.json").read_text())
+            if trial is not None:
+                if summary["status"] != PRUNED_STATUS:  # a pruned run was replayed above
+                    trial.replay(run_dir)
+                trial.end(summary)
+            rows.append(sweep_row(point, summary, run_dir, reused=True))
             continue
         log.info("sweep point %d/%d %s: training", n, len(points), cfg.name)
         try:
@@ -113,13 +144,18 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
                 if data_key not in loaded:
                     loaded[data_key] = build_data(cfg.data)
                 point_data = loaded[data_key]
-            result = fit(cfg, data=point_data)
+            result = fit(cfg, data=point_data, on_epoch=trial.on_epoch if trial else None)
         except (ConfigError, DiskFullError):  # every later point would fail the same way
             raise
         except Exception as err:  # one broken point must not lose the others
             log.exception("sweep point %s failed", cfg.name)
-            rows.append(sweep_row(point, {"status": "failed", "error": f"{type(err).__name__}: {err}"}, None, False))
+            failed = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
+            if trial is not None:
+                trial.end(failed)
+            rows.append(sweep_row(point, failed, None, False))
             continue
+        if trial is not None:
+            trial.end(result.summary)
         if result.summary["status"] in FINISHED_STATUSES:
             index[key] = result.run_dir
         if cfg.train.tensorboard:
@@ -164,10 +200,11 @@ def load_curves(df: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.DataF
 
 
 def seed_stats(df: pd.DataFrame, by: Sequence[str], metric: str = "best_val_acc") -> pd.DataFrame:
-    """Mean, std and count of ``metric`` over the seeds of each group, diverged runs counted apart.
+    """Mean, std and count of ``metric`` over the seeds of each group, other runs counted apart.
 
-    The mean and std are over the runs that completed; ``n_diverged`` / ``n_failed`` say how many
-    did not, so a group whose every run diverged shows as diverged, not as a missing value.
+    The mean and std are over the runs that completed; ``n_pruned`` / ``n_diverged`` / ``n_failed``
+    say how many did not (a pruned run's accuracy is that of a shorter run: never in the mean), so a
+    group whose every run diverged shows as diverged, not as a missing value.
     """
     by = list(by)
     out = []
@@ -175,31 +212,40 @@ def seed_stats(df: pd.DataFrame, by: Sequence[str], metric: str = "best_val_acc"
         values = values if isinstance(values, tuple) else (values,)
         done = group.loc[group["status"] == "completed", metric].astype(float)
         out.append({**dict(zip(by, values)), "mean": done.mean(), "std": done.std(ddof=1) if len(done) > 1 else math.nan,
-                    "n": len(done), "n_diverged": int((group["status"] == "diverged").sum()),
+                    "n": len(done), "n_pruned": int((group["status"] == PRUNED_STATUS).sum()),
+                    "n_diverged": int((group["status"] == "diverged").sum()),
                     "n_failed": int((group["status"] == "failed").sum()), "runs": len(group)})
     return pd.DataFrame(out)
 
 
 def format_stat(row: pd.Series | dict, digits: int = 3) -> str:
-    """``0.812 ± 0.013`` for a ``seed_stats`` row; ``diverged (3/3)`` when no run completed."""
-    n, runs_, n_diverged = int(row["n"]), int(row["runs"]), int(row["n_diverged"])
-    what = "diverged" if n_diverged else "failed"
+    """``0.812 ± 0.013`` for a ``seed_stats`` row; ``diverged (3/3)`` when no run completed,
+    ``0.790 (1/2 pruned)`` when some did not."""
+    n, runs_ = int(row["n"]), int(row["runs"])
+    n_pruned, n_diverged = int(row.get("n_pruned", 0)), int(row["n_diverged"])
+    counts = {"pruned": n_pruned, "diverged": n_diverged, "failed": runs_ - n - n_pruned - n_diverged}
+    others = {what: k for what, k in counts.items() if k > 0}
+    if n == 0 and len(others) == 1:
+        return f"{next(iter(others))} ({runs_}/{runs_})"
+    parts = ", ".join(f"{k}/{runs_} {what}" for what, k in others.items())
     if n == 0:
-        return f"{what} ({runs_}/{runs_})"
+        return parts
     text = f"{row['mean']:.{digits}f}"
     if n > 1:
         text += f" ± {row['std']:.{digits}f}"
-    if n < runs_:
-        text += f" ({runs_ - n}/{runs_} {what})"
+    if parts:
+        text += f" ({parts})"
     return text
 
 
 def plot_vs(df: pd.DataFrame, x: str, y: str = "best_val_acc", hue: str | None = None, ax=None,
             logx: bool = False):
-    """Seed runs as dots, the completed-run mean as a line per ``hue``, diverged runs as red ×.
+    """Seed runs as dots, the completed-run mean as a line per ``hue``, diverged runs as red ×,
+    pruned runs as grey ▽ at the accuracy they reached before the pruner stopped them.
 
     Diverged (and failed) runs are drawn at the bottom edge of the axes at their ``x``, so the
-    plot shows where training blew up instead of silently leaving a gap.
+    plot shows where training blew up instead of silently leaving a gap. Pruned runs are never in
+    the mean lines.
     """
     import matplotlib.pyplot as plt
     import seaborn as sns
@@ -218,7 +264,11 @@ def plot_vs(df: pd.DataFrame, x: str, y: str = "best_val_acc", hue: str | None =
             mean = part.groupby(x)[y].mean().sort_index()
             ax.plot(mean.index, mean.values, "-o", color=color, label=label)
             ax.scatter(part[x], part[y], s=12, alpha=0.5, color=color)
-    bad = df[df["status"] != "completed"]
+    pruned = df[df["status"] == PRUNED_STATUS]
+    if len(pruned):
+        ax.scatter(pruned[x], pruned[y], marker="v", s=36, facecolors="none", edgecolors=PRUNED_COLOR, zorder=4,
+                   label=f"pruned ({len(pruned)})")
+    bad = df[~df["status"].isin(["completed", PRUNED_STATUS])]
     if len(bad):
         bottom = ax.get_ylim()[0] if len(done) else 0.0
         ax.scatter(bad[x], [bottom] * len(bad), marker="x", s=60, color=DIVERGED_COLOR, zorder=5,
@@ -236,7 +286,8 @@ def plot_vs(df: pd.DataFrame, x: str, y: str = "best_val_acc", hue: str | None =
 
 
 def plot_heatmap(df: pd.DataFrame, index: str, columns: str, metric: str = "best_val_acc", ax=None):
-    """Mean ``metric`` over seeds per (index, columns) cell; cells where no run completed read 'diverged'."""
+    """Mean ``metric`` over seeds per (index, columns) cell; cells where no run completed read
+    'diverged' or 'pruned' (pruned runs never enter a cell's mean)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 
@@ -252,8 +303,9 @@ def plot_heatmap(df: pd.DataFrame, index: str, columns: str, metric: str = "best
     for i, row_key in enumerate(values.index):
         for j, col_key in enumerate(values.columns):
             if pd.isna(values.loc[row_key, col_key]):  # ... say why they are empty
-                ax.text(j + 0.5, i + 0.5, labels.loc[row_key, col_key], ha="center", va="center",
-                        color=DIVERGED_COLOR, fontsize=8)
+                label = labels.loc[row_key, col_key]
+                ax.text(j + 0.5, i + 0.5, label, ha="center", va="center", fontsize=8,
+                        color=PRUNED_COLOR if label.startswith(PRUNED_STATUS) else DIVERGED_COLOR)
     ax.set_xticklabels([format_grid_value(c) for c in values.columns])
     return ax
 

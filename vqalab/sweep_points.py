@@ -23,11 +23,12 @@ from vqalab.data import data_status
 from vqalab.paths import resolve
 from vqalab.provenance import code_fingerprint
 from vqalab.registry import ConfigError, short_repr
-from vqalab.runs import FINISHED_STATUSES, config_hash
+from vqalab.runs import FINISHED_STATUSES, PRUNED_STATUS, config_hash
 
 # Figures copied from each run's summary.json into its row (missing ones are NaN / None).
 SUMMARY_COLUMNS = ("best_val_acc", "best_epoch", "final_val_acc", "best_val_loss", "epochs", "steps",
-                   "diverged_step", "diverged_epoch", "diverged_lr", "wall_time_s", "params", "finished")
+                   "diverged_step", "diverged_epoch", "diverged_lr", "pruned_at_epoch", "wall_time_s", "params",
+                   "finished")
 FRESH_ENV = "VQALAB_FRESH"  # "1": sweeps retrain every point (vqalab report --fresh)
 
 
@@ -114,6 +115,16 @@ def finished_runs(runs_root: str | Path, experiment: str) -> dict[str, Path]:
 
     Runs recorded without a code fingerprint or data identity (older runs) are never reused.
     """
+    return _runs_by_key(runs_root, experiment, lambda summary: summary.get("status") in FINISHED_STATUSES)
+
+
+def pruned_runs(runs_root: str | Path, experiment: str, pruner: str) -> dict[str, Path]:
+    """Reuse key → folder of the latest run of an experiment that ``pruner`` stopped (``pruned``)."""
+    return _runs_by_key(runs_root, experiment, lambda summary: summary.get("status") == PRUNED_STATUS
+                        and summary.get("pruned_by") == pruner)
+
+
+def _runs_by_key(runs_root: str | Path, experiment: str, wanted) -> dict[str, Path]:
     folder = resolve(runs_root) / runs.safe_name(experiment)
     found: dict[str, Path] = {}
     for summary_file in sorted(folder.glob("*/summary.json")):  # folder names sort by start time
@@ -122,7 +133,7 @@ def finished_runs(runs_root: str | Path, experiment: str) -> dict[str, Path]:
         except (OSError, json.JSONDecodeError):
             continue
         identity = summary.get("data_identity") or {}
-        if summary.get("status") in FINISHED_STATUSES and summary.get("config_hash") and \
+        if wanted(summary) and summary.get("config_hash") and \
                 summary.get("code_fingerprint") and identity.get("fingerprint"):
             key = reuse_key(summary["config_hash"], summary["code_fingerprint"], identity["fingerprint"])
             found[key] = summary_file.parent

@@ -63,6 +63,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from vqalab import runs
 from vqalab.config import RunConfig, read_yaml
 from vqalab.paths import resolve
+from vqalab.pruning import check_pruner
 from vqalab.registry import ConfigError, mask_secrets, short_repr
 from vqalab.sweep_points import SweepPoint, expand_grid, find_finished, finished_runs, sweep_row
 from vqalab.threads import SHARE_ENV, affinity_cores
@@ -118,6 +119,10 @@ def load_spec(path: str | Path) -> SweepSpec:
     tree = read_yaml(path)
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
+    if "pruner" in tree:  # a known wish, not a typo: say why it is refused
+        check_pruner(tree["pruner"])
+        raise ConfigError(f"{path}: pruner = {tree['pruner']!r}: queued sweeps do not prune yet; train the grid "
+                          "in one process with sweep(base, grid, seeds=..., pruner=...)")
     unknown = sorted(set(tree) - set(SPEC_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; a sweep spec has {', '.join(SPEC_KEYS)}")

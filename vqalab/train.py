@@ -9,7 +9,8 @@ accuracy; segmentation (map-view masks) trains with binary cross-entropy per mas
 (``train.loss`` must be ``bce``) and scores IoU@0.50 over the whole validation split. Either score
 is the ``val_acc`` column, so early stopping, best epoch and sweeps work alike for both.
 
-A run ends ``completed``, ``diverged`` (a non-finite loss or gradient stopped it; step, epoch and LR
+A run ends ``completed``, ``pruned`` (the ``on_epoch`` callback of ``fit`` stopped it: a sweep's
+pruner; the epoch is recorded), ``diverged`` (a non-finite loss or gradient stopped it; step, epoch and LR
 are recorded), ``interrupted`` (Ctrl-C or SIGTERM, as sent by ``timeout`` and job schedulers;
 ``RunInterrupted`` is raised) or ``failed`` (an exception; re-raised). A run interrupted, even
 killed, continues with ``fit(cfg, resume=run_dir)`` from its last checkpoint in the same folder and
@@ -67,9 +68,11 @@ from vqalab.paths import resolve
 from vqalab.provenance import code_fingerprint
 from vqalab.registry import ConfigError, short_repr
 from vqalab.runs import (
+    ENDED_STATUSES,
     EXACT_METRIC_COLUMNS,
-    FINISHED_STATUSES,
+    FINISHED_STATUSES,  # noqa: F401  (the sweep queue imports it from here)
     METRICS_FILE,
+    PRUNED_STATUS,
     append_metrics,
     config_hash,
     confusion_matrix,
@@ -383,7 +386,7 @@ def prepare_resume(cfg: RunConfig, resume: str | Path) -> ResumePoint:
                 raise ConfigError(f"resume {run_dir}: {key} is {short_repr(flatten(saved).get(key))} in "
                                   f"params.yaml but {short_repr(value)} in summary.json (recorded at the "
                                   "start): restore params.yaml, or start a new run")
-        if summary.get("status") in FINISHED_STATUSES:
+        if summary.get("status") in ENDED_STATUSES:
             return point
     if checkpoint is None:
         if summary is None:
@@ -438,17 +441,21 @@ def resolve_auto_batch(cfg: RunConfig, data: DataSplits, device: torch.device,
 
 
 def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | None = None,
-        on_start: Callable[[Path], None] | None = None) -> RunResult:
+        on_start: Callable[[Path], None] | None = None,
+        on_epoch: Callable[[dict], str | None] | None = None) -> RunResult:
     """Train one run and return its folder and summary.
 
     cfg: the resolved run configuration (``load_config`` / ``build_config``).
     data: loaded splits to reuse across runs (a sweep loads them once); None: built from ``cfg.data``.
     resume: the folder of an interrupted (even killed) run of this same config. Training continues
         there from its last checkpoint; ``metrics.csv`` rows after that epoch are dropped and trained
-        again, so nothing is duplicated. A run that already finished (completed or diverged) is
+        again, so nothing is duplicated. A run that already ended (completed, diverged or pruned) is
         returned unchanged. None: train from scratch into a new run folder.
     on_start: called with the run folder once it holds ``params.yaml`` and ``summary.json``, before
         the first step (a sweep worker records the folder while the run is still training).
+    on_epoch: called with each epoch's metrics row once it is in ``metrics.csv``; a returned name
+        (a sweep's pruner, e.g. ``"asha"``) stops the run after that epoch's checkpoint as
+        ``pruned``, with ``pruned_by`` and ``pruned_at_epoch`` in ``summary.json``. None: never.
 
     The run folder is locked while training: another ``fit`` on it raises ``runs.FolderBusy``.
     Ctrl-C or SIGTERM end the run ``interrupted`` and raise ``RunInterrupted`` (a KeyboardInterrupt)
@@ -464,17 +471,18 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
                 raise ConfigError(f"resume {run_dir}: not a run folder (no params.yaml)")
             held.enter_context(runs.folder_lock(run_dir, "run folder"))  # before reading its state
             point = prepare_resume(cfg, run_dir)
-            if point.summary is not None and point.summary.get("status") in FINISHED_STATUSES:
+            if point.summary is not None and point.summary.get("status") in ENDED_STATUSES:
                 log.info("run %s already %s: nothing to resume", point.run_dir, point.summary["status"])
                 return RunResult(run_dir=point.run_dir, summary=point.summary)
             distributed.check_resume(point.run_dir, point.summary)  # the same number of processes
         else:
             runs.check_writable_folder(cfg.runs_root, "runs_root")
-        return _train(cfg, data, device, point, held, on_start)
+        return _train(cfg, data, device, point, held, on_start, on_epoch)
 
 
 def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point: ResumePoint | None,
-           held: contextlib.ExitStack, on_start: Callable[[Path], None] | None) -> RunResult:
+           held: contextlib.ExitStack, on_start: Callable[[Path], None] | None,
+           on_epoch: Callable[[dict], str | None] | None = None) -> RunResult:
     """The body of ``fit``; a new run folder's lock joins ``held`` (released when ``fit`` returns)."""
     seed_everything(cfg.seed)  # in case a data builder draws from the global generators
     if data is None:
@@ -586,6 +594,7 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
     with torch_threads(threads.threads):
         try:
             done = bool(history) and (should_stop_early(history, cfg) or bool(max_steps and step >= max_steps))
+            pruned_by = None
             for epoch in range(start_epoch, cfg.train.epochs + 1):
                 if done:
                     break
@@ -602,7 +611,8 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
                     write_confusion(run_dir, data.class_names, best_confusion)
                 append_metrics(metrics_file, row)
                 monitor.epoch_end(row)
-                done = should_stop_early(history, cfg) or bool(max_steps and step >= max_steps)
+                pruned_by = on_epoch(row) if on_epoch is not None else None
+                done = bool(pruned_by) or should_stop_early(history, cfg) or bool(max_steps and step >= max_steps)
                 if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs or done:
                     runs.save_checkpoint(runs.checkpoint_path(run_dir, epoch), {
                         "model_name": model_name, "model_kwargs": model_kwargs, "weight_files": weight_files,
@@ -613,7 +623,11 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
                         "history": history, "best_confusion": best_confusion,
                     })
                 log.info("epoch %d: train_loss %.4f val_loss %.4f val_acc %.4f", epoch, row["train_loss"], val_loss, val_acc)
-            summary["status"] = "completed"
+            if pruned_by:
+                summary.update(status=PRUNED_STATUS, pruned_by=pruned_by, pruned_at_epoch=history[-1]["epoch"])
+                log.info("run %s pruned by %s after epoch %d", run_dir, pruned_by, history[-1]["epoch"])
+            else:
+                summary["status"] = "completed"
             if best_confusion is not None:
                 summary["per_class_acc"] = per_class_accuracy(best_confusion, data.class_names)
         except Diverged as err:

@@ -1,5 +1,6 @@
 """Depth × learning rate with short runs, then each depth longer at its best learning rate
-(lab note 002 compared depths 2-8 and trained the most promising settings for 50-60 epochs)."""
+(lab note 002 compared depths 2-8 and trained the most promising settings for 50-60 epochs).
+The grid may be trained with successive halving (``pruner``: hopeless points stop early)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,38 @@ import math
 
 import pandas as pd
 
-from vqalab.studies.common import best_per_group, with_values
+from vqalab.runs import PRUNED_STATUS
+from vqalab.studies.common import RUN_COLUMNS, best_per_group, with_values
 from vqalab.sweep import format_stat, seed_stats, sweep
+
+PRUNER_OFF = "none"  # the notebook's value for "train every point in full"
+GRID_KEYS = ["model.depth", "optim.lr"]
+
+
+def run_grid(base: dict, *, depths: list, lrs: list, seeds: list, pruner: str) -> pd.DataFrame:
+    """The short-run depth × LR grid; ``pruner`` asha, hyperband or median stops hopeless points
+    early (``vqalab.pruning``), ``none`` trains every point all its epochs."""
+    return sweep(base, {"model.depth": depths, "optim.lr": lrs}, seeds=seeds,
+                 pruner=None if pruner == PRUNER_OFF else pruner)
+
+
+def grid_columns(df: pd.DataFrame) -> list[str]:
+    """The columns of the grid's table shown in the notebook: ``pruned_at_epoch`` when any run was pruned."""
+    pruned = (df["status"] == PRUNED_STATUS).any()
+    return [*GRID_KEYS, *RUN_COLUMNS, *(["pruned_at_epoch"] if pruned else [])]
+
+
+def pruned_sentence(df: pd.DataFrame, epochs: int) -> list[str]:
+    """How many runs the pruner stopped and the epochs the grid trained (of ``epochs`` per run),
+    or ``[]`` without pruned runs."""
+    pruned = df[df["status"] == PRUNED_STATUS]
+    if not len(pruned):
+        return []
+    at = ", ".join(str(int(e)) for e in sorted(pruned["pruned_at_epoch"].unique()))
+    trained = int(df["epochs"].fillna(0).sum())
+    sentence = (f"{len(pruned)} of {len(df)} runs were pruned (stopped after epoch {at}; grey ▽, not in the means "
+                f"or the best cells): the grid trained {trained} of {len(df) * epochs} epochs.")
+    return [sentence]
 
 
 def run_long(base: dict, best_lr: dict, *, long_epochs: int, seeds: list) -> pd.DataFrame:
@@ -25,7 +56,9 @@ def curve_runs(df: pd.DataFrame, long_df: pd.DataFrame | None, best_lr: dict) ->
     short runs at each depth's best learning rate."""
     if long_df is not None:
         return long_df
-    return df[[best_lr.get(depth) == lr for depth, lr in zip(df["model.depth"], df["optim.lr"])]]
+    # a pruned run's curve is cut short by the pruner: not a curve of its cell
+    return df[[best_lr.get(depth) == lr and status != PRUNED_STATUS
+               for depth, lr, status in zip(df["model.depth"], df["optim.lr"], df["status"])]]
 
 
 def still_improving(curves: pd.DataFrame) -> list:
@@ -47,10 +80,11 @@ def findings_of(df: pd.DataFrame, long_df: pd.DataFrame | None, curves: pd.DataF
                     f"best val_acc {format_stat(best.loc[top])} after {epochs} epoch(s).")
         text.append("Best learning rate per depth: " + "; ".join(
             f"depth {d}: {row['optim.lr']:.2g} ({row['mean']:.3f})" for d, row in best.iterrows()) + ".")
-    all_diverged = stats[stats["n"] == 0]
+    all_diverged = stats[(stats["n"] == 0) & (stats["n_pruned"] == 0)]
     if len(all_diverged):
         text.append("Cells where no run completed (diverged): " + ", ".join(
             f"depth {d} at {lr:.2g}" for d, lr in zip(all_diverged["model.depth"], all_diverged["optim.lr"])) + ".")
+    text += pruned_sentence(df, epochs)
 
     headline = {"best short val_acc": float(best["mean"].max()) if len(best) else math.nan}
     depths = df["model.depth"].unique()
