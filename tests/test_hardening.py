@@ -502,7 +502,7 @@ def test_a_sweep_checks_runs_root_before_loading_data_and_stops_on_a_full_disk(t
 
     calls = []
 
-    def full_disk(cfg, data=None):
+    def full_disk(cfg, data=None, on_epoch=None):
         calls.append(cfg)
         raise runs.DiskFullError(tmp_path / "runs" / "x" / "metrics.csv")
 
