@@ -39,6 +39,7 @@ arguments and a digest of the preparing code: a second load of unchanged files r
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import operator
@@ -389,10 +390,12 @@ def read_npy(path: Path) -> np.ndarray:
     header = bytes(raw[:header_end])
     layout = NPY_LAYOUTS.get(header)
     if layout is None:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran_order, dtype = read_header(f)
+        if raw[6] not in (1, 2):  # format 3.0 (utf-8 field names): numpy's own reader
+            return np.load(path)
+        header_file = io.BytesIO(header)  # parsed from the bytes already read, not the file again
+        np.lib.format.read_magic(header_file)
+        read_header = np.lib.format.read_array_header_1_0 if raw[6] == 1 else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(header_file)
         if dtype.hasobject:
             raise ValueError(f"{path}: holds Python objects (dtype {dtype}); expected numbers")
         layout = NPY_LAYOUTS[header] = (dtype, shape, fortran_order)
