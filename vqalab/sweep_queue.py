@@ -67,7 +67,6 @@ from vqalab.pruning import check_pruner
 from vqalab.registry import ConfigError, mask_secrets, short_repr
 from vqalab.sweep_points import SweepPoint, expand_grid, find_finished, finished_runs, sweep_row
 from vqalab.threads import SHARE_ENV, affinity_cores
-from vqalab.train import FINISHED_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -698,7 +697,7 @@ def sweep_table(name: str, storage: str | Path | None = None) -> pd.DataFrame:
         status = trial_status(trial)
         run_dir = trial.user_attrs.get("run_dir") if trial else None
         summary = trial.user_attrs.get("summary", {}) if trial else {}
-        if status not in FINISHED_STATUSES:
+        if status not in runs.FINISHED_STATUSES:
             summary = {**{k: None for k in summary}, "status": status,
                        "error": trial.user_attrs.get("error", "worker lost") if status == "failed" else None}
         rows.append(sweep_row(point, summary, Path(run_dir) if run_dir else None,
@@ -717,7 +716,7 @@ def sweep_metrics(name: str, storage: str | Path | None = None) -> pd.DataFrame:
     rows = []
     for point in spec.points():
         trial = latest.get(_point_key(point_params(point)))
-        if trial is None or trial_status(trial) not in FINISHED_STATUSES:
+        if trial is None or trial_status(trial) not in runs.FINISHED_STATUSES:
             continue
         for epoch_row in trial.user_attrs.get("metrics", []):
             rows.append({**point.values, "seed": point.seed, "name": point.cfg.name, **epoch_row})

@@ -70,7 +70,6 @@ from vqalab.registry import ConfigError, short_repr
 from vqalab.runs import (
     ENDED_STATUSES,
     EXACT_METRIC_COLUMNS,
-    FINISHED_STATUSES,  # noqa: F401  (the sweep queue imports it from here)
     METRICS_FILE,
     PRUNED_STATUS,
     append_metrics,
