@@ -3,6 +3,7 @@ a dead worker's point queued again to resume from its last checkpoint (in its fo
 machine from the artifact store), failures recorded and not retried, the table equal to the
 in-process sweep's and complete from the study alone. Tiny easy-VQA runs on the CPU."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -98,6 +99,9 @@ def test_spec_file_errors_name_the_file_and_key(tmp_path):
         load_spec(bad)
     bad.write_text(yaml.safe_dump({"base": base(tmp_path), "grid": {"optim.lr": [1e-3, -1.0]}}))
     with pytest.raises(ConfigError, match="optim.lr = -1"):
+        load_spec(bad)
+    bad.write_text(yaml.safe_dump({"base": base(tmp_path), "grid": {"optim.lr": [1e-3]}, "pruner": "asa"}))
+    with pytest.raises(ConfigError, match=r"bad.yaml: pruner = 'asa': expected one of asha, hyperband, median"):
         load_spec(bad)
     assert not (tmp_path / "queue").exists()  # nothing created for a bad spec
 
@@ -200,6 +204,51 @@ def test_a_finished_point_is_reused_not_trained(tmp_path, monkeypatch):
 
 
 # -- worker processes ---------------------------------------------------------------------------
+
+HOPELESS_SITECUSTOMIZE = '''
+import os
+_lr = os.environ.get("VQALAB_TEST_HOPELESS_LR")  # validation accuracy 0 at this LR, >= 0.5 elsewhere
+if _lr:
+    import vqalab.train as _train
+    _evaluate = _train.evaluate
+
+    def _hopeless_evaluate(model, data, cfg, device):
+        loss, acc, preds = _evaluate(model, data, cfg, device)
+        return loss, 0.0 if cfg.optim.lr == float(_lr) else 0.5 + acc / 2, preds
+
+    _train.evaluate = _hopeless_evaluate
+'''
+
+
+def test_a_queued_sweep_prunes_a_hopeless_point_and_reports_reused_runs(tmp_path, monkeypatch):
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOPELESS_SITECUSTOMIZE)
+    for name, value in worker_env(hook).items():  # the trial processes inherit this environment
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("VQALAB_TEST_HOPELESS_LR", "0.002")
+    pruned_spec = dataclasses.replace(spec(tmp_path, lrs=(1e-3, 2e-3), epochs=3), pruner="asha")
+    storage, _ = create_sweep(pruned_spec)
+    assert Worker("grid", storage, heartbeat_s=0.5).run() == 2  # one lane: the points in grid order
+    table = sweep_table("grid", storage)
+    assert list(table["status"]) == ["completed", "pruned"]
+    assert list(table["epochs"]) == [3, 1] and table.loc[1, "pruned_at_epoch"] == 1  # ASHA's first rung
+    summary = json.loads((Path(table.loc[1, "run_dir"]) / "summary.json").read_text())
+    assert (summary["status"], summary["pruned_by"], summary["pruned_at_epoch"]) == ("pruned", "asha", 1)
+    study, _ = load_sweep("grid", storage)
+    trials = point_trials(study)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED]
+    assert sorted(trials[0].intermediate_values) == [1, 2, 3] and sorted(trials[1].intermediate_values) == [1]
+    assert sweep_metrics("grid", storage).groupby("optim.lr")["epoch"].max().tolist() == [3, 1]
+    # Another sweep with the same pruner reuses the completed run; its epochs reach the pruner.
+    again = dataclasses.replace(pruned_spec, name="again", grid={"optim.lr": [1e-3]})
+    storage, _ = create_sweep(again)
+    assert Worker("again", storage, heartbeat_s=0.5).run() == 1
+    assert sweep_table("again", storage).loc[0, "reused"]
+    trial, = point_trials(load_sweep("again", storage)[0])
+    assert trial.intermediate_values == trials[0].intermediate_values
+    with pytest.raises(ConfigError, match="another base, seeds, reuse setting or pruner"):
+        create_sweep(dataclasses.replace(again, pruner="median"), storage)
 
 HOLD_SITECUSTOMIZE = '''
 import os, time

@@ -72,12 +72,14 @@ class SweepPruner:
 
 
 class PointTrial:
-    """One point's trial: ``on_epoch`` for ``fit``, ``replay`` for a reused run, then ``end``."""
+    """One point's trial: ``on_epoch`` for ``fit``, ``replay`` for a reused run, then ``end``.
 
-    def __init__(self, study: optuna.Study, pruner_name: str):
+    ``trial``: a trial already running (a queued sweep's worker took it); default: a new one."""
+
+    def __init__(self, study: optuna.Study, pruner_name: str, trial: optuna.Trial | None = None):
         self.study = study
         self.pruner_name = pruner_name
-        self.trial = study.ask()
+        self.trial = trial if trial is not None else study.ask()
         self.reported: set[int] = set()
 
     def on_epoch(self, row: dict) -> str | None:

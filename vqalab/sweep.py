@@ -81,7 +81,9 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
         work`` on other machines can join); None: a journal file under the experiment's folder.
     pruner: ``asha``, ``hyperband`` or ``median`` (``vqalab.pruning``): points report ``val_acc``
         each epoch and the pruner stops hopeless ones; None: every point trains all its epochs.
-        A pruned run is reused only by a sweep with the same pruner that would prune it again.
+        A pruned run is reused only by a sweep with the same pruner that would prune it again
+        (in this process; with workers, the points running at once share the pruner through the
+        study, and a pruned run trains again).
 
     Columns: the grid keys, ``seed``, ``status`` (completed / pruned / diverged / failed), the summary
     figures (``best_val_acc``, ``best_epoch``, ``pruned_at_epoch``, ``diverged_step``, ``diverged_lr``, …, ``finished``:
@@ -91,15 +93,13 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
     """
     check_pruner(pruner)
     if workers > 1 or storage is not None:
-        if pruner is not None:
-            raise ConfigError(f"sweep(pruner={pruner!r}) with workers: queued sweeps do not prune; run the "
-                              "pruned sweep in this process (workers=1, no storage)")
         if data is not None:
             raise ConfigError("sweep(data=...) with workers: each worker process loads its own data; "
                               "leave data=None")
         from vqalab.sweep_queue import sweep_with_workers  # optuna loads only for worker sweeps
 
-        return sweep_with_workers(base, grid, seeds=seeds, reuse=reuse, workers=workers, storage=storage)
+        return sweep_with_workers(base, grid, seeds=seeds, reuse=reuse, workers=workers, storage=storage,
+                                  pruner=pruner)
     points = expand_grid(base, grid, seeds)
     reuse = reuse and not fresh_requested()
     code = code_fingerprint()

@@ -18,6 +18,13 @@ Storage: a journal file (``JournalFileBackend``; the default, under the experime
 by the processes of one machine, or by machines sharing a file system) or an RDB URL such as
 ``postgresql://user@host/db`` for several machines.
 
+Successive halving: a spec's ``pruner`` (``asha``, ``hyperband``, ``median``: ``vqalab.pruning``) is
+the study's pruner on every worker. The trial process sends each epoch's ``val_acc`` to its worker
+and waits; the worker reports it to the trial and answers with the pruner's verdict, so the pruner
+judges each point against every point finished or running on any machine. A pruned point ends
+``pruned`` (trial state PRUNED); a reused run, and the epochs a retry resumes after, are reported
+first, so the pruner sees them as if trained now. A pruned run is not reused: it trains again.
+
 A lane beats while its trial trains (the trial's ``heartbeat_at`` user attribute, in both storages).
 A running trial whose beat is older than the grace period belonged to a worker that died: it is
 told failed and a copy is queued (``RetryHeartbeatStaleTrialCallback``, which keeps its user
@@ -30,10 +37,12 @@ exception, a non-finite loss) is recorded failed or diverged and not retried.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import logging
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -44,7 +53,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import optuna
 import pandas as pd
@@ -63,7 +72,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from vqalab import runs
 from vqalab.config import RunConfig, read_yaml
 from vqalab.paths import resolve
-from vqalab.pruning import check_pruner
+from vqalab.pruning import PRUNED_METRIC, PointTrial, check_pruner, make_pruner
 from vqalab.registry import ConfigError, mask_secrets, short_repr
 from vqalab.sweep_points import SweepPoint, expand_grid, find_finished, finished_runs, sweep_row
 from vqalab.threads import SHARE_ENV, affinity_cores
@@ -76,7 +85,7 @@ POINT_ATTR = "point"  # trial user attribute: the point's parameters as JSON (it
 # How often a worker looks for the run folder of a trial that just started: a retry can resume the
 # folder only once it is recorded on the trial.
 FOLDER_POLL_S = 0.1
-SPEC_KEYS = ("name", "base", "grid", "seeds", "reuse")
+SPEC_KEYS = ("name", "base", "grid", "seeds", "reuse", "pruner")
 JOURNAL_DIR = "sweeps"  # under runs_root/experiment: <name>.journal
 HEARTBEAT_S = 10.0
 GRACE_S = 60.0  # a running trial without a beat for this long belonged to a dead worker
@@ -93,13 +102,15 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 @dataclass
 class SweepSpec:
-    """What ``vqalab sweep create`` reads: the study name, base params tree, grid and seeds."""
+    """What ``vqalab sweep create`` reads: the study name, base params tree, grid, seeds, reuse and
+    pruner (None: every point trains all its epochs)."""
 
     name: str
     base: dict
     grid: dict[str, list]
     seeds: list[int] = field(default_factory=lambda: [0])
     reuse: bool = True
+    pruner: str | None = None
 
     def points(self) -> list[SweepPoint]:
         """Every point, validated; expanded once (a 10,000-point grid takes seconds)."""
@@ -118,10 +129,6 @@ def load_spec(path: str | Path) -> SweepSpec:
     tree = read_yaml(path)
     if not isinstance(tree, dict):
         raise ConfigError(f"{path}: expected a mapping with keys {', '.join(SPEC_KEYS)}")
-    if "pruner" in tree:  # a known wish, not a typo: say why it is refused
-        check_pruner(tree["pruner"])
-        raise ConfigError(f"{path}: pruner = {tree['pruner']!r}: queued sweeps do not prune yet; train the grid "
-                          "in one process with sweep(base, grid, seeds=..., pruner=...)")
     unknown = sorted(set(tree) - set(SPEC_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; a sweep spec has {', '.join(SPEC_KEYS)}")
@@ -146,8 +153,13 @@ def load_spec(path: str | Path) -> SweepSpec:
     reuse = tree.get("reuse", True)
     if not isinstance(reuse, bool):
         raise ConfigError(f"{path}: reuse = {reuse!r}: expected true or false")
+    try:
+        pruner = check_pruner(tree.get("pruner"))
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     spec = SweepSpec(name=runs.safe_name(str(tree.get("name") or path.stem)), base=base,
-                     grid=tree["grid"], seeds=seeds if isinstance(seeds, list) else [seeds], reuse=reuse)
+                     grid=tree["grid"], seeds=seeds if isinstance(seeds, list) else [seeds], reuse=reuse,
+                     pruner=pruner)
     spec.points()  # raises ConfigError naming the point, before any storage is touched
     return spec
 
@@ -311,9 +323,10 @@ def create_sweep(spec: SweepSpec, storage: str | Path | None = None,
     stored = study.user_attrs.get(SPEC_ATTR)
     if stored is None:
         study.set_user_attr(SPEC_ATTR, wanted)
-    elif {k: v for k, v in stored.items() if k != "grid"} != {k: v for k, v in wanted.items() if k != "grid"}:
-        raise ConfigError(f"sweep {spec.name!r} in {mask_secrets(storage)} already exists with another base, seeds or "
-                          f"reuse setting: give the spec another name")
+    elif ({k: v for k, v in json.loads(json.dumps(asdict(SweepSpec(**stored)))).items() if k != "grid"}
+          != {k: v for k, v in wanted.items() if k != "grid"}):  # via SweepSpec: keys added since take their defaults
+        raise ConfigError(f"sweep {spec.name!r} in {mask_secrets(storage)} already exists with another base, seeds, "
+                          f"reuse setting or pruner: give the spec another name")
     elif stored["grid"] != wanted["grid"]:
         study.set_user_attr(SPEC_ATTR, wanted)  # a grown grid: its new points are queued below
     stored_location = study.user_attrs.get(ARTIFACTS_ATTR)
@@ -372,16 +385,22 @@ class HeldJournalBackend(BaseJournalBackend):
 
 
 def load_sweep(name: str, storage: str | Path | None = None) -> tuple[optuna.Study, SweepSpec]:
+    """The study of sweep ``name`` (with the spec's pruner, if it names one) and its spec."""
     storage = storage or find_storage(name)
+    opened = open_storage(storage)
     try:
-        study = optuna.load_study(study_name=name, storage=open_storage(storage))
+        study = optuna.load_study(study_name=name, storage=opened)
     except KeyError:
         raise ConfigError(f"sweep {name!r}: no such study in {mask_secrets(storage)} (create it with "
                           "`vqalab sweep create`)") from None
     stored = study.user_attrs.get(SPEC_ATTR)
     if stored is None:
         raise ConfigError(f"study {name!r} in {mask_secrets(storage)} was not created by `vqalab sweep create`")
-    return study, SweepSpec(**stored)
+    spec = SweepSpec(**stored)
+    if spec.pruner:
+        max_epochs = max(point.cfg.train.epochs for point in spec.points())
+        study = optuna.load_study(study_name=name, storage=opened, pruner=make_pruner(spec.pruner, max_epochs))
+    return study, spec
 
 
 def retry_history(trial: FrozenTrial) -> list[int]:
@@ -443,6 +462,76 @@ def beat(trial: Trial) -> None:
     """Record that this trial's worker is alive; raises ``UpdateFinishedTrialError`` when others
     took the worker for dead and told the trial failed."""
     trial.set_user_attr("heartbeat_at", time.time())
+
+
+class EpochChannel:
+    """Two pipes between a worker and the process of a trial it runs: the trial process writes each
+    epoch's ``val_acc`` and waits; the worker asks the study's pruner and writes the verdict back (a
+    pruner's name: stop here; empty: go on). So the trial process needs no storage of its own."""
+
+    def __init__(self):
+        self.epochs_read, self.epochs_write = os.pipe()
+        self.verdicts_read, self.verdicts_write = os.pipe()
+        self.pending = b""
+        self.open = True
+
+    def child_args(self) -> list[str]:
+        return ["--epochs-fd", str(self.epochs_write), "--verdicts-fd", str(self.verdicts_read)]
+
+    def child_fds(self) -> tuple[int, int]:
+        return self.epochs_write, self.verdicts_read
+
+    def started(self) -> None:
+        """Close the child's ends here, so that its exit reads as the end of the epochs pipe."""
+        os.close(self.epochs_write)
+        os.close(self.verdicts_read)
+
+    def receive(self, timeout: float) -> dict | None:
+        """The next epoch's message, or None after ``timeout`` s (or once the trial process is gone)."""
+        if b"\n" not in self.pending:
+            ready, _, _ = select.select([self.epochs_read], [], [], max(timeout, 0.0))
+            if not ready:
+                return None
+            chunk = os.read(self.epochs_read, 65536)
+            if not chunk:
+                self.open = False
+                return None
+            self.pending += chunk
+            if b"\n" not in self.pending:
+                return None
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line)
+
+    def answer(self, verdict: str | None) -> None:
+        try:
+            os.write(self.verdicts_write, f"{verdict or ''}\n".encode())
+        except BrokenPipeError:  # the trial process died meanwhile: its exit code tells the rest
+            pass
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self.epochs_read)
+        os.close(self.verdicts_write)
+
+
+def wait_for_trial(child: subprocess.Popen, timeout: float, channel: EpochChannel | None,
+                   pruning: PointTrial | None) -> int | None:
+    """Wait up to ``timeout`` s for the trial process to exit (its exit code; None: still running),
+    meanwhile answering its epochs with the pruner's verdicts."""
+    deadline = time.monotonic() + timeout
+    while channel is not None and channel.open:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return child.poll()
+        message = channel.receive(left)
+        if message is not None:
+            channel.answer(pruning.on_epoch(message))
+    try:
+        return child.wait(timeout=max(deadline - time.monotonic(), 0.0))
+    except subprocess.TimeoutExpired:
+        return None
 
 
 @dataclass
@@ -528,15 +617,20 @@ class Worker:
         if point is None:
             self.finish(trial, "failed", {"error": "point not in the sweep's grid"}, None, False)
             return
+        pruning = PointTrial(self.study, self.spec.pruner, trial) if self.spec.pruner else None
         if self.spec.reuse:
             found = find_finished(point, finished_runs(point.cfg.runs_root, point.cfg.experiment))
             if found is not None:
                 log.info("trial %d %s: reusing %s", trial.number, point.cfg.name, found)
+                if pruning:
+                    pruning.replay(found)  # its epochs count for the pruner as if trained now
                 self.finish(trial, None, json.loads((found / "summary.json").read_text()), found, True)
                 return
         resume = self.resume_folder(trial, point)
         log.info("trial %d %s on %s: %s", trial.number, point.cfg.name, lane.label,
                  f"resuming {resume}" if resume else "training")
+        if pruning and resume:
+            pruning.replay(resume)  # the dead worker's epochs, reported to this retry's trial
         with tempfile.TemporaryDirectory(prefix="vqalab-trial-") as tmp:
             config_file, report_file, output_file = Path(tmp, "config.json"), Path(tmp, "run_dir.json"), Path(tmp, "output.txt")
             config_file.write_text(json.dumps(point.cfg.to_dict()))
@@ -544,28 +638,32 @@ class Worker:
                        "--report", str(report_file), "--parent", str(os.getpid())]
             if resume:
                 command += ["--resume", str(resume)]
+            channel = EpochChannel() if pruning else None
             run_dir = None
-            with open(output_file, "wb") as output:
-                child = subprocess.Popen(command, env={**os.environ, **lane.env}, stdout=output,
-                                         stderr=subprocess.STDOUT, cwd=resolve("."))
+            with open(output_file, "wb") as output, channel or contextlib.nullcontext():
+                child = subprocess.Popen(command + (channel.child_args() if channel else []),
+                                         env={**os.environ, **lane.env}, stdout=output, stderr=subprocess.STDOUT,
+                                         cwd=resolve("."), pass_fds=channel.child_fds() if channel else ())
+                if channel:
+                    channel.started()
                 while True:
                     try:
                         # Poll quickly until the run folder is known: a retry must find it.
-                        code = child.wait(timeout=self.heartbeat_s if run_dir else min(self.heartbeat_s, FOLDER_POLL_S))
-                        break
-                    except subprocess.TimeoutExpired:
-                        try:
-                            beat(trial)
-                        except UpdateFinishedTrialError:  # others took this worker for dead: let go
-                            log.error("trial %d: failed as stale while training here; stopping it", trial.number)
-                            child.kill()
-                            child.wait()
-                            return
-                        if run_dir is None and report_file.is_file():
-                            run_dir = Path(json.loads(report_file.read_text())["run_dir"])
-                            self.record_start(trial, run_dir)
-                        if run_dir is not None:
-                            self.upload_checkpoint(trial, run_dir)
+                        code = wait_for_trial(child, self.heartbeat_s if run_dir else min(self.heartbeat_s, FOLDER_POLL_S),
+                                              channel, pruning)
+                        if code is not None:
+                            break
+                        beat(trial)
+                    except UpdateFinishedTrialError:  # others took this worker for dead: let go
+                        log.error("trial %d: failed as stale while training here; stopping it", trial.number)
+                        child.kill()
+                        child.wait()
+                        return
+                    if run_dir is None and report_file.is_file():
+                        run_dir = Path(json.loads(report_file.read_text())["run_dir"])
+                        self.record_start(trial, run_dir)
+                    if run_dir is not None:
+                        self.upload_checkpoint(trial, run_dir)
             if run_dir is None and report_file.is_file():
                 run_dir = Path(json.loads(report_file.read_text())["run_dir"])
                 self.record_start(trial, run_dir)
@@ -633,7 +731,7 @@ class Worker:
     def finish(self, trial: Trial, status: str | None, summary: dict, run_dir: Path | None,
                reused: bool) -> None:
         """Record a trial's outcome in the study (summary, metrics rows, run files uploaded), then
-        tell it: completed → COMPLETE with its best_val_acc; diverged or failed → FAIL."""
+        tell it: completed → COMPLETE with its best_val_acc; pruned → PRUNED; diverged or failed → FAIL."""
         status = status or summary.get("status", "failed")
         try:
             if run_dir is not None:
@@ -651,6 +749,8 @@ class Worker:
                 trial.set_user_attr("error", str(summary["error"]))
             if status == "completed":
                 self.study.tell(trial, float(summary.get("best_val_acc") or 0.0))
+            elif status == runs.PRUNED_STATUS:
+                self.study.tell(trial, state=TrialState.PRUNED)
             else:
                 self.study.tell(trial, state=TrialState.FAIL)
         except UpdateFinishedTrialError:
@@ -697,7 +797,7 @@ def sweep_table(name: str, storage: str | Path | None = None) -> pd.DataFrame:
         status = trial_status(trial)
         run_dir = trial.user_attrs.get("run_dir") if trial else None
         summary = trial.user_attrs.get("summary", {}) if trial else {}
-        if status not in runs.FINISHED_STATUSES:
+        if status not in runs.ENDED_STATUSES:
             summary = {**{k: None for k in summary}, "status": status,
                        "error": trial.user_attrs.get("error", "worker lost") if status == "failed" else None}
         rows.append(sweep_row(point, summary, Path(run_dir) if run_dir else None,
@@ -716,7 +816,7 @@ def sweep_metrics(name: str, storage: str | Path | None = None) -> pd.DataFrame:
     rows = []
     for point in spec.points():
         trial = latest.get(_point_key(point_params(point)))
-        if trial is None or trial_status(trial) not in runs.FINISHED_STATUSES:
+        if trial is None or trial_status(trial) not in runs.ENDED_STATUSES:
             continue
         for epoch_row in trial.user_attrs.get("metrics", []):
             rows.append({**point.values, "seed": point.seed, "name": point.cfg.name, **epoch_row})
@@ -751,7 +851,7 @@ def sweep_status(name: str, storage: str | Path | None = None) -> dict:
 
 
 def sweep_with_workers(base: RunConfig | dict, grid: dict, *, seeds, reuse: bool = True, workers: int = 2,
-                       storage: str | None = None) -> pd.DataFrame:
+                       storage: str | None = None, pruner: str | None = None) -> pd.DataFrame:
     """``sweep(..., workers=N)``: a new study for this call, N lanes in this process, then the table.
 
     Lanes go one per GPU when this machine has ``workers`` GPUs, else one per CPU slot.
@@ -761,7 +861,7 @@ def sweep_with_workers(base: RunConfig | dict, grid: dict, *, seeds, reuse: bool
     tree = base.to_dict() if isinstance(base, RunConfig) else dict(base or {})
     stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     spec = SweepSpec(name=runs.safe_name(f"{tree.get('name', 'run')}-{stamp}"), base=tree,
-                     grid={k: list(v) for k, v in grid.items()}, seeds=list(seeds), reuse=reuse)
+                     grid={k: list(v) for k, v in grid.items()}, seeds=list(seeds), reuse=reuse, pruner=pruner)
     storage, _ = create_sweep(spec, storage)
     devices = [str(i) for i in range(workers)] if torch.cuda.device_count() >= workers else None
     work(spec.name, storage, devices=devices, slots=workers)
@@ -786,6 +886,8 @@ def trial_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", required=True, help="file that receives {'run_dir': ...}")
     parser.add_argument("--parent", type=int, required=True, help="pid of the worker")
     parser.add_argument("--resume", default=None, help="run folder of a dead worker's trial")
+    parser.add_argument("--epochs-fd", type=int, default=None, help="pipe for each epoch's val_acc (a pruned sweep)")
+    parser.add_argument("--verdicts-fd", type=int, default=None, help="pipe for the pruner's verdicts")
     args = parser.parse_args(argv)
     _die_with_parent(args.parent)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -795,8 +897,22 @@ def trial_main(argv: list[str] | None = None) -> int:
     cfg = build_config(json.loads(Path(args.config).read_text()), source=args.config)
     cfg.train.progress = False
     report = Path(args.report)
-    fit(cfg, resume=args.resume, on_start=lambda run_dir: runs.write_json(report, {"run_dir": str(run_dir)}))
+    on_epoch = ask_worker(args.epochs_fd, args.verdicts_fd) if args.epochs_fd is not None else None
+    fit(cfg, resume=args.resume, on_start=lambda run_dir: runs.write_json(report, {"run_dir": str(run_dir)}),
+        on_epoch=on_epoch)
     return 0
+
+
+def ask_worker(epochs_fd: int, verdicts_fd: int):
+    """``fit``'s ``on_epoch`` in a trial process: send the epoch's val_acc, wait for the verdict."""
+    epochs, verdicts = os.fdopen(epochs_fd, "w"), os.fdopen(verdicts_fd, "r")
+
+    def on_epoch(row: dict) -> str | None:
+        epochs.write(json.dumps({"epoch": int(row["epoch"]), PRUNED_METRIC: float(row[PRUNED_METRIC])}) + "\n")
+        epochs.flush()
+        return verdicts.readline().strip() or None  # empty: go on (also when the worker is gone)
+
+    return on_epoch
 
 
 if __name__ == "__main__":
