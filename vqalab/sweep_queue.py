@@ -319,12 +319,11 @@ def create_sweep(spec: SweepSpec, storage: str | Path | None = None,
     open_artifact_store(location, create=True)  # a bad location is refused before anything is queued
     study = optuna.create_study(study_name=spec.name, storage=open_storage(storage, create=True), load_if_exists=True,
                                 direction="maximize")
-    wanted = json.loads(json.dumps(asdict(spec)))
+    wanted = spec_tree(spec)
     stored = study.user_attrs.get(SPEC_ATTR)
     if stored is None:
         study.set_user_attr(SPEC_ATTR, wanted)
-    elif ({k: v for k, v in json.loads(json.dumps(asdict(SweepSpec(**stored)))).items() if k != "grid"}
-          != {k: v for k, v in wanted.items() if k != "grid"}):  # via SweepSpec: keys added since take their defaults
+    elif without_grid(spec_tree(SweepSpec(**stored))) != without_grid(wanted):  # keys added since: their defaults
         raise ConfigError(f"sweep {spec.name!r} in {mask_secrets(storage)} already exists with another base, seeds, "
                           f"reuse setting or pruner: give the spec another name")
     elif stored["grid"] != wanted["grid"]:
@@ -359,6 +358,15 @@ def create_sweep(spec: SweepSpec, storage: str | Path | None = None,
     return storage, added
 
 
+def spec_tree(spec: SweepSpec) -> dict:
+    """The spec as the study stores it (JSON: tuples become lists)."""
+    return json.loads(json.dumps(asdict(spec)))
+
+
+def without_grid(tree: dict) -> dict:
+    return {k: v for k, v in tree.items() if k != "grid"}
+
+
 class HeldJournalBackend(BaseJournalBackend):
     """A journal file read once, whose appended records are held in memory until ``flush`` writes
     them in one append (atomic under the journal's lock: other workers see all or none).
@@ -384,8 +392,10 @@ class HeldJournalBackend(BaseJournalBackend):
             self.held = []
 
 
-def load_sweep(name: str, storage: str | Path | None = None) -> tuple[optuna.Study, SweepSpec]:
-    """The study of sweep ``name`` (with the spec's pruner, if it names one) and its spec."""
+def load_sweep(name: str, storage: str | Path | None = None, *,
+               with_pruner: bool = False) -> tuple[optuna.Study, SweepSpec]:
+    """The study of sweep ``name`` and its spec; ``with_pruner``: the study judges reported epochs
+    with the spec's pruner (workers need it; readers of the table do not)."""
     storage = storage or find_storage(name)
     opened = open_storage(storage)
     try:
@@ -397,7 +407,7 @@ def load_sweep(name: str, storage: str | Path | None = None) -> tuple[optuna.Stu
     if stored is None:
         raise ConfigError(f"study {name!r} in {mask_secrets(storage)} was not created by `vqalab sweep create`")
     spec = SweepSpec(**stored)
-    if spec.pruner:
+    if with_pruner and spec.pruner:
         max_epochs = max(point.cfg.train.epochs for point in spec.points())
         study = optuna.load_study(study_name=name, storage=opened, pruner=make_pruner(spec.pruner, max_epochs))
     return study, spec
@@ -467,9 +477,12 @@ def beat(trial: Trial) -> None:
 class EpochChannel:
     """Two pipes between a worker and the process of a trial it runs: the trial process writes each
     epoch's ``val_acc`` and waits; the worker asks the study's pruner and writes the verdict back (a
-    pruner's name: stop here; empty: go on). So the trial process needs no storage of its own."""
+    pruner's name: stop here; empty: go on). So the trial process needs no storage of its own.
 
-    def __init__(self):
+    ``judge``: the worker's side, an epoch's message → the verdict (``PointTrial.on_epoch``)."""
+
+    def __init__(self, judge):
+        self.judge = judge
         self.epochs_read, self.epochs_write = os.pipe()
         self.verdicts_read, self.verdicts_write = os.pipe()
         self.pending = b""
@@ -516,8 +529,7 @@ class EpochChannel:
         os.close(self.verdicts_write)
 
 
-def wait_for_trial(child: subprocess.Popen, timeout: float, channel: EpochChannel | None,
-                   pruning: PointTrial | None) -> int | None:
+def wait_for_trial(child: subprocess.Popen, timeout: float, channel: EpochChannel | None) -> int | None:
     """Wait up to ``timeout`` s for the trial process to exit (its exit code; None: still running),
     meanwhile answering its epochs with the pruner's verdicts."""
     deadline = time.monotonic() + timeout
@@ -527,7 +539,7 @@ def wait_for_trial(child: subprocess.Popen, timeout: float, channel: EpochChanne
             return child.poll()
         message = channel.receive(left)
         if message is not None:
-            channel.answer(pruning.on_epoch(message))
+            channel.answer(channel.judge(message))
     try:
         return child.wait(timeout=max(deadline - time.monotonic(), 0.0))
     except subprocess.TimeoutExpired:
@@ -561,7 +573,7 @@ class Worker:
                  slots: int = 1, max_trials: int | None = None, heartbeat_s: float = HEARTBEAT_S,
                  grace_s: float = GRACE_S, max_retries: int = MAX_RETRIES):
         check_timing(heartbeat_s, grace_s)  # before the storage is opened
-        self.study, self.spec = load_sweep(name, storage)
+        self.study, self.spec = load_sweep(name, storage, with_pruner=True)
         location = self.study.user_attrs.get(ARTIFACTS_ATTR)
         if location is None:
             raise ConfigError(f"sweep {name!r} names no artifact store (it was created by an older vqalab): "
@@ -638,7 +650,7 @@ class Worker:
                        "--report", str(report_file), "--parent", str(os.getpid())]
             if resume:
                 command += ["--resume", str(resume)]
-            channel = EpochChannel() if pruning else None
+            channel = EpochChannel(pruning.on_epoch) if pruning else None
             run_dir = None
             with open(output_file, "wb") as output, channel or contextlib.nullcontext():
                 child = subprocess.Popen(command + (channel.child_args() if channel else []),
@@ -650,7 +662,7 @@ class Worker:
                     try:
                         # Poll quickly until the run folder is known: a retry must find it.
                         code = wait_for_trial(child, self.heartbeat_s if run_dir else min(self.heartbeat_s, FOLDER_POLL_S),
-                                              channel, pruning)
+                                              channel)
                         if code is not None:
                             break
                         beat(trial)
