@@ -69,8 +69,9 @@ def reference_splits(data, root: Path, top_k: int | None = 3000) -> dict:
 
 def assert_same_splits(a, b) -> None:
     assert a.class_names == b.class_names and a.vocab == b.vocab and a.model_kwargs == b.model_kwargs
-    assert {k: v for k, v in a.info.items() if k != "prepared_from_cache"} == \
-        {k: v for k, v in b.info.items() if k != "prepared_from_cache"}
+    cache_only = ("prepared_from_cache", "feature_tables")
+    assert {k: v for k, v in a.info.items() if k not in cache_only} == \
+        {k: v for k, v in b.info.items() if k not in cache_only}
     for split in ("train", "val"):
         x, y = getattr(a, split), getattr(b, split)
         assert len(x) == len(y) and x.targets == y.targets and x.image_ids == y.image_ids
@@ -81,6 +82,10 @@ def assert_same_splits(a, b) -> None:
             assert np.array_equal(x.arrays[name], y.arrays[name]) and x.arrays[name].dtype == y.arrays[name].dtype, name
         for i in range(0, len(x), max(1, len(x) // 50)):
             assert torch.equal(x.item_without_image(i)["soft_target"], y.item_without_image(i)["soft_target"])
+        if a.info["features"]:  # read file by file or gathered from a feature table: the same batches
+            batch = list(range(0, len(x), max(1, len(x) // 64)))
+            for p, q in zip(x.__getitems__(batch), y.__getitems__(batch)):
+                assert torch.equal(p["image"], q["image"]) and p["image"].shape == q["image"].shape
 
 
 def test_fast_path_gives_the_old_formulas_soft_scores_and_targets_exactly(mid_root):
@@ -321,3 +326,53 @@ def test_a_batch_holds_exactly_the_items_one_by_one(mid_root):
     collated = data.collate(batch)
     assert torch.equal(collated["soft_target"][1], batch[1]["soft_target"])
     assert collated["question_len"].tolist() == [len(ds.questions[i]) for i in indices]
+
+
+# --- Feature tables: the feature files of a split as one array in the cache -----------------------
+
+def table_folders(tmp_path: Path) -> list[Path]:
+    return sorted(p for p in (tmp_path / "cache" / "features").iterdir() if not p.name.startswith("."))
+
+
+def test_feature_files_are_read_from_one_table_that_matches_them(tmp_path, mid_root):
+    fresh = load(mid_root, use_cache=False)
+    tabled = load(mid_root)
+    assert fresh.info["feature_tables"] == {} and tabled.info["feature_tables"] == {"train": True, "val": True}
+    assert len(table_folders(tmp_path)) == 2 and tabled.train.table.shape[1:] == (8, 1, 1)
+    assert_same_splits(fresh, tabled)
+    image_id = tabled.val.image_ids[0]
+    expected = np.load(mid_root / "val2014_features" / tabled.val.files[image_id].name)
+    assert torch.equal(tabled.val.load_image(image_id), torch.from_numpy(expected.astype(np.float32))[:, None, None])
+    again = load(mid_root)
+    assert len(table_folders(tmp_path)) == 2 and np.array_equal(again.train.table, tabled.train.table)
+
+
+def test_a_changed_feature_file_rebuilds_the_table_and_a_damaged_table_is_rebuilt(tmp_path):
+    root = write_vqa_v2_stand_in(tmp_path / "vqa_v2", scale=0.0005, feature_dim=4)
+    first = load(root)
+    image_id = first.train.image_ids[0]
+    path = first.train.files[image_id]
+    np.save(path, np.full(4, 7.0, dtype=np.float32))  # a recomputed feature: new bytes, size and date
+    changed = load(root)
+    assert torch.equal(changed.train.load_image(image_id), torch.full((4, 1, 1), 7.0))
+    assert torch.equal(changed.train.__getitems__([0])[0]["image"], torch.full((4, 1, 1), 7.0))
+    for folder in table_folders(tmp_path):  # cut every table short: unreadable, so never trusted
+        data_file = folder / "features.npy"
+        data_file.write_bytes(data_file.read_bytes()[:100])
+    rebuilt = load(root)
+    assert rebuilt.info["feature_tables"] == {"train": True, "val": True}
+    assert torch.equal(rebuilt.train.load_image(image_id), torch.full((4, 1, 1), 7.0))
+
+
+def test_feature_files_of_another_layout_are_read_one_by_one_and_bad_values_are_named(tmp_path):
+    root = write_vqa_v2_stand_in(tmp_path / "vqa_v2", scale=0.0005, feature_dim=4)
+    probe = load(root, use_cache=False)
+    odd = probe.train.files[probe.train.image_ids[-1]]
+    np.save(odd, np.ones(4, dtype=np.float64))  # another dtype: another header
+    mixed = load(root)
+    assert mixed.info["feature_tables"]["train"] is False and mixed.train.table is None
+    assert torch.equal(mixed.train.load_image(probe.train.image_ids[-1]), torch.ones(4, 1, 1))
+    bad = probe.val.files[probe.val.image_ids[-1]]
+    np.save(bad, np.array([0.0, np.nan, 0.0, 0.0], dtype=np.float32))
+    with pytest.raises(ConfigError, match=f"{bad.name}.*non-finite"):
+        load(root)
