@@ -482,8 +482,11 @@ def fill_feature_table(table: np.ndarray, paths: list[Path], header: bytes, size
     as raw bytes (one ``read`` each, no header parsing); the values are checked finite at the end."""
     dtype, shape, fortran_order = NPY_LAYOUTS[header]
     for row, path in enumerate(paths):
-        with open(path, "rb", buffering=0) as f:
-            raw = f.read(size + 1)
+        fd = os.open(path, os.O_RDONLY)  # no file object per file: 82,783 of them at full size
+        try:
+            raw = os.read(fd, size + 1)
+        finally:
+            os.close(fd)
         if len(raw) != size or raw[:len(header)] != header:
             raise FeatureLayoutDiffers(f"{path} is not laid out as {paths[0]} ({shape} {dtype})")
         values = np.frombuffer(raw, dtype=dtype, offset=len(header)).reshape(shape, order="F" if fortran_order else "C")
@@ -624,10 +627,12 @@ class VQAv2Split(Dataset):
     def image_fingerprint(self) -> str:
         """Hash of the image files used (path, size, modification time): changes when an image does."""
         digest = hashlib.sha1()
+        folders: dict[Path, Path] = {}  # each folder resolved once: a resolve per file took seconds at full size
         for image_id in sorted(set(self.image_ids)):
             path = self.files[image_id]
             stat = path.stat()
-            digest.update(f"{image_id}:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+            folder = folders.get(path.parent) or folders.setdefault(path.parent, path.parent.resolve())
+            digest.update(f"{image_id}:{folder / path.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
         return digest.hexdigest()
 
 
