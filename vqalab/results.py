@@ -9,15 +9,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from vqalab.runs import METRICS_FILE, read_json_record
+from vqalab.runs import METRICS_FILE, read_summary
 
 # Epochs of rising validation loss (while training loss falls) before a run is flagged overfitting.
 OVERFIT_PATIENCE = 2
-
-
-def read_summary(run_dir: str | Path) -> dict:
-    """A run's summary.json (a damaged one is refused naming the file)."""
-    return read_json_record(Path(run_dir) / "summary.json")
 
 
 def metrics_table(run_dir: str | Path) -> pd.DataFrame:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import csv
 import errno
 import fcntl
-import hashlib
 import inspect
 import io
 import json
@@ -37,15 +36,16 @@ from vqalab import distributed
 from vqalab.config import RunConfig, inert_keys
 from vqalab.data import DATASETS
 from vqalab.devices import auto_device_name
-from vqalab.files import DiskFullError, is_disk_full, write_atomically
+from vqalab.io import DiskFullError, is_disk_full, json_digest, read_json_record, write_atomically
 from vqalab.models import MODELS, WEIGHT_FILE_KEYS, create_model, weight_files_off
 from vqalab.paths import project_root, resolve, resolve_data
 from vqalab.provenance import file_digest
-from vqalab.registry import ConfigError, short_repr
+from vqalab.registry import ConfigError, flatten, short_repr
 
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.csv"
+SUMMARY_FILE = "summary.json"
 CONFUSION_FILE = "confusion_matrix.csv"
 METRIC_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_acc", "lr", "epoch_time_s",
                   "step_time_s", "samples_per_s", "peak_memory_mb"]
@@ -190,7 +190,7 @@ def new_run_dir(runs_root: str | Path, experiment: str, name: str) -> Path:
 
 
 def atomic_write_bytes(path: Path, write) -> None:
-    """``files.write_atomically`` (temporary file, fsync, rename over ``path``) on rank 0 only:
+    """``io.write_atomically`` (temporary file, fsync, rename over ``path``) on rank 0 only:
     under torchrun the ranks hold the same state, so the others skip the write."""
     if distributed.is_main():
         write_atomically(path, write)
@@ -282,17 +282,9 @@ def read_metrics_rows(path: Path) -> list[dict]:
     return rows
 
 
-def read_json_record(path: Path) -> dict:
-    """A JSON record of a run (``summary.json``), refused naming the file when it is not a JSON object."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
-    if not isinstance(record, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {type(record).__name__}")
-    return record
+def read_summary(run_dir: str | Path) -> dict:
+    """A run's ``summary.json`` (a damaged one is refused naming the file: ``io.read_json_record``)."""
+    return read_json_record(Path(run_dir) / SUMMARY_FILE)
 
 
 def write_csv(path: Path, rows: list[list]) -> None:
@@ -334,17 +326,6 @@ def per_class_accuracy(matrix: torch.Tensor, class_names: list[str]) -> dict[str
             for i, (name, row) in enumerate(zip(class_names, matrix.tolist()))}
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 1e-3}}`` → ``{"optim.lr": 1e-3}`` (dotted keys, as in ``--set``)."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def with_builder_defaults(section: dict, registry) -> dict:
     """A ``model`` / ``data`` section with every keyword its builder defaults filled in, so that
     ``{"name": "ir_vit"}``, ``{"name": "ir50_vit"}`` (its former name) and ``{"name": "ir_vit",
@@ -364,6 +345,9 @@ def device_type(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name).type
+
+
+CONFIG_HASH_DIGITS = 16  # recorded in every summary.json: a new length would make every run new
 
 
 def config_hash(cfg: RunConfig | dict) -> str:
@@ -387,8 +371,7 @@ def config_hash(cfg: RunConfig | dict) -> str:
         del flat[key]
     if isinstance(flat.get("train.device"), str):
         flat["train.device"] = device_type(flat["train.device"])
-    text = json.dumps(flat, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return json_digest(flat, length=CONFIG_HASH_DIGITS)
 
 
 def git_output(root: Path, *args: str) -> str | None:

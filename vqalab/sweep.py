@@ -43,6 +43,7 @@ from vqalab.runs import (
     PRUNED_STATUS,
     DiskFullError,
     check_writable_folder,
+    read_summary,
 )
 from vqalab.sweep_points import (
     expand_grid,
@@ -129,7 +130,7 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
                          "training it again", cfg.name, pruned)
         if run_dir is not None:
             log.info("sweep point %d/%d %s: reusing %s", n, len(points), cfg.name, run_dir)
-            summary = json.loads((run_dir / "summary.json").read_text())
+            summary = read_summary(run_dir)
             if trial is not None:
                 if summary["status"] != PRUNED_STATUS:  # a pruned run was replayed above
                     trial.replay(run_dir)

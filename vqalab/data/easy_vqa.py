@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 from importlib import metadata
 
 import numpy as np
@@ -22,7 +21,8 @@ from vqalab.data import (
     short_hash,
 )
 from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from vqalab.paths import cache_dir
+from vqalab.io import json_digest, write_atomically
+from vqalab.paths import CACHE_KEY_DIGITS, cache_dir
 from vqalab.text import Vocabulary, pad_questions
 
 # The subset taken by max_*_samples is the same for every run seed, so runs stay comparable.
@@ -43,16 +43,13 @@ def load_split(split: str) -> tuple[list[str], list[str], list[int], dict[int, s
 def decode_images(paths: dict[int, str], split: str) -> tuple[np.ndarray, dict[int, int]]:
     """All images of a split as one (N, 3, 64, 64) uint8 array, cached on disk after the first call."""
     ids = sorted(paths)
-    key = hashlib.sha1("|".join(f"{i}:{paths[i]}" for i in ids).encode()).hexdigest()[:12]
+    key = json_digest([[i, paths[i]] for i in ids], length=CACHE_KEY_DIGITS)
     cached = cache_dir() / "easy_vqa" / f"{split}-{key}.npy"
     if cached.is_file():
         array = np.load(cached)
     else:
         array = np.stack([np.asarray(Image.open(paths[i]).convert("RGB")).transpose(2, 0, 1) for i in ids])
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".tmp{id(array)}.npy")
-        np.save(tmp, array)
-        tmp.replace(cached)  # atomic: a concurrent reader never sees half a file
+        write_atomically(cached, lambda f: np.save(f, array))  # a concurrent reader never sees half a file
     return array, {image_id: row for row, image_id in enumerate(ids)}
 
 

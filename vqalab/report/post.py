@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from vqalab.files import file_mode
+from vqalab.io import file_mode
 from vqalab.notebook import FINDINGS_MIME
 from vqalab.report.execute import read_notebook
 from vqalab.report.presets import REPORT_FIELDS, REPORT_KEY
