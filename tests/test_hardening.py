@@ -219,7 +219,7 @@ def test_a_run_folder_in_use_is_refused_naming_the_holder(finished, tmp_path, da
     """)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(runs.FolderBusy, match=rf"run folder {run_dir} is in use by another process "
+        with pytest.raises(io.FolderBusy, match=rf"run folder {run_dir} is in use by another process "
                                                   rf"\(PID {holder.pid} since "):
             train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
     finally:
@@ -482,7 +482,7 @@ def test_a_second_report_of_the_same_week_is_refused_while_one_runs(tmp_path):
     """)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(runs.FolderBusy, match=rf"report week {week_dir} is in use by another process "
+        with pytest.raises(io.FolderBusy, match=rf"report week {week_dir} is in use by another process "
                                                   rf"\(PID {holder.pid} since "):
             run_report(root=root, preset="quick", week=WEEK, only=["broken"])
     finally:

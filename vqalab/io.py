@@ -7,16 +7,22 @@ freeze keys)."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from vqalab.registry import ConfigError
 
+LOCK_FILE = ".lock"  # in a locked folder: who holds it (``lock_folder``)
 # A failed write with less free space than this on its file system is reported as "disk full":
 # torch's zip writer hides the ENOSPC behind "unexpected pos N vs M".
 DISK_FULL_BYTES = 16 * 2**20
@@ -99,3 +105,91 @@ def read_json_record(path: Path) -> dict:
     if not isinstance(record, dict):
         raise ConfigError(f"{path}: expected a JSON object, got {type(record).__name__}")
     return record
+
+
+def new_folder(parent: Path, stem: str) -> Path:
+    """A new folder ``parent/stem`` (``stem-1``, ``stem-2``… when taken): ``mkdir`` fails on an
+    existing folder, so two callers, even in the same second, never share one."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for attempt in range(1000):
+        candidate = parent / (stem if attempt == 0 else f"{stem}-{attempt}")
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a new folder under {parent}")
+
+
+class FolderBusy(ConfigError):
+    """Another process holds the folder's lock."""
+
+
+@contextmanager
+def lock_folder(folder: Path, what: str, lock_file: Path | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (``what``: "run folder", "report week") or refuse.
+
+    ``flock`` on ``lock_file`` (default ``folder/.lock``): the operating system drops it when the
+    holder ends, even when killed, so a stale lock never blocks anyone. The file records the
+    holder's PID for the message.
+    """
+    path = lock_file or folder / LOCK_FILE
+    fd = open_no_follow(path, os.O_RDWR, "lock file")
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise FolderBusy(f"{what} {folder} is in use by another process ({holder}): wait for it to "
+                             "finish, or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"PID {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+# A symlink at the path is not followed (O_NOFOLLOW); a new file is created with O_EXCL, so nothing
+# slipped in at that name between a check and the open is written through.
+NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # O_NONBLOCK: a FIFO there cannot hang the open
+
+
+def open_no_follow(path: Path, flags: int, what: str) -> int:
+    """File descriptor of ``path`` opened with ``flags`` (``os.O_RDWR``, ``os.O_WRONLY | os.O_APPEND``):
+    created new with ``O_EXCL`` when missing, else opened without following a symbolic link.
+
+    A symbolic link, a folder or anything but a regular file at ``path`` is refused with a
+    ConfigError naming it (``what``: "lock file", "log file"): on a shared machine a link planted
+    there would otherwise have its target overwritten with this user's rights.
+    """
+    for _ in range(2):  # the file may vanish between the two opens: then create it again
+        try:
+            fd = os.open(path, flags | NO_FOLLOW | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            try:
+                fd = os.open(path, flags | NO_FOLLOW)
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                raise ConfigError(_refused_file(path, what, err)) from None
+        except OSError as err:
+            raise ConfigError(_refused_file(path, what, err)) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ConfigError(f"{what} {path} is not a regular file: remove it (the file is created anew)")
+        return fd
+    raise ConfigError(f"{what} {path} kept disappearing while it was opened: is another process removing it?")
+
+
+def _refused_file(path: Path, what: str, err: OSError) -> str:
+    if err.errno == errno.ELOOP:
+        return f"{what} {path} is a symbolic link: not followed; remove it (the file is created anew)"
+    if err.errno == errno.EISDIR:
+        return f"{what} {path} is a folder, not a file: remove it (the file is created anew)"
+    if err.errno == errno.ENXIO:  # a FIFO or socket with no reader
+        return f"{what} {path} is not a regular file: remove it (the file is created anew)"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{what} {path} cannot be written by this user ({err.strerror})"
+    if err.errno == errno.ENOTDIR:
+        return f"{what} {path}: a part of the path is a file, not a folder"
+    return f"{what} {path}: {err.strerror or err}"

@@ -12,8 +12,6 @@ process holding it.
 from __future__ import annotations
 
 import csv
-import errno
-import fcntl
 import inspect
 import io
 import json
@@ -21,7 +19,6 @@ import math
 import os
 import platform
 import re
-import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -36,14 +33,22 @@ from vqalab import distributed
 from vqalab.config import RunConfig, inert_keys
 from vqalab.data import DATASETS
 from vqalab.devices import auto_device_name
-from vqalab.io import DiskFullError, is_disk_full, json_digest, read_json_record, write_atomically
+from vqalab.io import (
+    DiskFullError,
+    is_disk_full,
+    json_digest,
+    lock_folder,
+    new_folder,
+    open_no_follow,
+    read_json_record,
+    write_atomically,
+)
 from vqalab.models import MODELS, WEIGHT_FILE_KEYS, create_model, weight_files_off
 from vqalab.paths import project_root, resolve, resolve_data
 from vqalab.provenance import file_digest
 from vqalab.registry import ConfigError, flatten, short_repr
 
 CHECKPOINT_DIR = "checkpoints"
-LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 CONFUSION_FILE = "confusion_matrix.csv"
@@ -73,81 +78,14 @@ class RunFolderLost(OSError):
         return self.args[0]
 
 
-class FolderBusy(ConfigError):
-    """Another process holds the folder's lock."""
-
-
 @contextmanager
 def folder_lock(folder: Path, what: str, lock_file: Path | None = None) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` (``what``: "run folder", "report week") or refuse.
-
-    ``flock`` on ``lock_file`` (default ``folder/.lock``): the operating system drops it when the
-    holder ends, even when killed, so a stale lock never blocks anyone. The file records the
-    holder's PID for the message.
-    """
+    """``io.lock_folder`` on rank 0 only: the ranks of one torchrun job share their run folder."""
     if distributed.launch_rank() != 0:
-        yield  # the ranks of one torchrun job share their run folder: rank 0 holds its lock
-        return
-    path = lock_file or folder / LOCK_FILE
-    fd = open_no_follow(path, os.O_RDWR, "lock file")
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            raise FolderBusy(f"{what} {folder} is in use by another process ({holder}): wait for it to "
-                             "finish, or stop it first") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"PID {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}".encode(), 0)
         yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-# A symlink at the path is not followed (O_NOFOLLOW); a new file is created with O_EXCL, so nothing
-# slipped in at that name between a check and the open is written through.
-NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # O_NONBLOCK: a FIFO there cannot hang the open
-
-
-def open_no_follow(path: Path, flags: int, what: str) -> int:
-    """File descriptor of ``path`` opened with ``flags`` (``os.O_RDWR``, ``os.O_WRONLY | os.O_APPEND``):
-    created new with ``O_EXCL`` when missing, else opened without following a symbolic link.
-
-    A symbolic link, a folder or anything but a regular file at ``path`` is refused with a
-    ConfigError naming it (``what``: "lock file", "log file"): on a shared machine a link planted
-    there would otherwise have its target overwritten with this user's rights.
-    """
-    for _ in range(2):  # the file may vanish between the two opens: then create it again
-        try:
-            fd = os.open(path, flags | NO_FOLLOW | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            try:
-                fd = os.open(path, flags | NO_FOLLOW)
-            except FileNotFoundError:
-                continue
-            except OSError as err:
-                raise ConfigError(_refused_file(path, what, err)) from None
-        except OSError as err:
-            raise ConfigError(_refused_file(path, what, err)) from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise ConfigError(f"{what} {path} is not a regular file: remove it (the file is created anew)")
-        return fd
-    raise ConfigError(f"{what} {path} kept disappearing while it was opened: is another process removing it?")
-
-
-def _refused_file(path: Path, what: str, err: OSError) -> str:
-    if err.errno == errno.ELOOP:
-        return f"{what} {path} is a symbolic link: not followed; remove it (the file is created anew)"
-    if err.errno == errno.EISDIR:
-        return f"{what} {path} is a folder, not a file: remove it (the file is created anew)"
-    if err.errno == errno.ENXIO:  # a FIFO or socket with no reader
-        return f"{what} {path} is not a regular file: remove it (the file is created anew)"
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"{what} {path} cannot be written by this user ({err.strerror})"
-    if err.errno == errno.ENOTDIR:
-        return f"{what} {path}: a part of the path is a file, not a folder"
-    return f"{what} {path}: {err.strerror or err}"
+        return
+    with lock_folder(folder, what, lock_file):
+        yield
 
 
 def check_writable_folder(path: str | Path, what: str) -> Path:
@@ -167,20 +105,6 @@ def safe_name(name: str) -> str:
     """Folder-safe version of a user-typed name (``<script>`` → ``script``)."""
     cleaned = re.sub(r"[^A-Za-z0-9._=+-]+", "_", name).strip("._")
     return cleaned[:80] or "run"
-
-
-def new_folder(parent: Path, stem: str) -> Path:
-    """A new folder ``parent/stem`` (``stem-1``, ``stem-2``… when taken): ``mkdir`` fails on an
-    existing folder, so two callers, even in the same second, never share one."""
-    parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1000):
-        candidate = parent / (stem if attempt == 0 else f"{stem}-{attempt}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a new folder under {parent}")
 
 
 def new_run_dir(runs_root: str | Path, experiment: str, name: str) -> Path:

@@ -33,6 +33,7 @@ import pandas as pd
 from vqalab.config import RunConfig
 from vqalab.data import DataSplits, build_data, data_status
 from vqalab.monitor import write_hparams
+from vqalab.notebook import RUN_LOG_ENV
 from vqalab.provenance import code_fingerprint
 from vqalab.pruning import SweepPruner, check_pruner
 from vqalab.registry import ConfigError
@@ -58,9 +59,6 @@ from vqalab.train import fit
 
 log = logging.getLogger(__name__)
 
-# A file path: every sweep appends one JSON line per point (reused or not, and when that run
-# finished); the report sets it per study to say how many runs were reused and from when.
-RUN_LOG_ENV = "VQALAB_RUN_LOG"
 DIVERGED_COLOR = "tab:red"
 PRUNED_COLOR = "0.55"  # grey: a pruned point's accuracy is that of a shorter run
 

@@ -19,6 +19,7 @@ from typing import Any
 from vqalab import runs
 from vqalab.config import RunConfig, build_config, set_dotted
 from vqalab.data import data_status
+from vqalab.notebook import FRESH_ENV
 from vqalab.paths import resolve
 from vqalab.provenance import code_fingerprint
 from vqalab.registry import ConfigError, short_repr
@@ -28,7 +29,6 @@ from vqalab.runs import FINISHED_STATUSES, PRUNED_STATUS, config_hash
 SUMMARY_COLUMNS = ("best_val_acc", "best_epoch", "final_val_acc", "best_val_loss", "epochs", "steps",
                    "diverged_step", "diverged_epoch", "diverged_lr", "pruned_at_epoch", "wall_time_s", "params",
                    "finished")
-FRESH_ENV = "VQALAB_FRESH"  # "1": sweeps retrain every point (vqalab report --fresh)
 
 
 @dataclass

@@ -21,9 +21,10 @@ from vqalab.data import (
     short_hash,
 )
 from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from vqalab.data.vqa_batch import collate_vqa
 from vqalab.io import json_digest, write_atomically
 from vqalab.paths import CACHE_KEY_DIGITS, cache_dir
-from vqalab.text import Vocabulary, pad_questions
+from vqalab.text import Vocabulary
 
 # The subset taken by max_*_samples is the same for every run seed, so runs stay comparable.
 
@@ -78,22 +79,6 @@ class QuestionImageDataset(Dataset):
             "image_id": image_id,
             "target": self.targets[index],
         }
-
-
-def collate_vqa(items: list[dict]) -> dict:
-    question, question_len = pad_questions([it["question"] for it in items])
-    batch = {
-        "image": torch.stack([it["image"] for it in items]),
-        "question": question,
-        "question_len": question_len,
-        "image_id": torch.tensor([it["image_id"] for it in items], dtype=torch.long),
-        "target": torch.tensor([it["target"] for it in items], dtype=torch.long),
-    }
-    if "soft_target" in items[0]:
-        batch["soft_target"] = torch.stack([it["soft_target"] for it in items])
-    if "boxes" in items[0]:  # region data: (B, K, 4)
-        batch["boxes"] = torch.stack([it["boxes"] for it in items])
-    return batch
 
 
 @register_dataset

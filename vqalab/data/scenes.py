@@ -36,7 +36,6 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
 from vqalab.data import DataSplits, DataStatus, register_dataset, register_status, short_hash
-from vqalab.data.easy_vqa import collate_vqa
 from vqalab.data.graphs import (
     GRAPH_INPUT_KEYS,
     collate_graph_vqa,
@@ -45,6 +44,7 @@ from vqalab.data.graphs import (
 )
 from vqalab.data.regions import REGION_INPUT_KEYS, boxes_of
 from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from vqalab.data.vqa_batch import collate_vqa
 from vqalab.registry import ConfigError
 
 # Part of the data identity: bump it when the scenes or questions drawn for the same keywords change.

@@ -66,7 +66,6 @@ from vqalab.data import (
     register_status,
     short_hash,
 )
-from vqalab.data.easy_vqa import collate_vqa
 from vqalab.data.prepared import (
     Coded,
     Ragged,
@@ -82,6 +81,7 @@ from vqalab.data.prepared import (
 from vqalab.data.prepared import entry_path as prepared_entry_path
 from vqalab.data.regions import REGION_INPUT_KEYS, boxes_of, check_finite, read_regions
 from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, open_rgb
+from vqalab.data.vqa_batch import collate_vqa
 from vqalab.io import write_atomically
 from vqalab.metrics import accuracy_of_matches, clean_whitespace, normalize_answer, vqa_accuracy
 from vqalab.paths import cache_dir, resolve_data
