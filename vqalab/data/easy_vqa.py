@@ -20,7 +20,7 @@ from vqalab.data import (
     register_status,
     short_hash,
 )
-from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from vqalab.data.transforms import ImageTransform
 from vqalab.data.vqa_batch import collate_vqa
 from vqalab.io import json_digest, write_atomically
 from vqalab.paths import CACHE_KEY_DIGITS, cache_dir
@@ -64,17 +64,15 @@ class QuestionImageDataset(Dataset):
         self.questions = questions
         self.image_ids = image_ids
         self.targets = targets
-        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        self.normalize = ImageTransform(normalization="imagenet")  # no augmentation
 
     def __len__(self) -> int:
         return len(self.questions)
 
     def __getitem__(self, index: int) -> dict:
         image_id = self.image_ids[index]
-        image = self.images[self.row_of_image[image_id]].float().div_(255)
         return {
-            "image": (image - self.mean) / self.std,
+            "image": self.normalize(self.images[self.row_of_image[image_id]]),
             "question": self.questions[index],
             "image_id": image_id,
             "target": self.targets[index],
