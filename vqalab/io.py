@@ -2,7 +2,8 @@
 atomic replacement with fsync, permissions from the umask, and a full disk named as such
 (``write_atomically``); a JSON record read back with its damage named (``read_json_record``); the
 one short digest of a JSON-able value (``json_digest``: config hashes, data fingerprints, cache and
-freeze keys)."""
+freeze keys); a new folder no other caller shares (``new_folder``), an exclusive lock on one
+(``lock_folder``), and files opened without following a planted link (``open_no_follow``)."""
 
 from __future__ import annotations
 
