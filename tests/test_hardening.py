@@ -13,7 +13,7 @@ import textwrap
 import pytest
 import torch
 
-from vqalab import files, runs, train
+from vqalab import io, runs, train
 from vqalab.cli import main as cli_main
 from vqalab.config import build_config, load_config
 from vqalab.registry import ConfigError
@@ -219,7 +219,7 @@ def test_a_run_folder_in_use_is_refused_naming_the_holder(finished, tmp_path, da
     """)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(runs.FolderBusy, match=rf"run folder {run_dir} is in use by another process "
+        with pytest.raises(io.FolderBusy, match=rf"run folder {run_dir} is in use by another process "
                                                   rf"\(PID {holder.pid} since "):
             train.fit(tiny_config(finished.run_dir.parents[1]), data=data, resume=run_dir)
     finally:
@@ -329,7 +329,7 @@ def test_disk_full_inside_torch_save_is_named_and_recorded(tmp_path, data, monke
         raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 367872 vs 367760")
 
     monkeypatch.setattr(torch, "save", short_write)
-    monkeypatch.setattr(files, "free_bytes", lambda folder: 4096)
+    monkeypatch.setattr(io, "free_bytes", lambda folder: 4096)
     params = tmp_path / "params.yaml"
     runs.write_yaml(params, tiny_config(tmp_path / "runs").to_dict())
     monkeypatch.setattr(train, "build_data", lambda spec, seed=0: data)
@@ -348,7 +348,7 @@ def test_a_torch_write_error_with_free_space_is_not_called_disk_full(tmp_path, m
         raise RuntimeError("unexpected pos 10 vs 2")
 
     monkeypatch.setattr(torch, "save", short_write)
-    monkeypatch.setattr(files, "free_bytes", lambda folder: 10 * 2**30)
+    monkeypatch.setattr(io, "free_bytes", lambda folder: 10 * 2**30)
     with pytest.raises(RuntimeError, match="unexpected pos"):
         runs.save_checkpoint(tmp_path / "c.pt", {"x": 1})
 
@@ -482,7 +482,7 @@ def test_a_second_report_of_the_same_week_is_refused_while_one_runs(tmp_path):
     """)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(runs.FolderBusy, match=rf"report week {week_dir} is in use by another process "
+        with pytest.raises(io.FolderBusy, match=rf"report week {week_dir} is in use by another process "
                                                   rf"\(PID {holder.pid} since "):
             run_report(root=root, preset="quick", week=WEEK, only=["broken"])
     finally:

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from vqalab import runs
+from vqalab import io, runs
 from vqalab.cli import main as cli_main
 from vqalab.registry import ConfigError
 
@@ -54,9 +54,9 @@ def test_a_symlinked_run_folder_lock_is_refused_on_resume(tmp_path, victim, caps
     run_dir = tmp_path / "runs" / "hard" / "20260101-000000-tiny"
     run_dir.mkdir(parents=True)
     runs.write_yaml(run_dir / "params.yaml", cfg.to_dict())
-    (run_dir / runs.LOCK_FILE).symlink_to(victim)
+    (run_dir / io.LOCK_FILE).symlink_to(victim)
     assert cli_main(["train", "--resume", str(run_dir), "--no-progress"]) == 2
-    assert one_line_error(capsys) == (f"error: lock file {run_dir / runs.LOCK_FILE} is a symbolic link: not "
+    assert one_line_error(capsys) == (f"error: lock file {run_dir / io.LOCK_FILE} is a symbolic link: not "
                                       "followed; remove it (the file is created anew)")
     assert victim.read_text() == VICTIM_TEXT
 
@@ -66,10 +66,10 @@ def test_a_lock_that_is_a_folder_gets_a_one_line_error(tmp_path, capsys):
 
     cfg = tiny_config(tmp_path / "runs")
     run_dir = tmp_path / "runs" / "hard" / "20260101-000000-tiny"
-    (run_dir / runs.LOCK_FILE).mkdir(parents=True)
+    (run_dir / io.LOCK_FILE).mkdir(parents=True)
     runs.write_yaml(run_dir / "params.yaml", cfg.to_dict())
     assert cli_main(["train", "--resume", str(run_dir), "--no-progress"]) == 2
-    assert one_line_error(capsys) == (f"error: lock file {run_dir / runs.LOCK_FILE} is a folder, not a file: "
+    assert one_line_error(capsys) == (f"error: lock file {run_dir / io.LOCK_FILE} is a folder, not a file: "
                                       "remove it (the file is created anew)")
 
 
@@ -78,7 +78,7 @@ def test_a_lock_file_is_created_new_and_reused_as_a_plain_file(tmp_path):
     folder.mkdir()
     for _ in range(2):  # created with O_EXCL the first time, opened again (no symlink) the second
         with runs.folder_lock(folder, "run folder"):
-            assert (folder / runs.LOCK_FILE).read_text().startswith(f"PID {os.getpid()} since ")
+            assert (folder / io.LOCK_FILE).read_text().startswith(f"PID {os.getpid()} since ")
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     with pytest.raises(ConfigError, match=rf"lock file {fifo} is not a regular file"), \

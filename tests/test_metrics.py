@@ -107,14 +107,26 @@ def test_iou_at_050_against_a_hand_count():
 
 
 def test_iou_sweep_moves_with_the_threshold_as_counted_by_hand():
-    import math
-
     import torch
 
-    from vqalab.metrics import iou, iou_sweep
+    from vqalab.metrics import iou_sweep
 
     probs = torch.tensor([0.35, 0.45, 0.55, 0.65, 0.75])
     mask = torch.tensor([0.0, 1.0, 1.0, 1.0, 0.0])
     # 0.3: all 5 predicted, 3 true → 3/5; 0.5: {0.55, 0.65, 0.75} → 2 / 4; 0.7: {0.75} → 0 / 4.
     assert iou_sweep(probs, mask, (0.3, 0.5, 0.7)) == {0.3: 0.6, 0.5: 0.5, 0.7: 0.0}
-    assert math.isnan(iou(torch.zeros(4), torch.zeros(4)))  # nothing predicted, nothing to find
+
+
+def test_an_empty_mask_predicted_empty_is_a_perfect_iou_and_anything_predicted_scores_zero():
+    import torch
+
+    from vqalab.metrics import iou, iou_counts, iou_of_counts, iou_sweep
+
+    empty = torch.zeros(2, 4, 4)
+    assert iou_counts(empty, empty) == (0, 0)
+    assert iou(empty, empty) == 1.0  # nothing predicted, nothing to find
+    assert iou_of_counts(0, 0) == 1.0 and iou_of_counts(3, 4) == 0.75
+    one_pixel = empty.clone()
+    one_pixel[0, 0, 0] = 0.9
+    assert iou(one_pixel, empty) == 0.0  # a false positive on an empty mask
+    assert iou_sweep(empty, empty, (0.3, 0.5)) == {0.3: 1.0, 0.5: 1.0}

@@ -308,7 +308,8 @@ def save_lr_find(result: LRFindResult, cfg: RunConfig) -> Path:
     runs.write_json(folder / "lr_find.json", result.to_dict())
     figure = Figure(figsize=(7, 4))
     plot_lr_find(result, ax=figure.subplots())
-    figure.savefig(folder / "lr_find.png", dpi=120, bbox_inches="tight")
+    runs.atomic_write_bytes(folder / "lr_find.png",
+                            lambda f: figure.savefig(f, format="png", dpi=120, bbox_inches="tight"))
     return folder
 
 

@@ -20,7 +20,6 @@ Map-view segmentation (lab note 004) is scored by IoU: predicted probabilities c
 from __future__ import annotations
 
 import functools
-import math
 import re
 from collections import defaultdict
 from collections.abc import Sequence
@@ -178,10 +177,19 @@ def iou_counts(probs: torch.Tensor, mask: torch.Tensor, threshold: float = IOU_T
     return int((pred & truth).sum()), int((pred | truth).sum())
 
 
+def iou_of_counts(intersection: int, union: int) -> float:
+    """IoU from ``iou_counts`` (summed over a split): Σ intersection / Σ union, and 1.0 when the
+    union is empty. Nothing predicted where there is nothing to find is a perfect answer, and
+    the training loop has always scored it so (``val_acc`` of recorded runs); NaN would drop such
+    a split from a mean and ``max`` alike. Libraries differ here (segmentation_models_pytorch's
+    ``iou_score`` defaults to 1.0, torchmetrics' ``JaccardIndex`` to 0, MONAI's ``MeanIoU``
+    leaves the sample out): vqalab uses 1.0 everywhere."""
+    return intersection / union if union else 1.0
+
+
 def iou(probs: torch.Tensor, mask: torch.Tensor, threshold: float = IOU_THRESHOLD) -> float:
-    """IoU of ``probs ≥ threshold`` against ``mask``; NaN when both are empty (nothing to score)."""
-    inter, union = iou_counts(probs, mask, threshold)
-    return inter / union if union else math.nan
+    """IoU of ``probs ≥ threshold`` against ``mask`` (1.0 when both are empty: ``iou_of_counts``)."""
+    return iou_of_counts(*iou_counts(probs, mask, threshold))
 
 
 def iou_sweep(probs: torch.Tensor, mask: torch.Tensor,

@@ -30,9 +30,9 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from vqalab.io import read_json_record
 from vqalab.paths import resolve
-from vqalab.registry import ConfigError
-from vqalab.runs import flatten, read_json_record
+from vqalab.registry import ConfigError, flatten
 
 log = logging.getLogger(__name__)
 

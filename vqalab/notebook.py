@@ -7,6 +7,11 @@ import json
 import math
 
 FINDINGS_MIME = "application/vnd.vqalab.findings+json"
+# What the report tells the sweeps inside a study's kernel, through its environment:
+# a file path: every sweep appends one JSON line per point (reused or not, and when that run
+# finished), so the report says how many runs were reused and from when;
+RUN_LOG_ENV = "VQALAB_RUN_LOG"
+FRESH_ENV = "VQALAB_FRESH"  # "1": sweeps retrain every point (vqalab report --fresh)
 
 
 def headline_value(value):

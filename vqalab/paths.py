@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 ROOT_MARKERS = ("params", "pyproject.toml")
+CACHE_KEY_DIGITS = 16  # hex digits of the key (``io.json_digest``) in a cache file's name
 
 
 def project_root(start: str | Path | None = None) -> Path:

@@ -34,7 +34,8 @@ NOT_RESULT_CODE = {
     "provenance.py": "computes this fingerprint",
     "bench.py": "imported only for batch_size auto, whose measured choice is recorded in the run's summary",
     "threads.py": "chooses the CPU thread count, which the run's summary records",
-    "files.py": "writes a file atomically (the bytes are the caller's)",
+    "io.py": "writes a file atomically (the bytes are the caller's), reads a JSON record back, digests JSON",
+    "files.py": "the former name of io.py, imported by data/prepared.py",
 }
 
 HASH_CHUNK = 1 << 20  # bytes read at a time when hashing a file

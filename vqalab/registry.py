@@ -28,6 +28,17 @@ _echo.maxlevel, _echo.maxlist, _echo.maxtuple, _echo.maxdict = 3, 8, 8, 8
 _echo.maxstring = _echo.maxother = _echo.maxlong = MAX_ECHO_CHARS // 2
 
 
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1e-3}}`` → ``{"optim.lr": 1e-3}`` (dotted keys, as in ``--set``)."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
 def short_repr(value: Any) -> str:
     """``repr`` of a user value, cut to a readable size (nested and long values are elided)."""
     text = _echo.repr(value)

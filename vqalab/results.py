@@ -9,20 +9,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from vqalab.runs import METRICS_FILE, read_json_record
+from vqalab.runs import METRIC_COLUMNS, METRICS_FILE, read_metrics_rows, read_summary
 
 # Epochs of rising validation loss (while training loss falls) before a run is flagged overfitting.
 OVERFIT_PATIENCE = 2
 
 
-def read_summary(run_dir: str | Path) -> dict:
-    """A run's summary.json (a damaged one is refused naming the file)."""
-    return read_json_record(Path(run_dir) / "summary.json")
-
-
 def metrics_table(run_dir: str | Path) -> pd.DataFrame:
-    """A run's ``metrics.csv`` as a DataFrame, one row per epoch."""
-    return pd.read_csv(Path(run_dir) / METRICS_FILE)
+    """A run's ``metrics.csv`` as a DataFrame, one row per epoch, read by ``runs.read_metrics_rows``
+    (numbers exactly as written; a damaged cell refused naming the file, line and column)."""
+    rows = read_metrics_rows(Path(run_dir) / METRICS_FILE)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=METRIC_COLUMNS)
 
 
 def overfitting_epoch(metrics: pd.DataFrame, patience: int = OVERFIT_PATIENCE) -> int | None:

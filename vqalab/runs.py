@@ -12,9 +12,6 @@ process holding it.
 from __future__ import annotations
 
 import csv
-import errno
-import fcntl
-import hashlib
 import inspect
 import io
 import json
@@ -22,7 +19,6 @@ import math
 import os
 import platform
 import re
-import stat
 import subprocess
 import time
 from collections.abc import Iterator
@@ -37,15 +33,24 @@ from vqalab import distributed
 from vqalab.config import RunConfig, inert_keys
 from vqalab.data import DATASETS
 from vqalab.devices import auto_device_name
-from vqalab.files import DiskFullError, is_disk_full, write_atomically
+from vqalab.io import (
+    DiskFullError,
+    is_disk_full,
+    json_digest,
+    lock_folder,
+    new_folder,
+    open_no_follow,
+    read_json_record,
+    write_atomically,
+)
 from vqalab.models import MODELS, WEIGHT_FILE_KEYS, create_model, weight_files_off
 from vqalab.paths import project_root, resolve, resolve_data
 from vqalab.provenance import file_digest
-from vqalab.registry import ConfigError, short_repr
+from vqalab.registry import ConfigError, flatten, short_repr
 
 CHECKPOINT_DIR = "checkpoints"
-LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.csv"
+SUMMARY_FILE = "summary.json"
 CONFUSION_FILE = "confusion_matrix.csv"
 METRIC_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_acc", "lr", "epoch_time_s",
                   "step_time_s", "samples_per_s", "peak_memory_mb"]
@@ -73,81 +78,14 @@ class RunFolderLost(OSError):
         return self.args[0]
 
 
-class FolderBusy(ConfigError):
-    """Another process holds the folder's lock."""
-
-
 @contextmanager
 def folder_lock(folder: Path, what: str, lock_file: Path | None = None) -> Iterator[None]:
-    """Hold an exclusive lock on ``folder`` (``what``: "run folder", "report week") or refuse.
-
-    ``flock`` on ``lock_file`` (default ``folder/.lock``): the operating system drops it when the
-    holder ends, even when killed, so a stale lock never blocks anyone. The file records the
-    holder's PID for the message.
-    """
+    """``io.lock_folder`` on rank 0 only: the ranks of one torchrun job share their run folder."""
     if distributed.launch_rank() != 0:
-        yield  # the ranks of one torchrun job share their run folder: rank 0 holds its lock
-        return
-    path = lock_file or folder / LOCK_FILE
-    fd = open_no_follow(path, os.O_RDWR, "lock file")
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            raise FolderBusy(f"{what} {folder} is in use by another process ({holder}): wait for it to "
-                             "finish, or stop it first") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"PID {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}".encode(), 0)
         yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-# A symlink at the path is not followed (O_NOFOLLOW); a new file is created with O_EXCL, so nothing
-# slipped in at that name between a check and the open is written through.
-NO_FOLLOW = os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK  # O_NONBLOCK: a FIFO there cannot hang the open
-
-
-def open_no_follow(path: Path, flags: int, what: str) -> int:
-    """File descriptor of ``path`` opened with ``flags`` (``os.O_RDWR``, ``os.O_WRONLY | os.O_APPEND``):
-    created new with ``O_EXCL`` when missing, else opened without following a symbolic link.
-
-    A symbolic link, a folder or anything but a regular file at ``path`` is refused with a
-    ConfigError naming it (``what``: "lock file", "log file"): on a shared machine a link planted
-    there would otherwise have its target overwritten with this user's rights.
-    """
-    for _ in range(2):  # the file may vanish between the two opens: then create it again
-        try:
-            fd = os.open(path, flags | NO_FOLLOW | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            try:
-                fd = os.open(path, flags | NO_FOLLOW)
-            except FileNotFoundError:
-                continue
-            except OSError as err:
-                raise ConfigError(_refused_file(path, what, err)) from None
-        except OSError as err:
-            raise ConfigError(_refused_file(path, what, err)) from None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            raise ConfigError(f"{what} {path} is not a regular file: remove it (the file is created anew)")
-        return fd
-    raise ConfigError(f"{what} {path} kept disappearing while it was opened: is another process removing it?")
-
-
-def _refused_file(path: Path, what: str, err: OSError) -> str:
-    if err.errno == errno.ELOOP:
-        return f"{what} {path} is a symbolic link: not followed; remove it (the file is created anew)"
-    if err.errno == errno.EISDIR:
-        return f"{what} {path} is a folder, not a file: remove it (the file is created anew)"
-    if err.errno == errno.ENXIO:  # a FIFO or socket with no reader
-        return f"{what} {path} is not a regular file: remove it (the file is created anew)"
-    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return f"{what} {path} cannot be written by this user ({err.strerror})"
-    if err.errno == errno.ENOTDIR:
-        return f"{what} {path}: a part of the path is a file, not a folder"
-    return f"{what} {path}: {err.strerror or err}"
+        return
+    with lock_folder(folder, what, lock_file):
+        yield
 
 
 def check_writable_folder(path: str | Path, what: str) -> Path:
@@ -169,20 +107,6 @@ def safe_name(name: str) -> str:
     return cleaned[:80] or "run"
 
 
-def new_folder(parent: Path, stem: str) -> Path:
-    """A new folder ``parent/stem`` (``stem-1``, ``stem-2``… when taken): ``mkdir`` fails on an
-    existing folder, so two callers, even in the same second, never share one."""
-    parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(1000):
-        candidate = parent / (stem if attempt == 0 else f"{stem}-{attempt}")
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            continue
-    raise RuntimeError(f"could not create a new folder under {parent}")
-
-
 def new_run_dir(runs_root: str | Path, experiment: str, name: str) -> Path:
     """A new, empty run folder (under torchrun: rank 0's, shared with the other ranks)."""
     return distributed.share_run_dir(lambda: new_folder(
@@ -190,7 +114,7 @@ def new_run_dir(runs_root: str | Path, experiment: str, name: str) -> Path:
 
 
 def atomic_write_bytes(path: Path, write) -> None:
-    """``files.write_atomically`` (temporary file, fsync, rename over ``path``) on rank 0 only:
+    """``io.write_atomically`` (temporary file, fsync, rename over ``path``) on rank 0 only:
     under torchrun the ranks hold the same state, so the others skip the write."""
     if distributed.is_main():
         write_atomically(path, write)
@@ -282,17 +206,9 @@ def read_metrics_rows(path: Path) -> list[dict]:
     return rows
 
 
-def read_json_record(path: Path) -> dict:
-    """A JSON record of a run (``summary.json``), refused naming the file when it is not a JSON object."""
-    try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})") from None
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})") from None
-    if not isinstance(record, dict):
-        raise ConfigError(f"{path}: expected a JSON object, got {type(record).__name__}")
-    return record
+def read_summary(run_dir: str | Path) -> dict:
+    """A run's ``summary.json`` (a damaged one is refused naming the file: ``io.read_json_record``)."""
+    return read_json_record(Path(run_dir) / SUMMARY_FILE)
 
 
 def write_csv(path: Path, rows: list[list]) -> None:
@@ -334,17 +250,6 @@ def per_class_accuracy(matrix: torch.Tensor, class_names: list[str]) -> dict[str
             for i, (name, row) in enumerate(zip(class_names, matrix.tolist()))}
 
 
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 1e-3}}`` → ``{"optim.lr": 1e-3}`` (dotted keys, as in ``--set``)."""
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[prefix + key] = value
-    return flat
-
-
 def with_builder_defaults(section: dict, registry) -> dict:
     """A ``model`` / ``data`` section with every keyword its builder defaults filled in, so that
     ``{"name": "ir_vit"}``, ``{"name": "ir50_vit"}`` (its former name) and ``{"name": "ir_vit",
@@ -364,6 +269,9 @@ def device_type(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name).type
+
+
+CONFIG_HASH_DIGITS = 16  # recorded in every summary.json: a new length would make every run new
 
 
 def config_hash(cfg: RunConfig | dict) -> str:
@@ -387,8 +295,7 @@ def config_hash(cfg: RunConfig | dict) -> str:
         del flat[key]
     if isinstance(flat.get("train.device"), str):
         flat["train.device"] = device_type(flat["train.device"])
-    text = json.dumps(flat, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return json_digest(flat, length=CONFIG_HASH_DIGITS)
 
 
 def git_output(root: Path, *args: str) -> str | None:

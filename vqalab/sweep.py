@@ -33,6 +33,7 @@ import pandas as pd
 from vqalab.config import RunConfig
 from vqalab.data import DataSplits, build_data, data_status
 from vqalab.monitor import write_hparams
+from vqalab.notebook import RUN_LOG_ENV
 from vqalab.provenance import code_fingerprint
 from vqalab.pruning import SweepPruner, check_pruner
 from vqalab.registry import ConfigError
@@ -43,6 +44,7 @@ from vqalab.runs import (
     PRUNED_STATUS,
     DiskFullError,
     check_writable_folder,
+    read_summary,
 )
 from vqalab.sweep_points import (
     expand_grid,
@@ -57,9 +59,6 @@ from vqalab.train import fit
 
 log = logging.getLogger(__name__)
 
-# A file path: every sweep appends one JSON line per point (reused or not, and when that run
-# finished); the report sets it per study to say how many runs were reused and from when.
-RUN_LOG_ENV = "VQALAB_RUN_LOG"
 DIVERGED_COLOR = "tab:red"
 PRUNED_COLOR = "0.55"  # grey: a pruned point's accuracy is that of a shorter run
 
@@ -129,7 +128,7 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
                          "training it again", cfg.name, pruned)
         if run_dir is not None:
             log.info("sweep point %d/%d %s: reusing %s", n, len(points), cfg.name, run_dir)
-            summary = json.loads((run_dir / "summary.json").read_text())
+            summary = read_summary(run_dir)
             if trial is not None:
                 if summary["status"] != PRUNED_STATUS:  # a pruned run was replayed above
                     trial.replay(run_dir)

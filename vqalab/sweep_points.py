@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ from typing import Any
 from vqalab import runs
 from vqalab.config import RunConfig, build_config, set_dotted
 from vqalab.data import data_status
+from vqalab.notebook import FRESH_ENV
 from vqalab.paths import resolve
 from vqalab.provenance import code_fingerprint
 from vqalab.registry import ConfigError, short_repr
@@ -29,7 +29,6 @@ from vqalab.runs import FINISHED_STATUSES, PRUNED_STATUS, config_hash
 SUMMARY_COLUMNS = ("best_val_acc", "best_epoch", "final_val_acc", "best_val_loss", "epochs", "steps",
                    "diverged_step", "diverged_epoch", "diverged_lr", "pruned_at_epoch", "wall_time_s", "params",
                    "finished")
-FRESH_ENV = "VQALAB_FRESH"  # "1": sweeps retrain every point (vqalab report --fresh)
 
 
 @dataclass
@@ -127,10 +126,10 @@ def pruned_runs(runs_root: str | Path, experiment: str, pruner: str) -> dict[str
 def _runs_by_key(runs_root: str | Path, experiment: str, wanted) -> dict[str, Path]:
     folder = resolve(runs_root) / runs.safe_name(experiment)
     found: dict[str, Path] = {}
-    for summary_file in sorted(folder.glob("*/summary.json")):  # folder names sort by start time
+    for summary_file in sorted(folder.glob(f"*/{runs.SUMMARY_FILE}")):  # folder names sort by start time
         try:
-            summary = json.loads(summary_file.read_text())
-        except (OSError, json.JSONDecodeError):
+            summary = runs.read_summary(summary_file.parent)
+        except (OSError, ConfigError):  # removed or damaged: not a run to reuse
             continue
         identity = summary.get("data_identity") or {}
         if wanted(summary) and summary.get("config_hash") and \

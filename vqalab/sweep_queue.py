@@ -636,7 +636,7 @@ class Worker:
                 log.info("trial %d %s: reusing %s", trial.number, point.cfg.name, found)
                 if pruning:
                     pruning.replay(found)  # its epochs count for the pruner as if trained now
-                self.finish(trial, None, json.loads((found / "summary.json").read_text()), found, True)
+                self.finish(trial, None, runs.read_summary(found), found, True)
                 return
         resume = self.resume_folder(trial, point)
         log.info("trial %d %s on %s: %s", trial.number, point.cfg.name, lane.label,
@@ -679,8 +679,7 @@ class Worker:
             if run_dir is None and report_file.is_file():
                 run_dir = Path(json.loads(report_file.read_text())["run_dir"])
                 self.record_start(trial, run_dir)
-            summary_file = run_dir / "summary.json" if run_dir else None
-            summary = json.loads(summary_file.read_text()) if summary_file and summary_file.is_file() else {}
+            summary = runs.read_summary(run_dir) if run_dir and (run_dir / runs.SUMMARY_FILE).is_file() else {}
             if code != 0:
                 tail = output_file.read_text(errors="replace").strip().splitlines()[-1:] or [f"exit code {code}"]
                 error = summary.get("error") if summary.get("status") == "failed" else None

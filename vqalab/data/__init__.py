@@ -16,9 +16,7 @@ and run records use ``DataStatus.identity()``.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -26,9 +24,12 @@ from typing import Literal
 import torch
 from torch.utils.data import Dataset
 
+from vqalab.io import json_digest
 from vqalab.registry import Registry
 
 DATASETS = Registry("data set")
+# Hex digits of a data set's fingerprint (recorded with every run as its data identity).
+DATA_FINGERPRINT_DIGITS = 12
 register_dataset = DATASETS.register
 
 # Model keyword arguments that come from the data, never from the params file.
@@ -114,8 +115,8 @@ def declared_targets(spec: dict | str) -> str:
 
 
 def short_hash(parts) -> str:
-    """12 hex digits of SHA-1 over the JSON of ``parts``: a short fingerprint."""
-    return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    """A data set's fingerprint: ``json_digest`` of ``parts`` (file stats, generator arguments)."""
+    return json_digest(parts, length=DATA_FINGERPRINT_DIGITS)
 
 
 def data_status(spec: dict | str) -> DataStatus:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 from importlib import metadata
 
 import numpy as np
@@ -21,9 +20,11 @@ from vqalab.data import (
     register_status,
     short_hash,
 )
-from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from vqalab.paths import cache_dir
-from vqalab.text import Vocabulary, pad_questions
+from vqalab.data.transforms import ImageTransform
+from vqalab.data.vqa_batch import collate_vqa
+from vqalab.io import json_digest, write_atomically
+from vqalab.paths import CACHE_KEY_DIGITS, cache_dir
+from vqalab.text import Vocabulary
 
 # The subset taken by max_*_samples is the same for every run seed, so runs stay comparable.
 
@@ -43,16 +44,13 @@ def load_split(split: str) -> tuple[list[str], list[str], list[int], dict[int, s
 def decode_images(paths: dict[int, str], split: str) -> tuple[np.ndarray, dict[int, int]]:
     """All images of a split as one (N, 3, 64, 64) uint8 array, cached on disk after the first call."""
     ids = sorted(paths)
-    key = hashlib.sha1("|".join(f"{i}:{paths[i]}" for i in ids).encode()).hexdigest()[:12]
+    key = json_digest([[i, paths[i]] for i in ids], length=CACHE_KEY_DIGITS)
     cached = cache_dir() / "easy_vqa" / f"{split}-{key}.npy"
     if cached.is_file():
         array = np.load(cached)
     else:
         array = np.stack([np.asarray(Image.open(paths[i]).convert("RGB")).transpose(2, 0, 1) for i in ids])
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_suffix(f".tmp{id(array)}.npy")
-        np.save(tmp, array)
-        tmp.replace(cached)  # atomic: a concurrent reader never sees half a file
+        write_atomically(cached, lambda f: np.save(f, array))  # a concurrent reader never sees half a file
     return array, {image_id: row for row, image_id in enumerate(ids)}
 
 
@@ -66,37 +64,19 @@ class QuestionImageDataset(Dataset):
         self.questions = questions
         self.image_ids = image_ids
         self.targets = targets
-        self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+        self.normalize = ImageTransform(normalization="imagenet")  # no augmentation
 
     def __len__(self) -> int:
         return len(self.questions)
 
     def __getitem__(self, index: int) -> dict:
         image_id = self.image_ids[index]
-        image = self.images[self.row_of_image[image_id]].float().div_(255)
         return {
-            "image": (image - self.mean) / self.std,
+            "image": self.normalize(self.images[self.row_of_image[image_id]]),
             "question": self.questions[index],
             "image_id": image_id,
             "target": self.targets[index],
         }
-
-
-def collate_vqa(items: list[dict]) -> dict:
-    question, question_len = pad_questions([it["question"] for it in items])
-    batch = {
-        "image": torch.stack([it["image"] for it in items]),
-        "question": question,
-        "question_len": question_len,
-        "image_id": torch.tensor([it["image_id"] for it in items], dtype=torch.long),
-        "target": torch.tensor([it["target"] for it in items], dtype=torch.long),
-    }
-    if "soft_target" in items[0]:
-        batch["soft_target"] = torch.stack([it["soft_target"] for it in items])
-    if "boxes" in items[0]:  # region data: (B, K, 4)
-        batch["boxes"] = torch.stack([it["boxes"] for it in items])
-    return batch
 
 
 @register_dataset

@@ -14,8 +14,6 @@ under ``vqalab.paths.cache_dir()``, keyed by every knob.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from dataclasses import asdict, dataclass
@@ -26,7 +24,8 @@ from PIL import Image, ImageDraw
 
 from vqalab.data import DataSplits, DataStatus, register_dataset, register_status, short_hash
 from vqalab.data.expressions import EXPRESSIONS, NUM_EXPRESSIONS, expression_splits
-from vqalab.paths import cache_dir
+from vqalab.io import json_digest, write_atomically
+from vqalab.paths import CACHE_KEY_DIGITS, cache_dir
 from vqalab.registry import ConfigError
 
 log = logging.getLogger(__name__)
@@ -255,18 +254,15 @@ def cached_faces(*, num: int, size: int, seed: int, split: str, difficulty: Diff
                  use_cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """``generate_faces``, stored in ``cache_dir()/synthetic_faces`` under a key of every argument."""
     spec = {"num": num, "size": size, "seed": seed, "split": split, "version": GENERATOR_VERSION, **asdict(difficulty)}
-    key = hashlib.sha1(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    key = json_digest(spec, length=CACHE_KEY_DIGITS)
     file = cache_dir() / "synthetic_faces" / f"{split}-{size}px-{num}-{key}.npz"
     if use_cache and file.is_file():
         with np.load(file) as stored:
             return stored["images"], stored["labels"]
     log.info("drawing %d synthetic %s faces at %d px", num, split, size)
     images, labels = generate_faces(num=num, size=size, seed=seed, split=split, difficulty=difficulty)
-    if use_cache:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_name(f".{file.stem}.{np.random.default_rng().integers(1 << 30)}.tmp.npz")
-        np.savez(tmp, images=images, labels=labels)
-        tmp.replace(file)  # atomic: a concurrent reader never sees half a file
+    if use_cache:  # atomic: a concurrent reader never sees half a file
+        write_atomically(file, lambda f: np.savez(f, images=images, labels=labels))
     return images, labels
 
 

@@ -54,7 +54,6 @@ from vqalab.data import (
     register_status,
     short_hash,
 )
-from vqalab.data.easy_vqa import collate_vqa
 from vqalab.data.graphs import GRAPH_INPUT_KEYS, collate_graph_vqa, vocabulary_with_labels
 from vqalab.data.prepared import (
     Coded,
@@ -70,6 +69,7 @@ from vqalab.data.prepared import (
 )
 from vqalab.data.prepared import entry_path as prepared_entry_path
 from vqalab.data.regions import REGION_INPUT_KEYS, boxes_of, read_regions
+from vqalab.data.vqa_batch import collate_vqa
 from vqalab.paths import resolve_data
 from vqalab.registry import ConfigError
 from vqalab.text import UNK, Vocabulary

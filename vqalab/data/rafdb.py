@@ -16,7 +16,6 @@ and memory-mapped when read back (a full-size split is 577 MB at 112 px).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 from typing import Literal
@@ -34,7 +33,8 @@ from vqalab.data import (
 )
 from vqalab.data.expressions import EXPRESSIONS, NUM_EXPRESSIONS, expression_splits
 from vqalab.data.transforms import open_rgb
-from vqalab.paths import cache_dir, resolve_data
+from vqalab.io import json_digest, write_atomically
+from vqalab.paths import CACHE_KEY_DIGITS, cache_dir, resolve_data
 from vqalab.registry import ConfigError
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def decode_images(paths: list[Path], size: int, use_cache: bool = True) -> np.nd
         folder = folders.get(p.parent) or folders.setdefault(p.parent, p.parent.resolve())
         stat = p.stat()
         stats.append(f"{folder / p.name}:{stat.st_size}:{stat.st_mtime_ns}")
-    key = hashlib.sha1("|".join([str(size), str(DECODE_VERSION), *stats]).encode()).hexdigest()[:16]
+    key = json_digest([size, DECODE_VERSION, stats], length=CACHE_KEY_DIGITS)
     cached = cache_dir() / "rafdb" / f"{size}px-{len(paths)}-{key}.npy"
     if use_cache and cached.is_file():
         # Memory-mapped copy-on-write: pages are read when a batch needs them, not all up front.
@@ -200,11 +200,8 @@ def decode_images(paths: list[Path], size: int, use_cache: bool = True) -> np.nd
             if img.size != (size, size):
                 img = img.resize((size, size), Image.Resampling.BICUBIC)
             array[i] = np.asarray(img).transpose(2, 0, 1)
-    if use_cache:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{cached.stem}.{id(array)}.tmp.npy")
-        np.save(tmp, array)
-        tmp.replace(cached)  # atomic: a concurrent reader never sees half a file
+    if use_cache:  # atomic: a concurrent reader never sees half a file
+        write_atomically(cached, lambda f: np.save(f, array))
     return array
 
 

@@ -36,7 +36,6 @@ from PIL import Image, ImageDraw
 from torch.utils.data import Dataset
 
 from vqalab.data import DataSplits, DataStatus, register_dataset, register_status, short_hash
-from vqalab.data.easy_vqa import collate_vqa
 from vqalab.data.graphs import (
     GRAPH_INPUT_KEYS,
     collate_graph_vqa,
@@ -44,7 +43,8 @@ from vqalab.data.graphs import (
     vocabulary_with_labels,
 )
 from vqalab.data.regions import REGION_INPUT_KEYS, boxes_of
-from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from vqalab.data.transforms import ImageTransform
+from vqalab.data.vqa_batch import collate_vqa
 from vqalab.registry import ConfigError
 
 # Part of the data identity: bump it when the scenes or questions drawn for the same keywords change.
@@ -243,8 +243,7 @@ class SceneQuestions(Dataset):
         self.answer_objects = [q["answer_object"] for q in questions]
         if inputs == "image":
             self.images = torch.from_numpy(np.stack([render(s, image_size) for s in scenes]))
-            self.mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-            self.std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+            self.normalize = ImageTransform(normalization="imagenet")  # no augmentation
         elif inputs == "regions":
             self.regions = [region_features(s, max_objects) for s in scenes]
         else:
@@ -257,7 +256,7 @@ class SceneQuestions(Dataset):
         scene = self.image_ids[index]
         item = {"question": self.questions[index], "image_id": scene, "target": self.targets[index]}
         if self.inputs == "image":
-            item["image"] = (self.images[scene].float().div(255) - self.mean) / self.std
+            item["image"] = self.normalize(self.images[scene])
         elif self.inputs == "regions":
             item["image"] = self.regions[scene]
             item["boxes"] = boxes_of(item["image"])

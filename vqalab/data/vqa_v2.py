@@ -46,7 +46,6 @@ import io
 import json
 import logging
 import operator
-import os
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -70,7 +69,6 @@ from vqalab.data import (
     register_status,
     short_hash,
 )
-from vqalab.data.easy_vqa import collate_vqa
 from vqalab.data.feature_cache import FeatureCache, FeatureKey
 from vqalab.data.prepared import (
     Coded,
@@ -87,6 +85,8 @@ from vqalab.data.prepared import (
 from vqalab.data.prepared import entry_path as prepared_entry_path
 from vqalab.data.regions import REGION_INPUT_KEYS, boxes_of, check_finite, read_regions
 from vqalab.data.transforms import IMAGENET_MEAN, IMAGENET_STD, open_rgb
+from vqalab.data.vqa_batch import collate_vqa
+from vqalab.io import write_atomically
 from vqalab.metrics import accuracy_of_matches, clean_whitespace, normalize_answer, vqa_accuracy
 from vqalab.paths import cache_dir, resolve_data
 from vqalab.registry import ConfigError, short_repr
@@ -846,9 +846,6 @@ def vqa_v2_status(spec: dict) -> DataStatus:
         counts = {"train_questions": train_questions, "val_questions": val_questions,
                   "train_images": images[folders[0]], "val_images": images[folders[1]],
                   "answers": len(train_answers - {""})}  # distinct normalised training answers
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(counts))
-        tmp.replace(cached)  # atomic: a concurrent reader never sees half a file
+        write_atomically(cached, lambda f: f.write(json.dumps(counts).encode()))  # a reader never sees half a file
     return DataStatus(name="vqa_v2", found=True, where=str(base), counts=counts, fingerprint=fingerprint,
                       detail="feature files" if use_features else "images")

@@ -6,14 +6,14 @@ import datetime as dt
 import shutil
 from pathlib import Path
 
-from vqalab.runs import atomic_write_bytes, new_folder
+from vqalab.io import new_folder, write_atomically
 
 PREVIOUS_DIR = "previous"  # earlier outputs of the same week, kept when a study runs again
 
 
 def write_text(path: Path, text: str) -> None:
     """Write through a temporary file and rename; permissions follow the umask (reports are shared)."""
-    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+    write_atomically(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def archive_outputs(week_dir: Path, files: list[Path], copies: list[Path] = ()) -> Path:

@@ -10,6 +10,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from vqalab.io import lock_folder
+from vqalab.notebook import FRESH_ENV, RUN_LOG_ENV
 from vqalab.paths import project_root
 from vqalab.provenance import code_fingerprint
 from vqalab.registry import ConfigError
@@ -54,9 +56,6 @@ from vqalab.report.post import write_post
 from vqalab.report.presets import REPORT_KEY, RUNS_ROOT_PARAM, plan_studies
 from vqalab.report.since import SUMMARY_FILE, figures_since, last_week_summary, read_summary
 from vqalab.report.weeks import check_week, iso_week
-from vqalab.runs import environment, folder_lock
-from vqalab.sweep import RUN_LOG_ENV
-from vqalab.sweep_points import FRESH_ENV
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +161,7 @@ def week_lock(reports_dir: Path, week: str):
     page or summary is overwritten by a run that started from an older state. The lock file sits
     beside the week's folder (``reports/.<week>.lock``): a refused run leaves the folder untouched."""
     reports_dir.mkdir(parents=True, exist_ok=True)
-    return folder_lock(reports_dir / week, "report week", lock_file=reports_dir / f".{week}.lock")
+    return lock_folder(reports_dir / week, "report week", lock_file=reports_dir / f".{week}.lock")
 
 
 def _run_locked(*, plan: list[dict], statuses: dict[str, dict | None], week: str, week_dir: Path,
@@ -184,6 +183,8 @@ def _run_locked(*, plan: list[dict], statuses: dict[str, dict | None], week: str
         moved = archive_outputs(week_dir, earlier + [p for p in logs if os.path.lexists(p)], copies=derived)
         log.info("earlier outputs of this week moved to %s", moved)
     week_dir.mkdir(parents=True, exist_ok=True)
+
+    from vqalab.runs import environment  # torch's versions and devices: imported when a report runs
 
     env = {**environment(root=root), "preset": preset}
     # Merged, never replaced: studies of this week not re-run stay listed (the week lock makes the

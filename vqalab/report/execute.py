@@ -12,10 +12,10 @@ import threading
 import time
 from pathlib import Path
 
+from vqalab.io import open_no_follow, write_atomically
 from vqalab.notebook import FINDINGS_MIME
 from vqalab.registry import ConfigError
 from vqalab.report.progress import DEFAULT_TIME_BUDGET_S, ProgressLine, format_seconds, watch
-from vqalab.runs import atomic_write_bytes, open_no_follow
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def execute_study(study: dict, *, out_dir: Path, cwd: Path, preset: str, runs_ro
     record["duration_s"] = round(time.perf_counter() - start, 2)
     try:
         if written.is_file():
-            atomic_write_bytes(output, lambda f: f.write(written.read_bytes()))
+            write_atomically(output, lambda f: f.write(written.read_bytes()))
     finally:
         shutil.rmtree(private, ignore_errors=True)
     if timed_out:

@@ -19,6 +19,7 @@ import json
 from pathlib import Path
 
 from vqalab import provenance
+from vqalab.io import json_digest
 from vqalab.provenance import FINGERPRINT_DIGITS
 from vqalab.report.execute import STATUS_OK
 
@@ -33,7 +34,7 @@ def _digest(data: bytes) -> str:
 
 
 def _json_digest(value) -> str:
-    return _digest(json.dumps(value, sort_keys=True, default=str).encode())
+    return json_digest(value, length=FINGERPRINT_DIGITS)
 
 
 def named_files(value, root: Path) -> dict[str, str]:

@@ -17,6 +17,7 @@ import nbformat
 from vqalab.config import parameter_rows, yaml_inline
 from vqalab.report.archive import PREVIOUS_DIR, write_text
 from vqalab.report.html import SCOPE_PREFIX, sanitize_html
+from vqalab.report.progress import format_seconds
 from vqalab.report.trend import week_trends
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "report_templates"
@@ -167,10 +168,8 @@ def format_figure(value: Any) -> str:
 
 
 def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    minutes, secs = divmod(round(seconds), 60)
-    return f"{minutes} min {secs:02d} s" if minutes else f"{seconds:.1f} s"
+    """A study's time on the pages, as the progress line writes it (``format_seconds``); "–": unknown."""
+    return "–" if seconds is None else format_seconds(seconds)
 
 
 def render_week(week_dir: Path, summary: dict, since: dict | None) -> None:

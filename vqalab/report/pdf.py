@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from vqalab.runs import atomic_write_bytes
+from vqalab.io import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,6 @@ def write_pdf(week_dir: Path, report_file: str = "report.html") -> dict:
             log.warning("%s not written: %s", PDF_FILE, why)
             return {"file": None, "skipped": why}
         data = printed.read_bytes()
-    atomic_write_bytes(Path(week_dir) / PDF_FILE, lambda f: f.write(data))
+    write_atomically(Path(week_dir) / PDF_FILE, lambda f: f.write(data))
     log.info("report PDF: %s", Path(week_dir) / PDF_FILE)
     return {"file": PDF_FILE}

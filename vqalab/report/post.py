@@ -21,11 +21,10 @@ from pathlib import Path
 
 import yaml
 
-from vqalab.files import file_mode
+from vqalab.io import file_mode, write_atomically
 from vqalab.notebook import FINDINGS_MIME
 from vqalab.report.execute import read_notebook
 from vqalab.report.presets import REPORT_FIELDS, REPORT_KEY
-from vqalab.runs import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +166,7 @@ def study_section(record: dict, week_dir: Path, folder: Path) -> list[str]:
             continue
         figures += 1
         name = f"{record['name']}-{figures}.png"
-        atomic_write_bytes(folder / name, lambda f, png=content: f.write(png))
+        write_atomically(folder / name, lambda f, png=content: f.write(png))
         lines += [f"![{markdown_text(f'Figure {figures} of ' + record['title'])}]({name})", ""]
     return lines
 
@@ -188,7 +187,7 @@ def write_post(week_dir: Path, summary: dict) -> Path:
         for record in studies:
             lines += study_section(record, week_dir, building)
         text = "\n".join(lines).rstrip() + "\n"
-        atomic_write_bytes(building / POST_FILE, lambda f: f.write(text.encode("utf-8")))
+        write_atomically(building / POST_FILE, lambda f: f.write(text.encode("utf-8")))
         target = week_dir / POST_DIR
         old = None
         if os.path.lexists(target):

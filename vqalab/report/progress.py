@@ -7,7 +7,6 @@ The progress line reads the newest of those folders (``summary.json`` still ``ru
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import psutil
 import yaml
+
+from vqalab.io import read_json_record
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def current_run(runs_root: Path, since: float) -> RunProgress | None:
     if newest is None:
         return None
     try:
-        if json.loads((newest / "summary.json").read_text()).get("status") != "running":
+        if read_json_record(newest / "summary.json").get("status") != "running":
             return None
         rows = (newest / "metrics.csv").read_text().count("\n") - 1 if (newest / "metrics.csv").exists() else 0
         params = yaml.safe_load((newest / "params.yaml").read_text()) or {}
