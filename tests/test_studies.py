@@ -611,3 +611,17 @@ def test_every_fer_preset_loads_over_its_base_against_its_notebook():
         for preset in read_yaml(params_file)["presets"]:
             values = load_preset(params_file, preset, declared)
             assert set(read_yaml(FER_BASE)["presets"].get(preset) or {}) <= set(values), (notebook.stem, preset)
+
+
+def test_cpu_presets_keep_each_study_shape():
+    """make report's studies are the lab's studies in small: at least three values on every swept
+    axis (the regularisation factors: a value against each baseline)."""
+    values = {nb.stem: notebook_values(nb, "cpu") for nb in fer_notebooks()}
+    axes = {"depth_test": ["depths", "lrs"], "adam_eps_beta": ["eps_values", "betas_values"],
+            "cls_vs_baseline": ["lrs"]}
+    for study, keys in axes.items():
+        for key in keys:
+            assert len(values[study][key]) >= 3, (study, key, values[study][key])
+    assert values["lr_search"]["lr_points"] >= 3
+    for key in ("weight_decays", "schedules", "mixup_alphas", "attn_drops"):
+        assert len(values["regularisation"][key]) >= 2, key
