@@ -22,6 +22,7 @@ BASE_KEY = "base"
 REPORT_KEY = "report"
 REPORT_FIELDS = ("categories", "tags")
 RUNS_ROOT_PARAM = "runs_root"
+EXPERIMENT_PARAM = "experiment"  # runs/<experiment>/: studies sharing one reuse each other's finished runs
 # A preset key that is not a notebook parameter: seconds after which the study is stopped.
 TIME_BUDGET_KEY = "time_budget_s"
 
@@ -246,8 +247,8 @@ def plan_studies(*, preset: str, only: list[str] | None, notebooks_dir: Path, pa
         if runs_root is not None and RUNS_ROOT_PARAM in notebook_params and RUNS_ROOT_PARAM not in parameters:
             parameters[RUNS_ROOT_PARAM] = str(runs_root)
         title = notebook_title(nbformat.read(notebook, as_version=4)) or name
-        defaults = {k: notebook_default(p) for k, p in notebook_params.items()
-                    if k in (DATASET_PARAM, DATASET_KWARGS_PARAM)}  # which data set the study uses
+        defaults = {k: notebook_default(p) for k, p in notebook_params.items()  # its data set and runs folder
+                    if k in (DATASET_PARAM, DATASET_KWARGS_PARAM, EXPERIMENT_PARAM)}
         plan.append({"name": name, "title": title, "notebook": notebook, "params_file": params_file,
                      "parameters": parameters, "report": load_report_section(params_file), "defaults": defaults, "time_budget_s": time_budget_s})
     return plan
