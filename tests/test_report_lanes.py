@@ -34,7 +34,7 @@ def test_studies_sharing_an_experiment_share_a_lane_longest_first():
     assert [[s["name"] for s in g] for g in longest_first(groups, durations)] == [["adam", "cls", "depth"], ["vqa"],
                                                                                   ["bst"]]
     # without last week's times a study counts as the mean of the known ones (here: none, so 1 each)
-    assert [[s["name"] for s in g] for g in longest_first(groups, {})][0] == ["adam", "cls", "depth"]
+    assert [s["name"] for s in longest_first(groups, {})[0]] == ["adam", "cls", "depth"]
 
 
 def test_a_point_still_training_in_another_lane_is_trained_again_in_its_own_folder(tmp_path):
