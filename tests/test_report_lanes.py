@@ -4,6 +4,7 @@ after the other, a failing lane not stopping the other, and what two lanes wanti
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -14,7 +15,7 @@ from conftest import write_notebook
 from vqalab import runs
 from vqalab.registry import ConfigError
 from vqalab.report import run_report
-from vqalab.report.lanes import longest_first, share_groups
+from vqalab.report.lanes import longest_first, run_lanes, share_groups
 from vqalab.sweep import sweep
 
 WEEK = "2026-W12"
@@ -22,7 +23,26 @@ SLEEP_S = {"a1": 2, "a2": 2, "b": 4}  # b's lane runs while a1 and a2 run one af
 
 
 def study(name: str, experiment: str | None = None) -> dict:
-    return {"name": name, "parameters": {} if experiment is None else {"experiment": experiment}, "defaults": {}}
+    return {"name": name, "title": name, "parameters": {} if experiment is None else {"experiment": experiment},
+            "defaults": {}}
+
+
+def die_or_record(study: dict, *, line, **kwargs) -> dict:
+    """A stand-in for ``run_study`` in a lane's process: "crash" kills its process."""
+    if study["name"] == "crash":
+        os._exit(3)
+    return {"name": study["name"], "status": "ok", "pid": os.getpid(), "share": os.environ.get("VQALAB_CPU_SHARE")}
+
+
+def test_a_lane_whose_process_dies_goes_on_in_a_new_one_and_the_other_lane_goes_on():
+    plan = [study("crash", "e"), study("after", "e"), study("other", "f"), study("other2", "f")]
+    records = {s["name"]: r for s, r in run_lanes(plan, jobs=2, run_study=die_or_record, study_kwargs=lambda s: {},
+                                                  durations={}, preset="quick")}
+    assert records["crash"]["status"] == "failed" and "the study's process ended" in records["crash"]["error"]
+    assert records["after"]["status"] == "ok" and records["after"]["share"] == "2"  # its lane, a new process
+    assert records["other"]["pid"] == records["other2"]["pid"] != records["after"]["pid"]  # a lane keeps its process
+    assert [s["name"] for s, _ in run_lanes(plan[1:3], jobs=1, run_study=lambda s: {}, study_kwargs=lambda s: {},
+                                            durations={}, preset="quick")] == ["after", "other"]  # one lane: here, in order
 
 
 def test_studies_sharing_an_experiment_share_a_lane_longest_first():

@@ -295,7 +295,7 @@ def publish_week(*, week: str | None = None, pdf: bool = True, post: bool = Fals
     return EXIT_OK
 
 
-def run_study(study: dict, *, week_dir: Path, cwd: Path, preset: str, fresh: bool, runs_root: Path,
+def run_study(study: dict, *, week_dir: Path, cwd: Path, preset: str, fresh: bool, runs_root: Path | None,
               last_duration: float | None, line: ProgressLine | None = None) -> dict:
     """Execute one study; its record says how many of its sweep runs were reused, and from when.
 

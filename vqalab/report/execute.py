@@ -36,7 +36,7 @@ def check_kernel(kernel_name: str = KERNEL_NAME) -> None:
                           f"`python -m ipykernel install --sys-prefix --name {kernel_name}`") from None
 
 
-def execute_study(study: dict, *, out_dir: Path, cwd: Path, preset: str, runs_root: Path,
+def execute_study(study: dict, *, out_dir: Path, cwd: Path, preset: str, runs_root: Path | None,
                   last_duration: float | None = None, line: ProgressLine | None = None,
                   experiment: str | None = None) -> dict:
     """Run one study's notebook into ``out_dir/<name>.ipynb``; never raises for notebook errors.

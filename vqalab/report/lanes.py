@@ -8,10 +8,11 @@ same point. (Had they, both would train it, each into its own folder: a sweep lo
 runs when it starts and does not wait for one still running.) The groups go to the lanes longest
 first, by last week's times; a lane that is free takes the next group.
 
-Each study of a lane runs in a process of its own: its kernel gets its share of the cores
-(``VQALAB_CPU_SHARE``, ``vqalab.threads``), its own environment (the run log, ``VQALAB_FRESH``)
-and working folder, and a study over its time budget stops only its own kernel. A study whose
-process dies is marked failed; the other lanes go on.
+Each lane runs its studies in a process of its own (started once: its imports take seconds): their
+kernels get the lane's share of the cores (``VQALAB_CPU_SHARE``, ``vqalab.threads``), their own
+environment (the run log, ``VQALAB_FRESH``) and working folder, and a study over its time budget
+stops only its own kernel. A study whose lane process dies is marked failed; that lane goes on in a
+new process, and the other lanes go on.
 """
 
 from __future__ import annotations
@@ -77,10 +78,13 @@ def failed_record(study: dict, preset: str, error: str) -> dict:
 
 def run_in_lane(run_study: Callable[..., dict], study: dict, share: int, log_level: int, **kwargs) -> dict:
     """One study in a lane's process: its kernel and runs take ``cores // share`` threads; progress
-    is printed line by line (two lanes cannot rewrite one terminal line)."""
+    is printed line by line (two lanes cannot rewrite one terminal line). A study without an
+    experiment shows no run in its progress line: the runs training now are another lane's."""
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     os.environ[SHARE_ENV] = str(share)
+    if study_experiment(study) is None:
+        kwargs = {**kwargs, "runs_root": None}
     return run_study(study, line=ProgressLine(rewrite=False), **kwargs)
 
 
@@ -101,34 +105,39 @@ def run_lanes(studies: list[dict], *, jobs: int, run_study: Callable[..., dict],
     log.info("%d studies in %d lanes: %s", len(studies), lanes,
              "; ".join(", ".join(s["name"] for s in group) for group in groups))
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no threads or state of this one
-    waiting = deque(deque(group) for group in groups)
-    running: dict[Future, tuple[dict, deque, ProcessPoolExecutor]] = {}
 
-    def start(group: deque) -> None:
+    def new_process() -> ProcessPoolExecutor:  # a lane's process, kept for its next study (imports once)
+        return ProcessPoolExecutor(max_workers=1, mp_context=context)
+
+    processes = [new_process() for _ in range(lanes)]
+    waiting = deque(deque(group) for group in groups)
+    running: dict[Future, tuple[dict, deque, int]] = {}
+
+    def start(group: deque, lane: int) -> None:
         study = group.popleft()
-        pool = ProcessPoolExecutor(max_workers=1, mp_context=context)  # one per study: a crash ends it alone
-        future = pool.submit(run_in_lane, run_study, study, lanes, logging.getLogger().getEffectiveLevel(),
-                             **study_kwargs(study))
-        running[future] = (study, group, pool)
+        future = processes[lane].submit(run_in_lane, run_study, study, lanes, logging.getLogger().getEffectiveLevel(),
+                                        **study_kwargs(study))
+        running[future] = (study, group, lane)
 
     try:
-        while waiting and len(running) < lanes:
-            start(waiting.popleft())
+        for lane in range(lanes):
+            start(waiting.popleft(), lane)
         while running:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                study, group, pool = running.pop(future)
+                study, group, lane = running.pop(future)
                 try:
                     record = future.result()
                 except Exception as err:  # noqa: BLE001 -- its process died: the other lanes go on
                     log.error("%s: its process ended: %s: %s", study["name"], type(err).__name__, err)
                     record = failed_record(study, preset, f"the study's process ended: {type(err).__name__}: {err}")
-                pool.shutdown()
+                    processes[lane].shutdown(wait=False, cancel_futures=True)
+                    processes[lane] = new_process()  # the lane's next study in a fresh one
                 if group:  # the lane's next study starts before this one's page is rendered
-                    start(group)
+                    start(group, lane)
                 elif waiting:
-                    start(waiting.popleft())
+                    start(waiting.popleft(), lane)
                 yield study, record
-    finally:  # the caller stopped early (Ctrl-C): no lane starts another study
-        for _, _, pool in running.values():
-            pool.shutdown(wait=False, cancel_futures=True)
+    finally:  # also when the caller stopped early (Ctrl-C): no lane starts another study
+        for process in processes:
+            process.shutdown(wait=False, cancel_futures=True)

@@ -129,16 +129,16 @@ def kill_kernels() -> int:
     return killed
 
 
-def watch(study: str, thread, *, budget: float, runs_root: Path, last_duration: float | None,
+def watch(study: str, thread, *, budget: float, runs_root: Path | None, last_duration: float | None,
           line: ProgressLine, experiment: str | None = None) -> bool:
     """Wait for ``thread`` (the study's execution), showing progress; returns True when the
-    study ran past ``budget`` seconds and its kernel was killed."""
+    study ran past ``budget`` seconds and its kernel was killed. ``runs_root`` None: no run is shown."""
     start_wall, start = time.time(), time.monotonic()
     run, last_scan, last_kill = None, -RUN_SCAN_S, None
     while thread.is_alive():
         thread.join(POLL_S)
         elapsed = time.monotonic() - start
-        if elapsed - last_scan >= RUN_SCAN_S:
+        if runs_root is not None and elapsed - last_scan >= RUN_SCAN_S:
             run, last_scan = current_run(runs_root, start_wall, experiment), elapsed
         key = (run.run, run.epoch) if run else None
         line.show(progress_text(study, elapsed, run, last_duration, budget), key)
