@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from vqalab.config import read_yaml
 from vqalab.data import build_data
 from vqalab.paths import resolve
+from vqalab.report.presets import read_presets
 from vqalab.studies.common import fer_base_config
 from vqalab.studies.lr_search import grid_lrs
 from vqalab.sweep import seed_stats, spread_vs_noise, sweep
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
 
-    p = {**NOTEBOOK_DEFAULTS, **read_yaml(resolve(args.params))["presets"][args.preset]}
+    p = {**NOTEBOOK_DEFAULTS, **read_presets(resolve(args.params))[args.preset]}
     seeds = args.seeds or p["seeds"]
     lrs = grid_lrs(p["lr_min"], p["lr_max"], p["lr_points"])
     with tempfile.TemporaryDirectory(prefix="fer_cpu_preset-") as tmp:

@@ -24,9 +24,9 @@ import time
 import pandas as pd
 import torch
 
-from vqalab.config import read_yaml
 from vqalab.data import build_data
 from vqalab.paths import resolve
+from vqalab.report.presets import read_presets
 from vqalab.studies.common import fer_base_config
 from vqalab.sweep import gap_vs_noise, seed_stats, sweep
 
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
 
-    p = {**NOTEBOOK_DEFAULTS, **read_yaml(resolve(args.params))["presets"][args.preset]}
+    p = {**NOTEBOOK_DEFAULTS, **read_presets(resolve(args.params))[args.preset]}
     epochs = args.epochs or p["epochs"]
     num_train = args.num_train or p["num_train"]
     base = fer_base_config(

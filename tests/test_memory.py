@@ -179,12 +179,12 @@ def notebook_values(repo_root, study, preset):
     """The notebook's parameter defaults with the preset's values over them."""
     import papermill
 
-    from vqalab.config import read_yaml
     from vqalab.report.data import notebook_default
+    from vqalab.report.presets import read_presets
 
     defaults = {k: notebook_default(p) for k, p in
                 papermill.inspect_notebook(str(repo_root / "notebooks" / f"{study}.ipynb")).items()}
-    return {**defaults, **read_yaml(repo_root / "params" / f"{study}.yaml")["presets"][preset]}
+    return {**defaults, **read_presets(repo_root / "params" / f"{study}.yaml")[preset]}
 
 
 def fer_preset_configs(values):

@@ -9,9 +9,8 @@ from pathlib import Path
 import nbformat
 import papermill
 import pytest
-import yaml
 
-from vqalab.report.presets import PARAMETER_TYPES
+from vqalab.report.presets import PARAMETER_TYPES, read_presets
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p for p in (REPO / "notebooks").glob("*.ipynb"))
@@ -39,8 +38,8 @@ def assert_ran_with_findings(path: Path) -> dict:
 
 
 def quick_preset(notebook: Path) -> dict:
-    params = yaml.safe_load((REPO / "params" / f"{notebook.stem}.yaml").read_text())
-    return params["presets"]["quick"]
+    """The quick preset as the report passes it: over its base's (params/fer_base.yaml)."""
+    return read_presets(REPO / "params" / f"{notebook.stem}.yaml")["quick"]
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
@@ -51,9 +50,9 @@ def test_notebook_is_committed_clean_with_declared_presets(notebook):
     assert "parameters" in code[0].get("metadata", {}).get("tags", []), "first code cell is tagged parameters"
     declared = papermill.inspect_notebook(str(notebook))
     assert all(p["help"] for p in declared.values()), "every parameter has a # help comment"
-    params = yaml.safe_load((REPO / "params" / f"{notebook.stem}.yaml").read_text())
-    assert set(params["presets"]) >= {"quick", "cpu", "gpu"}
-    for preset, values in params["presets"].items():
+    presets = read_presets(REPO / "params" / f"{notebook.stem}.yaml")
+    assert set(presets) >= {"quick", "cpu", "gpu"}
+    for preset, values in presets.items():
         unknown = set(values or {}) - set(declared)
         assert not unknown, f"params/{notebook.stem}.yaml preset {preset}: not notebook parameters: {unknown}"
 

@@ -377,6 +377,30 @@ def test_preset_values_are_checked_against_the_annotations(tmp_path):
         load_preset(params_file, "quick", declared)
 
 
+def test_a_preset_extends_its_base_and_may_not_repeat_its_keys(tmp_path):
+    declared = {"score": {"type": float, "default": "0.5"}, "n": {"type": int, "default": "1"},
+                "xs": {"type": list, "default": "[1.0]"}}
+    (tmp_path / "shared.yaml").write_text("presets:\n  quick: {score: 0.25, n: 2}\n  gpu: {n: 8}\n")
+    params_file = tmp_path / "study.yaml"
+    params_file.write_text("base: shared.yaml\npresets:\n  quick: {xs: [3.0]}\n  cpu: {n: 4}\n")
+    assert load_preset(params_file, "quick", declared) == {"score": 0.25, "n": 2, "xs": [3.0]}
+    assert load_preset(params_file, "cpu", declared) == {"n": 4}  # the base has no cpu preset
+    with pytest.raises(ConfigError, match=r"no preset 'gpu'"):  # the base's gpu is not the study's
+        load_preset(params_file, "gpu", declared)
+    params_file.write_text("base: shared.yaml\npresets:\n  quick: {n: 3, xs: [3.0]}\n")
+    with pytest.raises(ConfigError, match=r"study\.yaml: presets\.quick sets n, which its base .*shared\.yaml "
+                                          r"sets for every study: change it there"):
+        load_preset(params_file, "quick", declared)
+    params_file.write_text("base: shared.yaml\npresets:\n  quick: {}\n")
+    (tmp_path / "shared.yaml").write_text("presets:\n  quick: {n: many}\n")
+    with pytest.raises(ConfigError, match=r"shared\.yaml \(base of .*study\.yaml\): presets\.quick\.n = 'many': "
+                                          r"expected int"):
+        load_preset(params_file, "quick", declared)
+    params_file.write_text("base: missing.yaml\npresets:\n  quick: {}\n")
+    with pytest.raises(ConfigError, match=r"study\.yaml: base = 'missing\.yaml': .*missing\.yaml not found"):
+        load_preset(params_file, "quick", declared)
+
+
 def test_a_parameter_without_type_annotation_is_an_error(tmp_path):
     root = make_project(tmp_path / "project")
     notebook = root / "notebooks" / "plot.ipynb"

@@ -1,17 +1,21 @@
 """The study analyses on small hand-made sweep tables: every findings branch, no training."""
 
+import itertools
 import json
 import math
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
 
 from vqalab.bench import recommend_batch_size
-from vqalab.config import build_config
+from vqalab.config import build_config, read_yaml
 from vqalab.memory import predict_memory
 from vqalab.registry import ConfigError
+from vqalab.report.data import notebook_default
+from vqalab.report.presets import annotated_type, base_file, load_preset, read_presets
 from vqalab.studies import (
     adam_eps_beta,
     batch_size_throughput,
@@ -32,6 +36,7 @@ from vqalab.studies.common import (
 from vqalab.sweep import RUN_LOG_ENV, seed_stats
 from vqalab.sweep_points import FRESH_ENV
 
+REPO = Path(__file__).resolve().parents[1]
 FER = {"experiment": "e", "runs_root": "runs", "model": "ir50_vit", "depth": 2, "img_size": 16, "backbone_depth": 18,
        "width": 0.125, "dataset_kwargs": {}, "num_train": 64, "num_val": 32, "face_options": {"clutter": 0},
        "epochs": 3, "batch_size": 32, "lr": 1e-3, "device": "cpu", "amp": "off", "cpu_threads": 0}
@@ -530,3 +535,93 @@ def test_vqa_models_findings_with_and_without_overfitting():
                     "a: 1.2 s per epoch, 0.100 M parameters.", "b: 2.0 s per epoch, 0.200 M parameters."]
     _, text = vqa_models.findings_of(table.assign(overfitting_from_epoch=None), epochs=8)
     assert text[1] == "No model shows overfitting within these epochs."
+
+
+# The FER base (params/fer_base.yaml): one definition that the five FER studies extend.
+FER_BASE = REPO / "params" / "fer_base.yaml"
+
+
+def fer_notebooks() -> list[Path]:
+    """The study notebooks whose runs start from ``fer_base_config``."""
+    return [nb for nb in sorted((REPO / "notebooks").glob("*.ipynb")) if "fer_base_config(" in nb.read_text()]
+
+
+def notebook_values(notebook: Path, preset: str) -> dict:
+    """A notebook's parameter defaults with the preset's values (its base's included) over them."""
+    import papermill
+
+    defaults = {k: notebook_default(p) for k, p in papermill.inspect_notebook(str(notebook)).items()}
+    return {**defaults, **read_presets(REPO / "params" / f"{notebook.stem}.yaml")[preset]}
+
+
+def test_every_fer_study_extends_the_fer_base_and_nothing_else_does():
+    studies = [nb.stem for nb in fer_notebooks()]
+    assert studies == ["adam_eps_beta", "cls_vs_baseline", "depth_test", "lr_search", "regularisation"]
+    extending = sorted(p.stem for p in (REPO / "params").glob("*.yaml") if base_file(p) is not None)
+    assert extending == studies
+    assert all(base_file(REPO / "params" / f"{s}.yaml") == FER_BASE for s in studies)
+
+
+def test_fer_notebook_defaults_are_the_quick_base():
+    """The quick base is the notebooks' own defaults: a notebook opened in JupyterLab trains the
+    same runs as the quick preset."""
+    import papermill
+
+    quick = read_yaml(FER_BASE)["presets"]["quick"]
+    for notebook in fer_notebooks():
+        declared = papermill.inspect_notebook(str(notebook))
+        drift = {k: (notebook_default(declared[k]), v) for k, v in quick.items()
+                 if k not in declared or notebook_default(declared[k]) != v}
+        assert not drift, f"{notebook.name}: defaults (notebook, base) differ from params/fer_base.yaml quick: {drift}"
+
+
+def trained_points(study: str, p: dict) -> set[tuple[str, int, float]]:
+    """(model, depth, lr) of every run a FER study trains at its base settings (the other grids:
+    ε, β, regularisation values at their defaults)."""
+    if study == "depth_test":
+        return set(itertools.product([p["model"]], p["depths"], p["lrs"]))
+    if study == "cls_vs_baseline":
+        return set(itertools.product(p["models"], [p["depth"]], p["lrs"]))
+    if study == "lr_search":
+        return set(itertools.product([p["model"]], p["depths"], lr_search.grid_lrs(p["lr_min"], p["lr_max"],
+                                                                                  p["lr_points"])))
+    return {(p["model"], p["depth"], p["lr"])}  # adam_eps_beta's default ε and β, regularisation's baseline
+
+
+def test_fer_studies_share_the_base_point_at_the_cpu_preset():
+    """make report trains the base point once: every FER study's grid holds it, with the same base
+    (experiment, data, epochs, seeds), so the later studies reuse its runs."""
+    values = {nb.stem: notebook_values(nb, "cpu") for nb in fer_notebooks()}
+    shared = set.intersection(*(trained_points(s, p) for s, p in values.items()))
+    assert ("ir_vit", 2, 1e-3) in shared, {s: sorted(trained_points(s, p)) for s, p in values.items()}
+    base_keys = read_yaml(FER_BASE)["presets"]["cpu"]
+    assert len({json.dumps({k: p[k] for k in [*base_keys, "experiment"]}, sort_keys=True)
+                for p in values.values()}) == 1
+
+
+def test_every_fer_preset_loads_over_its_base_against_its_notebook():
+    """Each base key is a parameter of every FER notebook, of the annotated type; no study repeats one."""
+    import papermill
+
+    for notebook in fer_notebooks():
+        declared = papermill.inspect_notebook(str(notebook))
+        for key, parameter in declared.items():
+            parameter["type"] = annotated_type(key, parameter, notebook)
+        params_file = REPO / "params" / f"{notebook.stem}.yaml"
+        for preset in read_yaml(params_file)["presets"]:
+            values = load_preset(params_file, preset, declared)
+            assert set(read_yaml(FER_BASE)["presets"].get(preset) or {}) <= set(values), (notebook.stem, preset)
+
+
+def test_cpu_presets_keep_each_study_shape():
+    """make report's studies are the lab's studies in small: at least three values on every swept
+    axis (the regularisation factors: a value against each baseline)."""
+    values = {nb.stem: notebook_values(nb, "cpu") for nb in fer_notebooks()}
+    axes = {"depth_test": ["depths", "lrs"], "adam_eps_beta": ["eps_values", "betas_values"],
+            "cls_vs_baseline": ["lrs"]}
+    for study, keys in axes.items():
+        for key in keys:
+            assert len(values[study][key]) >= 3, (study, key, values[study][key])
+    assert values["lr_search"]["lr_points"] >= 3
+    for key in ("weight_decays", "schedules", "mixup_alphas", "attn_drops"):
+        assert len(values["regularisation"][key]) >= 2, key

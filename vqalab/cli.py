@@ -51,8 +51,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.pdf or args.post:
         return publish_week(week=args.week, pdf=args.pdf, post=args.post)
 
+    from vqalab.report.lanes import default_jobs
+
     return run_report(preset=args.preset, only=args.only, week=args.week, force=args.force, data=args.data,
-                      fresh=args.fresh)
+                      fresh=args.fresh, jobs=args.jobs if args.jobs is not None else default_jobs())
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -277,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true",
                    help="retrain every sweep point instead of reusing finished runs of the same config, code and "
                         "data (implies --force)")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="studies run at once, each on its share of the cores; studies sharing runs (one "
+                        "experiment) run one after the other in one lane (default: 1 when the runs go to a GPU, "
+                        "else the cores free now; 1: one study after the other)")
     p.add_argument("--pdf", action="store_true",
                    help="only print the week's report.html to report.pdf (headless Chromium); no study runs")
     p.add_argument("--trend", action="store_true",

@@ -42,6 +42,7 @@ from vqalab.report.freeze import (
     kept_record,
     rerun_reason,
 )
+from vqalab.report.lanes import run_lanes, study_experiment
 from vqalab.report.pages import (
     INDEX_FILE,
     REPORT_FILE,
@@ -54,6 +55,7 @@ from vqalab.report.pages import (
 from vqalab.report.pdf import PDF_FILE, write_pdf
 from vqalab.report.post import write_post
 from vqalab.report.presets import REPORT_KEY, RUNS_ROOT_PARAM, plan_studies
+from vqalab.report.progress import ProgressLine
 from vqalab.report.since import SUMMARY_FILE, figures_since, last_week_summary, read_summary
 from vqalab.report.weeks import check_week, iso_week
 
@@ -89,7 +91,8 @@ def skipped_record(study: dict, preset: str, data: dict) -> dict:
 def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str | None = None,
                force: bool = False, root: str | Path | None = None, notebooks_dir: str | Path | None = None,
                params_dir: str | Path | None = None, reports_dir: str | Path | None = None,
-               runs_root: str | Path | None = None, data: str | None = None, fresh: bool = False) -> int:
+               runs_root: str | Path | None = None, data: str | None = None, fresh: bool = False,
+               jobs: int = 1) -> int:
     """Execute the studies and write the week's report.
 
     Returns ``EXIT_OK`` (0) when every study ran, ``EXIT_FAILED`` (1) when a notebook failed or ran past its time
@@ -115,8 +118,13 @@ def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str 
     vqa_models); None: each study's own (its preset's or notebook's ``dataset``). A study whose data
     set is missing is skipped before any compute, with the path looked at and what goes there.
     ``fresh``: retrain every sweep point instead of reusing finished runs (``VQALAB_FRESH``); it
-    implies ``force``. Bad input raises ConfigError before any notebook runs.
+    implies ``force``. ``jobs``: studies run at once, in lanes (``vqalab.report.lanes``: studies
+    sharing an experiment in one lane, each lane's runs on its share of the cores); 1: one after the
+    other, in the report's order. The pages and ``summary.json`` are the same either way, the studies
+    listed in the report's order. Bad input raises ConfigError before any notebook runs.
     """
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ConfigError(f"--jobs {jobs!r}: expected a whole number of studies at once, 1 or more")
     root = Path(root).resolve() if root is not None else project_root()
     notebooks_dir = Path(notebooks_dir) if notebooks_dir is not None else root / "notebooks"
     params_dir = Path(params_dir) if params_dir is not None else root / "params"
@@ -138,7 +146,7 @@ def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str 
     force = force or fresh  # a kept study would retrain nothing
     with week_lock(reports_dir, week):
         return _run_locked(plan=plan, statuses=statuses, week=week, week_dir=week_dir, reports_dir=reports_dir,
-                           root=root, preset=preset, force=force, fresh=fresh)
+                           root=root, preset=preset, force=force, fresh=fresh, jobs=jobs)
 
 
 def check_week_folder(reports_dir: Path, week: str) -> None:
@@ -165,7 +173,7 @@ def week_lock(reports_dir: Path, week: str):
 
 
 def _run_locked(*, plan: list[dict], statuses: dict[str, dict | None], week: str, week_dir: Path,
-                reports_dir: Path, root: Path, preset: str, force: bool, fresh: bool) -> int:
+                reports_dir: Path, root: Path, preset: str, force: bool, fresh: bool, jobs: int) -> int:
     old_summary = read_summary(week_dir / SUMMARY_FILE) if (week_dir / SUMMARY_FILE).is_file() else {}
     earlier_records = old_summary.get("studies", {})
     code = code_fingerprint()
@@ -190,35 +198,55 @@ def _run_locked(*, plan: list[dict], statuses: dict[str, dict | None], week: str
     # Merged, never replaced: studies of this week not re-run stay listed (the week lock makes the
     # summary read above the latest one).
     studies = dict(old_summary.get("studies", {}))
+    order = list(dict.fromkeys([*studies, *(s["name"] for s in plan)]))  # as one study after the other writes it
     last_week = last_week_summary(reports_dir, week)
     last_studies = last_week[1].get("studies", {}) if last_week else {}
+    durations = {s["name"]: last_studies.get(s["name"], {}).get("duration_s") for s in plan}
+
+    def study_done(study: dict, record: dict) -> dict:
+        """The record into the summary; summary and index written again."""
+        name = study["name"]
+        if name not in kept:
+            record.update({FREEZE_KEY: freeze_key(inputs[name]), FREEZE_INPUTS: inputs[name]})
+        record[REPORT_KEY] = study.get(REPORT_KEY) or {}  # the post's front matter words, also for a kept study
+        studies[name] = record
+        # summary and index after every study: an interrupted run still shows what finished; the
+        # studies in the report's order whichever lane ended first
+        summary = {"week": week, "generated": dt.datetime.now().isoformat(timespec="seconds"),
+                   "environment": env, "studies": {n: studies[n] for n in order if n in studies}}
+        write_text(week_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
+        render_week(week_dir, summary, figures_since(last_week, summary["studies"]))  # last week read once, above
+        return summary
+
+    to_execute = []
+    summary = None
     for study in plan:
         name, status = study["name"], statuses[study["name"]]
         if name in kept:
-            record = kept[name]
-            log.info("%s: kept from %s (notebook, preset, code, templates and data unchanged)", name, record[KEPT_FROM])
+            log.info("%s: kept from %s (notebook, preset, code, templates and data unchanged)", name, kept[name][KEPT_FROM])
+            summary = study_done(study, kept[name])
+            continue
+        if not force and name in earlier_records:
+            log.info("%s: runs again: %s", name, rerun_reason(earlier_records[name], inputs[name]))
+        if status is not None and not status["found"]:
+            record = skipped_record(study, preset, status)
+            record.update(environment=env, headline={}, noise={}, text=[])
+            write_text(week_dir / record["html"], skipped_page(record, week))
+            summary = study_done(study, record)
         else:
-            if not force and name in earlier_records:
-                log.info("%s: runs again: %s", name, rerun_reason(earlier_records[name], inputs[name]))
-            if status is not None and not status["found"]:
-                record = skipped_record(study, preset, status)
-                record.update(environment=env, headline={}, noise={}, text=[])
-                write_text(week_dir / record["html"], skipped_page(record, week))
-            else:
-                study_runs = Path(study["parameters"].get(RUNS_ROOT_PARAM) or "runs")
-                record = run_study(study, week_dir=week_dir, cwd=root, preset=preset, fresh=fresh,
-                                   runs_root=study_runs if study_runs.is_absolute() else root / study_runs,
-                                   last_duration=last_studies.get(name, {}).get("duration_s"))
-                record.update(environment=env, data=status)
-                render_study_page(record, week_dir, week)
-            record.update({FREEZE_KEY: freeze_key(inputs[name]), FREEZE_INPUTS: inputs[name]})
-        record[REPORT_KEY] = study.get(REPORT_KEY) or {}  # the post's front matter words, also for a kept study
-        studies[record["name"]] = record
-        # summary and index after every study: an interrupted run still shows what finished
-        summary = {"week": week, "generated": dt.datetime.now().isoformat(timespec="seconds"),
-                   "environment": env, "studies": studies}
-        write_text(week_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
-        render_week(week_dir, summary, figures_since(last_week, studies))  # last week read once, above
+            to_execute.append(study)
+
+    def study_kwargs(study: dict) -> dict:
+        study_runs = Path(study["parameters"].get(RUNS_ROOT_PARAM) or "runs")
+        return {"week_dir": week_dir, "cwd": root, "preset": preset, "fresh": fresh,
+                "runs_root": study_runs if study_runs.is_absolute() else root / study_runs,
+                "last_duration": durations[study["name"]]}
+
+    for study, record in run_lanes(to_execute, jobs=jobs, run_study=run_study, study_kwargs=study_kwargs,
+                                   durations=durations, preset=preset):
+        record.update(environment=env, data=statuses[study["name"]])
+        render_study_page(record, week_dir, week)
+        summary = study_done(study, record)
 
     write_post(week_dir, summary)
     summary["pdf"] = write_pdf(week_dir)
@@ -268,18 +296,19 @@ def publish_week(*, week: str | None = None, pdf: bool = True, post: bool = Fals
     return EXIT_OK
 
 
-def run_study(study: dict, *, week_dir: Path, cwd: Path, preset: str, fresh: bool, runs_root: Path,
-              last_duration: float | None) -> dict:
+def run_study(study: dict, *, week_dir: Path, cwd: Path, preset: str, fresh: bool, runs_root: Path | None,
+              last_duration: float | None, line: ProgressLine | None = None) -> dict:
     """Execute one study; its record says how many of its sweep runs were reused, and from when.
 
-    runs_root: where the study's runs go (the progress line reads the current one there).
-    last_duration: the study's time last week, for the ETA.
+    runs_root: where the study's runs go (the progress line reads the current one there, in the
+    study's experiment folder). last_duration: the study's time last week, for the ETA. line: the
+    progress line (default: rewritten in place on a terminal).
     """
     with tempfile.TemporaryDirectory(prefix="vqalab-runs-") as tmp:
         run_log = Path(tmp) / "runs.jsonl"
         with environment_variables(**{RUN_LOG_ENV: str(run_log), FRESH_ENV: "1" if fresh else None}):
             record = execute_study(study, out_dir=week_dir, cwd=cwd, preset=preset, runs_root=runs_root,
-                                   last_duration=last_duration)
+                                   last_duration=last_duration, line=line, experiment=study_experiment(study))
         record["runs"] = read_run_log(run_log)
         record[RUN_POINTS] = read_run_points(run_log)
     return record

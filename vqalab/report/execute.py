@@ -36,12 +36,14 @@ def check_kernel(kernel_name: str = KERNEL_NAME) -> None:
                           f"`python -m ipykernel install --sys-prefix --name {kernel_name}`") from None
 
 
-def execute_study(study: dict, *, out_dir: Path, cwd: Path, preset: str, runs_root: Path,
-                  last_duration: float | None = None, line: ProgressLine | None = None) -> dict:
+def execute_study(study: dict, *, out_dir: Path, cwd: Path, preset: str, runs_root: Path | None,
+                  last_duration: float | None = None, line: ProgressLine | None = None,
+                  experiment: str | None = None) -> dict:
     """Run one study's notebook into ``out_dir/<name>.ipynb``; never raises for notebook errors.
 
     The notebook's cell output (stdout and stderr) streams to ``out_dir/logs/<name>.log`` as it
-    runs; a progress line shows the current run and epoch (read from ``runs_root``) and an ETA
+    runs; a progress line shows the current run and epoch (read from ``runs_root``, in
+    ``experiment``'s folder when given) and an ETA
     from ``last_duration`` (this study's time last week). Past ``study["time_budget_s"]`` its
     kernel is killed and the study is ``timed out``. Returns the study's record for
     ``summary.json``: status, duration, parameters, error, log.
@@ -83,7 +85,8 @@ def execute_study(study: dict, *, out_dir: Path, cwd: Path, preset: str, runs_ro
     thread = threading.Thread(target=execute, name=f"study-{name}", daemon=True)
     thread.start()
     line = line or ProgressLine()
-    timed_out = watch(name, thread, budget=budget, runs_root=runs_root, last_duration=last_duration, line=line)
+    timed_out = watch(name, thread, budget=budget, runs_root=runs_root, last_duration=last_duration, line=line,
+                      experiment=experiment)
     record["duration_s"] = round(time.perf_counter() - start, 2)
     try:
         if written.is_file():

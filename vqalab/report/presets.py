@@ -12,12 +12,17 @@ from vqalab.report.data import DATASET_KWARGS_PARAM, DATASET_PARAM, notebook_def
 
 log = logging.getLogger(__name__)
 
-PARAMS_FILE_KEYS = ("presets", "report")
+PARAMS_FILE_KEYS = ("base", "presets", "report")
+# ``base: fer_base.yaml`` (beside the study's params file): a file of ``presets:`` shared by several
+# studies. Each preset of the study starts from the base's preset of the same name; a study may add
+# keys but not repeat the base's, so what the studies share is defined once.
+BASE_KEY = "base"
 # The optional ``report:`` section of a study's params file: front matter of the week's blog post
 # (``post/index.md``), lists of words (the post takes each study's, in order, once).
 REPORT_KEY = "report"
 REPORT_FIELDS = ("categories", "tags")
 RUNS_ROOT_PARAM = "runs_root"
+EXPERIMENT_PARAM = "experiment"  # runs/<experiment>/: studies sharing one reuse each other's finished runs
 # A preset key that is not a notebook parameter: seconds after which the study is stopped.
 TIME_BUDGET_KEY = "time_budget_s"
 
@@ -61,13 +66,8 @@ def _type_mismatch(value: Any, expected: type) -> bool:
     return not isinstance(value, expected)
 
 
-def load_preset(params_file: Path, preset: str, notebook_params: dict[str, dict]) -> dict[str, Any]:
-    """Validate ``presets.<preset>`` of ``params_file`` against the notebook's parameters.
-
-    ``notebook_params``: ``papermill.inspect_notebook(...)`` of the notebook (name → default,
-    help) with each parameter's ``annotated_type`` under ``type``. Returns the preset's parameter
-    values. Errors name the file, the key and what was expected.
-    """
+def _preset_tree(params_file: Path) -> dict[str, Any]:
+    """``presets`` of one params file, checked to be a mapping of preset names to mappings."""
     tree = read_yaml(params_file)
     if not isinstance(tree, dict) or "presets" not in tree:
         raise ConfigError(f"{params_file}: expected a mapping with 'presets: {{quick: ..., cpu: ..., gpu: ...}}'")
@@ -77,26 +77,83 @@ def load_preset(params_file: Path, preset: str, notebook_params: dict[str, dict]
     presets = tree["presets"]
     if not isinstance(presets, dict) or not presets:
         raise ConfigError(f"{params_file}: 'presets' must map preset names (quick, cpu, gpu) to parameters")
+    for name, values in presets.items():
+        if values is not None and not isinstance(values, dict):
+            raise ConfigError(f"{params_file}: presets.{name} must map notebook parameters to values, "
+                              f"got {type(values).__name__}")
+    return tree
+
+
+def base_file(params_file: Path) -> Path | None:
+    """The file named by ``base:`` in ``params_file`` (relative to its folder), or None."""
+    tree = read_yaml(params_file)
+    name = tree.get(BASE_KEY) if isinstance(tree, dict) else None
+    if name is None:
+        return None
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError(f"{params_file}: {BASE_KEY} = {name!r}: expected the file name of a params file of "
+                          "shared presets, e.g. fer_base.yaml")
+    path = Path(params_file).parent / name
+    if not path.is_file():
+        raise ConfigError(f"{params_file}: {BASE_KEY} = {name!r}: {path} not found")
+    return path
+
+
+def read_presets(params_file: Path) -> dict[str, dict[str, Any]]:
+    """Preset name → parameter values of ``params_file``, each preset over its base's preset of the
+    same name (``base:``). Only the study's own preset names count: a preset the base has and the
+    study does not is not the study's. ConfigError names the file: a base with a base of its own,
+    or a study preset repeating a key its base sets (change it in the base, for every study)."""
+    presets = _preset_tree(params_file)["presets"]
+    base_path = base_file(params_file)
+    if base_path is None:
+        return {name: dict(values or {}) for name, values in presets.items()}
+    base_tree = _preset_tree(base_path)
+    if BASE_KEY in base_tree:
+        raise ConfigError(f"{base_path}: a base of {params_file} has a '{BASE_KEY}' of its own: one level only")
+    merged = {}
+    for name, values in presets.items():
+        shared = dict(base_tree["presets"].get(name) or {})
+        repeated = sorted(set(shared) & set(values or {}))
+        if repeated:
+            raise ConfigError(f"{params_file}: presets.{name} sets {', '.join(repeated)}, which its base {base_path} "
+                              f"sets for every study: change {'it' if len(repeated) == 1 else 'them'} there, "
+                              "or take the key out of the base")
+        merged[name] = {**shared, **(values or {})}
+    return merged
+
+
+def load_preset(params_file: Path, preset: str, notebook_params: dict[str, dict]) -> dict[str, Any]:
+    """Validate ``presets.<preset>`` of ``params_file`` (over its base's, ``read_presets``) against
+    the notebook's parameters.
+
+    ``notebook_params``: ``papermill.inspect_notebook(...)`` of the notebook (name → default,
+    help) with each parameter's ``annotated_type`` under ``type``. Returns the preset's parameter
+    values, the base's included. Errors name the file, the key and what was expected.
+    """
+    presets = read_presets(params_file)
     if preset not in presets:
         raise ConfigError(f"{params_file}: no preset '{preset}' under 'presets' "
                           f"(it has: {', '.join(map(str, presets))})")
-    values = presets[preset] or {}
-    if not isinstance(values, dict):
-        raise ConfigError(f"{params_file}: presets.{preset} must map notebook parameters to values, "
-                          f"got {type(values).__name__}")
-    values = dict(values)
+    values = dict(presets[preset])
+    base_path = base_file(params_file)
+    base_keys = set(_preset_tree(base_path)["presets"].get(preset) or {}) if base_path is not None else set()
+
+    def origin(key: str) -> str:  # the file a bad value was written in
+        return f"{base_path} (base of {params_file})" if key in base_keys else str(params_file)
+
     budget = values.pop(TIME_BUDGET_KEY, None)
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
-        raise ConfigError(f"{params_file}: presets.{preset}.{TIME_BUDGET_KEY} = {budget!r}: expected a "
+        raise ConfigError(f"{origin(TIME_BUDGET_KEY)}: presets.{preset}.{TIME_BUDGET_KEY} = {budget!r}: expected a "
                           "positive number of seconds")
     for key, value in values.items():
         if key not in notebook_params:
             valid = list(notebook_params) or ["(the notebook has no parameters cell)"]
-            raise ConfigError(f"{params_file}: presets.{preset}: unknown parameter '{key}': "
+            raise ConfigError(f"{origin(key)}: presets.{preset}: unknown parameter '{key}': "
                               f"{did_you_mean(str(key), valid)}")
         expected = notebook_params[key]["type"]
         if _type_mismatch(value, expected):
-            raise ConfigError(f"{params_file}: presets.{preset}.{key} = {value!r}: expected {expected.__name__} "
+            raise ConfigError(f"{origin(key)}: presets.{preset}.{key} = {value!r}: expected {expected.__name__} "
                               f"(the notebook's default is {notebook_params[key].get('default', '')})")
     if budget is not None:
         values[TIME_BUDGET_KEY] = budget
@@ -134,7 +191,7 @@ def has_preset(params_file: Path, preset: str) -> bool:
     except ConfigError:
         return True  # let load_preset report the error
     presets = tree.get("presets") if isinstance(tree, dict) else None
-    return not isinstance(presets, dict) or preset in presets
+    return not isinstance(presets, dict) or preset in presets  # the study's own names, not its base's
 
 
 def notebook_title(notebook) -> str | None:
@@ -190,8 +247,8 @@ def plan_studies(*, preset: str, only: list[str] | None, notebooks_dir: Path, pa
         if runs_root is not None and RUNS_ROOT_PARAM in notebook_params and RUNS_ROOT_PARAM not in parameters:
             parameters[RUNS_ROOT_PARAM] = str(runs_root)
         title = notebook_title(nbformat.read(notebook, as_version=4)) or name
-        defaults = {k: notebook_default(p) for k, p in notebook_params.items()
-                    if k in (DATASET_PARAM, DATASET_KWARGS_PARAM)}  # which data set the study uses
+        defaults = {k: notebook_default(p) for k, p in notebook_params.items()  # its data set and runs folder
+                    if k in (DATASET_PARAM, DATASET_KWARGS_PARAM, EXPERIMENT_PARAM)}
         plan.append({"name": name, "title": title, "notebook": notebook, "params_file": params_file,
                      "parameters": parameters, "report": load_report_section(params_file), "defaults": defaults, "time_budget_s": time_budget_s})
     return plan

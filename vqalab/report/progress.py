@@ -35,10 +35,12 @@ class RunProgress:
     epochs: int | None  # epochs planned (train.epochs)
 
 
-def current_run(runs_root: Path, since: float) -> RunProgress | None:
-    """The most recently updated run under ``runs_root`` still running and touched after ``since``."""
+def current_run(runs_root: Path, since: float, experiment: str | None = None) -> RunProgress | None:
+    """The most recently updated run under ``runs_root`` (of ``experiment`` when given: another
+    lane's runs are not this study's) still running and touched after ``since``."""
     newest, newest_mtime = None, since
-    for summary_file in Path(runs_root).glob("*/*/summary.json"):
+    folders = (Path(runs_root) / experiment).glob("*/summary.json") if experiment else Path(runs_root).glob("*/*/summary.json")
+    for summary_file in folders:
         metrics = summary_file.with_name("metrics.csv")
         try:
             mtime = max(summary_file.stat().st_mtime, metrics.stat().st_mtime if metrics.exists() else 0)
@@ -87,11 +89,12 @@ def progress_text(study: str, elapsed: float, run: RunProgress | None, last_dura
 
 class ProgressLine:
     """One line per study on stderr: rewritten in place on a terminal, else printed when it changes
-    (the run or epoch), so a log of a headless report stays short."""
+    (the run or epoch), so a log of a headless report stays short. ``rewrite=False``: printed when
+    it changes on a terminal too (studies running side by side share it)."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, *, rewrite: bool | None = None):
         self.stream = stream or sys.stderr
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.tty = (hasattr(self.stream, "isatty") and self.stream.isatty()) if rewrite is None else rewrite
         self._last_key: tuple | None = None
 
     def show(self, text: str, key: tuple) -> None:
@@ -127,17 +130,17 @@ def kill_kernels() -> int:
     return killed
 
 
-def watch(study: str, thread, *, budget: float, runs_root: Path, last_duration: float | None,
-          line: ProgressLine) -> bool:
+def watch(study: str, thread, *, budget: float, runs_root: Path | None, last_duration: float | None,
+          line: ProgressLine, experiment: str | None = None) -> bool:
     """Wait for ``thread`` (the study's execution), showing progress; returns True when the
-    study ran past ``budget`` seconds and its kernel was killed."""
+    study ran past ``budget`` seconds and its kernel was killed. ``runs_root`` None: no run is shown."""
     start_wall, start = time.time(), time.monotonic()
     run, last_scan, last_kill = None, -RUN_SCAN_S, None
     while thread.is_alive():
         thread.join(POLL_S)
         elapsed = time.monotonic() - start
-        if elapsed - last_scan >= RUN_SCAN_S:
-            run, last_scan = current_run(runs_root, start_wall), elapsed
+        if runs_root is not None and elapsed - last_scan >= RUN_SCAN_S:
+            run, last_scan = current_run(runs_root, start_wall, experiment), elapsed
         key = (run.run, run.epoch) if run else None
         line.show(progress_text(study, elapsed, run, last_duration, budget), key)
         # Killed again if the client is still waiting a while later (a kernel it started anew).

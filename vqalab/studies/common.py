@@ -30,6 +30,9 @@ def fer_base_config(*, study: str, experiment: str, runs_root: str, model: str, 
                     amp: str, cpu_threads: int) -> dict:
     """The config every run of a FER study starts from; the sweeps vary one or two keys of it.
 
+    The report passes the values per preset from ``params/fer_base.yaml``, which every FER study's
+    params file extends; the notebooks' defaults are its quick preset.
+
     ``study``: the run name. ``cpu_threads`` 0 keeps torch's default. ``checkpoint_every`` is
     ``epochs``: only the last checkpoint of each run is kept on disk.
     """
