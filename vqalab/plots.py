@@ -100,7 +100,7 @@ def plot_heatmap(df: pd.DataFrame, index: str, columns: str, metric: str = "best
                     label=f"within seed noise of the best (95% threshold {threshold:.3f})")
     else:
         key = Patch(facecolor="none", edgecolor="none", label="seed noise unknown (one seed): no cell marked")
-    ax.legend(handles=[key], loc="upper left", bbox_to_anchor=(0, -0.12), fontsize="small", frameon=False)
+    ax.legend(handles=[key], loc="upper left", bbox_to_anchor=(0, -0.2), fontsize="small", frameon=False)
     ax.set_xticklabels([format_grid_value(c) for c in values.columns])
     return ax
 
@@ -124,6 +124,7 @@ def plot_vs(df: pd.DataFrame, x: str, y: str = "best_val_acc", hue: str | None =
     stats = seed_stats(df, [x, *([hue] if hue else [])], y)
     done = df[df["status"] == "completed"]
     shown = []  # every drawn y value and band edge: the y-range holds them all
+    banded = False  # a band of some width was drawn: the legend explains it
     for k, value in enumerate(hues):
         part = stats[stats[hue] == value] if hue else stats
         part = part[part["n"] > 0]
@@ -144,6 +145,7 @@ def plot_vs(df: pd.DataFrame, x: str, y: str = "best_val_acc", hue: str | None =
                             linewidth=0)
             if len(part) == 1:  # a band of one point has no width
                 ax.errorbar(part[x], part["mean"], yerr=part["std"], fmt="none", capsize=4, color=color)
+            banded |= len(part) > 1 and bool((part["n"] > 1).any())
             ax.scatter(runs_[x], runs_[y], s=12, alpha=0.5, color=color)
     as_x = (lambda values: [position[v] for v in values]) if categorical else (lambda values: list(values))
     pruned = df[df["status"] == PRUNED_STATUS]
@@ -172,7 +174,7 @@ def plot_vs(df: pd.DataFrame, x: str, y: str = "best_val_acc", hue: str | None =
     ax.set_xlabel(x)
     ax.set_ylabel(f"{y} (mean ± std over seeds)")
     handles, _ = ax.get_legend_handles_labels()
-    if not categorical and (stats["n"] > 1).any():
+    if banded:
         handles.append(Patch(facecolor="0.5", alpha=0.3, label="shaded: ± std over seeds"))
     ax.legend(handles=handles, fontsize="small")
     return ax
