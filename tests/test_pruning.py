@@ -15,10 +15,11 @@ matplotlib.use("Agg")
 from vqalab import runs, train
 from vqalab import sweep as sweep_module
 from vqalab.config import load_config
+from vqalab.plots import plot_heatmap, plot_vs
 from vqalab.pruning import PointTrial, SweepPruner, make_pruner
 from vqalab.registry import ConfigError
 from vqalab.studies import depth_test
-from vqalab.sweep import format_stat, plot_heatmap, plot_vs, seed_stats, sweep
+from vqalab.sweep import format_stat, seed_stats, sweep
 
 HOPELESS_LR = 2e-3  # validation accuracy 0 at every epoch (monkeypatched below)
 GOOD_LR = 1e-3

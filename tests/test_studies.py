@@ -85,6 +85,37 @@ def test_with_values_replaces_keys_and_keeps_the_rest():
     assert base["optim"]["lr"] == 1.0
 
 
+def test_each_study_states_what_its_run_swept_from_its_parameters():
+    # the cpu preset's grid, not lab note 002's (the gpu preset's)
+    assert adam_eps_beta.swept_text(eps_values=[1e-8, 1e-7, 1e-6], betas_values=[[0.9, 0.999], [0.9, 0.98], [0.95, 0.999]],
+                                    seeds=[0, 1]) == [
+        "This run swept Adam ε over 1e-08, 1e-07, 1e-06 (β1, β2 at their defaults): 3 point(s) × 2 seed(s) (0, 1).",
+        ("This run swept (β1, β2) over (0.9, 0.999), (0.9, 0.98), (0.95, 0.999) (ε at its default): 3 point(s) × "
+         "2 seed(s) (0, 1).")]
+    assert depth_test.swept_text(depths=[2, 4, 6], lrs=[1e-4, 3.2e-4], seeds=[0, 1], epochs=8) == [
+        ("This run swept depth over 2, 4, 6 and learning rate over 0.0001, 0.00032: 6 point(s) × 2 seed(s) (0, 1), "
+        "8 epoch(s) per run.")]
+    assert cls_vs_baseline.swept_text(models=["ir_vit", "ir_cls"], lrs=[1e-3], seeds=[0, 1]) == [
+        ("This run swept model over ir_vit, ir_cls and learning rate over 0.001 (at one learning rate only: a ranking "
+        "that may not hold at another): 2 point(s) × 2 seed(s) (0, 1).")]
+    assert "5 point(s)" in regularisation.swept_text(FACTORS, seeds=[0, 1])[0]  # four factors of 2 share one baseline
+    assert vqa_models.swept_text(models=["a", "b"], dataset="easy_vqa", seed=0, epochs=3) == [
+        ("This run swept model over a, b (on easy_vqa): 2 point(s) × 1 seed(s) (0), 3 epoch(s) per run; with one seed "
+        "per point the seed noise is unknown, so no difference can be called beyond it.")]
+
+
+def test_show_sentences_shows_markdown_with_names_escaped(monkeypatch):
+    import IPython.display
+
+    from vqalab.notebook import show_sentences
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    show_sentences(["This run swept model over <b>x</b>.", "Second."])
+    assert isinstance(shown[0], IPython.display.Markdown)
+    assert shown[0].data == "This run swept model over &lt;b&gt;x&lt;/b&gt;. Second."
+
+
 def test_noise_verdict_words():
     assert [noise_verdict(x) for x in (True, False, None)] == [
         "beyond seed noise", "within seed noise", "seed noise unknown (one seed)"]
@@ -138,10 +169,13 @@ def test_adam_eps_beta_findings_and_summary():
     headline, text = adam_eps_beta.findings_of(eps_df, betas_df)
     assert headline["eps spread"] == pytest.approx(0.1) and headline["betas spread"] == pytest.approx(0.02)
     assert headline["seed noise std"] == pytest.approx(0.02 / math.sqrt(2))  # ε grid only: two groups of 2
-    assert text[0].startswith("Adam ε over 1e-08 | 1e-06") and text[1].startswith("β1 / β2 over 0.8 / 0.99 | 0.9 / 0.999")
-    assert text[2] == "1 runs diverged (shown as red ×, not in the means)."
+    assert text[:2] == [  # what ran, read from the tables: the grids in grid order
+        "This run swept Adam ε over 1e-08, 1e-06 (β1, β2 at their defaults): 2 point(s) × 2 seed(s) (0, 1).",
+        "This run swept (β1, β2) over (0.9, 0.999), (0.8, 0.99) (ε at its default): 2 point(s) × 2 seed(s) (0, 1)."]
+    assert text[2].startswith("Adam ε over 1e-08 | 1e-06") and text[3].startswith("β1 / β2 over 0.8 / 0.99 | 0.9 / 0.999")
+    assert text[4] == "1 runs diverged (shown as red ×, not in the means)."
     _, text = adam_eps_beta.findings_of(eps_df, betas_table({"0.9 / 0.999": [0.5, 0.54]}))
-    assert len(text) == 2  # nothing diverged: no sentence about it
+    assert len(text) == 4  # nothing diverged: no sentence about it
     summary = adam_eps_beta.summary_table(eps_df, betas_df)
     assert summary.to_dict("list") == {
         "parameter": ["ε", "ε", "β1 / β2", "β1 / β2"], "value": ["1e-08", "1e-06", "0.8 / 0.99", "0.9 / 0.999"],
@@ -195,6 +229,9 @@ def test_regularisation_findings_every_branch():
     headline, text = regularisation.findings_of(df, table)
     assert headline == {"weight decay best gain": pytest.approx(0.1), "LR schedule best gain": pytest.approx(-0.05)}
     assert text == [
+        ("This run swept weight decay over 0, 0.001; LR schedule over constant, cosine; mixup α over 0, 0.2; "
+         "attention dropout over 0, 0.1 (one at a time, the others at their first value): 5 point(s) × 2 seed(s) "
+         "(0, 1)."),
         "weight decay: the best change is 0.001 instead of 0, +0.100 best val_acc (beyond seed noise).",
         ("LR schedule: no value beats the baseline constant; the closest, cosine, is -0.050 best val_acc "
          "(seed noise unknown (one seed))."),
@@ -220,11 +257,14 @@ def test_depth_test_long_runs_show_the_deeper_model_gains_more():
     headline, text = depth_test.findings_of(df, long_df, curve_table({}), epochs=1, long_epochs=5)
     assert headline == {"best short val_acc": 0.6, "long-run gain depth 2": pytest.approx(0.02),
                         "long-run gain depth 4": pytest.approx(0.15)}
-    assert text[0] == "Best short-run cell: depth 2 at learning rate 0.01, best val_acc 0.600 after 1 epoch(s)."
-    assert text[1] == "Best learning rate per depth: depth 2: 0.01 (0.600); depth 4: 0.001 (0.550)."
-    assert text[2] == "Cells where no run completed (diverged): depth 4 at 0.01."
-    assert text[3] == "Training 5 instead of 1 epoch(s) changes the best val_acc by +0.020 at depth 2; +0.150 at depth 4."
-    assert text[4].startswith("Depth 4 vs depth 2: -0.050 after 1 epoch(s), +0.080 after 5: the deeper model gains more")
+    assert text[0] == ("This run swept depth over 2, 4 and learning rate over 0.001, 0.01: 4 point(s) × 1 seed(s) (0), "
+                       "1 epoch(s) per run; with one seed per point the seed noise is unknown, so no difference can "
+                       "be called beyond it.")
+    assert text[1] == "Best short-run cell: depth 2 at learning rate 0.01, best val_acc 0.600 after 1 epoch(s)."
+    assert text[2] == "Best learning rate per depth: depth 2: 0.01 (0.600); depth 4: 0.001 (0.550)."
+    assert text[3] == "Cells where no run completed (diverged): depth 4 at 0.01."
+    assert text[4] == "Training 5 instead of 1 epoch(s) changes the best val_acc by +0.020 at depth 2; +0.150 at depth 4."
+    assert text[5].startswith("Depth 4 vs depth 2: -0.050 after 1 epoch(s), +0.080 after 5: the deeper model gains more")
 
 
 def test_depth_test_long_runs_without_a_sign_and_short_run_curves():
@@ -241,7 +281,7 @@ def test_depth_test_long_runs_without_a_sign_and_short_run_curves():
     assert text[-1] == "Every depth peaked before its last epoch: the short runs are long enough to rank them."
     headline, text = depth_test.findings_of(grid({(2, 1e-3): [None]}), None, curve_table({}), epochs=1, long_epochs=0)
     assert math.isnan(headline["best short val_acc"])
-    assert text == ["Cells where no run completed (diverged): depth 2 at 0.001."]
+    assert text[1:] == ["Cells where no run completed (diverged): depth 2 at 0.001."]
 
 
 def test_depth_test_curve_runs_and_still_improving():
@@ -285,6 +325,8 @@ def test_lr_search_findings_every_branch():
     headline, text = lr_search.findings_of(df, range_table, lrs=[1e-4, 1e-3])
     assert headline == {"suggested lr": 1e-3, "best val_acc": 0.6, "diverged runs": 0}
     assert text == [
+        ("This run swept depth over 2, 4 and learning rate over 0.0001, 0.001: 4 point(s) × 1 seed(s) (0); with one "
+        "seed per point the seed noise is unknown, so no difference can be called beyond it."),
         "Suggested learning rate: 0.001 (highest best val_acc averaged over depths 2, 4: 0.525, with no diverged run).",
         "Depth 2: best learning rate 0.001 with best val_acc 0.600; the range test's valley rule suggests 0.0003.",
         "Depth 4: best learning rate 0.001 with best val_acc 0.450.",  # the valley rule gave NaN
@@ -294,8 +336,8 @@ def test_lr_search_findings_every_branch():
     df = grid({(2, 1e-4): [0.5, None], (2, 1e-3): [None]})
     headline, text = lr_search.findings_of(df, pd.DataFrame(columns=lr_search.RANGE_COLUMNS), lrs=[1e-4, 1e-3])
     assert math.isnan(headline["suggested lr"]) and headline["diverged runs"] == 2
-    assert text[0] == "No learning rate of the grid trained every depth without diverging: lower lr_min."
-    assert text[1] == "Depth 2: best learning rate 0.0001 with best val_acc 0.500 (1/2 diverged)."
+    assert text[1] == "No learning rate of the grid trained every depth without diverging: lower lr_min."
+    assert text[2] == "Depth 2: best learning rate 0.0001 with best val_acc 0.500 (1/2 diverged)."
     assert text[-1] == "2 of 3 runs diverged; the lowest diverging learning rate was 0.0001."
 
 
@@ -332,7 +374,8 @@ def test_winner_table_marks_winner_gap_and_verdict():
     assert table.loc[1, "ir50_cls"] == "0.610 ± 0.014" and table.loc[2, "ir50_vit"] == "diverged (1/1)"
     html = cls_vs_baseline.style_winner_table(table, MODELS).to_html()
     bold = re.search(r"<style[^>]*>(.*?)\{\s*font-weight: bold;", html, flags=re.DOTALL).group(1)
-    assert re.findall(r"row\d+_col\d+", bold) == ["row0_col1", "row1_col2"]  # vit at 1e-4, cls at 1e-3
+    # cls's lead at 1e-3 is beyond seed noise: bold; vit's at 1e-4 is within it: not bold
+    assert re.findall(r"row\d+_col\d+", bold) == ["row1_col2"]
 
 
 def test_cls_vs_baseline_findings_every_branch():
@@ -342,6 +385,8 @@ def test_cls_vs_baseline_findings_every_branch():
     assert headline == {"ir50_vit best val_acc": pytest.approx(0.51), "ir50_cls best val_acc": pytest.approx(0.61),
                         "ir50_cls wins": 1}
     assert text == [
+        ("This run swept model over ir50_vit, ir50_cls and learning rate over 0.001 (at one learning rate only: a "
+         "ranking that may not hold at another): 2 point(s) × 3 seed(s) (0, 1, 2)."),
         "Across 1 learning rates × 3 seeds: ir50_vit wins at 0, ir50_cls wins at 1.",
         "Gaps beyond seed noise (t-test, 95%) at learning rate(s) 0.001 (+0.100).",
         "Best overall: ir50_cls at learning rate 0.001 (0.610 ± 0.014 (1/3 diverged)).",
@@ -351,12 +396,12 @@ def test_cls_vs_baseline_findings_every_branch():
     df = model_runs({(1e-3, "ir50_vit"): [0.5, 0.7], (1e-3, "ir50_cls"): [0.55, 0.65]})
     _, text = cls_vs_baseline.findings_of(df, cls_vs_baseline.winner_table(df, MODELS), efficiency_rows("oom"),
                                           models=MODELS, bench_batch_size=8)
-    assert text[1] == "No gap exceeds the 95% threshold of the seed noise (t-test): the two models tie on this data."
-    assert len(text) == 3  # no efficiency ratios with an out-of-memory row, nothing diverged
+    assert text[2] == "No gap exceeds the 95% threshold of the seed noise (t-test): the two models tie on this data."
+    assert len(text) == 4  # no efficiency ratios with an out-of-memory row, nothing diverged
     df = model_runs({(1e-3, "ir50_vit"): [0.5], (1e-3, "ir50_cls"): [None]})
     headline, text = cls_vs_baseline.findings_of(df, cls_vs_baseline.winner_table(df, MODELS), efficiency_rows(),
                                                  models=MODELS, bench_batch_size=8)
-    assert text[1] == "One seed per point: the seed noise is unknown, so no gap can be called beyond it."
+    assert text[2] == "One seed per point: the seed noise is unknown, so no gap can be called beyond it."
     assert math.isnan(headline["ir50_cls best val_acc"]) and headline["ir50_cls wins"] == 0
 
 

@@ -13,13 +13,13 @@ matplotlib.use("Agg")
 
 from vqalab import engine, runs, train
 from vqalab import sweep as sweep_module
+from vqalab.plots import plot_vs
 from vqalab.registry import ConfigError
 from vqalab.sweep import (
     expand_grid,
     format_stat,
     gap_vs_noise,
     load_curves,
-    plot_vs,
     seed_stats,
     spread_vs_noise,
     sweep,

@@ -68,6 +68,14 @@ def test_a_run_diverged_before_its_first_epoch_is_drawn_not_dropped():
     assert any(list(line.get_xdata()) == [3.0, 3.0] for line in ax_iou.lines)  # the dotted step line
 
 
+def test_the_swept_sentence_names_the_variants_and_the_replaced_learning_rates():
+    text = study.swept_text(variants=["cvt", "cvt_io_v2_3"], lr_overrides={"cvt_io_v2_3": 30.0}, seed=0, epochs=2)
+    assert text == [("This run swept variant over cvt, cvt_io_v2_3 (learning rates from their params files, "
+                    "cvt_io_v2_3 at lr 30 instead): 2 point(s) × 1 seed(s) (0), 2 epoch(s) per run; with one seed "
+                    "per point the seed noise is unknown, so no difference can be called beyond it.")]
+    assert "instead" not in study.swept_text(variants=["cvt"], lr_overrides={}, seed=0, epochs=2)[0]
+
+
 def test_best_iou_per_ms_leaves_diverged_variants_out():
     table = pd.DataFrame([
         {"variant": "a", "lr": 4e-3, "status": "completed", "diverged_at_step": math.nan, "iou@0.50": 0.30,

@@ -60,3 +60,11 @@ def findings(headline: dict[str, float | int | str], text: list[str],
     lines += [f"| {cell(k)} | {cell(v)}{f' ± {cell(noise[k])}' if noise.get(k) is not None else ''} |"
               for k, v in clean.items()]
     display({FINDINGS_MIME: json.loads(json.dumps(payload)), "text/markdown": "\n".join(lines)}, raw=True)
+
+
+def show_sentences(text: list[str]) -> None:
+    """Show sentences built from a study's parameters as a paragraph of the page (a Markdown cell
+    cannot read them); escaped as the findings are, so a typed name never shows as markup."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(" ".join(html.escape(str(t)) for t in text)))

@@ -14,8 +14,8 @@ row with status ``diverged`` (step and LR recorded) and the sweep goes on; the h
 it as diverged, never as a missing point.
 
 ``pruner="asha"`` (``"hyperband"``, ``"median"``: ``vqalab.pruning``) stops hopeless points after a
-few epochs: such a row has status ``pruned`` and ``pruned_at_epoch``; the statistics and plots
-below keep pruned points out of means and winners and draw them apart.
+few epochs: such a row has status ``pruned`` and ``pruned_at_epoch``; the statistics below keep
+pruned points out of means and winners (``vqalab.plots`` draws them apart).
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ from vqalab.runs import (
 from vqalab.sweep_points import (
     expand_grid,
     finished_runs,
-    format_grid_value,
     fresh_requested,
     pruned_runs,
     reuse_key,
@@ -59,8 +58,6 @@ from vqalab.train import fit
 
 log = logging.getLogger(__name__)
 
-DIVERGED_COLOR = "tab:red"
-PRUNED_COLOR = "0.55"  # grey: a pruned point's accuracy is that of a shorter run
 
 
 def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[int] = (0,),
@@ -235,78 +232,6 @@ def format_stat(row: pd.Series | dict, digits: int = 3) -> str:
     if parts:
         text += f" ({parts})"
     return text
-
-
-def plot_vs(df: pd.DataFrame, x: str, y: str = "best_val_acc", hue: str | None = None, ax=None,
-            logx: bool = False):
-    """Seed runs as dots, the completed-run mean as a line per ``hue``, diverged runs as red ×,
-    pruned runs as grey ▽ at the accuracy they reached before the pruner stopped them.
-
-    Diverged (and failed) runs are drawn at the bottom edge of the axes at their ``x``, so the
-    plot shows where training blew up instead of silently leaving a gap. Pruned runs are never in
-    the mean lines.
-    """
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
-    done = df[df["status"] == "completed"]
-    palette = dict(zip(sorted(df[hue].unique(), key=str), sns.color_palette(n_colors=df[hue].nunique()))) \
-        if hue else None
-    groups = df.groupby(hue, sort=True) if hue else [(None, df)]
-    for value, _ in groups:
-        part = done[done[hue] == value] if hue else done
-        color = palette[value] if hue else None
-        label = f"{hue.split('.')[-1]}={format_grid_value(value)}" if hue else y
-        if len(part):
-            mean = part.groupby(x)[y].mean().sort_index()
-            ax.plot(mean.index, mean.values, "-o", color=color, label=label)
-            ax.scatter(part[x], part[y], s=12, alpha=0.5, color=color)
-    pruned = df[df["status"] == PRUNED_STATUS]
-    if len(pruned):
-        ax.scatter(pruned[x], pruned[y], marker="v", s=36, facecolors="none", edgecolors=PRUNED_COLOR, zorder=4,
-                   label=f"pruned ({len(pruned)})")
-    bad = df[~df["status"].isin(["completed", PRUNED_STATUS])]
-    if len(bad):
-        bottom = ax.get_ylim()[0] if len(done) else 0.0
-        ax.scatter(bad[x], [bottom] * len(bad), marker="x", s=60, color=DIVERGED_COLOR, zorder=5,
-                   clip_on=False, label=f"diverged / failed ({len(bad)})")
-    if logx:
-        ax.set_xscale("log")
-    values = sorted(df[x].unique(), key=str) if df[x].dtype == object else sorted(df[x].unique())
-    if df[x].dtype != object:  # ticks at the grid values, labelled as in run names (1e-05, 0.0003)
-        ax.minorticks_off()
-        ax.set_xticks(values, [format_grid_value(float(v)) if isinstance(v, float) else str(v) for v in values])
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    ax.legend(fontsize="small")
-    return ax
-
-
-def plot_heatmap(df: pd.DataFrame, index: str, columns: str, metric: str = "best_val_acc", ax=None):
-    """Mean ``metric`` over seeds per (index, columns) cell; cells where no run completed read
-    'diverged' or 'pruned' (pruned runs never enter a cell's mean)."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    stats = seed_stats(df, [index, columns], metric)
-    values = stats.pivot(index=index, columns=columns, values="mean")
-    labels = stats.assign(text=[format_stat(r, 3).replace(" ± ", "\n± ") for _, r in stats.iterrows()]) \
-        .pivot(index=index, columns=columns, values="text")
-    if ax is None:
-        _, ax = plt.subplots(figsize=(1.6 * len(values.columns) + 2, 0.9 * len(values.index) + 1.5))
-    sns.heatmap(values, annot=labels.loc[values.index, values.columns], fmt="", cmap="viridis", ax=ax,
-                cbar_kws={"label": f"mean {metric}"}, annot_kws={"fontsize": 8})
-    ax.set_facecolor("0.92")  # cells seaborn leaves empty (no completed run) ...
-    for i, row_key in enumerate(values.index):
-        for j, col_key in enumerate(values.columns):
-            if pd.isna(values.loc[row_key, col_key]):  # ... say why they are empty
-                label = labels.loc[row_key, col_key]
-                ax.text(j + 0.5, i + 0.5, label, ha="center", va="center", fontsize=8,
-                        color=PRUNED_COLOR if label.startswith(PRUNED_STATUS) else DIVERGED_COLOR)
-    ax.set_xticklabels([format_grid_value(c) for c in values.columns])
-    return ax
 
 
 # Two-sided 95% critical values of Student's t by degrees of freedom (any statistics table): with

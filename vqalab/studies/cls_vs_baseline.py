@@ -1,5 +1,5 @@
 """CLS blocks against the ViT baseline across learning rates × seeds, with an efficiency table
-(lab note 002's main comparison, winner in bold)."""
+(lab note 002's main comparison; the winner in bold only when its lead is beyond seed noise)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,14 @@ from vqalab.bench import efficiency_table
 from vqalab.config import build_config
 from vqalab.data import build_data
 from vqalab.memory import predict_memory, predicted_column
-from vqalab.studies.common import best_per_group, diverged_sentence, noise_verdict, with_values
+from vqalab.studies.common import (
+    best_per_group,
+    diverged_sentence,
+    grid_values,
+    noise_verdict,
+    swept_sentence,
+    with_values,
+)
 from vqalab.sweep import format_stat, gap_vs_noise, seed_stats
 
 LAB_BATCH_SIZE = 256  # lab note 002's efficiency table: peak CUDA memory at batch 256
@@ -49,10 +56,18 @@ def winner_table(df: pd.DataFrame, models: list) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def swept_text(*, models: list, lrs: list, seeds: list) -> list[str]:
+    """What this run compared: the models at each learning rate."""
+    note = "at one learning rate only: a ranking that may not hold at another" if len(lrs) == 1 else ""
+    return [swept_sentence({"model": models, "learning rate": lrs}, seeds, note=note)]
+
+
 def style_winner_table(table: pd.DataFrame, models: list):
-    """``table`` with each row's winner in bold, for display."""
+    """``table`` for display, a row's winner in bold only when its lead is beyond seed noise (the
+    row's t-test): a lead inside the noise, or with the noise unknown, is not a win to show."""
     def bold_winner(row):
-        return ["font-weight: bold" if col == row["winner"] else "" for col in row.index]
+        beyond = row["seed noise"] == noise_verdict(True)
+        return ["font-weight: bold" if beyond and col == row["winner"] else "" for col in row.index]
 
     return (table.style.apply(bold_winner, axis=1).hide(axis="index")
             .format({gap_column(models): "{:+.3f}", "95% threshold": "{:.3f}"}, na_rep="–"))
@@ -74,12 +89,13 @@ def efficiency(base: dict, models: list, *, batch_size: int, timed_steps: int) -
 
 def findings_of(df: pd.DataFrame, table: pd.DataFrame, eff: pd.DataFrame, *, models: list,
                 bench_batch_size: int) -> tuple[dict, list[str]]:
-    """Wins per model, gaps beyond seed noise, best overall, the efficiency ratios; headline:
+    """What the run compared, wins per model, gaps beyond seed noise, best overall, the efficiency ratios; headline:
     each model's best val_acc and the second model's wins."""
     gap_col = gap_column(models)
     wins = table["winner"].value_counts().to_dict()
     lrs, seeds = df["optim.lr"].nunique(), df["seed"].nunique()
-    text = [f"Across {lrs} learning rates × {seeds} seeds: " + ", ".join(
+    text = swept_text(models=grid_values(df, "model.name"), lrs=grid_values(df, "optim.lr"), seeds=grid_values(df, "seed"))
+    text += [f"Across {lrs} learning rates × {seeds} seeds: " + ", ".join(
         f"{m} wins at {wins.get(m, 0)}" for m in models) + "."]
     beyond = table[table["seed noise"] == noise_verdict(True)]
     if len(beyond):

@@ -1,10 +1,15 @@
-"""Shared parts of the studies: the FER base config, the seed-noise verdict, best per group."""
+"""Shared parts of the studies: the FER base config, the seed-noise verdict, best per group, the
+sentence saying what a run swept."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import pandas as pd
 
-from vqalab.sweep import format_grid_value, spread_vs_noise
+from vqalab.sweep import spread_vs_noise
+from vqalab.sweep_points import format_grid_value
 
 # Columns of a sweep's table shown after each sweep (after the grid keys).
 RUN_COLUMNS = ["seed", "status", "best_val_acc", "best_epoch", "diverged_step", "reused"]
@@ -92,3 +97,34 @@ def diverged_sentence(df: pd.DataFrame) -> list[str]:
     """``["N runs diverged (…)."]`` for a sweep table with diverged runs, else ``[]``."""
     diverged = int((df["status"] == "diverged").sum())
     return [f"{diverged} runs diverged (shown as red ×, not in the means)."] if diverged else []
+
+
+def format_value(value) -> str:
+    """A grid value as prose: ``1e-08``, ``0.001``, ``(0.9, 0.999)``, ``ir_vit``."""
+    if isinstance(value, (list, tuple)):
+        return "(" + ", ".join(format_value(v) for v in value) + ")"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def grid_values(df: pd.DataFrame, key: str) -> list:
+    """The values of ``key`` in a sweep table, in grid order (first appearance), each once."""
+    return list(dict.fromkeys(df[key]))
+
+
+def swept_sentence(grid: dict[str, Sequence], seeds: Sequence[int], *, epochs: int | None = None,
+                   note: str = "", points: int | None = None) -> str:
+    """What a run of a study trained, from its parameters: ``grid`` maps a label to the values it
+    took (``{"depth": [2, 4], "learning rate": [1e-3]}``), ``note`` follows the grid (e.g. what
+    stays fixed); ``points``: how many points that makes, when not every combination (default).
+    The lab notes' full grids are the gpu presets'; this says what ran here."""
+    if points is None:
+        points = math.prod(len(values) for values in grid.values())
+    parts = [f"{label} over {', '.join(format_value(v) for v in values)}" for label, values in grid.items()]
+    grids = " and ".join(parts) if len(parts) <= 2 else "; ".join(parts)  # values are comma-separated
+    sentence = f"This run swept {grids}{f' ({note})' if note else ''}: {points} point(s)"
+    sentence += f" × {len(seeds)} seed(s) ({', '.join(str(s) for s in seeds)})"
+    if epochs is not None:
+        sentence += f", {epochs} epoch(s) per run"
+    if len(seeds) < 2:
+        sentence += "; with one seed per point the seed noise is unknown, so no difference can be called beyond it"
+    return sentence + "."

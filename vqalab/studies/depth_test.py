@@ -9,7 +9,13 @@ import math
 import pandas as pd
 
 from vqalab.runs import PRUNED_STATUS
-from vqalab.studies.common import RUN_COLUMNS, best_per_group, with_values
+from vqalab.studies.common import (
+    RUN_COLUMNS,
+    best_per_group,
+    grid_values,
+    swept_sentence,
+    with_values,
+)
 from vqalab.sweep import format_stat, seed_stats, sweep
 
 PRUNER_OFF = "none"  # the notebook's value for "train every point in full"
@@ -21,6 +27,11 @@ def run_grid(base: dict, *, depths: list, lrs: list, seeds: list, pruner: str) -
     early (``vqalab.pruning``), ``none`` trains every point all its epochs."""
     return sweep(base, {"model.depth": depths, "optim.lr": lrs}, seeds=seeds,
                  pruner=None if pruner == PRUNER_OFF else pruner)
+
+
+def swept_text(*, depths: list, lrs: list, seeds: list, epochs: int) -> list[str]:
+    """What this run's short-run grid swept (the long runs are described by the findings)."""
+    return [swept_sentence({"depth": depths, "learning rate": lrs}, seeds, epochs=epochs)]
 
 
 def grid_columns(df: pd.DataFrame) -> list[str]:
@@ -69,11 +80,12 @@ def still_improving(curves: pd.DataFrame) -> list:
 
 def findings_of(df: pd.DataFrame, long_df: pd.DataFrame | None, curves: pd.DataFrame, *, epochs: int,
                 long_epochs: int) -> tuple[dict, list[str]]:
-    """Best short-run cell, best learning rate per depth, diverged cells, and whether the deeper
-    model needs longer training (from the long runs, or from the short runs' curves)."""
+    """What the grid swept, best short-run cell, best learning rate per depth, diverged cells, and
+    whether the deeper model needs longer training (from the long runs, or from the short runs' curves)."""
     stats = seed_stats(df, ["model.depth", "optim.lr"])
     best = best_per_group(stats, "model.depth")
-    text = []
+    text = swept_text(depths=grid_values(df, "model.depth"), lrs=grid_values(df, "optim.lr"),
+                      seeds=grid_values(df, "seed"), epochs=epochs)
     if len(best):
         top = best["mean"].idxmax()
         text.append(f"Best short-run cell: depth {top} at learning rate {best.loc[top, 'optim.lr']:.2g}, "

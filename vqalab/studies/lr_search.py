@@ -11,7 +11,7 @@ import pandas as pd
 from vqalab.config import build_config
 from vqalab.data import DataSplits
 from vqalab.lr_find import LRFindResult, lr_range_test
-from vqalab.studies.common import best_per_group, with_values
+from vqalab.studies.common import best_per_group, grid_values, swept_sentence, with_values
 from vqalab.sweep import format_stat, seed_stats
 
 RANGE_COLUMNS = ["depth", "rule", "suggested lr"]
@@ -20,6 +20,11 @@ RANGE_COLUMNS = ["depth", "rule", "suggested lr"]
 def grid_lrs(lr_min: float, lr_max: float, points: int) -> list[float]:
     """``points`` log-spaced learning rates from ``lr_min`` to ``lr_max``, two significant digits."""
     return [float(f"{v:.2g}") for v in np.logspace(math.log10(lr_min), math.log10(lr_max), points)]
+
+
+def swept_text(*, depths: list, lrs: list, seeds: list) -> list[str]:
+    """What this run's grid of short runs swept."""
+    return [swept_sentence({"depth": depths, "learning rate": lrs}, seeds)]
 
 
 def range_tests(base: dict, *, depths: list, data: DataSplits, min_lr: float, max_lr: float,
@@ -47,14 +52,14 @@ def suggest_lr(stats: pd.DataFrame) -> tuple[float, pd.Series]:
 
 
 def findings_of(df: pd.DataFrame, range_table: pd.DataFrame, *, lrs: list) -> tuple[dict, list[str]]:
-    """Suggested learning rate, best per depth (with the range test's valley rule), spread over the
+    """What the grid swept, suggested learning rate, best per depth (with the range test's valley rule), spread over the
     grid and divergence; headline: suggested lr, best val_acc, diverged runs."""
     stats = seed_stats(df, ["model.depth", "optim.lr"])
     done = stats[stats["n"] > 0]
     suggested, by_lr = suggest_lr(stats)
     diverged = df[df["status"] == "diverged"]
-    depths = list(dict.fromkeys(df["model.depth"]))
-    text = []
+    depths = grid_values(df, "model.depth")
+    text = swept_text(depths=depths, lrs=grid_values(df, "optim.lr"), seeds=grid_values(df, "seed"))
     if math.isfinite(suggested):
         text.append(f"Suggested learning rate: {suggested:.2g} (highest best val_acc averaged over depths "
                     f"{', '.join(map(str, depths))}: {by_lr.max():.3f}, with no diverged run).")

@@ -7,8 +7,15 @@ import math
 
 import pandas as pd
 
-from vqalab.studies.common import diverged_sentence, noise_verdict, with_values
-from vqalab.sweep import format_grid_value, format_stat, gap_vs_noise, seed_stats, sweep
+from vqalab.studies.common import (
+    diverged_sentence,
+    grid_values,
+    noise_verdict,
+    swept_sentence,
+    with_values,
+)
+from vqalab.sweep import format_stat, gap_vs_noise, seed_stats, sweep
+from vqalab.sweep_points import format_grid_value
 
 
 def regularisation_base(base: dict, *, optimizer: str, weight_decays: list, schedules: list, step_epochs: int,
@@ -31,6 +38,14 @@ def factors_of(*, weight_decays: list, schedules: list, mixup_alphas: list, attn
         "mixup α": ("train.mixup_alpha", mixup_alphas),
         "attention dropout": ("model.attn_drop", attn_drops),
     }
+
+
+def swept_text(factors: dict, *, seeds: list) -> list[str]:
+    """What this run swept: each factor's values (``factors_of``), one factor at a time."""
+    grid = {label: values for label, (_, values) in factors.items()}
+    # one sweep per factor: a factor's baseline is the point every sweep shares
+    points = sum(len(values) - 1 for values in grid.values()) + 1
+    return [swept_sentence(grid, seeds, note="one at a time, the others at their first value", points=points)]
 
 
 def run_factors(base: dict, factors: dict, *, seeds: list) -> pd.DataFrame:
@@ -60,11 +75,12 @@ def against_baseline(df: pd.DataFrame, factors: dict) -> pd.DataFrame:
 
 
 def findings_of(df: pd.DataFrame, table: pd.DataFrame) -> tuple[dict, list[str]]:
-    """Per factor, the best change against the baseline (headline: its gain) and sentences.
+    """What the run swept, per factor the best change against the baseline (headline: its gain).
 
     ``table``: ``against_baseline``, its first row per factor the baseline.
     """
-    text, headline = [], {}
+    factors = {label: (None, grid_values(df[df["factor"] == label], "value")) for label in grid_values(df, "factor")}
+    text, headline = swept_text(factors, seeds=grid_values(df, "seed")), {}
     for label in dict.fromkeys(table["factor"]):
         t = table[table["factor"] == label]
         others = t.iloc[1:].dropna(subset=["mean"])

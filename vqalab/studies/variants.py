@@ -28,9 +28,11 @@ from vqalab.engine import build_model, select_device, to_device
 from vqalab.memory import predict_memory, predicted_column
 from vqalab.metrics import IOU_SWEEP_THRESHOLDS, iou_counts
 from vqalab.paths import resolve
+from vqalab.plots import DIVERGED_COLOR
 from vqalab.registry import ConfigError
 from vqalab.runs import latest_checkpoint, model_from_checkpoint
-from vqalab.sweep import DIVERGED_COLOR, load_curves, sweep
+from vqalab.studies.common import swept_sentence
+from vqalab.sweep import load_curves, sweep
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,15 @@ def variant_configs(names: Sequence[str], overrides: dict, *,
             raise ConfigError(f"variant '{name}': data {data} differs from {first}: "
                               "the study compares the variants on one data set")
     return trees
+
+
+def swept_text(*, variants: Sequence[str], lr_overrides: dict, seed: int, epochs: int) -> list[str]:
+    """What this run trained: each variant once, with one seed, at its params file's learning rate
+    unless ``lr_overrides`` replaces it."""
+    replaced = ", ".join(f"{name} at lr {lr:g}" for name, lr in lr_overrides.items() if name in variants)
+    note = f"learning rates from their params files, {replaced} instead" if replaced else \
+        "learning rates from their params files"
+    return [swept_sentence({"variant": list(variants)}, [seed], epochs=epochs, note=note)]
 
 
 def study_data(configs: dict[str, dict]) -> DataSplits:

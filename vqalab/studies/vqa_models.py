@@ -15,6 +15,7 @@ from vqalab.models.encoders import RESNET_OUT_DIM
 from vqalab.provenance import code_fingerprint
 from vqalab.registry import ConfigError
 from vqalab.runs import config_hash
+from vqalab.studies.common import swept_sentence
 from vqalab.sweep import finished_runs, fresh_requested, log_points, reuse_key
 from vqalab.train import fit
 
@@ -96,6 +97,11 @@ def train_models(configs: list[RunConfig], *, reuse: bool = True) -> list[Path]:
         run_dirs.append(run_dir or result.run_dir)
     log_points(rows)
     return run_dirs
+
+
+def swept_text(*, models: list, dataset: str, seed: int, epochs: int) -> list[str]:
+    """What this run compared: each model once, on one data set, with one seed."""
+    return [swept_sentence({"model": models}, [seed], epochs=epochs, note=f"on {dataset}")]
 
 
 def findings_of(table: pd.DataFrame, *, epochs: int) -> tuple[dict, list[str]]:
