@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from collections.abc import Callable
 from datetime import timedelta
@@ -154,12 +155,13 @@ def sum_over_ranks(*values: float) -> tuple[float, ...]:
     return tuple(totals.tolist())
 
 
-def all_finite(value: torch.Tensor) -> bool:
-    """True when ``value`` is finite on every rank, so that all ranks stop at the same step."""
-    finite = bool(torch.isfinite(value).all())
-    if world_size() == 1:
+def all_finite(values: list[float]) -> list[bool]:
+    """For each of this rank's ``values``, whether it is finite on every rank (one all-reduce for
+    them all), so that all ranks stop at the same step."""
+    finite = [math.isfinite(v) for v in values]
+    if world_size() == 1 or not values:
         return finite
-    return sum_over_ranks(float(finite))[0] == world_size()
+    return [count == world_size() for count in sum_over_ranks(*map(float, finite))]
 
 
 def gather_predictions(preds: torch.Tensor) -> torch.Tensor:

@@ -163,16 +163,18 @@ def micro_batch_loss(model: torch.nn.Module, batch: dict, *, input_keys, task: s
 
 
 def optimizer_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
-                   clip_norm: float | None) -> torch.Tensor:
+                   clip_norm: float | None, *, skip_non_finite: bool = True) -> torch.Tensor:
     """Unscale the gradients, clip their global norm at ``clip_norm`` (None: measure it only), step
     and update the loss scale; returns the norm before clipping.
 
     A non-finite norm skips the step: with fp16 the scaler does so itself (and lowers the scale);
     without it the caller decides what a non-finite gradient means (the training loop: diverged).
+    skip_non_finite: False steps without a scaler whatever the norm, so that the norm is not read
+        here (a host sync); the training loop reads the norms in bulk later and stops the run there.
     """
     scaler.unscale_(optimizer)  # clipping must see the true gradients
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm if clip_norm else math.inf)
-    if scaler.is_enabled() or torch.isfinite(grad_norm):
+    if scaler.is_enabled() or not skip_non_finite or torch.isfinite(grad_norm):
         scaler.step(optimizer)
         scaler.update()
     return grad_norm

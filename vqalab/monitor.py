@@ -73,7 +73,7 @@ class RunMonitor:
         scalars = {
             "train/loss": self._loss_sum / max(self._samples, 1),
             "train/lr": lr,
-            "train/grad_norm": float(grad_norm),  # the one host sync, every N steps only
+            "train/grad_norm": float(grad_norm),  # a number the training loop read in bulk, or a tensor
             "train/samples_per_s": self._samples / elapsed if elapsed > 0 else math.nan,
         }
         for tag, value in scalars.items():

@@ -84,7 +84,7 @@ from vqalab.runs import (
     write_metrics,
 )
 from vqalab.schedules import lr_factor
-from vqalab.threads import choose_threads, set_interop_threads, torch_threads
+from vqalab.threads import ThreadChoice, choose_threads, set_interop_threads, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ class ResumePoint:
     """An interrupted run checked against its own records, ready to continue (``prepare_resume``).
 
     summary: its ``summary.json``; None when that is missing or unreadable (``rebuilt`` says which):
-        ``_train`` then writes a whole new record, as for a new run, noting that it was rebuilt.
+        ``restore_run`` then writes a whole new record, as for a new run, noting that it was rebuilt.
     checkpoint, ckpt, history: its last checkpoint (None: killed before the first) and what it
         holds, and the ``metrics.csv`` rows up to it.
     """
@@ -462,34 +462,78 @@ def fit(cfg: RunConfig, data: DataSplits | None = None, *, resume: str | Path | 
     """
     # Checked before any data is loaded: the device exists and the output can be written.
     device = select_device(cfg.train.device)
-    with contextlib.ExitStack() as held, sigterm_as_interrupt():
+    with contextlib.ExitStack() as held, sigterm_as_interrupt():  # held: the run folder's lock
         point = None
         if resume is not None:
-            run_dir = resolve(resume)
-            if not (run_dir / "params.yaml").is_file():
-                raise ConfigError(f"resume {run_dir}: not a run folder (no params.yaml)")
-            held.enter_context(runs.folder_lock(run_dir, "run folder"))  # before reading its state
-            point = prepare_resume(cfg, run_dir)
+            point = lock_resume_point(cfg, resume, held)
             if point.summary is not None and point.summary.get("status") in ENDED_STATUSES:
                 log.info("run %s already %s: nothing to resume", point.run_dir, point.summary["status"])
                 return RunResult(run_dir=point.run_dir, summary=point.summary)
             distributed.check_resume(point.run_dir, point.summary)  # the same number of processes
         else:
             runs.check_writable_folder(cfg.runs_root, "runs_root")
-        return _train(cfg, data, device, point, held, on_start, on_epoch)
+        setup = prepare_training(cfg, data, device, point)
+        state = new_run(setup, held) if point is None else restore_run(setup, point)
+        publish_start(setup, state, on_start)
+        train_to_the_end(setup, state, on_epoch)
+    return RunResult(run_dir=state.run_dir, summary=state.summary)
 
 
-def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point: ResumePoint | None,
-           held: contextlib.ExitStack, on_start: Callable[[Path], None] | None,
-           on_epoch: Callable[[dict], str | None] | None = None) -> RunResult:
-    """The body of ``fit``; a new run folder's lock joins ``held`` (released when ``fit`` returns)."""
+def lock_resume_point(cfg: RunConfig, resume: str | Path, held: contextlib.ExitStack) -> ResumePoint:
+    """Lock the run folder to resume (the lock joins ``held``), then check and read its state."""
+    run_dir = resolve(resume)
+    if not (run_dir / "params.yaml").is_file():
+        raise ConfigError(f"resume {run_dir}: not a run folder (no params.yaml)")
+    held.enter_context(runs.folder_lock(run_dir, "run folder"))  # before reading its state
+    return prepare_resume(cfg, run_dir)
+
+
+@dataclass
+class Training:
+    """What ``prepare_training`` builds for a run: data, model, optimizer, schedule, loss scaler."""
+
+    cfg: RunConfig  # as trained: ``batch_size: auto`` resolved
+    asked: RunConfig  # as asked: params.yaml and the config hash keep it
+    auto_batch: dict | None  # the measured batch size choice (``resolve_auto_batch``)
+    data: DataSplits
+    device: torch.device  # this rank's under torchrun
+    model: torch.nn.Module  # as built (compiled when configured): trained and evaluated
+    module: torch.nn.Module  # the uncompiled module: what checkpoints save and load
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    model_name: str  # with model_kwargs and weight_files: recorded in every checkpoint
+    model_kwargs: dict
+    weight_files: dict
+    steps_per_epoch: int
+    total_steps: int
+    threads: ThreadChoice
+    thread_fields: dict  # the thread choice as summary.json records it
+
+
+@dataclass
+class RunState:
+    """Where a run stands: its folder and record, the epochs done and the optimizer steps taken."""
+
+    run_dir: Path
+    summary: dict
+    history: list[dict] = field(default_factory=list)  # metrics.csv's rows
+    step: int = 0
+    start_epoch: int = 1
+    best_confusion: torch.Tensor | None = None  # of the best epoch so far (classification)
+
+
+def prepare_training(cfg: RunConfig, data: DataSplits | None, device: torch.device,
+                     point: ResumePoint | None) -> Training:
+    """Data, the batch size ``auto`` chooses, model, optimizer, LR schedule and loss scaler of a run
+    (``point``: the run being resumed, whose weights come from its checkpoint)."""
     seed_everything(cfg.seed)  # in case a data builder draws from the global generators
     if data is None:
         data = build_data(cfg.data)
     check_task(cfg, data)
     check_mixup(cfg, data)
     device = distributed.setup(device)  # under torchrun: this rank's device
-    asked = cfg  # params.yaml and the config hash keep what was asked (batch_size: auto)
+    asked = cfg
     auto_batch = resolve_auto_batch(cfg, data, device, point)
     if auto_batch is not None:
         cfg = cfg.model_copy(deep=True)
@@ -500,15 +544,14 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
         torch.cuda.reset_peak_memory_stats(device)  # this run's peak, not an earlier run's or the measurement's
 
-    model_name, model_kwargs = model_spec(cfg, data)  # recorded in every checkpoint
-    weight_files = runs.weight_file_digests(model_kwargs)  # what the weights files held, recorded too
+    model_name, model_kwargs = model_spec(cfg, data)
+    weight_files = runs.weight_file_digests(model_kwargs)  # what the weights files held
     # A resumed run's weights come from its checkpoint: no weights file is read (it may be gone).
     with weight_files_off() if point is not None and point.checkpoint is not None else nullcontext():
         model = build_model(cfg, data, device)  # channels_last and torch.compile as configured
-    module = uncompiled(model)  # what checkpoints save and load
+    module = uncompiled(model)
     distributed.sync_batchnorm(module, device, model_name)  # under DDP: SyncBatchNorm, in place (or refused)
     optimizer = build_optimizer(model, cfg)
-    scaler = make_grad_scaler(device, cfg.train.amp)
 
     micro_batches = len(distributed.epoch_batches(len(data.train), cfg.train.batch_size, cfg.seed, 0, data.train_groups))
     # A last, shorter accumulation group still makes an optimizer step.
@@ -519,135 +562,185 @@ def _train(cfg: RunConfig, data: DataSplits | None, device: torch.device, point:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, cfg.schedule, steps_per_epoch, total_steps))
 
-    n_params = sum(p.numel() for p in model.parameters())
     threads = choose_threads(cfg.train.num_threads)  # the cores free to this run, and why
     thread_fields = {**threads.record(), "interop_threads": set_interop_threads(1)}
     log.info("CPU threads: %d (%s)", threads.threads, threads.reason)
-    history: list[dict] = []
-    best_confusion: torch.Tensor | None = None
-    step, start_epoch = 0, 1
-    def start_record(run_dir: Path) -> dict:
-        """summary.json of a run starting now: what it trains, on what data, code and machine."""
-        return {
-            "status": "running", "experiment": cfg.experiment, "name": cfg.name, "run_dir": str(run_dir),
-            "config_hash": config_hash(asked), "batch_size": cfg.train.batch_size,
-            **({"batch_size_auto": auto_batch} if auto_batch is not None else {}), "model": model_name, "seed": cfg.seed, "params": n_params,
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "data": data.info, "task": data.task, "data_identity": data_status(cfg.data).identity(),
-            "code_fingerprint": code_fingerprint(), "weight_files": weight_files, "steps_per_epoch": steps_per_epoch, "total_steps": total_steps,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **execution_fields(cfg), **environment(device), **thread_fields,
-            **distributed.summary_fields(cfg.train.batch_size, cfg.train.grad_accum_steps),
-        }
+    return Training(cfg=cfg, asked=asked, auto_batch=auto_batch, data=data, device=device, model=model,
+                    module=module, optimizer=optimizer, scheduler=scheduler,
+                    scaler=make_grad_scaler(device, cfg.train.amp), model_name=model_name,
+                    model_kwargs=model_kwargs, weight_files=weight_files, steps_per_epoch=steps_per_epoch,
+                    total_steps=total_steps, threads=threads, thread_fields=thread_fields)
 
-    if point is None:
-        run_dir = runs.new_run_dir(cfg.runs_root, cfg.experiment, cfg.name)
-        held.enter_context(runs.folder_lock(run_dir, "run folder"))
-        runs.write_yaml(run_dir / "params.yaml", asked.to_dict())
-        summary = start_record(run_dir)
+
+def run_fields(t: Training) -> dict:
+    """What summary.json says of how this attempt computes: precision, machine, threads, processes."""
+    return {**execution_fields(t.cfg), **environment(t.device), **t.thread_fields,
+            **distributed.summary_fields(t.cfg.train.batch_size, t.cfg.train.grad_accum_steps)}
+
+
+def start_record(t: Training, run_dir: Path) -> dict:
+    """summary.json of a run starting now: what it trains, on what data, code and machine."""
+    cfg = t.cfg
+    return {
+        "status": "running", "experiment": cfg.experiment, "name": cfg.name, "run_dir": str(run_dir),
+        "config_hash": config_hash(t.asked), "batch_size": cfg.train.batch_size,
+        **({"batch_size_auto": t.auto_batch} if t.auto_batch is not None else {}), "model": t.model_name,
+        "seed": cfg.seed, "params": sum(p.numel() for p in t.model.parameters()),
+        "trainable_params": sum(p.numel() for p in t.model.parameters() if p.requires_grad),
+        "data": t.data.info, "task": t.data.task, "data_identity": data_status(cfg.data).identity(),
+        "code_fingerprint": code_fingerprint(), "weight_files": t.weight_files,
+        "steps_per_epoch": t.steps_per_epoch, "total_steps": t.total_steps,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S"), **run_fields(t),
+    }
+
+
+def new_run(t: Training, held: contextlib.ExitStack) -> RunState:
+    """A new run folder, locked (the lock joins ``held``), holding the config as asked."""
+    run_dir = runs.new_run_dir(t.cfg.runs_root, t.cfg.experiment, t.cfg.name)
+    held.enter_context(runs.folder_lock(run_dir, "run folder"))
+    runs.write_yaml(run_dir / "params.yaml", t.asked.to_dict())
+    return RunState(run_dir=run_dir, summary=start_record(t, run_dir))
+
+
+def restore_run(t: Training, point: ResumePoint) -> RunState:
+    """The interrupted run of ``point`` with the states of its last checkpoint restored (none:
+    it starts again at epoch 1), and its summary noting this attempt."""
+    run_dir, summary = point.run_dir, point.summary
+    if summary is None:  # missing or unreadable: a whole record again, never a stripped one
+        summary = {**start_record(t, run_dir), "started": None,
+                   "summary_rebuilt": f"{point.rebuilt}: rebuilt from {point.checkpoint.name} on resume"}
+        log.warning("run %s: %s; summary.json rebuilt from %s", run_dir, point.rebuilt, point.checkpoint)
+    state = RunState(run_dir=run_dir, summary=summary)
+    if point.ckpt is not None:
+        # loaded onto the CPU: the states below are copied to the model's device, wherever
+        # the run was before (the RNG states must stay CPU tensors)
+        ckpt = point.ckpt
+        t.module.load_state_dict(ckpt["model_state"])
+        t.optimizer.load_state_dict(ckpt["optimizer_state"])
+        t.scheduler.load_state_dict(ckpt["scheduler_state"])
+        if t.scaler.is_enabled() and not ckpt["scaler_state"]:
+            raise ConfigError(f"resume: checkpoint {point.checkpoint} holds no fp16 loss-scaler state (it was "
+                              "written when train.amp fp16 did not apply on the CPU): start the run again")
+        t.scaler.load_state_dict(ckpt["scaler_state"])
+        state.history, state.step, state.start_epoch = point.history, ckpt["step"], ckpt["epoch"] + 1
+        state.best_confusion = ckpt.get("best_confusion")
+        set_rng_state(ckpt["rng_state"])  # last: building the model drew from the generators
+    for stale in (run_dir / runs.CHECKPOINT_DIR).glob(".epoch_*.tmp"):
+        stale.unlink(missing_ok=True)  # a save cut short by the interruption
+    for stale_key in ("interrupted_by", "resume_command"):
+        summary.pop(stale_key, None)  # from the interruption being resumed
+    summary.update(status="running", error=None, **run_fields(t))
+    summary.setdefault("resumed", []).append(
+        {"from_epoch": state.start_epoch - 1, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    log.info("resuming run %s after epoch %d (step %d)", run_dir, state.start_epoch - 1, state.step)
+    return state
+
+
+def publish_start(t: Training, state: RunState, on_start: Callable[[Path], None] | None) -> None:
+    """Write the run folder's records as training (re)starts: metrics.csv (header only, or the rows
+    up to the checkpoint), the best epoch's confusion matrix and summary.json; then ``on_start``."""
+    write_metrics(state.run_dir / METRICS_FILE, state.history)
+    if state.best_confusion is not None:
+        write_confusion(state.run_dir, t.data.class_names, state.best_confusion)
     else:
-        run_dir, summary = point.run_dir, point.summary
-        if summary is None:  # missing or unreadable: a whole record again, never a stripped one
-            summary = {**start_record(run_dir), "started": None,
-                       "summary_rebuilt": f"{point.rebuilt}: rebuilt from {point.checkpoint.name} on resume"}
-            log.warning("run %s: %s; summary.json rebuilt from %s", run_dir, point.rebuilt, point.checkpoint)
-        if point.ckpt is not None:
-            # loaded onto the CPU: the states below are copied to the model's device, wherever
-            # the run was before (the RNG states must stay CPU tensors)
-            ckpt = point.ckpt
-            history = point.history
-            module.load_state_dict(ckpt["model_state"])
-            optimizer.load_state_dict(ckpt["optimizer_state"])
-            scheduler.load_state_dict(ckpt["scheduler_state"])
-            if scaler.is_enabled() and not ckpt["scaler_state"]:
-                raise ConfigError(f"resume: checkpoint {point.checkpoint} holds no fp16 loss-scaler state (it was "
-                                  "written when train.amp fp16 did not apply on the CPU): start the run again")
-            scaler.load_state_dict(ckpt["scaler_state"])
-            step, start_epoch = ckpt["step"], ckpt["epoch"] + 1
-            best_confusion = ckpt.get("best_confusion")
-            set_rng_state(ckpt["rng_state"])  # last: building the model above drew from the generators
-        for stale in (run_dir / runs.CHECKPOINT_DIR).glob(".epoch_*.tmp"):
-            stale.unlink(missing_ok=True)  # a save cut short by the interruption
-        for stale_key in ("interrupted_by", "resume_command"):
-            summary.pop(stale_key, None)  # from the interruption being resumed
-        summary.update(status="running", error=None, **execution_fields(cfg), **environment(device), **thread_fields,
-                       **distributed.summary_fields(cfg.train.batch_size, cfg.train.grad_accum_steps))
-        summary.setdefault("resumed", []).append(
-            {"from_epoch": start_epoch - 1, "at": time.strftime("%Y-%m-%dT%H:%M:%S")})
-        log.info("resuming run %s after epoch %d (step %d)", run_dir, start_epoch - 1, step)
-    metrics_file = run_dir / METRICS_FILE
-    write_metrics(metrics_file, history)  # header only, or the rows up to the checkpoint
-    if best_confusion is not None:
-        write_confusion(run_dir, data.class_names, best_confusion)
-    else:
-        (run_dir / runs.CONFUSION_FILE).unlink(missing_ok=True)  # from a dropped epoch
-    runs.write_json(run_dir / "summary.json", summary)
+        (state.run_dir / runs.CONFUSION_FILE).unlink(missing_ok=True)  # from a dropped epoch
+    runs.write_json(state.run_dir / "summary.json", state.summary)
     if on_start is not None:
-        on_start(run_dir)
-    log.info("run %s: %s on %s, %d params", run_dir, model_name, device, n_params)
+        on_start(state.run_dir)
+    log.info("run %s: %s on %s, %d params", state.run_dir, t.model_name, t.device, state.summary["params"])
 
-    max_steps = cfg.train.max_steps
-    train_model = distributed.wrap(model, device)  # DDP under torchrun; ``model`` is saved and evaluated
-    t_run = time.perf_counter()
-    monitor = RunMonitor(run_dir, every_n_steps=cfg.train.log_every_steps,
-                         enabled=cfg.train.tensorboard and distributed.is_main(), start_step=step)
-    with torch_threads(threads.threads):
+
+def train_to_the_end(t: Training, state: RunState, on_epoch: Callable[[dict], str | None] | None) -> None:
+    """Train the remaining epochs and record how the run ended (completed, pruned, diverged,
+    interrupted or failed) in summary.json, whatever happens."""
+    summary, t_run = state.summary, time.perf_counter()
+    monitor = RunMonitor(state.run_dir, every_n_steps=t.cfg.train.log_every_steps,
+                         enabled=t.cfg.train.tensorboard and distributed.is_main(), start_step=state.step)
+    with torch_threads(t.threads.threads):
         try:
-            done = bool(history) and (should_stop_early(history, cfg) or bool(max_steps and step >= max_steps))
-            pruned_by = None
-            for epoch in range(start_epoch, cfg.train.epochs + 1):
-                if done:
-                    break
-                row, step = train_one_epoch(train_model, optimizer, scheduler, scaler, data, cfg, device, epoch, step,
-                                            monitor=monitor)
-                val_loss, val_acc, val_pred = evaluate(model, data, cfg, device)
-                if not math.isfinite(val_loss):
-                    raise Diverged(step, optimizer.param_groups[0]["lr"], "validation loss", epoch)
-                row.update(val_loss=val_loss, val_acc=val_acc, peak_memory_mb=peak_memory_mb(device))
-                check_run_folder(run_dir, epoch)  # the writes below would make a removed folder again
-                history.append(row)
-                if val_pred is not None and summarise(history, cfg.train.early_stop_metric)["best_epoch"] == epoch:
-                    best_confusion = confusion_matrix(torch.as_tensor(data.val.targets), val_pred, len(data.class_names))
-                    write_confusion(run_dir, data.class_names, best_confusion)
-                append_metrics(metrics_file, row)
-                monitor.epoch_end(row)
-                pruned_by = on_epoch(row) if on_epoch is not None else None
-                done = bool(pruned_by) or should_stop_early(history, cfg) or bool(max_steps and step >= max_steps)
-                if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs or done:
-                    runs.save_checkpoint(runs.checkpoint_path(run_dir, epoch), {
-                        "model_name": model_name, "model_kwargs": model_kwargs, "weight_files": weight_files,
-                        "model_state": module.state_dict(), "optimizer_state": optimizer.state_dict(),
-                        "scheduler_state": scheduler.state_dict(), "scaler_state": scaler.state_dict(),
-                        "rng_state": rng_state(), "epoch": epoch, "step": step, "config": asked.to_dict(),
-                        "class_names": data.class_names, "vocab": data.vocab, "metrics": row,
-                        "history": history, "best_confusion": best_confusion,
-                    })
-                log.info("epoch %d: train_loss %.4f val_loss %.4f val_acc %.4f", epoch, row["train_loss"], val_loss, val_acc)
+            pruned_by = train_epochs(t, state, monitor, on_epoch)
             if pruned_by:
-                summary.update(status=PRUNED_STATUS, pruned_by=pruned_by, pruned_at_epoch=history[-1]["epoch"])
-                log.info("run %s pruned by %s after epoch %d", run_dir, pruned_by, history[-1]["epoch"])
+                summary.update(status=PRUNED_STATUS, pruned_by=pruned_by, pruned_at_epoch=state.history[-1]["epoch"])
+                log.info("run %s pruned by %s after epoch %d", state.run_dir, pruned_by, state.history[-1]["epoch"])
             else:
                 summary["status"] = "completed"
-            if best_confusion is not None:
-                summary["per_class_acc"] = per_class_accuracy(best_confusion, data.class_names)
+            if state.best_confusion is not None:
+                summary["per_class_acc"] = per_class_accuracy(state.best_confusion, t.data.class_names)
         except Diverged as err:
             summary.update(status="diverged", diverged_step=err.step, diverged_epoch=err.epoch,
                            diverged_lr=err.lr, error=str(err))
-            log.warning("run %s diverged: %s", run_dir, err)
+            log.warning("run %s diverged: %s", state.run_dir, err)
         except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM through sigterm_as_interrupt
             signal_name = getattr(err, "signal_name", "SIGINT")
             summary.update(status="interrupted", error=None, interrupted_by=signal_name,
-                           resume_command=f"vqalab train --resume {run_dir}")
-            log.warning("run %s interrupted by %s", run_dir, signal_name)
-            raise RunInterrupted(run_dir, signal_name) from None
+                           resume_command=f"vqalab train --resume {state.run_dir}")
+            log.warning("run %s interrupted by %s", state.run_dir, signal_name)
+            raise RunInterrupted(state.run_dir, signal_name) from None
         except BaseException as err:
             summary.update(status="failed", error=f"{type(err).__name__}: {err}")
             raise
         finally:
             monitor.close()
-            summary.update(summarise(history, cfg.train.early_stop_metric), wall_time_s=time.perf_counter() - t_run,
-                           finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
-            record_end(run_dir, summary, len(history))
-    return RunResult(run_dir=run_dir, summary=summary)
+            summary.update(summarise(state.history, t.cfg.train.early_stop_metric),
+                           wall_time_s=time.perf_counter() - t_run, finished=time.strftime("%Y-%m-%dT%H:%M:%S"))
+            record_end(state.run_dir, summary, len(state.history))
+
+
+def train_epochs(t: Training, state: RunState, monitor: RunMonitor,
+                 on_epoch: Callable[[dict], str | None] | None) -> str | None:
+    """The epoch loop: train an epoch, evaluate and record it, ask ``on_epoch``, checkpoint; until
+    the last epoch, ``max_steps``, early stopping or the pruner. Returns the pruner's name, if any."""
+    cfg = t.cfg
+    train_model = distributed.wrap(t.model, t.device)  # DDP under torchrun; ``t.model`` is saved and evaluated
+    if state.history and limit_reached(state, cfg):  # resumed after its last epoch's checkpoint
+        return None
+    for epoch in range(state.start_epoch, cfg.train.epochs + 1):
+        row, state.step = train_one_epoch(train_model, t.optimizer, t.scheduler, t.scaler, t.data, cfg, t.device,
+                                          epoch, state.step, monitor=monitor)
+        record_epoch(t, state, epoch, row, monitor)
+        pruned_by = on_epoch(row) if on_epoch is not None else None
+        done = bool(pruned_by) or limit_reached(state, cfg)
+        if epoch % cfg.train.checkpoint_every == 0 or epoch == cfg.train.epochs or done:
+            save_epoch_checkpoint(t, state, epoch, row)
+        log.info("epoch %d: train_loss %.4f val_loss %.4f val_acc %.4f", epoch, row["train_loss"],
+                 row["val_loss"], row["val_acc"])
+        if done:
+            return pruned_by
+    return None
+
+
+def limit_reached(state: RunState, cfg: RunConfig) -> bool:
+    """Early stopping or ``train.max_steps`` ends the run after this epoch."""
+    return should_stop_early(state.history, cfg) or bool(cfg.train.max_steps and state.step >= cfg.train.max_steps)
+
+
+def record_epoch(t: Training, state: RunState, epoch: int, row: dict, monitor: RunMonitor) -> None:
+    """Evaluate the epoch's model and record its row: metrics.csv, history, the best epoch's
+    confusion matrix, TensorBoard. A non-finite validation loss stops the run as diverged."""
+    val_loss, val_acc, val_pred = evaluate(t.model, t.data, t.cfg, t.device)
+    if not math.isfinite(val_loss):
+        raise Diverged(state.step, t.optimizer.param_groups[0]["lr"], "validation loss", epoch)
+    row.update(val_loss=val_loss, val_acc=val_acc, peak_memory_mb=peak_memory_mb(t.device))
+    check_run_folder(state.run_dir, epoch)  # the writes below would make a removed folder again
+    state.history.append(row)
+    if val_pred is not None and summarise(state.history, t.cfg.train.early_stop_metric)["best_epoch"] == epoch:
+        state.best_confusion = confusion_matrix(torch.as_tensor(t.data.val.targets), val_pred,
+                                                len(t.data.class_names))
+        write_confusion(state.run_dir, t.data.class_names, state.best_confusion)
+    append_metrics(state.run_dir / METRICS_FILE, row)
+    monitor.epoch_end(row)
+
+
+def save_epoch_checkpoint(t: Training, state: RunState, epoch: int, row: dict) -> None:
+    """Everything an exact resume needs after ``epoch``, and enough to rebuild the model alone."""
+    runs.save_checkpoint(runs.checkpoint_path(state.run_dir, epoch), {
+        "model_name": t.model_name, "model_kwargs": t.model_kwargs, "weight_files": t.weight_files,
+        "model_state": t.module.state_dict(), "optimizer_state": t.optimizer.state_dict(),
+        "scheduler_state": t.scheduler.state_dict(), "scaler_state": t.scaler.state_dict(),
+        "rng_state": rng_state(), "epoch": epoch, "step": state.step, "config": t.asked.to_dict(),
+        "class_names": t.data.class_names, "vocab": t.data.vocab, "metrics": row,
+        "history": state.history, "best_confusion": state.best_confusion,
+    })
 
 
 def check_run_folder(run_dir: Path, epoch: int) -> None:
@@ -674,77 +767,133 @@ def record_end(run_dir: Path, summary: dict, epochs_done: int) -> None:
             f"'{summary['status']}'") from err
 
 
+class DeviceLog:
+    """The loss of each micro-batch and the gradient norm of each optimizer step since the last
+    read, kept on the device so that the loop never waits for them. ``read`` fetches them in one
+    device→host transfer (every ``train.log_every_steps`` steps and at the epoch's end), stops the
+    run at the first non-finite one and hands them on to the monitor as it would have had them.
+
+    check_gradients: a non-finite gradient norm means divergence (not with fp16's GradScaler,
+        which skips such a step itself).
+    """
+
+    def __init__(self, epoch: int, *, check_gradients: bool, monitor: RunMonitor | None):
+        self.epoch, self.check_gradients, self.monitor = epoch, check_gradients, monitor
+        self.loss_sum = 0.0  # Σ loss × items over the epoch's reads, in the order of the micro-batches
+        self._values: list[torch.Tensor] = []  # 0-d, on the device, in the order they were computed
+        self._events: list[tuple[str, int, float, int]] = []  # (what, step, lr, items) of each value
+
+    def micro_batch(self, loss: torch.Tensor, items: int, *, step: int, lr: float) -> None:
+        """The loss of a micro-batch of ``items`` items, part of optimizer step ``step`` (0-based)."""
+        self._values.append(loss.detach())
+        self._events.append(("loss", step, lr, items))
+
+    def optimizer_step(self, grad_norm: torch.Tensor, *, step: int, lr: float) -> None:
+        """The gradient norm of optimizer step ``step`` (0-based), taken at ``lr``."""
+        self._values.append(grad_norm.detach())
+        self._events.append(("gradient", step, lr, 0))
+
+    def read(self) -> None:
+        """Raises ``Diverged`` naming the first non-finite value's step, LR and kind, the same on
+        every rank (``distributed.all_finite``)."""
+        if not self._values:
+            return
+        values = torch.stack([v.float() for v in self._values]).tolist()  # the one host sync
+        events, self._values, self._events = self._events, [], []
+        for (what, step, lr, items), value, finite in zip(events, values, distributed.all_finite(values)):
+            if not finite and (what == "loss" or self.check_gradients):
+                raise Diverged(step, lr, what, self.epoch)
+            if what == "loss":
+                self.loss_sum += value * items
+                if self.monitor is not None:
+                    self.monitor.micro_batch(value, items)
+            elif self.monitor is not None:
+                self.monitor.optimizer_step(step + 1, lr=lr, grad_norm=value)
+
+
 def train_one_epoch(model, optimizer, scheduler, scaler, data: DataSplits, cfg: RunConfig,
                     device: torch.device, epoch: int, step: int,
                     monitor: RunMonitor | None = None) -> tuple[dict, int]:
     """One pass over the training split; returns the epoch's metrics row and the new step count.
 
-    monitor: receives each micro-batch's loss and each optimizer step (TensorBoard scalars).
+    The loop reads nothing back from the device but at ``DeviceLog.read``: every
+    ``train.log_every_steps`` optimizer steps (counted over the run) and at the epoch's end.
+    ``step_time_s`` is the epoch's time up to its last read over its steps.
+    monitor: receives each micro-batch's loss and each optimizer step (TensorBoard scalars), at the reads.
 
-    Raises ``Diverged`` at the first non-finite loss or (without a GradScaler) gradient norm.
+    Raises ``Diverged``, at the read after it, for the first non-finite loss or (without a GradScaler)
+    gradient norm: its step, LR and epoch. The steps after it are taken but never checkpointed.
     """
     model.train()
     accum = cfg.train.grad_accum_steps
     batches = distributed.epoch_batches(len(data.train), cfg.train.batch_size, cfg.seed, epoch, data.train_groups)
     # this rank's share of each global batch (1.0 in one process): the DDP step is the global mean's
     weights = distributed.loss_weights(len(data.train), cfg.train.batch_size, cfg.seed, epoch, data.train_groups)
-    loader = make_loader(data.train, batches, data, cfg, device)
-    alpha = cfg.train.mixup_alpha
-    mix_rng = np.random.default_rng([cfg.seed, epoch, MIXUP_STREAM]) if alpha > 0 else None
-    loss_sum, samples, step_times = 0.0, 0, []
+    mix_rng = np.random.default_rng([cfg.seed, epoch, MIXUP_STREAM]) if cfg.train.mixup_alpha > 0 else None
+    pending = DeviceLog(epoch, check_gradients=not scaler.is_enabled(), monitor=monitor)
+    samples, first_step = 0, step
     t_epoch = time.perf_counter()
-    t_step = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
-    batch_iter = loader
-    if cfg.train.progress:  # imported only when shown: tqdm.auto warns in kernels without widgets
-        from tqdm.auto import tqdm
-
-        batch_iter = tqdm(loader, desc=f"epoch {epoch}", leave=False)
-    for i, batch in enumerate(batch_iter):
+    for i, batch in enumerate(progress_bar(make_loader(data.train, batches, data, cfg, device), cfg, epoch)):
         group_start = (i // accum) * accum
         group_end = min(group_start + accum, len(batches))  # micro-batches [start, end) make one step
         batch = to_device(batch, device, cfg.train.channels_last)
-        mix = None
-        if mix_rng is not None:
-            batch, lam, perm = mix_batch(batch, mix_rng, alpha)
-            mix = (lam, perm)
-        with distributed.no_sync(model, sync=i + 1 == group_end):  # one gradient all-reduce per step
-            loss = micro_batch_loss(model, batch, input_keys=data.input_keys, task=data.task, cfg=cfg,
-                                    device=device, amp=cfg.train.amp, mix=mix)
-            lr = optimizer.param_groups[0]["lr"]
-            if not distributed.all_finite(loss):  # every rank stops at the same step
-                raise Diverged(step, lr, "loss", epoch)
-            scaler.scale(loss * weights[i] / (group_end - group_start)).backward()
+        lr = optimizer.param_groups[0]["lr"]
+        loss = micro_batch_backward(model, scaler, batch, data, cfg, device, mix_rng, sync=i + 1 == group_end,
+                                    weight=weights[i], group_size=group_end - group_start)
         n = batch[data.input_keys[0]].shape[0]  # items in this micro-batch (segmentation has no targets)
-        loss_value = loss.item()
-        loss_sum += loss_value * n
+        pending.micro_batch(loss, n, step=step, lr=lr)
         samples += n
-        if monitor is not None:
-            monitor.micro_batch(loss_value, n)
         if i + 1 < group_end:
             continue
-        grad_norm = optimizer_step(model, optimizer, scaler, cfg.train.clip_norm)
-        if not torch.isfinite(grad_norm) and not scaler.is_enabled():
-            raise Diverged(step, lr, "gradient", epoch)  # with fp16 the scaler skipped the step instead
+        # A non-finite norm is not looked at here: the next read stops the run (diverged).
+        grad_norm = optimizer_step(model, optimizer, scaler, cfg.train.clip_norm, skip_non_finite=False)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        pending.optimizer_step(grad_norm, step=step, lr=lr)
         step += 1
-        if monitor is not None:
-            monitor.optimizer_step(step, lr=lr, grad_norm=grad_norm)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)  # time the finished step, not the queued one
-        now = time.perf_counter()
-        step_times.append(now - t_step)
-        t_step = now
+        if step % cfg.train.log_every_steps == 0:
+            pending.read()
         if cfg.train.max_steps and step >= cfg.train.max_steps:
             break
+    pending.read()  # the steps since the last read; the device has then finished the epoch
     epoch_time = time.perf_counter() - t_epoch
-    loss_sum, samples = distributed.sum_over_ranks(loss_sum, samples)  # all ranks' samples
+    loss_sum, samples = distributed.sum_over_ranks(pending.loss_sum, samples)  # all ranks' samples
+    steps = step - first_step
     row = {"epoch": epoch, "step": step, "train_loss": loss_sum / max(samples, 1),
            "lr": optimizer.param_groups[0]["lr"], "epoch_time_s": epoch_time,
-           "step_time_s": float(np.mean(step_times)) if step_times else math.nan,
-           "samples_per_s": samples / epoch_time}
+           "step_time_s": epoch_time / steps if steps else math.nan, "samples_per_s": samples / epoch_time}
     return row, step
+
+
+def micro_batch_backward(model, scaler, batch: dict, data: DataSplits, cfg: RunConfig, device: torch.device,
+                         mix_rng: np.random.Generator | None, *, sync: bool, weight: float,
+                         group_size: int) -> torch.Tensor:
+    """Forward, loss and backward of one micro-batch (mixed up when ``mix_rng`` is given); returns
+    its loss, still on the device.
+
+    weight / group_size: the share of the step's gradient (this rank's share of the global batch,
+        over the micro-batches of the step). sync: the step's last micro-batch, which all-reduces it.
+    """
+    mix = None
+    if mix_rng is not None:
+        batch, lam, perm = mix_batch(batch, mix_rng, cfg.train.mixup_alpha)
+        mix = (lam, perm)
+    with distributed.no_sync(model, sync=sync):  # one gradient all-reduce per step
+        loss = micro_batch_loss(model, batch, input_keys=data.input_keys, task=data.task, cfg=cfg,
+                                device=device, amp=cfg.train.amp, mix=mix)
+        scaler.scale(loss * weight / group_size).backward()
+    return loss.detach()
+
+
+def progress_bar(loader, cfg: RunConfig, epoch: int):
+    """The loader, under a progress bar when ``train.progress``."""
+    if not cfg.train.progress:
+        return loader
+    # imported only when shown: tqdm.auto warns in kernels without widgets
+    from tqdm.auto import tqdm
+
+    return tqdm(loader, desc=f"epoch {epoch}", leave=False)
 
 
 def should_stop_early(history: list[dict], cfg: RunConfig) -> bool:
