@@ -61,7 +61,7 @@ from vqalab.engine import (
     to_device,
     uncompiled,
 )
-from vqalab.metrics import IOU_THRESHOLD, iou_counts
+from vqalab.metrics import IOU_THRESHOLD, iou_counts, iou_of_counts
 from vqalab.models import weight_files_off
 from vqalab.monitor import RunMonitor
 from vqalab.paths import resolve
@@ -229,7 +229,7 @@ def evaluate(model, data: DataSplits, cfg: RunConfig, device: torch.device) -> t
     loss_sum, score_sum, count = distributed.sum_over_ranks(loss_sum, score_sum, count)  # whole split
     if data.task == "segmentation":  # over the whole split; no object and none predicted: perfect
         intersection, union = distributed.sum_over_ranks(intersection, union)
-        return loss_sum / count, intersection / union if union else 1.0, None
+        return loss_sum / count, iou_of_counts(intersection, union), None
     preds = distributed.gather_predictions(torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long))
     return loss_sum / count, score_sum / count, preds
 

@@ -14,7 +14,7 @@ those arrays in one ``.npz`` entry under ``vqalab.paths.cache_dir()/prepared/``:
   a damaged or truncated entry is ignored (a warning says so) and rebuilt, never used;
 - it is read with ``allow_pickle=False``: only plain arrays, never unpickled objects. Strings
   travel as JSON bytes (``strings_array``), ragged lists as flat arrays and offsets (``Ragged``);
-- it is written with ``files.write_atomically``, so a reader never sees half an entry.
+- it is written with ``io.write_atomically``, so a reader never sees half an entry.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vqalab.files import write_atomically
+from vqalab.io import write_atomically
 from vqalab.paths import cache_dir
 
 log = logging.getLogger(__name__)

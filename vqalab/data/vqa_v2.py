@@ -46,6 +46,7 @@ import io
 import json
 import logging
 import operator
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass

@@ -26,7 +26,7 @@ from vqalab.config import build_config, merge, read_yaml
 from vqalab.data import DataSplits, build_data
 from vqalab.engine import build_model, select_device, to_device
 from vqalab.memory import predict_memory, predicted_column
-from vqalab.metrics import IOU_SWEEP_THRESHOLDS, iou_counts
+from vqalab.metrics import IOU_SWEEP_THRESHOLDS, iou_counts, iou_of_counts
 from vqalab.paths import resolve
 from vqalab.plots import DIVERGED_COLOR
 from vqalab.registry import ConfigError
@@ -189,7 +189,7 @@ def iou_by_threshold(runs: pd.DataFrame, data: DataSplits,
                 probs = torch.sigmoid(model.eval()(**{k: batch[k] for k in data.input_keys}))
             for t in thresholds:
                 inter, union = iou_counts(probs, batch["mask"], t)
-                values[t] = inter / union if union else math.nan
+                values[t] = iou_of_counts(inter, union)
         rows.append({"variant": run["variant"], **{f"iou@{t:.2f}": v for t, v in values.items()}})
     return pd.DataFrame(rows).set_index("variant")
 
