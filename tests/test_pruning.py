@@ -148,9 +148,10 @@ def test_means_and_winners_leave_pruned_points_out():
     assert format_stat(stats.loc[4]) == "pruned (2/2)"
     headline, text = depth_test.findings_of(table(), None, pd.DataFrame(), epochs=3, long_epochs=0)
     assert headline == {"best short val_acc": 0.8}
-    assert text[0].startswith("Best short-run cell: depth 2 at learning rate 0.001, best val_acc 0.800 (1/2 pruned)")
-    assert "depth 4" not in text[1]  # no completed run: no best learning rate
-    assert text[2] == ("3 of 6 runs were pruned (stopped after epoch 1; grey ▽, not in the means or the best "
+    assert text[0].startswith("This run swept depth over 2, 4, 8")
+    assert text[1].startswith("Best short-run cell: depth 2 at learning rate 0.001, best val_acc 0.800 (1/2 pruned)")
+    assert "depth 4" not in text[2]  # no completed run: no best learning rate
+    assert text[3] == ("3 of 6 runs were pruned (stopped after epoch 1; grey ▽, not in the means or the best "
                        "cells): the grid trained 12 of 18 epochs.")
     assert not any("diverged" in line for line in text)
     assert list(depth_test.curve_runs(table(), None, {2: 1e-3})["seed"]) == [0]  # the pruned curve is cut short

@@ -35,7 +35,6 @@ NOT_RESULT_CODE = {
     "bench.py": "imported only for batch_size auto, whose measured choice is recorded in the run's summary",
     "threads.py": "chooses the CPU thread count, which the run's summary records",
     "io.py": "writes a file atomically (the bytes are the caller's), reads a JSON record back, digests JSON",
-    "files.py": "the former name of io.py, imported by data/prepared.py",
 }
 
 HASH_CHUNK = 1 << 20  # bytes read at a time when hashing a file

@@ -495,7 +495,7 @@ def fill_feature_table(table: np.ndarray, paths: list[Path], header: bytes, size
     finite = np.isfinite(table).reshape(len(table), -1).all(axis=1)
     if not finite.all():
         bad = int(np.argmin(finite))
-        check_finite(paths[bad], np.asarray(table[bad]))
+        check_finite(paths[bad], read_npy(paths[bad]))  # the index as the file holds its values
 
 
 # The arrays of one prepared split (``prepare_split``), by name; all but the last two cover the
