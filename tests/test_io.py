@@ -1,13 +1,14 @@
 """vqalab.io: the one JSON digest (config hashes, data fingerprints, cache and freeze keys keep
 their values) and the one JSON record reader."""
 
+import gc
 import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
-from vqalab.io import json_digest, read_json_record, write_atomically
+from vqalab.io import json_digest, load_large_json, read_json_record, write_atomically
 from vqalab.registry import ConfigError
 
 VALUES = [
@@ -46,3 +47,22 @@ def test_a_record_that_is_not_a_json_object_is_refused_naming_the_file(tmp_path)
         with pytest.raises(ConfigError, match=expected) as err:
             read_json_record(tmp_path / name)
         assert str(tmp_path / name) in str(err.value)
+
+
+def test_large_json_is_parsed_as_json_does_with_the_collector_back_on_after(tmp_path):
+    path = tmp_path / "annotations.json"
+    value = {"annotations": [{"question_id": i, "answers": [{"answer": "yes"}] * 3} for i in range(2000)],
+             "info": {"version": 2.0, "text": "caf\u00e9 \U0001F600"}}
+    path.write_text(json.dumps(value))
+    assert load_large_json(path) == value
+    assert gc.isenabled()
+    path.write_text('{"annotations": [1, 2')
+    with pytest.raises(json.JSONDecodeError):
+        load_large_json(path)
+    assert gc.isenabled()
+    path.write_text("[]")
+    gc.disable()  # a caller that paused the collector itself finds it still paused
+    try:
+        assert load_large_json(path) == [] and not gc.isenabled()
+    finally:
+        gc.enable()

@@ -376,3 +376,20 @@ def test_feature_files_of_another_layout_are_read_one_by_one_and_bad_values_are_
     np.save(bad, np.array([0.0, np.nan, 0.0, 0.0], dtype=np.float32))
     with pytest.raises(ConfigError, match=f"{bad.name}.*non-finite"):
         load(root)
+
+
+@pytest.mark.parametrize("shape, fortran", [((6,), False), ((3, 5), False), ((3, 5), True), ((4, 2, 3), True)])
+def test_a_table_filled_in_chunks_holds_each_files_features_as_loaded_one_by_one(tmp_path, shape, fortran):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(7):
+        values = rng.standard_normal(shape).astype(np.float32)
+        paths.append(tmp_path / f"COCO_val2014_{i:012d}.npy")
+        np.save(paths[-1], np.asfortranarray(values) if fortran else values)
+    expected = torch.stack([vqa_v2.load_features(p) for p in paths]).numpy()
+    values = vqa_v2.read_npy(paths[0])
+    size = paths[0].stat().st_size
+    header = paths[0].read_bytes()[:size - values.nbytes]
+    table = np.zeros_like(expected)
+    vqa_v2.fill_feature_table(table, paths, header, size, chunk=3)  # chunks of 3, 3 and 1 files
+    assert np.array_equal(table, expected)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import hashlib
 import json
 import os
@@ -92,6 +93,20 @@ def json_digest(value: Any, *, length: int) -> str:
     type for (a Path, a date). Equal values give equal digests whatever their key order."""
     text = json.dumps(value, sort_keys=True, separators=(", ", ": "), ensure_ascii=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def load_large_json(path: Path) -> Any:
+    """``json.loads`` of a file of millions of entries, with the cyclic garbage collector paused:
+    each new dict and list counts towards a collection, and the full collections that follow find
+    nothing to free (parsed JSON holds no cycles). Halves the parse of VQA v2's 336 MB annotations."""
+    text = path.read_text()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return json.loads(text)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def read_json_record(path: Path) -> dict:

@@ -174,7 +174,7 @@ def feature_key(dataset: Dataset, *, split: str, source_name: str, encoder: str,
     ids = np.array(sorted(first), dtype=np.int64)
     image_set = f"{source_name}/{split}: {len(ids)} images, ids sha1 {hashlib.sha1(ids.tobytes()).hexdigest()}"
     if hasattr(dataset, "image_fingerprint"):
-        image_set += f", files sha1 {dataset.image_fingerprint()}"
+        image_set += f", files sha256 {dataset.image_fingerprint()}"
     transform = getattr(dataset, "transform_key", "")
     transform += f"; first image sha1 {hashlib.sha1(probe.float().numpy().tobytes()).hexdigest()}"
     weights_part = f"sha1 {file_sha1(resolve_data(weights))}" if weights else \

@@ -70,6 +70,7 @@ from vqalab.data.prepared import (
 from vqalab.data.prepared import entry_path as prepared_entry_path
 from vqalab.data.regions import REGION_INPUT_KEYS, boxes_of, read_regions
 from vqalab.data.vqa_batch import collate_vqa
+from vqalab.io import load_large_json
 from vqalab.paths import resolve_data
 from vqalab.registry import ConfigError
 from vqalab.text import UNK, Vocabulary
@@ -84,7 +85,7 @@ def read_json_object(path: Path, what: str) -> dict:
     if not path.is_file():
         raise ConfigError(f"gqa: {what} file not found: {path}")
     try:
-        content = json.loads(path.read_text())
+        content = load_large_json(path)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConfigError(f"gqa: {path}: not valid JSON: {err}") from None
     if not isinstance(content, dict):
