@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -479,3 +480,91 @@ def test_segmentation_with_cross_entropy_is_refused_before_training(tmp_path):
     with pytest.raises(ConfigError, match="train.loss = 'ce': data 'synthetic_views' is a segmentation data set"):
         fit(segmentation_config(tmp_path, loss="ce"))
     assert not list(tmp_path.rglob("params.yaml"))
+
+
+# --- Device reads: the loop waits for the device only every train.log_every_steps steps ----------
+
+# Tensor methods that copy a value to the host, so the caller waits for the device to finish.
+HOST_SYNC_METHODS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
+LOOP_FILES = {str(Path(train.__file__).resolve()), str(Path(engine.__file__).resolve())}
+
+
+@pytest.fixture
+def loop_device_reads(monkeypatch):
+    """Counts the calls of ``HOST_SYNC_METHODS`` made from the loop's own code (train.py and
+    engine.py), not those made inside torch: a list of (method name, calling function)."""
+    reads = []
+
+    def counted(name, original):
+        def method(self, *args, **kwargs):
+            caller = sys._getframe(1).f_code
+            if str(Path(caller.co_filename).resolve()) in LOOP_FILES:
+                reads.append((name, caller.co_name))
+            return original(self, *args, **kwargs)
+        return method
+
+    for name in HOST_SYNC_METHODS:
+        monkeypatch.setattr(torch.Tensor, name, counted(name, getattr(torch.Tensor, name)))
+    return reads
+
+
+def three_step_training(tmp_path, data, log_every_steps):
+    """What ``fit`` trains with for 3 optimizer steps: 96 samples, micro-batches of 16, 2 per step."""
+    cfg = tiny_config(tmp_path, epochs=1, grad_accum_steps=2, log_every_steps=log_every_steps)
+    return train.prepare_training(cfg, data, engine.select_device("cpu"), None)
+
+
+def run_epoch(t):
+    return train.train_one_epoch(t.model, t.optimizer, t.scheduler, t.scaler, t.data, t.cfg, t.device,
+                                 epoch=1, step=0)
+
+
+def test_the_read_counter_counts_the_loop_codes_reads_only(loop_device_reads):
+    """Guard against a vacuous count: a read in train.py is counted; one in torch's own code
+    (clip_grad_norm_ checking its norm) or in this file is not."""
+    log = train.DeviceLog(1, check_gradients=True, monitor=None)
+    log.micro_batch(torch.tensor(0.5), 4, step=0, lr=1e-3)
+    log.read()
+    weight = torch.nn.Parameter(torch.ones(2))
+    weight.grad = torch.ones(2)
+    torch.nn.utils.clip_grad_norm_([weight], 1.0, error_if_nonfinite=True)  # `if` on a tensor, in torch
+    assert bool(torch.tensor(1.0)) and weight.grad.sum().item() == pytest.approx(2**0.5)  # in this file
+    assert loop_device_reads == [("tolist", "read")]
+    assert log.loss_sum == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize(("log_every_steps", "reads"), [(2, 2), (1, 3)])
+def test_the_loop_reads_the_device_every_log_every_steps_and_at_the_epochs_end(
+        tmp_path, data, loop_device_reads, log_every_steps, reads):
+    """3 steps with log_every_steps 2: one read after step 2, one at the epoch's end; with 1: one
+    after each step (the end then has nothing left to read)."""
+    t = three_step_training(tmp_path, data, log_every_steps)
+    loop_device_reads.clear()  # building the model may read values
+    row, step = run_epoch(t)
+    assert step == 3 and row["step"] == 3
+    assert loop_device_reads == [("tolist", "read")] * reads
+    assert math.isfinite(row["train_loss"]) and row["train_loss"] > 0  # the reads carried the losses
+
+
+@pytest.mark.parametrize("nan_step", [0, 1])
+def test_a_nan_between_two_reads_is_reported_at_its_own_step(tmp_path, data, monkeypatch, nan_step):
+    """The NaN is seen at the read after step 2 (0-based steps 0, 1): ``Diverged`` names the step
+    whose loss it was and that step's LR, not the step of the read."""
+    t = three_step_training(tmp_path, data, log_every_steps=2)
+    original = engine.compute_loss
+    losses, steps_taken = [], []
+
+    def nan_in_step(logits, batch, c, task):
+        loss = original(logits, batch, c, task)
+        losses.append(1)
+        return loss * math.nan if len(losses) == 2 * nan_step + 1 else loss  # its first micro-batch
+
+    real_step = train.optimizer_step
+    monkeypatch.setattr(engine, "compute_loss", nan_in_step)
+    monkeypatch.setattr(train, "optimizer_step", lambda *a, **k: steps_taken.append(1) or real_step(*a, **k))
+    with pytest.raises(train.Diverged) as raised:
+        run_epoch(t)
+    assert len(steps_taken) == 2  # the run went on to the read after step 2
+    err = raised.value
+    assert (err.step, err.what, err.epoch) == (nan_step, "loss", 1)
+    assert err.lr == pytest.approx(t.cfg.optim.lr * lr_factor(nan_step, t.cfg.schedule, 3, 3))
