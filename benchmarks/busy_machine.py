@@ -52,10 +52,13 @@ def measure(preset: dict, num_threads: int | None, runs_root: str) -> dict:
     for cfg in configs:
         cfg.train.tensorboard = False  # not part of what is compared
     snapshot, start = cpu_snapshot(), time.perf_counter()
-    run_dirs = study.train_models(configs, reuse=False)
+    points = study.train_models(configs, reuse=False)
     seconds = time.perf_counter() - start
     others = others_busy_since(snapshot, affinity_cores())
-    summaries = [json.loads((d / "summary.json").read_text()) for d in run_dirs]
+    failed = points[points["status"] == "failed"]
+    if len(failed):  # a failed model would time less work: no figure
+        raise RuntimeError(f"models failed: {dict(zip(failed['name'], failed['error']))}")
+    summaries = [json.loads((Path(d) / "summary.json").read_text()) for d in points["run_dir"]]
     return {"seconds": seconds, "others_busy": others,
             "runs": [{"model": s["model"], "threads": s["threads"], "threads_reason": s["threads_reason"],
                       "wall_time_s": round(s["wall_time_s"], 1), "best_val_acc": s["best_val_acc"]}

@@ -514,10 +514,11 @@ def test_the_scenes_preset_trains_each_model_on_the_input_it_reads(repo_root, tm
         dataset_kwargs={**preset["dataset_kwargs"], "num_train": 44, "num_val": 22},
         model_data_kwargs=preset["model_data_kwargs"], epochs=1, batch_size=22, lr=preset["lr"], seed=0,
         experiment="scenes", runs_root=str(tmp_path))
-    run_dirs = vqa_models.train_models(configs)
+    points = vqa_models.train_models(configs)
+    assert list(points["name"]) == preset["models"]
     inputs = {}
-    for run_dir in run_dirs:
-        summary = json.loads((run_dir / "summary.json").read_text())
+    for run_dir in points["run_dir"]:
+        summary = json.loads((Path(run_dir) / "summary.json").read_text())
         assert summary["status"] == "completed", summary.get("error")
         inputs[summary["model"]] = summary["data"]["inputs"]
     assert inputs == {"vqa_question_only": "scene_graph", "vqa_mean_mlp": "image", "vqa_aoa": "regions",
@@ -538,32 +539,89 @@ def test_a_frozen_resnet_encoder_runs_once_per_image_through_the_feature_cache()
     assert vqa_models.run_sections("vqa_san", {}, "frozen_features", {"source": {"name": "vqa_v2"}})[1] == cached
 
 
-def test_vqa_models_reuse_finished_runs_of_the_same_config_code_and_data(tmp_path, monkeypatch):
-    def configs(lr=1e-3):
-        return vqa_models.model_configs(models=["vqa_mean_mlp", "vqa_lstm_mlp"],
-                                        model_kwargs={"vqa_mean_mlp": {"cnn_channels": [4, 8, 8]}},
-                                        dataset="easy_vqa", dataset_kwargs={"max_train_samples": 16,
-                                                                            "max_val_samples": 8},
-                                        epochs=1, batch_size=8, lr=lr, seed=0, experiment="e",
-                                        runs_root=str(tmp_path / "runs"))
+def tiny_model_configs(runs_root, lr=1e-3):
+    return vqa_models.model_configs(models=["vqa_mean_mlp", "vqa_lstm_mlp"],
+                                    model_kwargs={"vqa_mean_mlp": {"cnn_channels": [4, 8, 8]}},
+                                    dataset="easy_vqa", dataset_kwargs={"max_train_samples": 16, "max_val_samples": 8},
+                                    epochs=1, batch_size=8, lr=lr, seed=0, experiment="e", runs_root=str(runs_root))
 
-    first = vqa_models.train_models(configs())
-    assert len(set(first)) == 2 and all((d / "summary.json").is_file() for d in first)
+
+def hparams_of(run_dir) -> dict:
+    """The HParams entry a sweep wrote for a run (TensorBoard's own reader)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from vqalab.monitor import HPARAMS_DIR, TB_DIR
+
+    acc = EventAccumulator(str(Path(run_dir) / TB_DIR / HPARAMS_DIR))
+    acc.Reload()
+    content = acc.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    info = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+    return {key: value.string_value or value.number_value for key, value in info.hparams.items()}
+
+
+def test_vqa_models_reuse_finished_runs_of_the_same_config_code_and_data(tmp_path, monkeypatch):
+    from vqalab import sweep as sweep_module
+    from vqalab.results import runs_table
+
+    loads: list[str] = []
+    real_build_data = sweep_module.build_data
+    monkeypatch.setattr(sweep_module, "build_data", lambda spec: loads.append(spec["name"]) or real_build_data(spec))
+    first = vqa_models.train_models(tiny_model_configs(tmp_path / "runs"))
+    assert list(first["name"]) == ["vqa_mean_mlp", "vqa_lstm_mlp"] and list(first["status"]) == ["completed"] * 2
+    assert loads == ["easy_vqa"]  # one data section, loaded once for both models
+    assert len(set(first["run_dir"])) == 2 and all((Path(d) / "summary.json").is_file() for d in first["run_dir"])
+    # the sweeps' HParams entry: the point's run name (here the model's) and seed
+    assert [hparams_of(d) for d in first["run_dir"]] == [{"name": "vqa_mean_mlp", "seed": 0},
+                                                         {"name": "vqa_lstm_mlp", "seed": 0}]
+    # the study table is results.runs_table of the runs, with the sweep's error column
+    table = vqa_models.models_table(first)
+    assert list(table.columns) == list(vqa_models.TABLE_COLUMNS)
+    pd.testing.assert_frame_equal(table.drop(columns="error"), runs_table(list(first["run_dir"])))
+
     trained: list[str] = []
-    real_fit = vqa_models.fit
-    monkeypatch.setattr(vqa_models, "fit", lambda cfg, data: trained.append(cfg.name) or real_fit(cfg, data=data))
+    real_fit = sweep_module.fit
+    monkeypatch.setattr(sweep_module, "fit", lambda cfg, data, on_epoch: trained.append(cfg.name)
+                        or real_fit(cfg, data=data, on_epoch=on_epoch))
     run_log = tmp_path / "runs.jsonl"
     monkeypatch.setenv(RUN_LOG_ENV, str(run_log))
-    assert vqa_models.train_models(configs()) == first and trained == []  # a second call trains nothing
+    again = vqa_models.train_models(tiny_model_configs(tmp_path / "runs"))
+    assert list(again["run_dir"]) == list(first["run_dir"]) and again["reused"].all()
+    assert trained == [] and loads == ["easy_vqa"]  # a second call trains nothing and loads no data
     lines = [json.loads(line) for line in run_log.read_text().splitlines()]
-    assert [(e["run_dir"], e["reused"]) for e in lines] == [(str(d), True) for d in first]
+    assert [(e["run_dir"], e["reused"]) for e in lines] == [(d, True) for d in first["run_dir"]]
     assert all(e["finished"] for e in lines)
-    again = vqa_models.train_models(configs(lr=2e-3))  # another config: both train, in new folders
-    assert trained == ["vqa_mean_mlp", "vqa_lstm_mlp"] and not set(again) & set(first)
+    other = vqa_models.train_models(tiny_model_configs(tmp_path / "runs", lr=2e-3))  # both train, in new folders
+    assert trained == ["vqa_mean_mlp", "vqa_lstm_mlp"] and not set(other["run_dir"]) & set(first["run_dir"])
     monkeypatch.setenv(FRESH_ENV, "1")
-    vqa_models.train_models(configs())
+    vqa_models.train_models(tiny_model_configs(tmp_path / "runs"))
     assert trained[2:] == ["vqa_mean_mlp", "vqa_lstm_mlp"]  # VQALAB_FRESH=1 retrains
     assert len(list((tmp_path / "runs" / "e").iterdir())) == 6
+
+
+def test_a_failed_model_is_a_failed_row_and_the_others_still_train(tmp_path, monkeypatch):
+    from vqalab import sweep as sweep_module
+
+    real_fit = sweep_module.fit
+
+    def fit_failing_lstm(cfg, data, on_epoch):
+        if cfg.name == "vqa_lstm_mlp":
+            raise RuntimeError("out of memory")
+        return real_fit(cfg, data=data, on_epoch=on_epoch)
+
+    monkeypatch.setattr(sweep_module, "fit", fit_failing_lstm)
+    points = vqa_models.train_models(tiny_model_configs(tmp_path / "runs"))
+    assert list(points["status"]) == ["completed", "failed"]
+    assert points["error"].iloc[1] == "RuntimeError: out of memory" and pd.isna(points["run_dir"].iloc[1])
+    table = vqa_models.models_table(points)
+    assert list(table["name"]) == ["vqa_mean_mlp", "vqa_lstm_mlp"] and list(table["status"]) == ["completed", "failed"]
+    assert table["best_val_acc"].iloc[0] >= 0 and math.isnan(table["best_val_acc"].iloc[1])
+    headline, text = vqa_models.findings_of(table, epochs=1)
+    assert headline["best model"] == "vqa_mean_mlp"
+    assert text[-1] == "vqa_lstm_mlp failed: RuntimeError: out of memory"
+    headline, text = vqa_models.findings_of(table.iloc[1:], epochs=1)
+    assert headline["best model"] == "none" and math.isnan(headline["best val_acc"])
+    assert text[0] == "No model finished an epoch: no accuracy to compare."
 
 
 def test_vqa_models_findings_with_and_without_overfitting():

@@ -150,6 +150,46 @@ def test_bad_grids_fail_before_any_training(tmp_path):
     assert not (tmp_path / "sweep").exists()
 
 
+def test_explicit_configs_are_points_as_given_and_bad_ones_fail_before_any_training(tmp_path):
+    from vqalab.config import build_config
+    from vqalab.sweep_points import config_points
+
+    images = {**base(tmp_path), "name": "images", "seed": 3}
+    scenes = {**base(tmp_path), "name": "scenes", "model": {"name": "vqa_question_only"},
+              "data": {"name": "synthetic_scenes", "inputs": "scene_graph"}}
+    points = config_points([build_config(images), scenes])
+    assert [(p.values, p.seed, p.cfg.name) for p in points] == [({"name": "images"}, 3, "images"),
+                                                                 ({"name": "scenes"}, 0, "scenes")]
+    assert points[1].cfg.data == {"name": "synthetic_scenes", "inputs": "scene_graph"}
+    assert points[0].hash == runs.config_hash(build_config(images)) != points[1].hash
+    with pytest.raises(ConfigError, match="run name lists 'images' twice"):
+        sweep(configs=[images, {**images, "seed": 4}])
+    with pytest.raises(ConfigError, match="sweep config 2: unknown key 'optim.lrr'"):
+        sweep(configs=[images, {**images, "name": "b", "optim": {"lrr": 1.0}}])
+    with pytest.raises(ConfigError, match="sweep config 1: expected a RunConfig or a params tree, got str"):
+        sweep(configs=["params/train/cvt.yaml"])
+    with pytest.raises(ConfigError, match="expected a non-empty list of configs"):
+        sweep(configs=[])
+    with pytest.raises(ConfigError, match="leave base, grid and seeds out"):
+        sweep(base(tmp_path), {}, configs=[images])
+    with pytest.raises(ConfigError, match="leave base, grid and seeds out"):
+        sweep(configs=[images], seeds=[0, 1])
+    with pytest.raises(ConfigError, match="leave workers and storage out"):
+        sweep(configs=[images], workers=2)
+    with pytest.raises(ConfigError, match="expected a base config and a grid, or configs"):
+        sweep(base(tmp_path))
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_curves_pass_over_a_failed_point_without_a_run(tmp_path):
+    df = sweep(base(tmp_path), {"optim.lr": [1e-3]}, seeds=[0])
+    failed = {"optim.lr": 2e-3, "seed": 0, "status": "failed", "run_dir": None, "error": "RuntimeError: x"}
+    table = pd.DataFrame([*df.to_dict("records"), failed])  # as sweep builds its table
+    assert isinstance(table["run_dir"].iloc[1], float)  # pandas holds the missing folder as NaN
+    curves = load_curves(table, keys=["optim.lr"])
+    assert list(curves["optim.lr"]) == [1e-3, 1e-3]  # the completed point's two epochs only
+
+
 def test_grid_expansion_order_names_and_tuple_values():
     points = expand_grid({"name": "g"}, {"optim.lr": [1e-4, 1e-3], "optim.betas": [[0.9, 0.99]]}, seeds=[0, 5])
     assert [(p.values["optim.lr"], p.seed) for p in points] == [(1e-4, 0), (1e-4, 5), (1e-3, 0), (1e-3, 5)]

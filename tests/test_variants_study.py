@@ -10,6 +10,7 @@ import pytest
 from vqalab.config import read_yaml
 from vqalab.models import create_model
 from vqalab.registry import ConfigError
+from vqalab.runs import read_summary
 from vqalab.studies import variants as study
 
 TINY = {
@@ -102,6 +103,11 @@ def test_trained_variants_table_matches_the_runs_and_the_models(tmp_path, repo_r
     runs, curves = study.mark_divergence(study.train_variants(configs, data))
     assert list(runs["variant"]) == ["cvt", "cvt_io_v2_5"] and list(runs["status"]) == ["completed"] * 2
     assert set(curves["variant"]) == {"cvt", "cvt_io_v2_5"}
+    # one sweep of both variants: each run named after its params file and seed, as a sweep names it
+    assert list(runs["name"]) == ["cvt_s0", "cvt_io_v2_5_s0"] and list(runs["lr"]) == [4e-3, 4e-3]
+    assert [read_summary(d)["name"] for d in runs["run_dir"]] == ["cvt_s0", "cvt_io_v2_5_s0"]
+    again = study.train_variants(configs, data)
+    assert again["reused"].all() and list(again["run_dir"]) == list(runs["run_dir"])  # nothing trains again
     table = study.cost_table(runs, configs, data, latency_batch_size=2, device="cpu", warmup=0, repeats=1)
     expected_params = create_model("cvt_io", **{k: v for k, v in configs["cvt_io_v2_5"]["model"].items() if k != "name"},
                                    map_size=8, map_extent=6.0)

@@ -2,7 +2,9 @@
 
 ``sweep(base, grid={"optim.lr": [...], "model.depth": [...]}, seeds=[0, 1])`` trains every
 combination of the grid values (dotted params keys, as in ``--set``) for every seed and returns one
-pandas DataFrame row per run. A point that already finished (status ``completed`` or
+pandas DataFrame row per run. ``sweep(configs=[cfg, ...])`` trains explicit configs instead, each as
+given (its own name and seed): runs that differ in whole sections, such as models that each read
+their own input of a data set (``vqalab.studies.vqa_models``). A point that already finished (status ``completed`` or
 ``diverged``, found under ``runs_root/experiment``) is reused, not retrained, when three things
 match: its config hash (weights files by content, the device by its type, inert keys left out:
 ``runs.config_hash``), the fingerprint of the code that trained it (the modules ``fit`` imports:
@@ -47,6 +49,7 @@ from vqalab.runs import (
     read_summary,
 )
 from vqalab.sweep_points import (
+    config_points,
     expand_grid,
     finished_runs,
     fresh_requested,
@@ -60,12 +63,15 @@ log = logging.getLogger(__name__)
 
 
 
-def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[int] = (0,),
+def sweep(base: RunConfig | dict | None = None, grid: dict[str, Sequence] | None = None, *,
+          configs: Sequence[RunConfig | dict] | None = None, seeds: Sequence[int] | None = None,
           data: DataSplits | None = None, reuse: bool = True, workers: int = 1,
           storage: str | None = None, pruner: str | None = None) -> pd.DataFrame:
     """Train (or reuse) one run per grid point and seed; one DataFrame row per run.
 
-    base, grid, seeds: as in ``expand_grid``.
+    base, grid, seeds: as in ``expand_grid`` (seeds default to ``[0]``).
+    configs: instead of base, grid and seeds: explicit configs, one point each, trained as given
+        (``config_points``; the grid key is ``name``, the run name).
     data: loaded splits used by every point (they must match ``data`` of the configs); None: each
         distinct ``data`` spec is loaded once, and only if some point needs training.
     reuse: take a finished run with the same config, code fingerprint and data identity instead of
@@ -88,15 +94,27 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
     ``failed`` row and the sweep goes on. ``df.attrs["grid_keys"]`` lists the grid keys.
     """
     check_pruner(pruner)
-    if workers > 1 or storage is not None:
-        if data is not None:
-            raise ConfigError("sweep(data=...) with workers: each worker process loads its own data; "
-                              "leave data=None")
-        from vqalab.sweep_queue import sweep_with_workers  # optuna loads only for worker sweeps
+    if configs is not None:
+        if base is not None or grid is not None or seeds is not None:
+            raise ConfigError("sweep(configs=...): each config is a whole point with its own seed; "
+                              "leave base, grid and seeds out")
+        if workers > 1 or storage is not None:
+            raise ConfigError("sweep(configs=...) runs in this process: worker sweeps queue a base and a grid; "
+                              "leave workers and storage out")
+        points, grid_keys = config_points(configs), ["name"]
+    else:
+        if base is None or grid is None:
+            raise ConfigError("sweep: expected a base config and a grid, or configs=[...]")
+        seeds = (0,) if seeds is None else seeds
+        if workers > 1 or storage is not None:
+            if data is not None:
+                raise ConfigError("sweep(data=...) with workers: each worker process loads its own data; "
+                                  "leave data=None")
+            from vqalab.sweep_queue import sweep_with_workers  # optuna loads only for worker sweeps
 
-        return sweep_with_workers(base, grid, seeds=seeds, reuse=reuse, workers=workers, storage=storage,
-                                  pruner=pruner)
-    points = expand_grid(base, grid, seeds)
+            return sweep_with_workers(base, grid, seeds=seeds, reuse=reuse, workers=workers, storage=storage,
+                                      pruner=pruner)
+        points, grid_keys = expand_grid(base, grid, seeds), list(grid)
     reuse = reuse and not fresh_requested()
     code = code_fingerprint()
     indexes: dict[tuple[str, str], dict[str, Path]] = {}
@@ -159,7 +177,7 @@ def sweep(base: RunConfig | dict, grid: dict[str, Sequence], *, seeds: Sequence[
         rows.append(sweep_row(point, result.summary, result.run_dir, reused=False))
     log_points(rows)
     df = pd.DataFrame(rows)
-    df.attrs["grid_keys"] = list(grid)
+    df.attrs["grid_keys"] = grid_keys
     return df
 
 
@@ -186,7 +204,7 @@ def load_curves(df: pd.DataFrame, keys: Sequence[str] | None = None) -> pd.DataF
     keys = list(keys if keys is not None else df.attrs.get("grid_keys", []))
     frames = []
     for _, run in df.iterrows():
-        if not run["run_dir"] or not (Path(run["run_dir"]) / METRICS_FILE).is_file():
+        if pd.isna(run["run_dir"]) or not (Path(run["run_dir"]) / METRICS_FILE).is_file():  # failed: NaN
             continue
         curve = metrics_table(run["run_dir"])
         for key in [*keys, "seed", "status"]:

@@ -1,6 +1,6 @@
 """Sweep points, shared by both executors of a sweep (``sweep.sweep`` in this process and
 ``sweep_queue`` over worker processes): a grid × seeds expanded into validated configs
-(``expand_grid``), the finished run that stands for a point (``finished_runs``, ``find_finished``:
+(``expand_grid``) or explicit configs taken as they are (``config_points``), the finished run that stands for a point (``finished_runs``, ``find_finished``:
 config hash, code fingerprint and data identity must match), and a point's row of the sweep table
 (``sweep_row``).
 """
@@ -91,6 +91,27 @@ def expand_grid(base: RunConfig | dict, grid: dict[str, Sequence], seeds: Sequen
             cfg = build_config(tree, source=f"sweep point {label or '(base)'} seed {seed}")
             points.append(SweepPoint(values={k: _hashable(v) for k, v in values.items()}, seed=seed,
                                      cfg=cfg, hash=config_hash(cfg)))
+    return points
+
+
+def config_points(configs: Sequence[RunConfig | dict]) -> list[SweepPoint]:
+    """Explicit configs as sweep points, each trained as given (its own name and seed); all errors
+    raise before any training.
+
+    For runs that differ in whole sections (a model with its own data input), which no grid of
+    values over one base expresses. A point's value is its run name (``{"name": cfg.name}``): the
+    column of the sweep table and the HParams entry that tell the points apart.
+    """
+    if isinstance(configs, (str, bytes, dict)) or not isinstance(configs, Sequence) or len(configs) == 0:
+        raise ConfigError(f"sweep configs = {short_repr(configs)}: expected a non-empty list of configs")
+    points = []
+    for n, cfg in enumerate(configs, 1):
+        if isinstance(cfg, dict):
+            cfg = build_config(copy.deepcopy(cfg), source=f"sweep config {n}")
+        elif not isinstance(cfg, RunConfig):
+            raise ConfigError(f"sweep config {n}: expected a RunConfig or a params tree, got {type(cfg).__name__}")
+        points.append(SweepPoint(values={"name": cfg.name}, seed=cfg.seed, cfg=cfg, hash=config_hash(cfg)))
+    refuse_repeats("sweep configs: run name", [p.cfg.name for p in points])
     return points
 
 

@@ -30,7 +30,7 @@ from vqalab.metrics import IOU_SWEEP_THRESHOLDS, iou_counts, iou_of_counts
 from vqalab.paths import resolve
 from vqalab.plots import DIVERGED_COLOR
 from vqalab.registry import ConfigError
-from vqalab.runs import latest_checkpoint, model_from_checkpoint
+from vqalab.runs import latest_checkpoint, model_from_checkpoint, safe_name
 from vqalab.studies.common import swept_sentence
 from vqalab.sweep import load_curves, sweep
 
@@ -95,9 +95,13 @@ def study_data(configs: dict[str, dict]) -> DataSplits:
 
 
 def train_variants(configs: dict[str, dict], data: DataSplits, *, seed: int = 0) -> pd.DataFrame:
-    """Train (or reuse) one run per variant; one row per variant: ``sweep``'s columns, ``variant``, ``lr``."""
-    return pd.concat([sweep(tree, {}, seeds=[seed], data=data).assign(variant=name, lr=build_config(tree).optim.lr)
-                      for name, tree in configs.items()], ignore_index=True)
+    """Train (or reuse) one run per variant, all in one sweep (``sweep(configs=...)``: each variant a
+    point, named ``<params file name>_s<seed>`` as a sweep names a seed's run); one row per variant:
+    ``sweep``'s columns, ``variant``, ``lr``."""
+    trees = [merge(tree, {"seed": seed, "name": safe_name(f"{tree.get('name', name)}_s{seed}")})
+             for name, tree in configs.items()]
+    return sweep(configs=trees, data=data).assign(variant=list(configs),
+                                                  lr=[build_config(tree).optim.lr for tree in trees])
 
 
 def divergence_step(run: pd.Series | dict, curve: pd.DataFrame | None) -> float:
@@ -180,7 +184,7 @@ def iou_by_threshold(runs: pd.DataFrame, data: DataSplits,
     run without a checkpoint (diverged in its first epoch)."""
     rows = []
     for _, run in runs.iterrows():
-        ckpt = latest_checkpoint(run["run_dir"]) if run["run_dir"] else None
+        ckpt = latest_checkpoint(run["run_dir"]) if pd.notna(run["run_dir"]) else None  # failed: NaN
         values = {t: math.nan for t in thresholds}
         if ckpt is not None:
             model, _ = model_from_checkpoint(ckpt)

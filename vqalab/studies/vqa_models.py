@@ -3,24 +3,16 @@ time per epoch and size."""
 
 from __future__ import annotations
 
-import json
-import logging
-from pathlib import Path
+import math
 
 import pandas as pd
 
 from vqalab.config import RunConfig, build_config
-from vqalab.data import build_data, data_status
 from vqalab.models.encoders import RESNET_OUT_DIM
-from vqalab.provenance import code_fingerprint
 from vqalab.registry import ConfigError
-from vqalab.runs import config_hash
+from vqalab.results import runs_table
 from vqalab.studies.common import swept_sentence
-from vqalab.sweep import finished_runs, fresh_requested, log_points, reuse_key
-from vqalab.train import fit
-
-log = logging.getLogger(__name__)
-
+from vqalab.sweep import sweep
 
 # A frozen ResNet (freeze_image: true) on an image data set runs once per image into the feature
 # cache instead of once per batch and epoch: these model keywords then go to ``frozen_features``.
@@ -65,38 +57,30 @@ def model_configs(*, models: list, model_kwargs: dict, dataset: str, dataset_kwa
     return configs
 
 
-def train_models(configs: list[RunConfig], *, reuse: bool = True) -> list[Path]:
-    """Train every config, or reuse its finished run as sweeps do: same config hash, training code
-    (``code_fingerprint``) and data identity (``vqalab.sweep.reuse_key``; ``reuse=False`` or ``VQALAB_FRESH=1`` retrains).
-    Each distinct data section is loaded once, and only if some model trains. The run folders, in
-    config order; every model is a line of the report's run log (reused or trained)."""
-    reuse = reuse and not fresh_requested()
-    code = code_fingerprint()
-    indexes: dict[tuple[str, str], dict[str, Path]] = {}
-    fingerprints: dict[str, str] = {}
-    loaded: dict[str, object] = {}
-    run_dirs, rows = [], []
-    for cfg in configs:
-        data_key = json.dumps(cfg.data, sort_keys=True, default=str)
-        run_dir = None
-        if reuse:
-            index = indexes.setdefault((cfg.runs_root, cfg.experiment), finished_runs(cfg.runs_root, cfg.experiment))
-            if data_key not in fingerprints:
-                fingerprints[data_key] = data_status(cfg.data).fingerprint
-            run_dir = index.get(reuse_key(config_hash(cfg), code, fingerprints[data_key]))
-        if run_dir is not None:
-            log.info("%s: reusing %s (same config, code and data)", cfg.name, run_dir)
-            summary = json.loads((run_dir / "summary.json").read_text())
+def train_models(configs: list[RunConfig], *, reuse: bool = True) -> pd.DataFrame:
+    """Train every config, or reuse its finished run: one sweep point per model (``sweep(configs=...)``,
+    so the sweeps' reuse rule, data loading, failure rows, HParams and run log). One row per model,
+    in config order: ``sweep``'s columns, ``name`` the model's."""
+    return sweep(configs=configs, reuse=reuse)
+
+
+# ``results.runs_table``'s columns and the sweep's error: a table of failed models has them too.
+TABLE_COLUMNS = ("name", "model", "status", "seed", "best_epoch", "best_val_acc", "best_val_loss", "epoch_time_s",
+                 "params_M", "overfitting_from_epoch", "run_dir", "error")
+
+
+def models_table(points: pd.DataFrame) -> pd.DataFrame:
+    """``results.runs_table`` of the models' runs (``train_models``' rows, in their order) with the
+    sweep's ``error``; a model that failed without a run to read is a row of its name, seed, status
+    ``failed`` and error (the other columns empty)."""
+    rows = []
+    for _, point in points.iterrows():
+        if pd.notna(point["run_dir"]):  # a failed point has none (NaN in the table)
+            rows.append({**runs_table([point["run_dir"]]).iloc[0].to_dict(), "error": point["error"]})
         else:
-            if data_key not in loaded:
-                loaded[data_key] = build_data(cfg.data)
-            result = fit(cfg, data=loaded[data_key])
-            summary = result.summary
-        rows.append({"run_dir": str(run_dir or result.run_dir), "status": summary.get("status"),
-                     "reused": run_dir is not None, "finished": summary.get("finished")})
-        run_dirs.append(run_dir or result.run_dir)
-    log_points(rows)
-    return run_dirs
+            rows.append({"name": point["name"], "status": point["status"], "seed": point["seed"],
+                         "error": point["error"]})
+    return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
 
 
 def swept_text(*, models: list, dataset: str, seed: int, epochs: int) -> list[str]:
@@ -105,19 +89,26 @@ def swept_text(*, models: list, dataset: str, seed: int, epochs: int) -> list[st
 
 
 def findings_of(table: pd.DataFrame, *, epochs: int) -> tuple[dict, list[str]]:
-    """The best model, overfitting per model, time and size; headline: best val_acc, model, epoch.
+    """The best model, overfitting per model, time and size, failed models with their error;
+    headline: best val_acc, model, epoch (NaN, "none", NaN when no model finished an epoch).
 
-    ``table``: ``results.runs_table`` of the runs.
+    ``table``: ``models_table`` of the runs (or ``results.runs_table``).
     """
-    best = table.sort_values("best_val_acc", ascending=False).iloc[0]
+    scored = table.dropna(subset=["best_val_acc"])
+    if len(scored):
+        best = scored.sort_values("best_val_acc", ascending=False).iloc[0]
+        text = [(f"Best model: {best['name']} with validation accuracy {best['best_val_acc']:.4f} "
+                 f"at epoch {best['best_epoch']} of {epochs}.")]
+        headline = {"best val_acc": float(best["best_val_acc"]), "best model": best["name"],
+                    "best epoch": int(best["best_epoch"])}
+    else:
+        text = ["No model finished an epoch: no accuracy to compare."]
+        headline = {"best val_acc": math.nan, "best model": "none", "best epoch": math.nan}
     overfit = table.dropna(subset=["overfitting_from_epoch"])
-    text = [(f"Best model: {best['name']} with validation accuracy {best['best_val_acc']:.4f} "
-             f"at epoch {best['best_epoch']} of {epochs}.")]
     text += [f"{r['name']} overfits after epoch {int(r['overfitting_from_epoch'])}: validation loss rises "
              "while training loss falls." for _, r in overfit.iterrows()] or [
         "No model shows overfitting within these epochs."]
-    text += [f"{r['name']}: {r['epoch_time_s']:.1f} s per epoch, {r['params_M']:.3f} M parameters."
+    text += [f"{r['name']} failed: {r['error']}" if r.get("status") == "failed" else
+             f"{r['name']}: {r['epoch_time_s']:.1f} s per epoch, {r['params_M']:.3f} M parameters."
              for _, r in table.iterrows()]
-    headline = {"best val_acc": float(best["best_val_acc"]), "best model": best["name"],
-                "best epoch": int(best["best_epoch"])}
     return headline, text
