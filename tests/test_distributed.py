@@ -232,7 +232,7 @@ def test_two_ranks_equal_one_process_with_twice_the_batch_also_on_an_uneven_last
 
     assert [p for p in (tmp_path / "runs" / "ddp").iterdir()] == [run_dir]  # one folder, rank 0's
     assert sorted(p.name for p in run_dir.iterdir()) == [".lock", "checkpoints", "confusion_matrix.csv", "metrics.csv",
-                                                         "params.yaml", "summary.json", "tb"]
+                                                         "params.yaml", "summary.json", "tb", "val_predictions.csv"]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["steps"] == 3
     assert summary["world_size"] == 2 and summary["global_batch"] == 2 * B

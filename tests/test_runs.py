@@ -14,6 +14,7 @@ from vqalab import runs
 from vqalab.config import build_config
 from vqalab.data import build_data
 from vqalab.models import create_model
+from vqalab.registry import ConfigError
 from vqalab.runs import load_checkpoint, model_from_checkpoint, new_run_dir
 from vqalab.train import fit
 
@@ -72,6 +73,11 @@ def test_run_folder_holds_params_metrics_summary_and_checkpoints(tmp_path, data)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["epoch_001.pt", "epoch_002.pt"]
     matrix = list(csv.reader((run / "confusion_matrix.csv").read_text().splitlines()))
     assert len(matrix) == 14 and sum(int(x) for r in matrix[1:] for x in r[1:]) == len(data.val)
+    # the best epoch's answer per validation question: its accuracy is the recorded best val_acc
+    predicted = runs.read_predictions(run)
+    truth = [data.class_names[t] for t in data.val.targets]
+    assert len(predicted) == len(data.val) and set(predicted) <= set(data.class_names)
+    assert sum(p == t for p, t in zip(predicted, truth)) / len(truth) == pytest.approx(summary["best_val_acc"])
 
 
 def test_two_runs_never_share_a_folder(tmp_path):
@@ -119,6 +125,20 @@ def test_metrics_rows_round_trip_exactly(tmp_path):
     assert [type(r["epoch"]) for r in rows] == [int, int] and rows[1]["step"] == 6
     assert rows[0] == history[0] and rows[1]["train_loss"] == history[1]["train_loss"]  # floats exact
     assert math.isnan(rows[1]["peak_memory_mb"])
+
+
+def test_predictions_file_round_trips_and_damage_is_named(tmp_path):
+    runs.write_predictions(tmp_path, ["no", "yes, surely"], torch.tensor([1, 0, 1], dtype=torch.int32))
+    assert runs.read_predictions(tmp_path) == ["yes, surely", "no", "yes, surely"]  # a comma is quoted
+    path = tmp_path / runs.PREDICTIONS_FILE
+    path.write_text("index,predicted\n0,no\n2,yes\n")
+    with pytest.raises(ConfigError, match=r"val_predictions.csv: line 3: .*expected index 1"):
+        runs.read_predictions(tmp_path)
+    path.write_text("question,answer\n")
+    with pytest.raises(ConfigError, match="expected index,predicted"):
+        runs.read_predictions(tmp_path)
+    with pytest.raises(ConfigError, match="val_predictions.csv is missing"):
+        runs.read_predictions(tmp_path / "elsewhere")
 
 
 def test_confusion_matrix_file_and_per_class_accuracy(tmp_path):

@@ -5,6 +5,7 @@ import json
 import math
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -12,6 +13,7 @@ import yaml
 
 from vqalab.bench import recommend_batch_size
 from vqalab.config import build_config, read_yaml
+from vqalab.data.fixtures import write_vqa_v2
 from vqalab.memory import predict_memory
 from vqalab.registry import ConfigError
 from vqalab.report.data import notebook_default
@@ -638,6 +640,77 @@ def test_vqa_models_findings_with_and_without_overfitting():
                     "a: 1.2 s per epoch, 0.100 M parameters.", "b: 2.0 s per epoch, 0.200 M parameters."]
     _, text = vqa_models.findings_of(table.assign(overfitting_from_epoch=None), epochs=8)
     assert text[1] == "No model shows overfitting within these epochs."
+
+
+def test_accuracy_per_answer_type_matches_a_hand_computation():
+    def ten(*answers):  # ten human answers from (answer, how many gave it) pairs
+        return [a for a, n in answers for _ in range(n)]
+
+    split = Questions(SimpleNamespace(
+        answers=[ten(("red", 10)), ten(("2", 2), ("3", 8)), ten(("yes", 10)), ten(("yes", 10))],
+        answer_types=["other", "number", "yes/no", "yes/no"]))
+    cached = SimpleNamespace(base=split)  # a feature cache's split reads its source's annotations
+    row = vqa_models.type_accuracy("vqa_v2", ["red", "2", "no", "yes"], cached)
+    # "2" is given by 2 of 10: leaving one of those 2 out leaves 1 match (1/3), leaving one of the
+    # other 8 out leaves 2 (2/3): (2 * 1/3 + 8 * 2/3) / 10 = 0.6
+    assert list(row) == ["yes/no", "number", "other", "overall", "questions"]  # the papers' order
+    assert row == pytest.approx({"yes/no": 0.5, "number": 0.6, "other": 1.0, "overall": 2.6 / 4, "questions": 4})
+    with pytest.raises(ConfigError, match="3 predictions for the 4 questions of the vqa_v2 validation split"):
+        vqa_models.type_accuracy("vqa_v2", ["red", "2", "no"], cached)
+    with pytest.raises(ConfigError, match="easy_vqa types no question"):
+        vqa_models.type_accuracy("easy_vqa", ["red"], cached)
+
+
+def test_accuracy_per_structural_type_matches_a_hand_computation():
+    split = Questions(SimpleNamespace(answers=["yes", "blue", "cat", "no", "left", "yes"],
+                                      structural_types=["verify", "query", "query", "logical", "choose", "spatial"]))
+    row = vqa_models.type_accuracy("gqa", ["yes", "red", "cat", "yes", "left", "yes"], split)
+    assert list(row) == ["verify", "query", "choose", "logical", "spatial", "overall", "questions"]
+    assert row == {"verify": 1.0, "query": 0.5, "choose": 1.0, "logical": 0.0, "spatial": 1.0, "overall": 4 / 6,
+                   "questions": 6}
+
+
+class Questions:
+    """A validation split's annotations alone (``len`` and the attributes of ``fields``)."""
+
+    def __init__(self, fields: SimpleNamespace):
+        self.__dict__.update(vars(fields))
+        self.count = len(next(iter(vars(fields).values())))
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def test_easy_vqa_page_says_in_one_line_that_it_has_no_answer_types(tmp_path):
+    configs = vqa_models.model_configs(models=["vqa_lstm_mlp"], model_kwargs={}, dataset="easy_vqa", dataset_kwargs={},
+                                       epochs=1, batch_size=4, lr=1e-3, seed=0, experiment="e", runs_root="r")
+    assert vqa_models.type_accuracy_text(configs) == [
+        "easy_vqa gives its questions no answer or structural types: no accuracy per type."]
+    table = vqa_models.type_accuracy_table(configs, [tmp_path / "no-run"])  # nothing is read
+    assert table.empty
+
+
+def test_per_type_table_of_trained_vqa_v2_runs_agrees_with_their_validation_accuracy(tmp_path):
+    root = write_vqa_v2(tmp_path / "vqa_v2", train_images=8, val_images=4)
+    configs = vqa_models.model_configs(models=["vqa_mean_mlp", "vqa_lstm_mlp"],
+                                       model_kwargs={"vqa_mean_mlp": {"cnn_channels": [4, 8, 8]},
+                                                     "vqa_lstm_mlp": {"cnn_channels": [4, 8, 8]}},
+                                       dataset="vqa_v2", dataset_kwargs={"root": str(root), "image_size": 32},
+                                       epochs=2, batch_size=8, lr=1e-2, seed=0, experiment="e",
+                                       runs_root=str(tmp_path / "runs"))
+    run_dirs = vqa_models.train_models(configs)
+    table = vqa_models.type_accuracy_table(configs, run_dirs)
+    assert list(table.columns) == ["name", "yes/no", "number", "other", "overall", "questions"]
+    # 12 validation questions, 2 of them without an answer in the training vocabulary: left out, as in val_acc
+    assert list(table["name"]) == ["vqa_mean_mlp", "vqa_lstm_mlp"] and set(table["questions"]) == {10}
+    for run_dir, (_, row) in zip(run_dirs, table.iterrows()):
+        summary = json.loads((run_dir / "summary.json").read_text())
+        # the official accuracy of the best epoch's answers is the soft score the loop averaged
+        assert row["overall"] == pytest.approx(summary["best_val_acc"])
+        assert all(0.0 <= row[kind] <= 1.0 for kind in ("yes/no", "number", "other"))
+    assert vqa_models.type_accuracy_text(configs) == [(
+        "Validation accuracy per answer type on vqa_v2 at each model's best epoch, as the data set's paper "
+        "reports it, over the questions val_acc counts (those with an answer in the vocabulary).")]
 
 
 # The FER base (params/fer_base.yaml): one definition that the five FER studies extend.

@@ -84,7 +84,8 @@ def assert_same_run(run_dir, reference_dir):
     rows, ref_rows = read_metrics_rows(run_dir / "metrics.csv"), read_metrics_rows(reference_dir / "metrics.csv")
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]  # nothing duplicated, nothing missing
     assert [[r[c] for c in EXACT_COLUMNS] for r in rows] == [[r[c] for c in EXACT_COLUMNS] for r in ref_rows]
-    assert (run_dir / "confusion_matrix.csv").read_text() == (reference_dir / "confusion_matrix.csv").read_text()
+    for record in ("confusion_matrix.csv", "val_predictions.csv"):
+        assert (run_dir / record).read_text() == (reference_dir / record).read_text()
     summary = json.loads((run_dir / "summary.json").read_text())
     ref_summary = json.loads((reference_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
@@ -463,7 +464,7 @@ def test_segmentation_run_scores_iou_over_the_validation_split(tmp_path):
     cfg = segmentation_config(tmp_path)
     result = fit(cfg)
     assert result.summary["status"] == "completed" and result.summary["task"] == "segmentation"
-    assert not (result.run_dir / "confusion_matrix.csv").exists()
+    assert not (result.run_dir / "confusion_matrix.csv").exists() and not (result.run_dir / "val_predictions.csv").exists()
     rows = runs.read_metrics_rows(result.run_dir / "metrics.csv")
     model, _ = model_from_checkpoint(result.run_dir / "checkpoints" / "epoch_002.pt")
     data = build_data(cfg.data)

@@ -52,6 +52,8 @@ CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 CONFUSION_FILE = "confusion_matrix.csv"
+PREDICTIONS_FILE = "val_predictions.csv"  # the best epoch's answer per validation item
+PREDICTION_COLUMNS = ["index", "predicted"]
 METRIC_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_acc", "lr", "epoch_time_s",
                   "step_time_s", "samples_per_s", "peak_memory_mb"]
 INT_COLUMNS = ("epoch", "step")
@@ -242,6 +244,30 @@ def write_confusion(run_dir: Path, class_names: list[str], matrix: torch.Tensor)
     """``confusion_matrix.csv`` of the best epoch so far (rows: true class, columns: predicted)."""
     write_csv(run_dir / CONFUSION_FILE, [["true\\predicted", *class_names],
                                          *([name, *counts] for name, counts in zip(class_names, matrix.tolist()))])
+
+
+def write_predictions(run_dir: Path, class_names: list[str], preds: torch.Tensor) -> None:
+    """``val_predictions.csv`` of the best epoch so far: the predicted class name of each validation
+    item, by its index in the split (what per-type accuracies are computed from)."""
+    write_csv(run_dir / PREDICTIONS_FILE, [PREDICTION_COLUMNS, *([i, class_names[p]] for i, p in enumerate(preds.tolist()))])
+
+
+def read_predictions(run_dir: str | Path) -> list[str]:
+    """The predicted class names of ``val_predictions.csv``, in validation item order; a missing or
+    damaged file is refused naming it."""
+    path = Path(run_dir) / PREDICTIONS_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing: the run predates per-item predictions or is not a "
+                          "classification run (retrain it, e.g. with VQALAB_FRESH=1)")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or rows[0] != PREDICTION_COLUMNS:
+        raise ConfigError(f"{path}: header {rows[0] if rows else 'missing'}: expected {','.join(PREDICTION_COLUMNS)}")
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != 2 or row[0] != str(line - 2):
+            raise ConfigError(f"{path}: line {line}: {short_repr(row)}: expected index {line - 2} and "
+                              "one predicted answer (restore the file, or retrain the run)")
+    return [row[1] for row in rows[1:]]
 
 
 def per_class_accuracy(matrix: torch.Tensor, class_names: list[str]) -> dict[str, float]:

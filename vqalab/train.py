@@ -1,8 +1,8 @@
 """The one training loop. Trains a single run described by a ``RunConfig`` into a run folder.
 
 Run folder contents: ``params.yaml`` (resolved config), ``metrics.csv`` (one row per epoch),
-``summary.json`` (status, best epoch, environment), ``confusion_matrix.csv`` (best epoch,
-classification only), ``checkpoints/epoch_NNN.pt``.
+``summary.json`` (status, best epoch, environment), ``confusion_matrix.csv`` and
+``val_predictions.csv`` (best epoch, classification only), ``checkpoints/epoch_NNN.pt``.
 
 The data set's ``task`` picks the objective: classification trains with ``train.loss`` and scores
 accuracy; segmentation (map-view masks) trains with binary cross-entropy per mask cell
@@ -82,6 +82,7 @@ from vqalab.runs import (
     read_metrics_rows,
     write_confusion,
     write_metrics,
+    write_predictions,
 )
 from vqalab.schedules import lr_factor
 from vqalab.threads import ThreadChoice, choose_threads, set_interop_threads, torch_threads
@@ -521,6 +522,7 @@ class RunState:
     step: int = 0
     start_epoch: int = 1
     best_confusion: torch.Tensor | None = None  # of the best epoch so far (classification)
+    best_predictions: torch.Tensor | None = None  # (N_val,) its predicted classes, int32
 
 
 def prepare_training(cfg: RunConfig, data: DataSplits | None, device: torch.device,
@@ -624,6 +626,7 @@ def restore_run(t: Training, point: ResumePoint) -> RunState:
         t.scaler.load_state_dict(ckpt["scaler_state"])
         state.history, state.step, state.start_epoch = point.history, ckpt["step"], ckpt["epoch"] + 1
         state.best_confusion = ckpt.get("best_confusion")
+        state.best_predictions = ckpt.get("best_predictions")
         set_rng_state(ckpt["rng_state"])  # last: building the model drew from the generators
     for stale in (run_dir / runs.CHECKPOINT_DIR).glob(".epoch_*.tmp"):
         stale.unlink(missing_ok=True)  # a save cut short by the interruption
@@ -638,12 +641,17 @@ def restore_run(t: Training, point: ResumePoint) -> RunState:
 
 def publish_start(t: Training, state: RunState, on_start: Callable[[Path], None] | None) -> None:
     """Write the run folder's records as training (re)starts: metrics.csv (header only, or the rows
-    up to the checkpoint), the best epoch's confusion matrix and summary.json; then ``on_start``."""
+    up to the checkpoint), the best epoch's confusion matrix and predictions and summary.json; then
+    ``on_start``."""
     write_metrics(state.run_dir / METRICS_FILE, state.history)
     if state.best_confusion is not None:
         write_confusion(state.run_dir, t.data.class_names, state.best_confusion)
     else:
         (state.run_dir / runs.CONFUSION_FILE).unlink(missing_ok=True)  # from a dropped epoch
+    if state.best_predictions is not None:
+        write_predictions(state.run_dir, t.data.class_names, state.best_predictions)
+    else:
+        (state.run_dir / runs.PREDICTIONS_FILE).unlink(missing_ok=True)
     runs.write_json(state.run_dir / "summary.json", state.summary)
     if on_start is not None:
         on_start(state.run_dir)
@@ -716,7 +724,7 @@ def limit_reached(state: RunState, cfg: RunConfig) -> bool:
 
 def record_epoch(t: Training, state: RunState, epoch: int, row: dict, monitor: RunMonitor) -> None:
     """Evaluate the epoch's model and record its row: metrics.csv, history, the best epoch's
-    confusion matrix, TensorBoard. A non-finite validation loss stops the run as diverged."""
+    confusion matrix and predictions, TensorBoard. A non-finite validation loss stops the run as diverged."""
     val_loss, val_acc, val_pred = evaluate(t.model, t.data, t.cfg, t.device)
     if not math.isfinite(val_loss):
         raise Diverged(state.step, t.optimizer.param_groups[0]["lr"], "validation loss", epoch)
@@ -727,6 +735,9 @@ def record_epoch(t: Training, state: RunState, epoch: int, row: dict, monitor: R
         state.best_confusion = confusion_matrix(torch.as_tensor(t.data.val.targets), val_pred,
                                                 len(t.data.class_names))
         write_confusion(state.run_dir, t.data.class_names, state.best_confusion)
+        # int32: the checkpoints carry it (exact resume) at 4 bytes per validation item
+        state.best_predictions = val_pred.to(torch.int32)
+        write_predictions(state.run_dir, t.data.class_names, state.best_predictions)
     append_metrics(state.run_dir / METRICS_FILE, row)
     monitor.epoch_end(row)
 
@@ -740,6 +751,7 @@ def save_epoch_checkpoint(t: Training, state: RunState, epoch: int, row: dict) -
         "rng_state": rng_state(), "epoch": epoch, "step": state.step, "config": t.asked.to_dict(),
         "class_names": t.data.class_names, "vocab": t.data.vocab, "metrics": row,
         "history": state.history, "best_confusion": state.best_confusion,
+        "best_predictions": state.best_predictions,
     })
 
 

@@ -1,16 +1,21 @@
 """VQA models compared on the same data and optimiser settings: curves, best epoch, overfitting,
-time per epoch and size."""
+time per epoch and size; on VQA v2 and GQA also the accuracy per question type their papers report."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pandas as pd
 
 from vqalab.config import RunConfig, build_config
+from vqalab.data import build_data
+from vqalab.metrics import gqa_accuracy, vqa_summary
 from vqalab.models.encoders import RESNET_OUT_DIM
 from vqalab.registry import ConfigError
 from vqalab.results import runs_table
+from vqalab.runs import read_predictions
 from vqalab.studies.common import swept_sentence
 from vqalab.sweep import sweep
 
@@ -112,3 +117,69 @@ def findings_of(table: pd.DataFrame, *, epochs: int) -> tuple[dict, list[str]]:
              f"{r['name']}: {r['epoch_time_s']:.1f} s per epoch, {r['params_M']:.3f} M parameters."
              for _, r in table.iterrows()]
     return headline, text
+
+
+# Accuracy per question type as each data set's paper reports it, in the papers' column order:
+# VQA v2 by answer type with the official VQA accuracy (Antol et al. 2015, Goyal et al. 2017), GQA
+# by structural type with exact match (Hudson & Manning 2019). Other data sets type no question.
+TYPED_DATA_SETS = {
+    "vqa_v2": ("answer type", ("yes/no", "number", "other")),
+    "gqa": ("structural type", ("verify", "query", "choose", "logical", "compare")),
+}
+
+
+def annotated_data_set(data: dict) -> str:
+    """The data set whose annotations a ``data`` section's questions carry (a feature cache's source)."""
+    return data["source"]["name"] if data["name"] == FEATURE_CACHE else data["name"]
+
+
+def type_accuracy(dataset: str, predictions: list[str], split) -> dict:
+    """One model's row: accuracy per question type of ``dataset`` (``TYPED_DATA_SETS``), overall, and
+    the number of questions. ``predictions``: the predicted answer of each item of ``split`` (its
+    validation split; a feature cache's split is read through its source split, ``.base``)."""
+    if dataset not in TYPED_DATA_SETS:
+        raise ConfigError(f"type_accuracy: {dataset} types no question: expected one of {', '.join(TYPED_DATA_SETS)}")
+    split = getattr(split, "base", split)
+    if len(predictions) != len(split):
+        raise ConfigError(f"type_accuracy: {len(predictions)} predictions for the {len(split)} questions of the "
+                          f"{dataset} validation split: the run was trained on other data")
+    if dataset == "vqa_v2":
+        summary = vqa_summary(predictions, split.answers, split.answer_types)
+        per_type = summary["per_answer_type"]
+    else:
+        summary = gqa_accuracy(predictions, split.answers, split.structural_types)
+        per_type = summary["per_structural_type"]
+    order = TYPED_DATA_SETS[dataset][1]
+    kinds = [k for k in order if k in per_type] + sorted(k for k in per_type if k not in order)
+    return {**{kind: per_type[kind] for kind in kinds}, "overall": summary["overall"], "questions": summary["count"]}
+
+
+def type_accuracy_table(configs: list[RunConfig], run_dirs: list[Path | None]) -> pd.DataFrame:
+    """Per model, its best epoch's accuracy per question type (``type_accuracy``) from the run's
+    ``val_predictions.csv``; empty when no model's data set types its questions. Each distinct
+    data section is loaded once, and only when its data set is typed."""
+    splits: dict[str, object] = {}
+    rows = []
+    for cfg, run_dir in zip(configs, run_dirs):
+        dataset = annotated_data_set(cfg.data)
+        if dataset not in TYPED_DATA_SETS or pd.isna(run_dir):  # a failed model has no run
+            continue
+        data_key = json.dumps(cfg.data, sort_keys=True, default=str)
+        if data_key not in splits:
+            splits[data_key] = build_data(cfg.data).val
+        rows.append({"name": cfg.name, **type_accuracy(dataset, read_predictions(run_dir), splits[data_key])})
+    return pd.DataFrame(rows)
+
+
+def type_accuracy_text(configs: list[RunConfig]) -> list[str]:
+    """The line above the per-type table, per data set of the runs; for a data set that types no
+    question, the line stands instead of the table."""
+    text = []
+    for dataset in sorted({annotated_data_set(cfg.data) for cfg in configs}):
+        if dataset in TYPED_DATA_SETS:
+            text.append(f"Validation accuracy per {TYPED_DATA_SETS[dataset][0]} on {dataset} at each model's "
+                        "best epoch, as the data set's paper reports it, over the questions val_acc counts "
+                        "(those with an answer in the vocabulary).")
+        else:
+            text.append(f"{dataset} gives its questions no answer or structural types: no accuracy per type.")
+    return text
