@@ -5,9 +5,12 @@ learning rates × ``--seeds``) through the same ``sweep`` the notebook calls, in
 folder, and prints per grid point the mean and std of best val_acc over the seeds, the pooled
 seed std, and whether the spread over the learning rates is beyond the seed noise (the t-test of
 ``vqalab.sweep.spread_vs_noise``). The point at ``--base-lr`` is the one every FER study of the
-preset shares (experiment ``fer_tuning``). One torch thread, as in the report.
+preset shares (experiment ``fer_tuning``). One torch thread, as in the report. ``--set KEY=VALUE``
+(a YAML value) replaces one of the preset's values, to try a smaller preset before editing
+``params/fer_base.yaml``.
 
     PYTHONPATH=$PWD OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fer_cpu_preset.py --seeds 0 1 2
+    PYTHONPATH=$PWD OMP_NUM_THREADS=1 .venv/bin/python benchmarks/fer_cpu_preset.py --set num_train=512 --set epochs=6
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from vqalab.data import build_data
 from vqalab.paths import resolve
@@ -41,11 +45,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default: the preset's seeds")
     parser.add_argument("--base-lr", type=float, default=1e-3, help="the FER studies' shared learning rate")
     parser.add_argument("--runs-root", default=None, help="default: a temporary folder, deleted afterwards")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="replace one preset value (a YAML value), e.g. --set num_train=512 (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
 
     p = {**NOTEBOOK_DEFAULTS, **read_presets(resolve(args.params))[args.preset]}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or key not in p:
+            parser.error(f"--set {item!r}: expected KEY=VALUE with KEY one of {', '.join(sorted(p))}")
+        p[key] = yaml.safe_load(value)
     seeds = args.seeds or p["seeds"]
     lrs = grid_lrs(p["lr_min"], p["lr_max"], p["lr_points"])
     with tempfile.TemporaryDirectory(prefix="fer_cpu_preset-") as tmp:
@@ -69,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
               for _, r in stats.iterrows()]
     base_points = [pt for pt in points if abs(pt["lr"] - args.base_lr) < 1e-12]
     result = {
-        "params": f"{Path(args.params).as_posix()} presets.{args.preset}", "seeds": seeds,
+        "params": f"{Path(args.params).as_posix()} presets.{args.preset}", "set": args.set, "seeds": seeds,
         "load_average_at_start": [round(x, 2) for x in load_at_start], "wall_s": round(wall, 1),
         "runs": len(df), "s_per_run": round(wall / max(len(df), 1), 1), "points": points,
         "base_point": base_points, "best_mean": round(float(stats["mean"].max()), 3),

@@ -7,11 +7,11 @@ and the headline figures of the FER studies. Runs, caches and reports stay insid
 is deleted afterwards (``--keep`` keeps it).
 
 By default ``make`` creates the clone's own ``.venv`` (a full ``pip install``; timed separately
-as ``venv_s``). ``--venv PATH`` saves that: the clone's ``.venv`` becomes a symlink to an existing
-virtual environment, ``make`` is told not to rebuild it (``-o .venv/.installed``: the clone's
-``pyproject.toml`` is newer than the stamp, and a rebuild would re-point that environment's
-editable install at the clone) and ``PYTHONPATH`` puts the clone's package first, also inside
-the notebook kernels.
+as ``venv_s``). ``--venv PATH`` saves that: the clone runs an existing virtual environment's
+``vqalab report --preset P --week W`` itself, the command ``make report`` runs, without ``make``
+(which would rebuild that environment: the clone's ``pyproject.toml`` is newer than its stamp, and
+a rebuild would re-point its editable install at the clone); ``PYTHONPATH`` puts the clone's
+package first, also inside the notebook kernels.
 
     .venv/bin/python benchmarks/report_time.py --venv "$PWD/.venv"
 """
@@ -61,24 +61,24 @@ def main(argv: list[str] | None = None) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="report_time-"))
     clone = tmp / "vqalab"
     env = {k: v for k, v in os.environ.items() if k not in CLEARED_ENV}
-    make = ["make", "report", f"PRESET={args.preset}", f"WEEK={args.week}"]
+    command = ["make", "report", f"PRESET={args.preset}", f"WEEK={args.week}"]
     try:
         subprocess.run(["git", "clone", "--quiet", str(root), str(clone)], check=True)
         venv_s = None
-        if args.venv:
-            (clone / ".venv").symlink_to(Path(args.venv).resolve(), target_is_directory=True)
-            make[1:1] = ["-o", ".venv/.installed"]
+        if args.venv:  # the make target's command, in the given environment
+            command = [str(Path(args.venv).resolve() / "bin" / "vqalab"), "report", "--preset", args.preset,
+                       "--week", args.week]
             env["PYTHONPATH"] = str(clone)
         else:
             venv_s, code = timed(["make", "venv"], cwd=clone, env=env, log=tmp / "make-venv.log")
             if code:
                 raise SystemExit(f"make venv failed ({code}): see {tmp / 'make-venv.log'}")
         load_at_start = os.getloadavg()
-        report_s, code = timed(make, cwd=clone, env=env, log=tmp / "make-report.log")
+        report_s, code = timed(command, cwd=clone, env=env, log=tmp / "make-report.log")
         summary_file = clone / "reports" / args.week / "summary.json"
         studies = json.loads(summary_file.read_text())["studies"] if summary_file.is_file() else {}
         result = {
-            "head": head, "command": " ".join(make), "venv": args.venv or "built in the clone",
+            "head": head, "command": " ".join(command), "venv": args.venv or "built in the clone",
             "venv_s": round(venv_s, 1) if venv_s is not None else None,
             "make_report_s": round(report_s, 1), "make_report_min": f"{int(report_s // 60)} min {report_s % 60:04.1f} s",
             "exit": code, "cpu_count": os.cpu_count(), "load_average_at_start": [round(x, 2) for x in load_at_start],
