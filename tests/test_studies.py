@@ -698,7 +698,7 @@ def test_per_type_table_of_trained_vqa_v2_runs_agrees_with_their_validation_accu
                                        dataset="vqa_v2", dataset_kwargs={"root": str(root), "image_size": 32},
                                        epochs=2, batch_size=8, lr=1e-2, seed=0, experiment="e",
                                        runs_root=str(tmp_path / "runs"))
-    run_dirs = vqa_models.train_models(configs)
+    run_dirs = [Path(d) for d in vqa_models.train_models(configs)["run_dir"]]
     table = vqa_models.type_accuracy_table(configs, run_dirs)
     assert list(table.columns) == ["name", "yes/no", "number", "other", "overall", "questions"]
     # 12 validation questions, 2 of them without an answer in the training vocabulary: left out, as in val_acc
