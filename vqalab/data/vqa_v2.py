@@ -854,8 +854,9 @@ def vqa_v2_status(spec: dict) -> DataStatus:
                           expected=f"missing {', '.join(missing)} (the official VQA v2 question and annotation "
                                    f"JSON files; {what} in {' and '.join(f + '/' for f in folders)})")
     file_stats = [(name, (base / name).stat().st_size, (base / name).stat().st_mtime_ns) for name in json_files]
-    images = {name: sum(1 for p in (base / name).iterdir()
-                        if (FEATURE_FILE if use_features else IMAGE_FILE).search(p.name)) for name in folders}
+    pattern = FEATURE_FILE if use_features else IMAGE_FILE
+    images = {name: sum(1 for file_name in os.listdir(base / name) if pattern.search(file_name))  # names only: no Path per file
+              for name in folders}
     folder_stats = [(name, images[name], (base / name).stat().st_mtime_ns) for name in folders]
     fingerprint = short_hash([file_stats, folder_stats])
     cached = cache_dir() / "data_status" / f"vqa_v2-{STATUS_CACHE_VERSION}-{fingerprint}.json"
