@@ -237,6 +237,19 @@ def test_rafdb_listed_image_missing(tmp_path):
         rafdb(root)
 
 
+def test_rafdb_original_images_are_read_by_their_listed_names(tmp_path):
+    root = write_rafdb(tmp_path / "basic")
+    with pytest.raises(ConfigError, match="17 listed image\\(s\\) not found, e.g. train_00001.jpg \\(line 1\\) → "
+                                          ".*Image/original/train_00001.jpg"):
+        rafdb(root, aligned=False)  # no Image/original/ folder at all
+    (root / "Image" / "aligned").rename(root / "Image" / "original")
+    for path in (root / "Image" / "original").iterdir():
+        path.rename(path.with_name(path.name.replace("_aligned", "")))
+    data = rafdb(root, aligned=False, augment=False)
+    assert len(data.train) == 10 and len(data.val) == 7
+    assert data.train.targets[:3] == [0, 1, 2]  # labels 1-3 in file order, as the aligned images give
+
+
 def test_rafdb_empty_split(tmp_path):
     root = write_rafdb(tmp_path / "basic", test_labels=())
     with pytest.raises(ConfigError, match="the test split is empty"):
