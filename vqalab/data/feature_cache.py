@@ -57,6 +57,7 @@ from vqalab.data import (
     short_hash,
 )
 from vqalab.devices import auto_device_name
+from vqalab.io import json_digest
 from vqalab.paths import cache_dir, resolve_data
 from vqalab.registry import ConfigError
 from vqalab.threads import choose_threads, torch_threads
@@ -86,7 +87,7 @@ class FeatureKey:
         return {**dataclasses.asdict(self), "image_size": list(self.image_size)}
 
     def digest(self) -> str:
-        return hashlib.sha1(json.dumps(self.as_dict(), sort_keys=True).encode()).hexdigest()[:20]
+        return json_digest(self.as_dict(), length=20)
 
 
 class FeatureCache:
@@ -151,8 +152,8 @@ def build_image_encoder(name: str, **kwargs) -> torch.nn.Module:
     return build(name, **kwargs)
 
 
-def file_sha1(path: Path) -> str:
-    digest = hashlib.sha1()
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(HASH_CHUNK):
             digest.update(chunk)
@@ -172,12 +173,12 @@ def feature_key(dataset: Dataset, *, split: str, source_name: str, encoder: str,
     """The cache key of ``dataset``'s images under this encoder (reads one image as the probe)."""
     probe = dataset[next(iter(first.values()))]["image"]  # (3, H, W) as the encoder would see it
     ids = np.array(sorted(first), dtype=np.int64)
-    image_set = f"{source_name}/{split}: {len(ids)} images, ids sha1 {hashlib.sha1(ids.tobytes()).hexdigest()}"
+    image_set = f"{source_name}/{split}: {len(ids)} images, ids sha256 {hashlib.sha256(ids.tobytes()).hexdigest()}"
     if hasattr(dataset, "image_fingerprint"):
         image_set += f", files sha256 {dataset.image_fingerprint()}"
     transform = getattr(dataset, "transform_key", "")
-    transform += f"; first image sha1 {hashlib.sha1(probe.float().numpy().tobytes()).hexdigest()}"
-    weights_part = f"sha1 {file_sha1(resolve_data(weights))}" if weights else \
+    transform += f"; first image sha256 {hashlib.sha256(probe.float().numpy().tobytes()).hexdigest()}"
+    weights_part = f"sha256 {file_sha256(resolve_data(weights))}" if weights else \
         f"random init, torch seed {init_seed}, torch {torch.__version__}"
     return FeatureKey(encoder=f"{encoder}{' pooled' if pooled else ''}", weights=weights_part, image_set=image_set,
                       image_size=(int(probe.shape[-2]), int(probe.shape[-1])), transform=transform, dtype=dtype)

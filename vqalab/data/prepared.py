@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vqalab.io import write_atomically
+from vqalab.io import json_digest, write_atomically
 from vqalab.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def arrays_digest(arrays: dict[str, np.ndarray]) -> str:
 
 def entry_path(dataset: str, parts) -> Path:
     """Where the entry of ``dataset`` for ``parts`` (root, builder arguments) lives."""
-    name = hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    name = json_digest(parts, length=16)
     return cache_dir() / "prepared" / f"{dataset}-{name}.npz"
 
 
