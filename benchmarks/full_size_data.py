@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 BENCH = Path(__file__).resolve()
+sys.path.insert(0, str(BENCH.parents[1] / "tests"))  # data_fixtures: the stand-in writers the tests use
 RESULT = "RESULT "  # prefix of the child's one JSON line
 DATASET_FOLDERS = {"vqa_v2": "vqa_v2", "gqa": "gqa", "rafdb": "RAF-DB"}  # under the data root
 GOAL_COLD = 2.0
@@ -59,7 +60,7 @@ VQA_FEATURES = {"train_features": "train2014_features", "val_features": "val2014
 
 def write_gqa(root: Path, scale: float, seed: int = 0) -> None:
     """GQA balanced questions (official keys) and scene graphs (official layout, 8 objects per image)."""
-    from vqalab.data.fixtures import GQA_COUNTS, pseudo_word, scaled, spread, write_json_object
+    from data_fixtures import GQA_COUNTS, pseudo_word, scaled, spread, write_json_object
 
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -107,7 +108,7 @@ def write_rafdb(root: Path, scale: float, seed: int = 0) -> None:
     """RAF-DB basic in the official layout: label file and 100 × 100 aligned JPEGs."""
     from PIL import Image
 
-    from vqalab.data.fixtures import RAFDB_COUNTS, expression_image, scaled
+    from data_fixtures import RAFDB_COUNTS, expression_image, scaled
 
     rng = np.random.default_rng(seed)
     (root / "EmoLabel").mkdir(parents=True, exist_ok=True)
@@ -141,7 +142,7 @@ def link_coco_images(vqa_root: Path) -> None:
 
 
 def generate(root: Path, scale: float, datasets: list[str]) -> dict:
-    from vqalab.data.fixtures import write_vqa_v2_stand_in
+    from data_fixtures import write_vqa_v2_stand_in
 
     seconds = {}
     writers = {"vqa_v2": lambda: (write_vqa_v2_stand_in(root / "vqa_v2", scale=scale), link_coco_images(root / "vqa_v2")),

@@ -5,7 +5,7 @@ import pytest
 
 from vqalab.cli import main
 from vqalab.data import DATASETS, build_data, data_status
-from vqalab.data.fixtures import (
+from data_fixtures import (
     RAFDB_DIR,
     VQA_V2_DIR,
     write_rafdb_imagefolder,

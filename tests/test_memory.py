@@ -11,7 +11,7 @@ from torch import nn
 
 from vqalab.cli import main
 from vqalab.config import build_config, load_config
-from vqalab.data import fixtures
+import data_fixtures as fixtures
 from vqalab.memory import MIB, parse_device_memory, precision_context, predict_memory
 from vqalab.registry import ConfigError
 

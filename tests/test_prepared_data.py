@@ -11,7 +11,7 @@ import torch
 from test_vqa_v2 import FIXTURE_IMAGE_SIZE, write_vqa_v2_fixture
 
 from vqalab.data import build_data, prepared, vqa_v2
-from vqalab.data.fixtures import write_vqa_v2_stand_in
+from data_fixtures import write_vqa_v2_stand_in
 from vqalab.metrics import clean_whitespace, normalize_answer
 from vqalab.registry import ConfigError
 

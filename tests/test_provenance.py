@@ -255,7 +255,7 @@ def test_label_smoothing_with_bce_is_refused():
 
 
 def test_declared_targets_match_the_items(tmp_path, monkeypatch):
-    from vqalab.data.fixtures import write_rafdb_official, write_vqa_v2
+    from data_fixtures import write_rafdb_official, write_vqa_v2
 
     monkeypatch.setenv("VQALAB_CACHE", str(tmp_path / "cache"))
     write_vqa_v2(tmp_path / "vqa_v2", train_images=2, val_images=1, size=16)

@@ -12,7 +12,7 @@ import yaml
 from conftest import write_notebook
 
 from vqalab import cli
-from vqalab.data.fixtures import RAFDB_DIR, write_rafdb_official
+from data_fixtures import RAFDB_DIR, write_rafdb_official
 from vqalab.registry import ConfigError
 from vqalab.report import run_report
 from vqalab.report.build import EXIT_OK, EXIT_SKIPPED
@@ -152,7 +152,7 @@ def test_switching_data_set_keeps_the_keywords_the_new_one_takes():
 
 @pytest.mark.slow
 def test_every_study_runs_on_the_fixture_lab_data_and_names_it(lab_project, tmp_path):
-    from vqalab.data.fixtures import write_lab_data
+    from data_fixtures import write_lab_data
 
     write_lab_data(tmp_path / "lab-data", rafdb_layout="imagefolder")
     week = lab_project / "reports" / WEEK

@@ -13,7 +13,7 @@ import yaml
 
 from vqalab.bench import recommend_batch_size
 from vqalab.config import build_config, read_yaml
-from vqalab.data.fixtures import write_vqa_v2
+from data_fixtures import write_vqa_v2
 from vqalab.memory import predict_memory
 from vqalab.registry import ConfigError
 from vqalab.report.data import notebook_default

@@ -289,7 +289,7 @@ def test_an_edit_to_the_package_source_retrains_and_unchanged_code_reuses(tmp_pa
 
 
 def test_a_changed_data_file_retrains(tmp_path, monkeypatch):
-    from vqalab.data.fixtures import write_rafdb_official
+    from data_fixtures import write_rafdb_official
 
     monkeypatch.setenv("VQALAB_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("VQALAB_CACHE", str(tmp_path / "cache"))
