@@ -18,10 +18,10 @@ from device_checks import (
     fit_watched,
 )
 
+from data_fixtures import RAFDB_DIR, write_rafdb_official
 from vqalab import bench, runs, train
 from vqalab.config import build_config
 from vqalab.data import build_data
-from data_fixtures import RAFDB_DIR, write_rafdb_official
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available() is False)")]

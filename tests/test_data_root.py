@@ -3,8 +3,6 @@
 import numpy as np
 import pytest
 
-from vqalab.cli import main
-from vqalab.data import DATASETS, build_data, data_status
 from data_fixtures import (
     RAFDB_DIR,
     VQA_V2_DIR,
@@ -12,6 +10,8 @@ from data_fixtures import (
     write_rafdb_official,
     write_vqa_v2,
 )
+from vqalab.cli import main
+from vqalab.data import DATASETS, build_data, data_status
 from vqalab.paths import data_root, project_root, resolve_data
 from vqalab.registry import ConfigError
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+import data_fixtures as fixtures
 from vqalab.cli import main
 from vqalab.config import build_config, load_config
-import data_fixtures as fixtures
 from vqalab.memory import MIB, parse_device_memory, precision_context, predict_memory
 from vqalab.registry import ConfigError
 

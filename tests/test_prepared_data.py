@@ -10,8 +10,8 @@ import pytest
 import torch
 from test_vqa_v2 import FIXTURE_IMAGE_SIZE, write_vqa_v2_fixture
 
-from vqalab.data import build_data, prepared, vqa_v2
 from data_fixtures import write_vqa_v2_stand_in
+from vqalab.data import build_data, prepared, vqa_v2
 from vqalab.metrics import clean_whitespace, normalize_answer
 from vqalab.registry import ConfigError
 

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from conftest import write_notebook
 
-from vqalab import cli
 from data_fixtures import RAFDB_DIR, write_rafdb_official
+from vqalab import cli
 from vqalab.registry import ConfigError
 from vqalab.report import run_report
 from vqalab.report.build import EXIT_OK, EXIT_SKIPPED

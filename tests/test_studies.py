@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from data_fixtures import write_vqa_v2
 from vqalab.bench import recommend_batch_size
 from vqalab.config import build_config, read_yaml
-from data_fixtures import write_vqa_v2
 from vqalab.memory import predict_memory
 from vqalab.registry import ConfigError
 from vqalab.report.data import notebook_default
