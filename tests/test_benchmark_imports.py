@@ -16,7 +16,7 @@ import pytest
 BENCHMARKS = sorted((Path(__file__).resolve().parents[1] / "benchmarks").glob("*.py"))
 
 
-def vqalab_imports(path: Path) -> list[tuple[int, str, str]]:
+def checked_imports(path: Path) -> list[tuple[int, str, str]]:
     """(line, module, name) of each ``from vqalab… import name`` (or ``data_fixtures``) in the file."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
@@ -27,13 +27,13 @@ def vqalab_imports(path: Path) -> list[tuple[int, str, str]]:
 
 def test_the_benchmarks_are_found():
     assert len(BENCHMARKS) >= 5
-    assert any(vqalab_imports(path) for path in BENCHMARKS)
+    assert any(checked_imports(path) for path in BENCHMARKS)
 
 
 @pytest.mark.parametrize("path", BENCHMARKS, ids=lambda p: p.name)
 def test_every_vqalab_name_a_benchmark_imports_exists(path):
     missing = []
-    for line, module, name in vqalab_imports(path):
+    for line, module, name in checked_imports(path):
         imported = importlib.import_module(module)
         if not hasattr(imported, name):
             try:  # a submodule of a package: `from vqalab import plots`

@@ -14,7 +14,7 @@ stores the feature maps on disk and yields them as the ``image`` input; it sets 
 The cache key is (encoder, weights, image set, image size, transform):
 
 - encoder: ResNet name and whether the map is pooled;
-- weights: SHA-1 of the weights file's bytes (or the seed of a random init);
+- weights: SHA-256 of the weights file's bytes (``provenance.file_digest``) (or the seed of a random init);
 - image set: data set and split names, the image ids, and, where the split offers one
   (``image_fingerprint()``, VQA v2), the image files' paths, sizes and modification times;
 - image size: (H, W) of the images as the encoder sees them;
@@ -59,13 +59,13 @@ from vqalab.data import (
 from vqalab.devices import auto_device_name
 from vqalab.io import json_digest
 from vqalab.paths import cache_dir, resolve_data
+from vqalab.provenance import file_digest
 from vqalab.registry import ConfigError
 from vqalab.threads import choose_threads, torch_threads
 
 log = logging.getLogger(__name__)
 
 CACHE_LAYOUT_VERSION = 1  # part of every key: bump when the stored layout or encoder code changes
-HASH_CHUNK = 1 << 20  # bytes read at a time when hashing a weights file
 
 ResNetName = Literal["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 StorageDtype = Literal["float32", "float16"]
@@ -152,14 +152,6 @@ def build_image_encoder(name: str, **kwargs) -> torch.nn.Module:
     return build(name, **kwargs)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def first_item_of_image(dataset: Dataset) -> dict[int, int]:
     """image id → index of its first item, in order of first appearance."""
     first: dict[int, int] = {}
@@ -178,7 +170,7 @@ def feature_key(dataset: Dataset, *, split: str, source_name: str, encoder: str,
         image_set += f", files sha256 {dataset.image_fingerprint()}"
     transform = getattr(dataset, "transform_key", "")
     transform += f"; first image sha256 {hashlib.sha256(probe.float().numpy().tobytes()).hexdigest()}"
-    weights_part = f"sha256 {file_sha256(resolve_data(weights))}" if weights else \
+    weights_part = f"sha256 {file_digest(resolve_data(weights))}" if weights else \
         f"random init, torch seed {init_seed}, torch {torch.__version__}"
     return FeatureKey(encoder=f"{encoder}{' pooled' if pooled else ''}", weights=weights_part, image_set=image_set,
                       image_size=(int(probe.shape[-2]), int(probe.shape[-1])), transform=transform, dtype=dtype)

@@ -16,7 +16,6 @@ and memory-mapped when read back (a full-size split is 577 MB at 112 px).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -78,9 +77,7 @@ def read_label_file(root: Path, aligned: bool = True) -> dict[str, list[tuple[Pa
                           f"{err.start}): expected lines '<image name> <label 1-7>'") from None
     splits: dict[str, list[tuple[Path, int]]] = {split: [] for split in SPLIT_PREFIXES}
     # One listing of the image folder instead of a stat per listed image (15,339 at full size).
-    present: set[str] = set()  # an unreadable folder: every image is reported missing below
-    with contextlib.suppress(OSError):
-        present = {entry.name for entry in os.scandir(image_dir) if entry.is_file()}
+    present = {entry.name for entry in os.scandir(image_dir) if entry.is_file()} if image_dir.is_dir() else set()
     missing: list[str] = []
     first_seen: dict[str, tuple[int, int]] = {}  # image name → (line, label) where first listed
     for line_no, line in enumerate(text.splitlines(), start=1):
@@ -109,10 +106,8 @@ def read_label_file(root: Path, aligned: bool = True) -> dict[str, list[tuple[Pa
         if split is None:
             raise ConfigError(f"{where}: image name {name!r} starts with neither "
                               f"{' nor '.join(repr(p) for p in SPLIT_PREFIXES.values())}")
-        stem, dot, suffix = name.rpartition(".")
-        file_name = (f"{stem}_aligned.{suffix}" if dot else f"{name}_aligned") if aligned else name
-        path = image_dir / file_name
-        if file_name not in present:
+        path = image_dir / (f"{Path(name).stem}_aligned{Path(name).suffix}" if aligned else name)
+        if path.name not in present:
             missing.append(f"{name} (line {line_no}) → {path}")
         splits[split].append((path, label - 1))
     if missing:
