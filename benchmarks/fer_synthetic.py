@@ -22,8 +22,9 @@ import time
 
 import torch
 
-from vqalab.config import build_config, load_config, merge
+from vqalab.config import build_config, load_config
 from vqalab.data import build_data
+from vqalab.params import merge
 from vqalab.train import fit
 
 LR_FACTORS = (0.1, 1.0, 10.0)  # default sweep around the preset's LR

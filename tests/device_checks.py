@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from vqalab import bench, engine, runs, train
-from vqalab.config import RunConfig
+from vqalab.params import RunConfig
 
 EXACT_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_acc", "lr"]
 

@@ -1,6 +1,7 @@
 import pytest
 
-from vqalab.config import build_config, load_config, parameter_table, parse_overrides
+from vqalab.config import build_config, load_config
+from vqalab.params import parameter_table, parse_overrides
 from vqalab.registry import ConfigError
 
 
@@ -74,7 +75,7 @@ def test_switching_model_drops_the_previous_models_keywords():
     cfg = build_config({"model": {"name": "vqa_mean_mlp", "hidden_dim": 32}})
     assert cfg.model["hidden_dim"] == 32
     # merge(defaults, {"model": {...}}) with the same name keeps keys; a name change replaces the section
-    from vqalab.config import merge
+    from vqalab.params import merge
 
     assert merge({"model": {"name": "a", "x": 1}}, {"model": {"name": "b"}}) == {"model": {"name": "b"}}
 
@@ -89,7 +90,7 @@ def test_parameter_table_documents_every_key():
 
 
 def test_parameter_types_read_as_plain_types():
-    from vqalab.config import parameter_rows
+    from vqalab.params import parameter_rows
 
     types = {row["key"]: row["type"] for row in parameter_rows()}
     assert types["optim.betas"] == "tuple[float, float]"

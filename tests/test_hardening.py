@@ -526,7 +526,7 @@ def resume_cli(run_dir, capsys):
 ])
 def test_an_edited_params_yaml_is_refused_on_resume_naming_key_and_both_values(finished, tmp_path, data,
                                                                              monkeypatch, capsys, key, value, recorded):
-    from vqalab.config import set_dotted
+    from vqalab.params import set_dotted
 
     run_dir = unfinished_copy(finished, tmp_path)
     params = load_config(run_dir / "params.yaml").to_dict()
@@ -650,7 +650,7 @@ def test_a_non_number_in_metrics_csv_is_named_on_resume(finished, tmp_path, data
 # --- params files past any sane size -------------------------------------------------------------
 
 def test_deep_nesting_is_refused_with_the_limit_not_a_recursion_error(tmp_path):
-    from vqalab.config import MAX_NESTING
+    from vqalab.params import MAX_NESTING
 
     for depth in (20_000, MAX_NESTING + 5):  # past Python's recursion limit, and just past ours
         path = write(tmp_path, "train: {epochs: " + "[" * depth + "1" + "]" * depth + "}\n")
@@ -665,11 +665,11 @@ def test_deep_nesting_is_refused_with_the_limit_not_a_recursion_error(tmp_path):
 
 
 def test_a_params_file_over_the_size_limit_is_refused_before_it_is_parsed(tmp_path, monkeypatch):
-    from vqalab import config
+    from vqalab import params
 
     path = write(tmp_path, "optim:\n  lr: 0.001\n" + "# padding\n" * 20)
-    monkeypatch.setattr(config, "MAX_PARAMS_BYTES", 100)
-    monkeypatch.setattr(config, "load_yaml_text", lambda text: pytest.fail("parsed before the size check"))
+    monkeypatch.setattr(params, "MAX_PARAMS_BYTES", 100)
+    monkeypatch.setattr(params, "load_yaml_text", lambda text: pytest.fail("parsed before the size check"))
     refused(rf"^{path}: {path.stat().st_size:,} bytes; a params file is at most 100 bytes", path)
 
 

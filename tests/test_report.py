@@ -13,7 +13,7 @@ import nbformat
 import pytest
 from conftest import write_notebook
 
-from vqalab.config import parameter_table, parameters_markdown
+from vqalab.params import parameter_table, parameters_markdown
 from vqalab.registry import ConfigError
 from vqalab.report import run_report
 from vqalab.report.freeze import freeze_inputs, freeze_key, kept_record
@@ -468,7 +468,7 @@ def test_sanitize_html_keeps_tables_images_and_styles_and_drops_scripts_and_fetc
 def test_parameters_doc_is_in_step_with_the_code():
     doc = REPO / "docs" / "PARAMETERS.md"
     assert doc.read_text(encoding="utf-8") == parameters_markdown(), (
-        "docs/PARAMETERS.md is out of date: .venv/bin/python -m vqalab.config --parameters-doc docs/PARAMETERS.md")
+        "docs/PARAMETERS.md is out of date: .venv/bin/python -m vqalab.params --parameters-doc docs/PARAMETERS.md")
     rows = [line for line in doc.read_text().splitlines() if line.startswith("| `")]
     assert len(rows) == len(parameter_table())
     assert "| `optim.betas` | `[0.9, 0.999]` |" in doc.read_text()

@@ -134,7 +134,11 @@ def test_report_on_rafdb_trains_on_it(lab_project, tmp_path):
 
 
 def test_switching_data_set_keeps_the_keywords_the_new_one_takes():
-    from vqalab.report.data import with_data
+    from vqalab.inventory import catalogue
+    from vqalab.report.data import with_data as with_data_of
+
+    def with_data(study, name):
+        return with_data_of(study, name, catalogue())
 
     study = {"name": "vqa_models", "parameters": {"dataset_kwargs": {"max_train_samples": 1000, "group_by_image": True}},
              "defaults": {"dataset": "easy_vqa", "dataset_kwargs": {}}}
@@ -164,3 +168,32 @@ def test_every_study_runs_on_the_fixture_lab_data_and_names_it(lab_project, tmp_
         data_set = "vqa_v2" if name == "vqa_models" else "rafdb"
         assert record["status"] == "ok" and record["data"]["name"] == data_set, name
         assert f"data: {data_set} at {tmp_path / 'lab-data'}" in (week / f"{name}.html").read_text(), name
+
+
+def test_the_inventory_child_answers_as_the_loaders_do_in_this_process(tmp_path, monkeypatch):
+    """The report asks a child process for the data sets and the device; its answer is what this
+    process, which imports the loaders, computes for the same data sections."""
+    from vqalab.data import DATASETS, FAMILIES, data_status
+    from vqalab.inventory import data_record
+    from vqalab.report.data import ask_inventory
+    from vqalab.runs import environment
+
+    monkeypatch.setenv("VQALAB_DATA", str(tmp_path / "lab-data"))
+    specs = [{"name": "synthetic_faces", "num_train": 64, "image_size": 16}, None, {"name": "rafdb"}]
+    answer = ask_inventory(specs, REPO)
+    assert answer["statuses"] == [data_record(data_status(specs[0])), None, data_record(data_status(specs[2]))]
+    assert answer["statuses"][0]["found"] and not answer["statuses"][2]["found"]
+    assert str(tmp_path / "lab-data" / RAFDB_DIR) == answer["statuses"][2]["root"]
+    assert {name: d["family"] for name, d in answer["datasets"].items()} == FAMILIES
+    assert answer["datasets"]["rafdb"]["keywords"] == list(DATASETS.parameters("rafdb"))
+    assert answer["environment"] == environment(root=REPO)  # device cpu: the suite sets $VQALAB_DEVICE
+
+
+def test_a_bad_data_section_in_the_inventory_child_is_the_reports_config_error(monkeypatch):
+    from vqalab.report import data as report_data
+
+    with pytest.raises(ConfigError, match="rafdbb.*rafdb"):  # the registry's did-you-mean, from the child
+        report_data.ask_inventory([{"name": "rafdbb"}], REPO)
+    monkeypatch.setattr(report_data, "INVENTORY_MODULE", "vqalab.no_such_module")
+    with pytest.raises(RuntimeError, match="exit status 1: .*No module named vqalab.no_such_module"):
+        report_data.ask_inventory([], REPO)  # any other failure names the command and its error

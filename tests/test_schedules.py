@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vqalab.config import ScheduleConfig
+from vqalab.params import ScheduleConfig
 from vqalab.schedules import lr_factor
 
 STEPS_PER_EPOCH = 10

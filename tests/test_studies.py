@@ -13,8 +13,9 @@ import yaml
 
 from data_fixtures import write_vqa_v2
 from vqalab.bench import recommend_batch_size
-from vqalab.config import build_config, read_yaml
+from vqalab.config import build_config
 from vqalab.memory import predict_memory
+from vqalab.params import read_yaml
 from vqalab.registry import ConfigError
 from vqalab.report.data import notebook_default
 from vqalab.report.presets import annotated_type, base_file, load_preset, read_presets

@@ -7,8 +7,8 @@ import math
 import pandas as pd
 import pytest
 
-from vqalab.config import read_yaml
 from vqalab.models import create_model
+from vqalab.params import read_yaml
 from vqalab.registry import ConfigError
 from vqalab.runs import read_summary
 from vqalab.studies import variants as study

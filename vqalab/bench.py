@@ -72,9 +72,9 @@ from torch.utils.flop_counter import (
     sdpa_flop_count,
 )
 
-from vqalab.config import RunConfig, TrainConfig
 from vqalab.data import DataSplits, build_data
 from vqalab.data.samplers import epoch_batches
+from vqalab.devices import torch_threads
 from vqalab.engine import (
     autocast_context,
     build_model,
@@ -89,13 +89,13 @@ from vqalab.engine import (
     to_device,
     training_step,
 )
+from vqalab.params import RunConfig, TrainConfig
 from vqalab.registry import ConfigError
 from vqalab.threads import (
     affinity_cores,
     choose_threads,
     cpu_snapshot,
     others_busy_since,
-    torch_threads,
 )
 
 log = logging.getLogger(__name__)

@@ -51,10 +51,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.pdf or args.post:
         return publish_week(week=args.week, pdf=args.pdf, post=args.post)
 
-    from vqalab.report.lanes import default_jobs
-
     return run_report(preset=args.preset, only=args.only, week=args.week, force=args.force, data=args.data,
-                      fresh=args.fresh, jobs=args.jobs if args.jobs is not None else default_jobs())
+                      fresh=args.fresh, jobs=args.jobs)  # None: report.lanes.default_jobs
 
 
 def cmd_data(args: argparse.Namespace) -> int:

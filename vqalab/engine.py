@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from vqalab.config import RunConfig
 from vqalab.data import DataSplits
 from vqalab.devices import DEVICE_ENV, auto_device_name
 from vqalab.models import MODELS, create_model
+from vqalab.params import RunConfig
 from vqalab.registry import ConfigError
 
 

@@ -35,8 +35,8 @@ from torch import nn
 
 from vqalab import runs
 from vqalab.bench import choose_batch_size, loader_batches
-from vqalab.config import RunConfig
 from vqalab.data import DataSplits, build_data
+from vqalab.devices import torch_threads
 from vqalab.engine import (
     build_model,
     build_optimizer,
@@ -46,8 +46,9 @@ from vqalab.engine import (
     to_device,
     training_step,
 )
+from vqalab.params import RunConfig
 from vqalab.registry import ConfigError
-from vqalab.threads import choose_threads, torch_threads
+from vqalab.threads import choose_threads
 from vqalab.train import execution_fields
 
 log = logging.getLogger(__name__)

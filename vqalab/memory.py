@@ -41,7 +41,6 @@ import torch.nn.functional as F
 from torch.utils._pytree import tree_flatten, tree_map_only, tree_unflatten
 
 from vqalab.bench import fixed_batch
-from vqalab.config import RunConfig
 from vqalab.data import DataSplits, build_data
 from vqalab.engine import (
     build_model,
@@ -51,6 +50,7 @@ from vqalab.engine import (
     seed_everything,
     to_device,
 )
+from vqalab.params import RunConfig
 from vqalab.registry import ConfigError
 
 PRECISIONS = {"off": "fp32", "fp32": "fp32", "bf16": "bf16", "fp16": "fp16"}  # --amp / train.amp → precision

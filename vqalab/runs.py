@@ -30,7 +30,6 @@ import torch
 import yaml
 
 from vqalab import distributed
-from vqalab.config import RunConfig, inert_keys
 from vqalab.data import DATASETS
 from vqalab.devices import auto_device_name
 from vqalab.io import (
@@ -44,6 +43,7 @@ from vqalab.io import (
     write_atomically,
 )
 from vqalab.models import MODELS, WEIGHT_FILE_KEYS, create_model, weight_files_off
+from vqalab.params import RunConfig, inert_keys
 from vqalab.paths import project_root, resolve, resolve_data
 from vqalab.provenance import file_digest
 from vqalab.registry import ConfigError, flatten, short_repr

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from vqalab.config import ScheduleConfig
+from vqalab.params import ScheduleConfig
 
 
 def lr_factor(step: int, schedule: ScheduleConfig, steps_per_epoch: int, total_steps: int) -> float:

@@ -32,10 +32,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from vqalab.config import RunConfig
 from vqalab.data import DataSplits, build_data, data_status
 from vqalab.monitor import write_hparams
 from vqalab.notebook import RUN_LOG_ENV
+from vqalab.params import RunConfig
 from vqalab.provenance import code_fingerprint
 from vqalab.pruning import SweepPruner, check_pruner
 from vqalab.registry import ConfigError

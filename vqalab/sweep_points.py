@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from vqalab import runs
-from vqalab.config import RunConfig, build_config, set_dotted
+from vqalab.config import build_config
 from vqalab.data import data_status
 from vqalab.notebook import FRESH_ENV
+from vqalab.params import RunConfig, set_dotted
 from vqalab.paths import resolve
 from vqalab.provenance import code_fingerprint
 from vqalab.registry import ConfigError, short_repr

@@ -70,7 +70,7 @@ from optuna.storages.journal import BaseJournalBackend, JournalFileBackend
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from vqalab import runs
-from vqalab.config import RunConfig, read_yaml
+from vqalab.params import RunConfig, read_yaml
 from vqalab.paths import resolve
 from vqalab.pruning import PRUNED_METRIC, PointTrial, check_pruner, make_pruner
 from vqalab.registry import ConfigError, mask_secrets, short_repr

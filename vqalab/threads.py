@@ -17,6 +17,9 @@ to it, in this order:
    when at least ``FREE_CORE_IDLE`` of it is idle: one thread too many costs far more than one too few.
 
 ``OMP_NUM_THREADS`` in the environment caps 2 and 3, as it caps torch's own default.
+
+The decision needs no torch (the report asks it for its lanes); ``vqalab.devices.torch_threads``
+applies it to torch.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 SHARE_ENV = "VQALAB_CPU_SHARE"  # n runs share this machine's cores: each takes cores // n
@@ -148,34 +150,3 @@ def choose_threads(requested: int | None = None) -> ThreadChoice:
     free = max(1, min(n, math.floor(n - busy + (1 - FREE_CORE_IDLE))))
     threads = min(free, limit)
     return ThreadChoice(threads, f"{n} cores in affinity, {measured}: {free} free{capped}")
-
-
-def set_interop_threads(threads: int = 1) -> int:
-    """Inter-op threads (parallel independent operations; eager training hardly uses them) may be
-    set once per process, before any such work: 1 keeps them from competing with the intra-op
-    threads. Returns the count in force."""
-    import torch
-
-    if torch.get_num_interop_threads() != threads:
-        try:
-            torch.set_num_interop_threads(threads)
-        except RuntimeError:  # already set, or inter-op work already ran: keep what there is
-            pass
-    return torch.get_num_interop_threads()
-
-
-@contextmanager
-def torch_threads(num_threads: int | None):
-    """Run the block with ``num_threads`` torch CPU threads (None: torch's current setting), then
-    restore the caller's setting: the thread count is process-wide. ``choose_threads`` decides the
-    count; inter-op threads are set to 1 the first time (once per process)."""
-    import torch
-
-    set_interop_threads(1)
-    before = torch.get_num_threads()
-    if num_threads:
-        torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

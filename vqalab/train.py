@@ -43,8 +43,8 @@ import numpy as np
 import torch
 
 from vqalab import distributed, runs
-from vqalab.config import RunConfig, read_yaml
 from vqalab.data import DataSplits, build_data, data_status
+from vqalab.devices import set_interop_threads, torch_threads
 from vqalab.engine import (
     autocast_context,
     build_model,
@@ -64,6 +64,7 @@ from vqalab.engine import (
 from vqalab.metrics import IOU_THRESHOLD, iou_counts, iou_of_counts
 from vqalab.models import weight_files_off
 from vqalab.monitor import RunMonitor
+from vqalab.params import RunConfig, read_yaml
 from vqalab.paths import resolve
 from vqalab.provenance import code_fingerprint
 from vqalab.registry import ConfigError, short_repr
@@ -85,7 +86,7 @@ from vqalab.runs import (
     write_predictions,
 )
 from vqalab.schedules import lr_factor
-from vqalab.threads import ThreadChoice, choose_threads, set_interop_threads, torch_threads
+from vqalab.threads import ThreadChoice, choose_threads
 
 log = logging.getLogger(__name__)
 

@@ -56,12 +56,12 @@ from vqalab.data import (
     register_status,
     short_hash,
 )
-from vqalab.devices import auto_device_name
+from vqalab.devices import auto_device_name, torch_threads
 from vqalab.io import json_digest
 from vqalab.paths import cache_dir, resolve_data
 from vqalab.provenance import file_digest
 from vqalab.registry import ConfigError
-from vqalab.threads import choose_threads, torch_threads
+from vqalab.threads import choose_threads
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ from vqalab.provenance import code_fingerprint
 from vqalab.registry import ConfigError
 from vqalab.report.archive import PREVIOUS_DIR, archive_outputs, write_text
 from vqalab.report.data import (
-    check_study_data,
+    ask_inventory,
     choose_data,
-    data_record,
     read_run_log,
     read_run_points,
+    study_specs,
 )
 from vqalab.report.execute import (
     LOGS_DIR,
@@ -42,7 +42,7 @@ from vqalab.report.freeze import (
     kept_record,
     rerun_reason,
 )
-from vqalab.report.lanes import run_lanes, study_experiment
+from vqalab.report.lanes import default_jobs, run_lanes, study_experiment
 from vqalab.report.pages import (
     INDEX_FILE,
     REPORT_FILE,
@@ -92,7 +92,7 @@ def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str 
                force: bool = False, root: str | Path | None = None, notebooks_dir: str | Path | None = None,
                params_dir: str | Path | None = None, reports_dir: str | Path | None = None,
                runs_root: str | Path | None = None, data: str | None = None, fresh: bool = False,
-               jobs: int = 1) -> int:
+               jobs: int | None = 1) -> int:
     """Execute the studies and write the week's report.
 
     Returns ``EXIT_OK`` (0) when every study ran, ``EXIT_FAILED`` (1) when a notebook failed or ran past its time
@@ -121,9 +121,13 @@ def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str 
     implies ``force``. ``jobs``: studies run at once, in lanes (``vqalab.report.lanes``: studies
     sharing an experiment in one lane, each lane's runs on its share of the cores); 1: one after the
     other, in the report's order. The pages and ``summary.json`` are the same either way, the studies
-    listed in the report's order. Bad input raises ConfigError before any notebook runs.
+    listed in the report's order; None: ``default_jobs`` (one lane where the runs go to a GPU, else
+    the cores free now). Bad input raises ConfigError before any notebook runs.
+
+    The data sets and the device are asked of a child process (``ask_inventory``): the report
+    imports no torch.
     """
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+    if jobs is not None and (isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1):
         raise ConfigError(f"--jobs {jobs!r}: expected a whole number of studies at once, 1 or more")
     root = Path(root).resolve() if root is not None else project_root()
     notebooks_dir = Path(notebooks_dir) if notebooks_dir is not None else root / "notebooks"
@@ -133,9 +137,12 @@ def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str 
     check_week_folder(reports_dir, week)
     plan = plan_studies(preset=preset, only=only, notebooks_dir=notebooks_dir, params_dir=params_dir,
                         runs_root=runs_root)
-    if data is not None:
-        plan = choose_data(plan, data, only=only)
-    statuses = {study["name"]: data_record(check_study_data(study)) for study in plan}
+    found = ask_inventory(study_specs(plan), root)
+    if data is not None:  # the studies of the data set's family, on it: their data sections change
+        plan = choose_data(plan, data, only=only, datasets=found["datasets"])
+        found = ask_inventory(study_specs(plan), root)
+    statuses = {study["name"]: status for study, status in zip(plan, found["statuses"], strict=True)}
+    jobs = jobs if jobs is not None else default_jobs(found["environment"]["device"])
     for name, status in statuses.items():
         if status is not None and not status["found"]:
             log.warning("%s: skipped: data set %s not found at %s (%s)", name, status["name"], status["root"],
@@ -145,8 +152,9 @@ def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str 
     week_dir = reports_dir / week
     force = force or fresh  # a kept study would retrain nothing
     with week_lock(reports_dir, week):
-        return _run_locked(plan=plan, statuses=statuses, week=week, week_dir=week_dir, reports_dir=reports_dir,
-                           root=root, preset=preset, force=force, fresh=fresh, jobs=jobs)
+        return _run_locked(plan=plan, statuses=statuses, environment=found["environment"], week=week,
+                           week_dir=week_dir, reports_dir=reports_dir, root=root, preset=preset, force=force,
+                           fresh=fresh, jobs=jobs)
 
 
 def check_week_folder(reports_dir: Path, week: str) -> None:
@@ -172,7 +180,7 @@ def week_lock(reports_dir: Path, week: str):
     return lock_folder(reports_dir / week, "report week", lock_file=reports_dir / f".{week}.lock")
 
 
-def _run_locked(*, plan: list[dict], statuses: dict[str, dict | None], week: str, week_dir: Path,
+def _run_locked(*, plan: list[dict], statuses: dict[str, dict | None], environment: dict, week: str, week_dir: Path,
                 reports_dir: Path, root: Path, preset: str, force: bool, fresh: bool, jobs: int) -> int:
     old_summary = read_summary(week_dir / SUMMARY_FILE) if (week_dir / SUMMARY_FILE).is_file() else {}
     earlier_records = old_summary.get("studies", {})
@@ -192,9 +200,7 @@ def _run_locked(*, plan: list[dict], statuses: dict[str, dict | None], week: str
         log.info("earlier outputs of this week moved to %s", moved)
     week_dir.mkdir(parents=True, exist_ok=True)
 
-    from vqalab.runs import environment  # torch's versions and devices: imported when a report runs
-
-    env = {**environment(root=root), "preset": preset}
+    env = {**environment, "preset": preset}
     # Merged, never replaced: studies of this week not re-run stay listed (the week lock makes the
     # summary read above the latest one).
     studies = dict(old_summary.get("studies", {}))

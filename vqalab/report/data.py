@@ -2,9 +2,12 @@
 
 A study's data set is its notebook's ``dataset`` parameter (with ``dataset_kwargs``), as the
 preset sets it or the notebook defaults it. ``vqalab report --data NAME`` runs the studies of
-NAME's family (``vqalab.data.FAMILIES``: faces or vqa) on NAME. Before any notebook runs, every
-study's data set is checked (``vqalab.data.data_status``); a study whose data set is missing is
-marked skipped, with the path looked at and what goes there. It is never run on other data.
+NAME's family (faces or vqa) on NAME. Before any notebook runs, every study's data set is checked;
+a study whose data set is missing is marked skipped, with the path looked at and what goes there. It
+is never run on other data.
+
+The data sets' families, builder keywords and status checks live with their loaders, which need
+torch; the report asks them in a child process (``ask_inventory``, ``vqalab.inventory``).
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
-from vqalab.data import DATASETS, FAMILIES, DataStatus, data_status
 from vqalab.registry import ConfigError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -42,13 +46,35 @@ def study_dataset(study: dict) -> dict | None:
     return {"name": name, **(kwargs or {})}
 
 
-def family(spec: dict) -> str | None:
-    return FAMILIES.get(spec["name"])
+INVENTORY_MODULE = "vqalab.inventory"  # run as a child process: it imports the loaders and torch
 
 
-def with_data(study: dict, name: str) -> dict:
+def ask_inventory(specs: list[dict | None], root: Path) -> dict:
+    """``vqalab.inventory``'s answer, from a child process: ``environment``, ``datasets`` (each data
+    set's ``family`` and builder ``keywords``) and ``statuses`` (a record per spec, None for None).
+    A bad data section raises its ConfigError here."""
+    request = json.dumps({"specs": specs, "root": str(root)})
+    child = subprocess.run([sys.executable, "-m", INVENTORY_MODULE], input=request, capture_output=True, text=True,
+                           check=False)
+    lines = child.stdout.strip().splitlines()
+    answer = json.loads(lines[-1]) if lines and lines[-1].startswith("{") else {}
+    if "error" in answer:
+        raise ConfigError(answer["error"])
+    if child.returncode != 0 or not answer:
+        raise RuntimeError(f"python -m {INVENTORY_MODULE} (the data sets and devices this report's runs will "
+                           f"find) ended with exit status {child.returncode}: {child.stderr.strip()[-2000:]}")
+    return answer
+
+
+def study_specs(plan: list[dict]) -> list[dict | None]:
+    """The data section of each study of ``plan``, in its order (None: it names no data set)."""
+    return [study_dataset(study) for study in plan]
+
+
+def with_data(study: dict, name: str, datasets: dict[str, dict]) -> dict:
     """The study set to run on data set ``name``: ``dataset`` replaced, or, for cached features,
-    their ``source``; of ``dataset_kwargs``, those the new data set's builder takes are kept."""
+    their ``source``; of ``dataset_kwargs``, those the new data set's builder takes are kept
+    (``datasets``: the inventory's catalogue, each data set's builder ``keywords``)."""
     spec = study_dataset(study)
     parameters = dict(study["parameters"])
     if spec["name"] == FROZEN_FEATURES and name != FROZEN_FEATURES:
@@ -59,23 +85,24 @@ def with_data(study: dict, name: str) -> dict:
         parameters[DATASET_KWARGS_PARAM] = {**kwargs, "source": source}
     elif spec["name"] != name:
         parameters[DATASET_PARAM] = name
-        accepted = DATASETS.parameters(name)  # e.g. max_train_samples carries over, num_train does not
+        accepted = datasets[name]["keywords"]  # e.g. max_train_samples carries over, num_train does not
         kwargs = parameters.get(DATASET_KWARGS_PARAM, study.get("defaults", {}).get(DATASET_KWARGS_PARAM)) or {}
         parameters[DATASET_KWARGS_PARAM] = {k: v for k, v in kwargs.items() if k in accepted}
     return {**study, "parameters": parameters}
 
 
-def choose_data(plan: list[dict], name: str, *, only: list[str] | None) -> list[dict]:
+def choose_data(plan: list[dict], name: str, *, only: list[str] | None, datasets: dict[str, dict]) -> list[dict]:
     """The studies of ``name``'s family, each set to run on ``name``; ConfigError before any compute
-    for an unknown name, for a study named with ``--only`` that cannot use it, or when none can."""
-    if name not in FAMILIES:
-        raise ConfigError(f"--data {name}: unknown data set: {did_you_mean(name, list(FAMILIES))}")
-    wanted = FAMILIES[name]
+    for an unknown name, for a study named with ``--only`` that cannot use it, or when none can.
+    ``datasets``: the inventory's catalogue (each data set's ``family`` and builder ``keywords``)."""
+    if name not in datasets:
+        raise ConfigError(f"--data {name}: unknown data set: {did_you_mean(name, list(datasets))}")
+    wanted = datasets[name]["family"]
     chosen, left_out = [], []
     for study in plan:
         spec = study_dataset(study)
-        if spec is not None and family(spec) == wanted:
-            chosen.append(with_data(study, name))
+        if spec is not None and datasets.get(spec["name"], {}).get("family") == wanted:
+            chosen.append(with_data(study, name, datasets))
         else:
             left_out.append(study["name"])
     if only:
@@ -88,19 +115,6 @@ def choose_data(plan: list[dict], name: str, *, only: list[str] | None) -> list[
     if left_out:
         log.info("--data %s: left out %s (not studies of the %s family)", name, ", ".join(left_out), wanted)
     return chosen
-
-
-def check_study_data(study: dict) -> DataStatus | None:
-    """The status of the study's data set (None: the study names none)."""
-    spec = study_dataset(study)
-    return data_status(spec) if spec is not None else None
-
-
-def data_record(status: DataStatus | None) -> dict | None:
-    """What the report shows of a study's data set: name, root, counts, fingerprint (or what is missing)."""
-    if status is None:
-        return None
-    return {**status.identity(), "found": status.found, "expected": status.expected, "detail": status.detail}
 
 
 def read_run_log(path: Path) -> dict:

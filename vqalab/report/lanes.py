@@ -25,7 +25,6 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
-from vqalab.devices import auto_device_name
 from vqalab.report.execute import LOGS_DIR, STATUS_FAILED
 from vqalab.report.pages import RUN_POINTS
 from vqalab.report.presets import EXPERIMENT_PARAM
@@ -34,10 +33,11 @@ from vqalab.threads import SHARE_ENV, choose_threads
 
 log = logging.getLogger(__name__)
 
-def default_jobs() -> int:
-    """Studies at once when ``--jobs`` is not given: one where the runs go to a GPU (the lab presets
-    are sized to one GPU each), else the CPU cores free to this process now (``choose_threads``)."""
-    if auto_device_name() != "cpu":
+def default_jobs(device: str) -> int:
+    """Studies at once when ``--jobs`` is not given: one where the runs go to a GPU (``device``, what
+    ``train.device: auto`` means here; the lab presets are sized to one GPU each), else the CPU cores
+    free to this process now (``choose_threads``)."""
+    if device != "cpu":
         return 1
     return choose_threads().threads
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import nbformat
 
-from vqalab.config import parameter_rows, yaml_inline
+from vqalab.params import parameter_rows, yaml_inline
 from vqalab.report.archive import PREVIOUS_DIR, write_text
 from vqalab.report.html import SCOPE_PREFIX, sanitize_html
 from vqalab.report.progress import format_seconds

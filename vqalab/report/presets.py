@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from vqalab.config import read_yaml
+from vqalab.params import read_yaml
 from vqalab.registry import ConfigError, did_you_mean
 from vqalab.report.data import DATASET_KWARGS_PARAM, DATASET_PARAM, notebook_default
 

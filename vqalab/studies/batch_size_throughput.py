@@ -7,7 +7,8 @@ import json
 
 import pandas as pd
 
-from vqalab.config import RunConfig, load_config
+from vqalab.config import load_config
+from vqalab.params import RunConfig
 from vqalab.paths import resolve
 
 MEMORY_KINDS = {"cuda_max_allocated": "CUDA allocator peak", "cpu_peak_rss": "process peak RSS",

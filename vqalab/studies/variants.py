@@ -22,11 +22,12 @@ import pandas as pd
 import torch
 
 from vqalab.bench import fixed_batch, flops_report, measure_latency
-from vqalab.config import build_config, merge, read_yaml
+from vqalab.config import build_config
 from vqalab.data import DataSplits, build_data
 from vqalab.engine import build_model, select_device, to_device
 from vqalab.memory import predict_memory, predicted_column
 from vqalab.metrics import IOU_SWEEP_THRESHOLDS, iou_counts, iou_of_counts
+from vqalab.params import merge, read_yaml
 from vqalab.paths import resolve
 from vqalab.plots import DIVERGED_COLOR
 from vqalab.registry import ConfigError

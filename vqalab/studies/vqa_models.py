@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from vqalab.config import RunConfig, build_config
+from vqalab.config import build_config
 from vqalab.data import build_data
 from vqalab.metrics import gqa_accuracy, vqa_summary
 from vqalab.models.encoders import RESNET_OUT_DIM
+from vqalab.params import RunConfig
 from vqalab.registry import ConfigError
 from vqalab.results import runs_table
 from vqalab.runs import read_predictions
