@@ -259,22 +259,30 @@ def test_figures_and_tables_name_the_runs_of_the_latest_sweep_before_them():
                 executed_cell("setup()", "00", "01", table),  # before any sweep: names nothing
                 executed_cell("sweep_a()", "01", "05"),
                 executed_cell("plot_a()", "05", "06", png, table),
-                executed_cell("sweep_b(); plot_b()", "06", "09", png)]
+                executed_cell("sweep_b(); plot_b()", "06", "09", png),
+                executed_cell("sweep_c(); sweep_d(); plot_cd()", "09", "12", table)]
     hostile = "runs/<b>x</b>"
     points = [{"run_dir": "runs/a-1", "logged": "2026-03-02T10:00:04+00:00"},
               {"run_dir": hostile, "logged": "2026-03-02T10:00:04+00:00"},
-              {"run_dir": "runs/b-1", "logged": "2026-03-02T10:00:08+00:00"}]
+              {"run_dir": "runs/b-1", "logged": "2026-03-02T10:00:08+00:00"},
+              {"run_dir": "runs/c-1", "logged": "2026-03-02T10:00:10+00:00"},
+              {"run_dir": "runs/c-1", "logged": "2026-03-02T10:00:11+00:00"},  # sweep_d reused it
+              {"run_dir": "runs/d-1", "logged": "2026-03-02T10:00:11+00:00"}]
     record = {"name": "runs_study", "title": "Runs study", "preset": "quick", "status": "ok", "error": None,
               "run_points": points}
     page = render_study(nb, record, "2026-W10")
     lists = page.split('<details class="vqalab-runs">')[1:]
-    assert len(lists) == 3  # the figure and table of plot_a, the figure of sweep_b's cell
+    assert len(lists) == 4  # the figure and table of plot_a, the figure of sweep_b's cell, plot_cd's table
     for part in lists[:2]:
         part = part.split("</details>")[0]
-        assert "2 run folders behind this" in part
+        assert "2 run folders behind this (the latest sweep before it)" in part
         assert "<code>runs/a-1</code>" in part and "<code>runs/&lt;b&gt;x&lt;/b&gt;</code>" in part
         assert "<code>vqalab train runs/a-1/params.yaml</code>" in part
         assert "runs/b-1" not in part
-    last = lists[2].split("</details>")[0]
-    assert "1 run folder behind this" in last and "<code>vqalab train runs/b-1/params.yaml</code>" in last
+    own = lists[2].split("</details>")[0]
+    assert "1 run folder behind this (the sweep of its cell)" in own
+    assert "<code>vqalab train runs/b-1/params.yaml</code>" in own
+    both = lists[3].split("</details>")[0]  # two sweeps in one cell: both named, each folder once
+    assert "2 run folders behind this (the 2 sweeps of its cell)" in both
+    assert both.count("<code>runs/c-1</code>") == 1 and "<code>runs/d-1</code>" in both and "runs/b-1" not in both
     assert "<b>x</b>" not in page

@@ -83,13 +83,19 @@ def _is_figure_or_table(output) -> bool:
     return "image/png" in data or (isinstance(markup, str) and "<table" in markup.lower())
 
 
-def runs_list(points: list[dict]) -> str:
-    """The collapsed list naming the run folders behind a figure or table, and how to redo one."""
+def runs_list(points: list[dict], *, in_own_cell: bool) -> str:
+    """The collapsed list naming the run folders behind a figure or table, and how to redo one.
+    ``points``: the sweeps of one cell (one ``logged`` time per sweep); ``in_own_cell``: that cell is
+    the output's own, else the latest before it that ran a sweep."""
     folders = list(dict.fromkeys(p["run_dir"] for p in points))
+    sweeps = len({p["logged"] for p in points})
+    what = "the sweep" if sweeps == 1 else f"the {sweeps} sweeps"
+    where = f"{what} of its cell" if in_own_cell else (
+        "the latest sweep before it" if sweeps == 1 else f"{what} of the latest cell before it that ran one")
     items = "".join(f"<li><code>{html.escape(f)}</code></li>" for f in folders)
     command = html.escape(f"vqalab train {folders[0]}/params.yaml")
     return (f'<details class="vqalab-runs"><summary>{len(folders)} run folder{"s" if len(folders) != 1 else ""} '
-            f"behind this (the latest sweep before it)</summary><ul>{items}</ul>"
+            f"behind this ({where})</summary><ul>{items}</ul>"
             f"<p>One point again: <code>{command}</code></p></details>")
 
 
@@ -110,7 +116,8 @@ def add_run_lists(nb, points: list[dict]) -> None:
         for output in cell.get("outputs", []):
             outputs.append(output)
             if _is_figure_or_table(output):
-                outputs.append(nbformat.v4.new_output("display_data", data={RUNS_MIME: runs_list(latest)}))
+                listed = runs_list(latest, in_own_cell=bool(own))
+                outputs.append(nbformat.v4.new_output("display_data", data={RUNS_MIME: listed}))
         cell.outputs = outputs
 
 
