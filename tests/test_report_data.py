@@ -197,3 +197,21 @@ def test_a_bad_data_section_in_the_inventory_child_is_the_reports_config_error(m
     monkeypatch.setattr(report_data, "INVENTORY_MODULE", "vqalab.no_such_module")
     with pytest.raises(RuntimeError, match="exit status 1: .*No module named vqalab.no_such_module"):
         report_data.ask_inventory([], REPO)  # any other failure names the command and its error
+
+
+def test_a_studys_data_section_is_the_one_its_runs_use():
+    """The data line and status of a FER study describe the faces its runs train on (the preset's
+    image size and counts), not the builder's defaults."""
+    from vqalab.report.data import study_dataset
+    from vqalab.report.presets import plan_studies
+
+    plan = {s["name"]: s for s in plan_studies(preset="cpu", only=None, notebooks_dir=REPO / "notebooks",
+                                               params_dir=REPO / "params", runs_root=None)}
+    base = yaml.safe_load((REPO / "params" / "fer_base.yaml").read_text())["presets"]
+    cpu = {**base["quick"], **base["cpu"]}
+    for name in ("lr_search", "depth_test", "adam_eps_beta", "regularisation", "cls_vs_baseline"):
+        assert study_dataset(plan[name]) == {"name": "synthetic_faces", "num_train": cpu["num_train"],
+                                             "num_val": cpu["num_val"], "image_size": cpu["img_size"],
+                                             **cpu["face_options"], **cpu["dataset_kwargs"]}, name
+    assert study_dataset(plan["vqa_models"]) == {"name": "easy_vqa"}
+    assert study_dataset(plan["batch_size_throughput"]) is None  # driven by a params file

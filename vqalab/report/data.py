@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from vqalab.registry import ConfigError, did_you_mean
+from vqalab.studies.sections import study_data_section
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +37,13 @@ def notebook_default(parameter: dict):
 
 
 def study_dataset(study: dict) -> dict | None:
-    """The data section a study's runs use, ``{"name": ..., **dataset_kwargs}``; None when the
-    notebook takes no ``dataset`` parameter (e.g. a study driven by a params file)."""
+    """The data section a study's runs use (``studies.sections.study_data_section`` of its parameters:
+    the preset's, else the notebook's defaults); None when the notebook takes no ``dataset``
+    parameter (e.g. a study driven by a params file)."""
     defaults = study.get("defaults", {})
     if DATASET_PARAM not in defaults:
         return None
-    name = study["parameters"].get(DATASET_PARAM, defaults[DATASET_PARAM])
-    kwargs = study["parameters"].get(DATASET_KWARGS_PARAM, defaults.get(DATASET_KWARGS_PARAM) or {})
-    return {"name": name, **(kwargs or {})}
+    return study_data_section({**defaults, **study["parameters"]})
 
 
 INVENTORY_MODULE = "vqalab.inventory"  # run as a child process: it imports the loaders and torch

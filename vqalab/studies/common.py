@@ -8,25 +8,12 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from vqalab.studies.sections import fer_data_section
 from vqalab.sweep import spread_vs_noise
 from vqalab.sweep_points import format_grid_value
 
 # Columns of a sweep's table shown after each sweep (after the grid keys).
 RUN_COLUMNS = ["seed", "status", "best_val_acc", "best_epoch", "diverged_step", "reused"]
-SYNTHETIC_FACES = "synthetic_faces"
-
-
-def fer_data_section(*, dataset: str, dataset_kwargs: dict, img_size: int, num_train: int, num_val: int,
-                     face_options: dict) -> dict:
-    """The ``data`` section of a FER study's runs.
-
-    ``num_train``, ``num_val`` and ``face_options`` size and shape the synthetic faces only;
-    ``dataset_kwargs`` go to the builder of any data set (e.g. ``root`` of ``rafdb``).
-    """
-    if dataset == SYNTHETIC_FACES:
-        return {"name": dataset, "num_train": num_train, "num_val": num_val, "image_size": img_size,
-                **face_options, **dataset_kwargs}
-    return {"name": dataset, "image_size": img_size, **dataset_kwargs}
 
 
 def fer_base_config(*, study: str, experiment: str, runs_root: str, model: str, depth: int, img_size: int,
