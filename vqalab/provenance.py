@@ -26,7 +26,7 @@ FINGERPRINT_DIGITS = 12
 
 # Files and subpackages (paths under vqalab/) whose source can change a trained result.
 RESULT_CODE = ("config.py", "data", "devices.py", "distributed.py", "engine.py", "metrics.py", "models",
-               "paths.py", "registry.py", "runs.py", "schedules.py", "text.py", "train.py")
+               "params.py", "paths.py", "registry.py", "runs.py", "schedules.py", "text.py", "train.py")
 # Imported by ``fit`` but unable to change what it trains or records as a result, with the reason.
 NOT_RESULT_CODE = {
     "__init__.py": "the package docstring and version",
