@@ -92,3 +92,15 @@ def test_one_week_shows_no_trends(tmp_path):
 def test_a_dollar_in_a_figure_name_is_plotted_as_text():
     row = {"figure": "cost $x^$ per run", "values": [1.0, 1.5], "noise": [None, 0.1]}
     assert trend_plot(["2026-W10", "2026-W11"], row).startswith("data:image/png;base64,")
+
+
+def test_a_headline_figure_without_a_value_shows_as_a_dash(tmp_path):
+    """A figure the study could not give (a throughput sweep that did not settle) reads "–", not null."""
+    write_weeks(tmp_path)
+    week_dir = tmp_path / "2026-W10"
+    summary = {**json.loads((week_dir / "summary.json").read_text()), "environment": ENVIRONMENT}
+    summary["studies"]["bench"]["headline"] = {"recommended batch size": None, "images/s": 2370.0}
+    render_week(week_dir, summary, None)
+    html = (week_dir / "index.html").read_text()
+    assert "<td>recommended batch size</td><td>–</td>" in html
+    assert "<td>images/s</td><td>2370 ± 450</td>" in html

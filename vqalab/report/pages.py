@@ -158,6 +158,7 @@ def _jinja():
                              autoescape=True,  # every user-typed string is shown as text
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["fmt"] = format_figure
+    env.filters["figure"] = format_headline
     env.filters["duration"] = format_duration
     env.filters["data_line"] = data_line
     return env
@@ -172,6 +173,14 @@ def format_figure(value: Any) -> str:
     if isinstance(value, (int, str)):
         return str(value)
     return yaml_inline(value)
+
+
+NO_FIGURE = "–"  # a headline figure without a value: not measured, not settled, or not finite
+
+
+def format_headline(value: Any) -> str:
+    """A headline figure as ``format_figure`` writes it; "–" where it has no value."""
+    return NO_FIGURE if value is None else format_figure(value)
 
 
 def format_duration(seconds: float | None) -> str:

@@ -24,6 +24,7 @@ import yaml
 from vqalab.io import file_mode, write_atomically
 from vqalab.notebook import FINDINGS_MIME
 from vqalab.report.execute import read_notebook
+from vqalab.report.pages import format_headline
 from vqalab.report.presets import REPORT_FIELDS, REPORT_KEY
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,6 @@ def markdown_text(value) -> str:
     text = " ".join(str(value).split())
     escaped = "".join(f"\\{c}" if c in MARKDOWN_SPECIAL else c for c in text)
     return f"\\{escaped}" if escaped[:1] in LINE_START_SPECIAL else escaped
-
-
-def format_value(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 class _TableReader(HTMLParser):
@@ -155,7 +152,7 @@ def study_section(record: dict, week_dir: Path, folder: Path) -> list[str]:
     headline, noise = record.get("headline") or {}, record.get("noise") or {}
     if headline:
         rows = [["figure", "value"]] + [
-            [name, format_value(value) + (f" ± {format_value(noise[name])}" if noise.get(name) is not None else "")]
+            [name, format_headline(value) + (f" ± {format_headline(noise[name])}" if noise.get(name) is not None else "")]
             for name, value in headline.items()]
         lines += [markdown_table(rows), ""]
     notebook = read_notebook(week_dir / record["notebook"]) if record.get("notebook") else None
