@@ -149,3 +149,12 @@ def test_jobs_must_be_a_positive_number(tmp_path):
         run_report(root=root, preset="quick", week=WEEK, jobs=0)
     assert not (root / "reports").exists()
     shutil.rmtree(root)
+
+
+def test_without_jobs_one_lane_goes_to_a_gpu_and_the_cpu_gets_one_per_free_core(monkeypatch):
+    from vqalab.report import lanes
+    from vqalab.threads import ThreadChoice
+
+    monkeypatch.setattr(lanes, "choose_threads", lambda: ThreadChoice(3, "3 cores in affinity, 3 free"))
+    assert lanes.default_jobs("cuda") == 1 and lanes.default_jobs("cuda:1") == 1 and lanes.default_jobs("mps") == 1
+    assert lanes.default_jobs("cpu") == 3
