@@ -137,10 +137,10 @@ def run_report(*, preset: str = "cpu", only: list[str] | None = None, week: str 
     check_week_folder(reports_dir, week)
     plan = plan_studies(preset=preset, only=only, notebooks_dir=notebooks_dir, params_dir=params_dir,
                         runs_root=runs_root)
-    found = ask_inventory(study_specs(plan), root)
     if data is not None:  # the studies of the data set's family, on it: their data sections change
-        plan = choose_data(plan, data, only=only, datasets=found["datasets"])
-        found = ask_inventory(study_specs(plan), root)
+        catalogue = ask_inventory([], root)["datasets"]  # families and keywords only: no status checked twice
+        plan = choose_data(plan, data, only=only, datasets=catalogue)
+    found = ask_inventory(study_specs(plan), root)
     statuses = {study["name"]: status for study, status in zip(plan, found["statuses"], strict=True)}
     jobs = jobs if jobs is not None else default_jobs(found["environment"]["device"])
     for name, status in statuses.items():

@@ -18,6 +18,7 @@ from vqalab.params import parameter_rows, yaml_inline
 from vqalab.report.archive import PREVIOUS_DIR, write_text
 from vqalab.report.html import SCOPE_PREFIX, sanitize_html
 from vqalab.report.progress import format_seconds
+from vqalab.report.since import NO_FIGURE
 from vqalab.report.trend import week_trends
 
 TEMPLATE_DIR = Path(__file__).resolve().parents[1] / "report_templates"
@@ -173,9 +174,6 @@ def format_figure(value: Any) -> str:
     if isinstance(value, (int, str)):
         return str(value)
     return yaml_inline(value)
-
-
-NO_FIGURE = "–"  # a headline figure without a value: not measured, not settled, or not finite
 
 
 def format_headline(value: Any) -> str:

@@ -13,6 +13,7 @@ from vqalab.report.weeks import WEEK_PATTERN
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+NO_FIGURE = "–"  # a headline figure without a value: not measured, not settled, or not finite
 
 
 def last_week_summary(reports_dir: Path, week: str) -> tuple[str, dict] | None:
@@ -51,8 +52,8 @@ def figures_since(last: tuple[str, dict] | None, studies: dict[str, dict]) -> di
         for figure in list(dict.fromkeys([*now, *before])):
             change = compare_figure(before.get(figure), now.get(figure), noise_before=noise_before.get(figure),
                                     noise_now=noise_now.get(figure))["change"]
-            rows.append({"study": name, "figure": figure, "before": before.get(figure, "–"),
-                         "now": now.get(figure, "–"), "change": change})
+            rows.append({"study": name, "figure": figure, "before": before.get(figure, NO_FIGURE),
+                         "now": now.get(figure, NO_FIGURE), "change": change})
     return {"week": before_week, "rows": rows}
 
 

@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 
 from vqalab.registry import ConfigError
-from vqalab.report.since import SUMMARY_FILE, read_summary
+from vqalab.report.since import NO_FIGURE, SUMMARY_FILE, read_summary
 from vqalab.report.weeks import WEEK_PATTERN
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def trend_rows(weeks: list[tuple[str, dict]]) -> list[dict]:
 
 def format_point(value: float | None, noise: float | None) -> str:
     if value is None:
-        return "–"
+        return NO_FIGURE
     return f"{value:.4g}" + (f" ± {noise:.2g}" if noise is not None else "")
 
 
